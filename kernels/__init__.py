@@ -1,0 +1,1 @@
+"""Fused Triton kernels for TinyStories-sized GPT-Neo models, importable as ``tinystories.kernels``."""

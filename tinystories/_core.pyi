@@ -1,0 +1,3 @@
+"""Type stub for the private native module tinystories._core (use the tinystories.* wrappers)."""
+
+def zstd_version() -> str: ...
