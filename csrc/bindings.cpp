@@ -56,6 +56,24 @@ py::array ids_to_numpy(std::vector<uint32_t>&& ids, size_t n_vocab) {
     return py::array_t<uint32_t>(owned->size(), owned->data(), free_when_done);
 }
 
+// list[int] from ids. Python ints for token ids are created once and shared (ints are immutable), which
+// makes building the list several times faster than allocating a new int per token.
+py::list ids_to_list(const std::vector<uint32_t>& ids) {
+    static std::vector<PyObject*> ints;  // guarded by the GIL; entries live for the process
+    py::list out(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) {
+        const uint32_t id = ids[i];
+        if (id >= ints.size()) {
+            const size_t old = ints.size();
+            ints.resize(std::max<size_t>(id + 1, old * 2));
+            for (size_t k = old; k < ints.size(); ++k) ints[k] = PyLong_FromSize_t(k);
+        }
+        Py_INCREF(ints[id]);
+        PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), ints[id]);
+    }
+    return out;
+}
+
 std::vector<std::string_view> utf8_views(const py::sequence& texts) {
     std::vector<std::string_view> views;
     views.reserve(texts.size());
@@ -88,13 +106,21 @@ void bind_tokenizer(py::module_& m) {
         .def("special_tokens", &BpeTokenizer::special_tokens)
         .def("encode", [](const BpeTokenizer& t, const py::str& text, const std::vector<uint32_t>& allowed) {
             const auto view = utf8_view(text);
-            py::gil_scoped_release release;
-            return t.encode(view, allowed);
+            std::vector<uint32_t> ids;
+            {
+                py::gil_scoped_release release;
+                ids = t.encode(view, allowed);
+            }
+            return ids_to_list(ids);
         }, py::arg("text"), py::arg("allowed_special"))
         .def("encode_ordinary", [](const BpeTokenizer& t, const py::str& text) {
             const auto view = utf8_view(text);
-            py::gil_scoped_release release;
-            return t.encode_ordinary(view);
+            std::vector<uint32_t> ids;
+            {
+                py::gil_scoped_release release;
+                ids = t.encode_ordinary(view);
+            }
+            return ids_to_list(ids);
         }, py::arg("text"))
         .def("encode_to_numpy", [](const BpeTokenizer& t, const py::str& text, const std::vector<uint32_t>& allowed) {
             const auto view = utf8_view(text);
@@ -108,8 +134,14 @@ void bind_tokenizer(py::module_& m) {
         .def("encode_batch", [](const BpeTokenizer& t, const py::sequence& texts, const std::vector<uint32_t>& allowed,
                                 size_t num_threads) {
             const auto views = utf8_views(texts);
-            py::gil_scoped_release release;
-            return t.encode_batch(views, allowed, num_threads);
+            std::vector<std::vector<uint32_t>> batch;
+            {
+                py::gil_scoped_release release;
+                batch = t.encode_batch(views, allowed, num_threads);
+            }
+            py::list out(batch.size());
+            for (size_t i = 0; i < batch.size(); ++i) out[i] = ids_to_list(batch[i]);
+            return out;
         }, py::arg("texts"), py::arg("allowed_special"), py::arg("num_threads"))
         .def("encode_batch_to_numpy", [](const BpeTokenizer& t, const py::sequence& texts,
                                          const std::vector<uint32_t>& allowed, size_t num_threads) {
