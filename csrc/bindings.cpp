@@ -18,7 +18,7 @@ using tinystories::BpeTokenizer;
 // UTF-8 view of a str without copying (the str keeps the buffer alive). Lone surrogates raise
 // UnicodeEncodeError, which the Python wrapper handles like tiktoken (replacing them with U+FFFD).
 std::string_view utf8_view(const py::handle& text) {
-    if (!PyUnicode_Check(text.ptr())) throw py::type_error("expected str, got " + std::string(py::str(text.get_type())));
+    if (!PyUnicode_Check(text.ptr())) throw py::type_error("expected str, got " + std::string(py::str(py::type::handle_of(text).attr("__name__"))));
     Py_ssize_t size = 0;
     const char* data = PyUnicode_AsUTF8AndSize(text.ptr(), &size);
     if (data == nullptr) throw py::error_already_set();
@@ -32,7 +32,13 @@ std::vector<uint32_t> ids_from_python(const py::handle& ids, size_t n_vocab) {
               if (!a) throw py::type_error("token ids must be integers");
               return std::vector<int64_t>(a.data(), a.data() + a.size());
           }()
-        : ids.cast<std::vector<int64_t>>();
+        : [&] {
+              try {
+                  return ids.cast<std::vector<int64_t>>();
+              } catch (const py::cast_error&) {
+                  throw py::type_error("token ids must be a sequence of integers");
+              }
+          }();
     std::vector<uint32_t> out(raw.size());
     for (size_t i = 0; i < raw.size(); ++i) {
         if (raw[i] < 0 || static_cast<uint64_t>(raw[i]) >= n_vocab)
@@ -104,7 +110,7 @@ void bind_tokenizer(py::module_& m) {
             return out;
         })
         .def("special_tokens", &BpeTokenizer::special_tokens)
-        .def("encode", [](const BpeTokenizer& t, const py::str& text, const std::vector<uint32_t>& allowed) {
+        .def("encode", [](const BpeTokenizer& t, const py::object& text, const std::vector<uint32_t>& allowed) {
             const auto view = utf8_view(text);
             std::vector<uint32_t> ids;
             {
@@ -113,7 +119,7 @@ void bind_tokenizer(py::module_& m) {
             }
             return ids_to_list(ids);
         }, py::arg("text"), py::arg("allowed_special"))
-        .def("encode_ordinary", [](const BpeTokenizer& t, const py::str& text) {
+        .def("encode_ordinary", [](const BpeTokenizer& t, const py::object& text) {
             const auto view = utf8_view(text);
             std::vector<uint32_t> ids;
             {
@@ -122,7 +128,7 @@ void bind_tokenizer(py::module_& m) {
             }
             return ids_to_list(ids);
         }, py::arg("text"))
-        .def("encode_to_numpy", [](const BpeTokenizer& t, const py::str& text, const std::vector<uint32_t>& allowed) {
+        .def("encode_to_numpy", [](const BpeTokenizer& t, const py::object& text, const std::vector<uint32_t>& allowed) {
             const auto view = utf8_view(text);
             std::vector<uint32_t> ids;
             {
@@ -185,7 +191,7 @@ void bind_tokenizer(py::module_& m) {
             return py::make_tuple(vocab, merges);
         }, py::arg("max_tokens"));
 
-    m.def("pretokenize", [](const py::str& text) {
+    m.def("pretokenize", [](const py::object& text) {
         const auto view = utf8_view(text);
         py::list pieces;
         tinystories::for_each_pretoken(view, [&](size_t b, size_t e) {

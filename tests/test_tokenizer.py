@@ -181,6 +181,38 @@ def test_batch_raises_on_disallowed_special(gpt2):
         gpt2.encode_batch(["fine", "bad " + EOT], num_threads=2)
 
 
+def test_concurrent_calls_from_python_threads(gpt2, real_stories):
+    # encode releases the GIL; concurrent calls must each borrow their own piece cache.
+    from concurrent.futures import ThreadPoolExecutor
+
+    stories = real_stories[:200]
+    expected = [gpt2.encode(s) for s in stories]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(gpt2.encode, stories * 3))
+        batches = list(pool.map(lambda chunk: gpt2.encode_batch(chunk, num_threads=2), [stories] * 4))
+    assert got == expected * 3 and batches == [expected] * 4
+
+
+def test_bad_argument_types(gpt2):
+    with pytest.raises(TypeError, match="expected str, got bytes"):
+        gpt2.encode(b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected str, got int"):
+        gpt2.encode_batch(["ok", 3])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="sequence of integers"):
+        gpt2.decode(["a"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="num_threads"):
+        gpt2.encode_batch(["x"], num_threads=0)
+
+
+def test_overlapping_special_tokens_prefer_the_longest():
+    vocab = [bytes([b]) for b in range(256)] + [b"", b""]
+    tok = Tokenizer(vocab, [], {"<a>": 256, "<a>b": 257})
+    assert tok.encode("x<a>b<a>", allowed_special="all") == [120, 257, 256]
+    assert tok.encode("x<a>c", allowed_special={"<a>"}) == [120, 256, 99]
+    with pytest.raises(ValueError, match="'<a>b'"):  # a disallowed special anywhere refuses the text
+        tok.encode("x<a>b", allowed_special={"<a>"})
+
+
 def test_numpy_dtype_is_uint32_for_large_vocabularies():
     # 256 bytes + every two-byte pair: 65,792 tokens; pair (a, b) gets id 256 + (255-a)*256 + (255-b).
     pairs = [(a, b) for a in range(255, -1, -1) for b in range(255, -1, -1)]
@@ -198,8 +230,6 @@ def test_allowed_special_validation(gpt2):
         gpt2.encode("x", allowed_special={"<|bruh|>"})
     with pytest.raises(ValueError, match="allowed_special"):
         gpt2.encode("x", allowed_special="none")
-    with pytest.raises(TypeError):
-        gpt2.encode(b"bytes")  # type: ignore[arg-type]
 
 
 def test_properties(gpt2):
