@@ -343,7 +343,9 @@ class Tokenizer:
             for ids in self.encode_batch_to_numpy(batch, num_threads=num_threads, allowed_special="all"):
                 counts += np.bincount(ids, minlength=self.n_vocab)
         vocab, merges = self._core.vocab(), self._core.merges()
-        parents = {result: (left, right) for left, right, result in merges}
+        parents: dict[int, tuple[int, int]] = {}
+        for left, right, result in merges:
+            parents.setdefault(result, (left, right))  # the first merge that builds a token
         keep = {i for i, t in enumerate(vocab) if len(t) == 1 and i not in parents} | set(self._special_tokens.values())
         for token in sorted(range(self.n_vocab), key=lambda i: (-counts[i], i)):
             if len(keep) == top_k:
@@ -359,7 +361,7 @@ class Tokenizer:
         new_id = {old: new for new, old in enumerate(sorted(keep))}
         return Tokenizer(
             [vocab[old] for old in sorted(keep)],
-            [(new_id[a], new_id[b], new_id[r]) for a, b, r in merges if r in keep],
+            [(new_id[a], new_id[b], new_id[r]) for a, b, r in merges if r in keep and a in keep and b in keep],
             {t: new_id[i] for t, i in self._special_tokens.items()},
         )
 
@@ -504,8 +506,8 @@ def resolve_tokenizer(spec: str | os.PathLike) -> Tokenizer:
 
 
 def _threads(num_threads: int | None) -> int:
-    if num_threads is None:
-        return os.cpu_count() or 1
+    if num_threads is None:  # the cores this process may run on (containers often allow fewer than exist)
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     return num_threads
