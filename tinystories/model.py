@@ -146,6 +146,7 @@ class KVCache:
         self.values: list[Tensor | None] = [None] * num_layers
         self.positions: Tensor | None = None  # (B, S) int64
         self.valid: Tensor | None = None  # (B, S) bool
+        self.uniform = True  # every row has the same positions and no padding
 
     @property
     def seq_len(self) -> int:
@@ -155,7 +156,8 @@ class KVCache:
         """(B, 1) the position right after each row's last cached token."""
         return None if self.positions is None else self.positions[:, -1:] + 1
 
-    def append_positions(self, positions: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    def append_positions(self, positions: Tensor, valid: Tensor, uniform: bool) -> tuple[Tensor, Tensor]:
+        self.uniform = self.uniform and uniform
         if self.positions is not None:
             positions = torch.cat([self.positions.expand(positions.shape[0], -1), positions], dim=1)
             valid = torch.cat([self.valid.expand(valid.shape[0], -1), valid], dim=1)
@@ -194,7 +196,8 @@ class SelfAttention(nn.Module):
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: Tensor, mask: Tensor | None, kv_cache: KVCache | None, layer: int,
-                fused: Any | None) -> tuple[Tensor, Tensor | None]:
+                fused: Any | None, explicit: bool = False) -> tuple[Tensor, Tensor | None]:
+        """``explicit``: compute the probabilities in plain PyTorch (returned; needed with padding)."""
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
         if fused is not None:
             y = fused.attention(q, k, v, causal=True, window=self.window, scale=1.0)
@@ -202,12 +205,22 @@ class SelfAttention(nn.Module):
         else:
             if kv_cache is not None:
                 k, v = kv_cache.update(layer, k, v)
-            # fp32 scores (no 1/sqrt(d) scaling in GPT-Neo); masked entries get the most negative float,
-            # like HF, so a row with no visible key (a padding query) stays finite.
-            scores = torch.matmul(q.float(), k.float().transpose(-1, -2))
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-            probs = F.softmax(scores, dim=-1).to(v.dtype)
-            y = torch.matmul(self.attn_dropout(probs), v)
+            if explicit:
+                # fp32 scores (no 1/sqrt(d) scaling in GPT-Neo); masked entries get the most negative float,
+                # like HF, so a row with no visible key (a padding query) stays finite.
+                scores = torch.matmul(q.float(), k.float().transpose(-1, -2))
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+                probs = F.softmax(scores, dim=-1).to(v.dtype)
+                y = torch.matmul(self.attn_dropout(probs), v)
+            else:
+                # The same function through PyTorch's fused attention (flash / memory-efficient kernels,
+                # fp32 accumulation of the scores), never materialising the (T, S) matrix. Every query
+                # sees at least itself here (no padding), so no row is fully masked.
+                causal = self.window is None and q.shape[2] == k.shape[2]
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+                                                   dropout_p=self.attn_dropout.p if self.training else 0.0,
+                                                   scale=1.0)
+                probs = None
         B, _, T, _ = y.shape
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
         return self.resid_dropout(self.out_proj(y)), probs
@@ -239,9 +252,9 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, mask: Tensor | None, kv_cache: KVCache | None, layer: int,
-                fused: Any | None) -> tuple[Tensor, Tensor | None]:
+                fused: Any | None, explicit: bool = False) -> tuple[Tensor, Tensor | None]:
         if fused is None:
-            a, probs = self.attn(self.ln_1(x), mask, kv_cache, layer, None)
+            a, probs = self.attn(self.ln_1(x), mask, kv_cache, layer, None, explicit)
             x = x + a
             return x + self.mlp(self.ln_2(x), None), probs
         a, _ = self.attn(fused.layer_norm(x, self.ln_1.weight, self.ln_1.bias, self.ln_1.eps), None, None, layer,
@@ -351,6 +364,8 @@ class GPTNeo(nn.Module):
         """
         B, T = idx.shape
         fused = self._fused_kernels(idx, kv_cache, output_attentions, attention_mask, position_ids)
+        # Rows share one mask unless padding or custom positions (now or earlier in the cache) differ.
+        uniform = attention_mask is None and position_ids is None and (kv_cache is None or kv_cache.uniform)
         past = kv_cache.seq_len if kv_cache is not None else 0
 
         valid = (attention_mask.bool() if attention_mask is not None
@@ -372,17 +387,20 @@ class GPTNeo(nn.Module):
 
         x = self.drop(self.wte(idx) + self.wpe(position_ids))
         masks = None
+        explicit = output_attentions or attention_mask is not None
         if fused is None:
-            key_pos, key_valid = position_ids, valid
+            query_pos, key_pos, key_valid = position_ids, position_ids, valid
             if kv_cache is not None:
-                key_pos, key_valid = kv_cache.append_positions(position_ids, valid)
-            masks = {t: self._mask(position_ids, key_pos, key_valid, t) for t in set(self.config.attention_layers)}
+                key_pos, key_valid = kv_cache.append_positions(position_ids, valid, uniform)
+            if uniform:
+                query_pos, key_pos, key_valid = query_pos[:1], key_pos[:1], key_valid[:1]
+            masks = {t: self._mask(query_pos, key_pos, key_valid, t) for t in set(self.config.attention_layers)}
 
         attentions, hidden_states = [], []
         for i, block in enumerate(self.blocks):
             if output_hidden_states:
                 hidden_states.append(x)
-            x, probs = block(x, masks[block.attention_type] if masks else None, kv_cache, i, fused)
+            x, probs = block(x, masks[block.attention_type] if masks else None, kv_cache, i, fused, explicit)
             if output_attentions:
                 attentions.append(probs)
         x = self.ln_f(x) if fused is None else fused.layer_norm(x, self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
@@ -494,4 +512,13 @@ def model_summary(model: GPTNeo) -> str:
 
 
 __all__ = ["GPTNeoConfig", "PRESETS", "config_from_preset", "GPTNeo", "GPTNeoOutput", "KVCache",
-           "sample_next_token", "flops_per_token", "model_summary", "IMPLS"]
+           "sample_next_token", "flops_per_token", "model_summary", "IMPLS", "load_checkpoint"]
+
+
+def load_checkpoint(path, device: str | torch.device = "cpu"):
+    """``(model, tokenizer, config)`` from a checkpoint, a run directory or a HF directory.
+
+    See :func:`tinystories.checkpoint.load_checkpoint` (kept there with the checkpoint format)."""
+    from tinystories.checkpoint import load_checkpoint as _load
+
+    return _load(path, device)
