@@ -530,3 +530,165 @@ class _Progress:
         if self.enabled:
             self._bar.update(self._task, completed=self.reader.total_bytes)
             self._bar.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Inspecting
+
+
+def _iter_shards(data_dir: Path, index: dict) -> Iterator[tuple[str, dict]]:
+    for split, info in index["splits"].items():
+        for shard in info["shards"]:
+            yield split, shard
+
+
+def verify(data_dir: str | Path) -> dict[str, Any]:
+    """Checks every shard against index.json: presence, size, sha256, index and block hashes,
+    token and story counts, token ids below n_vocab, and the saved tokenizer's fingerprint.
+
+    Returns ``{"ok", "problems", "shards", "tokens", "bytes"}``; each problem names its file.
+    """
+    data_dir = Path(data_dir)
+    index = read_index(data_dir)
+    problems: list[str] = []
+    tokens = size = 0
+    shards = list(_iter_shards(data_dir, index))
+    for _, shard in shards:
+        path = data_dir / shard["file"]
+        try:
+            _check_shard_file(data_dir, shard)
+            if _sha256(path) != shard["sha256"]:
+                raise ShardError(f"{path}: sha256 mismatch: the file's content is not what {INDEX_FILE} recorded")
+            reader = _core.ShardReader(str(path))
+            if (reader.n_tokens, len(reader.story_lengths)) != (shard["tokens"], shard["stories"]):
+                raise ShardError(f"{path}: {reader.n_tokens} tokens / {len(reader.story_lengths)} stories, "
+                                 f"but {INDEX_FILE} says {shard['tokens']} / {shard['stories']}")  # fmt: skip
+            for b in range(reader.n_blocks):
+                block = reader.read_block(b)
+                if len(block) and int(block.max()) >= index["n_vocab"]:
+                    raise ShardError(f"{path}: block {b} holds token id {int(block.max())} >= n_vocab {index['n_vocab']}")
+            tokens += reader.n_tokens
+            size += reader.file_bytes
+        except ShardError as e:
+            problems.append(str(e))
+    if not (data_dir / TOKENIZER_FILE).is_file():
+        problems.append(f"{data_dir / TOKENIZER_FILE}: missing")
+    else:
+        try:
+            load_dataset_tokenizer(data_dir)
+        except ImportError:  # tinystories.tokenizer unavailable: nothing to compare against
+            pass
+        except Exception as e:
+            problems.append(f"{data_dir / TOKENIZER_FILE}: {e}")
+    return {"ok": not problems, "problems": problems, "shards": len(shards), "tokens": tokens, "bytes": size}
+
+
+def stats(data_dir: str | Path, *, top: int = 20) -> dict[str, Any]:
+    """Counts per split, the tokens-per-story distribution and the most frequent tokens."""
+    data_dir = Path(data_dir)
+    index = read_index(data_dir)
+    counts = np.zeros(index["n_vocab"], dtype=np.int64)
+    token_bytes = np.dtype(index["dtype"]).itemsize
+    out: dict[str, Any] = {"n_vocab": index["n_vocab"], "dtype": index["dtype"], "splits": {}}
+    for split, info in index["splits"].items():
+        lengths = []
+        for shard in info["shards"]:
+            reader = _core.ShardReader(str(_check_shard_file(data_dir, shard)))
+            lengths.append(reader.story_lengths.astype(np.int64))
+            for b in range(reader.n_blocks):
+                counts += np.bincount(reader.read_block(b), minlength=len(counts))
+        lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+        split_stats: dict[str, Any] = {
+            "stories": info["stories"], "tokens": info["tokens"], "shards": len(info["shards"]), "bytes": info["bytes"],
+            "compression_vs_raw": round(info["tokens"] * token_bytes / info["bytes"], 3) if info["bytes"] else None,
+        }  # fmt: skip
+        if len(lengths_all):
+            q = np.percentile(lengths_all, [0, 10, 50, 90, 99, 100])
+            split_stats["tokens_per_story"] = {"mean": round(float(lengths_all.mean()), 1),
+                                              **{k: int(v) for k, v in zip(("min", "p10", "p50", "p90", "p99", "max"), q)}}  # fmt: skip
+            edges = np.unique(np.geomspace(max(1, q[0]), q[-1] + 1, 13).astype(np.int64))
+            hist, edges = np.histogram(lengths_all, bins=edges)
+            split_stats["histogram"] = [[int(a), int(b), int(c)] for a, b, c in zip(edges[:-1], edges[1:], hist)]
+        out["splits"][split] = split_stats
+    order = np.argsort(-counts, kind="stable")[:top]
+    try:
+        tok = load_dataset_tokenizer(data_dir)
+        decode = tok.decode
+    except Exception:  # stats still work without the tokenizer (ids only)
+        decode = None
+    out["top_tokens"] = [{"id": int(i), "count": int(counts[i]), **({"text": decode([int(i)])} if decode else {})}
+                         for i in order if counts[i]]  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: tinystories data prepare|stats|verify
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = sub.add_parser("prepare", help="tokenize corpora into zstd token shards")
+    p.add_argument("inputs", nargs="+", help=".txt / .jsonl corpora, optionally .zst-compressed")
+    p.add_argument("--tokenizer", required=True, help="gpt2, gpt-neo, a tokenizer .json, or a dir with vocab.json+merges.txt")
+    p.add_argument("--out", required=True, help="dataset directory to write")
+    p.add_argument("--top-k", type=int, default=None, help="restrict the vocabulary to the K most frequent tokens (paper: 10000)")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="share of stories (by text hash) held out (default 0.01)")
+    p.add_argument("--threads", type=int, default=None, help="tokenizer threads (default: all cores)")
+    p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard")
+    p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level (default {DEFAULT_LEVEL})")
+    p.add_argument("--instruct", action="store_true", help="render JSONL instruction fields in the TinyStoriesInstruct layout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s = sub.add_parser("stats", help="counts, tokens-per-story histogram, top tokens")
+    s.add_argument("data_dir")
+    s.add_argument("--top", type=int, default=20, help="how many frequent tokens to list")
+    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    v = sub.add_parser("verify", help="check every shard's sha256 and block hashes")
+    v.add_argument("data_dir")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    try:
+        if args.action == "prepare":
+            index = prepare(args.inputs, args.out, args.tokenizer, top_k=args.top_k, val_fraction=args.val_fraction,
+                            threads=args.threads, shard_tokens=args.shard_tokens, progress=not args.no_progress,
+                            instruct=args.instruct, level=args.level)  # fmt: skip
+            for split, info in index["splits"].items():
+                console.print(f"{split}: {info['stories']:,} stories, {info['tokens']:,} tokens, "
+                              f"{len(info['shards'])} shards, {info['bytes'] / 1e6:.1f} MB")  # fmt: skip
+            console.print(f"wrote {args.out} in {index.get('prepare_seconds', 0):.1f} s")
+            return 0
+        if args.action == "verify":
+            report = verify(args.data_dir)
+            for problem in report["problems"]:
+                console.print(f"[red]FAIL[/red] {problem}", highlight=False)
+            verdict = "[green]OK[/green]" if report["ok"] else f"[red]{len(report['problems'])} problem(s)[/red]"
+            console.print(f"{verdict}: {report['shards']} shards, {report['tokens']:,} tokens, {report['bytes'] / 1e6:.1f} MB")
+            return 0 if report["ok"] else 1
+        result = stats(args.data_dir, top=args.top)
+        if args.json:
+            print(json.dumps(result, indent=1))
+            return 0
+        table = Table(title=f"{args.data_dir} ({result['dtype']}, n_vocab {result['n_vocab']:,})")
+        for col in ("split", "stories", "tokens", "shards", "MB", "x vs raw", "tokens/story p10/p50/p90/max"):
+            table.add_column(col, justify="right")
+        for split, s in result["splits"].items():
+            q = s.get("tokens_per_story", {})
+            table.add_row(split, f"{s['stories']:,}", f"{s['tokens']:,}", str(s["shards"]), f"{s['bytes'] / 1e6:.2f}",
+                          str(s["compression_vs_raw"]), "/".join(str(q.get(k, "-")) for k in ("p10", "p50", "p90", "max")))  # fmt: skip
+        console.print(table)
+        for split, s in result["splits"].items():
+            if s.get("histogram"):
+                peak = max(c for _, _, c in s["histogram"]) or 1
+                console.print(f"[bold]{split}[/bold] tokens per story")
+                for lo, hi, c in s["histogram"]:
+                    console.print(f"  {lo:>6}-{hi - 1:<6} {'#' * round(40 * c / peak):<40} {c:,}", highlight=False)
+        console.print("[bold]top tokens[/bold]: " + ", ".join(
+            f"{t['text']!r}" if "text" in t else str(t["id"]) for t in result["top_tokens"]) + "")  # fmt: skip
+        return 0
+    except (ShardError, ValueError, OSError) as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        return 1
