@@ -97,6 +97,11 @@ ShardWriter::ShardWriter(std::string path, uint32_t token_bytes, uint32_t block_
     index_.token_bytes = token_bytes;
     fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd_ < 0) throw ShardError(sys_error(tmp_path_, "cannot create shard"));
+    struct stat st;
+    if (::fstat(fd_, &st) == 0) {
+        tmp_dev_ = static_cast<uint64_t>(st.st_dev);
+        tmp_ino_ = static_cast<uint64_t>(st.st_ino);
+    }
     cctx_ = ZSTD_createCCtx();
     ZSTD_CCtx_setParameter(static_cast<ZSTD_CCtx*>(cctx_), ZSTD_c_compressionLevel, level_);
     // The frame checksum makes zstd itself verify the decompressed content as well.
@@ -114,7 +119,10 @@ ShardWriter::ShardWriter(std::string path, uint32_t token_bytes, uint32_t block_
 ShardWriter::~ShardWriter() {
     if (cctx_) ZSTD_freeCCtx(static_cast<ZSTD_CCtx*>(cctx_));
     if (fd_ >= 0) ::close(fd_);
-    if (!finished_) ::unlink(tmp_path_.c_str());
+    struct stat st;
+    if (!finished_ && ::stat(tmp_path_.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_dev) == tmp_dev_ &&
+        static_cast<uint64_t>(st.st_ino) == tmp_ino_)
+        ::unlink(tmp_path_.c_str());
 }
 
 void ShardWriter::write_bytes(const void* data, size_t len) {

@@ -67,6 +67,7 @@ class ShardWriter {
     uint32_t block_tokens_;
     int level_;
     int fd_ = -1;
+    uint64_t tmp_dev_ = 0, tmp_ino_ = 0;  // identity of our temp file, so cleanup never removes another's
     uint64_t offset_ = 0;
     bool finished_ = false;
     ShardIndex index_;

@@ -360,3 +360,117 @@ def test_loop_needs_a_sequence_per_rank(tmp_path):
     with pytest.raises(ShardError, match="too few for world_size 4"):
         TokenLoader(tmp_path, batch_size=1, seq_len=8, world_size=4, rank=0)
     assert len(list(TokenLoader(tmp_path, split="val", batch_size=1, seq_len=8, loop=False))) == 0
+
+
+# ---- prepare -----------------------------------------------------------------------------------
+
+
+class TiktokenGPT2:
+    """A tokenizer double with real behaviour: tiktoken's GPT-2 encoding built offline from the files.
+
+    TODO(after tokenizer merge): use tinystories.tokenizer.Tokenizer.from_gpt2_files instead.
+    """
+
+    def __init__(self, vocab: Path, merges: Path, *, fail_after: int | None = None):
+        import hashlib
+
+        import tiktoken
+        from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+        ranks = data_gym_to_mergeable_bpe_ranks(str(merges), str(vocab))
+        pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+        self.enc = tiktoken.Encoding("gpt2-offline", pat_str=pat, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
+        self.n_vocab, self.eot_token = self.enc.n_vocab, self.enc.eot_token
+        self.fingerprint = hashlib.sha256(vocab.read_bytes() + merges.read_bytes()).hexdigest()
+        self.fail_after, self.calls, self.texts = fail_after, 0, 0
+
+    def encode_batch_to_numpy(self, texts, *, num_threads=None):
+        self.calls += 1
+        self.texts += len(texts)
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        return [np.array(t, dtype=np.uint16) for t in self.enc.encode_ordinary_batch(list(texts), num_threads=num_threads or 1)]
+
+    def save(self, path):
+        Path(path).write_text(json.dumps({"double": self.fingerprint}))
+
+
+@pytest.fixture(scope="module")
+def gpt2(gpt2_files) -> TiktokenGPT2:
+    return TiktokenGPT2(*gpt2_files)
+
+
+def split_tokens(data_dir: Path, split: str) -> list[np.ndarray]:
+    """The stories of a split, read back shard by shard (each ends with its EOT)."""
+    stories = []
+    for shard in read_index(data_dir)["splits"][split]["shards"]:
+        reader = _core.ShardReader(str(data_dir / shard["file"]))
+        tokens = np.concatenate([reader.read_block(b) for b in range(reader.n_blocks)])
+        stories += np.split(tokens, np.cumsum(reader.story_lengths)[:-1])
+    return stories
+
+
+def test_prepare_round_trip_on_real_stories(tmp_path, gpt2, real_stories, shared_data):
+    src = shared_data / "tinystories" / "tinystories_v1_train_head.txt.zst"
+    index = prepare([src], tmp_path, gpt2, val_fraction=0.05, shard_tokens=150_000, progress=False, threads=2)
+    assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "prepare-state.json").exists()
+    assert (tmp_path / "tokenizer.json").is_file()
+    assert index["dtype"] == "uint16" and index["eot_token"] == 50256
+    assert index["tokenizer"]["fingerprint"] == gpt2.fingerprint
+    expected = {"train": [], "val": []}
+    for story in real_stories:
+        expected["val" if story_in_val(story, 0.05) else "train"].append(story)
+    assert 0.02 < len(expected["val"]) / len(real_stories) < 0.08
+    for split, stories in expected.items():
+        got = split_tokens(tmp_path, split)
+        assert index["splits"][split]["stories"] == len(got) == len(stories)
+        for toks, story in zip(got, stories):
+            assert toks[-1] == 50256 and gpt2.enc.decode(toks[:-1].tolist()) == story
+        assert index["splits"][split]["tokens"] == sum(map(len, got))
+    assert len(index["splits"]["train"]["shards"]) >= 3
+    assert verify(tmp_path)["ok"]
+    # Shards are at least 2x smaller than a uint16 .bin of the same tokens.
+    assert index["splits"]["train"]["tokens"] * 2 / index["splits"]["train"]["bytes"] > 2.0
+
+
+def test_split_is_deterministic_across_order_and_threads(tmp_path, gpt2, real_stories):
+    stories = real_stories[:600]
+    forward, backward = tmp_path / "f.txt", tmp_path / "b.jsonl"
+    forward.write_text("".join(f"{s}\n<|endoftext|>\n" for s in stories))
+    backward.write_text("".join(json.dumps({"story": s}) + "\n" for s in reversed(stories)))
+    a = prepare([forward], tmp_path / "a", gpt2, val_fraction=0.1, threads=1, progress=False, level=3)
+    b = prepare([forward], tmp_path / "b", gpt2, val_fraction=0.1, threads=2, progress=False, level=3)
+    c = prepare([backward], tmp_path / "c", gpt2, val_fraction=0.1, threads=2, progress=False, level=3)
+    for split in ("train", "val"):
+        assert [s["sha256"] for s in a["splits"][split]["shards"]] == [s["sha256"] for s in b["splits"][split]["shards"]]
+        decoded_a = sorted(gpt2.enc.decode(t[:-1].tolist()) for t in split_tokens(tmp_path / "a", split))
+        decoded_c = sorted(gpt2.enc.decode(t[:-1].tolist()) for t in split_tokens(tmp_path / "c", split))
+        assert decoded_a == decoded_c
+
+
+def test_interrupted_prepare_resumes_to_the_same_shards(tmp_path, gpt2_files, real_stories, monkeypatch):
+    monkeypatch.setattr("tinystories.data.BATCH_STORIES", 256)
+    src = tmp_path / "stories.txt"
+    src.write_text("".join(f"{s}\n<|endoftext|>\n" for s in real_stories))
+    kw = dict(val_fraction=0.05, shard_tokens=60_000, progress=False, level=3)
+    reference = prepare([src], tmp_path / "ref", TiktokenGPT2(*gpt2_files), **kw)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        prepare([src], out, TiktokenGPT2(*gpt2_files, fail_after=6), **kw)  # in the 4th batch
+    # Nothing a reader could take for a dataset, and no half-written shard under a shard name.
+    assert not (out / "index.json").exists() and not list(out.glob("*.tmp"))
+    finished = sorted(p.name for p in out.glob("*.tok.zst"))
+    assert finished and len(finished) < len(reference["splits"]["train"]["shards"])
+    with pytest.raises(ShardError, match=r"index\.json: missing"):
+        TokenLoader(out, batch_size=2, seq_len=8)
+    resumed_tok = TiktokenGPT2(*gpt2_files)
+    resumed = prepare([src], out, resumed_tok, **kw)
+    for split in ("train", "val"):
+        assert [s["sha256"] for s in resumed["splits"][split]["shards"]] == [
+            s["sha256"] for s in reference["splits"][split]["shards"]
+        ]
+    assert resumed_tok.texts < len(real_stories) - 300  # finished shards were not tokenized again
+    # Finished: a second call returns the index; a different request is refused.
+    assert prepare([src], out, resumed_tok, **kw)["splits"] == resumed["splits"]
+    with pytest.raises(ShardError, match="already holds a different dataset"):
+        prepare([src], out, resumed_tok, **{**kw, "val_fraction": 0.2})

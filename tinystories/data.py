@@ -352,6 +352,10 @@ class DatasetWriter:
             if writer.n_tokens >= self.shard_tokens:
                 self._finish_shard(split, next_story=ordinals[i - 1] + 1)
 
+    def abort(self) -> None:
+        """Drops the open shards (their temp files are removed); finished shards stay for a restart."""
+        self._writers.clear()
+
     def _finish_shard(self, split: str, next_story: int) -> None:
         writer = self._writers.pop(split)
         info = writer.finish()
@@ -487,18 +491,22 @@ def prepare(
                 writer.add(split, arrays, ordinals)
 
     started = time.perf_counter()
-    with _Progress(reader, enabled=progress) as bar, concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pending: concurrent.futures.Future | None = None
-        first = 0
-        for batch in _batches(iter(reader), BATCH_STORIES):
-            routed = tokenize(batch, first)
-            first += len(batch)
+    try:
+        with _Progress(reader, enabled=progress) as bar, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending: concurrent.futures.Future | None = None
+            first = 0
+            for batch in _batches(iter(reader), BATCH_STORIES):
+                routed = tokenize(batch, first)  # overlaps with writing the previous batch
+                first += len(batch)
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(write, routed)
+                bar.update(tokens=sum(len(a) for arrays, _ in routed.values() for a in arrays))
             if pending is not None:
                 pending.result()
-            pending = pool.submit(write, routed)
-            bar.update(tokens=sum(len(a) for arrays, _ in routed.values() for a in arrays))
-        if pending is not None:
-            pending.result()
+    except BaseException:
+        writer.abort()
+        raise
     seconds = time.perf_counter() - started
     return writer.finish({"prepare_seconds": round(seconds, 3)})
 
