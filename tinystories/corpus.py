@@ -56,6 +56,40 @@ def format_instruct_record(record: dict[str, Any], story: str) -> str:
     return "\n".join(lines)
 
 
+class _ZstdFrames(io.RawIOBase):
+    """Decompresses concatenated zstd frames; a truncated last frame is an error, not an early end."""
+
+    def __init__(self, raw: IO[bytes], path: Path):
+        import zstandard
+
+        self._raw, self._path = raw, path
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame: Any = None
+        self._out, self._pos = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._pos == len(self._out):
+            chunk = self._raw.read(1 << 17)
+            if not chunk:
+                if self._frame is not None and not self._frame.eof:
+                    raise CorpusError(f"{self._path}: truncated zstd data (the last frame is incomplete)")
+                return 0
+            parts = []
+            while chunk:
+                if self._frame is None or self._frame.eof:
+                    self._frame = self._dctx.decompressobj()
+                parts.append(self._frame.decompress(chunk))
+                chunk = self._frame.unused_data if self._frame.eof else b""
+            self._out, self._pos = b"".join(parts), 0
+        n = min(len(buffer), len(self._out) - self._pos)
+        buffer[:n] = self._out[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
 class CorpusReader:
     """Iterates the stories of several corpus files in order, reporting how far it has read.
 
@@ -92,11 +126,7 @@ class CorpusReader:
             self.bytes_read = done
 
     def _lines(self, path: Path, raw: IO[bytes]) -> Iterator[tuple[int, str]]:
-        stream: IO[bytes] = raw
-        if corpus_format(path)[1]:
-            import zstandard
-
-            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        stream: IO[bytes] = io.BufferedReader(_ZstdFrames(raw, path)) if corpus_format(path)[1] else raw
         text = io.TextIOWrapper(stream, encoding="utf-8")
         line_no = 0
         try:
@@ -104,10 +134,12 @@ class CorpusReader:
                 yield line_no, line
         except UnicodeDecodeError as e:
             raise CorpusError(f"{path}: invalid UTF-8 near line {line_no + 1}: {e.reason}") from None
-        except Exception as e:  # zstandard.ZstdError and friends: name the file
-            if type(e).__module__.startswith("zstandard"):
+        except Exception as e:  # zstandard.ZstdError: name the file
+            if type(e).__name__ == "ZstdError":
                 raise CorpusError(f"{path}: corrupt zstd data near line {line_no + 1}: {e}") from None
             raise
+        finally:
+            text.detach()  # the caller owns (and closes) the raw file
 
     def _read_txt(self, path: Path, raw: IO[bytes]) -> Iterator[str]:
         parts: list[str] = []
