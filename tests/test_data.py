@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinystories import _core
+from tinystories.tokenizer import Tokenizer
 from tinystories.data import (
     IGNORE_INDEX,
     DatasetWriter,
@@ -25,19 +26,20 @@ from tinystories.data import (
     verify,
 )
 
-EOT = 999
+# A tiny real tokenizer for datasets written straight from token arrays (ids below its EOT).
+TINY = Tokenizer.train(["the cat sat on the mat. " * 20, "once upon a time there was a dog"], vocab_size=300)
+EOT = TINY.eot_token
 
 
-def write_dataset(out: Path, splits: dict[str, list[np.ndarray]], *, n_vocab: int = 1000, eot: int = EOT,
-                  shard_tokens: int = 5000, block_tokens: int = 700) -> dict:  # fmt: skip
+def write_dataset(out: Path, splits: dict[str, list[np.ndarray]], *, shard_tokens: int = 5000,
+                  block_tokens: int = 700) -> dict:  # fmt: skip
     """A dataset written straight from token arrays (each story gets its EOT appended)."""
-    writer = DatasetWriter(out, {"n_vocab": n_vocab, "eot_token": eot, "tokenizer_fingerprint": "ab" * 32},
+    writer = DatasetWriter(out, {"n_vocab": TINY.n_vocab, "eot_token": EOT, "tokenizer_fingerprint": TINY.fingerprint},
                            shard_tokens=shard_tokens, block_tokens=block_tokens, level=3)  # fmt: skip
-    dtype = np.uint16 if n_vocab <= 1 << 16 else np.uint32
     for split, stories in splits.items():
-        arrays = [np.append(np.asarray(s, dtype=dtype), dtype(eot)) for s in stories]
+        arrays = [np.append(np.asarray(s, dtype=np.uint16), np.uint16(EOT)) for s in stories]
         writer.add(split, arrays, list(range(len(arrays))))
-    (out / "tokenizer.json").write_text("{}")  # TODO(after tokenizer merge): save a real tokenizer
+    TINY.save(out / "tokenizer.json")
     return writer.finish()
 
 
@@ -341,9 +343,9 @@ def test_other_index_format_version(damaged):
 
 
 def test_tokenizer_fingerprint_mismatch(dataset):
-    with pytest.raises(ShardError, match=r"index\.json: tokenizer fingerprint abab.*differs"):
+    with pytest.raises(ShardError, match=rf"index\.json: tokenizer fingerprint {TINY.fingerprint[:16]}.*differs"):
         TokenLoader(dataset[0], batch_size=2, seq_len=8, expected_fingerprint="cd" * 32)
-    TokenLoader(dataset[0], batch_size=2, seq_len=8, expected_fingerprint="ab" * 32)
+    TokenLoader(dataset[0], batch_size=2, seq_len=8, expected_fingerprint=TINY.fingerprint)
 
 
 def test_verify_clean_and_sha256_mismatch(damaged):
@@ -365,39 +367,30 @@ def test_loop_needs_a_sequence_per_rank(tmp_path):
 # ---- prepare -----------------------------------------------------------------------------------
 
 
-class TiktokenGPT2:
-    """A tokenizer double with real behaviour: tiktoken's GPT-2 encoding built offline from the files.
+class Interrupted(Exception):
+    pass
 
-    TODO(after tokenizer merge): use tinystories.tokenizer.Tokenizer.from_gpt2_files instead.
-    """
 
-    def __init__(self, vocab: Path, merges: Path, *, fail_after: int | None = None):
-        import hashlib
+class CountingTokenizer:
+    """The real tokenizer, counting the texts it encodes and failing after ``fail_after`` calls."""
 
-        import tiktoken
-        from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    def __init__(self, tok: Tokenizer, fail_after: int | None = None):
+        self.tok, self.fail_after, self.calls, self.texts = tok, fail_after, 0, 0
 
-        ranks = data_gym_to_mergeable_bpe_ranks(str(merges), str(vocab))
-        pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-        self.enc = tiktoken.Encoding("gpt2-offline", pat_str=pat, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
-        self.n_vocab, self.eot_token = self.enc.n_vocab, self.enc.eot_token
-        self.fingerprint = hashlib.sha256(vocab.read_bytes() + merges.read_bytes()).hexdigest()
-        self.fail_after, self.calls, self.texts = fail_after, 0, 0
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
 
-    def encode_batch_to_numpy(self, texts, *, num_threads=None):
+    def encode_batch_to_numpy(self, texts, **kw):
         self.calls += 1
         self.texts += len(texts)
         if self.fail_after is not None and self.calls > self.fail_after:
-            raise KeyboardInterrupt("simulated interruption")
-        return [np.array(t, dtype=np.uint16) for t in self.enc.encode_ordinary_batch(list(texts), num_threads=num_threads or 1)]
-
-    def save(self, path):
-        Path(path).write_text(json.dumps({"double": self.fingerprint}))
+            raise Interrupted("simulated interruption")
+        return self.tok.encode_batch_to_numpy(texts, **kw)
 
 
 @pytest.fixture(scope="module")
-def gpt2(gpt2_files) -> TiktokenGPT2:
-    return TiktokenGPT2(*gpt2_files)
+def gpt2(gpt2_files) -> Tokenizer:
+    return Tokenizer.from_gpt2_files(*gpt2_files)
 
 
 def split_tokens(data_dir: Path, split: str) -> list[np.ndarray]:
@@ -425,7 +418,7 @@ def test_prepare_round_trip_on_real_stories(tmp_path, gpt2, real_stories, shared
         got = split_tokens(tmp_path, split)
         assert index["splits"][split]["stories"] == len(got) == len(stories)
         for toks, story in zip(got, stories):
-            assert toks[-1] == 50256 and gpt2.enc.decode(toks[:-1].tolist()) == story
+            assert toks[-1] == 50256 and gpt2.decode(toks[:-1].tolist()) == story
         assert index["splits"][split]["tokens"] == sum(map(len, got))
     assert len(index["splits"]["train"]["shards"]) >= 3
     assert verify(tmp_path)["ok"]
@@ -443,27 +436,27 @@ def test_split_is_deterministic_across_order_and_threads(tmp_path, gpt2, real_st
     c = prepare([backward], tmp_path / "c", gpt2, val_fraction=0.1, threads=2, progress=False, level=3)
     for split in ("train", "val"):
         assert [s["sha256"] for s in a["splits"][split]["shards"]] == [s["sha256"] for s in b["splits"][split]["shards"]]
-        decoded_a = sorted(gpt2.enc.decode(t[:-1].tolist()) for t in split_tokens(tmp_path / "a", split))
-        decoded_c = sorted(gpt2.enc.decode(t[:-1].tolist()) for t in split_tokens(tmp_path / "c", split))
+        decoded_a = sorted(gpt2.decode(t[:-1].tolist()) for t in split_tokens(tmp_path / "a", split))
+        decoded_c = sorted(gpt2.decode(t[:-1].tolist()) for t in split_tokens(tmp_path / "c", split))
         assert decoded_a == decoded_c
 
 
-def test_interrupted_prepare_resumes_to_the_same_shards(tmp_path, gpt2_files, real_stories, monkeypatch):
+def test_interrupted_prepare_resumes_to_the_same_shards(tmp_path, gpt2, real_stories, monkeypatch):
     monkeypatch.setattr("tinystories.data.BATCH_STORIES", 256)
     src = tmp_path / "stories.txt"
     src.write_text("".join(f"{s}\n<|endoftext|>\n" for s in real_stories))
     kw = dict(val_fraction=0.05, shard_tokens=60_000, progress=False, level=3)
-    reference = prepare([src], tmp_path / "ref", TiktokenGPT2(*gpt2_files), **kw)
+    reference = prepare([src], tmp_path / "ref", gpt2, **kw)
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        prepare([src], out, TiktokenGPT2(*gpt2_files, fail_after=6), **kw)  # in the 4th batch
+    with pytest.raises(Interrupted):
+        prepare([src], out, CountingTokenizer(gpt2, fail_after=6), **kw)  # in the 4th batch
     # Nothing a reader could take for a dataset, and no half-written shard under a shard name.
     assert not (out / "index.json").exists() and not list(out.glob("*.tmp"))
     finished = sorted(p.name for p in out.glob("*.tok.zst"))
     assert finished and len(finished) < len(reference["splits"]["train"]["shards"])
     with pytest.raises(ShardError, match=r"index\.json: missing"):
         TokenLoader(out, batch_size=2, seq_len=8)
-    resumed_tok = TiktokenGPT2(*gpt2_files)
+    resumed_tok = CountingTokenizer(gpt2)
     resumed = prepare([src], out, resumed_tok, **kw)
     for split in ("train", "val"):
         assert [s["sha256"] for s in resumed["splits"][split]["shards"]] == [
@@ -474,3 +467,44 @@ def test_interrupted_prepare_resumes_to_the_same_shards(tmp_path, gpt2_files, re
     assert prepare([src], out, resumed_tok, **kw)["splits"] == resumed["splits"]
     with pytest.raises(ShardError, match="already holds a different dataset"):
         prepare([src], out, resumed_tok, **{**kw, "val_fraction": 0.2})
+
+
+def test_cli_prepare_top_k_stats_verify(tmp_path, gpt2_files, real_stories):
+    import subprocess
+    import sys
+
+    from tinystories.data import load_dataset_tokenizer
+
+    src = tmp_path / "stories.jsonl.zst"
+    src.write_bytes(zstandard.ZstdCompressor().compress(
+        "".join(json.dumps({"story": s}) + "\n" for s in real_stories[:400]).encode()))  # fmt: skip
+    out = tmp_path / "ds"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tinystories.cli", "data", *args], capture_output=True, text=True, timeout=300)
+
+    run = cli("prepare", str(src), "--tokenizer", str(gpt2_files[0].parent), "--out", str(out), "--top-k", "2000",
+              "--val-fraction", "0.1", "--threads", "2", "--no-progress")  # fmt: skip
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert "train: " in run.stdout and "val: " in run.stdout
+    index = read_index(out)
+    assert index["n_vocab"] == 2000 and index["prepare_config"]["top_k"] == 2000
+    tok = load_dataset_tokenizer(out)
+    assert tok.n_vocab == 2000 and tok.fingerprint == index["tokenizer"]["fingerprint"]
+    stories = [tok.decode(t[:-1].tolist()) for t in split_tokens(out, "train") + split_tokens(out, "val")]
+    assert sorted(stories) == sorted(real_stories[:400])  # the restricted vocabulary is still lossless
+
+    run = cli("stats", str(out), "--json", "--top", "5")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["splits"]["train"]["stories"] + report["splits"]["val"]["stories"] == 400
+    assert report["top_tokens"][0]["count"] >= report["top_tokens"][1]["count"] and "text" in report["top_tokens"][0]
+    assert cli("stats", str(out)).returncode == 0
+
+    assert cli("verify", str(out)).returncode == 0
+    shard = out / index["splits"]["train"]["shards"][0]["file"]
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0x04
+    shard.write_bytes(bytes(data))
+    run = cli("verify", str(out))
+    assert run.returncode == 1 and shard.name in run.stdout and "sha256 mismatch" in run.stdout

@@ -672,7 +672,7 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.action == "verify":
             report = verify(args.data_dir)
             for problem in report["problems"]:
-                console.print(f"[red]FAIL[/red] {problem}", highlight=False)
+                console.print(f"[red]FAIL[/red] {problem}", highlight=False, soft_wrap=True)
             verdict = "[green]OK[/green]" if report["ok"] else f"[red]{len(report['problems'])} problem(s)[/red]"
             console.print(f"{verdict}: {report['shards']} shards, {report['tokens']:,} tokens, {report['bytes'] / 1e6:.1f} MB")
             return 0 if report["ok"] else 1
@@ -698,5 +698,5 @@ def run_cli(args: argparse.Namespace) -> int:
             f"{t['text']!r}" if "text" in t else str(t["id"]) for t in result["top_tokens"]) + "")  # fmt: skip
         return 0
     except (ShardError, ValueError, OSError) as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 1
