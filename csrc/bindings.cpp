@@ -199,8 +199,8 @@ PYBIND11_MODULE(_core, m) {
               py::arg("data"), py::arg("seed") = 0, "XXH64 of a bytes-like object (the block hash of token shards).");
 
         py::class_<ShardWriter>(m, "ShardWriter")
-            .def(py::init<std::string, uint32_t, uint32_t, int>(), py::arg("path"), py::arg("token_bytes"),
-                 py::arg("block_tokens"), py::arg("level"))
+            .def(py::init<std::string, uint32_t, uint32_t, int, unsigned>(), py::arg("path"), py::arg("token_bytes"),
+                 py::arg("block_tokens"), py::arg("level"), py::arg("threads") = 1)
             .def("add_stories",
                  [](ShardWriter& w, py::array tokens, py::array_t<int64_t, py::array::c_style | py::array::forcecast> lengths) {
                      py::buffer_info t = tokens.request(), l = lengths.request();

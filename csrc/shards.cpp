@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <thread>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "token shards are little-endian; this build assumes a little-endian host"
@@ -89,7 +90,7 @@ std::string sys_error(const std::string& path, const char* what) {
 }  // namespace
 
 // ---- writer ----
-ShardWriter::ShardWriter(std::string path, uint32_t token_bytes, uint32_t block_tokens, int level)
+ShardWriter::ShardWriter(std::string path, uint32_t token_bytes, uint32_t block_tokens, int level, unsigned threads)
     : path_(std::move(path)), tmp_path_(path_ + ".tmp"), block_tokens_(block_tokens), level_(level) {
     if (token_bytes != 2 && token_bytes != 4)
         throw ShardError(path_ + ": token_bytes must be 2 or 4, got " + std::to_string(token_bytes));
@@ -102,10 +103,14 @@ ShardWriter::ShardWriter(std::string path, uint32_t token_bytes, uint32_t block_
         tmp_dev_ = static_cast<uint64_t>(st.st_dev);
         tmp_ino_ = static_cast<uint64_t>(st.st_ino);
     }
-    cctx_ = ZSTD_createCCtx();
-    ZSTD_CCtx_setParameter(static_cast<ZSTD_CCtx*>(cctx_), ZSTD_c_compressionLevel, level_);
-    // The frame checksum makes zstd itself verify the decompressed content as well.
-    ZSTD_CCtx_setParameter(static_cast<ZSTD_CCtx*>(cctx_), ZSTD_c_checksumFlag, 1);
+    for (unsigned i = 0; i < std::max(threads, 1u); ++i) {
+        ZSTD_CCtx* cctx = ZSTD_createCCtx();
+        ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level_);
+        // The frame checksum makes zstd itself verify the decompressed content as well.
+        ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
+        cctx_.push_back(cctx);
+    }
+    compressed_.resize(cctx_.size());
     std::vector<uint8_t> header;
     put<uint32_t>(header, kHeaderFrameMagic);
     put<uint32_t>(header, 16);
@@ -113,11 +118,11 @@ ShardWriter::ShardWriter(std::string path, uint32_t token_bytes, uint32_t block_
     put<uint32_t>(header, kShardFormatVersion);
     put<uint32_t>(header, token_bytes);
     write_bytes(header.data(), header.size());
-    pending_.reserve(static_cast<size_t>(block_tokens) * token_bytes);
+    pending_.reserve(cctx_.size() * block_tokens * token_bytes);
 }
 
 ShardWriter::~ShardWriter() {
-    if (cctx_) ZSTD_freeCCtx(static_cast<ZSTD_CCtx*>(cctx_));
+    for (void* cctx : cctx_) ZSTD_freeCCtx(static_cast<ZSTD_CCtx*>(cctx));
     if (fd_ >= 0) ::close(fd_);
     struct stat st;
     if (!finished_ && ::stat(tmp_path_.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_dev) == tmp_dev_ &&
@@ -139,21 +144,34 @@ void ShardWriter::write_bytes(const void* data, size_t len) {
     }
 }
 
-void ShardWriter::flush_block() {
+void ShardWriter::flush_blocks() {
     if (pending_.empty()) return;
-    compressed_.resize(ZSTD_compressBound(pending_.size()));
-    size_t n = ZSTD_compress2(static_cast<ZSTD_CCtx*>(cctx_), compressed_.data(), compressed_.size(),
-                              pending_.data(), pending_.size());
-    if (ZSTD_isError(n)) throw ShardError(path_ + ": zstd compression failed: " + ZSTD_getErrorName(n));
-    BlockInfo b;
-    b.offset = offset_;
-    b.compressed_bytes = static_cast<uint32_t>(n);
-    b.n_tokens = static_cast<uint32_t>(pending_.size() / index_.token_bytes);
-    b.hash = xxh64(compressed_.data(), n);
-    b.first_token = index_.n_tokens;
-    write_bytes(compressed_.data(), n);
-    index_.blocks.push_back(b);
-    index_.n_tokens += b.n_tokens;
+    const size_t block_bytes = static_cast<size_t>(block_tokens_) * index_.token_bytes;
+    const size_t n_blocks = (pending_.size() + block_bytes - 1) / block_bytes;
+    std::vector<size_t> sizes(n_blocks);
+    auto compress = [&](size_t i) {
+        const size_t begin = i * block_bytes, len = std::min(block_bytes, pending_.size() - begin);
+        compressed_[i].resize(ZSTD_compressBound(len));
+        sizes[i] = ZSTD_compress2(static_cast<ZSTD_CCtx*>(cctx_[i]), compressed_[i].data(), compressed_[i].size(),
+                                  pending_.data() + begin, len);
+    };
+    std::vector<std::thread> helpers;
+    for (size_t i = 1; i < n_blocks; ++i) helpers.emplace_back(compress, i);
+    compress(0);
+    for (auto& t : helpers) t.join();
+    for (size_t i = 0; i < n_blocks; ++i) {
+        if (ZSTD_isError(sizes[i]))
+            throw ShardError(path_ + ": zstd compression failed: " + ZSTD_getErrorName(sizes[i]));
+        BlockInfo b;
+        b.offset = offset_;
+        b.compressed_bytes = static_cast<uint32_t>(sizes[i]);
+        b.n_tokens = static_cast<uint32_t>(std::min(block_bytes, pending_.size() - i * block_bytes) / index_.token_bytes);
+        b.hash = xxh64(compressed_[i].data(), sizes[i]);
+        b.first_token = index_.n_tokens;
+        write_bytes(compressed_[i].data(), sizes[i]);
+        index_.blocks.push_back(b);
+        index_.n_tokens += b.n_tokens;
+    }
     pending_.clear();
 }
 
@@ -169,21 +187,21 @@ void ShardWriter::add_stories(const void* tokens, size_t n_tokens, const int64_t
         throw ShardError(path_ + ": story lengths sum to " + std::to_string(total) + " but " +
                          std::to_string(n_tokens) + " tokens were given");
     const auto* p = static_cast<const uint8_t*>(tokens);
-    const size_t tb = index_.token_bytes, block_bytes = static_cast<size_t>(block_tokens_) * tb;
+    const size_t tb = index_.token_bytes, batch_bytes = cctx_.size() * block_tokens_ * tb;
     size_t left = n_tokens * tb;
     while (left > 0) {
-        size_t take = std::min(left, block_bytes - pending_.size());
+        size_t take = std::min(left, batch_bytes - pending_.size());
         pending_.insert(pending_.end(), p, p + take);
         p += take;
         left -= take;
-        if (pending_.size() == block_bytes) flush_block();
+        if (pending_.size() == batch_bytes) flush_blocks();
     }
     for (size_t i = 0; i < n_stories; ++i) index_.story_lengths.push_back(static_cast<uint32_t>(lengths[i]));
 }
 
 const ShardIndex& ShardWriter::finish() {
     if (finished_) return index_;
-    flush_block();
+    flush_blocks();
     // Body: block table + story lengths, zstd-compressed (story lengths compress ~4x).
     std::vector<uint8_t> body;
     body.reserve(index_.blocks.size() * kBlockEntryBytes + index_.story_lengths.size() * 4);

@@ -41,10 +41,11 @@ struct ShardIndex {
 };
 
 // Writes one shard to `path + ".tmp"` and renames it to `path` on finish(), so a reader never sees
-// a half-written shard under the final name. Not thread-safe; one writer per shard.
+// a half-written shard under the final name. Up to `threads` full blocks are compressed in parallel
+// (high zstd levels cost far more than tokenizing). Not thread-safe; one writer per shard.
 class ShardWriter {
    public:
-    ShardWriter(std::string path, uint32_t token_bytes, uint32_t block_tokens, int level);
+    ShardWriter(std::string path, uint32_t token_bytes, uint32_t block_tokens, int level, unsigned threads = 1);
     ~ShardWriter();  // an unfinished writer removes its temp file
     ShardWriter(const ShardWriter&) = delete;
     ShardWriter& operator=(const ShardWriter&) = delete;
@@ -60,7 +61,7 @@ class ShardWriter {
     uint32_t token_bytes() const { return index_.token_bytes; }
 
    private:
-    void flush_block();
+    void flush_blocks();  // compresses and writes every pending block (the last may be partial)
     void write_bytes(const void* data, size_t len);
 
     std::string path_, tmp_path_;
@@ -71,9 +72,9 @@ class ShardWriter {
     uint64_t offset_ = 0;
     bool finished_ = false;
     ShardIndex index_;
-    std::vector<uint8_t> pending_;     // tokens of the block being filled
-    std::vector<uint8_t> compressed_;  // scratch
-    void* cctx_ = nullptr;
+    std::vector<uint8_t> pending_;                 // tokens of up to `threads` blocks being filled
+    std::vector<std::vector<uint8_t>> compressed_;  // one scratch buffer per thread
+    std::vector<void*> cctx_;                       // one ZSTD_CCtx per thread
 };
 
 // Random access to the blocks of one shard; all methods are thread-safe (pread on a shared fd).

@@ -99,6 +99,20 @@ def test_shard_round_trip_property(tmp_path, lengths, block_tokens, wide, seed):
     np.testing.assert_array_equal(np.frombuffer(raw, dtype=dtype), tokens)
 
 
+def test_parallel_compression_writes_the_same_bytes(tmp_path):
+    tokens = np.random.default_rng(1).integers(0, 300, size=10_000, dtype=np.uint16)
+    files = []
+    for threads in (1, 3):
+        path = tmp_path / f"t{threads}.tok.zst"
+        writer = _core.ShardWriter(str(path), 2, 700, 5, threads)
+        for chunk in np.array_split(tokens, 7):
+            writer.add_stories(chunk, np.array([len(chunk)]))
+        writer.finish()
+        files.append(path.read_bytes())
+    assert files[0] == files[1]
+    assert _core.ShardReader(str(tmp_path / "t3.tok.zst")).n_blocks == 15
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.binary(max_size=300))
 def test_xxh64_matches_zstd_frame_checksum(data):
