@@ -261,7 +261,8 @@ ShardReader::ShardReader(std::string path) : path_(std::move(path)) {
 
     uint8_t header[kHeaderBytes];
     pread_exact(header, kHeaderBytes, 0, "header");
-    if (get<uint32_t>(header) != kHeaderFrameMagic || std::memcmp(header + 8, kHeaderTag, 8) != 0)
+    if (get<uint32_t>(header) != kHeaderFrameMagic || get<uint32_t>(header + 4) != kHeaderBytes - 8 ||
+        std::memcmp(header + 8, kHeaderTag, 8) != 0)
         throw ShardError(path_ + ": not a tinystories token shard (bad header magic)");
     const uint32_t version = get<uint32_t>(header + 16);
     if (version != kShardFormatVersion)

@@ -99,6 +99,40 @@ def test_shard_round_trip_property(tmp_path, lengths, block_tokens, wide, seed):
     np.testing.assert_array_equal(np.frombuffer(raw, dtype=dtype), tokens)
 
 
+@pytest.fixture(scope="module")
+def small_shard(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("shard") / "s.tok.zst"
+    writer = _core.ShardWriter(str(path), 2, 50, 3)
+    tokens = np.random.default_rng(2).integers(0, 1000, size=180, dtype=np.uint16)
+    writer.add_stories(tokens, np.array([100, 80]))
+    writer.finish()
+    return path.read_bytes()
+
+
+def read_everything(path: Path) -> None:
+    reader = _core.ShardReader(str(path))
+    for b in range(reader.n_blocks):
+        reader.read_block(b)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_damage_is_detected(tmp_path, small_shard, data):
+    """Every single-bit flip, truncation or appended garbage gives a ShardError naming the file."""
+    damaged = bytearray(small_shard)
+    kind = data.draw(st.sampled_from(["flip", "truncate", "append"]))
+    if kind == "flip":
+        damaged[data.draw(st.integers(0, len(damaged) - 1))] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "truncate":
+        damaged = damaged[: data.draw(st.integers(0, len(damaged) - 1))]
+    else:
+        damaged += data.draw(st.binary(min_size=1, max_size=40))
+    path = tmp_path / "damaged.tok.zst"
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ShardError, match=r"damaged\.tok\.zst: "):
+        read_everything(path)
+
+
 def test_parallel_compression_writes_the_same_bytes(tmp_path):
     tokens = np.random.default_rng(1).integers(0, 300, size=10_000, dtype=np.uint16)
     files = []
