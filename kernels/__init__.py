@@ -16,10 +16,13 @@ from ._triton import kernels_available
 
 # The functions share their files' names: these imports rebind the package attributes from the submodules to them.
 from .attention import FusedAttention, attention
+from .layer_norm import FusedLayerNorm, layer_norm
 
 __all__ = [
     "FusedAttention",
     "attention",
+    "FusedLayerNorm",
+    "layer_norm",
     "kernels_available",
     "reference",
 ]
