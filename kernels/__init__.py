@@ -17,12 +17,15 @@ from ._triton import kernels_available
 # The functions share their files' names: these imports rebind the package attributes from the submodules to them.
 from .attention import FusedAttention, attention
 from .layer_norm import FusedLayerNorm, layer_norm
+from .linear_cross_entropy import LinearCrossEntropy, linear_cross_entropy
 
 __all__ = [
     "FusedAttention",
     "attention",
     "FusedLayerNorm",
     "layer_norm",
+    "LinearCrossEntropy",
+    "linear_cross_entropy",
     "kernels_available",
     "reference",
 ]
