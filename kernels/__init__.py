@@ -18,6 +18,7 @@ from ._triton import kernels_available
 from .attention import FusedAttention, attention
 from .layer_norm import FusedLayerNorm, layer_norm
 from .linear_cross_entropy import LinearCrossEntropy, linear_cross_entropy
+from .mlp import FusedMLP, fused_mlp
 
 __all__ = [
     "FusedAttention",
@@ -26,6 +27,8 @@ __all__ = [
     "layer_norm",
     "LinearCrossEntropy",
     "linear_cross_entropy",
+    "FusedMLP",
+    "fused_mlp",
     "kernels_available",
     "reference",
 ]
