@@ -74,6 +74,25 @@ def use_kernels(name: str, *tensors: torch.Tensor) -> bool:
     return False
 
 
+def autotune_space(configs: list, interpreter_config) -> list:
+    """The autotuner's candidates: one small config under the interpreter (slow, tiny test shapes), only the first
+    (a good default) with TINYSTORIES_AUTOTUNE=0 (e.g. GPU test runs, where tuning every shape costs minutes)."""
+    if interpreter_active():
+        return [interpreter_config]
+    if os.environ.get("TINYSTORIES_AUTOTUNE", "1") == "0":
+        return configs[:1]
+    return configs
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matmul-like kernels run in: autocast's when it is on (custom ops are not autocast-aware),
+    else the input's."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs get exact fp32 products (matching PyTorch's default of no TF32); fp16/bf16 use tensor cores."""
     return "ieee" if dtype == torch.float32 else "tf32"

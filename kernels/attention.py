@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from . import reference
-from ._triton import check_float, dot_precision, interpreter_active, tl, triton, use_kernels
+from ._triton import autotune_space, check_float, compute_dtype, dot_precision, tl, triton, use_kernels
 
 _LOG2E = 1.4426950408889634  # host side only
 # Masked scores: finite, so a row whose first visited block is fully masked yields no NaN (its garbage is erased by
@@ -23,9 +23,11 @@ _MASKED = tl.constexpr(-1.0e30)
 
 
 def _configs(pairs):
-    if interpreter_active():  # one small config: the interpreter is slow and tiny test shapes still span blocks
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in pairs]
+    # 16x16 blocks under the interpreter: tiny test shapes still span several blocks
+    return autotune_space(
+        [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in pairs],
+        triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1),
+    )
 
 
 _KEY = ["T", "BLOCK_D", "window", "IS_CAUSAL"]
@@ -322,6 +324,8 @@ def attention(
         raise ValueError(f"attention: head_dim {q.shape[-1]} > 256 is not supported")
     if not use_kernels("attention", q, k, v):
         return reference.attention(q, k, v, causal=causal, window=window, scale=scale)
+    dtype = compute_dtype(q)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     return AttentionFunction.apply(q, k, v, causal, window, float(scale))
 
 

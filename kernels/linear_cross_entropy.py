@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import reference
-from ._triton import check_float, interpreter_active, tl, triton, use_kernels
+from ._triton import check_float, compute_dtype, interpreter_active, tl, triton, use_kernels
 
 # Logits of one chunk take at most this many bytes (the chunk has at least 64 rows).
 CHUNK_BYTES = 128 * 2**20
@@ -174,9 +174,10 @@ def linear_cross_entropy(
     tensors = [t for t in (hidden, weight, targets, bias) if t is not None]
     if not use_kernels("linear_cross_entropy", *tensors):
         return reference.linear_cross_entropy(hidden, weight, targets, bias=bias, ignore_index=ignore_index, reduction=reduction)
-    # mixed precision (fp32 parameters, half activations) runs the matmuls in the activations' dtype, like autocast
-    weight = weight.to(hidden.dtype)
-    bias = bias.to(hidden.dtype) if bias is not None else None
+    # mixed precision (fp32 parameters, half activations, or autocast) runs the matmuls in one dtype, like autocast
+    dtype = compute_dtype(hidden)
+    hidden, weight = hidden.to(dtype), weight.to(dtype)
+    bias = bias.to(dtype) if bias is not None else None
     check_float("linear_cross_entropy", hidden, weight)
     return LinearCrossEntropyFunction.apply(
         hidden.reshape(-1, c).contiguous(), weight.contiguous(), targets.reshape(-1).contiguous(), bias, ignore_index, reduction

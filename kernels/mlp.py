@@ -13,19 +13,20 @@ import torch
 from torch import Tensor, nn
 
 from . import reference
-from ._triton import check_float, dot_precision, interpreter_active, tl, triton, use_kernels
+from ._triton import autotune_space, check_float, compute_dtype, dot_precision, tl, triton, use_kernels
 
 _EPILOGUE_BIAS_GELU = 0  # out: PRE = acc + bias, ACT = gelu(PRE)
 _EPILOGUE_GELU_BACKWARD = 1  # in: PRE; out: D_PRE = acc * gelu'(PRE), ACT = gelu(PRE)
 
 
 def _configs():
-    if interpreter_active():
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16}, num_warps=1, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-        for m, n, k, w, s in [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4)]
-    ]
+    return autotune_space(
+        [
+            triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+            for m, n, k, w, s in [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4)]
+        ],
+        triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16}, num_warps=1, num_stages=1),
+    )
 
 
 @triton.jit
@@ -166,10 +167,11 @@ def fused_mlp(
     tensors = [t for t in (x, fc_weight, fc_bias, proj_weight, proj_bias) if t is not None]
     if not use_kernels("fused_mlp", *tensors):
         return reference.fused_mlp(x, fc_weight, fc_bias, proj_weight, proj_bias)
-    # mixed precision (fp32 parameters, half activations) computes in the activations' dtype, like autocast
-    fc_weight, proj_weight = fc_weight.to(x.dtype), proj_weight.to(x.dtype)
-    fc_bias = fc_bias.to(x.dtype) if fc_bias is not None else None
-    proj_bias = proj_bias.to(x.dtype) if proj_bias is not None else None
+    # mixed precision (fp32 parameters, half activations, or autocast) computes in one half dtype, like autocast
+    dtype = compute_dtype(x)
+    x, fc_weight, proj_weight = x.to(dtype), fc_weight.to(dtype), proj_weight.to(dtype)
+    fc_bias = fc_bias.to(dtype) if fc_bias is not None else None
+    proj_bias = proj_bias.to(dtype) if proj_bias is not None else None
     check_float("fused_mlp", x, fc_weight, proj_weight)
     out = MLPFunction.apply(x.reshape(-1, c).contiguous(), fc_weight, fc_bias, proj_weight, proj_bias)
     return out.view(*x.shape[:-1], c)

@@ -80,3 +80,15 @@ def test_bad_shapes_are_named():
         fused_mlp(x, fc_w, fc_b, proj_w.t(), proj_b)
     with pytest.raises(ValueError, match="fc_bias"):
         fused_mlp(x, fc_w, fc_b[:3], proj_w, proj_b)
+
+
+def test_autocast_runs_in_the_autocast_dtype():
+    """Custom ops are not autocast-aware: the wrapper casts like autocast would (fp32 params, fp16 compute)."""
+    x, fc_w, fc_b, proj_w, proj_b = _inputs((10, 16), 32, torch.float32, seed=5)
+    with torch.autocast(DEVICE, dtype=torch.float16):
+        out = fused_mlp(x, fc_w, fc_b, proj_w, proj_b)
+        expected = reference.fused_mlp(x, fc_w, fc_b, proj_w, proj_b)
+    assert out.dtype == expected.dtype == torch.float16
+    torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
+    (g,) = torch.autograd.grad(out.float().sum(), fc_w)
+    assert g.dtype == torch.float32
