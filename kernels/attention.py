@@ -316,7 +316,7 @@ def attention(
 
     ``scale`` defaults to 1.0 as in GPT-Neo (which has no 1/sqrt(D)); pass ``head_dim ** -0.5`` for the usual one.
     """
-    reference._check_window(causal, window)
+    reference.check_window(causal, window)
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"attention: q, k, v must share one (B, H, T, D) shape, got {q.shape}, {k.shape}, {v.shape}")
     check_float("attention", q, k, v)
@@ -334,7 +334,7 @@ class FusedAttention(nn.Module):
 
     def __init__(self, *, causal: bool = True, window: Optional[int] = None, scale: float = 1.0):
         super().__init__()
-        reference._check_window(causal, window)
+        reference.check_window(causal, window)
         self.causal, self.window, self.scale = causal, window, scale
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:

@@ -57,6 +57,25 @@ def _chunk_rows(n: int, v: int, element_size: int) -> int:
     return max(64, min(n, CHUNK_BYTES // (v * element_size)))
 
 
+_fp32_out_matmul_works: Optional[bool] = None  # whether this torch has cuBLAS half-in/fp32-out addmm (>= 2.8, CUDA)
+
+
+def _accumulate_fp32(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """acc (fp32) += a @ b, without a (V, C) half-precision temporary where cuBLAS can write fp32 directly."""
+    global _fp32_out_matmul_works
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+        return
+    if acc.is_cuda and _fp32_out_matmul_works is not False:
+        try:
+            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+            _fp32_out_matmul_works = True
+            return
+        except (TypeError, RuntimeError, NotImplementedError):
+            _fp32_out_matmul_works = False
+    acc += torch.mm(a, b)
+
+
 def _check_targets(targets: Tensor, v: int, ignore_index: int) -> None:
     bad = ((targets < 0) | (targets >= v)) & (targets != ignore_index)
     message = f"linear_cross_entropy: a target is outside [0, {v}) and is not ignore_index={ignore_index}"
@@ -102,10 +121,7 @@ def _linear_cross_entropy_fwd(
         if need_hidden_grad:
             torch.mm(logits, weight, out=d_hidden[start:end])
         if need_weight_grad:
-            if d_weight32.dtype == logits.dtype:
-                d_weight32.addmm_(logits.t(), h)
-            else:
-                d_weight32 += torch.mm(logits.t(), h)
+            _accumulate_fp32(d_weight32, logits.t(), h)
             if d_bias32 is not None:
                 d_bias32 += logits.sum(0, dtype=torch.float32)
     loss = row_loss.sum()

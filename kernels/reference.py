@@ -31,7 +31,7 @@ def attention(
     scale: float = 1.0,
 ) -> torch.Tensor:
     """softmax(scale * q k^T, masked) v over (B, H, T, D) tensors; the softmax runs in fp32."""
-    _check_window(causal, window)
+    check_window(causal, window)
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale
     mask = attention_mask(q.shape[-2], causal=causal, window=window, device=q.device)
     if mask is not None:
@@ -40,7 +40,7 @@ def attention(
     return torch.matmul(probs, v)
 
 
-def _check_window(causal: bool, window: int | None) -> None:
+def check_window(causal: bool, window: int | None) -> None:
     if window is not None and not causal:
         raise ValueError("attention: window is only defined for causal attention (query i sees keys i-W+1..i)")
     if window is not None and window < 1:
