@@ -92,15 +92,16 @@ class GPTNeoStudent(Student):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, name: str | None = None, device: str = "cpu") -> GPTNeoStudent:
+        """A checkpoint file, or the newest checkpoint of a run directory."""
+        from tinystories.checkpoint import resolve_checkpoint
         from tinystories.model import load_checkpoint
 
-        model, tokenizer, saved = load_checkpoint(path)
-        step = saved.get("step") if isinstance(saved, dict) else None
-        run, stem = _run_and_stem(path)
-        info = StudentInfo(name=name or (f"{run}/{stem}" if run else stem), identity=fingerprint_path(path),
-                           step=step if step is not None else step_from_name(path), run=run,
-                           extra={"checkpoint": str(path)})
-        return cls(model.to(device), tokenizer, info)
+        file = resolve_checkpoint(path)
+        model, tokenizer, _ = load_checkpoint(file, device=device)
+        run, stem = _run_and_stem(file)
+        info = StudentInfo(name=name or f"{run}/{stem}", identity=fingerprint_path(file), step=step_from_name(file),
+                           run=run, extra={"checkpoint": str(file)})
+        return cls(model, tokenizer, info)
 
     def complete(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[str]:
@@ -217,11 +218,9 @@ class HFStudent(Student):
 
 
 def load_student(spec: str | Path, *, hf: bool = False, device: str = "cpu") -> Student:
-    """A checkpoint path, or with ``hf=True`` a Hugging Face model directory."""
+    """A checkpoint file or run directory, or with ``hf=True`` a Hugging Face model directory."""
     if hf:
         return HFStudent(spec, device=device)
-    if not Path(spec).exists():
-        raise FileNotFoundError(f"checkpoint {spec} does not exist")
     return GPTNeoStudent.from_checkpoint(spec, device=device)
 
 
