@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -68,3 +69,98 @@ def test_fingerprint_follows_content(tmp_path):
     assert fingerprint_path(tmp_path) != first
     with pytest.raises(FileNotFoundError):
         fingerprint_path(tmp_path / "empty_dir_missing")
+
+
+# ------------------------------------------------------------------------------------------------ our GPT-Neo
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A randomly initialised demo-shaped GPT-Neo with a small BPE, saved as a real checkpoint of a run."""
+    from tinystories.checkpoint import checkpoint_path, save_checkpoint, tokenizer_to_json
+    from tinystories.model import GPTNeo, config_from_preset
+    from tinystories.story_templates import generate_stories
+    from tinystories.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train(generate_stories(200), vocab_size=384)
+    config = config_from_preset("demo", vocab_size=tokenizer.n_vocab, hidden_size=32, num_layers=2,
+                                max_position_embeddings=128)
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    paths = []
+    for step in (10, 20):
+        torch.manual_seed(step)
+        model = GPTNeo(config)
+        paths.append(save_checkpoint({"model_config": config.to_dict(), "model": model.state_dict(),
+                                      "tokenizer_json": tokenizer_to_json(tokenizer), "train_config": {}},
+                                     checkpoint_path(run, step)))
+    return run, paths
+
+
+def test_checkpoint_student_identity_and_generation(tiny_run):
+    from tinystories.students import GPTNeoStudent, load_student
+
+    run, (first, second) = tiny_run
+    student = GPTNeoStudent.from_checkpoint(first)
+    info = student.info
+    assert (info.run, info.step, info.hidden_size, info.num_layers) == ("tiny", 10, 32, 2)
+    assert info.name == "tiny/step_00000010"
+    newest = load_student(run)  # a run directory means its newest checkpoint
+    assert newest.info.step == 20 and newest.info.identity != info.identity
+
+    prompts = ["Once upon a time, there was a little", "Tom saw a big dog. The dog"]
+    greedy = student.complete(prompts, max_new_tokens=8, temperature=0.0)
+    assert greedy == student.complete(prompts, max_new_tokens=8, temperature=0.0)
+    assert student.complete(prompts[1:], max_new_tokens=8, temperature=0.0) == greedy[1:]  # batching is exact
+    sampled = student.complete(prompts * 3, max_new_tokens=8, temperature=1.0, seed=7)
+    assert sampled == student.complete(prompts * 3, max_new_tokens=8, temperature=1.0, seed=7)
+    assert sampled != student.complete(prompts * 3, max_new_tokens=8, temperature=1.0, seed=8)
+    with pytest.raises(ValueError, match="no room for a prompt"):
+        student.complete(prompts, max_new_tokens=128)
+
+
+def test_checkpoint_student_bits_per_byte_equals_direct_computation(tiny_run):
+    from tinystories.students import GPTNeoStudent
+
+    student = GPTNeoStudent.from_checkpoint(tiny_run[1][0])
+    text = "Lily had a red ball. She liked to play.\n<|endoftext|>\nTom ran to the park with his dog."
+    result = heldout.text_loss(student, text)
+    tok = student.tokenizer
+    ids = [tok.eot_token] + tok.encode(text, allowed_special="all")
+    with torch.no_grad():
+        logits = student.model(torch.tensor([ids[:-1]])).logits[0]
+    nll = float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum"))
+    n_bytes = len(text.replace("<|endoftext|>", "").encode())
+    assert result.bits_per_byte == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-5)
+    # a long text in sliding windows: every token scored once
+    long_text = " ".join(["The cat sat on the mat and looked at the sun."] * 40)
+    windowed = heldout.text_loss(student, long_text, stride=32)
+    assert windowed.tokens == len(tok.encode(long_text, allowed_special="all"))
+    lengths = heldout.token_byte_lengths(tok)
+    assert lengths[tok.eot_token] == 0 and int(lengths[tok.encode_ordinary(long_text)].sum()) == len(long_text)
+
+
+def test_probes_cli_end_to_end_on_a_checkpoint(tiny_run, tmp_path, capsys):
+    from tinystories.cli import main
+
+    html = tmp_path / "probes.html"
+    jsonl = tmp_path / "probes.jsonl"
+    assert main(["eval", "probes", str(tiny_run[1][0]), str(tiny_run[1][1]), "--suites", "factual,context",
+                 "--max-new-tokens", "4", "--html", str(html), "--jsonl", str(jsonl)]) == 0
+    lines = jsonl.read_text().splitlines()
+    n_prompts = len(probes.load_suite("factual")) + len(probes.load_suite("context"))
+    assert len(lines) == 2 * n_prompts
+    page = html.read_text()
+    assert "tiny/step_00000010" in page and "tiny/step_00000020" in page
+    assert "probe scores" in capsys.readouterr().out
+
+
+def test_loss_cli_on_a_text_file(tiny_run, tmp_path, capsys):
+    from tinystories.cli import main
+
+    path = tmp_path / "valid.txt"
+    path.write_text("Sue had a cat.\n<|endoftext|>\nThe cat was soft and warm.\n")
+    out = tmp_path / "loss.json"
+    assert main(["eval", "loss", str(tiny_run[1][0]), "--text", str(path), "--json", str(out)]) == 0
+    [result] = json.loads(out.read_text())
+    assert result["model"] == "tiny/step_00000010" and result["bytes"] == len(path.read_text().replace(
+        "<|endoftext|>", "").encode())
+    assert result["bits_per_byte"] == pytest.approx(result["nll_nats"] / math.log(2) / result["bytes"])
+    assert "bits per byte" in capsys.readouterr().out

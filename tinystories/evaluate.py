@@ -234,6 +234,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     loss.add_argument("--stride", type=int, help="sliding-window stride in tokens (default: the context length)")
     loss.add_argument("--max-bytes", type=int, help="score only the head of the text")
     loss.add_argument("--batch-size", type=int, default=8)
+    loss.add_argument("--json", type=Path, help="also write the results here")
 
 
 def _load_students(args: argparse.Namespace) -> list[Any]:
@@ -359,6 +360,7 @@ def _cli_loss(args: argparse.Namespace, students: list[Any]) -> int:
     table = Table(title=f"held-out loss on {args.text or f'{args.data}:{args.split}'}")
     for column in ("model", "tokens", "bytes", "loss (nats/token)", "perplexity", "bits per byte"):
         table.add_column(column, justify="left" if column == "model" else "right")
+    results = []
     for student in students:
         if text is not None:
             result = heldout.text_loss(student, text, source=str(args.text), stride=args.stride,
@@ -369,7 +371,12 @@ def _cli_loss(args: argparse.Namespace, students: list[Any]) -> int:
             raise SystemExit(f"{student.info.name}: --data shards hold our tokenizer's ids; use --text for HF models")
         table.add_row(result.model, f"{result.tokens:,}", f"{result.bytes:,}", f"{result.loss:.4f}",
                       f"{result.perplexity:.3f}", f"{result.bits_per_byte:.4f}")
+        results.append(result.as_dict())
     Console().print(table)
+    if args.json:
+        from tinystories.eval_report import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(results, indent=1) + "\n")
     return 0
 
 

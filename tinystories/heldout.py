@@ -74,7 +74,7 @@ def text_loss(student: Student, text: str, *, source: str = "<text>", stride: in
 
 def token_byte_lengths(tokenizer: Any) -> np.ndarray:
     """UTF-8 bytes each token id stands for; special tokens (separators) count zero."""
-    lengths = np.array([len(tokenizer.decode_bytes([i])) for i in range(tokenizer.n_vocab)], dtype=np.int64)
+    lengths = np.array([len(token) for token in tokenizer.vocab], dtype=np.int64)
     for token_id in tokenizer.special_tokens.values():
         lengths[token_id] = 0
     return lengths
