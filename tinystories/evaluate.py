@@ -18,7 +18,7 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -75,9 +75,46 @@ def _student_fields(student: Any) -> dict[str, Any]:
             "hidden_size": info.hidden_size, "num_layers": info.num_layers, "num_parameters": info.num_parameters}
 
 
+# judge(chat, item) -> the outcome fields of a record (status ok/failed, ...); raises when the API failed.
+Judge = Callable[[Chat, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
 def grade(students: Sequence[Any], chat: Chat, beginnings: Sequence[str], settings: GradeSettings,
           results_path: str | Path, *, progress: bool = True) -> list[dict[str, Any]]:
-    """Grade every student on every beginning; returns the final records of this plan (cached and new).
+    """Grade every student's completions of every beginning; returns this plan's final records (cached and new)."""
+    async def judge(chat: Chat, item: dict[str, Any]) -> dict[str, Any]:
+        return await judge_completion(chat, item["beginning"], item["completion"], request_id=item["key"][:24])
+
+    prompts = [{"prompt": b, "beginning_index": i, "beginning": b} for i, b in enumerate(beginnings)]
+    return run_judged(students, chat, prompts, settings, results_path, judge, prompt_version=PROMPT_VERSION,
+                      progress=progress)
+
+
+def grade_instruction_following(students: Sequence[Any], chat: Chat, instructions: Sequence[Any],
+                                settings: GradeSettings, results_path: str | Path, *,
+                                progress: bool = True) -> list[dict[str, Any]]:
+    """Instruct checkpoints: stories written to each instruction set, rule-checked and judged."""
+    from tinystories.instruct_eval import (
+        INSTRUCT_PROMPT_VERSION,
+        Instruction,
+        instruction_prompt,
+        judge_instruction_following,
+    )
+
+    async def judge(chat: Chat, item: dict[str, Any]) -> dict[str, Any]:
+        instruction = Instruction(**{**item["instruction"], "features": tuple(item["instruction"]["features"])})
+        return await judge_instruction_following(chat, instruction, item["completion"], request_id=item["key"][:24])
+
+    prompts = [{"prompt": instruction_prompt(ins), "instruction": ins.as_dict()} for ins in instructions]
+    return run_judged(students, chat, prompts, settings, results_path, judge, prompt_version=INSTRUCT_PROMPT_VERSION,
+                      progress=progress)
+
+
+def run_judged(students: Sequence[Any], chat: Chat, prompts: Sequence[dict[str, Any]], settings: GradeSettings,
+               results_path: str | Path, judge: Judge, *, prompt_version: str,
+               progress: bool = True) -> list[dict[str, Any]]:
+    """Sample ``settings.samples`` completions of each prompt (``{"prompt": text, **fields}``) per student
+    and have ``judge`` assess each; one JSONL record per completion in ``results_path``.
 
     Cached records (same key, status ok or failed) are reused without generating or requesting anything.
     Records whose judge call failed (status error) keep their completion and are judged again.
@@ -87,57 +124,56 @@ def grade(students: Sequence[Any], chat: Chat, beginnings: Sequence[str], settin
     final = final_records_by_key(existing)
     errored = {r["key"]: r for r in existing if r.get("status") == "error"}
     plan: list[dict[str, Any]] = []
-    todo: list[tuple[Any, dict[str, Any]]] = []
+    todo: list[dict[str, Any]] = []
     for student in students:
-        missing: dict[int, list[dict[str, Any]]] = {}
-        for b_index, beginning in enumerate(beginnings):
+        missing: dict[str, list[dict[str, Any]]] = {}
+        for fields in prompts:
             for sample in range(settings.samples):
-                key = cache_key(checkpoint_id=student.info.identity, beginning=beginning, seed=settings.seed,
-                                sample=sample, generation=settings.generation(), judge_model=settings.judge_model)
-                item = {"key": key, **_student_fields(student), "beginning_index": b_index, "beginning": beginning,
-                        "sample": sample, "seed": settings.seed, "generation": settings.generation(),
-                        "judge_model": settings.judge_model, "prompt_version": PROMPT_VERSION}
+                key = cache_key(checkpoint_id=student.info.identity, beginning=fields["prompt"], seed=settings.seed,
+                                sample=sample, generation=settings.generation(), judge_model=settings.judge_model,
+                                prompt_version=prompt_version)
+                item = {"key": key, **_student_fields(student), **fields, "sample": sample, "seed": settings.seed,
+                        "generation": settings.generation(), "judge_model": settings.judge_model,
+                        "prompt_version": prompt_version}
                 plan.append(item)
                 if key in final:
                     continue
                 if key in errored:
                     item["completion"] = errored[key]["completion"]
                 else:
-                    missing.setdefault(b_index, []).append(item)
-                todo.append((student, item))
-        _generate(student, beginnings, missing, settings, progress=progress)
+                    missing.setdefault(fields["prompt"], []).append(item)
+                todo.append(item)
+        _generate(student, missing, settings, progress=progress)
     if todo:
-        asyncio.run(_judge_all(chat, [item for _, item in todo], results_path, progress=progress))
+        asyncio.run(_judge_all(chat, judge, todo, results_path, progress=progress))
     final = final_records_by_key(read_records(results_path))
     return [final[item["key"]] for item in plan if item["key"] in final]
 
 
-def _generate(student: Any, beginnings: Sequence[str], missing: dict[int, list[dict[str, Any]]],
-              settings: GradeSettings, *, progress: bool) -> None:
-    """Fill in the completions of the missing items: one batch of all samples per beginning, seeded per beginning."""
+def _generate(student: Any, missing: dict[str, list[dict[str, Any]]], settings: GradeSettings, *,
+              progress: bool) -> None:
+    """Fill in the completions of the missing items: one batch of all samples per prompt, seeded per prompt."""
     if not missing:
         return
     with _progress(progress) as bar:
         task = bar.add_task(f"sampling {student.info.name}", total=len(missing))
-        for b_index, items in missing.items():
-            completions = student.complete([beginnings[b_index]] * settings.samples,
-                                           max_new_tokens=settings.max_new_tokens,
+        for prompt, items in missing.items():
+            completions = student.complete([prompt] * settings.samples, max_new_tokens=settings.max_new_tokens,
                                            temperature=settings.temperature, top_k=settings.top_k,
-                                           top_p=settings.top_p, seed=beginning_seed(settings.seed,
-                                                                                     beginnings[b_index]))
+                                           top_p=settings.top_p, seed=beginning_seed(settings.seed, prompt))
             for item in items:
                 item["completion"] = completions[item["sample"]]
             bar.advance(task)
 
 
-async def _judge_all(chat: Chat, items: list[dict[str, Any]], results_path: Path, *, progress: bool) -> None:
+async def _judge_all(chat: Chat, judge: Judge, items: list[dict[str, Any]], results_path: Path, *,
+                     progress: bool) -> None:
     with _progress(progress) as bar:
         task = bar.add_task("judging", total=len(items))
 
         async def one(item: dict[str, Any]) -> None:
             try:
-                outcome = await judge_completion(chat, item["beginning"], item["completion"],
-                                                 request_id=item["key"][:24])
+                outcome = await judge(chat, item)
             except Exception as exc:  # the API failed after all retries: keep the completion, judge next run
                 outcome = {"status": "error", "grades": None, "failure": "api_error",
                            "failure_detail": {"error": f"{type(exc).__name__}: {exc}"}}
@@ -190,7 +226,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     models(g)
     judge(g, required=True)
     g.add_argument("--beginnings", type=Path, help="one beginning per line (default: the shipped set)")
-    g.add_argument("--limit-beginnings", type=int, help="use only the first N beginnings")
+    g.add_argument("--limit-beginnings", type=int, help="use only the first N beginnings (or instruction sets)")
+    g.add_argument("--instruct", action="store_true",
+                   help="Instruct checkpoints: score instruction following (words, summary, features) instead")
+    g.add_argument("--instructions", type=Path, help="instruction sets, JSONL (default: the shipped set)")
     g.add_argument("--samples", type=int, default=10, help="completions per beginning")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int)
@@ -250,7 +289,10 @@ def _load_students(args: argparse.Namespace) -> list[Any]:
 def run_cli(args: argparse.Namespace) -> int:
     command = args.eval_command
     if command == "report":
-        return _report(read_records(args.results), args.out or args.results.parent)
+        records = read_records(args.results)
+        if any("checks" in r for r in records):
+            return _instruct_report(records)
+        return _report(records, args.out or args.results.parent)
     students = _load_students(args)
     if command == "grade":
         return _cli_grade(args, students)
@@ -262,12 +304,38 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def _cli_grade(args: argparse.Namespace, students: list[Any]) -> int:
-    beginnings = load_beginnings(args.beginnings)[: args.limit_beginnings]
     settings = GradeSettings(judge_model=args.judge_model, samples=args.samples, temperature=args.temperature,
                              top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
     chat = make_judge_chat(args)
+    if args.instruct:
+        from tinystories.instruct_eval import load_instructions
+
+        instructions = load_instructions(args.instructions)[: args.limit_beginnings]
+        records = grade_instruction_following(students, chat, instructions, settings, args.out / "instruct.jsonl")
+        return _instruct_report(records)
+    beginnings = load_beginnings(args.beginnings)[: args.limit_beginnings]
     records = grade(students, chat, beginnings, settings, args.out / "grades.jsonl")
     return _report(records, args.out)
+
+
+def _instruct_report(records: list[dict[str, Any]]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tinystories.eval_report import group_by_model
+    from tinystories.instruct_eval import summarize_instruct
+
+    groups = group_by_model(records)
+    summaries = {name: summarize_instruct(rs) for name, rs in groups.items()}
+    kinds = sorted({k for s in summaries.values() for k in s["pass_rates"]})
+    table = Table(title="instruction following (score = fraction of checks passed, mean ± 95% CI; pass rates)")
+    for column in ("model", "scored", "score", *kinds):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, s in summaries.items():
+        table.add_row(name, f"{s['n_scored']}/{s['n_items']}", str(s["score"]),
+                      *(f"{s['pass_rates'][k]:.0%}" if k in s["pass_rates"] else "-" for k in kinds))
+    Console().print(table)
+    return 0
 
 
 def _report(records: list[dict[str, Any]], out: Path) -> int:
