@@ -123,3 +123,22 @@ def test_judge_verdict_parsing():
 def test_probe_result_round_trips_to_json():
     r = ProbeResult("m", "factual", "x", "p", " c", "correct", "c")
     assert json.loads(json.dumps(r.as_dict()))["verdict"] == "correct"
+
+
+def test_judge_pass_settles_only_clear_answers():
+    import asyncio
+
+    from tinystories.grading import ChatReply
+
+    results = probes.run_probes(ScriptedStudent("m", {BED.prompt: " sleep.", CAT.prompt: " pet.",
+                                                      NAME.prompt: " Sara."}), [BED, CAT, NAME])
+    asked = []
+
+    async def chat(messages, request_id):
+        asked.append(request_id)
+        text = messages[0]["content"]
+        return ChatReply("CORRECT" if "sleep" in text else "Hmm, hard to say.", {}, 0.0)
+
+    assert asyncio.run(probes.judge_partials(chat, results, [BED, CAT, NAME])) == 1
+    assert sorted(asked) == ["probe-m-t-bed", "probe-m-t-cat"]  # only the partial ones
+    assert [(r.verdict, r.judged) for r in results] == [("correct", True), ("partial", False), ("correct", False)]

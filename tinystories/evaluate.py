@@ -371,7 +371,8 @@ def _cli_probes(args: argparse.Namespace, students: list[Any]) -> int:
     if args.judge:
         if not args.judge_model:
             raise SystemExit("tinystories eval probes: --judge needs --judge-model")
-        raise NotImplementedError("waiting for tinystories.llm_client")
+        settled = asyncio.run(probes.judge_partials(make_judge_chat(args), results, suite_probes))
+        print(f"the judge settled {settled} of the partially correct completions")
     probes.render_terminal(results)
     if args.html:
         print(f"wrote {probes.render_html(results, args.html)}")

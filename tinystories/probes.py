@@ -24,6 +24,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from tinystories.grading import Chat
+
 SUITES = ("factual", "reasoning", "context")
 VERDICTS = ("correct", "partial", "wrong")
 WINDOW = 4
@@ -155,6 +157,31 @@ def parse_judge_verdict(text: str) -> str | None:
     """"correct"/"wrong" when the judge answered with exactly one of the two words, else None."""
     found = set(_JUDGE_VERDICT.findall(text.upper()))
     return found.pop().lower() if len(found) == 1 else None
+
+
+async def judge_partials(chat: Chat, results: Sequence[ProbeResult], probes: Sequence[Probe]) -> int:
+    """Ask the judge about every partially correct result; settle it when the answer is clear.
+
+    An unclear answer, or an API failure, leaves the rule's "partial" in place. Returns how many were settled.
+    """
+    import asyncio
+
+    by_id = {p.id: p for p in probes}
+
+    async def settle(result: ProbeResult) -> bool:
+        messages = [{"role": "user", "content": judge_prompt(by_id[result.id], result.completion)}]
+        try:
+            reply = await chat(messages, f"probe-{result.model}-{result.id}")
+        except Exception:
+            return False
+        verdict = parse_judge_verdict(reply.text)
+        if verdict is None:
+            return False
+        result.verdict, result.judged = verdict, True
+        return True
+
+    settled = await asyncio.gather(*(settle(r) for r in results if r.verdict == "partial"))
+    return sum(settled)
 
 
 # ------------------------------------------------------------------------------------------------ reports
