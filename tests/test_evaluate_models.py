@@ -11,6 +11,8 @@ import torch
 from tinystories import heldout, probes
 from tinystories.students import HFStudent, fingerprint_path
 
+from _evaluate_fixtures import tiny_run  # noqa: F401  (a pytest fixture)
+
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory, gpt2_files):
@@ -72,28 +74,6 @@ def test_fingerprint_follows_content(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ our GPT-Neo
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A randomly initialised demo-shaped GPT-Neo with a small BPE, saved as a real checkpoint of a run."""
-    from tinystories.checkpoint import checkpoint_path, save_checkpoint, tokenizer_to_json
-    from tinystories.model import GPTNeo, config_from_preset
-    from tinystories.story_templates import generate_stories
-    from tinystories.tokenizer import Tokenizer
-
-    tokenizer = Tokenizer.train(generate_stories(200), vocab_size=384)
-    config = config_from_preset("demo", vocab_size=tokenizer.n_vocab, hidden_size=32, num_layers=2,
-                                max_position_embeddings=128)
-    run = tmp_path_factory.mktemp("runs") / "tiny"
-    paths = []
-    for step in (10, 20):
-        torch.manual_seed(step)
-        model = GPTNeo(config)
-        paths.append(save_checkpoint({"model_config": config.to_dict(), "model": model.state_dict(),
-                                      "tokenizer_json": tokenizer_to_json(tokenizer), "train_config": {}},
-                                     checkpoint_path(run, step)))
-    return run, paths
-
-
 def test_checkpoint_student_identity_and_generation(tiny_run):
     from tinystories.students import GPTNeoStudent, load_student
 
