@@ -144,3 +144,19 @@ def test_loss_cli_on_a_text_file(tiny_run, tmp_path, capsys):
         "<|endoftext|>", "").encode())
     assert result["bits_per_byte"] == pytest.approx(result["nll_nats"] / math.log(2) / result["bytes"])
     assert "bits per byte" in capsys.readouterr().out
+
+
+def test_novelty_cli_end_to_end_on_a_checkpoint(tiny_run, tmp_path):
+    from tinystories.cli import main
+    from tinystories.story_templates import generate_stories
+
+    stories = tmp_path / "train.txt"
+    stories.write_text("".join(f"{s}\n<|endoftext|>\n" for s in generate_stories(60, seed=1)))
+    out = tmp_path / "novelty.jsonl"
+    assert main(["eval", "novelty", str(tiny_run[1][0]), "--stories", str(stories), "--n", "6",
+                 "--max-new-tokens", "16", "--jsonl", str(out)]) == 0
+    items = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(items) == 6 and len({i["story_index"] for i in items}) == 6
+    for item in items:
+        assert 0 <= item["rouge_l_ending"] <= 1 and 0 <= item["ngram_overlap_corpus"] <= 1
+        assert item["nearest_story"] != item["story_index"]

@@ -59,6 +59,14 @@ class GradeSettings:
     max_new_tokens: int = 200
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.max_new_tokens < 1:
+            raise ValueError(f"samples ({self.samples}) and max_new_tokens ({self.max_new_tokens}) must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not self.judge_model:
+            raise ValueError("judge_model must name the judge")
+
     def generation(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
                 "max_new_tokens": self.max_new_tokens}
