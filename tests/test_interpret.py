@@ -1,0 +1,143 @@
+"""Neuron top-k and attention-head classification: planted patterns with known answers."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from tinystories.interpret import (
+    HeadStatsAccumulator,
+    NeuronTopK,
+    attention_statistics,
+    heads_report_html,
+    heatmap_png,
+    neuron_report_html,
+    read_stories,
+    top_token_share,
+)
+
+T = 120
+
+
+def _causal_rows(allowed: torch.Tensor) -> torch.Tensor:
+    """Row-normalised causal attention that spreads evenly over the allowed keys."""
+    m = (allowed & torch.ones(T, T, dtype=torch.bool).tril()).double()
+    return (m / m.sum(-1, keepdim=True)).float()
+
+
+def _planted_heads() -> tuple[torch.Tensor, list[str]]:
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    tokens = torch.randint(10, 500, (T,), generator=torch.Generator().manual_seed(0))
+    tokens[[3, 40, 77, 100]] = 7  # the "main character": a content-selected head attends to its mentions
+    heads = {
+        "previous token": (_causal_rows((i - j == 1) | ((i == 0) & (j == 0))), "local"),
+        "fixed offset 20": (_causal_rows((i - j == 20) | ((i < 20) & (j == 0))), "local"),
+        "uniform": (_causal_rows(j <= i), "diffuse"),
+        "sink": (_causal_rows((j == 0) & (i >= 0)), "first-token"),
+        "character mentions": (_causal_rows((tokens[None, :] == 7) | ((i < 3) & (j == 0))), "semantic"),
+    }
+    return torch.stack([a for a, _ in heads.values()]), [kind for _, kind in heads.values()]
+
+
+def test_planted_heads_are_classified_with_their_numbers():
+    attention, expected = _planted_heads()
+    acc = HeadStatsAccumulator(window=4)
+    acc.add(0, attention)
+    acc.add(0, attention)  # averaging two identical stories changes nothing
+    heads = acc.heads()
+    assert [h.kind for h in heads] == expected
+    prev, offset, uniform, sink, semantic = heads
+    assert prev.local_share == pytest.approx(1.0) and prev.mean_distance == pytest.approx(1.0)
+    assert offset.local_share == pytest.approx(0.0) and "fixed offset profile" in offset.reason
+    assert uniform.normalized_entropy == pytest.approx(1.0)
+    assert sink.first_token_share == pytest.approx(1.0)
+    assert semantic.positional_fit < 0.1 and semantic.normalized_entropy < 0.3
+    assert f"{semantic.positional_fit:.0%}" in semantic.reason  # the numbers behind the call
+    assert all(h.queries == 2 * (T - 5) for h in heads)
+
+
+def test_attention_statistics_exact_values_on_a_small_case():
+    # One head, T=4, window=1: queries 2 and 3 count. Query 2 -> key 0; query 3 -> keys 2 and 3 evenly.
+    a = torch.zeros(1, 4, 4)
+    a[0, 0, 0] = a[0, 1, 0] = 1
+    a[0, 2, 0] = 1
+    a[0, 3, 2] = a[0, 3, 3] = 0.5
+    s = attention_statistics(a, window=1)
+    assert s["mean_distance"].item() == pytest.approx((2 + 0.5) / 2)
+    assert s["local_share"].item() == pytest.approx((0 + 1) / 2)
+    assert s["first_token_share"].item() == pytest.approx(0.5)
+    assert s["entropy"].item() == pytest.approx(math.log(2) / 2)
+    assert s["normalized_entropy"].item() == pytest.approx((0 + math.log(2) / math.log(4)) / 2)
+    assert s["queries"].item() == 2
+
+
+def test_attention_statistics_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="must be \\(H, T, T\\)"):
+        attention_statistics(torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="no query farther than window=4"):
+        attention_statistics(torch.zeros(1, 5, 5), window=4)
+
+
+def test_neuron_topk_streaming_matches_a_global_sort():
+    g = torch.Generator().manual_seed(1)
+    stories = [torch.randn(int(n), 6, generator=g) for n in torch.randint(3, 30, (15,), generator=g)]
+    top = NeuronTopK(6, k=4, context=2, per_story=2)
+    for s, acts in enumerate(stories):
+        top.add(s, acts)
+    profiles = top.profiles()
+    assert [p.peak for p in profiles] == sorted((p.peak for p in profiles), reverse=True)
+    for prof in profiles:
+        candidates = []  # the per-story top 2, then the global top 4
+        for s, acts in enumerate(stories):
+            v, pos = acts[:, prof.neuron].topk(min(2, len(acts)))
+            candidates += [(float(x), s, int(p)) for x, p in zip(v, pos)]
+        want = sorted(candidates, reverse=True)[:4]
+        assert [(e.activation, e.story, e.position) for e in prof.examples] == pytest.approx(want)
+        for e in prof.examples:  # the context window is the neuron's activation around the example
+            acts = stories[e.story][:, prof.neuron]
+            for offset, value in enumerate(e.context_activations):
+                pos = e.context_start + offset
+                if 0 <= pos < len(acts):
+                    assert value == pytest.approx(float(acts[pos]))
+                else:
+                    assert math.isnan(value)
+
+
+def test_neuron_report_html_highlights_the_activating_token():
+    stories = [[1, 2, 3, 4, 5], [6, 7, 3, 9]]
+    acts = [torch.zeros(5, 2), torch.zeros(4, 2)]
+    acts[0][2, 1] = 2.0
+    acts[1][2, 1] = 1.0
+    acts[0][1, 1] = 0.5
+    top = NeuronTopK(2, k=2, context=1)
+    for s, a in enumerate(acts):
+        top.add(s, a)
+    profiles = top.profiles()
+    assert profiles[0].neuron == 1
+    assert top_token_share(profiles[0], stories) == (3, 1.0)
+    page = neuron_report_html(profiles, stories, lambda t: f"<w{t}>", title="t")
+    assert page.count("<h2") == 2 and "&lt;w3&gt;" in page  # escaped token text
+    assert re.search(r"class='tok peak' style='background:rgba\(255,0,0,1\.000\)'[^>]*>&lt;w3&gt;", page)
+    assert "rgba(255,0,0,0.250)" in page  # 0.5 / peak 2.0
+    assert "<script" not in page and "http" not in page  # self-contained
+
+
+def test_heatmap_png_and_heads_report_embed_the_image():
+    attention, _ = _planted_heads()
+    png = heatmap_png(attention[0, :20, :20], [f"t{i}" for i in range(20)], "L0H0")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    acc = HeadStatsAccumulator(window=4)
+    acc.add(0, attention)
+    page = heads_report_html(acc.heads(), [("L0H0", png)], title="heads")
+    assert "data:image/png;base64," in page and "semantic" in page and "first-token" in page
+
+
+def test_read_stories_splits_on_endoftext(tmp_path):
+    path = tmp_path / "s.txt"
+    path.write_text("One day.\n<|endoftext|>\nTwo.\nMore.\n<|endoftext|>\n", encoding="utf-8")
+    assert read_stories(path) == ["One day.", "Two.\nMore."]
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        read_stories(tmp_path / "nope.txt")
