@@ -141,3 +141,72 @@ def test_read_stories_splits_on_endoftext(tmp_path):
     assert read_stories(path) == ["One day.", "Two.\nMore."]
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         read_stories(tmp_path / "nope.txt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Through a real GPTNeo: planted weights, hooks, output_attentions
+# ---------------------------------------------------------------------------------------------
+def _planted_model(token: int, neuron: int):
+    """A 3-layer GPTNeo whose layer-1 (the default: one before last) MLP neuron ``neuron`` fires on ``token``.
+
+    Every attention and MLP output projection is zeroed, so each block sees the bare token embedding;
+    the planted token's embedding is the only one with weight on dimension 0, and the neuron reads it.
+    """
+    from tinystories.model import GPTNeo, GPTNeoConfig
+
+    torch.manual_seed(0)
+    model = GPTNeo(GPTNeoConfig(vocab_size=64, hidden_size=16, num_layers=3, num_heads=2,
+                                max_position_embeddings=64, window_size=8)).eval()
+    with torch.no_grad():
+        model.wpe.weight.zero_()
+        model.wte.weight[:, 0] = 0.0
+        model.wte.weight[token] = 0.0
+        model.wte.weight[token, 0] = 1.0
+        for block in model.blocks:
+            block.attn.out_proj.weight.zero_()
+            block.mlp.c_proj.weight.zero_()
+        fc = model.blocks[1].mlp.c_fc
+        fc.weight[neuron] = 0.0
+        fc.weight[neuron, 0] = 1.0
+        fc.bias[neuron] = -2.0
+    return model
+
+
+def test_planted_neuron_reports_exactly_its_token():
+    from tinystories.interpret import analyse_neurons, default_layer
+
+    token, neuron = 42, 5
+    model = _planted_model(token, neuron)
+    assert default_layer(model) == 1
+    g = torch.Generator().manual_seed(3)
+    stories, planted = [], {}
+    for s in range(12):
+        ids = torch.randint(0, 64, (30,), generator=g)
+        ids[ids == token] = 0
+        if s % 2 == 0:  # the token appears in every other story, once, at a random place
+            planted[s] = int(torch.randint(0, 30, (1,), generator=g))
+            ids[planted[s]] = token
+        stories.append(ids.tolist())
+    profiles = analyse_neurons(model, stories, k=len(planted), context=3)
+    top = profiles[0]
+    assert top.neuron == neuron  # ranked first by peak activation
+    assert {(e.story, e.position) for e in top.examples} == set(planted.items())
+    assert all(stories[e.story][e.position] == token for e in top.examples)
+    assert top_token_share(top, stories) == (token, 1.0)
+    assert top.peak > 1.0 > max(p.peak for p in profiles[1:])
+
+
+def test_attention_from_the_model_is_causal_and_feeds_the_head_statistics():
+    from tinystories.interpret import analyse_heads, attention_maps
+
+    model = _planted_model(1, 0)
+    story = list(range(2, 40))
+    maps = attention_maps(model, story)
+    assert len(maps) == 3 and maps[0].shape == (2, 38, 38)
+    assert torch.allclose(maps[0].sum(-1), torch.ones(2, 38), atol=1e-5)
+    assert float(maps[0].triu(1).abs().max()) == 0.0
+    # layer 1 is "local" with window 8: nothing beyond 8 tokens back
+    assert float(maps[1].tril(-8).abs().max()) == 0.0
+    heads = analyse_heads(model, [story, story[:20]], window=4)
+    assert [(h.layer, h.head) for h in heads] == [(l, h) for l in range(3) for h in range(2)]
+    assert all(h.queries == (38 - 5) + (20 - 5) for h in heads)

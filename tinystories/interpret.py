@@ -505,8 +505,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace):
     from tinystories.model import load_checkpoint
 
-    model, tokenizer, _ = load_checkpoint(args.checkpoint)
-    model.to(args.device).eval()
+    model, tokenizer, _ = load_checkpoint(args.checkpoint, args.device)
     context = model.config.max_position_embeddings
     texts = read_stories(args.stories, args.num_stories)
     stories = [tokenizer.encode_ordinary(t)[:context] for t in texts]
@@ -530,14 +529,19 @@ def _out_dir(args: argparse.Namespace) -> Path:
 
 def run_cli(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     try:
-        model, tokenizer, stories = _load(args)
+        return _run(args, console)
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
+
+
+def _run(args: argparse.Namespace, console) -> int:
+    from rich.table import Table
+
+    model, tokenizer, stories = _load(args)
     out = _out_dir(args)
     token_text = lambda t: tokenizer.decode([t])  # noqa: E731
     meta = {"checkpoint": args.checkpoint, "stories": f"{len(stories)} from {args.stories}"}
@@ -552,8 +556,7 @@ def run_cli(args: argparse.Namespace) -> int:
             by_id = {p.neuron: p for p in profiles}
             missing = [n for n in wanted if n not in by_id]
             if missing:
-                console.print(f"[red]error:[/red] --neurons {missing} out of range 0..{len(profiles) - 1}")
-                return 2
+                raise ValueError(f"--neurons {missing} out of range 0..{len(profiles) - 1}")
             shown = [by_id[n] for n in wanted]
         else:
             shown = profiles[:args.show]
@@ -578,15 +581,17 @@ def run_cli(args: argparse.Namespace) -> int:
     progress, tick = _progress(len(stories), "attention heads")
     with progress:
         heads = analyse_heads(model, stories, window=args.window, progress=tick)
+    if not 0 <= args.heatmap_story < len(stories):
+        raise ValueError(f"--heatmap-story {args.heatmap_story} out of range: {len(stories)} stories were read")
     story = stories[args.heatmap_story]
     maps = attention_maps(model, story)
     labels = [token_text(t) for t in story]
     chosen = _chosen_heads(args.heatmap_heads, heads)
     pngs = []
     for layer, head in chosen:
-        if layer >= len(maps) or head >= maps[layer].shape[0]:
-            console.print(f"[red]error:[/red] head L{layer}.H{head} does not exist")
-            return 2
+        if not (0 <= layer < len(maps) and 0 <= head < maps[layer].shape[0]):
+            raise ValueError(f"--heatmap-heads: head {layer}.{head} does not exist ({len(maps)} layers x "
+                             f"{maps[0].shape[0]} heads)")
         name = f"L{layer}H{head}"
         kind = next(h.kind for h in heads if (h.layer, h.head) == (layer, head))
         png = heatmap_png(maps[layer][head], labels, f"layer {layer} head {head} ({kind}), story {args.heatmap_story}")
@@ -613,7 +618,7 @@ def _chosen_heads(spec: str, heads: Sequence[HeadStats]) -> list[tuple[int, int]
         try:
             return [(int(a), int(b)) for a, b in (pair.split(".") for pair in spec.split(","))]
         except ValueError:
-            raise SystemExit(f"--heatmap-heads: expected L.H pairs like '0.3,1.5', got {spec!r}") from None
+            raise ValueError(f"--heatmap-heads: expected L.H pairs like '0.3,1.5', got {spec!r}") from None
     chosen = []
     for layer in sorted({h.layer for h in heads}):
         in_layer = [h for h in heads if h.layer == layer]
