@@ -13,6 +13,7 @@ import pytest
 from tinystories.sweep import SweepConfig, analyze, collect_results, estimate, read_status, run_sweep
 
 pytestmark = pytest.mark.slow
+pytest.importorskip("tinystories.train", reason="the trainer (issue 4) is not on main yet")  # TODO(insight): drop once merged
 
 # Tiny shapes, 12 steps of 16 x 64 tokens, the trainer's offline demo corpus kept small.
 TRAIN = {"batch_size": "16", "seq_len": "64", "eval_every": "6", "eval_batches": "2", "ckpt_every": "6",
