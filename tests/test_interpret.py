@@ -74,6 +74,15 @@ def test_attention_statistics_exact_values_on_a_small_case():
     assert s["queries"].item() == 2
 
 
+def test_sliding_window_heads_are_normalised_by_the_keys_they_can_see():
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    uniform_in_window = _causal_rows(i - j < 16)[None]  # a GPT-Neo local layer with window 16
+    s = attention_statistics(uniform_in_window, window=4, attention_window=16)
+    assert s["normalized_entropy"].item() == pytest.approx(1.0)
+    # without the window the same head looks focused: it sees 16 of up to 120 keys
+    assert attention_statistics(uniform_in_window, window=4)["normalized_entropy"].item() < 0.75
+
+
 def test_attention_statistics_rejects_bad_shapes():
     with pytest.raises(ValueError, match="must be \\(H, T, T\\)"):
         attention_statistics(torch.zeros(2, 3, 4))

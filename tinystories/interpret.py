@@ -160,9 +160,12 @@ class HeadRule:
 METRICS = ("mean_distance", "entropy", "normalized_entropy", "local_share", "first_token_share", "positional_fit")
 
 
-def attention_statistics(attention: Tensor, window: int = 4) -> dict[str, Tensor]:
+def attention_statistics(attention: Tensor, window: int = 4, attention_window: int | None = None
+                         ) -> dict[str, Tensor]:
     """Per-head statistics of one story's causal attention probabilities ``(H, T, T)``.
 
+    ``attention_window``: the layer's sliding window (a GPT-Neo ``local`` layer: query i sees keys
+    i-W+1..i), so that the normalised entropy divides by the number of keys the head can actually see.
     Returns a dict of ``(H,)`` tensors (the keys of :data:`METRICS`, averaged over the queries
     ``i > window``) and ``"queries"``: how many queries were averaged (for weighting across stories).
     """
@@ -178,7 +181,7 @@ def attention_statistics(attention: Tensor, window: int = 4) -> dict[str, Tensor
     i = torch.arange(T)[:, None]
     j = torch.arange(T)[None, :]
     distance = (i - j).clamp(min=0)  # (T, T)
-    visible = j <= i
+    visible = (j <= i) & ((i - j) < (attention_window or T))
     p = p * visible  # ignore anything a causal head cannot see
     q = slice(window + 1, T)  # the queries that count
     rows = p[:, q]  # (H, Q, T)
@@ -187,7 +190,7 @@ def attention_statistics(attention: Tensor, window: int = 4) -> dict[str, Tensor
     mean_distance = (rows * distance[q]).sum(-1)
     plogp = torch.where(rows > 0, rows * rows.clamp_min(1e-300).log(), torch.zeros_like(rows))
     entropy = -plogp.sum(-1)
-    normalized_entropy = entropy / torch.log(torch.arange(T)[q].double() + 1)
+    normalized_entropy = entropy / torch.log(visible[q].sum(-1).double().clamp_min(2))
     local_share = (rows * (distance[q] <= window)).sum(-1)
     first_token_share = rows[..., 0]
 
@@ -251,8 +254,8 @@ class HeadStatsAccumulator:
         self.window, self.rule = window, rule
         self._sums: dict[int, dict[str, Tensor]] = {}
 
-    def add(self, layer: int, attention: Tensor) -> None:
-        stats = attention_statistics(attention, self.window)
+    def add(self, layer: int, attention: Tensor, attention_window: int | None = None) -> None:
+        stats = attention_statistics(attention, self.window, attention_window)
         weight = stats["queries"]
         sums = self._sums.setdefault(layer, {})
         for name in METRICS:
@@ -323,10 +326,15 @@ def analyse_heads(model: GPTNeo, stories: Iterable[Sequence[int]], *, window: in
     for ids in stories:
         if len(ids) > window + 1:
             for layer, attention in enumerate(attention_maps(model, ids)):
-                acc.add(layer, attention)
+                acc.add(layer, attention, attention_window(model, layer))
         if progress:
             progress()
     return acc.heads()
+
+
+def attention_window(model: GPTNeo, layer: int) -> int | None:
+    """The sliding window of a ``local`` layer, None for a ``global`` one."""
+    return model.config.window_size if model.config.attention_layers[layer] == "local" else None
 
 
 def default_layer(model: GPTNeo) -> int:
@@ -426,9 +434,11 @@ def heatmap_png(attention: Tensor, labels: Sequence[str], title: str) -> bytes:
 
     T = attention.shape[-1]
     size = max(4.0, min(14.0, 0.18 * T))
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
     try:
-        ax.imshow(attention.float().numpy(), cmap="Reds", vmin=0.0, vmax=1.0)
+        # scaled to the map's own maximum: a spread-out head would be invisible on a 0..1 scale
+        image = ax.imshow(attention.float().numpy(), cmap="Reds", vmin=0.0, vmax=float(attention.max()) or 1.0)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="attention")
         ax.set_title(title)
         ax.set_xlabel("key")
         ax.set_ylabel("query")
@@ -497,6 +507,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     h = sub.choices["heads"]
     h.add_argument("--window", type=int, default=4, help="the k of 'share of attention within k tokens'")
     h.add_argument("--heatmap-story", type=int, default=0, help="index of the story drawn in the heat maps")
+    h.add_argument("--heatmap-tokens", type=int, default=64, help="draw the story's first N tokens (labels stay "
+                                                                  "readable up to about 80)")
     h.add_argument("--heatmap-heads", default="auto",
                    help="heads to draw as L.H pairs, e.g. '0.3,1.5'; 'auto' draws the most local and the most "
                         "semantic head of each layer")
@@ -583,7 +595,7 @@ def _run(args: argparse.Namespace, console) -> int:
         heads = analyse_heads(model, stories, window=args.window, progress=tick)
     if not 0 <= args.heatmap_story < len(stories):
         raise ValueError(f"--heatmap-story {args.heatmap_story} out of range: {len(stories)} stories were read")
-    story = stories[args.heatmap_story]
+    story = stories[args.heatmap_story][:args.heatmap_tokens]
     maps = attention_maps(model, story)
     labels = [token_text(t) for t in story]
     chosen = _chosen_heads(args.heatmap_heads, heads)

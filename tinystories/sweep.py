@@ -517,6 +517,7 @@ def plot_scaling(points: Sequence[ScalingPoint], optimal: Sequence[OptimalSize],
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     try:
@@ -526,6 +527,8 @@ def plot_scaling(points: Sequence[ScalingPoint], optimal: Sequence[OptimalSize],
         left.plot([p.compute for p in front], [p.loss for p in front], "k--", lw=1.5, label="frontier")
         left.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel="validation loss",
                  title="loss vs compute")
+        left.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        left.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
         left.legend(fontsize=7, ncol=2)
         inside = [o for o in optimal if o.interior]
         edge = [o for o in optimal if not o.interior]
@@ -575,6 +578,10 @@ def analyze(sweep: SweepConfig, *, points_mode: str = "auto", params: str = "non
     try:
         optimal = compute_optimal_sizes(points, budgets)
         interior = [o for o in optimal if o.interior]
+        if len(interior) < 3:
+            raise ValueError(f"only {len(interior)} of {len(optimal)} compute budgets have their optimum inside "
+                             f"the grid (3 needed); elsewhere the best size is the grid's smallest or largest, so "
+                             f"widen the size range or add token budgets")
         fit = fit_power_law([o.compute for o in interior], [o.params for o in interior])
     except ValueError as exc:
         console.print(f"[yellow]no compute-optimal fit:[/yellow] {exc}")
