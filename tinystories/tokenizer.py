@@ -14,6 +14,7 @@ before pre-tokenization and are never produced by merges.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
@@ -21,7 +22,7 @@ import os
 import sys
 import tempfile
 import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Union
 
@@ -306,6 +307,7 @@ class Tokenizer:
         *,
         num_threads: int | None = None,
         errors: Literal["strict", "replace"] = "strict",
+        progress: bool = False,
     ) -> Tokenizer:
         """Train a byte-level BPE over the GPT-2 pre-tokenization.
 
@@ -314,13 +316,14 @@ class Tokenizer:
         Ids: 0..255 are the bytes, then one id per merge, then the special tokens; ``vocab_size`` counts all.
         Deterministic: each step merges the most frequent adjacent pair; ties go to the pair whose
         (left bytes, right bytes) is lexicographically smallest. Stops early if no pair is left.
+        ``progress``: show a rich progress bar while reading.
         """
         specials = list(special_tokens)
         _check_special_tokens(specials)
         if vocab_size < 256 + len(specials):
             raise ValueError(f"vocab_size {vocab_size} is below 256 byte tokens + {len(specials)} special tokens")
         trainer = _core.BpeTrainer(specials, _threads(num_threads))
-        for batch in _iter_corpus_batches(texts_or_files, errors):
+        for batch in _iter_corpus_batches(texts_or_files, errors, "counting pre-tokens" if progress else None):
             trainer.add_texts(batch)
         if trainer.num_pieces() == 0:
             raise ValueError("empty corpus: no text to train on")
@@ -329,7 +332,13 @@ class Tokenizer:
         return cls([*vocab, *(b"" for _ in specials)], merges, special_ids)
 
     def restrict(
-        self, top_k: int, corpus: Corpus, *, num_threads: int | None = None, errors: Literal["strict", "replace"] = "strict"
+        self,
+        top_k: int,
+        corpus: Corpus,
+        *,
+        num_threads: int | None = None,
+        errors: Literal["strict", "replace"] = "strict",
+        progress: bool = False,
     ) -> Tokenizer:
         """Keep ``top_k`` tokens: the 256 byte tokens, the special tokens, then the tokens most frequent when
         this tokenizer encodes ``corpus`` (ties: lower id first; unused tokens last, in id order), each with
@@ -339,7 +348,7 @@ class Tokenizer:
         if not n_required <= top_k <= self.n_vocab:
             raise ValueError(f"top_k must be between {n_required} (bytes + special tokens) and n_vocab {self.n_vocab}, got {top_k}")
         counts = np.zeros(self.n_vocab, dtype=np.int64)
-        for batch in _iter_corpus_batches(corpus, errors):
+        for batch in _iter_corpus_batches(corpus, errors, "counting tokens" if progress else None):
             for ids in self.encode_batch_to_numpy(batch, num_threads=num_threads, allowed_special="all"):
                 counts += np.bincount(ids, minlength=self.n_vocab)
         vocab, merges = self._core.vocab(), self._core.merges()
@@ -549,10 +558,13 @@ def _safe_cut(buf: bytes | bytearray, lo: int = 0) -> int:
             return pos
 
 
-def read_text_chunks(path: str | os.PathLike, errors: Literal["strict", "replace"] = "strict") -> Iterator[str]:
+def read_text_chunks(
+    path: str | os.PathLike, errors: Literal["strict", "replace"] = "strict", on_read: Callable[[int], None] | None = None
+) -> Iterator[str]:
     """Decoded text of a UTF-8 ``.txt`` or zstd-compressed ``.zst`` file in pieces of about 16 MB, cut only
     where pre-tokenization is unaffected. Invalid UTF-8 raises ValueError naming the file and byte offset
-    (of the decompressed stream for .zst), unless ``errors="replace"`` (U+FFFD, as Python does)."""
+    (of the decompressed stream for .zst), unless ``errors="replace"`` (U+FFFD, as Python does).
+    ``on_read(n)`` is told each time n more bytes of the file itself have been read (for progress bars)."""
     if errors not in ("strict", "replace"):
         raise ValueError(f"errors must be 'strict' or 'replace', got {errors!r}")
     path = Path(path)
@@ -567,8 +579,12 @@ def read_text_chunks(path: str | os.PathLike, errors: Literal["strict", "replace
             stream = raw
         pending = bytearray()
         offset = 0  # file offset of pending[0]
+        reported = 0
         while True:
             block = stream.read(_CHUNK_BYTES)
+            if on_read is not None:
+                on_read(raw.tell() - reported)
+                reported = raw.tell()
             scanned = len(pending)  # no safe cut before here (keeps long lines linear)
             pending += block
             cut = len(pending) if not block else _safe_cut(pending, scanned)
@@ -588,26 +604,48 @@ def read_text_chunks(path: str | os.PathLike, errors: Literal["strict", "replace
                 return
 
 
-def _iter_corpus_batches(corpus: Corpus, errors: Literal["strict", "replace"], batch_chars: int = 16 << 20) -> Iterator[list[str]]:
-    """Lists of texts (about batch_chars each) from a text, a file path or an iterable of them."""
+def _iter_corpus_batches(
+    corpus: Corpus, errors: Literal["strict", "replace"], progress: str | None = None, batch_chars: int = 16 << 20
+) -> Iterator[list[str]]:
+    """Lists of texts (about batch_chars each) from a text, a file path or an iterable of them; with
+    ``progress`` (a description), a rich progress bar over the bytes read."""
     items: Iterable[str | os.PathLike] = [corpus] if isinstance(corpus, (str, os.PathLike)) else corpus
-    batch: list[str] = []
-    size = 0
-    for item in items:
-        if isinstance(item, os.PathLike):
-            chunks: Iterable[str] = read_text_chunks(item, errors)
-        elif isinstance(item, str):
-            chunks = [item]
-        else:
-            raise TypeError(f"corpus items must be str (text) or os.PathLike (file), got {type(item).__name__}")
-        for chunk in chunks:
-            batch.append(chunk)
-            size += len(chunk)
-            if size >= batch_chars:
-                yield batch
-                batch, size = [], 0
-    if batch:
-        yield batch
+    with _progress_bar(progress, items) as advance:
+        batch: list[str] = []
+        size = 0
+        for item in items:
+            if isinstance(item, os.PathLike):
+                chunks: Iterable[str] = read_text_chunks(item, errors, on_read=advance)
+            elif isinstance(item, str):
+                chunks = [item]
+                advance(len(item))
+            else:
+                raise TypeError(f"corpus items must be str (text) or os.PathLike (file), got {type(item).__name__}")
+            for chunk in chunks:
+                batch.append(chunk)
+                size += len(chunk)
+                if size >= batch_chars:
+                    yield batch
+                    batch, size = [], 0
+        if batch:
+            yield batch
+
+
+@contextlib.contextmanager
+def _progress_bar(description: str | None, items: Iterable[object]) -> Iterator[Callable[[int], None]]:
+    """Yields advance(n_bytes); draws a rich bar (sized by the files when items is a list of paths)."""
+    if description is None:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    total = None
+    if isinstance(items, (list, tuple)) and all(isinstance(i, os.PathLike) and Path(i).is_file() for i in items):
+        total = sum(Path(i).stat().st_size for i in items)
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 # ---- command line: tinystories tokenizer train|restrict|encode|export-hf ----------------------
@@ -656,11 +694,13 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.action == "train":
-        tok = Tokenizer.train(args.files, args.vocab_size, args.special_tokens, num_threads=args.threads, errors=args.errors)
+        tok = Tokenizer.train(args.files, args.vocab_size, args.special_tokens, num_threads=args.threads,
+                              errors=args.errors, progress=True)
         tok.save(args.out)
         print(f"trained {tok!r} -> {args.out}")
     elif args.action == "restrict":
-        tok = resolve_tokenizer(args.tokenizer).restrict(args.top_k, args.corpus, num_threads=args.threads, errors=args.errors)
+        tok = resolve_tokenizer(args.tokenizer).restrict(args.top_k, args.corpus, num_threads=args.threads,
+                                                         errors=args.errors, progress=True)
         tok.save(args.out)
         print(f"restricted to {tok!r} -> {args.out}")
     elif args.action == "encode":
