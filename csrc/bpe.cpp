@@ -69,8 +69,9 @@ struct BpeTokenizer::PairTable {
     }
 };
 
-// Pre-token bytes -> token ids. Keys and values live in two flat arenas; the table is cleared when it
-// grows past its budget so memory stays bounded on endless streams of distinct words.
+// Pre-token bytes -> token ids. Each entry's key bytes and ids sit together in one arena of 32-bit
+// words (key padded to whole words, then the ids), so a hit touches the 16-byte slot and one arena spot.
+// The table is cleared when it grows past its budget so memory stays bounded on endless distinct words.
 class PieceCache {
    public:
     PieceCache() { slots_.resize(1 << 12); }
@@ -78,28 +79,33 @@ class PieceCache {
         for (size_t i = (hash >> 8) & (slots_.size() - 1);; i = (i + 1) & (slots_.size() - 1)) {
             const Slot& s = slots_[i];
             if (s.hash == 0) return nullptr;
-            if (s.hash == hash && s.key_len == len && bytes_equal(keys_.data() + s.key_off, key, len)) {
-                count = s.value_len;
-                return values_.data() + s.value_off;
+            const uint32_t* entry = arena_.data() + s.offset;
+            if (s.hash == hash && s.key_len == len && bytes_equal(reinterpret_cast<const unsigned char*>(entry), key, len)) {
+                count = s.count;
+                return entry + key_words(len);
             }
         }
     }
+    // key_len and count must be below 65536 (pieces up to kMaxCachedPiece bytes are cached).
     void insert(uint64_t hash, const unsigned char* key, uint32_t len, const uint32_t* ids, uint32_t count) {
         if (used_ >= kMaxEntries) clear();
         if ((used_ + 1) * 2 > slots_.size()) grow();
-        Slot s{hash, uint32_t(keys_.size()), len, uint32_t(values_.size()), count};
-        keys_.insert(keys_.end(), key, key + len);
-        values_.insert(values_.end(), ids, ids + count);
-        place(s);
+        const size_t offset = arena_.size();
+        arena_.resize(offset + key_words(len) + count);
+        std::memcpy(arena_.data() + offset, key, len);
+        std::memcpy(arena_.data() + offset + key_words(len), ids, count * sizeof(uint32_t));
+        place(Slot{hash, uint32_t(offset), uint16_t(len), uint16_t(count)});
         ++used_;
     }
 
    private:
     struct Slot {
         uint64_t hash;  // never 0 for a used slot (see hash_key)
-        uint32_t key_off, key_len, value_off, value_len;
+        uint32_t offset;  // into arena_
+        uint16_t key_len, count;
     };
-    static constexpr size_t kMaxEntries = size_t{1} << 20;
+    static constexpr size_t kMaxEntries = size_t{1} << 20;  // x (64-byte key + ids) bounds the arena
+    static size_t key_words(size_t len) { return (len + 3) / 4; }
     void place(const Slot& s) {
         size_t i = (s.hash >> 8) & (slots_.size() - 1);
         while (slots_[i].hash != 0) i = (i + 1) & (slots_.size() - 1);
@@ -113,13 +119,11 @@ class PieceCache {
     }
     void clear() {
         std::fill(slots_.begin(), slots_.end(), Slot{});
-        keys_.clear();
-        values_.clear();
+        arena_.clear();
         used_ = 0;
     }
     std::vector<Slot> slots_;
-    std::vector<unsigned char> keys_;
-    std::vector<uint32_t> values_;
+    std::vector<uint32_t> arena_;
     size_t used_ = 0;
 };
 

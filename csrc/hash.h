@@ -18,10 +18,15 @@ inline uint64_t hash_key(const unsigned char* p, size_t n) {
         p += 8;
         n -= 8;
     }
-    if (n > 0) {
-        uint64_t w = 0;
-        std::memcpy(&w, p, n);
-        h = (h ^ w) * kMul;
+    // The tail is read with (overlapping) whole loads, never byte by byte into memory: a byte-wise copy
+    // followed by a 64-bit load stalls on store forwarding, which was a fifth of encode time.
+    if (n >= 4) {
+        uint32_t lo, hi;
+        std::memcpy(&lo, p, 4);
+        std::memcpy(&hi, p + n - 4, 4);
+        h = (h ^ (lo | (uint64_t(hi) << 32))) * kMul;
+    } else if (n > 0) {
+        h = (h ^ (uint64_t(p[0]) | (uint64_t(p[n / 2]) << 8) | (uint64_t(p[n - 1]) << 16))) * kMul;
     }
     h ^= h >> 32;
     h *= 0xD6E8FEB86659FD93ull;
