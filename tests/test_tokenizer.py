@@ -18,8 +18,6 @@ from hypothesis import strategies as st
 from tinystories import _core
 from tinystories.tokenizer import EOT, GPT2_PATTERN, Tokenizer, bytes_to_unicode, read_text_chunks, resolve_tokenizer
 
-tiktoken = pytest.importorskip("tiktoken")
-
 # ---- references and fixtures ------------------------------------------------------------------
 
 
@@ -31,6 +29,7 @@ def gpt2(gpt2_files) -> Tokenizer:
 @pytest.fixture(scope="session")
 def tiktoken_gpt2(gpt2_files):
     """tiktoken's GPT-2 encoding built offline from the shared vocab.json (ranks = ids)."""
+    tiktoken = pytest.importorskip("tiktoken")
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
     encoder = json.loads(gpt2_files[0].read_text(encoding="utf-8"))
     ranks = {bytes(byte_of[c] for c in token): i for token, i in encoder.items() if token != EOT}
@@ -96,6 +95,7 @@ def test_special_tokens_match_tiktoken(gpt2, tiktoken_gpt2, text):
 
 def test_character_classes_match_tiktoken_for_every_code_point():
     """Our \\p{L}, \\p{N}, \\s tables agree with tiktoken's regex engine on all of Unicode."""
+    tiktoken = pytest.importorskip("tiktoken")
     chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
     byte_ranks = {bytes([b]): b for b in range(256)}
 
