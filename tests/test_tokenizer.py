@@ -267,6 +267,7 @@ def test_save_load_round_trip(gpt2, tmp_path):
     assert loaded == gpt2 and loaded.fingerprint == gpt2.fingerprint
     assert loaded.encode("Hi there! " + EOT, allowed_special="all") == gpt2.encode("Hi there! " + EOT, allowed_special="all")
     assert [p.name for p in tmp_path.iterdir()] == ["tok.json"]  # no temporary file left behind
+    assert Tokenizer.from_json(gpt2.to_json()) == gpt2 and path.read_text(encoding="utf-8") == gpt2.to_json()
     assert resolve_tokenizer(path) == gpt2
     (tmp_path / "dataset").mkdir()
     gpt2.save(tmp_path / "dataset" / "tokenizer.json")
@@ -286,6 +287,8 @@ def test_load_errors_name_the_file(tmp_path):
         Tokenizer.load(bad)
     with pytest.raises(ValueError, match="cannot resolve"):
         resolve_tokenizer(tmp_path / "missing")
+    with pytest.raises(ValueError, match="checkpoint.pt: not a tinystories-bpe file"):
+        Tokenizer.from_json("[1, 2]", source="checkpoint.pt")
 
 
 def test_gpt2_file_errors(gpt2_files, tmp_path):

@@ -200,14 +200,24 @@ class Tokenizer:
         """Load our JSON format (``save``); a Hugging Face byte-level BPE ``tokenizer.json`` also works."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: cannot read a tokenizer JSON file: {e}") from None
+        return cls.from_json(text, source=str(path))
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "<json>") -> Tokenizer:
+        """A tokenizer from the text of a ``save``d file (or of a HF tokenizer.json); errors name ``source``."""
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"{source}: cannot read a tokenizer JSON file: {e}") from None
+        path = Path(source)
         if isinstance(data, dict) and data.get("format") == FORMAT_NAME:
             return cls._from_our_json(data, path)
         if isinstance(data, dict) and isinstance(data.get("model"), dict) and data["model"].get("type") == "BPE":
             return cls._from_hf_json(data, path)
-        raise ValueError(f"{path}: not a {FORMAT_NAME} file (nor a Hugging Face BPE tokenizer.json)")
+        raise ValueError(f"{source}: not a {FORMAT_NAME} file (nor a Hugging Face BPE tokenizer.json)")
 
     @classmethod
     def _from_our_json(cls, data: dict, path: Path) -> Tokenizer:
@@ -248,9 +258,10 @@ class Tokenizer:
             merges.append((id_of[lb], id_of[rb], id_of[lb + rb]))
         return cls(vocab, merges, specials)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the tokenizer as one JSON file (atomically). Token bytes are spelled with GPT-2's
-        byte-to-character map, as in vocab.json; merges are [left, right] id pairs in rank order."""
+    def to_json(self) -> str:
+        """The tokenizer in our one-file JSON format (what ``save`` writes; ``from_json`` reads it).
+        Token bytes are spelled with GPT-2's byte-to-character map, as in vocab.json; merges are
+        [left, right] id pairs in rank order (docs/tokenizer.md)."""
         special_ids = set(self._special_tokens.values())
         vocab = [None if i in special_ids else _token_to_str(t) for i, t in enumerate(self._core.vocab())]
         data = {
@@ -263,7 +274,11 @@ class Tokenizer:
             "vocab": vocab,
             "merges": [[a, b] for a, b, _ in self._core.merges()],
         }
-        _atomic_write(path, (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``to_json()`` to path atomically (temporary file + rename)."""
+        _atomic_write(path, self.to_json().encode("utf-8"))
 
     def save_hf(self, path: str | os.PathLike) -> None:
         """Write a Hugging Face ``tokenizers`` tokenizer.json (``tokenizers.Tokenizer.from_file`` loads it and
