@@ -326,6 +326,10 @@ def test_invalid_utf8_file_names_file_and_offset(tmp_path):
         list(read_text_chunks(path, errors="ignore"))  # type: ignore[arg-type]
     with pytest.raises(FileNotFoundError, match="no such file"):
         list(read_text_chunks(tmp_path / "nope.txt"))
+    (tmp_path / "empty.txt").write_bytes(b"")
+    assert list(read_text_chunks(tmp_path / "empty.txt")) == []
+    with pytest.raises(ValueError, match="empty corpus"):
+        Tokenizer.train([tmp_path / "empty.txt"], 300)
 
 
 def test_file_chunks_cut_only_where_pre_tokens_do_not_change(shared_data, monkeypatch):
@@ -337,6 +341,35 @@ def test_file_chunks_cut_only_where_pre_tokens_do_not_change(shared_data, monkey
     chunks = list(read_text_chunks(path))
     assert len(chunks) > 100 and "".join(chunks) == whole
     assert [p for c in chunks for p in _core.pretokenize(c)] == _core.pretokenize(whole)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    parts=st.lists(st.one_of(st.sampled_from(FRAGMENTS).map(str.encode), st.binary(max_size=4), st.just(b".\n")), max_size=30),
+    chunk=st.integers(1, 16),
+)
+def test_file_reading_with_any_bytes_and_chunk_size(parts, chunk):
+    """Chunked reading decodes exactly like bytes.decode, and reports the same first error offset."""
+    import tempfile
+
+    import tinystories.tokenizer as tokenizer_module
+
+    data = b"".join(parts)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "input.txt"
+        path.write_bytes(data)
+        saved, tokenizer_module._CHUNK_BYTES = tokenizer_module._CHUNK_BYTES, chunk
+        try:
+            assert "".join(read_text_chunks(path, errors="replace")) == data.decode("utf-8", "replace")
+            try:
+                expected = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                with pytest.raises(ValueError, match=f"invalid UTF-8 at byte offset {e.start} "):
+                    list(read_text_chunks(path))
+            else:
+                assert "".join(read_text_chunks(path)) == expected
+        finally:
+            tokenizer_module._CHUNK_BYTES = saved
 
 
 # ---- training -----------------------------------------------------------------------------------------

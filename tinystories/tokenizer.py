@@ -602,19 +602,17 @@ def read_text_chunks(
                 reported = raw.tell()
             scanned = len(pending)  # no safe cut before here (keeps long lines linear)
             pending += block
-            cut = len(pending) if not block else _safe_cut(pending, scanned)
-            if cut == 0:
-                continue
-            piece = bytes(pending[:cut])
-            try:
-                yield piece.decode("utf-8", errors=errors)
-            except UnicodeDecodeError as e:
-                raise ValueError(
-                    f"{path}: invalid UTF-8 at byte offset {offset + e.start} ({e.reason}); "
-                    f"pass errors='replace' (CLI: --errors replace) to replace bad bytes with U+FFFD"
-                ) from None
-            offset += cut
-            del pending[:cut]
+            cut = _safe_cut(pending, scanned) if block else len(pending)  # at the end: everything left
+            if cut > 0:
+                try:
+                    yield bytes(pending[:cut]).decode("utf-8", errors=errors)
+                except UnicodeDecodeError as e:
+                    raise ValueError(
+                        f"{path}: invalid UTF-8 at byte offset {offset + e.start} ({e.reason}); "
+                        f"pass errors='replace' (CLI: --errors replace) to replace bad bytes with U+FFFD"
+                    ) from None
+                offset += cut
+                del pending[:cut]
             if not block:
                 return
 
