@@ -556,3 +556,13 @@ def test_cli_prepare_top_k_stats_verify(tmp_path, gpt2_files, real_stories):
     shard.write_bytes(bytes(data))
     run = cli("verify", str(out))
     assert run.returncode == 1 and shard.name in run.stdout and "sha256 mismatch" in run.stdout
+
+
+def test_val_inputs_form_the_validation_split(tmp_path, gpt2, real_stories):
+    train, held_out = tmp_path / "train.txt", tmp_path / "held_out.jsonl"
+    train.write_text("".join(f"{s}\n<|endoftext|>\n" for s in real_stories[:200]))
+    held_out.write_text("".join(json.dumps({"text": s}) + "\n" for s in real_stories[200:230]))
+    index = prepare([train], tmp_path / "ds", gpt2, val_inputs=[held_out], val_fraction=0.5, progress=False, level=3)
+    decoded = {split: [gpt2.decode(t[:-1].tolist()) for t in split_tokens(tmp_path / "ds", split)] for split in ("train", "val")}
+    assert decoded == {"train": real_stories[:200], "val": real_stories[200:230]}
+    assert index["prepare_config"]["val_fraction"] == 0.0

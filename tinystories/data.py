@@ -400,10 +400,11 @@ def _resolve_tokenizer(tokenizer: TokenizerLike | str | Path) -> TokenizerLike:
     return tokenizer
 
 
-def _batches(reader: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
+def _batches(reader: CorpusReader, size: int) -> Iterator[list[tuple[str, int]]]:
+    """Lists of (story, index of its input file)."""
+    batch: list[tuple[str, int]] = []
     for story in reader:
-        batch.append(story)
+        batch.append((story, reader.file_index))
         if len(batch) == size:
             yield batch
             batch = []
@@ -422,27 +423,33 @@ def prepare(
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     progress: bool = True,
     instruct: bool = False,
+    val_inputs: Sequence[str | Path] = (),
     block_tokens: int = DEFAULT_BLOCK_TOKENS,
     level: int = DEFAULT_LEVEL,
 ) -> dict:
     """Tokenize story corpora into a dataset directory of zstd token shards; returns the index.
 
     Each story is stored followed by the tokenizer's EOT token and lands in ``val`` iff
-    ``story_in_val``. Tokenization runs on ``threads`` native threads while the previous batch is
+    ``story_in_val``, or, when ``val_inputs`` are given, the validation split is exactly their
+    stories and every story of ``inputs`` is train (``val_fraction`` is then unused). ``top_k``
+    restricts the tokenizer on the train inputs only. Tokenization runs on ``threads`` native threads while the previous batch is
     compressed (``threads`` blocks at a time) and written; the bytes written do not depend on
     ``threads``. Interrupted runs continue where they stopped when called again with
     the same arguments; a finished directory is returned as is.
     """
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    val_inputs = [val_inputs] if isinstance(val_inputs, (str, Path)) else list(val_inputs)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_inputs:
+        val_fraction = 0.0
     out = Path(out_dir)
     threads = threads or os.cpu_count() or 1
-    reader = CorpusReader(inputs, instruct=instruct)
+    reader = CorpusReader([*inputs, *val_inputs], instruct=instruct)
     tok = _resolve_tokenizer(tokenizer)
     config = {
         "inputs": input_signature(inputs),
+        "val_inputs": input_signature(val_inputs),
         "instruct": instruct,
         "base_tokenizer_fingerprint": tok.fingerprint,
         "top_k": top_k,
@@ -473,10 +480,10 @@ def prepare(
     tok.save(saved_tok)
     skip = {s: writer.resume_from(s) for s in SPLITS}
 
-    def tokenize(batch: list[str], first: int) -> dict[str, tuple[list[np.ndarray], list[int]]]:
+    def tokenize(batch: list[tuple[str, int]], first: int) -> dict[str, tuple[list[np.ndarray], list[int]]]:
         routed: dict[str, tuple[list[str], list[int]]] = {s: ([], []) for s in SPLITS}
-        for i, story in enumerate(batch):
-            split = "val" if story_in_val(story, val_fraction) else "train"
+        for i, (story, file_index) in enumerate(batch):
+            split = "val" if file_index >= len(inputs) or story_in_val(story, val_fraction) else "train"
             if first + i >= skip[split]:
                 routed[split][0].append(story)
                 routed[split][1].append(first + i)
@@ -496,7 +503,7 @@ def prepare(
         with _Progress(reader, enabled=progress) as bar, concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending: concurrent.futures.Future | None = None
             first = 0
-            for batch in _batches(iter(reader), BATCH_STORIES):
+            for batch in _batches(reader, BATCH_STORIES):
                 routed = tokenize(batch, first)  # overlaps with writing the previous batch
                 first += len(batch)
                 if pending is not None:
@@ -642,6 +649,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="dataset directory to write")
     p.add_argument("--top-k", type=int, default=None, help="restrict the vocabulary to the K most frequent tokens (paper: 10000)")
     p.add_argument("--val-fraction", type=float, default=0.01, help="share of stories (by text hash) held out (default 0.01)")
+    p.add_argument("--val-input", action="append", default=[], metavar="FILE",
+                   help="a held-out file that forms the validation split instead (repeatable; --val-fraction unused)")
     p.add_argument("--threads", type=int, default=None, help="tokenizer threads (default: all cores)")
     p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard")
     p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level (default {DEFAULT_LEVEL})")
@@ -664,7 +673,7 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.action == "prepare":
             index = prepare(args.inputs, args.out, args.tokenizer, top_k=args.top_k, val_fraction=args.val_fraction,
                             threads=args.threads, shard_tokens=args.shard_tokens, progress=not args.no_progress,
-                            instruct=args.instruct, level=args.level)  # fmt: skip
+                            instruct=args.instruct, val_inputs=args.val_input, level=args.level)  # fmt: skip
             for split, info in index["splits"].items():
                 console.print(f"{split}: {info['stories']:,} stories, {info['tokens']:,} tokens, "
                               f"{len(info['shards'])} shards, {info['bytes'] / 1e6:.1f} MB")  # fmt: skip
