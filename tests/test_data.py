@@ -210,6 +210,19 @@ def test_packed_in_order_equals_stream(dataset):
     np.testing.assert_array_equal(y[mask], stream[1:])
 
 
+def test_uint32_tokens_for_large_vocabularies(tmp_path):
+    n_vocab, eot = 100_000, 99_999
+    writer = DatasetWriter(tmp_path, {"n_vocab": n_vocab, "eot_token": eot, "tokenizer_fingerprint": "x"},
+                           shard_tokens=3000, block_tokens=500, level=1)  # fmt: skip
+    stories = [np.append(s, eot).astype(np.uint32) for s in random_stories(np.random.default_rng(4), 40, vocab=eot)]
+    writer.add("train", stories, list(range(len(stories))))
+    assert writer.finish()["dtype"] == "uint32"
+    x, y = drain(TokenLoader(tmp_path, batch_size=3, seq_len=33, shuffle=False, loop=False))
+    stream = np.concatenate(stories).astype(np.int64)
+    assert stream.max() >= 1 << 16
+    np.testing.assert_array_equal(x[y != IGNORE_INDEX], stream[:-1])
+
+
 def test_stories_mode_rows_start_at_stories_and_pad(dataset):
     out, splits = dataset
     T = 40

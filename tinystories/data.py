@@ -226,6 +226,7 @@ class TokenLoader:
 
     def __iter__(self) -> TokenLoader:
         if self._exhausted:  # a finished single pass (validation) starts over
+            self._core = None  # joins the old workers first
             self._core = self._start(0)
             self._exhausted = False
         return self
