@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinystories import _core
+from tinystories import data as data_module
 from tinystories.tokenizer import Tokenizer
 from tinystories.data import (
     IGNORE_INDEX,
@@ -261,6 +262,17 @@ def test_batches_are_zero_copy_int64_for_torch(dataset):
     assert torch.from_numpy(x).shape == (3, 16)
 
 
+def test_pin_memory(dataset):
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="pin_memory=True needs CUDA"):
+            TokenLoader(dataset[0], batch_size=2, seq_len=8, pin_memory=True)
+        return
+    x, y = next(TokenLoader(dataset[0], batch_size=2, seq_len=8, pin_memory=True))
+    assert x.is_pinned() and y.is_pinned() and x.dtype == torch.int64
+
+
 def test_epochs_differ_and_are_deterministic(dataset):
     out, _ = dataset
     a = TokenLoader(out, batch_size=8, seq_len=64, seed=5, prefetch=2, threads=1)
@@ -292,7 +304,7 @@ def test_resume_equals_straight_run(dataset, mode):
         next(first)
     state = json.loads(json.dumps(first.state()))
     del first
-    resumed = TokenLoader(out, **kw)
+    resumed = TokenLoader(out, **kw, threads=3, prefetch=1)  # threads and prefetch do not change the stream
     resumed.load_state(state)
     for want in expected[k:]:
         got = next(resumed)
@@ -524,6 +536,21 @@ def test_interrupted_prepare_resumes_to_the_same_shards(tmp_path, gpt2, real_sto
             s["sha256"] for s in reference["splits"][split]["shards"]
         ]
     assert resumed_tok.texts < len(real_stories) - 300  # finished shards were not tokenized again
+    # Killed after the last shards but before index.json: the rerun adds nothing twice.
+    out2 = tmp_path / "out2"
+    real_write = data_module._atomic_write_json
+
+    def fail_on_index(path, obj):
+        if path.name == "index.json":
+            raise Interrupted("killed before the index")
+        real_write(path, obj)
+
+    monkeypatch.setattr(data_module, "_atomic_write_json", fail_on_index)
+    with pytest.raises(Interrupted):
+        prepare([src], out2, gpt2, **kw)
+    monkeypatch.setattr(data_module, "_atomic_write_json", real_write)
+    again = prepare([src], out2, CountingTokenizer(gpt2), **kw)
+    assert again["splits"] == reference["splits"]
     # Finished: a second call returns the index; a different request is refused.
     assert prepare([src], out, resumed_tok, **kw)["splits"] == resumed["splits"]
     with pytest.raises(ShardError, match="already holds a different dataset"):

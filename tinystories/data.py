@@ -317,7 +317,7 @@ class DatasetWriter:
         self.shard_tokens, self.block_tokens, self.level, self.threads = shard_tokens, block_tokens, level, threads
         self.splits = {s: _SplitState([]) for s in SPLITS}
         self._writers: dict[str, _core.ShardWriter] = {}
-        self._first: dict[str, int] = {}
+        self._next_story: dict[str, int] = {}  # ordinal after the last story added to each split
         state_path = self.out_dir / STATE_FILE
         saved = json.loads(state_path.read_text()) if state_path.is_file() else None
         if saved is not None and saved.get("config") == self.config:
@@ -344,33 +344,33 @@ class DatasetWriter:
                 name = f"{split}-{len(state.shards):05d}.tok.zst"
                 self._writers[split] = _core.ShardWriter(str(self.out_dir / name), self.dtype.itemsize,
                                                          self.block_tokens, self.level, self.threads)  # fmt: skip
-                self._first[split] = ordinals[i]
             writer = self._writers[split]
             room = self.shard_tokens - writer.n_tokens
             k = min(int(np.searchsorted(np.cumsum(lengths[i:]), room)) + 1, len(stories) - i)
             writer.add_stories(np.concatenate(stories[i : i + k]).astype(self.dtype, copy=False), lengths[i : i + k])
             i += k
+            self._next_story[split] = ordinals[i - 1] + 1
             if writer.n_tokens >= self.shard_tokens:
-                self._finish_shard(split, next_story=ordinals[i - 1] + 1)
+                self._finish_shard(split)
 
     def abort(self) -> None:
         """Drops the open shards (their temp files are removed); finished shards stay for a restart."""
         self._writers.clear()
 
-    def _finish_shard(self, split: str, next_story: int) -> None:
+    def _finish_shard(self, split: str) -> None:
         writer = self._writers.pop(split)
         info = writer.finish()
         state = self.splits[split]
         name = f"{split}-{len(state.shards):05d}.tok.zst"
         state.shards.append({"file": name, **info, "sha256": _sha256(self.out_dir / name)})
-        state.next_story = next_story
+        state.next_story = self._next_story[split]
         _atomic_write_json(self.out_dir / STATE_FILE, {"config": self.config, "splits": {
             s: {"shards": st.shards, "next_story": st.next_story} for s, st in self.splits.items()}})  # fmt: skip
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict:
         """Closes the open shards and writes index.json (last, atomically); returns the index."""
         for split in list(self._writers):
-            self._finish_shard(split, next_story=self.splits[split].next_story)
+            self._finish_shard(split)
         index = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
