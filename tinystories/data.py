@@ -54,7 +54,7 @@ class TokenizerLike(Protocol):
 
     def encode_batch_to_numpy(self, texts: Sequence[str], *, num_threads: int | None = None) -> list[np.ndarray]: ...
     def save(self, path: str | Path) -> None: ...
-    def restrict(self, top_k: int, corpus: Any) -> TokenizerLike: ...
+    def restrict(self, top_k: int, corpus: Any, *, num_threads: int | None = None) -> TokenizerLike: ...
 
 
 def _token_dtype(n_vocab: int) -> np.dtype:
@@ -431,12 +431,12 @@ def prepare(
     """Tokenize story corpora into a dataset directory of zstd token shards; returns the index.
 
     Each story is stored followed by the tokenizer's EOT token and lands in ``val`` iff
-    ``story_in_val``, or, when ``val_inputs`` are given, the validation split is exactly their
-    stories and every story of ``inputs`` is train (``val_fraction`` is then unused). ``top_k``
-    restricts the tokenizer on the train inputs only. Tokenization runs on ``threads`` native threads while the previous batch is
-    compressed (``threads`` blocks at a time) and written; the bytes written do not depend on
-    ``threads``. Interrupted runs continue where they stopped when called again with
-    the same arguments; a finished directory is returned as is.
+    ``story_in_val``; when ``val_inputs`` are given, the validation split is exactly their stories
+    and every story of ``inputs`` is train (``val_fraction`` is then unused). ``top_k`` restricts
+    the tokenizer on the train inputs only. Tokenization runs on ``threads`` native threads while
+    the previous batch is compressed (``threads`` blocks at a time) and written; the bytes written
+    do not depend on ``threads``. An interrupted run continues where it stopped when called again
+    with the same arguments; a finished directory is returned as is.
     """
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     val_inputs = [val_inputs] if isinstance(val_inputs, (str, Path)) else list(val_inputs)
@@ -471,7 +471,7 @@ def prepare(
 
             tok = Tokenizer.load(saved_tok)
         else:
-            tok = tok.restrict(top_k, CorpusReader(inputs, instruct=instruct))
+            tok = tok.restrict(top_k, CorpusReader(inputs, instruct=instruct), num_threads=threads)
     eot = np.array([tok.eot_token], dtype=_token_dtype(tok.n_vocab))
     writer = DatasetWriter(
         out,
