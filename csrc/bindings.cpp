@@ -20,7 +20,7 @@ using tinystories::BpeTokenizer;
 // UTF-8 view of a str without copying (the str keeps the buffer alive). Lone surrogates raise
 // UnicodeEncodeError, which the Python wrapper handles like tiktoken (replacing them with U+FFFD).
 std::string_view utf8_view(const py::handle& text) {
-    if (!PyUnicode_Check(text.ptr())) throw py::type_error("expected str, got " + std::string(py::str(text.get_type())));
+    if (!PyUnicode_Check(text.ptr())) throw py::type_error("expected str, got " + std::string(py::str(py::type::handle_of(text).attr("__name__"))));
     Py_ssize_t size = 0;
     const char* data = PyUnicode_AsUTF8AndSize(text.ptr(), &size);
     if (data == nullptr) throw py::error_already_set();
@@ -34,7 +34,13 @@ std::vector<uint32_t> ids_from_python(const py::handle& ids, size_t n_vocab) {
               if (!a) throw py::type_error("token ids must be integers");
               return std::vector<int64_t>(a.data(), a.data() + a.size());
           }()
-        : ids.cast<std::vector<int64_t>>();
+        : [&] {
+              try {
+                  return ids.cast<std::vector<int64_t>>();
+              } catch (const py::cast_error&) {
+                  throw py::type_error("token ids must be a sequence of integers");
+              }
+          }();
     std::vector<uint32_t> out(raw.size());
     for (size_t i = 0; i < raw.size(); ++i) {
         if (raw[i] < 0 || static_cast<uint64_t>(raw[i]) >= n_vocab)
@@ -56,6 +62,24 @@ py::array ids_to_numpy(std::vector<uint32_t>&& ids, size_t n_vocab) {
     auto* owned = new std::vector<uint32_t>(std::move(ids));
     py::capsule free_when_done(owned, [](void* p) { delete static_cast<std::vector<uint32_t>*>(p); });
     return py::array_t<uint32_t>(owned->size(), owned->data(), free_when_done);
+}
+
+// list[int] from ids. Python ints for token ids are created once and shared (ints are immutable), which
+// makes building the list several times faster than allocating a new int per token.
+py::list ids_to_list(const std::vector<uint32_t>& ids) {
+    static std::vector<PyObject*> ints;  // guarded by the GIL; entries live for the process
+    py::list out(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) {
+        const uint32_t id = ids[i];
+        if (id >= ints.size()) {
+            const size_t old = ints.size();
+            ints.resize(std::max<size_t>(id + 1, old * 2));
+            for (size_t k = old; k < ints.size(); ++k) ints[k] = PyLong_FromSize_t(k);
+        }
+        Py_INCREF(ints[id]);
+        PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), ints[id]);
+    }
+    return out;
 }
 
 std::vector<std::string_view> utf8_views(const py::sequence& texts) {
@@ -88,17 +112,25 @@ void bind_tokenizer(py::module_& m) {
             return out;
         })
         .def("special_tokens", &BpeTokenizer::special_tokens)
-        .def("encode", [](const BpeTokenizer& t, const py::str& text, const std::vector<uint32_t>& allowed) {
+        .def("encode", [](const BpeTokenizer& t, const py::object& text, const std::vector<uint32_t>& allowed) {
             const auto view = utf8_view(text);
-            py::gil_scoped_release release;
-            return t.encode(view, allowed);
+            std::vector<uint32_t> ids;
+            {
+                py::gil_scoped_release release;
+                ids = t.encode(view, allowed);
+            }
+            return ids_to_list(ids);
         }, py::arg("text"), py::arg("allowed_special"))
-        .def("encode_ordinary", [](const BpeTokenizer& t, const py::str& text) {
+        .def("encode_ordinary", [](const BpeTokenizer& t, const py::object& text) {
             const auto view = utf8_view(text);
-            py::gil_scoped_release release;
-            return t.encode_ordinary(view);
+            std::vector<uint32_t> ids;
+            {
+                py::gil_scoped_release release;
+                ids = t.encode_ordinary(view);
+            }
+            return ids_to_list(ids);
         }, py::arg("text"))
-        .def("encode_to_numpy", [](const BpeTokenizer& t, const py::str& text, const std::vector<uint32_t>& allowed) {
+        .def("encode_to_numpy", [](const BpeTokenizer& t, const py::object& text, const std::vector<uint32_t>& allowed) {
             const auto view = utf8_view(text);
             std::vector<uint32_t> ids;
             {
@@ -110,8 +142,14 @@ void bind_tokenizer(py::module_& m) {
         .def("encode_batch", [](const BpeTokenizer& t, const py::sequence& texts, const std::vector<uint32_t>& allowed,
                                 size_t num_threads) {
             const auto views = utf8_views(texts);
-            py::gil_scoped_release release;
-            return t.encode_batch(views, allowed, num_threads);
+            std::vector<std::vector<uint32_t>> batch;
+            {
+                py::gil_scoped_release release;
+                batch = t.encode_batch(views, allowed, num_threads);
+            }
+            py::list out(batch.size());
+            for (size_t i = 0; i < batch.size(); ++i) out[i] = ids_to_list(batch[i]);
+            return out;
         }, py::arg("texts"), py::arg("allowed_special"), py::arg("num_threads"))
         .def("encode_batch_to_numpy", [](const BpeTokenizer& t, const py::sequence& texts,
                                          const std::vector<uint32_t>& allowed, size_t num_threads) {
@@ -155,7 +193,7 @@ void bind_tokenizer(py::module_& m) {
             return py::make_tuple(vocab, merges);
         }, py::arg("max_tokens"));
 
-    m.def("pretokenize", [](const py::str& text) {
+    m.def("pretokenize", [](const py::object& text) {
         const auto view = utf8_view(text);
         py::list pieces;
         tinystories::for_each_pretoken(view, [&](size_t b, size_t e) {
