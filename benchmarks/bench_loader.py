@@ -2,9 +2,10 @@
 
     python -m pytest benchmarks/bench_loader.py -s
 
-* loader: (32, 512) int64 batches/s as tokens/s, TokenLoader with 1 and 2 threads vs nanoGPT's
-  `get_batch` (random windows from a memmap, per-row astype + torch.stack), on the same tokens
-  (the real stories' tokens repeated to ~16M, so neither side fits in a small cache by accident);
+* loader: (32, 512) int64 batches/s as tokens/s (padding included in `stories` mode), TokenLoader
+  with 1 and 2 threads vs nanoGPT's `get_batch` (random windows from a memmap, per-row astype +
+  torch.stack), on the same tokens (the real stories' tokens repeated to ~16M, so neither side fits
+  in a small cache by accident);
 * prepare: corpus MB/s (decompressed text) for `prepare` vs tiktoken `encode_ordinary_batch` +
   writing a uint16 .bin (nanoGPT's prepare.py), same files, same thread count;
 * size: shard bytes vs the uint16 .bin.
@@ -96,12 +97,12 @@ def nanogpt_get_batch(data: np.memmap, rng: np.random.Generator):
     return x, y
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_loader_tokens_per_second(benchmark, big, threads):
+@pytest.mark.parametrize(("mode", "threads"), [("packed", 1), ("packed", 2), ("stories", 2)])
+def test_loader_tokens_per_second(benchmark, big, mode, threads):
     import torch
 
     data_dir, bin_path = big
-    loader = TokenLoader(data_dir, batch_size=BATCH, seq_len=SEQ, threads=threads, prefetch=8)
+    loader = TokenLoader(data_dir, batch_size=BATCH, seq_len=SEQ, mode=mode, threads=threads, prefetch=8)
 
     def ours():
         x, y = next(loader)
@@ -111,7 +112,7 @@ def test_loader_tokens_per_second(benchmark, big, threads):
     rng = np.random.default_rng(0)
     ours_rate = rate(ours, BATCH * SEQ)
     peer_rate = rate(lambda: nanogpt_get_batch(data, rng), BATCH * SEQ)
-    report(f"loader tokens/s, {threads} thread(s)", ours_rate / 1e6, peer_rate / 1e6, "M tok/s")
+    report(f"loader {mode}, {threads} thread(s)", ours_rate / 1e6, peer_rate / 1e6, "M tok/s")
     benchmark.pedantic(ours, rounds=50, iterations=5)
 
 

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinystories import _core
+from tinystories import data as data_module
 from tinystories.tokenizer import Tokenizer
 from tinystories.data import (
     IGNORE_INDEX,
@@ -210,6 +211,19 @@ def test_packed_in_order_equals_stream(dataset):
     np.testing.assert_array_equal(y[mask], stream[1:])
 
 
+def test_uint32_tokens_for_large_vocabularies(tmp_path):
+    n_vocab, eot = 100_000, 99_999
+    writer = DatasetWriter(tmp_path, {"n_vocab": n_vocab, "eot_token": eot, "tokenizer_fingerprint": "x"},
+                           shard_tokens=3000, block_tokens=500, level=1)  # fmt: skip
+    stories = [np.append(s, eot).astype(np.uint32) for s in random_stories(np.random.default_rng(4), 40, vocab=eot)]
+    writer.add("train", stories, list(range(len(stories))))
+    assert writer.finish()["dtype"] == "uint32"
+    x, y = drain(TokenLoader(tmp_path, batch_size=3, seq_len=33, shuffle=False, loop=False))
+    stream = np.concatenate(stories).astype(np.int64)
+    assert stream.max() >= 1 << 16
+    np.testing.assert_array_equal(x[y != IGNORE_INDEX], stream[:-1])
+
+
 def test_stories_mode_rows_start_at_stories_and_pad(dataset):
     out, splits = dataset
     T = 40
@@ -248,6 +262,17 @@ def test_batches_are_zero_copy_int64_for_torch(dataset):
     assert torch.from_numpy(x).shape == (3, 16)
 
 
+def test_pin_memory(dataset):
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="pin_memory=True needs CUDA"):
+            TokenLoader(dataset[0], batch_size=2, seq_len=8, pin_memory=True)
+        return
+    x, y = next(TokenLoader(dataset[0], batch_size=2, seq_len=8, pin_memory=True))
+    assert x.is_pinned() and y.is_pinned() and x.dtype == torch.int64
+
+
 def test_epochs_differ_and_are_deterministic(dataset):
     out, _ = dataset
     a = TokenLoader(out, batch_size=8, seq_len=64, seed=5, prefetch=2, threads=1)
@@ -279,7 +304,7 @@ def test_resume_equals_straight_run(dataset, mode):
         next(first)
     state = json.loads(json.dumps(first.state()))
     del first
-    resumed = TokenLoader(out, **kw)
+    resumed = TokenLoader(out, **kw, threads=3, prefetch=1)  # threads and prefetch do not change the stream
     resumed.load_state(state)
     for want in expected[k:]:
         got = next(resumed)
@@ -511,6 +536,21 @@ def test_interrupted_prepare_resumes_to_the_same_shards(tmp_path, gpt2, real_sto
             s["sha256"] for s in reference["splits"][split]["shards"]
         ]
     assert resumed_tok.texts < len(real_stories) - 300  # finished shards were not tokenized again
+    # Killed after the last shards but before index.json: the rerun adds nothing twice.
+    out2 = tmp_path / "out2"
+    real_write = data_module._atomic_write_json
+
+    def fail_on_index(path, obj):
+        if path.name == "index.json":
+            raise Interrupted("killed before the index")
+        real_write(path, obj)
+
+    monkeypatch.setattr(data_module, "_atomic_write_json", fail_on_index)
+    with pytest.raises(Interrupted):
+        prepare([src], out2, gpt2, **kw)
+    monkeypatch.setattr(data_module, "_atomic_write_json", real_write)
+    again = prepare([src], out2, CountingTokenizer(gpt2), **kw)
+    assert again["splits"] == reference["splits"]
     # Finished: a second call returns the index; a different request is refused.
     assert prepare([src], out, resumed_tok, **kw)["splits"] == resumed["splits"]
     with pytest.raises(ShardError, match="already holds a different dataset"):
@@ -556,3 +596,13 @@ def test_cli_prepare_top_k_stats_verify(tmp_path, gpt2_files, real_stories):
     shard.write_bytes(bytes(data))
     run = cli("verify", str(out))
     assert run.returncode == 1 and shard.name in run.stdout and "sha256 mismatch" in run.stdout
+
+
+def test_val_inputs_form_the_validation_split(tmp_path, gpt2, real_stories):
+    train, held_out = tmp_path / "train.txt", tmp_path / "held_out.jsonl"
+    train.write_text("".join(f"{s}\n<|endoftext|>\n" for s in real_stories[:200]))
+    held_out.write_text("".join(json.dumps({"text": s}) + "\n" for s in real_stories[200:230]))
+    index = prepare([train], tmp_path / "ds", gpt2, val_inputs=[held_out], val_fraction=0.5, progress=False, level=3)
+    decoded = {split: [gpt2.decode(t[:-1].tolist()) for t in split_tokens(tmp_path / "ds", split)] for split in ("train", "val")}
+    assert decoded == {"train": real_stories[:200], "val": real_stories[200:230]}
+    assert index["prepare_config"]["val_fraction"] == 0.0

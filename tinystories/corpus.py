@@ -111,10 +111,11 @@ class CorpusReader:
         self.total_bytes = sum(p.stat().st_size for p in self.paths)
         self.bytes_read = 0
         self.stories_read = 0
+        self.file_index = 0  # which of `paths` the last story came from
 
     def __iter__(self) -> Iterator[str]:
         done = 0
-        for path in self.paths:
+        for self.file_index, path in enumerate(self.paths):
             kind, _ = corpus_format(path)
             with open(path, "rb") as raw:
                 read = self._read_txt if kind == "txt" else self._read_jsonl

@@ -54,7 +54,7 @@ class TokenizerLike(Protocol):
 
     def encode_batch_to_numpy(self, texts: Sequence[str], *, num_threads: int | None = None) -> list[np.ndarray]: ...
     def save(self, path: str | Path) -> None: ...
-    def restrict(self, top_k: int, corpus: Any) -> TokenizerLike: ...
+    def restrict(self, top_k: int, corpus: Any, *, num_threads: int | None = None) -> TokenizerLike: ...
 
 
 def _token_dtype(n_vocab: int) -> np.dtype:
@@ -226,6 +226,7 @@ class TokenLoader:
 
     def __iter__(self) -> TokenLoader:
         if self._exhausted:  # a finished single pass (validation) starts over
+            self._core = None  # joins the old workers first
             self._core = self._start(0)
             self._exhausted = False
         return self
@@ -316,7 +317,7 @@ class DatasetWriter:
         self.shard_tokens, self.block_tokens, self.level, self.threads = shard_tokens, block_tokens, level, threads
         self.splits = {s: _SplitState([]) for s in SPLITS}
         self._writers: dict[str, _core.ShardWriter] = {}
-        self._first: dict[str, int] = {}
+        self._next_story: dict[str, int] = {}  # ordinal after the last story added to each split
         state_path = self.out_dir / STATE_FILE
         saved = json.loads(state_path.read_text()) if state_path.is_file() else None
         if saved is not None and saved.get("config") == self.config:
@@ -343,33 +344,33 @@ class DatasetWriter:
                 name = f"{split}-{len(state.shards):05d}.tok.zst"
                 self._writers[split] = _core.ShardWriter(str(self.out_dir / name), self.dtype.itemsize,
                                                          self.block_tokens, self.level, self.threads)  # fmt: skip
-                self._first[split] = ordinals[i]
             writer = self._writers[split]
             room = self.shard_tokens - writer.n_tokens
             k = min(int(np.searchsorted(np.cumsum(lengths[i:]), room)) + 1, len(stories) - i)
             writer.add_stories(np.concatenate(stories[i : i + k]).astype(self.dtype, copy=False), lengths[i : i + k])
             i += k
+            self._next_story[split] = ordinals[i - 1] + 1
             if writer.n_tokens >= self.shard_tokens:
-                self._finish_shard(split, next_story=ordinals[i - 1] + 1)
+                self._finish_shard(split)
 
     def abort(self) -> None:
         """Drops the open shards (their temp files are removed); finished shards stay for a restart."""
         self._writers.clear()
 
-    def _finish_shard(self, split: str, next_story: int) -> None:
+    def _finish_shard(self, split: str) -> None:
         writer = self._writers.pop(split)
         info = writer.finish()
         state = self.splits[split]
         name = f"{split}-{len(state.shards):05d}.tok.zst"
         state.shards.append({"file": name, **info, "sha256": _sha256(self.out_dir / name)})
-        state.next_story = next_story
+        state.next_story = self._next_story[split]
         _atomic_write_json(self.out_dir / STATE_FILE, {"config": self.config, "splits": {
             s: {"shards": st.shards, "next_story": st.next_story} for s, st in self.splits.items()}})  # fmt: skip
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict:
         """Closes the open shards and writes index.json (last, atomically); returns the index."""
         for split in list(self._writers):
-            self._finish_shard(split, next_story=self.splits[split].next_story)
+            self._finish_shard(split)
         index = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -400,10 +401,11 @@ def _resolve_tokenizer(tokenizer: TokenizerLike | str | Path) -> TokenizerLike:
     return tokenizer
 
 
-def _batches(reader: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
+def _batches(reader: CorpusReader, size: int) -> Iterator[list[tuple[str, int]]]:
+    """Lists of (story, index of its input file)."""
+    batch: list[tuple[str, int]] = []
     for story in reader:
-        batch.append(story)
+        batch.append((story, reader.file_index))
         if len(batch) == size:
             yield batch
             batch = []
@@ -422,27 +424,33 @@ def prepare(
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     progress: bool = True,
     instruct: bool = False,
+    val_inputs: Sequence[str | Path] = (),
     block_tokens: int = DEFAULT_BLOCK_TOKENS,
     level: int = DEFAULT_LEVEL,
 ) -> dict:
     """Tokenize story corpora into a dataset directory of zstd token shards; returns the index.
 
     Each story is stored followed by the tokenizer's EOT token and lands in ``val`` iff
-    ``story_in_val``. Tokenization runs on ``threads`` native threads while the previous batch is
-    compressed (``threads`` blocks at a time) and written; the bytes written do not depend on
-    ``threads``. Interrupted runs continue where they stopped when called again with
-    the same arguments; a finished directory is returned as is.
+    ``story_in_val``; when ``val_inputs`` are given, the validation split is exactly their stories
+    and every story of ``inputs`` is train (``val_fraction`` is then unused). ``top_k`` restricts
+    the tokenizer on the train inputs only. Tokenization runs on ``threads`` native threads while
+    the previous batch is compressed (``threads`` blocks at a time) and written; the bytes written
+    do not depend on ``threads``. An interrupted run continues where it stopped when called again
+    with the same arguments; a finished directory is returned as is.
     """
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    val_inputs = [val_inputs] if isinstance(val_inputs, (str, Path)) else list(val_inputs)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_inputs:
+        val_fraction = 0.0
     out = Path(out_dir)
     threads = threads or os.cpu_count() or 1
-    reader = CorpusReader(inputs, instruct=instruct)
+    reader = CorpusReader([*inputs, *val_inputs], instruct=instruct)
     tok = _resolve_tokenizer(tokenizer)
     config = {
         "inputs": input_signature(inputs),
+        "val_inputs": input_signature(val_inputs),
         "instruct": instruct,
         "base_tokenizer_fingerprint": tok.fingerprint,
         "top_k": top_k,
@@ -463,7 +471,7 @@ def prepare(
 
             tok = Tokenizer.load(saved_tok)
         else:
-            tok = tok.restrict(top_k, CorpusReader(inputs, instruct=instruct))
+            tok = tok.restrict(top_k, CorpusReader(inputs, instruct=instruct), num_threads=threads)
     eot = np.array([tok.eot_token], dtype=_token_dtype(tok.n_vocab))
     writer = DatasetWriter(
         out,
@@ -473,10 +481,10 @@ def prepare(
     tok.save(saved_tok)
     skip = {s: writer.resume_from(s) for s in SPLITS}
 
-    def tokenize(batch: list[str], first: int) -> dict[str, tuple[list[np.ndarray], list[int]]]:
+    def tokenize(batch: list[tuple[str, int]], first: int) -> dict[str, tuple[list[np.ndarray], list[int]]]:
         routed: dict[str, tuple[list[str], list[int]]] = {s: ([], []) for s in SPLITS}
-        for i, story in enumerate(batch):
-            split = "val" if story_in_val(story, val_fraction) else "train"
+        for i, (story, file_index) in enumerate(batch):
+            split = "val" if file_index >= len(inputs) or story_in_val(story, val_fraction) else "train"
             if first + i >= skip[split]:
                 routed[split][0].append(story)
                 routed[split][1].append(first + i)
@@ -496,7 +504,7 @@ def prepare(
         with _Progress(reader, enabled=progress) as bar, concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending: concurrent.futures.Future | None = None
             first = 0
-            for batch in _batches(iter(reader), BATCH_STORIES):
+            for batch in _batches(reader, BATCH_STORIES):
                 routed = tokenize(batch, first)  # overlaps with writing the previous batch
                 first += len(batch)
                 if pending is not None:
@@ -642,6 +650,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="dataset directory to write")
     p.add_argument("--top-k", type=int, default=None, help="restrict the vocabulary to the K most frequent tokens (paper: 10000)")
     p.add_argument("--val-fraction", type=float, default=0.01, help="share of stories (by text hash) held out (default 0.01)")
+    p.add_argument("--val-input", action="append", default=[], metavar="FILE",
+                   help="a held-out file that forms the validation split instead (repeatable; --val-fraction unused)")
     p.add_argument("--threads", type=int, default=None, help="tokenizer threads (default: all cores)")
     p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard")
     p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level (default {DEFAULT_LEVEL})")
@@ -664,7 +674,7 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.action == "prepare":
             index = prepare(args.inputs, args.out, args.tokenizer, top_k=args.top_k, val_fraction=args.val_fraction,
                             threads=args.threads, shard_tokens=args.shard_tokens, progress=not args.no_progress,
-                            instruct=args.instruct, level=args.level)  # fmt: skip
+                            instruct=args.instruct, val_inputs=args.val_input, level=args.level)  # fmt: skip
             for split, info in index["splits"].items():
                 console.print(f"{split}: {info['stories']:,} stories, {info['tokens']:,} tokens, "
                               f"{len(info['shards'])} shards, {info['bytes'] / 1e6:.1f} MB")  # fmt: skip
