@@ -11,7 +11,7 @@ half-million-request job needs:
   attempts, after which the failure is *returned* (as a `ChatResult` with `error`), never lost;
 * a policy for truncated (`finish_reason="length"`) and empty answers: retried, every attempt logged;
 * cost from token usage with an editable price table (`PriceTable`, JSON/TOML overrides) and a budget
-  stop (`max_cost_usd`) that stops sending before the budget is spent, counting requests in flight.
+  stop (`max_cost_usd`) that stops sending before the budget is spent, reserving for requests in flight.
 
 Why it is faster than the obvious `await client.chat.completions.create(...)` loop (see
 `benchmarks/bench_synth.py`): that loop spends most of its CPU in per-request SDK machinery and in the
@@ -213,27 +213,36 @@ class FatalAPIError(RuntimeError):
 
 
 class _Budget:
-    """Stops new requests once spent + (requests in flight x mean cost so far) would pass the limit."""
+    """Refuses a request once spent + (requests in flight + 1) x reserve would pass the limit. The reserve
+    is the dearest request so far, or before any has finished an upper bound from the request itself
+    (its prompt and max_tokens): the budget holds unless a request costs more than every one before it."""
 
-    def __init__(self, max_cost_usd: float | None, already_spent: float = 0.0):
+    def __init__(self, max_cost_usd: float | None, prices: PriceTable, already_spent: float = 0.0):
         self.max = max_cost_usd
+        self.prices = prices
         self.spent = already_spent
-        self.finished = 0
+        self.dearest = 0.0
         self.in_flight = 0
 
-    def allows_another(self) -> bool:
+    def allows(self, request: ChatRequest, count: int = 1) -> bool:
         if self.max is None:
             return True
-        mean = self.spent / self.finished if self.finished else 0.0
-        return self.spent + (self.in_flight + 1) * mean < self.max
+        reserve = self.dearest or self.upper_bound(request)
+        return self.spent + (self.in_flight + count) * reserve <= self.max
 
-    def start(self) -> None:
-        self.in_flight += 1
+    def upper_bound(self, request: ChatRequest) -> float:
+        body = request.body
+        prompt_tokens = len(json.dumps(body.get("messages", ""))) // 2  # >= real tokens for any text
+        completion_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 4096
+        return self.prices.cost(body.get("model", ""), prompt_tokens, completion_tokens)
+
+    def start(self, count: int = 1) -> None:
+        self.in_flight += count
 
     def finish(self, cost: float) -> None:
         self.in_flight -= 1
-        self.finished += 1
         self.spent += cost
+        self.dearest = max(self.dearest, cost)
 
 
 # --- the async client -----------------------------------------------------------------------------------
@@ -363,7 +372,7 @@ class ChatClient:
     ) -> RunStats:
         """Make all `requests` with `concurrency` in flight; `on_result` sees each result as it arrives."""
         stats, started = RunStats(), time.perf_counter()
-        budget = _Budget(self.config.max_cost_usd, already_spent_usd)
+        budget = _Budget(self.config.max_cost_usd, self.config.prices, already_spent_usd)
         stop: list[str] = []
         if isinstance(requests, AsyncIterable):
             source, lock = aiter(requests), asyncio.Lock()
@@ -380,11 +389,11 @@ class ChatClient:
 
         async def worker() -> None:
             while not stop:
-                if not budget.allows_another():
-                    stop.append("budget")
-                    return
                 request = await next_request()
                 if request is None:
+                    return
+                if not budget.allows(request):  # this request is dropped unsent; a later run makes it
+                    stop.append("budget")
                     return
                 budget.start()
                 try:
@@ -484,7 +493,7 @@ def _run_in_workers(
     for p in processes:
         p.start()
     stats, started = RunStats(), time.perf_counter()
-    budget = _Budget(config.max_cost_usd, spent)
+    budget = _Budget(config.max_cost_usd, config.prices, spent)
     outstanding = [0] * config.workers
     chunks = _chunks(iter(requests), _CHUNK)
     feeding, told_to_finish, running = True, False, config.workers
@@ -492,16 +501,16 @@ def _run_in_workers(
         while running:
             for w in range(config.workers):  # keep every worker about 2x its concurrency ahead
                 while feeding and outstanding[w] < 2 * per_worker:
-                    if not budget.allows_another():
-                        feeding, stats.stopped = False, "budget"
-                        break
                     chunk = next(chunks, None)
                     if chunk is None:
                         feeding = False
                         break
+                    if not budget.allows(chunk[0], len(chunk)):
+                        feeding, stats.stopped = False, "budget"
+                        break
                     inboxes[w].put(chunk)
                     outstanding[w] += len(chunk)
-                    budget.in_flight += len(chunk)
+                    budget.start(len(chunk))
             if not feeding and not told_to_finish:
                 for inbox in inboxes:  # END: finish what you have; STOP: finish only what is in flight
                     inbox.put(_END if stats.stopped is None else _STOP)

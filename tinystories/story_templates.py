@@ -169,7 +169,13 @@ class _StoryWriter:
             f"More than anything, {h.he} wanted to learn how to {self.verb}.",
             f"{h.He} always dreamed that one day {h.he} could {self.verb} like the big kids.",
         )
-        sentences = [start, wish]
+        setting = self.pick(
+            f"The sun was warm, and the birds were singing in the {self.place}.",
+            f"Every morning, {h.he} ate breakfast with {self.grown_up} and talked about the day.",
+            f"{h.His} best friend was {self.friend.name}, and they played together all the time.",
+            f"{h.He} had a small red hat that {h.he} wore everywhere {h.he} went.",
+        )
+        sentences = [start, setting, wish]
         if "foreshadowing" in self.features:
             sentences.append(self.foreshadowing[0])
         return sentences
@@ -254,6 +260,13 @@ class _StoryWriter:
                 f"In the end, {h.name} learned to {self.verb}, and {h.he} was very happy.",
                 f"That night, {h.name} went to bed with a big smile. {h.He} could {self.verb} now!",
                 f"{h.name} hugged {self.grown_up} and they went home together, happy and warm.",
+            )
+        )
+        sentences.append(
+            self.pick(
+                "It was the best day ever.",
+                f"{h.He} could not wait to play again tomorrow.",
+                f"{self.grown_up} gave {h.him} a big hug and said {h.he} did a great job.",
             )
         )
         if "moral_value" in self.features:

@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +102,7 @@ def default_answer(body: dict) -> Answer:
         return Answer(f"{first} and learns something new.")
     words, features = synth.parse_prompt(prompt)
     rng = random.Random(prompt)
-    text = story_templates.generate_story(
-        rng, words.get("verb"), words.get("noun"), words.get("adjective"), [f for f in features]
-    )
-    return Answer(text)
+    return Answer(story_templates.generate_story(rng, words.get("verb"), words.get("noun"), words.get("adjective"), features))
 
 
 def _count_tokens(text: str) -> int:
@@ -122,12 +119,14 @@ class OpenAIServer:
         *,
         port: int = 0,
         batch_delay_s: float = 0.05,
+        latency_s: float = 0.0,
         log_path: str | Path | None = None,
     ):
         self.answer = answer
         self.faults = faults or Faults()
         self.port = port
         self.batch_delay_s = batch_delay_s
+        self.latency_s = latency_s  # added to every chat answer: a slow model, so tests can stop a run midway
         self.log: list[LogEntry] = []
         self._log_file = open(log_path, "a", buffering=1) if log_path else None  # noqa: SIM115 - closed in stop()
         self._attempts: collections.Counter[str] = collections.Counter()
@@ -272,7 +271,11 @@ class OpenAIServer:
             return 200, {}, b'{"id": "chatcmpl-broken", "choices": [{"message": {"content": "Once'
         if fault == "stall":
             await asyncio.sleep(self.faults.stall_s)
+        elif self.latency_s:
+            await asyncio.sleep(self.latency_s)
         request = _loads(body)
+        if not request.get("model") or not isinstance(request.get("messages"), list):
+            return _error(400, "'model' and 'messages' are required")
         return 200, {}, _dumps(self.chat_completion(request, fault))
 
     def chat_completion(self, request: dict, fault: str | None = None) -> dict:
