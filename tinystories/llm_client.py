@@ -162,7 +162,8 @@ class ClientConfig:
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 64  # requests in flight, over all workers
     workers: int = 1  # processes; >1 shards the requests over that many event loops
-    pool_size: int = 8  # connections per HTTP pool (see the module docstring)
+    http_transport: str = "keepalive"  # "keepalive": our lean HTTP/1.1 transport; "httpx": the SDK's own
+    pool_size: int = 8  # with http_transport="httpx": connections per pool (see the module docstring)
     timeout_s: float = 120.0
     max_attempts: int = 6
     backoff_initial_s: float = 1.0
@@ -176,6 +177,8 @@ class ClientConfig:
         for name in ("concurrency", "workers", "pool_size", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ClientConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.http_transport not in ("keepalive", "httpx"):
+            raise ValueError(f"ClientConfig.http_transport must be 'keepalive' or 'httpx', got {self.http_transport!r}")
         if self.timeout_s <= 0:
             raise ValueError(f"ClientConfig.timeout_s must be > 0, got {self.timeout_s}")
 
@@ -245,6 +248,157 @@ class _Budget:
         self.dearest = max(self.dearest, cost)
 
 
+# --- a lean HTTP/1.1 transport for the SDK -----------------------------------------------------------------
+
+
+class _Connection:
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    def usable(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _make_transport(httpx2: Any, ssl_context: ssl.SSLContext) -> Any:
+    """An `httpx.AsyncBaseTransport` doing plain HTTP/1.1 keep-alive over asyncio streams.
+
+    The SDK still builds every request and handles every response (auth, headers, status errors); only
+    the wire work is ours: one request per connection at a time, idle connections reused LIFO, O(1) per
+    request (the stock pool rescans all connections on every request). Chunked and Content-Length
+    bodies, TLS for https, httpx's timeouts and exceptions. Content-Encoding is decoded by httpx."""
+
+    class KeepAliveTransport(httpx2.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+
+        async def handle_async_request(self, request: Any) -> Any:
+            url = request.url
+            tls = url.scheme == "https"
+            origin = (url.scheme, url.host, url.port or (443 if tls else 80))
+            timeouts = request.extensions.get("timeout", {})
+            body = await request.aread()
+            head = [f"{request.method} {url.raw_path.decode('ascii')} HTTP/1.1".encode("ascii")]
+            head.extend(name + b": " + value for name, value in request.headers.raw)
+            if "host" not in request.headers:
+                head.append(b"Host: " + url.netloc)
+            if body and "content-length" not in request.headers:
+                head.append(b"Content-Length: " + str(len(body)).encode())
+            payload = b"\r\n".join(head) + b"\r\n\r\n" + body
+            idle = self._idle.setdefault(origin, [])
+            while idle:
+                connection = idle.pop()
+                if not connection.usable():
+                    connection.close()
+                    continue
+                try:  # a kept-alive connection the server closed meanwhile fails before any answer: retry
+                    return await self._exchange(connection, payload, request, timeouts, origin)
+                except _StaleConnection:
+                    continue
+            connection = await self._connect(origin, tls, timeouts.get("connect"))
+            try:
+                return await self._exchange(connection, payload, request, timeouts, origin)
+            except _StaleConnection as e:
+                raise httpx2.RemoteProtocolError(
+                    "server closed the connection without answering", request=request
+                ) from e
+
+        async def _connect(self, origin: tuple[str, str, int], tls: bool, timeout: float | None) -> _Connection:
+            _, host, port = origin
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        host,
+                        port,
+                        ssl=ssl_context if tls else None,
+                        server_hostname=host if tls else None,
+                        limit=1 << 20,
+                    ),
+                    timeout,
+                )
+            except asyncio.TimeoutError as e:
+                raise httpx2.ConnectTimeout(f"connecting to {host}:{port} timed out") from e
+            except OSError as e:
+                raise httpx2.ConnectError(f"cannot connect to {host}:{port}: {e}") from e
+            return _Connection(reader, writer)
+
+        async def _exchange(
+            self, connection: _Connection, payload: bytes, request: Any, timeouts: dict, origin: tuple[str, str, int]
+        ) -> Any:
+            reader = connection.reader
+            try:
+                connection.writer.write(payload)
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeouts.get("read"))
+                except asyncio.IncompleteReadError as e:
+                    if not e.partial:
+                        raise _StaleConnection() from e
+                    raise
+                lines = head[:-4].split(b"\r\n")
+                status = int(lines[0].split(b" ", 2)[1])
+                headers = [tuple(line.split(b":", 1)) for line in lines[1:] if b":" in line]
+                headers = [(k.strip(), v.strip()) for k, v in headers]
+                fields = {k.lower(): v for k, v in headers}
+                if request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+                    content = b""
+                elif b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+                    content = await asyncio.wait_for(_read_chunked_body(reader), timeouts.get("read"))
+                elif b"content-length" in fields:
+                    content = await asyncio.wait_for(
+                        reader.readexactly(int(fields[b"content-length"])), timeouts.get("read")
+                    )
+                else:
+                    content = await asyncio.wait_for(reader.read(), timeouts.get("read"))
+                    fields[b"connection"] = b"close"
+            except asyncio.TimeoutError as e:
+                connection.close()
+                raise httpx2.ReadTimeout("timed out waiting for the response", request=request) from e
+            except _StaleConnection:
+                connection.close()
+                raise
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as e:
+                connection.close()
+                raise httpx2.ReadError(f"reading the response failed: {e!r}", request=request) from e
+            except BaseException:  # cancelled mid-answer: the connection is in an unknown state
+                connection.close()
+                raise
+            if fields.get(b"connection", b"").lower() == b"close":
+                connection.close()
+            else:
+                self._idle.setdefault(origin, []).append(connection)
+            return httpx2.Response(
+                status, headers=headers, stream=httpx2.ByteStream(content), extensions={"http_version": b"HTTP/1.1"}
+            )
+
+        async def aclose(self) -> None:
+            for connections in self._idle.values():
+                for connection in connections:
+                    connection.close()
+            self._idle.clear()
+
+    return KeepAliveTransport()
+
+
+class _StaleConnection(Exception):
+    """A reused keep-alive connection was closed by the server before it answered."""
+
+
+async def _read_chunked_body(reader: asyncio.StreamReader) -> bytes:
+    parts = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
+                pass
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+
+
 # --- the async client -----------------------------------------------------------------------------------
 
 
@@ -258,22 +412,22 @@ class ChatClient:
         self.config = config
         self._openai = openai
         self._httpx = httpx2
-        n_pools = max(1, math.ceil(config.concurrency / config.pool_size))
         verify = ssl.create_default_context()  # one context: building one per pool costs ~50 ms each
+        if config.http_transport == "keepalive":
+            pools = [dict(transport=_make_transport(httpx2, verify))]
+        else:  # the SDK's own transport, its pool bookkeeping kept small by sharding
+            size = config.pool_size
+            limits = httpx2.Limits(max_connections=size, max_keepalive_connections=size)
+            pools = [dict(verify=verify, limits=limits)] * max(1, math.ceil(config.concurrency / size))
         self._clients = [
             openai.AsyncOpenAI(
                 base_url=config.base_url,
                 api_key=config.resolve_api_key(),
                 max_retries=0,
                 timeout=config.timeout_s,
-                http_client=httpx2.AsyncClient(
-                    verify=verify,
-                    timeout=config.timeout_s,
-                    follow_redirects=True,
-                    limits=httpx2.Limits(max_connections=config.pool_size, max_keepalive_connections=config.pool_size),
-                ),
+                http_client=httpx2.AsyncClient(timeout=config.timeout_s, follow_redirects=True, **pool),
             )
-            for _ in range(n_pools)
+            for pool in pools
         ]
         self._next_pool = 0
         self._paused_until = 0.0  # set by a 429: every request waits, not just the one that was refused

@@ -122,15 +122,23 @@ class _StoryWriter:
     def __init__(self, rng: random.Random, verb: str, noun: str, adjective: str, features: frozenset[str]):
         self.rng, self.verb, self.noun, self.adjective, self.features = rng, verb, noun, adjective, features
         self.hero, self.friend = rng.sample(_CHARACTERS, 2)
-        self.kind = rng.choice(_GIRL_KINDS if self.hero.he == "she" else _BOY_KINDS) if rng.random() < 0.5 else (
-            rng.choice(_KINDS[2:])
+        self.kind = (
+            rng.choice(_GIRL_KINDS if self.hero.he == "she" else _BOY_KINDS)
+            if rng.random() < 0.5
+            else (rng.choice(_KINDS[2:]))
         )
         self.place = rng.choice(_PLACES)
         self.grown_up, self.grown_up_he = rng.choice(_GROWN_UPS)
         self.abstract = noun in _ABSTRACT_NOUNS
         self.foreshadowing = [
-            line.format(grown_up=self.grown_up, name=self.hero.name, he=self.hero.he, He=self.hero.He,
-                        him=self.hero.him, his=self.hero.his)
+            line.format(
+                grown_up=self.grown_up,
+                name=self.hero.name,
+                he=self.hero.he,
+                He=self.hero.He,
+                him=self.hero.him,
+                his=self.hero.his,
+            )
             for line in rng.choice(_FORESHADOWING)
         ]
 
@@ -199,8 +207,11 @@ class _StoryWriter:
             f"It was {self.adjective}, and {h.name} could not stop "
             + ("thinking about it." if self.abstract else "looking at it."),
         )
-        line = self.say(h.name, self.pick(f"Look at the {noun}!", f"I love the {noun}!", "Wow, come and see!"),
-                        self.pick("said", "shouted", "cried"))
+        line = self.say(
+            h.name,
+            self.pick(f"Look at the {noun}!", f"I love the {noun}!", "Wow, come and see!"),
+            self.pick("said", "shouted", "cried"),
+        )
         return [find, describe, line]
 
     def conflict(self) -> list[str]:

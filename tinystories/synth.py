@@ -50,7 +50,7 @@ _INSTRUCTION_LABELS = {"features": "Features", "words": "Words", "summary": "Sum
 DEFAULT_OOD_COMBINATION = ("words", "summary")
 
 
-# --- prompts -------------------------------------------------------------------------------------------
+# --- prompts ------------------------------------------------------------------------------------------------
 
 
 def build_prompt(verb: str, noun: str, adjective: str, features: list[str] | tuple[str, ...]) -> str:
@@ -76,7 +76,7 @@ def summary_prompt(story: str) -> str:
     return SUMMARY_MARKER + story
 
 
-# --- per-story sampling ----------------------------------------------------------------------------------
+# --- per-story sampling -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ class DuplicateIndex:
         return flags
 
 
-# --- the append-only JSONL log --------------------------------------------------------------------------------
+# --- the append-only JSONL log ------------------------------------------------------------------------------
 
 
 class JsonlLog:
@@ -285,7 +285,7 @@ class JsonlLog:
         self.close()
 
 
-# --- the run ---------------------------------------------------------------------------------------------------
+# --- the run ------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -316,7 +316,9 @@ class SynthConfig:
             raise ValueError(f"--backend must be 'openai' or 'template', got {self.backend!r}")
         unknown = set(self.ood_combination) - set(INSTRUCTION_TYPES)
         if unknown:
-            raise ValueError(f"--ood-combination: unknown instruction type(s) {sorted(unknown)}; known: {INSTRUCTION_TYPES}")
+            raise ValueError(
+                f"--ood-combination: unknown instruction type(s) {sorted(unknown)}; known: {INSTRUCTION_TYPES}"
+            )
 
 
 @dataclass
@@ -436,8 +438,15 @@ class _Synthesizer:
         for key, value in result.usage.items():
             record["usage"][key] = record["usage"].get(key, 0) + value
         if not result.ok:  # the story stays pending; the next run asks for the summary again
-            self.failed_log.append({"id": record["id"], "stage": "summary", "error": result.error,
-                                    "cost_usd": result.cost_usd, "usage": result.usage})
+            self.failed_log.append(
+                {
+                    "id": record["id"],
+                    "stage": "summary",
+                    "error": result.error,
+                    "cost_usd": result.cost_usd,
+                    "usage": result.usage,
+                }
+            )
             self.summary.failed += 1
             return
         record["summary"] = " ".join(result.text.split())
@@ -486,8 +495,13 @@ def _progress(config: SynthConfig, total: int, description: str):
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), transient=False) as progress:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+        ) as progress:
             task = progress.add_task(description, total=total)
             yield lambda: progress.advance(task)
 
@@ -554,7 +568,7 @@ def _run_online(job: _Synthesizer, specs: list[StorySpec]) -> None:
     job.summary.stopped = stats.stopped
 
 
-# --- Batch API -----------------------------------------------------------------------------------------------------
+# --- Batch API ----------------------------------------------------------------------------------------------
 
 
 def _run_batch_api(job: _Synthesizer, specs: list[StorySpec]) -> None:
@@ -570,12 +584,24 @@ def _run_batch_api(job: _Synthesizer, specs: list[StorySpec]) -> None:
     _batch_phase(job, client, "stories", stories, lambda sid, r: job.on_story(by_id[sid], r, "batch"), client_cfg)
     pending = dict(job.pending)
     summaries = {f"{sid}/summary": job.summary_body(r) for sid, r in pending.items()}
-    _batch_phase(job, client, "summaries", summaries,
-                 lambda sid, r: job.on_summary(pending[sid.removesuffix("/summary")], r), client_cfg)
+    _batch_phase(
+        job,
+        client,
+        "summaries",
+        summaries,
+        lambda sid, r: job.on_summary(pending[sid.removesuffix("/summary")], r),
+        client_cfg,
+    )
 
 
-def _batch_phase(job: _Synthesizer, client: Any, phase: str, bodies: dict[str, dict],
-                 handle: Callable[[str, Any], None], client_cfg: Any) -> None:
+def _batch_phase(
+    job: _Synthesizer,
+    client: Any,
+    phase: str,
+    bodies: dict[str, dict],
+    handle: Callable[[str, Any], None],
+    client_cfg: Any,
+) -> None:
     entries = [b for b in JsonlLog.read(job.batches_path) if b["phase"] == phase]
     merged = {b["batch_id"] for b in entries if b.get("merged")}
     submitted = [b for b in entries if b["batch_id"] not in merged]  # submitted, results not yet merged
@@ -585,8 +611,10 @@ def _batch_phase(job: _Synthesizer, client: Any, phase: str, bodies: dict[str, d
         for start in range(0, len(todo), job.cfg.batch_max_requests):
             ids = todo[start : start + job.cfg.batch_max_requests]
             lines = b"".join(
-                json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": bodies[cid]})
-                .encode() + b"\n"
+                json.dumps(
+                    {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": bodies[cid]}
+                ).encode()
+                + b"\n"
                 for cid in ids
             )
             upload = client.files.create(file=(f"{job.out.stem}-{phase}-{start}.jsonl", lines), purpose="batch")
@@ -601,8 +629,14 @@ def _batch_phase(job: _Synthesizer, client: Any, phase: str, bodies: dict[str, d
             batches_log.append({**entry, "custom_ids": [], "merged": True})
 
 
-def _collect_batch(job: _Synthesizer, client: Any, entry: dict, bodies: dict[str, dict],
-                   handle: Callable[[str, Any], None], client_cfg: Any) -> None:
+def _collect_batch(
+    job: _Synthesizer,
+    client: Any,
+    entry: dict,
+    bodies: dict[str, dict],
+    handle: Callable[[str, Any], None],
+    client_cfg: Any,
+) -> None:
     from tinystories.llm_client import ChatResult
 
     while True:
@@ -625,8 +659,15 @@ def _collect_batch(job: _Synthesizer, client: Any, entry: dict, bodies: dict[str
             handle(cid, _batch_result(cid, item, bodies[cid]["model"], client_cfg))
     for cid in entry["custom_ids"]:  # in neither file: the batch failed or expired before reaching it
         if cid in bodies and cid not in answered:
-            handle(cid, ChatResult(id=cid, model=bodies[cid]["model"], attempts=1,
-                                   error=f"batch {entry['batch_id']} ended {batch.status} without an answer"))
+            handle(
+                cid,
+                ChatResult(
+                    id=cid,
+                    model=bodies[cid]["model"],
+                    attempts=1,
+                    error=f"batch {entry['batch_id']} ended {batch.status} without an answer",
+                ),
+            )
 
 
 def _batch_result(cid: str, item: dict, model: str, client_cfg: Any) -> Any:
@@ -638,8 +679,9 @@ def _batch_result(cid: str, item: dict, model: str, client_cfg: Any) -> Any:
     body = response.get("body") or {}
     usage = body.get("usage") or {}
     result.usage = {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-    result.cost_usd = client_cfg.prices.cost(model, result.usage["prompt_tokens"], result.usage["completion_tokens"],
-                                             batch=True)
+    result.cost_usd = client_cfg.prices.cost(
+        model, result.usage["prompt_tokens"], result.usage["completion_tokens"], batch=True
+    )
     if response.get("status_code") != 200 or item.get("error"):
         result.error = f"batch: status {response.get('status_code')}: {item.get('error') or body.get('error')}"
         return result
@@ -656,7 +698,7 @@ def _batch_result(cid: str, item: dict, model: str, client_cfg: Any) -> Any:
     return result
 
 
-# --- stats -------------------------------------------------------------------------------------------------------------
+# --- stats --------------------------------------------------------------------------------------------------
 
 
 def corpus_stats(path: str | Path) -> dict:
@@ -730,8 +772,10 @@ def print_stats(stats: dict, path: str | Path) -> None:
         ("records", stats["records"]),
         ("valid (no flags)", stats["valid"]),
         ("failed requests", stats["failed"]),
-        ("words per story (mean / min / max)",
-         f"{stats['words_mean']:.1f} / {stats['words_min']} / {stats['words_max']}"),
+        (
+            "words per story (mean / min / max)",
+            f"{stats['words_mean']:.1f} / {stats['words_min']} / {stats['words_max']}",
+        ),
         *((f"vocabulary coverage: {pos}s", f"{v:.1%}") for pos, v in stats["coverage"].items()),
         *((name, f"{v:.3f}") for name, v in stats["distinct"].items()),
         *((f"feature: {f}", f"{v:.1%}") for f, v in stats["features"].items()),
@@ -744,7 +788,7 @@ def print_stats(stats: dict, path: str | Path) -> None:
     Console().print(table)
 
 
-# --- CLI -------------------------------------------------------------------------------------------------------------------
+# --- CLI ----------------------------------------------------------------------------------------------------
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
@@ -761,14 +805,21 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="client processes (scale with cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--instruct", action="store_true", help="precede stories with instructions (docs/synthesis.md)")
-    parser.add_argument("--ood-combination", default=",".join(DEFAULT_OOD_COMBINATION),
-                        help=f"instruction types held out for the OOD split, from {','.join(INSTRUCTION_TYPES)}")
+    parser.add_argument(
+        "--ood-combination",
+        default=",".join(DEFAULT_OOD_COMBINATION),
+        help=f"instruction types held out for the OOD split, from {','.join(INSTRUCTION_TYPES)}",
+    )
     parser.add_argument("--max-cost-usd", type=float, help="stop cleanly before spending more than this (all runs)")
     parser.add_argument("--prices", type=Path, help="JSON/TOML price overrides (USD per 1M tokens)")
     parser.add_argument("--batch-api", action="store_true", help="use the OpenAI Batch API (half price, slower)")
     parser.add_argument("--batch-poll-s", type=float, default=30.0)
-    parser.add_argument("--backend", choices=("openai", "template"), default="openai",
-                        help="'template': offline template stories, no API")
+    parser.add_argument(
+        "--backend",
+        choices=("openai", "template"),
+        default="openai",
+        help="'template': offline template stories, no API",
+    )
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--timeout-s", type=float, default=120.0)
@@ -807,11 +858,21 @@ def run_cli(args: argparse.Namespace) -> int:
         prices=PriceTable.load(args.prices) if args.prices else PriceTable(),
     )
     config = SynthConfig(
-        n=args.n, out=args.out, model=args.model, seed=args.seed, backend=args.backend, instruct=args.instruct,
+        n=args.n,
+        out=args.out,
+        model=args.model,
+        seed=args.seed,
+        backend=args.backend,
+        instruct=args.instruct,
         ood_combination=tuple(t.strip() for t in args.ood_combination.split(",") if t.strip()),
-        batch_api=args.batch_api, batch_poll_s=args.batch_poll_s, max_tokens=args.max_tokens,
-        temperature=args.temperature, min_words=args.min_words,
-        near_duplicate_threshold=args.near_duplicate_threshold, fsync=args.fsync, progress=not args.no_progress,
+        batch_api=args.batch_api,
+        batch_poll_s=args.batch_poll_s,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        min_words=args.min_words,
+        near_duplicate_threshold=args.near_duplicate_threshold,
+        fsync=args.fsync,
+        progress=not args.no_progress,
         client=client,
     )
     summary = synthesize(config)

@@ -102,7 +102,9 @@ def default_answer(body: dict) -> Answer:
         return Answer(f"{first} and learns something new.")
     words, features = synth.parse_prompt(prompt)
     rng = random.Random(prompt)
-    return Answer(story_templates.generate_story(rng, words.get("verb"), words.get("noun"), words.get("adjective"), features))
+    return Answer(
+        story_templates.generate_story(rng, words.get("verb"), words.get("noun"), words.get("adjective"), features)
+    )
 
 
 def _count_tokens(text: str) -> int:
@@ -378,14 +380,29 @@ class OpenAIServer:
             fault = self._pick_fault(f"batch:{custom_id}")
             self._record("/v1/batches", custom_id, fault or "ok")
             if fault == "server_error":
-                errors.append({"id": f"batch_req_{uuid.uuid4().hex[:16]}", "custom_id": custom_id, "error": None,
-                               "response": {"status_code": 500, "request_id": "",
-                                            "body": {"error": {"message": "injected", "type": "server_error"}}}})
+                errors.append(
+                    {
+                        "id": f"batch_req_{uuid.uuid4().hex[:16]}",
+                        "custom_id": custom_id,
+                        "error": None,
+                        "response": {
+                            "status_code": 500,
+                            "request_id": "",
+                            "body": {"error": {"message": "injected", "type": "server_error"}},
+                        },
+                    }
+                )
                 batch["request_counts"]["failed"] += 1
                 continue
             body = self.chat_completion(item["body"], fault if fault in ("length", "empty") else None)
-            outputs.append({"id": f"batch_req_{uuid.uuid4().hex[:16]}", "custom_id": custom_id, "error": None,
-                            "response": {"status_code": 200, "request_id": uuid.uuid4().hex, "body": body}})
+            outputs.append(
+                {
+                    "id": f"batch_req_{uuid.uuid4().hex[:16]}",
+                    "custom_id": custom_id,
+                    "error": None,
+                    "response": {"status_code": 200, "request_id": uuid.uuid4().hex, "body": body},
+                }
+            )
             batch["request_counts"]["completed"] += 1
             await asyncio.sleep(0)
         await asyncio.sleep(self.batch_delay_s)
