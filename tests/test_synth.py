@@ -160,15 +160,15 @@ def test_instruct_layout_and_ood_split(tmp_path, ood):
     labels = {"features": "Features: ", "words": "Words: ", "summary": "Summary: ", "sentence": "Random sentence: "}
     for r in got:
         assert r["split"] == ("ood" if set(r["instructions"]) == set(ood) else "train")
-        head, story = r["story"].split("\nStory:\n", 1)
-        assert story == r["completion"]
+        head, story = r["text"].split("\nStory:\n", 1)
+        assert story == r["story"]
         lines = head.split("\n")
         assert [next(t for t in INSTRUCTION_TYPES if line.startswith(labels[t])) for line in lines] == [
             t for t in INSTRUCTION_TYPES if t in r["instructions"]
         ]
         if "summary" in r["instructions"]:
             assert r["summary"] and "\n" not in r["summary"] and f"Summary: {r['summary']}" in lines
-        assert r["random_sentence"] in r["completion"]
+        assert r["random_sentence"] in r["story"]
         if "words" in r["instructions"]:
             assert f"Words: {r['words']['verb']}, {r['words']['noun']}, {r['words']['adjective']}" in lines
 

@@ -134,7 +134,7 @@ def instruct_text(record: dict) -> str:
         else:
             value = record["random_sentence"]
         lines.append(f"{_INSTRUCTION_LABELS[kind]}: {value}")
-    return "\n".join(lines) + "\nStory:\n" + record["completion"].strip()
+    return "\n".join(lines) + "\nStory:\n" + record["story"].strip()
 
 
 # --- validation and duplicates ------------------------------------------------------------------------------
@@ -358,7 +358,7 @@ class _Synthesizer:
         for record in JsonlLog.read(self.out):
             self.done.add(record["id"])
             self.spent += record.get("cost_usd", 0.0)
-            self.duplicates.add(record["id"], record.get("completion", record["story"]))
+            self.duplicates.add(record["id"], record["story"])
         self.summary.already_done = len(self.done)
         for record in JsonlLog.read(self.pending_path):
             if record["id"] not in self.done:
@@ -392,7 +392,7 @@ class _Synthesizer:
     def summary_body(self, record: dict) -> dict:
         return {
             "model": self.cfg.model,
-            "messages": [{"role": "user", "content": summary_prompt(record["completion"])}],
+            "messages": [{"role": "user", "content": summary_prompt(record["story"])}],
             "max_tokens": 100,
             "temperature": 0.0,
         }
@@ -419,11 +419,11 @@ class _Synthesizer:
             self.failed_log.append({**base, "error": result.error, "finish_reason": result.finish_reason})
             self.summary.failed += 1
             return
-        record = {**base, "completion": result.text.strip(), "finish_reason": result.finish_reason}
+        record = {**base, "story": result.text.strip(), "finish_reason": result.finish_reason}
         if spec.instructions:
             record["instructions"] = list(spec.instructions)
             record["split"] = split_of(spec.instructions, self.cfg.ood_combination)
-            record["random_sentence"] = pick_sentence(record["completion"], spec)
+            record["random_sentence"] = pick_sentence(record["story"], spec)
             if "summary" in spec.instructions:
                 self.pending_log.append(record)
                 self.pending[spec.id] = record
@@ -453,13 +453,14 @@ class _Synthesizer:
         self.finish(record)
 
     def finish(self, record: dict) -> None:
-        flags = validate(record["completion"], record["words"], min_words=self.cfg.min_words)
+        flags = validate(record["story"], record["words"], min_words=self.cfg.min_words)
         if record.get("finish_reason") == "length":
             flags.append("truncated")
-        flags += self.duplicates.add(record["id"], record["completion"])
+        flags += self.duplicates.add(record["id"], record["story"])
         record["flags"] = flags
         record["valid"] = not flags
-        record["story"] = instruct_text(record) if record.get("instructions") else record["completion"]
+        if record.get("instructions"):
+            record["text"] = instruct_text(record)  # what `data prepare` trains on: it reads "text" before "story"
         self.log.append(record)
         self.done.add(record["id"])
         self.pending.pop(record["id"], None)
@@ -523,7 +524,7 @@ def _run_template(job: _Synthesizer, specs: list[StorySpec]) -> None:
         )
         job.on_story(spec, _template_result(story), "template")
     for record in list(job.pending.values()):
-        first = record["completion"].split(".")[0]
+        first = record["story"].split(".")[0]
         job.on_summary(record, _template_result(f"{first}, and then something happens."))
 
 
@@ -706,7 +707,7 @@ def corpus_stats(path: str | Path) -> dict:
     records = list(JsonlLog.read(path))
     if not records:
         raise ValueError(f"{path}: no records")
-    texts = [r.get("completion", r.get("story", "")) for r in records]
+    texts = [r["story"] for r in records]
     tokens = [_WORD.findall(t.lower()) for t in texts]
     lengths = [len(t) for t in tokens]
     seen = set().union(*map(set, tokens))
