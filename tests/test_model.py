@@ -1,0 +1,210 @@
+"""GPT-Neo against Hugging Face transformers' GPTNeoForCausalLM (the independent reference)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from tinystories.hf import hf_config_dict, load_hf_state_dict, to_hf_state_dict
+from tinystories.model import PRESETS, GPTNeo, GPTNeoConfig, KVCache, config_from_preset, sample_next_token
+
+transformers = pytest.importorskip("transformers")
+
+# Small but with every feature exercised: a vocab that needs padding (1000 -> 1024), sequences longer
+# than the local window, 16 heads, an intermediate size that is not 4x.
+SMALL = dict(vocab_size=1000, hidden_size=64, num_layers=4, num_heads=16, max_position_embeddings=96,
+             window_size=16)
+
+
+def hf_twin(model: GPTNeo):
+    hf_config = transformers.GPTNeoConfig(**{k: v for k, v in hf_config_dict(model.config).items()
+                                             if k not in ("architectures", "model_type", "torch_dtype")})
+    hf = transformers.GPTNeoForCausalLM(hf_config)
+    hf.load_state_dict(to_hf_state_dict(model), strict=False)
+    hf.tie_weights()
+    return hf.eval()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.manual_seed(0)
+    model = GPTNeo(GPTNeoConfig(**SMALL, intermediate_size=96)).eval()
+    # Non-trivial LayerNorm and bias values so a swapped or missing parameter cannot hide.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return model, hf_twin(model)
+
+
+def test_logits_attentions_hidden_states_match_hf(pair):
+    model, hf = pair
+    x = torch.randint(0, 1000, (3, 80))
+    ours = model(x, output_attentions=True, output_hidden_states=True)
+    ref = hf(x, output_attentions=True, output_hidden_states=True)
+    assert ours.logits.shape == (3, 80, 1000)
+    torch.testing.assert_close(ours.logits, ref.logits, atol=1e-5, rtol=0)
+    assert len(ours.attentions) == len(ref.attentions) == 4
+    for a, b in zip(ours.attentions, ref.attentions):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    for a, b in zip(ours.hidden_states, ref.hidden_states):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_local_layers_see_exactly_the_window(pair):
+    model, _ = pair
+    x = torch.randint(0, 1000, (1, 80))
+    probs = model(x, output_attentions=True).attentions
+    W = model.config.window_size
+    i = torch.arange(80)
+    distance = i[:, None] - i[None, :]
+    local_visible = (distance >= 0) & (distance < W)
+    assert ((probs[1][0] > 0) == local_visible).all()  # layer 1 is local: query i sees i-W+1..i
+    assert ((probs[0][0] > 0) == (distance >= 0)).all()  # layer 0 is global: causal only
+
+
+def test_loss_and_gradients_match_hf(pair):
+    model, hf = pair
+    model.train(), hf.train()
+    x = torch.randint(0, 1000, (2, 64))
+    targets = x[:, 1:].clone()
+    targets[0, :5] = -100
+    ours = model(x[:, :-1], targets).loss
+    labels = x.clone()
+    labels[0, 1:6] = -100
+    ref = hf(x, labels=labels).loss  # HF shifts labels itself; the last position's logits go unused
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-6)
+    model.zero_grad(), hf.zero_grad()
+    ours.backward()
+    ref.backward()
+    ref_grads = dict(hf.named_parameters())
+    for name, p in model.named_parameters():
+        hf_name = to_hf_name(name)
+        g = p.grad[: model.config.vocab_size] if name == "wte.weight" else p.grad
+        torch.testing.assert_close(g, ref_grads[hf_name].grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert model.wte.weight.grad[model.config.vocab_size:].abs().max() == 0  # padding rows never move
+    model.eval(), hf.eval()
+
+
+def to_hf_name(name: str) -> str:
+    from tinystories.hf import _hf_name
+
+    return _hf_name(name)
+
+
+def test_padding_the_vocabulary_changes_nothing():
+    torch.manual_seed(1)
+    padded = GPTNeo(GPTNeoConfig(**SMALL)).eval()
+    unpadded = GPTNeo(GPTNeoConfig(**SMALL, vocab_multiple=1)).eval()
+    assert padded.wte.weight.shape[0] == 1024 and unpadded.wte.weight.shape[0] == 1000
+    load_hf_state_dict(unpadded, to_hf_state_dict(padded))
+    x = torch.randint(0, 1000, (2, 50))
+    a, b = padded(x, x), unpadded(x, x)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.loss, b.loss, atol=1e-6, rtol=0)
+
+
+def test_kv_cache_decoding_equals_full_recomputation(pair):
+    model, _ = pair
+    x = torch.randint(0, 1000, (2, 70))  # past the local window, so cached local layers are exercised
+    full = model(x).logits
+    cache = KVCache(model.config.num_layers)
+    pieces = [model(x[:, :30], kv_cache=cache).logits]
+    for t in range(30, 70, 7):
+        pieces.append(model(x[:, t:t + 7], kv_cache=cache).logits)
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=0)
+    assert cache.seq_len == 70
+
+
+def test_left_padded_batch_equals_each_row_alone(pair):
+    model, _ = pair
+    torch.manual_seed(2)
+    rows = [torch.randint(0, 1000, (n,)) for n in (5, 40, 23)]
+    T = max(len(r) for r in rows)
+    batch = torch.zeros(len(rows), T, dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    for i, r in enumerate(rows):
+        batch[i, T - len(r):], mask[i, T - len(r):] = r, 1
+    greedy = model.generate(batch, 30, temperature=0, attention_mask=mask)
+    no_cache = model.generate(batch, 30, temperature=0, attention_mask=mask, use_cache=False)
+    assert torch.equal(greedy, no_cache)
+    for i, r in enumerate(rows):
+        alone = model.generate(r[None], 30, temperature=0)
+        assert torch.equal(greedy[i, T:], alone[0, len(r):])
+        logits_alone = model(alone[:, :-1]).logits
+        logits_batch = model(greedy[i:i + 1, :-1], attention_mask=torch.cat(
+            [mask[i:i + 1], torch.ones(1, 29, dtype=torch.long)], 1)).logits[:, T - len(r):]
+        torch.testing.assert_close(logits_batch, logits_alone, atol=1e-5, rtol=0)
+
+
+def test_generate_stops_at_eos_and_pads_finished_rows(pair):
+    model, _ = pair
+    x = torch.randint(0, 1000, (2, 10))
+    first = model.generate(x, 1, temperature=0)[:, -1]
+    eos = int(first[0])  # row 0 emits "eos" at once; row 1 (usually) does not
+    out = model.generate(x, 20, temperature=0, eos_token=eos)
+    assert (out[0, 10:] == eos).all()
+    if int(first[1]) != eos and not (out[1, 10:] == eos).any():
+        assert out.shape[1] == 30
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    g = torch.Generator().manual_seed(0)
+    assert sample_next_token(logits, temperature=0).item() == 0
+    draws = {sample_next_token(logits, top_k=2, generator=g).item() for _ in range(200)}
+    assert draws == {0, 1}
+    # softmax: p0=.64, p1=.24 -> top_p=0.7 keeps {0, 1}; top_p=0.5 keeps {0}
+    assert {sample_next_token(logits, top_p=0.7, generator=g).item() for _ in range(200)} == {0, 1}
+    assert {sample_next_token(logits, top_p=0.5, generator=g).item() for _ in range(50)} == {0}
+    with pytest.raises(ValueError, match="top_p"):
+        sample_next_token(logits, top_p=0)
+
+
+def test_mlp_act_hook_sees_gelu_new_activations(pair):
+    from transformers.activations import ACT2FN
+
+    model, _ = pair
+    seen = {}
+    handle = model.blocks[2].mlp.act.register_forward_hook(lambda m, i, o: seen.update(inp=i[0], out=o))
+    model(torch.randint(0, 1000, (1, 12)))
+    handle.remove()
+    assert seen["out"].shape == (1, 12, 96)  # (B, T, intermediate_size): one value per neuron
+    torch.testing.assert_close(seen["out"], ACT2FN["gelu_new"](seen["inp"]), atol=1e-7, rtol=0)
+
+
+def test_fused_impl_falls_back_with_a_logged_reason(pair, caplog):
+    model, _ = pair
+    x = torch.randint(0, 1000, (1, 20))
+    expected = model(x).logits
+    model.impl = "fused"
+    try:
+        with caplog.at_level(logging.WARNING, logger="tinystories.model"):
+            got = model(x).logits
+        assert "falls back to the plain PyTorch path" in caplog.text
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    finally:
+        model.impl = "torch"
+    with pytest.raises(ValueError, match="impl"):
+        model.impl = "triton"
+
+
+def test_presets_and_config_errors():
+    for name in ("1M", "3M", "8M", "28M", "33M", "21M-1L", "33M-2L"):
+        assert name in PRESETS and f"{name}-instruct" in PRESETS
+        cfg = config_from_preset(name)
+        assert cfg.num_heads == 16 and cfg.max_position_embeddings == 512 and cfg.window_size == 256
+        assert cfg.attention_layers[:2] == ("global", "local")[: cfg.num_layers]
+        assert cfg.padded_vocab_size == 50304
+    assert (config_from_preset("33M").hidden_size, config_from_preset("33M").num_layers) == (768, 4)
+    assert (config_from_preset("21M-1L").hidden_size, config_from_preset("21M-1L").num_layers) == (1024, 1)
+    with pytest.raises(ValueError, match="num_heads"):
+        GPTNeoConfig(hidden_size=100, num_heads=16)
+    with pytest.raises(ValueError, match="attention_layers"):
+        GPTNeoConfig(num_layers=2, attention_layers=("global", "sparse"))
+    with pytest.raises(ValueError, match="unknown model preset"):
+        config_from_preset("7B")
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        GPTNeo(GPTNeoConfig(**SMALL))(torch.zeros(1, 97, dtype=torch.long))
