@@ -234,3 +234,19 @@ def test_validation_flags_and_duplicates():
     assert index.add("b", " ".join(base).upper()) == ["duplicate_of:a"]
     assert index.add("c", " ".join(base[:100] + ["zebra"] + base[101:])) == ["near_duplicate_of:a"]
     assert index.add("d", " ".join(rng.choice(synth.NOUNS) for _ in range(200))) == []
+
+
+@pytest.mark.parametrize("instruct", [False, True])
+def test_output_feeds_data_prepare(tmp_path, gpt2_files, instruct):
+    from tinystories.corpus import iter_stories
+    from tinystories.data import prepare
+    from tinystories.tokenizer import Tokenizer
+
+    out = tmp_path / "s.jsonl"
+    synthesize(SynthConfig(n=50, out=out, backend="template", instruct=instruct, progress=False))
+    expected = [r["text"] if instruct else r["story"] for r in records(out)]
+    assert list(iter_stories([out])) == expected
+    if instruct:
+        assert all(t.startswith(("Features: ", "Words: ", "Summary: ", "Random sentence: ")) for t in expected)
+    index = prepare([out], tmp_path / "ds", Tokenizer.from_gpt2_files(*gpt2_files), val_fraction=0.1, progress=False)
+    assert sum(split["stories"] for split in index["splits"].values()) == 50

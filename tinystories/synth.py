@@ -26,7 +26,7 @@ import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from tinystories.vocabulary import (
     FEATURE_LABELS,
     FEATURES,
     NOUNS,
+    PARTS_OF_SPEECH,
     VERBS,
     WORDS_BY_PART_OF_SPEECH,
     word_forms,
@@ -46,7 +47,6 @@ _WORDS_RE = re.compile(r'the verb "([a-z]+)", the noun "([a-z]+)" and the adject
 
 # Instruct: the instruction types, in the order the layout prints them.
 INSTRUCTION_TYPES = ("features", "words", "summary", "sentence")
-_INSTRUCTION_LABELS = {"features": "Features", "words": "Words", "summary": "Summary", "sentence": "Random sentence"}
 DEFAULT_OOD_COMBINATION = ("words", "summary")
 
 
@@ -99,12 +99,12 @@ def story_id(seed: int, index: int) -> str:
 def sample_spec(seed: int, index: int, *, instruct: bool = False) -> StorySpec:
     rng = random.Random(f"tinystories-synth:{seed}:{index}")  # str seeds hash with SHA-512: stable everywhere
     words = {"verb": rng.choice(VERBS), "noun": rng.choice(NOUNS), "adjective": rng.choice(ADJECTIVES)}
-    names = list(FEATURES)
-    features = tuple(sorted(rng.sample(names, rng.randint(0, 3)), key=names.index))
     instructions: tuple[str, ...] = ()
-    if instruct:
-        while not instructions:  # a non-empty subset, uniform over the 15 of them
-            instructions = tuple(t for t in INSTRUCTION_TYPES if rng.random() < 0.5)
+    while instruct and not instructions:  # a non-empty subset, uniform over the 15 of them
+        instructions = tuple(t for t in INSTRUCTION_TYPES if rng.random() < 0.5)
+    names = list(FEATURES)
+    at_least = 1 if "features" in instructions else 0  # a "Features:" line needs a feature to name
+    features = tuple(sorted(rng.sample(names, rng.randint(at_least, 3)), key=names.index))
     prompt = build_prompt(words["verb"], words["noun"], words["adjective"], features)
     return StorySpec(story_id(seed, index), index, seed, words, features, instructions, prompt)
 
@@ -119,22 +119,37 @@ def pick_sentence(story: str, spec: StorySpec) -> str:
     return random.Random(f"sentence:{spec.id}").choice(sentences) if sentences else story.strip().split("\n")[0]
 
 
-def instruct_text(record: dict) -> str:
-    """The documented Instruct layout: the chosen instruction lines in fixed order, then `Story:`."""
+def format_instructions(
+    *,
+    words: dict[str, str] | None = None,
+    features: Sequence[str] = (),
+    summary: str | None = None,
+    sentence: str | None = None,
+) -> str:
+    """The Instruct header: the given instructions in the fixed order, each on its own line, then
+    "Story:" and a newline, which is where the story (or a model's continuation) begins."""
     lines = []
-    for kind in INSTRUCTION_TYPES:
-        if kind not in record["instructions"]:
-            continue
-        if kind == "features":
-            value = ", ".join(FEATURE_LABELS[f] for f in record["features"]) or "None"
-        elif kind == "words":
-            value = ", ".join(record["words"][p] for p in ("verb", "noun", "adjective"))
-        elif kind == "summary":
-            value = record["summary"]
-        else:
-            value = record["random_sentence"]
-        lines.append(f"{_INSTRUCTION_LABELS[kind]}: {value}")
-    return "\n".join(lines) + "\nStory:\n" + record["story"].strip()
+    if features:
+        lines.append("Features: " + ", ".join(FEATURE_LABELS[f] for f in features))
+    if words:
+        lines.append("Words: " + ", ".join(words[p] for p in PARTS_OF_SPEECH if p in words))
+    if summary:
+        lines.append(f"Summary: {summary}")
+    if sentence:
+        lines.append(f"Random sentence: {sentence}")
+    return "".join(line + "\n" for line in lines) + "Story:\n"
+
+
+def instruct_text(record: dict) -> str:
+    """A synthesis record in the Instruct layout (docs/synthesis.md): its chosen instructions, then the story."""
+    chosen = record["instructions"]
+    header = format_instructions(
+        words=record["words"] if "words" in chosen else None,
+        features=record["features"] if "features" in chosen else (),
+        summary=record.get("summary") if "summary" in chosen else None,
+        sentence=record.get("random_sentence") if "sentence" in chosen else None,
+    )
+    return header + record["story"].strip()
 
 
 # --- validation and duplicates ------------------------------------------------------------------------------
