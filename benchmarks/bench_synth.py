@@ -41,7 +41,7 @@ BODY = {
 
 def start_server() -> tuple[subprocess.Popen, str]:
     port_file = Path(tempfile.mkdtemp()) / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "tinystories.testing.openai_server", "--port-file", str(port_file)])
+    proc = subprocess.Popen([sys.executable, "-m", "tinystories.testing", "--port-file", str(port_file)])
     deadline = time.time() + 30
     while not port_file.exists():
         if time.time() > deadline or proc.poll() is not None:

@@ -17,7 +17,7 @@ every request is logged (`log`), so a test can check that nothing was requested 
     with OpenAIServer(faults=Faults(rate=0.3)) as server:
         client = AsyncOpenAI(base_url=server.url, api_key="test")
 
-`python -m tinystories.testing.openai_server --port-file F` serves in its own process (benchmarks).
+`python -m tinystories.testing --port-file F` serves in its own process (benchmarks).
 """
 
 from __future__ import annotations
