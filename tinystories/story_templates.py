@@ -207,11 +207,12 @@ class _StoryWriter:
             f"It was {self.adjective}, and {h.name} could not stop "
             + ("thinking about it." if self.abstract else "looking at it."),
         )
-        line = self.say(
-            h.name,
-            self.pick(f"Look at the {noun}!", f"I love the {noun}!", "Wow, come and see!"),
-            self.pick("said", "shouted", "cried"),
+        exclamations = (
+            (f"Tell me more about the {noun}!", f"I love the {noun}!")
+            if self.abstract
+            else (f"Look at the {noun}!", f"I love the {noun}!", "Wow, come and see!")
         )
+        line = self.say(h.name, self.pick(*exclamations), self.pick("said", "shouted", "cried"))
         return [find, describe, line]
 
     def conflict(self) -> list[str]:
@@ -237,6 +238,11 @@ class _StoryWriter:
                 "Suddenly, something nobody expected happened.",
             ),
             self.pick(
+                f"It turned out that {self.grown_up} had known about the {self.noun} all along.",
+                f"A little bird flew down and sang a song about the {self.noun}, as if it knew everything.",
+            )
+            if self.abstract
+            else self.pick(
                 f"A tiny voice came from behind the {self.noun}. It was a little bird who had been hiding there!",
                 f"The {self.noun} had belonged to {self.grown_up} when {self.grown_up_he} was little.",
                 f"A big wind came and carried the {self.noun} high up into a tree.",

@@ -739,7 +739,7 @@ def corpus_stats(path: str | Path) -> dict:
     return {
         "records": len(records),
         "valid": sum(bool(r.get("valid", True)) for r in records),
-        "failed": sum(1 for _ in JsonlLog.read(_side(Path(path), ".failed"))),
+        "failed": len({f["id"] for f in JsonlLog.read(_side(Path(path), ".failed"))} - {r["id"] for r in records}),
         "words_mean": sum(lengths) / len(lengths),
         "words_min": min(lengths),
         "words_max": max(lengths),
@@ -787,7 +787,7 @@ def print_stats(stats: dict, path: str | Path) -> None:
     rows = [
         ("records", stats["records"]),
         ("valid (no flags)", stats["valid"]),
-        ("failed requests", stats["failed"]),
+        ("failed, no story yet (see .failed)", stats["failed"]),
         (
             "words per story (mean / min / max)",
             f"{stats['words_mean']:.1f} / {stats['words_min']} / {stats['words_max']}",
