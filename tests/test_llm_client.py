@@ -43,6 +43,17 @@ def test_worker_processes_and_client_results(tmp_path):
     assert stats.cost_usd == pytest.approx(sum(r.cost_usd for r in results))
 
 
+def test_an_idle_worker_finishing_early_is_not_taken_for_dead():
+    # 5 requests fit in one chunk: worker 1 gets nothing and exits while worker 0 waits on a slow model
+    with OpenAIServer(latency_s=1.5) as server:
+        results = []
+        requests = [
+            ChatRequest(f"r{i}", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}) for i in range(5)
+        ]
+        stats = run_chat(requests, client_config(server, workers=2, timeout_s=10), results.append)
+    assert stats.succeeded == 5 and len(results) == 5
+
+
 def test_retry_after_is_honoured_and_bad_requests_are_not_retried():
     with OpenAIServer(faults=Faults(rate=1.0, kinds=("rate_limit",), max_per_request=1, retry_after_s=0.4)) as server:
         results = []

@@ -658,9 +658,9 @@ def _run_in_workers(
     budget = _Budget(config.max_cost_usd, config.prices, spent)
     outstanding = [0] * config.workers
     chunks = _chunks(iter(requests), _CHUNK)
-    feeding, told_to_finish, running = True, False, config.workers
+    feeding, told_to_finish, finished = True, False, set()
     try:
-        while running:
+        while len(finished) < config.workers:
             for w in range(config.workers):  # keep every worker about 2x its concurrency ahead
                 while feeding and outstanding[w] < 2 * per_worker:
                     chunk = next(chunks, None)
@@ -680,11 +680,12 @@ def _run_in_workers(
             try:
                 w, message = results.get(timeout=1.0)
             except queue.Empty:
-                if not all(p.is_alive() for p in processes):
-                    raise RuntimeError("an LLM client worker process died") from None
+                dead = [w for w, p in enumerate(processes) if w not in finished and not p.is_alive()]
+                if dead:
+                    raise RuntimeError(f"LLM client worker process {dead[0]} died") from None
                 continue
-            if isinstance(message, str):  # the worker is done: "done", "budget" or a fatal error
-                running -= 1
+            if isinstance(message, str):  # the worker is done: "done" or a fatal error
+                finished.add(w)
                 if message != "done" and stats.stopped is None:
                     stats.stopped, feeding = message, False
                     for inbox in inboxes:
