@@ -125,10 +125,11 @@ def test_sigkill_mid_run_then_resume_gives_exactly_n_and_no_recorded_id_is_reque
     assert out.read_bytes().endswith(b"\n")
 
 
-def test_budget_stop_is_clean_and_counts_earlier_runs(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_budget_stop_is_clean_and_counts_earlier_runs(tmp_path, workers):
     out = tmp_path / "s.jsonl"
     with OpenAIServer() as server:
-        summary = run(server, out, 200, client=client_config(server, max_cost_usd=20.0, concurrency=4))
+        summary = run(server, out, 200, client=client_config(server, max_cost_usd=20.0, concurrency=4, workers=workers))
         assert summary.stopped == "budget"
         spent = sum(r["cost_usd"] for r in records(out))
         assert 0 < summary.written < 200
@@ -136,6 +137,7 @@ def test_budget_stop_is_clean_and_counts_earlier_runs(tmp_path):
         server.log.clear()
         again = run(server, out, 200, client=client_config(server, max_cost_usd=20.0, concurrency=4))
         assert again.stopped == "budget" and again.written <= 1
+        assert sum(r["cost_usd"] for r in records(out)) <= 20.0
     with pytest.raises(ValueError, match="needs a price"):
         synthesize(
             SynthConfig(
@@ -199,6 +201,10 @@ def test_template_backend_and_stats(tmp_path):
     assert stats["records"] == 120 == stats["valid"]
     assert 0 < stats["coverage"]["verb"] < 1 and 0 < stats["distinct"]["distinct-1"] < stats["distinct"]["distinct-3"]
     assert set(stats["features"]) == set(synth.FEATURES)
+    with pytest.raises(ValueError, match="--seed 0; resume it with the same options"):
+        synthesize(SynthConfig(n=120, out=out, backend="template", seed=1, progress=False))
+    with pytest.raises(ValueError, match="same options"):
+        synthesize(SynthConfig(n=120, out=out, backend="template", instruct=True, progress=False))
     from tinystories.cli import main
 
     assert main(["synth", "stats", str(out), "--png", str(tmp_path / "s.png")]) == 0

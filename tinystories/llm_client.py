@@ -218,7 +218,7 @@ class FatalAPIError(RuntimeError):
 
 
 class _Budget:
-    """Refuses a request once spent + (requests in flight + 1) x reserve would pass the limit. The reserve
+    """Admits a request only while spent + (requests in flight + 1) x reserve stays within the limit. The reserve
     is the dearest request so far, or before any has finished an upper bound from the request itself
     (its prompt and max_tokens): the budget holds unless a request costs more than every one before it."""
 
@@ -229,11 +229,14 @@ class _Budget:
         self.dearest = 0.0
         self.in_flight = 0
 
-    def allows(self, request: ChatRequest, count: int = 1) -> bool:
+    def affordable(self, request: ChatRequest) -> int:
+        """How many more requests like `request` may start now."""
         if self.max is None:
-            return True
+            return 1 << 30
         reserve = self.dearest or self.upper_bound(request)
-        return self.spent + (self.in_flight + count) * reserve <= self.max
+        if reserve <= 0:
+            return 1 << 30
+        return max(0, math.floor((self.max - self.spent) / reserve) - self.in_flight)
 
     def upper_bound(self, request: ChatRequest) -> float:
         body = request.body
@@ -549,13 +552,20 @@ class ChatClient:
             async def next_request() -> ChatRequest | None:
                 return next(iterator, None)
 
+        finished = asyncio.Condition()
+
         async def worker() -> None:
             while not stop:
                 request = await next_request()
                 if request is None:
                     return
-                if not budget.allows(request):  # this request is dropped unsent; a later run makes it
-                    stop.append("budget")
+                while not stop and budget.affordable(request) < 1:
+                    if budget.in_flight == 0:  # nothing will free budget: this request is dropped unsent
+                        stop.append("budget")
+                    else:  # requests in flight may cost less than reserved: wait for one to finish
+                        async with finished:
+                            await finished.wait()
+                if stop:
                     return
                 budget.start()
                 try:
@@ -566,6 +576,8 @@ class ChatClient:
                 budget.finish(result.cost_usd)
                 stats.add(result)
                 on_result(result)
+                async with finished:
+                    finished.notify_all()
 
         await asyncio.gather(*(worker() for _ in range(self.config.concurrency)))
         stats.stopped = stop[0] if stop else None
@@ -659,20 +671,27 @@ def _run_in_workers(
     outstanding = [0] * config.workers
     chunks = _chunks(iter(requests), _CHUNK)
     feeding, told_to_finish, finished = True, False, set()
+    held: list[ChatRequest] = []  # requests taken from the iterator that the budget cannot start yet
     try:
         while len(finished) < config.workers:
             for w in range(config.workers):  # keep every worker about 2x its concurrency ahead
                 while feeding and outstanding[w] < 2 * per_worker:
-                    chunk = next(chunks, None)
+                    chunk, held = held or next(chunks, None), []
                     if chunk is None:
                         feeding = False
                         break
-                    if not budget.allows(chunk[0], len(chunk)):
-                        feeding, stats.stopped = False, "budget"
+                    fits = min(len(chunk), budget.affordable(chunk[0]))
+                    chunk, held = chunk[:fits], chunk[fits:]
+                    if chunk:
+                        inboxes[w].put(chunk)
+                        outstanding[w] += len(chunk)
+                        budget.start(len(chunk))
+                    if held:  # over budget for now: wait for answers, which may cost less than reserved
+                        if budget.in_flight == 0:
+                            feeding, stats.stopped = False, "budget"
                         break
-                    inboxes[w].put(chunk)
-                    outstanding[w] += len(chunk)
-                    budget.start(len(chunk))
+                if held:
+                    break
             if not feeding and not told_to_finish:
                 for inbox in inboxes:  # END: finish what you have; STOP: finish only what is in flight
                     inbox.put(_END if stats.stopped is None else _STOP)

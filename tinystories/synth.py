@@ -371,6 +371,8 @@ class _Synthesizer:
         for path in (self.out, self.failed_path, self.pending_path):
             JsonlLog.repair(path)
         for record in JsonlLog.read(self.out):
+            if not self.done:
+                self._check_same_job(record)
             self.done.add(record["id"])
             self.spent += record.get("cost_usd", 0.0)
             self.duplicates.add(record["id"], record["story"])
@@ -381,6 +383,15 @@ class _Synthesizer:
                 self.spent += record.get("cost_usd", 0.0)
         for record in JsonlLog.read(self.failed_path):
             self.spent += record.get("cost_usd", 0.0)
+
+    def _check_same_job(self, record: dict) -> None:
+        """Resuming with another seed or layout would mix two samplings in one file: refuse."""
+        was_instruct = "instructions" in record
+        if record.get("seed") != self.cfg.seed or was_instruct != self.cfg.instruct:
+            raise ValueError(
+                f"{self.out} holds a run with --seed {record.get('seed')}{' --instruct' if was_instruct else ''}; "
+                "resume it with the same options or write to another --out"
+            )
 
     def close(self) -> None:
         for log in (self.log, self.failed_log, self.pending_log):
