@@ -576,8 +576,9 @@ class ChatClient:
                 budget.finish(result.cost_usd)
                 stats.add(result)
                 on_result(result)
-                async with finished:
-                    finished.notify_all()
+                if budget.max is not None:
+                    async with finished:
+                        finished.notify_all()
 
         await asyncio.gather(*(worker() for _ in range(self.config.concurrency)))
         stats.stopped = stop[0] if stop else None
