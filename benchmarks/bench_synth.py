@@ -51,6 +51,15 @@ def start_server() -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port_file.read_text()}/v1"
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds used so far by a running process (Linux /proc), 0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -110,6 +119,7 @@ def report() -> list[str]:
     try:
         warm_up(url)
         rows = []
+        server_cpu = process_cpu(server.pid)
         for concurrency in CONCURRENCIES:
             plain_rps, plain_ms = measure(lambda c=concurrency: plain_loop(url, c))
             our_rps, our_ms = measure(lambda c=concurrency: ours(url, c))
@@ -120,6 +130,8 @@ def report() -> list[str]:
         our_rps, our_ms = measure(lambda: ours(url, CONCURRENCIES[-1], workers=workers))
         steady_ms = our_ms - startup_cpu * 1e3 / N
         rows.append((f"{CONCURRENCIES[-1]}, {workers} worker processes*", plain_rps, plain_ms, our_rps, steady_ms))
+        requests_served = N * (2 * len(CONCURRENCIES) + 1) + 1
+        server_ms = (process_cpu(server.pid) - server_cpu) / requests_served * 1e3
     finally:
         server.kill()
         server.wait()
@@ -134,6 +146,7 @@ def report() -> list[str]:
             f"{plain_ms:>18.2f}{our_ms:>17.2f}{plain_ms / our_ms:>7.2f}x"
         )
     lines.append("CPU ratio = plain ms / ours ms per request: how many more requests one core sustains")
+    lines.append(f"the server spent {server_ms:.2f} ms CPU per request (it is not the bottleneck below ~1/that)")
     lines.append(f"* CPU per request excludes the workers' one-off start-up ({startup_cpu:.2f} s CPU), measured apart")
     return lines
 

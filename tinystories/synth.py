@@ -902,7 +902,11 @@ def run_cli(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         client=client,
     )
-    summary = synthesize(config)
+    try:
+        summary = synthesize(config)
+    except ValueError as e:  # bad options or files: a clear message, not a traceback
+        print(f"tinystories synth: {e}", file=sys.stderr)
+        return 2
     print(
         f"{args.out}: {summary.written} new records ({summary.flagged} flagged: {dict(summary.flag_counts)}), "
         f"{summary.already_done} from earlier runs, {summary.failed} failed requests "
