@@ -63,14 +63,22 @@ def test_verb_inflection(verb, forms):
 
 def test_noun_adjective_and_article_helpers():
     assert [plural(n) for n in ("box", "baby", "toy", "mouse", "knife", "fish")] == [
-        "boxes", "babies", "toys", "mice", "knives", "fish"
+        "boxes",
+        "babies",
+        "toys",
+        "mice",
+        "knives",
+        "fish",
     ]
     assert comparative("big") == ("bigger", "biggest")
     assert comparative("happy") == ("happier", "happiest")
     assert comparative("good") == ("better", "best")
     assert comparative("curious") == ("more curious", "most curious")
     assert [with_article(w) for w in ("apple", "unicorn", "milk", "dog")] == [
-        "an apple", "a unicorn", "some milk", "a dog"
+        "an apple",
+        "a unicorn",
+        "some milk",
+        "a dog",
     ]
     assert word_forms("run", "verb") == {"run", "runs", "ran", "running"}
     assert word_forms("curious", "adjective") == {"curious"}

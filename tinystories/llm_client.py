@@ -11,15 +11,17 @@ half-million-request job needs:
   attempts, after which the failure is *returned* (as a `ChatResult` with `error`), never lost;
 * a policy for truncated (`finish_reason="length"`) and empty answers: retried, every attempt logged;
 * cost from token usage with an editable price table (`PriceTable`, JSON/TOML overrides) and a budget
-  stop (`max_cost_usd`) that stops sending before the budget is spent, counting requests in flight.
+  stop (`max_cost_usd`) that stops sending before the budget is spent, reserving for requests in flight.
 
-Why it is faster than the obvious `await client.chat.completions.create(...)` loop (see
-`benchmarks/bench_synth.py`): that loop spends most of its CPU in per-request SDK machinery and in the
-HTTP connection pool, whose bookkeeping grows with the number of open connections. Here requests go
-through the SDK's documented low-level `client.post(..., cast_to=httpx.Response)` with a pre-encoded
-JSON body (no TypedDict transform, no pydantic model per response; answers are parsed with orjson when
-available), and connections are spread over several small pools (one SDK client per `pool_size`
-connections) so each pool's bookkeeping stays O(pool_size). SDK retries are off: retries happen here.
+Why it is faster than the obvious `await client.chat.completions.create(...)` loop (measured in
+`benchmarks/bench_synth.py`): that loop spends its CPU in per-request SDK machinery (TypedDict
+transforms of the params, a pydantic model per response) and in the HTTP stack under it, whose
+connection pool rescans every open connection on each request. Here the SDK still builds, sends and
+checks every request, but through its documented low-level `client.post(..., cast_to=httpx.Response)`
+with a pre-encoded JSON body, answers are parsed with orjson (when installed), SDK retries are off
+(retries happen here), and the SDK's httpx client runs on a lean HTTP/1.1 keep-alive transport
+(`http_transport="keepalive"`, O(1) per request; `"httpx"` selects the stock transport, sharded into
+small pools). Worker processes add cores.
 
     config = ClientConfig(base_url="http://127.0.0.1:8000/v1", concurrency=128)
     requests = [ChatRequest(id=f"q{i}", body={"model": "gpt-4o-mini", "messages": [...]}) for i in ...]
@@ -162,7 +164,8 @@ class ClientConfig:
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 64  # requests in flight, over all workers
     workers: int = 1  # processes; >1 shards the requests over that many event loops
-    pool_size: int = 8  # connections per HTTP pool (see the module docstring)
+    http_transport: str = "keepalive"  # "keepalive": our lean HTTP/1.1 transport; "httpx": the SDK's own
+    pool_size: int = 8  # with http_transport="httpx": connections per pool (see the module docstring)
     timeout_s: float = 120.0
     max_attempts: int = 6
     backoff_initial_s: float = 1.0
@@ -176,6 +179,8 @@ class ClientConfig:
         for name in ("concurrency", "workers", "pool_size", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ClientConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.http_transport not in ("keepalive", "httpx"):
+            raise ValueError(f"ClientConfig.http_transport must be 'keepalive' or 'httpx', got {self.http_transport!r}")
         if self.timeout_s <= 0:
             raise ValueError(f"ClientConfig.timeout_s must be > 0, got {self.timeout_s}")
 
@@ -213,27 +218,190 @@ class FatalAPIError(RuntimeError):
 
 
 class _Budget:
-    """Stops new requests once spent + (requests in flight x mean cost so far) would pass the limit."""
+    """Admits a request only while spent + (requests in flight + 1) x reserve stays within the limit. The reserve
+    is the dearest request so far, or before any has finished an upper bound from the request itself
+    (its prompt and max_tokens): the budget holds unless a request costs more than every one before it."""
 
-    def __init__(self, max_cost_usd: float | None, already_spent: float = 0.0):
+    def __init__(self, max_cost_usd: float | None, prices: PriceTable, already_spent: float = 0.0):
         self.max = max_cost_usd
+        self.prices = prices
         self.spent = already_spent
-        self.finished = 0
+        self.dearest = 0.0
         self.in_flight = 0
 
-    def allows_another(self) -> bool:
+    def affordable(self, request: ChatRequest) -> int:
+        """How many more requests like `request` may start now."""
         if self.max is None:
-            return True
-        mean = self.spent / self.finished if self.finished else 0.0
-        return self.spent + (self.in_flight + 1) * mean < self.max
+            return 1 << 30
+        reserve = self.dearest or self.upper_bound(request)
+        if reserve <= 0:
+            return 1 << 30
+        return max(0, math.floor((self.max - self.spent) / reserve) - self.in_flight)
 
-    def start(self) -> None:
-        self.in_flight += 1
+    def upper_bound(self, request: ChatRequest) -> float:
+        body = request.body
+        prompt_tokens = len(json.dumps(body.get("messages", ""))) // 2  # >= real tokens for any text
+        completion_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 4096
+        return self.prices.cost(body.get("model", ""), prompt_tokens, completion_tokens)
+
+    def start(self, count: int = 1) -> None:
+        self.in_flight += count
 
     def finish(self, cost: float) -> None:
         self.in_flight -= 1
-        self.finished += 1
         self.spent += cost
+        self.dearest = max(self.dearest, cost)
+
+
+# --- a lean HTTP/1.1 transport for the SDK -----------------------------------------------------------------
+
+
+class _Connection:
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    def usable(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _make_transport(httpx2: Any, ssl_context: ssl.SSLContext) -> Any:
+    """An `httpx.AsyncBaseTransport` doing plain HTTP/1.1 keep-alive over asyncio streams.
+
+    The SDK still builds every request and handles every response (auth, headers, status errors); only
+    the wire work is ours: one request per connection at a time, idle connections reused LIFO, O(1) per
+    request (the stock pool rescans all connections on every request). Chunked and Content-Length
+    bodies, TLS for https, httpx's timeouts and exceptions. Content-Encoding is decoded by httpx."""
+
+    class KeepAliveTransport(httpx2.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+
+        async def handle_async_request(self, request: Any) -> Any:
+            url = request.url
+            tls = url.scheme == "https"
+            origin = (url.scheme, url.host, url.port or (443 if tls else 80))
+            timeouts = request.extensions.get("timeout", {})
+            body = await request.aread()
+            head = [f"{request.method} {url.raw_path.decode('ascii')} HTTP/1.1".encode("ascii")]
+            head.extend(name + b": " + value for name, value in request.headers.raw)
+            if "host" not in request.headers:
+                head.append(b"Host: " + url.netloc)
+            if body and "content-length" not in request.headers:
+                head.append(b"Content-Length: " + str(len(body)).encode())
+            payload = b"\r\n".join(head) + b"\r\n\r\n" + body
+            idle = self._idle.setdefault(origin, [])
+            while idle:
+                connection = idle.pop()
+                if not connection.usable():
+                    connection.close()
+                    continue
+                try:  # a kept-alive connection the server closed meanwhile fails before any answer: retry
+                    return await self._exchange(connection, payload, request, timeouts, origin)
+                except _StaleConnection:
+                    continue
+            connection = await self._connect(origin, tls, timeouts.get("connect"))
+            try:
+                return await self._exchange(connection, payload, request, timeouts, origin)
+            except _StaleConnection as e:
+                raise httpx2.RemoteProtocolError(
+                    "server closed the connection without answering", request=request
+                ) from e
+
+        async def _connect(self, origin: tuple[str, str, int], tls: bool, timeout: float | None) -> _Connection:
+            _, host, port = origin
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        host,
+                        port,
+                        ssl=ssl_context if tls else None,
+                        server_hostname=host if tls else None,
+                        limit=1 << 20,
+                    ),
+                    timeout,
+                )
+            except asyncio.TimeoutError as e:
+                raise httpx2.ConnectTimeout(f"connecting to {host}:{port} timed out") from e
+            except OSError as e:
+                raise httpx2.ConnectError(f"cannot connect to {host}:{port}: {e}") from e
+            return _Connection(reader, writer)
+
+        async def _exchange(
+            self, connection: _Connection, payload: bytes, request: Any, timeouts: dict, origin: tuple[str, str, int]
+        ) -> Any:
+            reader = connection.reader
+            try:
+                connection.writer.write(payload)
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeouts.get("read"))
+                except asyncio.IncompleteReadError as e:
+                    if not e.partial:
+                        raise _StaleConnection() from e
+                    raise
+                lines = head[:-4].split(b"\r\n")
+                status = int(lines[0].split(b" ", 2)[1])
+                headers = [tuple(line.split(b":", 1)) for line in lines[1:] if b":" in line]
+                headers = [(k.strip(), v.strip()) for k, v in headers]
+                fields = {k.lower(): v for k, v in headers}
+                if request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+                    content = b""
+                elif b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+                    content = await asyncio.wait_for(_read_chunked_body(reader), timeouts.get("read"))
+                elif b"content-length" in fields:
+                    content = await asyncio.wait_for(
+                        reader.readexactly(int(fields[b"content-length"])), timeouts.get("read")
+                    )
+                else:
+                    content = await asyncio.wait_for(reader.read(), timeouts.get("read"))
+                    fields[b"connection"] = b"close"
+            except asyncio.TimeoutError as e:
+                connection.close()
+                raise httpx2.ReadTimeout("timed out waiting for the response", request=request) from e
+            except _StaleConnection:
+                connection.close()
+                raise
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as e:
+                connection.close()
+                raise httpx2.ReadError(f"reading the response failed: {e!r}", request=request) from e
+            except BaseException:  # cancelled mid-answer: the connection is in an unknown state
+                connection.close()
+                raise
+            if fields.get(b"connection", b"").lower() == b"close":
+                connection.close()
+            else:
+                self._idle.setdefault(origin, []).append(connection)
+            return httpx2.Response(
+                status, headers=headers, stream=httpx2.ByteStream(content), extensions={"http_version": b"HTTP/1.1"}
+            )
+
+        async def aclose(self) -> None:
+            for connections in self._idle.values():
+                for connection in connections:
+                    connection.close()
+            self._idle.clear()
+
+    return KeepAliveTransport()
+
+
+class _StaleConnection(Exception):
+    """A reused keep-alive connection was closed by the server before it answered."""
+
+
+async def _read_chunked_body(reader: asyncio.StreamReader) -> bytes:
+    parts = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
+                pass
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
 
 
 # --- the async client -----------------------------------------------------------------------------------
@@ -249,24 +417,25 @@ class ChatClient:
         self.config = config
         self._openai = openai
         self._httpx = httpx2
-        n_pools = max(1, math.ceil(config.concurrency / config.pool_size))
         verify = ssl.create_default_context()  # one context: building one per pool costs ~50 ms each
+        if config.http_transport == "keepalive":
+            pools = [dict(transport=_make_transport(httpx2, verify))]
+        else:  # the SDK's own transport, its pool bookkeeping kept small by sharding
+            size = config.pool_size
+            limits = httpx2.Limits(max_connections=size, max_keepalive_connections=size)
+            pools = [dict(verify=verify, limits=limits)] * max(1, math.ceil(config.concurrency / size))
         self._clients = [
             openai.AsyncOpenAI(
                 base_url=config.base_url,
                 api_key=config.resolve_api_key(),
                 max_retries=0,
                 timeout=config.timeout_s,
-                http_client=httpx2.AsyncClient(
-                    verify=verify,
-                    timeout=config.timeout_s,
-                    follow_redirects=True,
-                    limits=httpx2.Limits(max_connections=config.pool_size, max_keepalive_connections=config.pool_size),
-                ),
+                http_client=httpx2.AsyncClient(timeout=config.timeout_s, follow_redirects=True, **pool),
             )
-            for _ in range(n_pools)
+            for pool in pools
         ]
         self._next_pool = 0
+        self._slots = asyncio.Semaphore(config.concurrency)  # the limit also holds for direct `complete` calls
         self._paused_until = 0.0  # set by a 429: every request waits, not just the one that was refused
 
     async def aclose(self) -> None:
@@ -284,7 +453,12 @@ class ChatClient:
         return base / 2 + random.uniform(0, base / 2)  # "equal jitter": never 0, never in lock-step
 
     async def complete(self, request: ChatRequest) -> ChatResult:
-        """One request, retried per the policy; failures come back as a result with `error` set."""
+        """One request, retried per the policy; failures come back as a result with `error` set.
+        Raises `FatalAPIError` when no retry can help (bad key, exhausted quota)."""
+        async with self._slots:
+            return await self._complete(request)
+
+    async def _complete(self, request: ChatRequest) -> ChatResult:
         openai = self._openai
         cfg = self.config
         client = self._clients[self._next_pool]
@@ -363,7 +537,7 @@ class ChatClient:
     ) -> RunStats:
         """Make all `requests` with `concurrency` in flight; `on_result` sees each result as it arrives."""
         stats, started = RunStats(), time.perf_counter()
-        budget = _Budget(self.config.max_cost_usd, already_spent_usd)
+        budget = _Budget(self.config.max_cost_usd, self.config.prices, already_spent_usd)
         stop: list[str] = []
         if isinstance(requests, AsyncIterable):
             source, lock = aiter(requests), asyncio.Lock()
@@ -378,13 +552,20 @@ class ChatClient:
             async def next_request() -> ChatRequest | None:
                 return next(iterator, None)
 
+        finished = asyncio.Condition()
+
         async def worker() -> None:
             while not stop:
-                if not budget.allows_another():
-                    stop.append("budget")
-                    return
                 request = await next_request()
                 if request is None:
+                    return
+                while not stop and budget.affordable(request) < 1:
+                    if budget.in_flight == 0:  # nothing will free budget: this request is dropped unsent
+                        stop.append("budget")
+                    else:  # requests in flight may cost less than reserved: wait for one to finish
+                        async with finished:
+                            await finished.wait()
+                if stop:
                     return
                 budget.start()
                 try:
@@ -395,6 +576,9 @@ class ChatClient:
                 budget.finish(result.cost_usd)
                 stats.add(result)
                 on_result(result)
+                if budget.max is not None:
+                    async with finished:
+                        finished.notify_all()
 
         await asyncio.gather(*(worker() for _ in range(self.config.concurrency)))
         stats.stopped = stop[0] if stop else None
@@ -484,24 +668,31 @@ def _run_in_workers(
     for p in processes:
         p.start()
     stats, started = RunStats(), time.perf_counter()
-    budget = _Budget(config.max_cost_usd, spent)
+    budget = _Budget(config.max_cost_usd, config.prices, spent)
     outstanding = [0] * config.workers
     chunks = _chunks(iter(requests), _CHUNK)
-    feeding, told_to_finish, running = True, False, config.workers
+    feeding, told_to_finish, finished = True, False, set()
+    held: list[ChatRequest] = []  # requests taken from the iterator that the budget cannot start yet
     try:
-        while running:
+        while len(finished) < config.workers:
             for w in range(config.workers):  # keep every worker about 2x its concurrency ahead
                 while feeding and outstanding[w] < 2 * per_worker:
-                    if not budget.allows_another():
-                        feeding, stats.stopped = False, "budget"
-                        break
-                    chunk = next(chunks, None)
+                    chunk, held = held or next(chunks, None), []
                     if chunk is None:
                         feeding = False
                         break
-                    inboxes[w].put(chunk)
-                    outstanding[w] += len(chunk)
-                    budget.in_flight += len(chunk)
+                    fits = min(len(chunk), budget.affordable(chunk[0]))
+                    chunk, held = chunk[:fits], chunk[fits:]
+                    if chunk:
+                        inboxes[w].put(chunk)
+                        outstanding[w] += len(chunk)
+                        budget.start(len(chunk))
+                    if held:  # over budget for now: wait for answers, which may cost less than reserved
+                        if budget.in_flight == 0:
+                            feeding, stats.stopped = False, "budget"
+                        break
+                if held:
+                    break
             if not feeding and not told_to_finish:
                 for inbox in inboxes:  # END: finish what you have; STOP: finish only what is in flight
                     inbox.put(_END if stats.stopped is None else _STOP)
@@ -509,11 +700,12 @@ def _run_in_workers(
             try:
                 w, message = results.get(timeout=1.0)
             except queue.Empty:
-                if not all(p.is_alive() for p in processes):
-                    raise RuntimeError("an LLM client worker process died") from None
+                dead = [w for w, p in enumerate(processes) if w not in finished and not p.is_alive()]
+                if dead:
+                    raise RuntimeError(f"LLM client worker process {dead[0]} died") from None
                 continue
-            if isinstance(message, str):  # the worker is done: "done", "budget" or a fatal error
-                running -= 1
+            if isinstance(message, str):  # the worker is done: "done" or a fatal error
+                finished.add(w)
                 if message != "done" and stats.stopped is None:
                     stats.stopped, feeding = message, False
                     for inbox in inboxes:

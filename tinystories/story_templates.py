@@ -122,15 +122,23 @@ class _StoryWriter:
     def __init__(self, rng: random.Random, verb: str, noun: str, adjective: str, features: frozenset[str]):
         self.rng, self.verb, self.noun, self.adjective, self.features = rng, verb, noun, adjective, features
         self.hero, self.friend = rng.sample(_CHARACTERS, 2)
-        self.kind = rng.choice(_GIRL_KINDS if self.hero.he == "she" else _BOY_KINDS) if rng.random() < 0.5 else (
-            rng.choice(_KINDS[2:])
+        self.kind = (
+            rng.choice(_GIRL_KINDS if self.hero.he == "she" else _BOY_KINDS)
+            if rng.random() < 0.5
+            else (rng.choice(_KINDS[2:]))
         )
         self.place = rng.choice(_PLACES)
         self.grown_up, self.grown_up_he = rng.choice(_GROWN_UPS)
         self.abstract = noun in _ABSTRACT_NOUNS
         self.foreshadowing = [
-            line.format(grown_up=self.grown_up, name=self.hero.name, he=self.hero.he, He=self.hero.He,
-                        him=self.hero.him, his=self.hero.his)
+            line.format(
+                grown_up=self.grown_up,
+                name=self.hero.name,
+                he=self.hero.he,
+                He=self.hero.He,
+                him=self.hero.him,
+                his=self.hero.his,
+            )
             for line in rng.choice(_FORESHADOWING)
         ]
 
@@ -169,7 +177,13 @@ class _StoryWriter:
             f"More than anything, {h.he} wanted to learn how to {self.verb}.",
             f"{h.He} always dreamed that one day {h.he} could {self.verb} like the big kids.",
         )
-        sentences = [start, wish]
+        setting = self.pick(
+            f"The sun was warm, and the birds were singing in the {self.place}.",
+            f"Every morning, {h.he} ate breakfast with {self.grown_up} and talked about the day.",
+            f"{h.His} best friend was {self.friend.name}, and they played together all the time.",
+            f"{h.He} had a small red hat that {h.he} wore everywhere {h.he} went.",
+        )
+        sentences = [start, setting, wish]
         if "foreshadowing" in self.features:
             sentences.append(self.foreshadowing[0])
         return sentences
@@ -193,8 +207,12 @@ class _StoryWriter:
             f"It was {self.adjective}, and {h.name} could not stop "
             + ("thinking about it." if self.abstract else "looking at it."),
         )
-        line = self.say(h.name, self.pick(f"Look at the {noun}!", f"I love the {noun}!", "Wow, come and see!"),
-                        self.pick("said", "shouted", "cried"))
+        exclamations = (
+            (f"Tell me more about the {noun}!", f"I love the {noun}!")
+            if self.abstract
+            else (f"Look at the {noun}!", f"I love the {noun}!", "Wow, come and see!")
+        )
+        line = self.say(h.name, self.pick(*exclamations), self.pick("said", "shouted", "cried"))
         return [find, describe, line]
 
     def conflict(self) -> list[str]:
@@ -220,6 +238,11 @@ class _StoryWriter:
                 "Suddenly, something nobody expected happened.",
             ),
             self.pick(
+                f"It turned out that {self.grown_up} had known about the {self.noun} all along.",
+                f"A little bird flew down and sang a song about the {self.noun}, as if it knew everything.",
+            )
+            if self.abstract
+            else self.pick(
                 f"A tiny voice came from behind the {self.noun}. It was a little bird who had been hiding there!",
                 f"The {self.noun} had belonged to {self.grown_up} when {self.grown_up_he} was little.",
                 f"A big wind came and carried the {self.noun} high up into a tree.",
@@ -254,6 +277,13 @@ class _StoryWriter:
                 f"In the end, {h.name} learned to {self.verb}, and {h.he} was very happy.",
                 f"That night, {h.name} went to bed with a big smile. {h.He} could {self.verb} now!",
                 f"{h.name} hugged {self.grown_up} and they went home together, happy and warm.",
+            )
+        )
+        sentences.append(
+            self.pick(
+                "It was the best day ever.",
+                f"{h.He} could not wait to play again tomorrow.",
+                f"{self.grown_up} gave {h.him} a big hug and said {h.he} did a great job.",
             )
         )
         if "moral_value" in self.features:

@@ -153,6 +153,7 @@ FEATURE_LABELS: dict[str, str] = {
 
 PARTS_OF_SPEECH = ("verb", "noun", "adjective")
 
+# fmt: off
 _IRREGULAR_VERBS: dict[str, tuple[str, str]] = {  # base -> (past, past participle)
     "begin": ("began", "begun"), "bend": ("bent", "bent"), "bite": ("bit", "bitten"), "blow": ("blew", "blown"),
     "break": ("broke", "broken"), "bring": ("brought", "brought"), "build": ("built", "built"),
@@ -180,16 +181,36 @@ _IRREGULAR_VERBS: dict[str, tuple[str, str]] = {  # base -> (past, past particip
     "wear": ("wore", "worn"), "win": ("won", "won"), "write": ("wrote", "written"), "spill": ("spilled", "spilled"),
     "steal": ("stole", "stolen"),
 }
+# fmt: on
 
 _IRREGULAR_PLURALS: dict[str, str] = {
-    "mouse": "mice", "sheep": "sheep", "fish": "fish", "deer": "deer", "goose": "geese", "foot": "feet",
-    "tooth": "teeth", "child": "children", "man": "men", "woman": "women", "leaf": "leaves", "wolf": "wolves",
-    "knife": "knives", "shelf": "shelves", "scarf": "scarves", "calf": "calves", "goldfish": "goldfish",
-    "jellyfish": "jellyfish", "starfish": "starfish", "potato": "potatoes", "tomato": "tomatoes",
+    "mouse": "mice",
+    "sheep": "sheep",
+    "fish": "fish",
+    "deer": "deer",
+    "goose": "geese",
+    "foot": "feet",
+    "tooth": "teeth",
+    "child": "children",
+    "man": "men",
+    "woman": "women",
+    "leaf": "leaves",
+    "wolf": "wolves",
+    "knife": "knives",
+    "shelf": "shelves",
+    "scarf": "scarves",
+    "calf": "calves",
+    "goldfish": "goldfish",
+    "jellyfish": "jellyfish",
+    "starfish": "starfish",
+    "potato": "potatoes",
+    "tomato": "tomatoes",
 }
 
 _IRREGULAR_COMPARISON: dict[str, tuple[str, str]] = {
-    "good": ("better", "best"), "bad": ("worse", "worst"), "far": ("farther", "farthest"),
+    "good": ("better", "best"),
+    "bad": ("worse", "worst"),
+    "far": ("farther", "farthest"),
     "little": ("littler", "littlest"),
 }
 
@@ -306,9 +327,7 @@ def with_article(noun_phrase: str, head_noun: str | None = None) -> str:
 def word_forms(word: str, part_of_speech: str) -> frozenset[str]:
     """Every spelling that counts as using `word`: run -> {run, runs, ran, running}; dog -> {dog, dogs}."""
     if part_of_speech == "verb":
-        return frozenset(
-            {word, third_person(word), past_tense(word), past_participle(word), present_participle(word)}
-        )
+        return frozenset({word, third_person(word), past_tense(word), past_participle(word), present_participle(word)})
     if part_of_speech == "noun":
         return frozenset({word, plural(word)})
     if part_of_speech == "adjective":

@@ -17,7 +17,7 @@ every request is logged (`log`), so a test can check that nothing was requested 
     with OpenAIServer(faults=Faults(rate=0.3)) as server:
         client = AsyncOpenAI(base_url=server.url, api_key="test")
 
-`python -m tinystories.testing.openai_server --port-file F` serves in its own process (benchmarks).
+`python -m tinystories.testing --port-file F` serves in its own process (benchmarks).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +102,9 @@ def default_answer(body: dict) -> Answer:
         return Answer(f"{first} and learns something new.")
     words, features = synth.parse_prompt(prompt)
     rng = random.Random(prompt)
-    text = story_templates.generate_story(
-        rng, words.get("verb"), words.get("noun"), words.get("adjective"), [f for f in features]
+    return Answer(
+        story_templates.generate_story(rng, words.get("verb"), words.get("noun"), words.get("adjective"), features)
     )
-    return Answer(text)
 
 
 def _count_tokens(text: str) -> int:
@@ -122,12 +121,14 @@ class OpenAIServer:
         *,
         port: int = 0,
         batch_delay_s: float = 0.05,
+        latency_s: float = 0.0,
         log_path: str | Path | None = None,
     ):
         self.answer = answer
         self.faults = faults or Faults()
         self.port = port
         self.batch_delay_s = batch_delay_s
+        self.latency_s = latency_s  # added to every chat answer: a slow model, so tests can stop a run midway
         self.log: list[LogEntry] = []
         self._log_file = open(log_path, "a", buffering=1) if log_path else None  # noqa: SIM115 - closed in stop()
         self._attempts: collections.Counter[str] = collections.Counter()
@@ -272,7 +273,11 @@ class OpenAIServer:
             return 200, {}, b'{"id": "chatcmpl-broken", "choices": [{"message": {"content": "Once'
         if fault == "stall":
             await asyncio.sleep(self.faults.stall_s)
+        elif self.latency_s:
+            await asyncio.sleep(self.latency_s)
         request = _loads(body)
+        if not request.get("model") or not isinstance(request.get("messages"), list):
+            return _error(400, "'model' and 'messages' are required")
         return 200, {}, _dumps(self.chat_completion(request, fault))
 
     def chat_completion(self, request: dict, fault: str | None = None) -> dict:
@@ -375,14 +380,29 @@ class OpenAIServer:
             fault = self._pick_fault(f"batch:{custom_id}")
             self._record("/v1/batches", custom_id, fault or "ok")
             if fault == "server_error":
-                errors.append({"id": f"batch_req_{uuid.uuid4().hex[:16]}", "custom_id": custom_id, "error": None,
-                               "response": {"status_code": 500, "request_id": "",
-                                            "body": {"error": {"message": "injected", "type": "server_error"}}}})
+                errors.append(
+                    {
+                        "id": f"batch_req_{uuid.uuid4().hex[:16]}",
+                        "custom_id": custom_id,
+                        "error": None,
+                        "response": {
+                            "status_code": 500,
+                            "request_id": "",
+                            "body": {"error": {"message": "injected", "type": "server_error"}},
+                        },
+                    }
+                )
                 batch["request_counts"]["failed"] += 1
                 continue
             body = self.chat_completion(item["body"], fault if fault in ("length", "empty") else None)
-            outputs.append({"id": f"batch_req_{uuid.uuid4().hex[:16]}", "custom_id": custom_id, "error": None,
-                            "response": {"status_code": 200, "request_id": uuid.uuid4().hex, "body": body}})
+            outputs.append(
+                {
+                    "id": f"batch_req_{uuid.uuid4().hex[:16]}",
+                    "custom_id": custom_id,
+                    "error": None,
+                    "response": {"status_code": 200, "request_id": uuid.uuid4().hex, "body": body},
+                }
+            )
             batch["request_counts"]["completed"] += 1
             await asyncio.sleep(0)
         await asyncio.sleep(self.batch_delay_s)
