@@ -114,3 +114,14 @@ def test_inspect_neurons_and_heads_on_a_sweep_checkpoint(sweep, tmp_path):
     page = (tmp_path / "neurons" / "neurons-layer0.html").read_text()
     assert page.count("<h2") == 5 and "rgba(255,0,0," in page
     assert "data:image/png;base64," in (tmp_path / "heads" / "heads.html").read_text()
+
+
+def test_grade_runs_the_evaluation_probes_over_every_finished_run(sweep):
+    pytest.importorskip("tinystories.evaluate", reason="the evaluation module (issue 7) is not on main yet")
+    config, _ = sweep
+    proc = subprocess.run([sys.executable, "-m", "tinystories.cli", "sweep", "grade", config.out_dir, "--skip-grade"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    verdicts = [json.loads(line) for line in (Path(config.out_dir) / "eval" / "probes.jsonl").read_text().splitlines()]
+    assert {Path(str(v.get("model", ""))).parent.name for v in verdicts} >= {r.name for r in config.runs()}
+    assert (Path(config.out_dir) / "eval" / "probes.html").is_file()

@@ -7,7 +7,7 @@ budgets and found that, even at this scale, the compute-optimal model size follo
     tinystories sweep estimate --out runs/sweep --hidden 64,128,256 --layers 1,2,4 --tokens 50M,200M
     tinystories sweep run      --out runs/sweep --hidden 64,128,256 --layers 1,2,4 --tokens 50M,200M --gpus 0,1,2,3
     tinystories sweep analyze  runs/sweep          # table, frontier, N_opt ~ C^a with its CI, scaling.png
-    tinystories sweep grade    runs/sweep -- --judge-model gpt-4o   # the evaluation module over every run
+    tinystories sweep grade    runs/sweep --judge-model gpt-4o   # the evaluation module over every run
 
 Each grid point is an ordinary ``tinystories-train`` subprocess with its own run directory
 (``<out>/h<hidden>-l<layers>-t<tokens>``), so any run can be inspected, resumed or re-run alone. Runs go one
@@ -40,6 +40,7 @@ import io
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -781,16 +782,22 @@ def finished_runs(sweep: SweepConfig) -> list[Path]:
     return [run_dir(sweep, r) for r in sweep.runs() if read_status(run_dir(sweep, r))["status"] == "done"]
 
 
-def grade_commands(sweep: SweepConfig, *, probes: bool, extra: Sequence[str]) -> list[list[str]]:
-    """``tinystories eval grade`` (and ``eval probes``) over all finished runs' newest checkpoints at once,
-    so the evaluation module lays the scores out by hidden size x layers as in the paper."""
+def grade_commands(sweep: SweepConfig, *, grade: bool = True, probes: bool = True, device: str = "cpu",
+                   extra: Sequence[str] = ()) -> list[list[str]]:
+    """``tinystories eval grade`` and ``eval probes`` over all finished runs' newest checkpoints at once, so
+    the evaluation module lays the scores out by hidden size x layers as in the paper. Results go to
+    ``<sweep>/eval``; ``extra`` (judge model, base URL, samples...) goes to ``eval grade``."""
     runs = [str(d) for d in finished_runs(sweep)]
     if not runs:
         raise ValueError(f"{sweep.out_dir}: no finished runs to grade yet")
+    out = Path(sweep.out_dir) / "eval"
     base = [sys.executable, "-m", "tinystories.cli", "eval"]
-    commands = [[*base, "grade", *runs, *extra]]
+    commands = []
+    if grade:
+        commands.append([*base, "grade", *runs, "--device", device, "--out", str(out), *extra])
     if probes:
-        commands.append([*base, "probes", *runs])
+        commands.append([*base, "probes", *runs, "--device", device, "--html", str(out / "probes.html"),
+                         "--jsonl", str(out / "probes.jsonl")])
     return commands
 
 
@@ -841,11 +848,18 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                           "grid has two or more token budgets)")
     ana.add_argument("--params", choices=("non-embedding", "total"), default="non-embedding")
     ana.add_argument("--budgets", type=int, default=10, help="log-spaced compute budgets for N_opt")
-    grade = sub.add_parser("grade", help="tinystories eval grade (and probes) over the sweep's finished runs")
+    grade = sub.add_parser("grade", help="tinystories eval grade and probes over the sweep's finished runs")
     grade.add_argument("out", help="sweep directory")
-    grade.add_argument("--no-probes", dest="probes", action="store_false", help="grading only")
-    grade.add_argument("eval_args", nargs=argparse.REMAINDER,
-                       help="after --: arguments for `tinystories eval grade` (judge model, base URL...)")
+    grade.add_argument("--skip-grade", dest="grade", action="store_false", help="capability probes only "
+                                                                                 "(no judge needed)")
+    grade.add_argument("--skip-probes", dest="probes", action="store_false", help="judge grading only")
+    grade.add_argument("--device", default="cpu")
+    grade.add_argument("--judge-model", help="for `eval grade`: the judge model (e.g. gpt-4o)")
+    grade.add_argument("--base-url", help="for `eval grade`: an OpenAI-compatible endpoint")
+    grade.add_argument("--samples", type=int, help="for `eval grade`: completions per beginning")
+    grade.add_argument("--eval-args", default="", metavar='"ARGS"',
+                       help='any other `tinystories eval grade` options, quoted, with "=": '
+                            '--eval-args="--max-cost-usd 5 --limit-beginnings 20"')
 
 
 def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
@@ -893,8 +907,12 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.action == "analyze":
             analyze(sweep, points_mode=args.points, params=args.params, budgets=args.budgets, console=console)
             return 0
-        extra = args.eval_args[1:] if args.eval_args[:1] == ["--"] else args.eval_args
-        for cmd in grade_commands(sweep, probes=args.probes, extra=extra):
+        extra = shlex.split(args.eval_args)
+        for flag, value in (("--judge-model", args.judge_model), ("--base-url", args.base_url),
+                            ("--samples", args.samples)):
+            if value is not None:
+                extra += [flag, str(value)]
+        for cmd in grade_commands(sweep, grade=args.grade, probes=args.probes, device=args.device, extra=extra):
             console.print(f"$ {' '.join(cmd)}")
             code = subprocess.run(cmd).returncode
             if code:
