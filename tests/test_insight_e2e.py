@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tinystories.sweep import SweepConfig, analyze, collect_results, estimate, read_status, run_sweep
+from tinystories.sweep import (SweepConfig, analyze, collect_results, estimate, prepare_data, read_status,
+                               run_sweep)
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("tinystories.train", reason="the trainer (issue 4) is not on main yet")  # TODO(insight): drop once merged
 
 # Tiny shapes, 12 steps of 16 x 64 tokens, the trainer's offline demo corpus kept small.
 TRAIN = {"batch_size": "16", "seq_len": "64", "eval_every": "6", "eval_batches": "2", "ckpt_every": "6",
@@ -26,7 +26,7 @@ TOKENS = 12 * 16 * 64
 def sweep(tmp_path_factory) -> tuple[SweepConfig, dict]:
     out = tmp_path_factory.mktemp("sweep")
     config = SweepConfig(out_dir=str(out), hidden=[16, 32], layers=[1, 2], tokens=[TOKENS], overrides=TRAIN)
-    projected = estimate(config, steps=3)
+    projected = estimate(config, steps=2)
     run_sweep(config, poll_s=0.1)
     return config, projected
 
@@ -68,7 +68,7 @@ def test_rerun_skips_finished_runs_and_a_changed_grid_is_refused(sweep):
 def test_interrupted_run_is_resumed_from_its_checkpoint(sweep):
     config, _ = sweep
     one = SweepConfig(**{**config.to_dict(), "out_dir": str(Path(config.out_dir) / "resume"), "hidden": [16],
-                         "layers": [1]})
+                         "layers": [1], "data": str(prepare_data(config))})  # the shards already prepared
     run_sweep(one, poll_s=0.1)
     run = one.runs()[0]
     directory = Path(one.out_dir) / run.name
@@ -117,7 +117,6 @@ def test_inspect_neurons_and_heads_on_a_sweep_checkpoint(sweep, tmp_path):
 
 
 def test_grade_runs_the_evaluation_probes_over_every_finished_run(sweep):
-    pytest.importorskip("tinystories.evaluate", reason="the evaluation module (issue 7) is not on main yet")
     config, _ = sweep
     proc = subprocess.run([sys.executable, "-m", "tinystories.cli", "sweep", "grade", config.out_dir, "--skip-grade"],
                           capture_output=True, text=True)
