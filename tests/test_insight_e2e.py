@@ -51,7 +51,7 @@ def test_estimate_is_close_to_the_actual_wall_time(sweep):
     ratio = sum(actual.values()) / sum(estimated.values())
     # a loose bound: two shared CPU cores are noisy, but a wrong model of the run (steps, evals, start-up)
     # is off by far more than this
-    assert 1 / 3 < ratio < 3, (actual, estimated)
+    assert 1 / 4 < ratio < 4, (actual, estimated)
 
 
 def test_rerun_skips_finished_runs_and_a_changed_grid_is_refused(sweep):
@@ -65,19 +65,23 @@ def test_rerun_skips_finished_runs_and_a_changed_grid_is_refused(sweep):
         run_sweep(changed)
 
 
-def test_interrupted_run_is_resumed_from_its_checkpoint(sweep):
+def test_one_run_per_gpu_slot_and_an_interrupted_run_resumes_from_its_checkpoint(sweep):
     config, _ = sweep
-    one = SweepConfig(**{**config.to_dict(), "out_dir": str(Path(config.out_dir) / "resume"), "hidden": [16],
-                         "layers": [1], "data": str(prepare_data(config))})  # the shards already prepared
-    run_sweep(one, poll_s=0.1)
-    run = one.runs()[0]
-    directory = Path(one.out_dir) / run.name
+    # Two slots as with --gpus 0,1: each subprocess gets its own CUDA_VISIBLE_DEVICES (the CPU trainer
+    # ignores it), and both runs go at once.
+    two = SweepConfig(**{**config.to_dict(), "out_dir": str(Path(config.out_dir) / "resume"), "hidden": [16],
+                         "data": str(prepare_data(config)), "gpus": [0, 1]})  # the shards already prepared
+    rows = run_sweep(two, poll_s=0.1)
+    assert [r["status"] for r in rows] == ["done", "done"]
+    assert sorted(read_status(Path(two.out_dir) / r.name)["gpu"] for r in two.runs()) == ["0", "1"]
+    directory = Path(two.out_dir) / two.runs()[0].name
     status = read_status(directory)
     status["status"] = "interrupted"  # as after a Ctrl-C: checkpoints exist, the run is not done
     (directory / "sweep-status.json").write_text(json.dumps(status))
-    rows = run_sweep(one, poll_s=0.1)
+    rows = run_sweep(two, poll_s=0.1)
     assert rows[0]["status"] == "done" and read_status(directory)["attempts"] == 2
     assert "--resume" in read_status(directory)["command"]
+    assert read_status(Path(two.out_dir) / two.runs()[1].name)["attempts"] == 1
 
 
 def test_analyze_writes_table_frontier_and_plot(sweep):
@@ -101,19 +105,25 @@ def test_inspect_neurons_and_heads_on_a_sweep_checkpoint(sweep, tmp_path):
         "Tom had a big dog. The dog was happy. Tom and the dog ran to the park and played all day.",
         "One day, a cat saw a bird in the tree. The cat wanted to be friends with the bird.",
     ]) + "\n<|endoftext|>\n", encoding="utf-8")
-    for action, extra, files in (
-        ("neurons", ["--top-k", "3", "--show", "5"], ["neurons-layer0.html"]),
-        ("heads", ["--heatmap-heads", "1.0,1.1"], ["heads.html", "heatmap-L1H0.png", "heatmap-L1H1.png"]),
+    data = str(prepare_data(config))  # the sweep's dataset: heads read its validation split
+    for action, source, extra, files in (
+        ("neurons", ["--stories", str(stories)], ["--top-k", "3", "--show", "5"], ["neurons-layer0.html"]),
+        ("heads", ["--data", data, "--num-stories", "5"], ["--heatmap-heads", "1.0,1.1"],
+         ["heads.html", "heatmap-L1H0.png", "heatmap-L1H1.png"]),
     ):
         out = tmp_path / action
-        proc = subprocess.run([sys.executable, "-m", "tinystories.cli", "inspect", action, str(run), "--stories",
-                               str(stories), "--out", str(out), *extra], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "tinystories.cli", "inspect", action, str(run), *source,
+                               "--out", str(out), *extra], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         for name in files:
             assert (out / name).is_file(), (name, proc.stdout)
     page = (tmp_path / "neurons" / "neurons-layer0.html").read_text()
     assert page.count("<h2") == 5 and "rgba(255,0,0," in page
-    assert "data:image/png;base64," in (tmp_path / "heads" / "heads.html").read_text()
+    heads_page = (tmp_path / "heads" / "heads.html").read_text()
+    assert "data:image/png;base64," in heads_page and "5 from " in heads_page
+    bad = subprocess.run([sys.executable, "-m", "tinystories.cli", "inspect", "neurons", str(run), "--stories",
+                          str(stories), "--neurons", "999"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "out of range" in bad.stdout
 
 
 def test_grade_runs_the_evaluation_probes_over_every_finished_run(sweep):
