@@ -501,8 +501,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("checkpoint", help="checkpoint file or run directory (anything load_checkpoint accepts)")
         source = p.add_mutually_exclusive_group(required=True)
-        source.add_argument("--stories", nargs="+", help="validation story files (.txt with <|endoftext|> "
-                                                         "separators, .jsonl, optionally .zst)")
+        source.add_argument("--stories", action="append", help="a validation story file (.txt with "
+                            "<|endoftext|> separators, .jsonl, optionally .zst); repeatable")
         source.add_argument("--data", help="a prepared dataset directory: its validation split is used")
         p.add_argument("--split", default="val", help="with --data: the split (default val)")
         p.add_argument("--num-stories", type=int, default=200, help="how many stories to run (default 200)")
