@@ -34,7 +34,7 @@ def sweep(tmp_path_factory) -> tuple[SweepConfig, dict]:
 def test_mini_sweep_runs_every_grid_point_and_collects_one_table(sweep):
     config, _ = sweep
     rows = collect_results(config)
-    assert [r["name"] for r in rows] == ["h16-l1-t12.3k", "h16-l2-t12.3k", "h32-l1-t12.3k", "h32-l2-t12.3k"]
+    assert [r["name"] for r in rows] == ["h16-l1-t12288", "h16-l2-t12288", "h32-l1-t12288", "h32-l2-t12288"]
     for r in rows:
         assert r["status"] == "done" and r["steps"] == 12 and r["tokens"] == TOKENS
         assert [t for t, _ in r["curve"]] == [6 * 1024, 12 * 1024]  # val loss at steps 6 and 12
@@ -98,7 +98,7 @@ def test_analyze_writes_table_frontier_and_plot(sweep):
 
 def test_inspect_neurons_and_heads_on_a_sweep_checkpoint(sweep, tmp_path):
     config, _ = sweep
-    run = Path(config.out_dir) / "h32-l2-t12.3k"
+    run = Path(config.out_dir) / "h32-l2-t12288"
     stories = tmp_path / "stories.txt"
     stories.write_text("\n<|endoftext|>\n".join([
         "Once upon a time, there was a little girl named Lily. She liked to play with her red ball.",

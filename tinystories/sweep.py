@@ -77,6 +77,8 @@ class SweepConfig:
             values = getattr(self, name)
             if not values or any(not isinstance(v, int) or v <= 0 for v in values):
                 raise ValueError(f"sweep: {name} must be a non-empty list of positive integers, got {values!r}")
+            if len(set(values)) != len(values):
+                raise ValueError(f"sweep: {name} lists a value twice: {values!r}")
         bad = sorted(set(self.overrides) & set(RESERVED_KEYS))
         if bad:
             raise ValueError(f"sweep: --set {bad[0]}=... is set by the sweep itself (reserved: "
@@ -104,8 +106,8 @@ class RunSpec:
     tokens: int
 
     @property
-    def name(self) -> str:
-        return f"h{self.hidden}-l{self.layers}-t{format_count(self.tokens)}"
+    def name(self) -> str:  # exact, so two budgets never share a run directory
+        return f"h{self.hidden}-l{self.layers}-t{exact_count(self.tokens)}"
 
     @property
     def shape(self) -> str:
@@ -124,6 +126,14 @@ def parse_count(text: str) -> int:
     if value <= 0 or not value.is_integer():
         raise ValueError(f"not a positive whole count: {text!r}")
     return int(value)
+
+
+def exact_count(n: int) -> str:
+    """``50_000_000`` -> ``"50M"``, ``2_500_000`` -> ``"2500k"``, ``12288`` -> ``"12288"``: short and lossless."""
+    for suffix, scale in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n % scale == 0:
+            return f"{n // scale}{suffix}"
+    return str(n)
 
 
 def format_count(n: float) -> str:
@@ -258,21 +268,21 @@ def run_sweep(sweep: SweepConfig, *, console=None, poll_s: float = 0.5) -> list[
     slots: list[str | None] = [str(g) for g in sweep.gpus] or [None]
     console.print(f"sweep {out}: {len(plans)} runs, {len(plans) - len(pending)} already done, "
                   f"{len(slots)} at a time" + (f" on GPUs {','.join(map(str, sweep.gpus))}" if sweep.gpus else ""))
-    active: dict[subprocess.Popen, tuple[RunPlan, str | None, float, Any]] = {}
+    active: dict[subprocess.Popen, tuple[RunPlan, str | None, float]] = {}  # process -> (run, GPU, start)
     try:
         while pending or active:
             while pending and len(active) < len(slots):
                 plan = pending.pop(0)
-                gpu = next(s for s in slots if s not in {a[1] for a in active.values()})
-                active[_start(sweep, plan, data_dir, gpu, console)] = (plan, gpu, time.perf_counter(), None)
+                gpu = next(s for s in slots if s not in {g for _, g, _ in active.values()})
+                active[_start(sweep, plan, data_dir, gpu, console)] = (plan, gpu, time.perf_counter())
             time.sleep(poll_s)
             for proc in [p for p in active if p.poll() is not None]:
-                plan, gpu, t0, _ = active.pop(proc)
+                plan, _, t0 = active.pop(proc)
                 _finish(sweep, plan, proc.returncode, time.perf_counter() - t0, console)
-    except KeyboardInterrupt:
-        for proc, (plan, _, t0, _) in active.items():
+    except KeyboardInterrupt:  # stop the children we started; a later `sweep run` resumes them
+        for proc in active:
             proc.send_signal(signal.SIGINT)
-        for proc, (plan, _, t0, _) in active.items():
+        for proc, (plan, _, t0) in active.items():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -344,7 +354,9 @@ def collect_results(sweep: SweepConfig) -> list[dict[str, Any]]:
             model = _meta_model(GPTNeo, mc)
             fpt = flops_per_token(mc, seq_len)
             records = read_metrics(directory / "metrics.jsonl")
-            curve = [(r["step"] * tokens_per_step, float(r["val_loss"])) for r in records if "val_loss" in r]
+            # a resumed run may evaluate a step again: the last record of a step wins
+            val = {r["step"]: float(r["val_loss"]) for r in records if "val_loss" in r}
+            curve = [(step * tokens_per_step, loss) for step, loss in sorted(val.items())]
             steps = max((r["step"] for r in records), default=0)
             row.update(params=model.num_parameters(), non_embedding_params=model.num_parameters(non_embedding=True),
                        flops_per_token=fpt, tokens=steps * tokens_per_step, steps=steps,
@@ -504,7 +516,7 @@ def scaling_points(rows: Sequence[dict[str, Any]], *, trajectory: bool, params: 
     key = {"non-embedding": "non_embedding_params", "total": "params"}[params]
     points = []
     for r in rows:
-        if not r["curve"]:
+        if not r["curve"] or (not trajectory and r["status"] != "done"):  # an unfinished run has no final loss
             continue
         curve = r["curve"] if trajectory else r["curve"][-1:]
         shape = f"h{r['hidden']}-l{r['layers']}"
