@@ -637,6 +637,7 @@ class Probe:
     sample_s: float  # the story the trainer samples at every evaluation
     checkpoint_s: float  # one checkpoint write
     tokens_per_step: int
+    device: str  # where it was measured, e.g. "cuda:0 (NVIDIA H100 80GB HBM3) bf16"
 
     @property
     def tokens_per_s(self) -> float:
@@ -713,7 +714,8 @@ def probe(plan: RunPlan, *, steps: int = 5, warmup: int = 2) -> Probe:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
         ckpt_s = timed(lambda: torch.save(state, Path(tmp) / "probe.pt"), 1, 0)
     del model, optimizer
-    return Probe(plan.run.shape, step_s, eval_s, sample_s, ckpt_s, plan.tokens_per_step)
+    name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+    return Probe(plan.run.shape, step_s, eval_s, sample_s, ckpt_s, plan.tokens_per_step, f"{name} {dtype}")
 
 
 def startup_seconds() -> float:
@@ -742,7 +744,7 @@ def makespan(durations: Sequence[float], workers: int) -> float:
     return max(free)
 
 
-def estimate(sweep: SweepConfig, *, steps: int = 5, console=None) -> dict[str, Any]:
+def estimate(sweep: SweepConfig, *, steps: int = 5, target_hours: float = 24.0, console=None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
@@ -762,18 +764,19 @@ def estimate(sweep: SweepConfig, *, steps: int = 5, console=None) -> dict[str, A
                      "tokens_per_s": p.tokens_per_s, "estimated_s": projected_seconds(plan, p, startup)})
     workers = max(1, len(sweep.gpus))
     total = makespan([r["estimated_s"] for r in runs], workers)
-    device = plans[0].train_config.device
+    device = next(iter(probes.values())).device
     report = {"startup_s": startup, "probe_steps": steps, "workers": workers, "device": device,
               "probes": [asdict(p) for p in probes.values()], "runs": runs, "total_s": total}
-    table = Table(title=f"estimated wall time ({workers} at a time, probe of {steps} steps per shape)")
+    table = Table(title=f"estimated wall time on {device} ({workers} at a time, {steps} probe steps per shape)")
     for col in ("run", "steps", "tokens", "tokens/s", "estimate"):
         table.add_column(col, justify="right")
     for r in runs:
         table.add_row(r["name"], f"{r['steps']:,}", format_count(r["tokens"]), f"{r['tokens_per_s']:,.0f}",
                       format_duration(r["estimated_s"]))
     console.print(table)
+    verdict = "[green]within[/green]" if total <= target_hours * 3600 else "[red]over[/red]"
     console.print(f"total: {format_duration(total)} ({format_duration(sum(r['estimated_s'] for r in runs))} of "
-                  f"run time; start-up {startup:.1f}s per run measured)")
+                  f"run time; start-up {startup:.1f}s per run measured) -- {verdict} the {target_hours:g} h target")
     Path(sweep.out_dir).mkdir(parents=True, exist_ok=True)
     _write_json(Path(sweep.out_dir) / "estimate.json", report)
     return report
@@ -850,9 +853,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     _add_grid_arguments(run)
     run.add_argument("--estimate", action="store_true", help="only print the projected wall time (as `estimate`)")
     run.add_argument("--probe-steps", type=int, default=5, help=argparse.SUPPRESS)
+    run.add_argument("--target-hours", type=float, default=24.0, help=argparse.SUPPRESS)
     est = sub.add_parser("estimate", help="projected wall time per run and in total from a throughput probe")
     _add_grid_arguments(est)
     est.add_argument("--probe-steps", type=int, default=5, help="timed training steps per model shape")
+    est.add_argument("--target-hours", type=float, default=24.0, help="say whether the sweep fits in this")
     ana = sub.add_parser("analyze", help="results table, loss-vs-compute frontier and the N_opt ~ C^a fit")
     ana.add_argument("out", help="sweep directory")
     ana.add_argument("--points", choices=("auto", "final", "trajectory"), default="auto",
@@ -904,7 +909,7 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.action in ("run", "estimate"):
             sweep = sweep_from_args(args)
             if args.action == "estimate" or args.estimate:
-                estimate(sweep, steps=args.probe_steps, console=console)
+                estimate(sweep, steps=args.probe_steps, target_hours=args.target_hours, console=console)
                 return 0
             rows = run_sweep(sweep, console=console)
             write_results(rows, Path(sweep.out_dir))
