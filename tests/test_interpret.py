@@ -15,7 +15,6 @@ from tinystories.interpret import (
     heads_report_html,
     heatmap_png,
     neuron_report_html,
-    read_stories,
     top_token_share,
 )
 
@@ -142,14 +141,6 @@ def test_heatmap_png_and_heads_report_embed_the_image():
     acc.add(0, attention)
     page = heads_report_html(acc.heads(), [("L0H0", png)], title="heads")
     assert "data:image/png;base64," in page and "semantic" in page and "first-token" in page
-
-
-def test_read_stories_splits_on_endoftext(tmp_path):
-    path = tmp_path / "s.txt"
-    path.write_text("One day.\n<|endoftext|>\nTwo.\nMore.\n<|endoftext|>\n", encoding="utf-8")
-    assert read_stories(path) == ["One day.", "Two.\nMore."]
-    with pytest.raises(FileNotFoundError, match="nope.txt"):
-        read_stories(tmp_path / "nope.txt")
 
 
 # ---------------------------------------------------------------------------------------------

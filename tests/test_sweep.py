@@ -81,6 +81,10 @@ def test_counts_grid_and_makespan():
     assert format_count(50_000_000) == "50M"
     sweep = SweepConfig(out_dir="x", hidden=[64, 128], layers=[1, 2], tokens=[1000])
     assert [r.name for r in sweep.runs()] == ["h64-l1-t1k", "h64-l2-t1k", "h128-l1-t1k", "h128-l2-t1k"]
+    close = SweepConfig(out_dir="x", hidden=[64], layers=[1], tokens=[12288, 12300, 2_500_000])
+    assert [r.name for r in close.runs()] == ["h64-l1-t12288", "h64-l1-t12300", "h64-l1-t2500k"]
+    with pytest.raises(ValueError, match="lists a value twice"):
+        SweepConfig(out_dir="x", hidden=[64, 64], layers=[1], tokens=[10])
     with pytest.raises(ValueError, match="max_steps=... is set by the sweep"):
         SweepConfig(out_dir="x", hidden=[64], layers=[1], tokens=[10], overrides={"max_steps": "5"})
     with pytest.raises(ValueError, match="hidden must be"):

@@ -38,6 +38,7 @@ import argparse
 import base64
 import html
 import io
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +50,6 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from tinystories.model import GPTNeo
-
-STORY_SEPARATOR = "<|endoftext|>"
 
 
 # ============================================================================================
@@ -342,23 +341,32 @@ def default_layer(model: GPTNeo) -> int:
 
 
 # ============================================================================================
-# Stories in
+# Stories in: text files (any format tinystories.corpus reads) or a prepared dataset's split
 # ============================================================================================
-def read_stories(path: str | Path, limit: int | None = None) -> list[str]:
-    """Stories of a .txt or .txt.zst file, separated by ``<|endoftext|>`` lines (the TinyStories layout)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"story file not found: {path}")
-    raw = path.read_bytes()
-    if path.suffix == ".zst":
-        import zstandard
+def stories_from_text(paths: Sequence[str | Path], tokenizer, limit: int, max_tokens: int) -> list[list[int]]:
+    """Token ids of the first ``limit`` stories of ``paths``, each cut to ``max_tokens`` (the context)."""
+    from tinystories.corpus import iter_stories
 
-        raw = zstandard.ZstdDecompressor().stream_reader(raw).read()
-    stories = [s.strip() for s in raw.decode("utf-8").split(STORY_SEPARATOR)]
-    stories = [s for s in stories if s]
+    texts = list(itertools.islice(iter_stories(list(paths)), limit))
+    if not texts:
+        raise ValueError(f"{', '.join(map(str, paths))}: no stories")
+    return [tokenizer.encode_ordinary(text)[:max_tokens] for text in texts]
+
+
+def stories_from_dataset(data_dir: str | Path, tokenizer, limit: int, max_tokens: int, split: str = "val"
+                         ) -> list[list[int]]:
+    """The first ``limit`` rows of a prepared dataset's split in story mode (a story longer than the
+    context continues in the next row), checked against the checkpoint's tokenizer."""
+    from tinystories.data import IGNORE_INDEX, TokenLoader
+
+    loader = TokenLoader(data_dir, split=split, batch_size=1, seq_len=max_tokens, mode="stories", shuffle=False,
+                         loop=False, threads=1, expected_fingerprint=tokenizer.fingerprint)
+    stories = []
+    for x, y in itertools.islice(loader, limit):
+        stories.append(x[0, : int((y[0] != IGNORE_INDEX).sum())].tolist())
     if not stories:
-        raise ValueError(f"{path} holds no stories")
-    return stories[:limit] if limit else stories
+        raise ValueError(f"{data_dir}: the {split!r} split is empty")
+    return stories
 
 
 # ============================================================================================
@@ -492,8 +500,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                             ("heads", "attention distance, entropy and local/semantic class of every head")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("checkpoint", help="checkpoint file or run directory (anything load_checkpoint accepts)")
-        p.add_argument("--stories", required=True,
-                       help="validation stories: .txt or .txt.zst, stories separated by <|endoftext|> lines")
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--stories", action="append", help="a validation story file (.txt with "
+                            "<|endoftext|> separators, .jsonl, optionally .zst); repeatable")
+        source.add_argument("--data", help="a prepared dataset directory: its validation split is used")
+        p.add_argument("--split", default="val", help="with --data: the split (default val)")
         p.add_argument("--num-stories", type=int, default=200, help="how many stories to run (default 200)")
         p.add_argument("--out", default=None, help="output directory (default: inspect-<action> next to "
                                                    "the checkpoint)")
@@ -517,10 +528,14 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace):
     from tinystories.model import load_checkpoint
 
+    if args.num_stories <= 0:
+        raise ValueError(f"--num-stories must be positive, got {args.num_stories}")
     model, tokenizer, _ = load_checkpoint(args.checkpoint, args.device)
     context = model.config.max_position_embeddings
-    texts = read_stories(args.stories, args.num_stories)
-    stories = [tokenizer.encode_ordinary(t)[:context] for t in texts]
+    if args.data:
+        stories = stories_from_dataset(args.data, tokenizer, args.num_stories, context, args.split)
+    else:
+        stories = stories_from_text(args.stories, tokenizer, args.num_stories, context)
     return model, tokenizer, stories
 
 
@@ -556,7 +571,8 @@ def _run(args: argparse.Namespace, console) -> int:
     model, tokenizer, stories = _load(args)
     out = _out_dir(args)
     token_text = lambda t: tokenizer.decode([t])  # noqa: E731
-    meta = {"checkpoint": args.checkpoint, "stories": f"{len(stories)} from {args.stories}"}
+    source = f"{args.data} ({args.split})" if args.data else ", ".join(args.stories)
+    meta = {"checkpoint": args.checkpoint, "stories": f"{len(stories)} from {source}"}
 
     if args.action == "neurons":
         layer = default_layer(model) if args.layer is None else args.layer

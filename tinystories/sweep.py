@@ -7,7 +7,7 @@ budgets and found that, even at this scale, the compute-optimal model size follo
     tinystories sweep estimate --out runs/sweep --hidden 64,128,256 --layers 1,2,4 --tokens 50M,200M
     tinystories sweep run      --out runs/sweep --hidden 64,128,256 --layers 1,2,4 --tokens 50M,200M --gpus 0,1,2,3
     tinystories sweep analyze  runs/sweep          # table, frontier, N_opt ~ C^a with its CI, scaling.png
-    tinystories sweep grade    runs/sweep -- --judge-model gpt-4o   # the evaluation module over every run
+    tinystories sweep grade    runs/sweep --judge-model gpt-4o   # the evaluation module over every run
 
 Each grid point is an ordinary ``tinystories-train`` subprocess with its own run directory
 (``<out>/h<hidden>-l<layers>-t<tokens>``), so any run can be inspected, resumed or re-run alone. Runs go one
@@ -40,6 +40,7 @@ import io
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -76,6 +77,8 @@ class SweepConfig:
             values = getattr(self, name)
             if not values or any(not isinstance(v, int) or v <= 0 for v in values):
                 raise ValueError(f"sweep: {name} must be a non-empty list of positive integers, got {values!r}")
+            if len(set(values)) != len(values):
+                raise ValueError(f"sweep: {name} lists a value twice: {values!r}")
         bad = sorted(set(self.overrides) & set(RESERVED_KEYS))
         if bad:
             raise ValueError(f"sweep: --set {bad[0]}=... is set by the sweep itself (reserved: "
@@ -103,8 +106,8 @@ class RunSpec:
     tokens: int
 
     @property
-    def name(self) -> str:
-        return f"h{self.hidden}-l{self.layers}-t{format_count(self.tokens)}"
+    def name(self) -> str:  # exact, so two budgets never share a run directory
+        return f"h{self.hidden}-l{self.layers}-t{exact_count(self.tokens)}"
 
     @property
     def shape(self) -> str:
@@ -123,6 +126,14 @@ def parse_count(text: str) -> int:
     if value <= 0 or not value.is_integer():
         raise ValueError(f"not a positive whole count: {text!r}")
     return int(value)
+
+
+def exact_count(n: int) -> str:
+    """``50_000_000`` -> ``"50M"``, ``2_500_000`` -> ``"2500k"``, ``12288`` -> ``"12288"``: short and lossless."""
+    for suffix, scale in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n % scale == 0:
+            return f"{n // scale}{suffix}"
+    return str(n)
 
 
 def format_count(n: float) -> str:
@@ -257,21 +268,21 @@ def run_sweep(sweep: SweepConfig, *, console=None, poll_s: float = 0.5) -> list[
     slots: list[str | None] = [str(g) for g in sweep.gpus] or [None]
     console.print(f"sweep {out}: {len(plans)} runs, {len(plans) - len(pending)} already done, "
                   f"{len(slots)} at a time" + (f" on GPUs {','.join(map(str, sweep.gpus))}" if sweep.gpus else ""))
-    active: dict[subprocess.Popen, tuple[RunPlan, str | None, float, Any]] = {}
+    active: dict[subprocess.Popen, tuple[RunPlan, str | None, float]] = {}  # process -> (run, GPU, start)
     try:
         while pending or active:
             while pending and len(active) < len(slots):
                 plan = pending.pop(0)
-                gpu = next(s for s in slots if s not in {a[1] for a in active.values()})
-                active[_start(sweep, plan, data_dir, gpu, console)] = (plan, gpu, time.perf_counter(), None)
+                gpu = next(s for s in slots if s not in {g for _, g, _ in active.values()})
+                active[_start(sweep, plan, data_dir, gpu, console)] = (plan, gpu, time.perf_counter())
             time.sleep(poll_s)
             for proc in [p for p in active if p.poll() is not None]:
-                plan, gpu, t0, _ = active.pop(proc)
+                plan, _, t0 = active.pop(proc)
                 _finish(sweep, plan, proc.returncode, time.perf_counter() - t0, console)
-    except KeyboardInterrupt:
-        for proc, (plan, _, t0, _) in active.items():
+    except KeyboardInterrupt:  # stop the children we started; a later `sweep run` resumes them
+        for proc in active:
             proc.send_signal(signal.SIGINT)
-        for proc, (plan, _, t0, _) in active.items():
+        for proc, (plan, _, t0) in active.items():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -343,7 +354,9 @@ def collect_results(sweep: SweepConfig) -> list[dict[str, Any]]:
             model = _meta_model(GPTNeo, mc)
             fpt = flops_per_token(mc, seq_len)
             records = read_metrics(directory / "metrics.jsonl")
-            curve = [(r["step"] * tokens_per_step, float(r["val_loss"])) for r in records if "val_loss" in r]
+            # a resumed run may evaluate a step again: the last record of a step wins
+            val = {r["step"]: float(r["val_loss"]) for r in records if "val_loss" in r}
+            curve = [(step * tokens_per_step, loss) for step, loss in sorted(val.items())]
             steps = max((r["step"] for r in records), default=0)
             row.update(params=model.num_parameters(), non_embedding_params=model.num_parameters(non_embedding=True),
                        flops_per_token=fpt, tokens=steps * tokens_per_step, steps=steps,
@@ -503,7 +516,7 @@ def scaling_points(rows: Sequence[dict[str, Any]], *, trajectory: bool, params: 
     key = {"non-embedding": "non_embedding_params", "total": "params"}[params]
     points = []
     for r in rows:
-        if not r["curve"]:
+        if not r["curve"] or (not trajectory and r["status"] != "done"):  # an unfinished run has no final loss
             continue
         curve = r["curve"] if trajectory else r["curve"][-1:]
         shape = f"h{r['hidden']}-l{r['layers']}"
@@ -624,6 +637,7 @@ class Probe:
     sample_s: float  # the story the trainer samples at every evaluation
     checkpoint_s: float  # one checkpoint write
     tokens_per_step: int
+    device: str  # where it was measured, e.g. "cuda:0 (NVIDIA H100 80GB HBM3) bf16"
 
     @property
     def tokens_per_s(self) -> float:
@@ -700,7 +714,8 @@ def probe(plan: RunPlan, *, steps: int = 5, warmup: int = 2) -> Probe:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
         ckpt_s = timed(lambda: torch.save(state, Path(tmp) / "probe.pt"), 1, 0)
     del model, optimizer
-    return Probe(plan.run.shape, step_s, eval_s, sample_s, ckpt_s, plan.tokens_per_step)
+    name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+    return Probe(plan.run.shape, step_s, eval_s, sample_s, ckpt_s, plan.tokens_per_step, f"{name} {dtype}")
 
 
 def startup_seconds() -> float:
@@ -729,7 +744,7 @@ def makespan(durations: Sequence[float], workers: int) -> float:
     return max(free)
 
 
-def estimate(sweep: SweepConfig, *, steps: int = 5, console=None) -> dict[str, Any]:
+def estimate(sweep: SweepConfig, *, steps: int = 5, target_hours: float = 24.0, console=None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
@@ -749,18 +764,19 @@ def estimate(sweep: SweepConfig, *, steps: int = 5, console=None) -> dict[str, A
                      "tokens_per_s": p.tokens_per_s, "estimated_s": projected_seconds(plan, p, startup)})
     workers = max(1, len(sweep.gpus))
     total = makespan([r["estimated_s"] for r in runs], workers)
-    device = plans[0].train_config.device
+    device = next(iter(probes.values())).device
     report = {"startup_s": startup, "probe_steps": steps, "workers": workers, "device": device,
               "probes": [asdict(p) for p in probes.values()], "runs": runs, "total_s": total}
-    table = Table(title=f"estimated wall time ({workers} at a time, probe of {steps} steps per shape)")
+    table = Table(title=f"estimated wall time on {device} ({workers} at a time, {steps} probe steps per shape)")
     for col in ("run", "steps", "tokens", "tokens/s", "estimate"):
         table.add_column(col, justify="right")
     for r in runs:
         table.add_row(r["name"], f"{r['steps']:,}", format_count(r["tokens"]), f"{r['tokens_per_s']:,.0f}",
                       format_duration(r["estimated_s"]))
     console.print(table)
+    verdict = "[green]within[/green]" if total <= target_hours * 3600 else "[red]over[/red]"
     console.print(f"total: {format_duration(total)} ({format_duration(sum(r['estimated_s'] for r in runs))} of "
-                  f"run time; start-up {startup:.1f}s per run measured)")
+                  f"run time; start-up {startup:.1f}s per run measured) -- {verdict} the {target_hours:g} h target")
     Path(sweep.out_dir).mkdir(parents=True, exist_ok=True)
     _write_json(Path(sweep.out_dir) / "estimate.json", report)
     return report
@@ -781,16 +797,22 @@ def finished_runs(sweep: SweepConfig) -> list[Path]:
     return [run_dir(sweep, r) for r in sweep.runs() if read_status(run_dir(sweep, r))["status"] == "done"]
 
 
-def grade_commands(sweep: SweepConfig, *, probes: bool, extra: Sequence[str]) -> list[list[str]]:
-    """``tinystories eval grade`` (and ``eval probes``) over all finished runs' newest checkpoints at once,
-    so the evaluation module lays the scores out by hidden size x layers as in the paper."""
+def grade_commands(sweep: SweepConfig, *, grade: bool = True, probes: bool = True, device: str = "cpu",
+                   extra: Sequence[str] = ()) -> list[list[str]]:
+    """``tinystories eval grade`` and ``eval probes`` over all finished runs' newest checkpoints at once, so
+    the evaluation module lays the scores out by hidden size x layers as in the paper. Results go to
+    ``<sweep>/eval``; ``extra`` (judge model, base URL, samples...) goes to ``eval grade``."""
     runs = [str(d) for d in finished_runs(sweep)]
     if not runs:
         raise ValueError(f"{sweep.out_dir}: no finished runs to grade yet")
+    out = Path(sweep.out_dir) / "eval"
     base = [sys.executable, "-m", "tinystories.cli", "eval"]
-    commands = [[*base, "grade", *runs, *extra]]
+    commands = []
+    if grade:
+        commands.append([*base, "grade", *runs, "--device", device, "--out", str(out), *extra])
     if probes:
-        commands.append([*base, "probes", *runs])
+        commands.append([*base, "probes", *runs, "--device", device, "--html", str(out / "probes.html"),
+                         "--jsonl", str(out / "probes.jsonl")])
     return commands
 
 
@@ -831,9 +853,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     _add_grid_arguments(run)
     run.add_argument("--estimate", action="store_true", help="only print the projected wall time (as `estimate`)")
     run.add_argument("--probe-steps", type=int, default=5, help=argparse.SUPPRESS)
+    run.add_argument("--target-hours", type=float, default=24.0, help=argparse.SUPPRESS)
     est = sub.add_parser("estimate", help="projected wall time per run and in total from a throughput probe")
     _add_grid_arguments(est)
     est.add_argument("--probe-steps", type=int, default=5, help="timed training steps per model shape")
+    est.add_argument("--target-hours", type=float, default=24.0, help="say whether the sweep fits in this")
     ana = sub.add_parser("analyze", help="results table, loss-vs-compute frontier and the N_opt ~ C^a fit")
     ana.add_argument("out", help="sweep directory")
     ana.add_argument("--points", choices=("auto", "final", "trajectory"), default="auto",
@@ -841,11 +865,18 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                           "grid has two or more token budgets)")
     ana.add_argument("--params", choices=("non-embedding", "total"), default="non-embedding")
     ana.add_argument("--budgets", type=int, default=10, help="log-spaced compute budgets for N_opt")
-    grade = sub.add_parser("grade", help="tinystories eval grade (and probes) over the sweep's finished runs")
+    grade = sub.add_parser("grade", help="tinystories eval grade and probes over the sweep's finished runs")
     grade.add_argument("out", help="sweep directory")
-    grade.add_argument("--no-probes", dest="probes", action="store_false", help="grading only")
-    grade.add_argument("eval_args", nargs=argparse.REMAINDER,
-                       help="after --: arguments for `tinystories eval grade` (judge model, base URL...)")
+    grade.add_argument("--skip-grade", dest="grade", action="store_false", help="capability probes only "
+                                                                                 "(no judge needed)")
+    grade.add_argument("--skip-probes", dest="probes", action="store_false", help="judge grading only")
+    grade.add_argument("--device", default="cpu")
+    grade.add_argument("--judge-model", help="for `eval grade`: the judge model (e.g. gpt-4o)")
+    grade.add_argument("--base-url", help="for `eval grade`: an OpenAI-compatible endpoint")
+    grade.add_argument("--samples", type=int, help="for `eval grade`: completions per beginning")
+    grade.add_argument("--eval-args", default="", metavar='"ARGS"',
+                       help='any other `tinystories eval grade` options, quoted, with "=": '
+                            '--eval-args="--max-cost-usd 5 --limit-beginnings 20"')
 
 
 def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
@@ -878,7 +909,7 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.action in ("run", "estimate"):
             sweep = sweep_from_args(args)
             if args.action == "estimate" or args.estimate:
-                estimate(sweep, steps=args.probe_steps, console=console)
+                estimate(sweep, steps=args.probe_steps, target_hours=args.target_hours, console=console)
                 return 0
             rows = run_sweep(sweep, console=console)
             write_results(rows, Path(sweep.out_dir))
@@ -893,8 +924,12 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.action == "analyze":
             analyze(sweep, points_mode=args.points, params=args.params, budgets=args.budgets, console=console)
             return 0
-        extra = args.eval_args[1:] if args.eval_args[:1] == ["--"] else args.eval_args
-        for cmd in grade_commands(sweep, probes=args.probes, extra=extra):
+        extra = shlex.split(args.eval_args)
+        for flag, value in (("--judge-model", args.judge_model), ("--base-url", args.base_url),
+                            ("--samples", args.samples)):
+            if value is not None:
+                extra += [flag, str(value)]
+        for cmd in grade_commands(sweep, grade=args.grade, probes=args.probes, device=args.device, extra=extra):
             console.print(f"$ {' '.join(cmd)}")
             code = subprocess.run(cmd).returncode
             if code:
