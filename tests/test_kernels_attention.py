@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from kernel_checks import BF16, DEVICE, FP16, FP32, assert_close_to_gold, gold_and_lowp, requires_kernels
+from kernel_checks import BF16, DEVICE, FP16, FP32, assert_close_to_gold, gold_and_lowp, requires_gpu, requires_kernels
 
 from tinystories.kernels import FusedAttention, attention, reference
 
@@ -129,3 +129,20 @@ def test_falls_back_to_reference_with_a_logged_reason(monkeypatch, caplog):
     assert not called
     torch.testing.assert_close(out, reference.attention(q, k, v))
     assert "no GPU in this test" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "head_dim,window,dtype",
+    [(48, 64, torch.bfloat16), (4, None, torch.bfloat16), (128, 100, torch.float16), (48, None, torch.float16)],
+)
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_sized_shapes(head_dim, window, dtype):
+    inputs = _qkv(2, 3, 300, head_dim, dtype, seed=head_dim)
+    (gold, gold_grads), (ref, ref_grads), grad_out = gold_and_lowp(
+        lambda q, k, v: reference.attention(q, k, v, window=window), inputs
+    )
+    out = attention(*inputs, window=window)
+    assert_close_to_gold("out", out, ref, gold)
+    for name, g, rg, gg in zip(("dq", "dk", "dv"), torch.autograd.grad(out, inputs, grad_out.to(dtype)), ref_grads, gold_grads):
+        assert_close_to_gold(name, g, rg, gg)

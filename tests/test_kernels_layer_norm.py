@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import BF16, DEVICE, FP16, FP32, assert_close_to_gold, gold_and_lowp, requires_kernels
+from kernel_checks import BF16, DEVICE, FP16, FP32, assert_close_to_gold, gold_and_lowp, requires_gpu, requires_kernels
 
 from tinystories.kernels import FusedLayerNorm, layer_norm, reference
 
@@ -87,3 +87,21 @@ def test_module_matches_nn_layernorm_state_dict_and_rejects_bad_shapes():
         layer_norm(x, torch.ones(8, device=DEVICE), None)
     with pytest.raises(ValueError, match="residual"):
         layer_norm(x, layer.weight, layer.bias, residual=x[:2])
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("n,c", [(3001, 768), (2049, 64), (517, 1024)])
+def test_gpu_sized_shapes(n, c):
+    x, weight, bias, res = _inputs((n, c), torch.bfloat16, seed=c, residual=True)
+    inputs = [x, weight, bias, res]
+
+    def run(fn, x, weight, bias, res):
+        y, s = fn(x, weight, bias, 1e-5, res)
+        return torch.cat([y, 0.5 * s], dim=-1)
+
+    (gold, gold_grads), (ref, ref_grads), grad_out = gold_and_lowp(lambda *a: run(reference.layer_norm, *a), inputs)
+    out = run(layer_norm, *inputs)
+    assert_close_to_gold("out", out, ref, gold)
+    for name, g, rg, gg in zip(("dx", "dweight", "dbias", "dresidual"), torch.autograd.grad(out, inputs, grad_out.to(out.dtype)), ref_grads, gold_grads):
+        assert_close_to_gold(name, g, rg, gg)
