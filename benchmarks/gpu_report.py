@@ -225,7 +225,8 @@ def kernel_table(rows: list[dict]) -> str:
 
 
 def run_end_to_end(args, budget: Budget) -> dict:
-    """Training-step tokens/s of the project's GPTNeo with and without the kernels (bf16 autocast, AdamW)."""
+    """Training-step tokens/s of the project's GPTNeo with the kernels vs its plain path (eager and compiled),
+    bf16 autocast, and vs Hugging Face's GPTNeoForCausalLM eager fp16 (AdamW, random tokens, T=512)."""
     try:
         from tinystories.model import GPTNeo, config_from_preset
     except ImportError as exc:
@@ -236,14 +237,18 @@ def run_end_to_end(args, budget: Budget) -> dict:
 
     rows, skipped = [], []
     for preset in args.e2e_presets:
-        for impl in ("fused", "torch", "torch+compile"):
+        for impl in ("fused", "torch", "hf-eager-fp16", "torch+compile"):
             cost = COST_E2E_COMPILED_S if "compile" in impl else COST_E2E_S
             if not budget.allows(cost):
                 skipped.append(f"{preset} {impl}: out of time budget")
                 continue
             row = {"preset": preset, "impl": impl, "batch": args.e2e_batch, "seq_len": 512}
+            config = config_from_preset(preset)
             try:
-                row.update(_train_step_rate(GPTNeo, config_from_preset(preset), impl, args.e2e_batch, 512))
+                if impl == "hf-eager-fp16":
+                    row.update(_hf_train_step_rate(config, args.e2e_batch, 512))
+                else:
+                    row.update(_train_step_rate(GPTNeo, config, impl, args.e2e_batch, 512))
                 log(f"  {preset:<8} {impl:<14} {row['tokens_per_s']:>12,.0f} tokens/s  peak {row['peak_gb']:.2f} GB")
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
@@ -273,6 +278,38 @@ def _train_step_rate(GPTNeo, config, impl: str, batch: int, seq_len: int, steps:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return _rate(step, batch * seq_len, steps)
+
+
+def _hf_train_step_rate(config, batch: int, seq_len: int, steps: int = 8) -> dict:
+    """Peer (a) of the issue: Hugging Face GPTNeoForCausalLM, eager, fp16 autocast."""
+    import torch
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    hf_config = GPTNeoConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_layers=config.num_layers,
+        num_heads=config.num_heads, max_position_embeddings=config.max_position_embeddings,
+        window_size=config.window_size, attention_types=[[list(config.attention_layers), 1]],
+        intermediate_size=config.intermediate_size,
+    )  # fmt: skip
+    model = GPTNeoForCausalLM(hf_config).cuda().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    idx = torch.randint(0, config.vocab_size, (batch, seq_len), generator=gen, device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = model(input_ids=idx, labels=idx).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return _rate(step, batch * seq_len, steps)
+
+
+def _rate(step, tokens_per_step: int, steps: int) -> dict:
+    import torch
+
     for _ in range(3):
         step()
     torch.cuda.synchronize()
@@ -282,8 +319,29 @@ def _train_step_rate(GPTNeo, config, impl: str, batch: int, seq_len: int, steps:
         step()
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    return {"tokens_per_s": batch * seq_len * steps / seconds, "step_ms": 1000 * seconds / steps,
+    return {"tokens_per_s": tokens_per_step * steps / seconds, "step_ms": 1000 * seconds / steps,
             "peak_gb": torch.cuda.max_memory_allocated() / 1e9}  # fmt: skip
+
+
+def load_liger_wheel() -> str:
+    """Liger-Kernel is an optional peer: use the installed one, else a wheel carried in ``.whl/`` (pure Python)."""
+    try:
+        import liger_kernel  # noqa: F401
+
+        return "installed"
+    except ImportError:
+        pass
+    wheels = sorted((REPO_ROOT / ".whl").glob("liger_kernel-*.whl"))
+    if not wheels:
+        return "not installed (carry `pip download --no-deps liger-kernel -d .whl` to include it)"
+    import tempfile
+    import zipfile
+
+    target = Path(tempfile.mkdtemp(prefix="liger-"))
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        wheel.extractall(target)
+    sys.path.insert(0, str(target))
+    return f"from {wheels[-1].name}"
 
 
 # --- report ---------------------------------------------------------------------------------------------
@@ -348,9 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     from tinystories.kernels import kernels_available
 
     report = {"environment": environment(), "args": vars(args), "tinystories.kernels": found,
-              "kernels_available": kernels_available()}  # fmt: skip
+              "kernels_available": kernels_available(), "liger_kernel": load_liger_wheel()}  # fmt: skip
     log(f"== {report['environment']}")
-    log(f"== kernels_available: {report['kernels_available']}  (package from {found})")
+    log(f"== kernels_available: {report['kernels_available']}  (package from {found}); Liger-Kernel: {report['liger_kernel']}")
 
     if args.skip_tests:
         report["tests"] = {"skipped": "--skip-tests"}
@@ -369,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     report["end_to_end"] = {"skipped": ["end to end: --no-e2e"], "rows": []} if args.no_e2e else run_end_to_end(args, budget)
     e2e_rows = [r for r in report["end_to_end"]["rows"] if "tokens_per_s" in r]
     if e2e_rows:
-        table += "\n\nend to end (bf16 autocast, AdamW, T=512)\n" + "\n".join(
+        table += "\n\nend to end (AdamW, T=512; ours/torch bf16 autocast, HF fp16 autocast)\n" + "\n".join(
             f"{r['preset']:<8} {r['impl']:<14} B{r['batch']:<4} {r['tokens_per_s']:>12,.0f} tokens/s  "
             f"{r['step_ms']:8.1f} ms/step  peak {r['peak_gb']:.2f} GB"
             for r in e2e_rows

@@ -66,6 +66,23 @@ def test_fp32_weights_with_half_activations():
     torch.testing.assert_close(out.float(), expected, rtol=2e-3, atol=2e-3)
 
 
+def test_half_branch_output_onto_fp32_residual_stream():
+    """Under autocast the branch output is half and the residual stream fp32: outputs promote like x + residual."""
+    x, _, _, _ = _inputs((11, 40), torch.float16, seed=6, residual=False)
+    _, weight, bias, res = _inputs((11, 40), torch.float32, seed=7, residual=True)
+    y, s = layer_norm(x, weight, bias, 1e-5, res)
+    ry, rs = reference.layer_norm(x, weight, bias, 1e-5, res)
+    assert y.dtype == s.dtype == ry.dtype == torch.float32
+    torch.testing.assert_close(y, ry, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(s, rs, rtol=0, atol=0)
+    grad_out = torch.randn_like(y)
+    grads = torch.autograd.grad(y + s, (x, res), grad_out)
+    ref_grads = torch.autograd.grad(ry + rs, (x, res), grad_out)
+    assert [g.dtype for g in grads] == [torch.float16, torch.float32]
+    for g, rg in zip(grads, ref_grads):
+        torch.testing.assert_close(g.float(), rg.float(), rtol=2e-3, atol=2e-3)
+
+
 def test_repeated_runs_are_bitwise_identical():
     x, weight, bias, res = _inputs((37, 48), torch.float16, seed=5, residual=True)
     grad_out = torch.randn_like(x)
