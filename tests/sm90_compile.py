@@ -58,7 +58,7 @@ def compile_all(quick: bool) -> list[str]:
         for head_dim, causal in shapes:
             block_d = max(16, triton.next_power_of_2(head_dim))
             strides = "sqb sqh sqt skb skh skt svb svh svt sob soh sot sdb sdh sdt s1b s1h s1t s2b s2h s2t".split()
-            types = {**_i32(*strides, "H", "T", "D", "window"), "scale_log2": "fp32", "scale": "fp32"}
+            types = {**_i32(*strides, "H", "T", "window"), "scale_log2": "fp32", "scale": "fp32"}
             types |= {n: f"*{dtype}" for n in "Q K V O DO DK DV DQ".split()} | {"LSE": "*fp32", "DELTA": "*fp32"}
             for space, kernel in [
                 (attention._FWD_CONFIGS, attention._attn_fwd_kernel),
@@ -66,10 +66,10 @@ def compile_all(quick: bool) -> list[str]:
                 (attention._DQ_CONFIGS, attention._attn_bwd_dq_kernel),
             ]:
                 for cfg in configs(space if dtype != "fp32" else space[:1]):
-                    constexprs = {"IS_CAUSAL": causal, "DOT_PRECISION": precision, "BLOCK_D": block_d, **cfg.kwargs}
+                    constexprs = {"HEAD_DIM": head_dim, "IS_CAUSAL": causal, "DOT_PRECISION": precision, "BLOCK_D": block_d, **cfg.kwargs}
                     label = f"{kernel.fn.__name__} {dtype} D{head_dim} causal={causal} {cfg.kwargs} w{cfg.num_warps} s{cfg.num_stages}"
                     failures.append(_compile(kernel, types, constexprs, cfg.num_warps, cfg.num_stages, label))
-            failures.append(_compile(attention._attn_bwd_delta_kernel, types, {"BLOCK_M": 64, "BLOCK_D": block_d}, 4, 3,
+            failures.append(_compile(attention._attn_bwd_delta_kernel, types, {"HEAD_DIM": head_dim, "BLOCK_M": 64, "BLOCK_D": block_d}, 4, 3,
                                      f"_attn_bwd_delta_kernel {dtype} D{head_dim}"))  # fmt: skip
         for c in ((64, 768) if dtype != "fp32" else ()) if quick else (64, 72, 768, 1024):
             block_c, block_rows, warps = layer_norm._launch_shape(c)
