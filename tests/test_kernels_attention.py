@@ -119,6 +119,13 @@ def test_module_and_bad_arguments():
         attention(q, k.half(), v)
 
 
+def test_empty_sequence_takes_the_reference_path():
+    q = torch.zeros(2, 3, 0, 8, device=DEVICE, requires_grad=True)
+    out = attention(q, q, q)
+    assert out.shape == (2, 3, 0, 8)
+    out.sum().backward()
+
+
 def test_torch_compile_traces_the_custom_ops():
     q, k, v = _qkv(1, 2, 17, 8, torch.float32, seed=2)
     compiled = torch.compile(lambda q, k, v: attention(q, k, v, window=4).sum(), backend="aot_eager", fullgraph=True)
