@@ -10,7 +10,8 @@
    our max relative error against the plain reference, and the speed ratio to each peer from this same run.
 3. End to end (needs ``tinystories.model`` from the model branch): training-step tokens/s of GPTNeo with
    impl="fused" vs impl="torch" eager and compiled; skipped with a note when the module is absent.
-Work is ordered by importance and skipped (listed in the report) once the budget would be exceeded. Results go to
+Work is ordered by importance (ours and uncompiled peers, FlexAttention, eager end to end, torch.compile of the
+references, compiled end to end) and skipped, listed in the report, once the budget would be exceeded. Results go to
 ``benchmarks/results/gpu_report-<date>-<card>.json`` (+ ``.txt`` table) and are copied to ``$OUT`` when set.
 """
 
@@ -58,7 +59,12 @@ def log(message: str = "") -> None:
 
 
 def run_tests(timeout_s: float) -> dict:
-    files = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "tests").glob("test_kernels_*.py"))
+    # the sm_90 ahead-of-time compile check is for machines without a GPU; here every kernel really compiles
+    files = sorted(
+        str(p.relative_to(REPO_ROOT))
+        for p in (REPO_ROOT / "tests").glob("test_kernels_*.py")
+        if p.name != "test_kernels_compile_sm90.py"
+    )
     boot = (
         "import sys; sys.path.insert(0, 'benchmarks'); import _source_tree; _source_tree.ensure_importable(); "
         "import pytest; sys.exit(pytest.main(sys.argv[1:]))"
@@ -146,50 +152,64 @@ def relative_error(ours, baseline) -> float:
     return max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-12)).item() for a, b in pairs)
 
 
-def run_kernels(args, budget: Budget) -> tuple[list[dict], list[str]]:
-    import torch
-    from kernel_cases import PeerUnavailable, all_cases
+class KernelRun:
+    """Times (case, implementation) items in a given order, sharing rows, skips and the error check."""
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    cases = [c for c in all_cases("gpu", "cuda", dtype) if c.kernel in args.only]
-    rows, skipped = [], []
-    fatal = None
-    for phase in ("plain", "compiled"):
-        for case in cases:
-            names = [n for n in case.impls if (n in case.compiled) == (phase == "compiled")]
-            if not names:
+    def __init__(self, args):
+        import torch
+        from kernel_cases import all_cases
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+        self.dtype_name = args.dtype
+        self.cases = [c for c in all_cases("gpu", "cuda", dtype) if c.kernel in args.only]
+        self.rows: list[dict] = []
+        self.skipped: list[str] = []
+        self.fatal: str | None = None
+
+    def plain_items(self) -> list:
+        """Ours, the plain reference (our error is checked against it) and the peers that need no compilation."""
+        return [(c, impl) for c in self.cases for impl in c.impls if impl not in c.compiled]
+
+    def compiled_items(self, name: str) -> list:
+        """The items of one compiled peer: "flex" (FlexAttention) or "compiled-ref" (torch.compile of the reference)."""
+        return [(c, impl) for c in self.cases for impl in c.impls if impl == name and impl in c.compiled]
+
+    def run(self, items: list, budget: Budget, cost_s: float) -> None:
+        import torch
+        from kernel_cases import PeerUnavailable
+
+        current, inputs, results = None, None, {}
+        for case, impl in items:
+            label = f"{case.kernel} {case.name} {impl}"
+            if self.fatal or not budget.allows(cost_s):
+                self.skipped.append(f"{label}: {'after ' + self.fatal if self.fatal else 'out of time budget'}")
                 continue
-            inputs = None
-            results = {}
-            for impl in names:
-                cost = COST_COMPILED_S if phase == "compiled" else COST_PLAIN_S
-                label = f"{case.kernel} {case.name} {impl}"
-                if fatal or not budget.allows(cost):
-                    skipped.append(f"{label}: {'after ' + fatal if fatal else 'out of time budget'}")
-                    continue
-                inputs = inputs or case.make_inputs()
-                row = {"kernel": case.kernel, "case": case.name, "impl": impl, "dtype": args.dtype}
-                try:
-                    row.update(measure(case, impl, inputs))
-                    results[impl] = row.pop("_result")
-                    log(f"  {label:<58} fwd {row['fwd_ms']:8.3f} ms  bwd {row['bwd_ms']:8.3f} ms  full "
-                        f"{row['full_ms']:8.3f} ms  peak {row['peak_extra_mb']:9.1f} MB  (first call {row['first_call_s']} s)")  # fmt: skip
-                except PeerUnavailable as exc:
-                    row["error"] = f"unavailable: {exc}"
-                    log(f"  {label:<58} skipped: {exc}")
-                except Exception as exc:  # a refusing peer is a result; a broken CUDA context ends the run
-                    row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
-                    log(f"  {label:<58} FAILED: {row['error']}")
-                    if "CUDA error" in str(exc) or "illegal memory" in str(exc):
-                        fatal = f"{label} broke the CUDA context"
-                        traceback.print_exc()
-                rows.append(row)
-                if "ours" in results and case.baseline in results and "max_rel_err_vs_plain" not in rows_for(rows, case, "ours"):
-                    rows_for(rows, case, "ours")["max_rel_err_vs_plain"] = relative_error(results["ours"], results[case.baseline])
-                    results.pop(case.baseline)
-            del inputs, results
-            torch.cuda.empty_cache()
-    return rows, skipped
+            if case is not current:
+                current, inputs, results = case, None, {}
+                torch.cuda.empty_cache()
+                inputs = case.make_inputs()
+            row = {"kernel": case.kernel, "case": case.name, "impl": impl, "dtype": self.dtype_name}
+            try:
+                row.update(measure(case, impl, inputs))
+                results[impl] = row.pop("_result")
+                log(f"  {label:<58} fwd {row['fwd_ms']:8.3f} ms  bwd {row['bwd_ms']:8.3f} ms  full "
+                    f"{row['full_ms']:8.3f} ms  peak {row['peak_extra_mb']:9.1f} MB  (first call {row['first_call_s']} s)")  # fmt: skip
+            except PeerUnavailable as exc:
+                row["error"] = f"unavailable: {exc}"
+                log(f"  {label:<58} skipped: {exc}")
+            except Exception as exc:  # a refusing peer is a result; a broken CUDA context ends the run
+                first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                row["error"] = f"{type(exc).__name__}: {first_line}"
+                log(f"  {label:<58} FAILED: {row['error']}")
+                if "CUDA error" in str(exc) or "illegal memory" in str(exc):
+                    self.fatal = f"{label} broke the CUDA context"
+                    traceback.print_exc()
+            self.rows.append(row)
+            if "ours" in results and case.baseline in results:
+                rows_for(self.rows, case, "ours")["max_rel_err_vs_plain"] = relative_error(results["ours"], results[case.baseline])
+                results.pop(case.baseline)
+        del inputs, results
+        torch.cuda.empty_cache()
 
 
 def rows_for(rows: list[dict], case, impl: str) -> dict:
@@ -216,55 +236,61 @@ def kernel_table(rows: list[dict]) -> str:
         peers = [r for r in group if r["impl"] != "ours" and "full_ms" in r]
         if ours and peers:
             best = min(peers, key=lambda r: r["full_ms"])
-            lines.append(f"{'':<46} -> ours vs best peer ({best['impl']}): {best['full_ms'] / ours['full_ms']:.2f}x faster, "
-                         f"peak memory {ours['peak_extra_mb']:.0f} vs {best['peak_extra_mb']:.0f} MB")  # fmt: skip
+            lines.append(f"{'':<46} -> best peer {best['impl']}: speedup of ours {best['full_ms'] / ours['full_ms']:.2f}x "
+                         f"(>1: ours faster), peak memory ours {ours['peak_extra_mb']:.0f} MB vs {best['peak_extra_mb']:.0f} MB")  # fmt: skip
     return "\n".join(lines)
 
 
 # --- 3. end to end (model branch) -------------------------------------------------------------------------
 
 
-def run_end_to_end(args, budget: Budget) -> dict:
-    """Training-step tokens/s of the project's GPTNeo with and without the kernels (bf16 autocast, AdamW)."""
+def run_end_to_end(args, budget: Budget, impls: tuple[str, ...], result: dict | None = None) -> dict:
+    """Training-step tokens/s of the project's GPTNeo with the kernels vs its plain path (eager and compiled),
+    under --e2e-dtype autocast, and vs Hugging Face's GPTNeoForCausalLM eager fp16 (AdamW, random tokens, T=512)."""
     try:
         from tinystories.model import GPTNeo, config_from_preset
     except ImportError as exc:
         note = f"tinystories.model not available ({exc}); end-to-end section skipped (needs the model branch)"
         log(f"  {note}")
-        return {"skipped": [note], "rows": []}
+        return {"skipped": [note], "rows": [], "model_missing": True}
     import torch
 
-    rows, skipped = [], []
+    result = result or {"rows": [], "skipped": []}
+    rows, skipped = result["rows"], result["skipped"]
     for preset in args.e2e_presets:
-        for impl in ("fused", "torch", "torch+compile"):
+        for impl in impls:
             cost = COST_E2E_COMPILED_S if "compile" in impl else COST_E2E_S
             if not budget.allows(cost):
                 skipped.append(f"{preset} {impl}: out of time budget")
                 continue
-            row = {"preset": preset, "impl": impl, "batch": args.e2e_batch, "seq_len": 512}
+            dtype = "fp16" if impl == "hf-eager-fp16" else args.e2e_dtype
+            row = {"preset": preset, "impl": impl, "batch": args.e2e_batch, "seq_len": 512, "autocast": dtype}
+            config = config_from_preset(preset)
             try:
-                row.update(_train_step_rate(GPTNeo, config_from_preset(preset), impl, args.e2e_batch, 512))
+                if impl == "hf-eager-fp16":
+                    row.update(_hf_train_step_rate(config, args.e2e_batch, 512))
+                else:
+                    row.update(_train_step_rate(GPTNeo, config, impl, args.e2e_batch, 512, dtype))
                 log(f"  {preset:<8} {impl:<14} {row['tokens_per_s']:>12,.0f} tokens/s  peak {row['peak_gb']:.2f} GB")
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
                 log(f"  {preset:<8} {impl:<14} FAILED: {row['error']}")
             rows.append(row)
             torch.cuda.empty_cache()
-    return {"rows": rows, "skipped": skipped}
+    return result
 
 
-def _train_step_rate(GPTNeo, config, impl: str, batch: int, seq_len: int, steps: int = 8) -> dict:
+def _train_step_rate(GPTNeo, config, impl: str, batch: int, seq_len: int, dtype: str, steps: int = 8) -> dict:
     import torch
 
     model = GPTNeo(config, impl="fused" if impl == "fused" else "torch").cuda().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     forward = torch.compile(model) if "compile" in impl else model
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    idx = torch.randint(0, config.vocab_size, (batch, seq_len + 1), generator=gen, device="cuda")
+    idx = _random_tokens(config.vocab_size, batch, seq_len + 1)
     x, y = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.float16 if dtype == "fp16" else torch.bfloat16):
             try:
                 loss = forward(x, y, return_logits=False).loss
             except TypeError:  # a model without the return_logits switch
@@ -272,6 +298,44 @@ def _train_step_rate(GPTNeo, config, impl: str, batch: int, seq_len: int, steps:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    return _rate(step, batch * seq_len, steps)
+
+
+def _hf_train_step_rate(config, batch: int, seq_len: int, steps: int = 8) -> dict:
+    """Peer (a) of the issue: Hugging Face GPTNeoForCausalLM, eager, fp16 autocast."""
+    import torch
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    hf_config = GPTNeoConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_layers=config.num_layers,
+        num_heads=config.num_heads, max_position_embeddings=config.max_position_embeddings,
+        window_size=config.window_size, attention_types=[[list(config.attention_layers), 1]],
+        intermediate_size=config.intermediate_size,
+    )  # fmt: skip
+    model = GPTNeoForCausalLM(hf_config).cuda().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    idx = _random_tokens(config.vocab_size, batch, seq_len)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = model(input_ids=idx, labels=idx).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return _rate(step, batch * seq_len, steps)
+
+
+def _random_tokens(vocab_size: int, batch: int, length: int, device: str = "cuda"):
+    import torch
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    return torch.randint(0, vocab_size, (batch, length), generator=gen, device=device)
+
+
+def _rate(step, tokens_per_step: int, steps: int) -> dict:
+    import torch
 
     for _ in range(3):
         step()
@@ -282,8 +346,29 @@ def _train_step_rate(GPTNeo, config, impl: str, batch: int, seq_len: int, steps:
         step()
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    return {"tokens_per_s": batch * seq_len * steps / seconds, "step_ms": 1000 * seconds / steps,
+    return {"tokens_per_s": tokens_per_step * steps / seconds, "step_ms": 1000 * seconds / steps,
             "peak_gb": torch.cuda.max_memory_allocated() / 1e9}  # fmt: skip
+
+
+def load_liger_wheel() -> str:
+    """Liger-Kernel is an optional peer: use the installed one, else a wheel carried in ``.whl/`` (pure Python)."""
+    try:
+        import liger_kernel  # noqa: F401
+
+        return "installed"
+    except ImportError:
+        pass
+    wheels = sorted((REPO_ROOT / ".whl").glob("liger_kernel-*.whl"))
+    if not wheels:
+        return "not installed (carry `pip download --no-deps liger-kernel -d .whl` to include it)"
+    import tempfile
+    import zipfile
+
+    target = Path(tempfile.mkdtemp(prefix="liger-"))
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        wheel.extractall(target)
+    sys.path.insert(0, str(target))
+    return f"from {wheels[-1].name}"
 
 
 # --- report ---------------------------------------------------------------------------------------------
@@ -331,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end model section")
     parser.add_argument("--only", type=lambda s: s.split(","), default=list(KERNELS), help=f"subset of {','.join(KERNELS)}")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
-    parser.add_argument("--e2e-presets", type=lambda s: s.split(","), default=["33M", "1M", "8M"])
+    parser.add_argument("--e2e-presets", type=lambda s: s.split(","), default=["33M", "1M"])
     parser.add_argument("--e2e-batch", type=int, default=64)
+    parser.add_argument("--e2e-dtype", choices=("bf16", "fp16"), default="bf16", help="autocast dtype of ours/torch")
     args = parser.parse_args(argv)
     budget = Budget(args.budget_s)
     unknown = set(args.only) - set(KERNELS)
@@ -348,9 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     from tinystories.kernels import kernels_available
 
     report = {"environment": environment(), "args": vars(args), "tinystories.kernels": found,
-              "kernels_available": kernels_available()}  # fmt: skip
+              "kernels_available": kernels_available(), "liger_kernel": load_liger_wheel()}  # fmt: skip
     log(f"== {report['environment']}")
-    log(f"== kernels_available: {report['kernels_available']}  (package from {found})")
+    log(f"== kernels_available: {report['kernels_available']}  (package from {found}); Liger-Kernel: {report['liger_kernel']}")
 
     if args.skip_tests:
         report["tests"] = {"skipped": "--skip-tests"}
@@ -359,18 +445,31 @@ def main(argv: list[str] | None = None) -> int:
         report["tests"] = run_tests(min(args.tests_timeout_s, max(30.0, budget.left() * 0.45)))
         log(f"   -> {report['tests']['summary'] or 'no summary'} (rc {report['tests']['returncode']}, {report['tests']['seconds']} s)")
 
-    log(f"\n== 2. kernels: ours vs peers ({args.dtype}; fwd records autograd as in training; {budget.left():.0f} s left)")
-    rows, skipped = run_kernels(args, budget)
+    # Cheap items first, so a short budget still yields ours vs the main peers; torch.compile items last.
+    kernels = KernelRun(args)
+    log(f"\n== 2a. kernels: ours vs uncompiled peers ({args.dtype}; fwd records autograd as in training; {budget.left():.0f} s left)")
+    kernels.run(kernels.plain_items(), budget, COST_PLAIN_S)
+    log(f"\n== 2b. kernels: FlexAttention ({budget.left():.0f} s left)")
+    kernels.run(kernels.compiled_items("flex"), budget, COST_COMPILED_S)
+    report["end_to_end"] = {"skipped": ["end to end: --no-e2e"], "rows": []}
+    if not args.no_e2e:
+        log(f"\n== 3a. end to end, eager ({budget.left():.0f} s left)")
+        report["end_to_end"] = run_end_to_end(args, budget, ("fused", "torch", "hf-eager-fp16"))
+    log(f"\n== 2c. kernels: torch.compile of the references ({budget.left():.0f} s left)")
+    kernels.run(kernels.compiled_items("compiled-ref"), budget, COST_COMPILED_S)
+    if not args.no_e2e and not report["end_to_end"].get("model_missing"):
+        log(f"\n== 3b. end to end, torch.compile ({budget.left():.0f} s left)")
+        run_end_to_end(args, budget, ("torch+compile",), report["end_to_end"])
+    # group each case's rows together for the table, in case order
+    order = {(c.kernel, c.name): i for i, c in enumerate(kernels.cases)}
+    rows = sorted(kernels.rows, key=lambda r: order[(r["kernel"], r["case"])])
     table = kernel_table(rows)
     report["kernels"] = rows
-    report["kernels_skipped"] = skipped
-
-    log(f"\n== 3. end to end ({budget.left():.0f} s left)")
-    report["end_to_end"] = {"skipped": ["end to end: --no-e2e"], "rows": []} if args.no_e2e else run_end_to_end(args, budget)
+    report["kernels_skipped"] = skipped = kernels.skipped
     e2e_rows = [r for r in report["end_to_end"]["rows"] if "tokens_per_s" in r]
     if e2e_rows:
-        table += "\n\nend to end (bf16 autocast, AdamW, T=512)\n" + "\n".join(
-            f"{r['preset']:<8} {r['impl']:<14} B{r['batch']:<4} {r['tokens_per_s']:>12,.0f} tokens/s  "
+        table += "\n\nend to end (AdamW, T=512, random tokens)\n" + "\n".join(
+            f"{r['preset']:<8} {r['impl']:<14} {r['autocast']} B{r['batch']:<4} {r['tokens_per_s']:>12,.0f} tokens/s  "
             f"{r['step_ms']:8.1f} ms/step  peak {r['peak_gb']:.2f} GB"
             for r in e2e_rows
         )

@@ -58,15 +58,24 @@ def _liger(module_path: str, name: str):
 
 
 def _flex(window: int | None, t: int, device: str):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    """Compiled FlexAttention with a causal (sliding-window) block mask, built on first use."""
+    built = {}
 
     def mask_mod(b, h, q_idx, kv_idx):
         visible = kv_idx <= q_idx
         return visible & (q_idx - kv_idx < window) if window is not None else visible
 
-    block_mask = create_block_mask(mask_mod, None, None, t, t, device=device)
-    flex = _compiled(flex_attention)
-    return lambda q, k, v: flex(q, k, v, block_mask=block_mask, scale=1.0)
+    def run(q, k, v):
+        if not built:
+            try:
+                from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+            except ImportError as exc:
+                raise PeerUnavailable(f"FlexAttention not in this torch ({exc})") from None
+            built["mask"] = create_block_mask(mask_mod, None, None, t, t, device=device)
+            built["fn"] = _compiled(flex_attention)
+        return built["fn"](q, k, v, block_mask=built["mask"], scale=1.0)
+
+    return run
 
 
 def _sdpa_window(window: int, t: int, device: str):

@@ -58,6 +58,8 @@ _fallback_logged: set[str] = set()
 def use_kernels(name: str, *tensors: torch.Tensor) -> bool:
     """Whether ``name`` should launch its Triton kernel for these tensors; logs once per reason when it cannot."""
     usable, reason = kernels_available()
+    if usable and any(t.numel() == 0 for t in tensors):
+        usable, reason = False, "an input is empty"
     if usable:
         want_cuda = not interpreter_active()
         if all(t.is_cuda == want_cuda for t in tensors):

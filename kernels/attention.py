@@ -30,7 +30,7 @@ def _configs(pairs):
     )
 
 
-_KEY = ["T", "BLOCK_D", "window", "IS_CAUSAL"]
+_KEY = ["T", "HEAD_DIM", "window", "IS_CAUSAL"]
 _FWD_CONFIGS = _configs([(128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 2, 4)])
 _DKDV_CONFIGS = _configs([(32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 4), (16, 64, 2, 4)])
 _DQ_CONFIGS = _configs([(128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 4), (64, 16, 2, 4)])
@@ -44,6 +44,17 @@ def _visible(q_idx, k_idx, T, window, IS_CAUSAL: tl.constexpr):
     if IS_CAUSAL:
         mask = mask & (k_idx <= q_idx) & (k_idx > q_idx - window)
     return mask
+
+
+@triton.jit
+def _needs_mask(q_start, k_start, T, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """Whether the (query block, key block) tile holds any pair that must not attend (or lies past T); the
+    others, most tiles of a long sequence, skip the mask arithmetic."""
+    needs = (q_start + BLOCK_M > T) | (k_start + BLOCK_N > T)
+    if IS_CAUSAL:
+        # a key after some query (diagonal tile) or a key at or before some query - window (window edge)
+        needs = needs | (k_start + BLOCK_N - 1 > q_start) | (k_start <= q_start + BLOCK_M - 1 - window)
+    return needs
 
 
 @triton.jit
@@ -63,8 +74,8 @@ def _key_range(q_start, T, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 def _attn_fwd_kernel(
     Q, K, V, O, LSE,
     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
-    H, T, D, window, scale_log2,
-    IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    H, T, window, scale_log2,
+    HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -81,7 +92,7 @@ def _attn_fwd_kernel(
     offs_m = q_start + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
+    d_ok = offs_d < HEAD_DIM
     q = tl.load(Q + offs_m[:, None] * sqt + offs_d[None, :], mask=(offs_m[:, None] < T) & d_ok[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -93,7 +104,9 @@ def _attn_fwd_kernel(
         kv_mask = (offs_k[:, None] < T) & d_ok[None, :]
         k = tl.load(K + offs_k[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        qk = tl.where(_visible(offs_m[:, None], offs_k[None, :], T, window, IS_CAUSAL), qk * scale_log2, _MASKED)
+        qk = qk * scale_log2
+        if _needs_mask(q_start, start_n, T, window, BLOCK_M, BLOCK_N, IS_CAUSAL):
+            qk = tl.where(_visible(offs_m[:, None], offs_k[None, :], T, window, IS_CAUSAL), qk, _MASKED)
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.exp2(qk - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
@@ -109,8 +122,8 @@ def _attn_fwd_kernel(
 
 
 @triton.jit
-def _attn_bwd_delta_kernel(O, DO, DELTA, sob, soh, sot, sdb, sdh, sdt, H, T, D,
-                           BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+def _attn_bwd_delta_kernel(O, DO, DELTA, sob, soh, sot, sdb, sdh, sdt, H, T,
+                           HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
     """delta_i = sum_d dO_id * O_id, the row term of the softmax backward."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -118,7 +131,7 @@ def _attn_bwd_delta_kernel(O, DO, DELTA, sob, soh, sot, sdb, sdh, sdt, H, T, D,
     h = (pid_bh % H).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask = (offs_m[:, None] < T) & (offs_d[None, :] < D)
+    mask = (offs_m[:, None] < T) & (offs_d[None, :] < HEAD_DIM)
     o = tl.load(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], mask=mask, other=0.0)
     do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdt + offs_d[None, :], mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
@@ -130,8 +143,8 @@ def _attn_bwd_delta_kernel(O, DO, DELTA, sob, soh, sot, sdb, sdh, sdt, H, T, D,
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,
     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, s1b, s1h, s1t, s2b, s2h, s2t,
-    H, T, D, window, scale, scale_log2,
-    IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    H, T, window, scale, scale_log2,
+    HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
@@ -150,7 +163,7 @@ def _attn_bwd_dkdv_kernel(
     k_start = pid_n * BLOCK_N
     offs_k = k_start + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
+    d_ok = offs_d < HEAD_DIM
     kv_mask = (offs_k[:, None] < T) & d_ok[None, :]
     k = tl.load(K + offs_k[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(V + offs_k[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
@@ -172,7 +185,8 @@ def _attn_bwd_dkdv_kernel(
         delta = tl.load(DELTA + offs_m, mask=offs_m < T, other=0.0)
         qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
         p_t = tl.exp2(qk_t * scale_log2 - lse[None, :])
-        p_t = tl.where(_visible(offs_m[None, :], offs_k[:, None], T, window, IS_CAUSAL), p_t, 0.0)
+        if _needs_mask(start_m, k_start, T, window, BLOCK_M, BLOCK_N, IS_CAUSAL):
+            p_t = tl.where(_visible(offs_m[None, :], offs_k[:, None], T, window, IS_CAUSAL), p_t, 0.0)
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
@@ -187,8 +201,8 @@ def _attn_bwd_dkdv_kernel(
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,
     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, s1b, s1h, s1t,
-    H, T, D, window, scale, scale_log2,
-    IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    H, T, window, scale, scale_log2,
+    HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -207,7 +221,7 @@ def _attn_bwd_dq_kernel(
     offs_m = q_start + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
+    d_ok = offs_d < HEAD_DIM
     q_mask = (offs_m[:, None] < T) & d_ok[None, :]
     q = tl.load(Q + offs_m[:, None] * sqt + offs_d[None, :], mask=q_mask, other=0.0)
     do = tl.load(DO + offs_m[:, None] * sdt + offs_d[None, :], mask=q_mask, other=0.0)
@@ -223,7 +237,8 @@ def _attn_bwd_dq_kernel(
         v = tl.load(V + offs_k[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         p = tl.exp2(qk * scale_log2 - lse[:, None])
-        p = tl.where(_visible(offs_m[:, None], offs_k[None, :], T, window, IS_CAUSAL), p, 0.0)
+        if _needs_mask(q_start, start_n, T, window, BLOCK_M, BLOCK_N, IS_CAUSAL):
+            p = tl.where(_visible(offs_m[:, None], offs_k[None, :], T, window, IS_CAUSAL), p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
@@ -254,8 +269,8 @@ def _attention_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, window: Option
     _attn_fwd_kernel[grid](
         q, k, v, o, lse,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
-        H, T, D, _window_arg(T, causal, window), scale * _LOG2E,
-        IS_CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype), BLOCK_D=_block_d(D),
+        H, T, _window_arg(T, causal, window), scale * _LOG2E,
+        HEAD_DIM=D, IS_CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype), BLOCK_D=_block_d(D),
     )  # fmt: skip
     return o, lse
 
@@ -274,12 +289,12 @@ def _attention_bwd(
     block_d = _block_d(D)
     delta = torch.empty_like(lse)
     _attn_bwd_delta_kernel[(triton.cdiv(T, 64), B * H)](
-        o, do, delta, *o.stride()[:3], *do.stride()[:3], H, T, D, BLOCK_M=64, BLOCK_D=block_d
+        o, do, delta, *o.stride()[:3], *do.stride()[:3], H, T, HEAD_DIM=D, BLOCK_M=64, BLOCK_D=block_d
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
-    args = (H, T, D, _window_arg(T, causal, window), scale, scale * _LOG2E)
-    meta = dict(IS_CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype), BLOCK_D=block_d)
+    args = (H, T, _window_arg(T, causal, window), scale, scale * _LOG2E)
+    meta = dict(HEAD_DIM=D, IS_CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype), BLOCK_D=block_d)
     _attn_bwd_dkdv_kernel[lambda m: (triton.cdiv(T, m["BLOCK_N"]), B * H)](
         q, k, v, do, lse, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3], *args, **meta
     )
@@ -320,8 +335,8 @@ def attention(
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"attention: q, k, v must share one (B, H, T, D) shape, got {q.shape}, {k.shape}, {v.shape}")
     check_float("attention", q, k, v)
-    if q.shape[-1] > 256:
-        raise ValueError(f"attention: head_dim {q.shape[-1]} > 256 is not supported")
+    if q.shape[-1] > 128:
+        raise ValueError(f"attention: head_dim {q.shape[-1]} > 128 is not supported")
     if not use_kernels("attention", q, k, v):
         return reference.attention(q, k, v, causal=causal, window=window, scale=scale)
     dtype = compute_dtype(q)

@@ -100,10 +100,12 @@ def _bwd_programs(n: int, device: torch.device) -> int:
 def _layer_norm_fwd(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor], eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Returns (y, x + residual (empty without a residual), mean, rstd) for 2-D contiguous x."""
+    """Returns (y, x + residual (empty without a residual), mean, rstd) for 2-D contiguous x; with a residual of
+    another dtype (autocast: half branch output, fp32 residual stream) both outputs take the promoted dtype."""
     n, c = x.shape
-    y = torch.empty_like(x)
-    summed = torch.empty_like(x) if residual is not None else x.new_empty(0)
+    dtype = _out_dtype(x, residual)
+    y = torch.empty_like(x, dtype=dtype)
+    summed = torch.empty_like(x, dtype=dtype) if residual is not None else x.new_empty(0)
     mean = torch.empty(n, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     block_c, block_rows, warps = _launch_shape(c)
@@ -116,10 +118,16 @@ def _layer_norm_fwd(
     return y, summed, mean, rstd
 
 
+def _out_dtype(x: Tensor, residual: Optional[Tensor]) -> torch.dtype:
+    return torch.promote_types(x.dtype, residual.dtype) if residual is not None else x.dtype
+
+
 @_layer_norm_fwd.register_fake
 def _(x, weight, bias, residual, eps):
+    dtype = _out_dtype(x, residual)
     mean = x.new_empty(x.shape[0], dtype=torch.float32)
-    return torch.empty_like(x), torch.empty_like(x) if residual is not None else x.new_empty(0), mean, mean.clone()
+    summed = torch.empty_like(x, dtype=dtype) if residual is not None else x.new_empty(0)
+    return torch.empty_like(x, dtype=dtype), summed, mean, mean.clone()
 
 
 @torch.library.custom_op("tinystories::layer_norm_bwd", mutates_args=())
@@ -155,6 +163,7 @@ class LayerNormFunction(torch.autograd.Function):
         has_res = residual is not None
         ctx.save_for_backward(summed if has_res else x, weight, mean, rstd)
         ctx.has_res, ctx.has_bias = has_res, bias is not None
+        ctx.x_dtype, ctx.res_dtype = x.dtype, residual.dtype if has_res else None
         ctx.set_materialize_grads(False)  # an unused sum output then costs no zero-filled gradient
         if has_res:
             return y, summed
@@ -166,7 +175,8 @@ class LayerNormFunction(torch.autograd.Function):
         dy = dy.contiguous() if dy is not None else torch.zeros_like(x)
         dsum = dsum.contiguous() if dsum is not None else None
         dx, dw, db = torch.ops.tinystories.layer_norm_bwd(dy, dsum, x, weight, mean, rstd, ctx.has_bias)
-        return dx, dw, db if ctx.has_bias else None, dx if ctx.has_res else None, None
+        d_residual = dx.to(ctx.res_dtype) if ctx.has_res else None
+        return dx.to(ctx.x_dtype), dw, db if ctx.has_bias else None, d_residual, None
 
 
 def layer_norm(
@@ -176,10 +186,11 @@ def layer_norm(
     c = x.shape[-1]
     if weight.shape != (c,) or (bias is not None and bias.shape != (c,)):
         raise ValueError(f"layer_norm: weight/bias must have shape ({c},), got {tuple(weight.shape)}")
-    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype):
-        raise ValueError(f"layer_norm: residual {tuple(residual.shape)} {residual.dtype} must match x {tuple(x.shape)} {x.dtype}")
-    if not x.is_floating_point():
-        raise TypeError(f"layer_norm: expected a floating point x, got {x.dtype}")
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"layer_norm: residual shape {tuple(residual.shape)} must match x {tuple(x.shape)}")
+    for t in (x, weight, bias, residual):
+        if t is not None and t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise TypeError(f"layer_norm: expected float16, bfloat16 or float32 tensors, got {t.dtype}")
     tensors = [t for t in (x, weight, bias, residual) if t is not None]
     if not use_kernels("layer_norm", *tensors):
         return reference.layer_norm(x, weight, bias, eps, residual)

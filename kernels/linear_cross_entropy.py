@@ -21,24 +21,39 @@ _REDUCTIONS = ("mean", "sum")
 
 
 @triton.jit
+def _online_logsumexp(m, s, x):
+    """Per-lane running max and scaled sum of exp; the finite start value keeps masked lanes (-inf) NaN-free."""
+    m_new = tl.maximum(m, x)
+    return m_new, s * tl.exp(m - m_new) + tl.exp(x - m_new)
+
+
+@triton.jit
+def _softmax_minus_one_hot(x, idx, lse, target, scale):
+    return (tl.exp(x - lse) - tl.where(idx == target, 1.0, 0.0)) * scale
+
+
+@triton.jit
 def _cross_entropy_rows_kernel(
     LOGITS, stride_row, TARGETS, LOSS, GRAD_SCALE, V, ignore_index,
     WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
 ):  # fmt: skip
-    """Loss of one row of logits; with WRITE_GRAD, overwrite the row by (softmax - one_hot(target)) * scale."""
+    """Loss of one row of logits; with WRITE_GRAD, overwrite the row by (softmax - one_hot(target)) * scale.
+
+    Whole BLOCK_V blocks load without a mask (vectorized: rows start 16-byte aligned, see ``_logits_buffer``);
+    only the vocab's ragged tail is masked."""
     row = tl.program_id(0)
     LOGITS += row.to(tl.int64) * stride_row
     target = tl.load(TARGETS + row)
     ignored = target == ignore_index
     cols = tl.arange(0, BLOCK_V)
-    # per-lane online softmax; the finite start keeps masked lanes (-inf) from producing NaN
+    v_full = V // BLOCK_V * BLOCK_V
     m = tl.full([BLOCK_V], -1.0e30, dtype=tl.float32)
     s = tl.zeros([BLOCK_V], dtype=tl.float32)
-    for start in range(0, V, BLOCK_V):
-        x = tl.load(LOGITS + start + cols, mask=start + cols < V, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m, x)
-        s = s * tl.exp(m - m_new) + tl.exp(x - m_new)
-        m = m_new
+    for start in range(0, v_full, BLOCK_V):
+        m, s = _online_logsumexp(m, s, tl.load(LOGITS + start + cols).to(tl.float32))
+    if v_full < V:
+        tail = tl.load(LOGITS + v_full + cols, mask=v_full + cols < V, other=float("-inf")).to(tl.float32)
+        m, s = _online_logsumexp(m, s, tail)
     row_max = tl.max(m, 0)
     lse = row_max + tl.log(tl.sum(s * tl.exp(m - row_max), 0))
     safe_target = tl.where(ignored, 0, target)
@@ -46,11 +61,21 @@ def _cross_entropy_rows_kernel(
     tl.store(LOSS + row, tl.where(ignored, 0.0, lse - target_logit))
     if WRITE_GRAD:
         scale = tl.where(ignored, 0.0, tl.load(GRAD_SCALE))
-        for start in range(0, V, BLOCK_V):
-            idx = start + cols
+        for start in range(0, v_full, BLOCK_V):
+            x = tl.load(LOGITS + start + cols).to(tl.float32)
+            grad = _softmax_minus_one_hot(x, start + cols, lse, safe_target, scale)
+            tl.store(LOGITS + start + cols, grad.to(LOGITS.dtype.element_ty))
+        if v_full < V:
+            idx = v_full + cols
             x = tl.load(LOGITS + idx, mask=idx < V, other=0.0).to(tl.float32)
-            grad = (tl.exp(x - lse) - tl.where(idx == safe_target, 1.0, 0.0)) * scale
+            grad = _softmax_minus_one_hot(x, idx, lse, safe_target, scale)
             tl.store(LOGITS + idx, grad.to(LOGITS.dtype.element_ty), mask=idx < V)
+
+
+def _logits_buffer(rows: int, v: int, like: Tensor) -> Tensor:
+    """(rows, V) view of a buffer whose rows are padded to 64 elements: every row starts 16-byte aligned, so the
+    kernel's loads vectorize even for V = 50257; cuBLAS writes and reads it through its leading dimension."""
+    return torch.empty((rows, triton.cdiv(v, 64) * 64), device=like.device, dtype=like.dtype)[:, :v]
 
 
 def _chunk_rows(n: int, v: int, element_size: int) -> int:
@@ -113,7 +138,11 @@ def _linear_cross_entropy_fwd(
     for start in range(0, n, rows):
         end = min(start + rows, n)
         h = hidden[start:end]
-        logits = torch.addmm(bias, h, weight.t()) if bias is not None else torch.mm(h, weight.t())
+        logits = _logits_buffer(end - start, v, hidden)
+        if bias is not None:
+            torch.addmm(bias, h, weight.t(), out=logits)
+        else:
+            torch.mm(h, weight.t(), out=logits)
         _cross_entropy_rows_kernel[(end - start,)](
             logits, logits.stride(0), targets[start:end], row_loss[start:end], grad_scale, v, ignore_index,
             WRITE_GRAD=write_grad, BLOCK_V=block_v, num_warps=1 if interpreter_active() else 8,

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from kernel_checks import BF16, DEVICE, FP16, FP32, assert_close_to_gold, gold_and_lowp, requires_kernels
+from kernel_checks import BF16, DEVICE, FP16, FP32, assert_close_to_gold, gold_and_lowp, requires_gpu, requires_kernels
 
 from tinystories.kernels import FusedAttention, attention, reference
 
@@ -43,6 +43,20 @@ def test_forward_and_gradients_match_reference(head_dim, window, scale, dtype):
     assert out.dtype == dtype
     assert_close_to_gold("out", out, ref, gold)
     for name, g, rg, gg in zip(("dq", "dk", "dv"), grads, ref_grads, gold_grads):
+        assert_close_to_gold(name, g, rg, gg)
+
+
+@pytest.mark.parametrize("window", [31, None])
+def test_tiles_inside_the_window_skip_the_mask(window):
+    """T=70 in 16-wide tiles: some tiles lie wholly inside the window and below the diagonal (no mask applied),
+    others straddle the window edge or the diagonal."""
+    inputs = _qkv(1, 1, 70, 8, torch.float32, seed=9)
+    (gold, gold_grads), (ref, ref_grads), grad_out = gold_and_lowp(
+        lambda q, k, v: reference.attention(q, k, v, window=window), inputs
+    )
+    out = attention(*inputs, window=window)
+    assert_close_to_gold("out", out, ref, gold)
+    for name, g, rg, gg in zip(("dq", "dk", "dv"), torch.autograd.grad(out, inputs, grad_out.float()), ref_grads, gold_grads):
         assert_close_to_gold(name, g, rg, gg)
 
 
@@ -105,6 +119,13 @@ def test_module_and_bad_arguments():
         attention(q, k.half(), v)
 
 
+def test_empty_sequence_takes_the_reference_path():
+    q = torch.zeros(2, 3, 0, 8, device=DEVICE, requires_grad=True)
+    out = attention(q, q, q)
+    assert out.shape == (2, 3, 0, 8)
+    out.sum().backward()
+
+
 def test_torch_compile_traces_the_custom_ops():
     q, k, v = _qkv(1, 2, 17, 8, torch.float32, seed=2)
     compiled = torch.compile(lambda q, k, v: attention(q, k, v, window=4).sum(), backend="aot_eager", fullgraph=True)
@@ -129,3 +150,20 @@ def test_falls_back_to_reference_with_a_logged_reason(monkeypatch, caplog):
     assert not called
     torch.testing.assert_close(out, reference.attention(q, k, v))
     assert "no GPU in this test" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "head_dim,window,dtype",
+    [(48, 64, torch.bfloat16), (4, None, torch.bfloat16), (128, 100, torch.float16), (48, None, torch.float16)],
+)
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_sized_shapes(head_dim, window, dtype):
+    inputs = _qkv(2, 3, 300, head_dim, dtype, seed=head_dim)
+    (gold, gold_grads), (ref, ref_grads), grad_out = gold_and_lowp(
+        lambda q, k, v: reference.attention(q, k, v, window=window), inputs
+    )
+    out = attention(*inputs, window=window)
+    assert_close_to_gold("out", out, ref, gold)
+    for name, g, rg, gg in zip(("dq", "dk", "dv"), torch.autograd.grad(out, inputs, grad_out.to(dtype)), ref_grads, gold_grads):
+        assert_close_to_gold(name, g, rg, gg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import BF16, DEVICE, FP16, FP32, assert_close_to_gold, gold_and_lowp, requires_kernels
+from kernel_checks import BF16, DEVICE, FP16, FP32, assert_close_to_gold, gold_and_lowp, requires_gpu, requires_kernels
 
 from tinystories.kernels import FusedLayerNorm, layer_norm, reference
 
@@ -66,6 +66,23 @@ def test_fp32_weights_with_half_activations():
     torch.testing.assert_close(out.float(), expected, rtol=2e-3, atol=2e-3)
 
 
+def test_half_branch_output_onto_fp32_residual_stream():
+    """Under autocast the branch output is half and the residual stream fp32: outputs promote like x + residual."""
+    x, _, _, _ = _inputs((11, 40), torch.float16, seed=6, residual=False)
+    _, weight, bias, res = _inputs((11, 40), torch.float32, seed=7, residual=True)
+    y, s = layer_norm(x, weight, bias, 1e-5, res)
+    ry, rs = reference.layer_norm(x, weight, bias, 1e-5, res)
+    assert y.dtype == s.dtype == ry.dtype == torch.float32
+    torch.testing.assert_close(y, ry, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(s, rs, rtol=0, atol=0)
+    grad_out = torch.randn_like(y)
+    grads = torch.autograd.grad(y + s, (x, res), grad_out)
+    ref_grads = torch.autograd.grad(ry + rs, (x, res), grad_out)
+    assert [g.dtype for g in grads] == [torch.float16, torch.float32]
+    for g, rg in zip(grads, ref_grads):
+        torch.testing.assert_close(g.float(), rg.float(), rtol=2e-3, atol=2e-3)
+
+
 def test_repeated_runs_are_bitwise_identical():
     x, weight, bias, res = _inputs((37, 48), torch.float16, seed=5, residual=True)
     grad_out = torch.randn_like(x)
@@ -87,3 +104,21 @@ def test_module_matches_nn_layernorm_state_dict_and_rejects_bad_shapes():
         layer_norm(x, torch.ones(8, device=DEVICE), None)
     with pytest.raises(ValueError, match="residual"):
         layer_norm(x, layer.weight, layer.bias, residual=x[:2])
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("n,c", [(3001, 768), (2049, 64), (517, 1024)])
+def test_gpu_sized_shapes(n, c):
+    x, weight, bias, res = _inputs((n, c), torch.bfloat16, seed=c, residual=True)
+    inputs = [x, weight, bias, res]
+
+    def run(fn, x, weight, bias, res):
+        y, s = fn(x, weight, bias, 1e-5, res)
+        return torch.cat([y, 0.5 * s], dim=-1)
+
+    (gold, gold_grads), (ref, ref_grads), grad_out = gold_and_lowp(lambda *a: run(reference.layer_norm, *a), inputs)
+    out = run(layer_norm, *inputs)
+    assert_close_to_gold("out", out, ref, gold)
+    for name, g, rg, gg in zip(("dx", "dweight", "dbias", "dresidual"), torch.autograd.grad(out, inputs, grad_out.to(out.dtype)), ref_grads, gold_grads):
+        assert_close_to_gold(name, g, rg, gg)

@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 import torch
-from kernel_checks import BF16, DEVICE, FP16, FP32, assert_close_to_gold, gold_and_lowp, requires_kernels
+from kernel_checks import BF16, DEVICE, FP16, FP32, assert_close_to_gold, gold_and_lowp, requires_gpu, requires_kernels
 
 from tinystories.kernels import LinearCrossEntropy, linear_cross_entropy, reference
 
@@ -21,12 +21,12 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(module, "_chunk_rows", lambda n, v, element_size: 8)
 
 
-def _inputs(n, c, dtype, seed, *, bias=False, ignored=0):
+def _inputs(n, c, dtype, seed, *, bias=False, ignored=0, vocab=V):
     gen = torch.Generator(device=DEVICE).manual_seed(seed)
     hidden = torch.randn(n, c, generator=gen, device=DEVICE).to(dtype).requires_grad_()
-    weight = (torch.randn(V, c, generator=gen, device=DEVICE) * c**-0.5 * 3).to(dtype).requires_grad_()
-    b = (torch.randn(V, generator=gen, device=DEVICE)).to(dtype).requires_grad_() if bias else None
-    targets = torch.randint(0, V, (n,), generator=gen, device=DEVICE)
+    weight = (torch.randn(vocab, c, generator=gen, device=DEVICE) * c**-0.5 * 3).to(dtype).requires_grad_()
+    b = (torch.randn(vocab, generator=gen, device=DEVICE)).to(dtype).requires_grad_() if bias else None
+    targets = torch.randint(0, vocab, (n,), generator=gen, device=DEVICE)
     targets[torch.randperm(n, generator=gen, device=DEVICE)[:ignored]] = -100
     return hidden, weight, b, targets
 
@@ -112,3 +112,20 @@ def test_bad_arguments_are_named():
     if DEVICE == "cpu":
         with pytest.raises(ValueError, match="outside"):
             linear_cross_entropy(hidden, weight, bad)
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-chunk", "chunks"])
+def test_gpu_sized_shapes_gpt2_vocab(chunked, monkeypatch):
+    if chunked:
+        module = importlib.import_module("tinystories.kernels.linear_cross_entropy")
+        monkeypatch.setattr(module, "_chunk_rows", lambda n, v, element_size: 192)
+    hidden, weight, _, targets = _inputs(700, 128, torch.bfloat16, seed=8, ignored=30, vocab=50257)
+    (gold, gold_grads), (ref, ref_grads), grad_out = gold_and_lowp(
+        lambda h, w: reference.linear_cross_entropy(h, w, targets), [hidden, weight]
+    )
+    loss = linear_cross_entropy(hidden, weight, targets)
+    assert_close_to_gold("loss", loss, ref, gold)
+    for name, g, rg, gg in zip(("dhidden", "dweight"), torch.autograd.grad(loss, (hidden, weight), grad_out.float()), ref_grads, gold_grads):
+        assert_close_to_gold(name, g, rg, gg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import BF16, DEVICE, FP16, FP32, assert_close_to_gold, gold_and_lowp, requires_kernels
+from kernel_checks import BF16, DEVICE, FP16, FP32, assert_close_to_gold, gold_and_lowp, requires_gpu, requires_kernels
 
 from tinystories.kernels import FusedMLP, fused_mlp, reference
 
@@ -92,3 +92,15 @@ def test_autocast_runs_in_the_autocast_dtype():
     torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
     (g,) = torch.autograd.grad(out.float().sum(), fc_w)
     assert g.dtype == torch.float32
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_sized_shapes(dtype):
+    inputs = _inputs((1000, 256), 1024, dtype, seed=6)  # several 128/256-wide tiles, ragged 1000 rows
+    (gold, gold_grads), (ref, ref_grads), grad_out = gold_and_lowp(reference.fused_mlp, inputs)
+    out = fused_mlp(*inputs)
+    assert_close_to_gold("out", out, ref, gold)
+    for name, g, rg, gg in zip(("dx", "dfc_weight", "dfc_bias", "dproj_weight", "dproj_bias"), torch.autograd.grad(out, inputs, grad_out.to(dtype)), ref_grads, gold_grads):
+        assert_close_to_gold(name, g, rg, gg)
