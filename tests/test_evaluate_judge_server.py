@@ -190,6 +190,23 @@ def test_grade_cli_end_to_end_with_a_tiny_random_model(tmp_path, monkeypatch, ti
     assert len({r["completion"] for r in records if r["beginning_index"] == 0}) > 1
 
 
+def test_grade_cli_all_checkpoints_of_a_run_give_the_step_curves(tmp_path, monkeypatch, tiny_run):
+    from tinystories.cli import main
+
+    beginnings = tmp_path / "b.txt"
+    beginnings.write_text(BEGINNINGS[0] + "\n")
+    monkeypatch.setenv("JUDGE_KEY", "test")
+    out = tmp_path / "eval"
+    with OpenAIServer(answer=judge_answer("ok")) as server:
+        assert main(["eval", "grade", str(tiny_run[0]), "--all-checkpoints", "--judge-model", "judge-test",
+                     "--base-url", server.url, "--api-key-env", "JUDGE_KEY", "--beginnings", str(beginnings),
+                     "--samples", "2", "--max-new-tokens", "8", "--out", str(out)]) == 0
+    records = grading.read_records(out / "grades.jsonl")
+    assert sorted({(r["checkpoint"], r["step"]) for r in records}) == [("tiny/step_00000010", 10),
+                                                                       ("tiny/step_00000020", 20)]
+    assert (out / "grades_vs_step.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_budget_stop_records_the_rest_for_the_next_run(tmp_path):
     from tinystories.llm_client import PriceTable
 

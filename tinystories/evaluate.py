@@ -227,7 +227,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="eval_command", metavar="{grade,probes,novelty,loss,report}", required=True)
 
     def models(p: argparse.ArgumentParser) -> None:
-        p.add_argument("checkpoints", nargs="*", type=Path, help="our checkpoints (tinystories-train output)")
+        p.add_argument("checkpoints", nargs="*", type=Path,
+                       help="our checkpoint files, or run folders (their newest checkpoint)")
+        p.add_argument("--all-checkpoints", action="store_true",
+                       help="a run folder stands for every checkpoint it holds (grades vs training step)")
         p.add_argument("--hf-model", action="append", default=[], type=Path, metavar="DIR",
                        help="a Hugging Face causal LM directory (repeatable)")
         p.add_argument("--device", default="cpu")
@@ -295,9 +298,14 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_students(args: argparse.Namespace) -> list[Any]:
+    from tinystories.checkpoint import list_checkpoints
     from tinystories.students import load_student
 
-    students = [load_student(c, device=args.device) for c in args.checkpoints]
+    paths = []
+    for path in args.checkpoints:
+        found = list_checkpoints(path) if args.all_checkpoints and path.is_dir() else []
+        paths += found or [path]
+    students = [load_student(c, device=args.device) for c in paths]
     students += [load_student(d, hf=True, device=args.device) for d in args.hf_model]
     if not students:
         raise SystemExit("tinystories eval: give at least one checkpoint or --hf-model DIR")
