@@ -159,3 +159,13 @@ def _parse(argv):
     parser = argparse.ArgumentParser()
     evaluate.add_cli_arguments(parser)
     return parser.parse_args(argv)
+
+
+def test_grades_of_different_judges_are_never_pooled():
+    from tinystories import eval_report
+
+    records = [{"checkpoint": "m", "judge_model": j, "status": "ok", "grades": Grades(g, g, g, g, "C").as_dict()}
+               for j, g in (("a", 2), ("b", 8))]
+    groups = eval_report.group_by_model(records)
+    assert sorted(groups) == ["m [a]", "m [b]"]
+    assert list(eval_report.group_by_model(records[:1])) == ["m"]

@@ -51,9 +51,12 @@ def _pyplot() -> Any:
 
 
 def group_by_model(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Records per model; when a file holds grades of several judges, each (model, judge) is its own group."""
+    several_judges = len({r.get("judge_model") for r in records}) > 1
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        groups.setdefault(r["checkpoint"], []).append(r)
+        name = f"{r['checkpoint']} [{r.get('judge_model')}]" if several_judges else r["checkpoint"]
+        groups.setdefault(name, []).append(r)
     return groups
 
 
