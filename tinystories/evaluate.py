@@ -313,15 +313,23 @@ def _load_students(args: argparse.Namespace) -> list[Any]:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError) as exc:  # bad input: one clear line, not a traceback
+        print(f"tinystories eval {args.eval_command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     command = args.eval_command
     if command == "report":
         records = read_records(args.results)
         if any("checks" in r for r in records):
             return _instruct_report(records)
         return _report(records, args.out or args.results.parent)
-    students = _load_students(args)
     if command == "grade":
-        return _cli_grade(args, students)
+        return _cli_grade(args)
+    students = _load_students(args)
     if command == "probes":
         return _cli_probes(args, students)
     if command == "novelty":
@@ -329,7 +337,8 @@ def run_cli(args: argparse.Namespace) -> int:
     return _cli_loss(args, students)
 
 
-def _cli_grade(args: argparse.Namespace, students: list[Any]) -> int:
+def _cli_grade(args: argparse.Namespace) -> int:
+    # everything that can be wrong in the arguments is checked before the models are loaded and sampled
     settings = GradeSettings(judge_model=args.judge_model, samples=args.samples, temperature=args.temperature,
                              top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
     judge = make_judge(args)
@@ -337,11 +346,12 @@ def _cli_grade(args: argparse.Namespace, students: list[Any]) -> int:
         from tinystories.instruct_eval import load_instructions
 
         instructions = load_instructions(args.instructions)[: args.limit_beginnings]
-        records = grade_instruction_following(students, judge, instructions, settings, args.out / "instruct.jsonl")
+        records = grade_instruction_following(_load_students(args), judge, instructions, settings,
+                                              args.out / "instruct.jsonl")
         _print_judge_stats(judge)
         return _instruct_report(records)
     beginnings = load_beginnings(args.beginnings)[: args.limit_beginnings]
-    records = grade(students, judge, beginnings, settings, args.out / "grades.jsonl")
+    records = grade(_load_students(args), judge, beginnings, settings, args.out / "grades.jsonl")
     _print_judge_stats(judge)
     return _report(records, args.out)
 
@@ -397,6 +407,10 @@ def make_judge(args: argparse.Namespace) -> Any:
         print(f"note: no price known for {args.judge_model}; its cost is counted as 0 (see --prices)")
     config = ClientConfig(base_url=args.base_url, api_key_env=args.api_key_env, concurrency=args.concurrency,
                           max_cost_usd=args.max_cost_usd, prices=prices)
+    try:
+        config.resolve_api_key()  # before any completion is generated, not after
+    except ValueError as exc:
+        raise SystemExit(f"tinystories eval: {exc}") from None
     return LLMJudge(args.judge_model, config)
 
 
