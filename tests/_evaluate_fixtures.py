@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
+
+from tinystories import grading
+from tinystories.students import StudentInfo
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +31,63 @@ def tiny_run(tmp_path_factory):
                                       "tokenizer_json": tokenizer_to_json(tokenizer), "train_config": {}},
                                      checkpoint_path(run, step)))
     return run, paths
+
+
+# ------------------------------------------------------------------------------------------------ judge
+def expected_grades(completion: str) -> grading.Grades:
+    """What the test judge gives a completion: a function of its text, so a test can recompute it."""
+    h = hashlib.sha256(completion.encode()).digest()
+    return grading.Grades(1 + h[0] % 10, 1 + h[1] % 10, 1 + h[2] % 10, 1 + h[3] % 10, "ABCDEF"[h[4] % 6])
+
+
+def grades_text(g: grading.Grades) -> str:
+    return (f"Grammar: {g.grammar:g}/10\nCreativity: {g.creativity:g}/10\nConsistency: {g.consistency:g}/10\n"
+            f"Plot: {g.plot:g}/10\nAge group: {g.age_group}")
+
+
+def judge_answer(mode: str = "ok"):
+    """An answer function that behaves like a judge: assessment, then grades (or a scripted misbehaviour)."""
+
+    def answer(body: dict) -> str:
+        messages = body["messages"]
+        shown = messages[0]["content"].split("completion:\n\n", 1)[1].split("\n\nPlease provide", 1)[0]
+        completion = shown.split("***", 1)[1]
+        if len(messages) == 1:
+            return "The completion is grammatical and follows the beginning; the split sentence is finished."
+        follow_up = messages[-1]["content"].startswith("I could not read")
+        good = grades_text(expected_grades(completion))
+        if mode == "ok" or (mode == "fix_on_follow_up" and follow_up):
+            return "Here are my grades.\n" + good
+        if mode in ("malformed", "fix_on_follow_up"):
+            return "It is a nice little story with a clear plot and good grammar overall."
+        if mode == "out_of_range":
+            return good.replace("Grammar: ", "Grammar: 1")  # 7/10 -> 17/10
+        if mode == "refusal":
+            return "I'm sorry, but I can't help with grading this text."
+        raise AssertionError(mode)
+
+    return answer
+
+
+class ScriptedStudent:
+    """A student whose completions depend only on the seed and the row, like a seeded sampler."""
+
+    def __init__(self, name: str = "s", identity: str = "id-s"):
+        self.info = StudentInfo(name=name, identity=identity, hidden_size=64, num_layers=2, step=100, run="r")
+        self.generated = 0
+
+    def complete(self, prompts, *, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=0):
+        self.generated += len(prompts)
+        return [f" went on and on ({seed % 997}-{row})." for row in range(len(prompts))]
+
+
+def chat_requests(server) -> int:
+    return sum(1 for e in server.log if e.path == "/v1/chat/completions")
+
+
+def make_judge(server, *, attempts: int = 6, **config) -> grading.LLMJudge:
+    from tinystories.llm_client import ClientConfig
+
+    config = {"concurrency": 8, "backoff_initial_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 2.0, **config}
+    return grading.LLMJudge("judge-test", ClientConfig(base_url=server.url, api_key="test", max_attempts=attempts,
+                                                       **config))

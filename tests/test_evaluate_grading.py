@@ -159,3 +159,27 @@ def _parse(argv):
     parser = argparse.ArgumentParser()
     evaluate.add_cli_arguments(parser)
     return parser.parse_args(argv)
+
+
+def test_grades_of_different_judges_are_never_pooled():
+    from tinystories import eval_report
+
+    records = [{"checkpoint": "m", "judge_model": j, "status": "ok", "grades": Grades(g, g, g, g, "C").as_dict()}
+               for j, g in (("a", 2), ("b", 8))]
+    groups = eval_report.group_by_model(records)
+    assert sorted(groups) == ["m [a]", "m [b]"]
+    assert list(eval_report.group_by_model(records[:1])) == ["m"]
+
+
+def test_cli_input_errors_are_one_clear_line(tmp_path, monkeypatch, capsys):
+    from tinystories.cli import main
+
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    with pytest.raises(SystemExit, match="set the environment variable NO_SUCH_KEY_VAR"):
+        main(["eval", "grade", str(tmp_path / "missing.pt"), "--judge-model", "gpt-4o", "--api-key-env",
+              "NO_SUCH_KEY_VAR"])
+    assert main(["eval", "loss", str(tmp_path / "missing.pt"), "--text", str(tmp_path / "v.txt")]) == 2
+    assert "missing.pt does not exist" in capsys.readouterr().err
+    assert main(["eval", "grade", "x.pt", "--judge-model", "m", "--base-url", "http://127.0.0.1:9/v1",
+                 "--samples", "0"]) == 2
+    assert "samples (0)" in capsys.readouterr().err

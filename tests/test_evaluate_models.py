@@ -160,3 +160,33 @@ def test_novelty_cli_end_to_end_on_a_checkpoint(tiny_run, tmp_path):
     for item in items:
         assert 0 <= item["rouge_l_ending"] <= 1 and 0 <= item["ngram_overlap_corpus"] <= 1
         assert item["nearest_story"] != item["story_index"]
+
+
+def test_split_loss_on_token_shards_matches_the_packed_stream(tiny_run, tmp_path):
+    from tinystories.data import prepare, story_in_val
+    from tinystories.story_templates import generate_stories
+    from tinystories.students import GPTNeoStudent
+
+    student = GPTNeoStudent.from_checkpoint(tiny_run[1][0])
+    tok = student.tokenizer
+    stories = generate_stories(150, seed=3)
+    corpus = tmp_path / "stories.txt"
+    corpus.write_text("".join(f"{s}\n<|endoftext|>\n" for s in stories))
+    prepare([corpus], tmp_path / "data", tok, val_fraction=0.2, progress=False)
+    result = heldout.split_loss(student, tmp_path / "data", batch_size=4)
+
+    # the val stream, tokenized here: the val stories in file order, each followed by EOT
+    stream = [t for s in stories if story_in_val(s, 0.2) for t in tok.encode_ordinary(s) + [tok.eot_token]]
+    T = student.context_length
+    assert result.tokens == len(stream) - 1  # every token but the first is a target once, the tail included
+    nll, targets = 0.0, []
+    for start in range(0, len(stream) - 1, T):
+        x, y = torch.tensor([stream[start:start + T]]), torch.tensor(stream[start + 1:start + T + 1])
+        with torch.no_grad():
+            logits = student.model(x[:, : len(y)]).logits[0]
+        nll += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+        targets += y.tolist()
+    n_bytes = len(tok.decode_bytes([t for t in targets if t != tok.eot_token]))
+    assert result.bytes == n_bytes
+    assert result.nll_nats == pytest.approx(nll, rel=1e-4)
+    assert result.bits_per_byte == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-4)

@@ -51,9 +51,12 @@ def _pyplot() -> Any:
 
 
 def group_by_model(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Records per model; when a file holds grades of several judges, each (model, judge) is its own group."""
+    several_judges = len({r.get("judge_model") for r in records}) > 1
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        groups.setdefault(r["checkpoint"], []).append(r)
+        name = f"{r['checkpoint']} [{r.get('judge_model')}]" if several_judges else r["checkpoint"]
+        groups.setdefault(name, []).append(r)
     return groups
 
 
@@ -68,8 +71,9 @@ def summary_table(groups: dict[str, list[dict[str, Any]]], *, title: str = "judg
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("model", "graded", *SCORES, "age group", "failures"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    table.add_column("model", overflow="fold")  # names tell sweep runs apart: never cut them
+    for column in ("graded", *SCORES, "age group", "failures"):
+        table.add_column(column, justify="right")
     for name, records in groups.items():
         s = summarize(records)
         age: ScoreSummary = s["age"]
@@ -122,7 +126,8 @@ def layout_png(groups: dict[str, list[dict[str, Any]]], path: str | Path) -> Pat
 
     plt = _pyplot()
     hidden, layers, cells = layout_grid(groups)
-    fig, axes = plt.subplots(1, len(SCORES), figsize=(3.2 * len(SCORES), 0.6 * len(hidden) + 2.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(SCORES), figsize=(3.2 * len(SCORES), 0.6 * len(hidden) + 2.2), squeeze=False,
+                             sharey=True, constrained_layout=True)
     for ax, score in zip(axes[0], SCORES):
         grid = np.full((len(hidden), len(layers)), np.nan)
         for (h, n), s in cells.items():
@@ -132,12 +137,13 @@ def layout_png(groups: dict[str, list[dict[str, Any]]], path: str | Path) -> Pat
         ax.set_xticks(range(len(layers)), [str(n) for n in layers])
         ax.set_yticks(range(len(hidden)), [str(h) for h in hidden])
         ax.set_xlabel("layers")
-        ax.set_ylabel("hidden size")
         ax.set_title(score)
         for i in range(len(hidden)):
             for j in range(len(layers)):
-                if not math.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="white", fontsize=9)
+                if not math.isnan(grid[i, j]):  # dark text on the light (high) end of viridis
+                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=9,
+                            color="black" if grid[i, j] > 6.5 else "white")
+    axes[0][0].set_ylabel("hidden size")
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="mean grade (out of 10)")
     try:
         return _save_figure(fig, path)
@@ -162,7 +168,9 @@ def curves_png(groups: dict[str, list[dict[str, Any]]], path: str | Path) -> Pat
     if not runs:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False, constrained_layout=True)
     for ax, (run, points) in zip(axes[0], runs.items()):
         steps = [step for step, _ in points]
         for score in SCORES:
@@ -172,6 +180,8 @@ def curves_png(groups: dict[str, list[dict[str, Any]]], path: str | Path) -> Pat
             ax.fill_between(steps, [m - h for m, h in zip(means, half)], [m + h for m, h in zip(means, half)],
                             alpha=0.15)
         ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"))
         ax.set_ylabel("mean grade (out of 10)")
         ax.set_ylim(0, 10.5)
         ax.set_title(run)

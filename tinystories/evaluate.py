@@ -83,22 +83,25 @@ def _student_fields(student: Any) -> dict[str, Any]:
             "hidden_size": info.hidden_size, "num_layers": info.num_layers, "num_parameters": info.num_parameters}
 
 
-# judge(chat, item) -> the outcome fields of a record (status ok/failed, ...); raises when the API failed.
-Judge = Callable[[Chat, dict[str, Any]], Awaitable[dict[str, Any]]]
+# assess(chat, item) -> the outcome fields of a record (status ok/failed, ...); raises when the API failed.
+Assess = Callable[[Chat, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-def grade(students: Sequence[Any], chat: Chat, beginnings: Sequence[str], settings: GradeSettings,
+def grade(students: Sequence[Any], judge: Any, beginnings: Sequence[str], settings: GradeSettings,
           results_path: str | Path, *, progress: bool = True) -> list[dict[str, Any]]:
-    """Grade every student's completions of every beginning; returns this plan's final records (cached and new)."""
-    async def judge(chat: Chat, item: dict[str, Any]) -> dict[str, Any]:
+    """Grade every student's completions of every beginning; returns this plan's final records (cached and new).
+
+    ``judge``: an :class:`~tinystories.grading.LLMJudge` (or anything with the same ``session()``).
+    """
+    async def assess(chat: Chat, item: dict[str, Any]) -> dict[str, Any]:
         return await judge_completion(chat, item["beginning"], item["completion"], request_id=item["key"][:24])
 
     prompts = [{"prompt": b, "beginning_index": i, "beginning": b} for i, b in enumerate(beginnings)]
-    return run_judged(students, chat, prompts, settings, results_path, judge, prompt_version=PROMPT_VERSION,
+    return run_judged(students, judge, prompts, settings, results_path, assess, prompt_version=PROMPT_VERSION,
                       progress=progress)
 
 
-def grade_instruction_following(students: Sequence[Any], chat: Chat, instructions: Sequence[Any],
+def grade_instruction_following(students: Sequence[Any], judge: Any, instructions: Sequence[Any],
                                 settings: GradeSettings, results_path: str | Path, *,
                                 progress: bool = True) -> list[dict[str, Any]]:
     """Instruct checkpoints: stories written to each instruction set, rule-checked and judged."""
@@ -109,20 +112,20 @@ def grade_instruction_following(students: Sequence[Any], chat: Chat, instruction
         judge_instruction_following,
     )
 
-    async def judge(chat: Chat, item: dict[str, Any]) -> dict[str, Any]:
+    async def assess(chat: Chat, item: dict[str, Any]) -> dict[str, Any]:
         instruction = Instruction(**{**item["instruction"], "features": tuple(item["instruction"]["features"])})
         return await judge_instruction_following(chat, instruction, item["completion"], request_id=item["key"][:24])
 
     prompts = [{"prompt": instruction_prompt(ins), "instruction": ins.as_dict()} for ins in instructions]
-    return run_judged(students, chat, prompts, settings, results_path, judge, prompt_version=INSTRUCT_PROMPT_VERSION,
-                      progress=progress)
+    return run_judged(students, judge, prompts, settings, results_path, assess,
+                      prompt_version=INSTRUCT_PROMPT_VERSION, progress=progress)
 
 
-def run_judged(students: Sequence[Any], chat: Chat, prompts: Sequence[dict[str, Any]], settings: GradeSettings,
-               results_path: str | Path, judge: Judge, *, prompt_version: str,
+def run_judged(students: Sequence[Any], judge: Any, prompts: Sequence[dict[str, Any]], settings: GradeSettings,
+               results_path: str | Path, assess: Assess, *, prompt_version: str,
                progress: bool = True) -> list[dict[str, Any]]:
     """Sample ``settings.samples`` completions of each prompt (``{"prompt": text, **fields}``) per student
-    and have ``judge`` assess each; one JSONL record per completion in ``results_path``.
+    and ``assess`` each in a session of ``judge``; one JSONL record per completion in ``results_path``.
 
     Cached records (same key, status ok or failed) are reused without generating or requesting anything.
     Records whose judge call failed (status error) keep their completion and are judged again.
@@ -153,7 +156,7 @@ def run_judged(students: Sequence[Any], chat: Chat, prompts: Sequence[dict[str, 
                 todo.append(item)
         _generate(student, missing, settings, progress=progress)
     if todo:
-        asyncio.run(_judge_all(chat, judge, todo, results_path, progress=progress))
+        asyncio.run(_judge_all(judge, assess, todo, results_path, progress=progress))
     final = final_records_by_key(read_records(results_path))
     return [final[item["key"]] for item in plan if item["key"] in final]
 
@@ -174,14 +177,20 @@ def _generate(student: Any, missing: dict[str, list[dict[str, Any]]], settings: 
             bar.advance(task)
 
 
-async def _judge_all(chat: Chat, judge: Judge, items: list[dict[str, Any]], results_path: Path, *,
+async def _judge_all(judge: Any, assess: Assess, items: list[dict[str, Any]], results_path: Path, *,
                      progress: bool) -> None:
+    async with judge.session() as chat:
+        await _assess_all(chat, assess, items, results_path, progress=progress)
+
+
+async def _assess_all(chat: Chat, assess: Assess, items: list[dict[str, Any]], results_path: Path, *,
+                      progress: bool) -> None:
     with _progress(progress) as bar:
         task = bar.add_task("judging", total=len(items))
 
         async def one(item: dict[str, Any]) -> None:
             try:
-                outcome = await judge(chat, item)
+                outcome = await assess(chat, item)
             except Exception as exc:  # the API failed after all retries: keep the completion, judge next run
                 outcome = {"status": "error", "grades": None, "failure": "api_error",
                            "failure_detail": {"error": f"{type(exc).__name__}: {exc}"}}
@@ -218,7 +227,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="eval_command", metavar="{grade,probes,novelty,loss,report}", required=True)
 
     def models(p: argparse.ArgumentParser) -> None:
-        p.add_argument("checkpoints", nargs="*", type=Path, help="our checkpoints (tinystories-train output)")
+        p.add_argument("checkpoints", nargs="*", type=Path,
+                       help="our checkpoint files, or run folders (their newest checkpoint)")
+        p.add_argument("--all-checkpoints", action="store_true",
+                       help="a run folder stands for every checkpoint it holds (grades vs training step)")
         p.add_argument("--hf-model", action="append", default=[], type=Path, metavar="DIR",
                        help="a Hugging Face causal LM directory (repeatable)")
         p.add_argument("--device", default="cpu")
@@ -229,6 +241,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
         p.add_argument("--concurrency", type=int, default=32)
         p.add_argument("--max-cost-usd", type=float, help="stop cleanly once the judge has cost this much")
+        p.add_argument("--prices", type=Path, help="JSON/TOML price table overrides (USD per 1M tokens)")
 
     g = sub.add_parser("grade", help="complete story beginnings and grade them with a judge LLM")
     models(g)
@@ -285,9 +298,14 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_students(args: argparse.Namespace) -> list[Any]:
+    from tinystories.checkpoint import list_checkpoints
     from tinystories.students import load_student
 
-    students = [load_student(c, device=args.device) for c in args.checkpoints]
+    paths = []
+    for path in args.checkpoints:
+        found = list_checkpoints(path) if args.all_checkpoints and path.is_dir() else []
+        paths += found or [path]
+    students = [load_student(c, device=args.device) for c in paths]
     students += [load_student(d, hf=True, device=args.device) for d in args.hf_model]
     if not students:
         raise SystemExit("tinystories eval: give at least one checkpoint or --hf-model DIR")
@@ -295,15 +313,23 @@ def _load_students(args: argparse.Namespace) -> list[Any]:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError) as exc:  # bad input: one clear line, not a traceback
+        print(f"tinystories eval {args.eval_command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     command = args.eval_command
     if command == "report":
         records = read_records(args.results)
         if any("checks" in r for r in records):
             return _instruct_report(records)
         return _report(records, args.out or args.results.parent)
-    students = _load_students(args)
     if command == "grade":
-        return _cli_grade(args, students)
+        return _cli_grade(args)
+    students = _load_students(args)
     if command == "probes":
         return _cli_probes(args, students)
     if command == "novelty":
@@ -311,18 +337,22 @@ def run_cli(args: argparse.Namespace) -> int:
     return _cli_loss(args, students)
 
 
-def _cli_grade(args: argparse.Namespace, students: list[Any]) -> int:
+def _cli_grade(args: argparse.Namespace) -> int:
+    # everything that can be wrong in the arguments is checked before the models are loaded and sampled
     settings = GradeSettings(judge_model=args.judge_model, samples=args.samples, temperature=args.temperature,
                              top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    chat = make_judge_chat(args)
+    judge = make_judge(args)
     if args.instruct:
         from tinystories.instruct_eval import load_instructions
 
         instructions = load_instructions(args.instructions)[: args.limit_beginnings]
-        records = grade_instruction_following(students, chat, instructions, settings, args.out / "instruct.jsonl")
+        records = grade_instruction_following(_load_students(args), judge, instructions, settings,
+                                              args.out / "instruct.jsonl")
+        _print_judge_stats(judge)
         return _instruct_report(records)
     beginnings = load_beginnings(args.beginnings)[: args.limit_beginnings]
-    records = grade(students, chat, beginnings, settings, args.out / "grades.jsonl")
+    records = grade(_load_students(args), judge, beginnings, settings, args.out / "grades.jsonl")
+    _print_judge_stats(judge)
     return _report(records, args.out)
 
 
@@ -367,8 +397,28 @@ def _report(records: list[dict[str, Any]], out: Path) -> int:
     return 0
 
 
-def make_judge_chat(args: argparse.Namespace) -> Chat:
-    raise NotImplementedError("waiting for tinystories.llm_client")
+def make_judge(args: argparse.Namespace) -> Any:
+    """The judge LLM behind the shared client layer, configured from the command line."""
+    from tinystories.grading import LLMJudge
+    from tinystories.llm_client import ClientConfig, PriceTable
+
+    prices = PriceTable.load(args.prices) if args.prices else PriceTable()
+    if not prices.has_price(args.judge_model):
+        print(f"note: no price known for {args.judge_model}; its cost is counted as 0 (see --prices)")
+    config = ClientConfig(base_url=args.base_url, api_key_env=args.api_key_env, concurrency=args.concurrency,
+                          max_cost_usd=args.max_cost_usd, prices=prices)
+    try:
+        config.resolve_api_key()  # before any completion is generated, not after
+    except ValueError as exc:
+        raise SystemExit(f"tinystories eval: {exc}") from None
+    return LLMJudge(args.judge_model, config)
+
+
+def _print_judge_stats(judge: Any) -> None:
+    stats = getattr(judge, "stats", None)
+    if stats is not None:
+        print(f"judge: {stats.succeeded} requests answered, {stats.failed} failed, ${stats.cost_usd:.4f}"
+              + (f"; stopped early: {stats.stopped}" if stats.stopped else ""))
 
 
 def _cli_probes(args: argparse.Namespace, students: list[Any]) -> int:
@@ -379,8 +429,15 @@ def _cli_probes(args: argparse.Namespace, students: list[Any]) -> int:
     if args.judge:
         if not args.judge_model:
             raise SystemExit("tinystories eval probes: --judge needs --judge-model")
-        settled = asyncio.run(probes.judge_partials(make_judge_chat(args), results, suite_probes))
+        judge = make_judge(args)
+
+        async def judge_pass() -> int:
+            async with judge.session() as chat:
+                return await probes.judge_partials(chat, results, suite_probes)
+
+        settled = asyncio.run(judge_pass())
         print(f"the judge settled {settled} of the partially correct completions")
+        _print_judge_stats(judge)
     probes.render_terminal(results)
     if args.html:
         print(f"wrote {probes.render_html(results, args.html)}")

@@ -13,13 +13,16 @@ generation settings, judge model, prompt version): a rerun pays only for items i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
 import re
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -199,6 +202,88 @@ async def judge_completion(chat: Chat, beginning: str, completion: str, *, reque
             "failure": failure["reason"] if failure else None, "failure_detail": failure,
             "follow_up": follow_up, "judge_text": answer, "conversation": messages, "usage": usage,
             "cost_usd": cost}
+
+
+class JudgeAPIError(RuntimeError):
+    """The judge's API failed for one request after all the client's retries."""
+
+
+class JudgeStopped(RuntimeError):
+    """The client stopped sending (budget reached, or an error no retry can fix such as a bad key)."""
+
+
+class LLMJudge:
+    """The judge behind the project's one client layer, :mod:`tinystories.llm_client`.
+
+    Concurrency, retries with backoff and jitter, Retry-After, cost accounting, the budget stop and
+    fatal-error handling all come from ``ChatClient.run``. Judge conversations go turn by turn, so
+    requests are fed to that run as the conversations produce them, and each turn awaits its own result.
+
+        judge = LLMJudge("gpt-4o", ClientConfig(concurrency=32, max_cost_usd=5))
+        async with judge.session() as chat:
+            reply = await chat(messages, "request-id")
+    """
+
+    def __init__(self, model: str, config: Any):
+        self.model, self.config = model, config
+        self.stats: Any = None  # the client's RunStats of the last session
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Chat]:
+        from tinystories.llm_client import ChatClient, ChatRequest
+
+        # Later turns first: conversations already under way finish before new ones start, so a budget
+        # stop leaves few paid-for but unfinished conversations behind.
+        queue: asyncio.PriorityQueue = asyncio.PriorityQueue()
+        order = itertools.count()
+        waiting: dict[str, asyncio.Future] = {}
+
+        async def requests() -> AsyncIterator[Any]:
+            while (request := (await queue.get())[2]) is not None:
+                yield request
+
+        def on_result(result: Any) -> None:
+            future = waiting.pop(result.id, None)
+            if future is not None and not future.done():
+                future.set_result(result)
+
+        async with ChatClient(self.config) as client:
+            runner = asyncio.create_task(client.run(requests(), on_result))
+
+            def stop_waiting(task: asyncio.Task) -> None:
+                reason = _stop_reason(task)
+                for future in waiting.values():
+                    if not future.done():
+                        future.set_exception(JudgeStopped(reason))
+                waiting.clear()
+
+            runner.add_done_callback(stop_waiting)
+
+            async def chat(messages: list[dict[str, str]], request_id: str) -> ChatReply:
+                if runner.done():
+                    raise JudgeStopped(_stop_reason(runner))
+                future = asyncio.get_running_loop().create_future()
+                waiting[request_id] = future
+                request = ChatRequest(id=request_id, body={"model": self.model, "messages": list(messages)})
+                await queue.put((-len(messages), next(order), request))
+                result = await future
+                if not result.ok:
+                    raise JudgeAPIError(f"{result.error} (after {result.attempts} attempts)")
+                return ChatReply(result.text, dict(result.usage), result.cost_usd)
+
+            try:
+                yield chat
+            finally:
+                await queue.put((1, next(order), None))  # after every real request
+                self.stats = await runner
+
+
+def _stop_reason(task: asyncio.Task) -> str:
+    if task.cancelled():
+        return "the judge client was cancelled"
+    if task.exception() is not None:
+        return f"the judge client failed: {task.exception()}"
+    return f"the judge client stopped: {task.result().stopped or 'finished'}"
 
 
 # ------------------------------------------------------------------------------------------------ cache

@@ -1,0 +1,178 @@
+"""Grading against an OpenAI-compatible judge server on 127.0.0.1, through the real `openai` client and the
+project's shared client layer: exact parsing, the follow-up question, failures, caching, API faults."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tinystories import evaluate, grading
+
+from _evaluate_fixtures import (  # noqa: F401  (tiny_run is a pytest fixture)
+    ScriptedStudent,
+    chat_requests,
+    expected_grades,
+    judge_answer,
+    make_judge,
+    tiny_run,
+)
+
+pytest.importorskip("openai")
+from tinystories.testing.openai_server import Faults, OpenAIServer  # noqa: E402
+
+BEGINNINGS = ["Tom had a red ball. He threw it high and", "Lily saw a little bird in the", "The cat was hungry, so it"]
+
+
+def run_grade(server, tmp_path, students, *, samples=2, beginnings=BEGINNINGS, attempts=6, **config):
+    judge = make_judge(server, attempts=attempts, **config)
+    settings = evaluate.GradeSettings(judge_model="judge-test", samples=samples, max_new_tokens=16)
+    return evaluate.grade(students, judge, beginnings, settings, tmp_path / "grades.jsonl", progress=False)
+
+
+def test_well_formed_grades_are_recorded_exactly_and_cached(tmp_path):
+    student = ScriptedStudent()
+    with OpenAIServer(answer=judge_answer("ok")) as server:
+        records = run_grade(server, tmp_path, [student])
+        assert len(records) == len(BEGINNINGS) * 2
+        assert chat_requests(server) == 2 * len(records)  # assessment + grades, no follow-up
+        for r in records:
+            assert r["status"] == "ok" and not r["follow_up"]
+            assert r["grades"] == expected_grades(r["completion"]).as_dict()
+            assert [m["role"] for m in r["conversation"]] == ["user", "assistant", "user", "assistant"]
+            assert f"{r['beginning']}***{r['completion']}" in r["conversation"][0]["content"]
+            assert r["usage"]["prompt_tokens"] > 0
+        # a rerun costs nothing: no request, no generation
+        generated = student.generated
+        again = run_grade(server, tmp_path, [student])
+        assert again == records and chat_requests(server) == 2 * len(records)
+        assert student.generated == generated
+        # more samples: only the new ones are generated and judged
+        more = run_grade(server, tmp_path, [student], samples=3)
+        assert len(more) == len(BEGINNINGS) * 3
+        assert chat_requests(server) == 2 * len(more)
+        assert [r for r in more if r["sample"] < 2] == records
+
+
+@pytest.mark.parametrize("mode, status, failure, requests_per_item", [
+    ("fix_on_follow_up", "ok", None, 3),
+    ("malformed", "failed", "missing", 3),
+    ("out_of_range", "failed", "out_of_range", 3),
+    ("refusal", "failed", "refusal", 3),
+])
+def test_unreadable_grades_get_one_follow_up_then_a_recorded_failure(tmp_path, mode, status, failure,
+                                                                     requests_per_item):
+    with OpenAIServer(answer=judge_answer(mode)) as server:
+        records = run_grade(server, tmp_path, [ScriptedStudent()], samples=1)
+        assert chat_requests(server) == requests_per_item * len(records)
+    for r in records:
+        assert r["status"] == status and r["failure"] == failure and r["follow_up"]
+        assert r["conversation"][-2]["content"].startswith("I could not read your grades")
+        if status == "ok":
+            assert r["grades"] == expected_grades(r["completion"]).as_dict()
+        else:
+            assert r["grades"] is None  # never a made-up score
+    summary = grading.summarize(records)
+    assert summary["n_graded"] == (len(records) if status == "ok" else 0)
+    if failure:
+        assert summary["failures"] == {failure: len(records)}
+    # failures are final: a rerun does not ask again
+    with OpenAIServer(answer=judge_answer("ok")) as server:
+        run_grade(server, tmp_path, [ScriptedStudent()], samples=1)
+        assert chat_requests(server) == 0
+
+
+def test_transient_faults_are_retried_by_the_shared_client(tmp_path):
+    faults = Faults(rate=0.3, kinds=("rate_limit", "server_error", "malformed"), seed=1)
+    with OpenAIServer(answer=judge_answer("ok"), faults=faults) as server:
+        records = run_grade(server, tmp_path, [ScriptedStudent()])
+        assert any(e.outcome != "ok" for e in server.log)  # faults did happen
+    assert all(r["status"] == "ok" and r["grades"] == expected_grades(r["completion"]).as_dict() for r in records)
+
+
+def test_api_failure_is_recorded_and_retried_next_run_with_the_same_completion(tmp_path):
+    student = ScriptedStudent()
+    faults = Faults(rate=1.0, kinds=("server_error",), max_per_request=10**6)
+    with OpenAIServer(answer=judge_answer("ok"), faults=faults) as server:
+        assert run_grade(server, tmp_path, [student], samples=1, attempts=2) == []
+    errors = grading.read_records(tmp_path / "grades.jsonl")
+    assert len(errors) == len(BEGINNINGS) and {r["status"] for r in errors} == {"error"}
+    generated = student.generated
+    with OpenAIServer(answer=judge_answer("ok")) as server:
+        records = run_grade(server, tmp_path, [student], samples=1)
+    assert student.generated == generated  # the completions were kept
+    assert {r["key"]: r["completion"] for r in records} == {r["key"]: r["completion"] for r in errors}
+    assert all(r["status"] == "ok" for r in records)
+
+
+def test_two_students_are_cached_separately(tmp_path):
+    a, b = ScriptedStudent("a", "id-a"), ScriptedStudent("b", "id-b")
+    with OpenAIServer(answer=judge_answer("ok")) as server:
+        first = run_grade(server, tmp_path, [a], samples=1)
+        both = run_grade(server, tmp_path, [a, b], samples=1)
+        assert chat_requests(server) == 2 * 2 * len(BEGINNINGS)
+    assert both[: len(first)] == first and {r["checkpoint"] for r in both} == {"a", "b"}
+
+
+def test_grade_cli_end_to_end_with_a_tiny_random_model(tmp_path, monkeypatch, tiny_run):
+    from tinystories.cli import main
+
+    beginnings = tmp_path / "b.txt"
+    beginnings.write_text("\n".join(BEGINNINGS[:2]) + "\n")
+    monkeypatch.setenv("JUDGE_KEY", "test")
+    with OpenAIServer(answer=judge_answer("ok")) as server:
+        argv = ["eval", "grade", str(tiny_run[1][0]), "--judge-model", "judge-test", "--base-url", server.url,
+                "--api-key-env", "JUDGE_KEY", "--beginnings", str(beginnings), "--samples", "3",
+                "--max-new-tokens", "12", "--out", str(tmp_path / "eval")]
+        assert main(argv) == 0
+        assert chat_requests(server) == 2 * 2 * 3
+        assert main(argv) == 0  # cached
+        assert chat_requests(server) == 2 * 2 * 3
+    records = [json.loads(line) for line in (tmp_path / "eval" / "grades.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(r["status"] == "ok" for r in records)
+    assert {r["checkpoint"] for r in records} == {"tiny/step_00000010"}
+    assert all(r["grades"] == expected_grades(r["completion"]).as_dict() for r in records)
+    # one beginning's three samples come from one seeded batch and differ from each other
+    assert len({r["completion"] for r in records if r["beginning_index"] == 0}) > 1
+
+
+def test_grade_cli_all_checkpoints_of_a_run_give_the_step_curves(tmp_path, monkeypatch, tiny_run):
+    from tinystories.cli import main
+
+    beginnings = tmp_path / "b.txt"
+    beginnings.write_text(BEGINNINGS[0] + "\n")
+    monkeypatch.setenv("JUDGE_KEY", "test")
+    out = tmp_path / "eval"
+    with OpenAIServer(answer=judge_answer("ok")) as server:
+        assert main(["eval", "grade", str(tiny_run[0]), "--all-checkpoints", "--judge-model", "judge-test",
+                     "--base-url", server.url, "--api-key-env", "JUDGE_KEY", "--beginnings", str(beginnings),
+                     "--samples", "2", "--max-new-tokens", "8", "--out", str(out)]) == 0
+    records = grading.read_records(out / "grades.jsonl")
+    assert sorted({(r["checkpoint"], r["step"]) for r in records}) == [("tiny/step_00000010", 10),
+                                                                       ("tiny/step_00000020", 20)]
+    assert (out / "grades_vs_step.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_budget_stop_records_the_rest_for_the_next_run(tmp_path):
+    from tinystories.llm_client import PriceTable
+
+    # The test server counts ~4 characters per token: at $100 per 1M tokens a judge turn costs ~$0.03 and the
+    # 12 conversations ~$0.7. The client stops before a request could take the spend past the budget (its
+    # reserve per request in flight is the dearest so far, or a bound from the prompt and 4096 answer tokens).
+    prices = PriceTable({"judge-test": (100.0, 100.0)})
+    student = ScriptedStudent()
+    with OpenAIServer(answer=judge_answer("ok")) as server:
+        judge = make_judge(server, max_cost_usd=0.5, prices=prices, concurrency=1)
+        settings = evaluate.GradeSettings(judge_model="judge-test", samples=4, max_new_tokens=16)
+        records = evaluate.grade([student], judge, BEGINNINGS, settings, tmp_path / "grades.jsonl", progress=False)
+        assert judge.stats.stopped == "budget" and judge.stats.cost_usd <= 0.5 + 0.05
+        spent = chat_requests(server)
+    assert 0 < len(records) < 12 and all(r["status"] == "ok" for r in records)
+    left = [r for r in grading.read_records(tmp_path / "grades.jsonl") if r["status"] == "error"]
+    assert len(records) + len(left) == 12
+    assert all("stopped: budget" in r["failure_detail"]["error"] for r in left)
+    with OpenAIServer(answer=judge_answer("ok")) as server:
+        done = run_grade(server, tmp_path, [student], samples=4)
+        assert chat_requests(server) == 2 * len(left)  # only what the budget left out
+    assert len(done) == 12 and spent > 0
+
