@@ -125,7 +125,7 @@ def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(dataset, t
     single = run_train([*common, "--batch_size=8", f"--out_dir={tmp_path / 'one'}"])
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "tinystories.train", *common, "--batch_size=4", f"--out_dir={tmp_path / 'two'}"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]

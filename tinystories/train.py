@@ -59,7 +59,7 @@ class TrainConfig:
     data_mode: str = "packed"  # "packed" | "stories"
     seq_len: int | None = None  # None: the model's context
     loader_threads: int = 2
-    demo_stories: int = 6000
+    demo_stories: int = 4000  # size of the built-in demo corpus (used when data is None)
     # optimisation
     batch_size: int = 32  # sequences per micro-batch per process
     grad_accum: int = 1
@@ -102,7 +102,7 @@ class TrainConfig:
 
 # Training defaults per preset (the paper's optimiser settings are not all published; these are ours).
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
-    "demo": dict(batch_size=16, seq_len=128, max_steps=300, lr=3e-3, min_lr=3e-4, warmup_steps=30,
+    "demo": dict(batch_size=8, seq_len=128, max_steps=300, lr=3e-3, min_lr=3e-4, warmup_steps=30,
                  eval_every=100, eval_batches=8, ckpt_every=100, log_every=10, sample_tokens=100),
 }
 CHOICES = {"impl": ("torch", "fused"), "data_mode": ("packed", "stories"), "dtype": ("auto", "fp32", "fp16", "bf16"),
