@@ -208,3 +208,31 @@ def test_presets_and_config_errors():
         config_from_preset("7B")
     with pytest.raises(ValueError, match="max_position_embeddings"):
         GPTNeo(GPTNeoConfig(**SMALL))(torch.zeros(1, 97, dtype=torch.long))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused path needs CUDA")
+def test_fused_impl_matches_the_plain_path_on_cuda():
+    pytest.importorskip("triton")
+    from tinystories.kernels import kernels_available
+
+    ok, reason = kernels_available()
+    if not ok:
+        pytest.skip(reason)
+    torch.manual_seed(0)
+    model = GPTNeo(GPTNeoConfig(vocab_size=1000, hidden_size=128, num_layers=4, num_heads=16,
+                                max_position_embeddings=512, window_size=256)).cuda()
+    x = torch.randint(0, 1000, (2, 384), device="cuda")  # longer than the window
+    y = torch.randint(0, 1000, (2, 384), device="cuda")
+    plain = model(x, y)
+    plain.loss.backward()
+    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.impl = "fused"
+    fused = model(x, y)
+    torch.testing.assert_close(fused.logits, plain.logits, atol=2e-3, rtol=2e-3)
+    fused_loss = model(x, y, return_logits=False).loss  # linear + cross-entropy without logits
+    torch.testing.assert_close(fused_loss, plain.loss, atol=1e-4, rtol=1e-4)
+    fused_loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, plain_grads[name], atol=2e-3, rtol=2e-2, msg=name)
