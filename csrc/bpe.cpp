@@ -78,7 +78,7 @@ class PieceCache {
         for (size_t i = (hash >> 8) & (slots_.size() - 1);; i = (i + 1) & (slots_.size() - 1)) {
             const Slot& s = slots_[i];
             if (s.hash == 0) return nullptr;
-            if (s.hash == hash && s.key_len == len && std::memcmp(keys_.data() + s.key_off, key, len) == 0) {
+            if (s.hash == hash && s.key_len == len && bytes_equal(keys_.data() + s.key_off, key, len)) {
                 count = s.value_len;
                 return values_.data() + s.value_off;
             }
@@ -281,7 +281,8 @@ void BpeTokenizer::encode_segment(std::string_view text, std::vector<uint32_t>& 
         const uint64_t h = hash_key(p, n);
         uint32_t count;
         if (const uint32_t* ids = cache.find(h, p, uint32_t(n), count)) {
-            out.insert(out.end(), ids, ids + count);
+            if (count == 1) out.push_back(*ids);  // most pre-tokens are one token
+            else out.insert(out.end(), ids, ids + count);
             return;
         }
         const size_t before = out.size();

@@ -29,7 +29,7 @@ class PieceCounter {
         for (;; i = (i + 1) & (slots_.size() - 1)) {
             Entry& e = slots_[i];
             if (e.hash == 0) break;
-            if (e.hash == hash && e.key_len == len && std::memcmp(keys_.data() + e.key_off, key, len) == 0) {
+            if (e.hash == hash && e.key_len == len && bytes_equal(keys_.data() + e.key_off, key, len)) {
                 e.count += count;
                 return;
             }

@@ -181,6 +181,38 @@ def test_batch_raises_on_disallowed_special(gpt2):
         gpt2.encode_batch(["fine", "bad " + EOT], num_threads=2)
 
 
+def test_concurrent_calls_from_python_threads(gpt2, real_stories):
+    # encode releases the GIL; concurrent calls must each borrow their own piece cache.
+    from concurrent.futures import ThreadPoolExecutor
+
+    stories = real_stories[:200]
+    expected = [gpt2.encode(s) for s in stories]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(gpt2.encode, stories * 3))
+        batches = list(pool.map(lambda chunk: gpt2.encode_batch(chunk, num_threads=2), [stories] * 4))
+    assert got == expected * 3 and batches == [expected] * 4
+
+
+def test_bad_argument_types(gpt2):
+    with pytest.raises(TypeError, match="expected str, got bytes"):
+        gpt2.encode(b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected str, got int"):
+        gpt2.encode_batch(["ok", 3])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="sequence of integers"):
+        gpt2.decode(["a"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="num_threads"):
+        gpt2.encode_batch(["x"], num_threads=0)
+
+
+def test_overlapping_special_tokens_prefer_the_longest():
+    vocab = [bytes([b]) for b in range(256)] + [b"", b""]
+    tok = Tokenizer(vocab, [], {"<a>": 256, "<a>b": 257})
+    assert tok.encode("x<a>b<a>", allowed_special="all") == [120, 257, 256]
+    assert tok.encode("x<a>c", allowed_special={"<a>"}) == [120, 256, 99]
+    with pytest.raises(ValueError, match="'<a>b'"):  # a disallowed special anywhere refuses the text
+        tok.encode("x<a>b", allowed_special={"<a>"})
+
+
 def test_numpy_dtype_is_uint32_for_large_vocabularies():
     # 256 bytes + every two-byte pair: 65,792 tokens; pair (a, b) gets id 256 + (255-a)*256 + (255-b).
     pairs = [(a, b) for a in range(255, -1, -1) for b in range(255, -1, -1)]
@@ -198,8 +230,6 @@ def test_allowed_special_validation(gpt2):
         gpt2.encode("x", allowed_special={"<|bruh|>"})
     with pytest.raises(ValueError, match="allowed_special"):
         gpt2.encode("x", allowed_special="none")
-    with pytest.raises(TypeError):
-        gpt2.encode(b"bytes")  # type: ignore[arg-type]
 
 
 def test_properties(gpt2):
@@ -293,3 +323,262 @@ def test_invalid_utf8_file_names_file_and_offset(tmp_path):
         list(read_text_chunks(path, errors="ignore"))  # type: ignore[arg-type]
     with pytest.raises(FileNotFoundError, match="no such file"):
         list(read_text_chunks(tmp_path / "nope.txt"))
+
+
+def test_file_chunks_cut_only_where_pre_tokens_do_not_change(shared_data, monkeypatch):
+    import tinystories.tokenizer as tokenizer_module
+
+    path = shared_data / "tinystories" / "tinystories_v1_valid_head_unsegmented.txt.zst"
+    whole = "".join(read_text_chunks(path))
+    monkeypatch.setattr(tokenizer_module, "_CHUNK_BYTES", 4096)
+    chunks = list(read_text_chunks(path))
+    assert len(chunks) > 100 and "".join(chunks) == whole
+    assert [p for c in chunks for p in _core.pretokenize(c)] == _core.pretokenize(whole)
+
+
+# ---- training -----------------------------------------------------------------------------------------
+
+
+def reference_train(texts: list[str], vocab_size: int, specials: list[str]) -> list[tuple[bytes, bytes]]:
+    """Slow, obviously-correct BPE training with the documented tie-break: recount every pair each step,
+    merge the most frequent; ties -> smallest (left bytes, right bytes)."""
+    regex = pytest.importorskip("regex")
+    words: Counter[tuple[bytes, ...]] = Counter()
+    special_re = "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True))
+    for text in texts:
+        for segment in regex.split(special_re, text) if specials else [text]:
+            for piece in regex.findall(GPT2_PATTERN, segment):
+                words[tuple(bytes([b]) for b in piece.encode("utf-8"))] += 1
+    merges = []
+    while 256 + len(merges) < vocab_size - len(specials):
+        pairs: Counter[tuple[bytes, bytes]] = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p[0], p[1]))
+        merges.append(best)
+        merged: Counter[tuple[bytes, ...]] = Counter()
+        for word, count in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    out.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] += count
+        words = merged
+    return merges
+
+
+def merge_bytes(tok: Tokenizer) -> list[tuple[bytes, bytes]]:
+    vocab = tok.vocab
+    return [(vocab[a], vocab[b]) for a, b, _ in tok.merges]
+
+
+def test_train_matches_reference_on_real_stories(real_stories):
+    texts = ["\n".join(s + "\n" + EOT for s in real_stories[:120])]
+    tok = Tokenizer.train(texts, 256 + 200 + 1, num_threads=2)
+    assert merge_bytes(tok) == reference_train(texts, 256 + 200 + 1, [EOT])
+    assert tok.n_vocab == 457 and tok.eot_token == 456
+    assert [tok.token_bytes(b) for b in range(256)] == [bytes([b]) for b in range(256)]
+    assert tok.decode(tok.encode(texts[0], allowed_special="all")) == texts[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.lists(st.lists(st.sampled_from(["a", "b", "ab", " ", "  ", "\n", "'s", "é", "1", "<s>", "😀"]), max_size=30).map("".join), max_size=5),
+    merges=st.integers(0, 25),
+    threads=st.integers(1, 3),
+)
+def test_train_matches_reference_with_ties(texts, merges, threads):
+    specials = ["<s>"]
+    if not any(t.replace("<s>", "") for t in texts):
+        with pytest.raises(ValueError, match="empty corpus"):
+            Tokenizer.train(texts, 256 + merges + 1, specials, num_threads=threads)
+        return
+    tok = Tokenizer.train(texts, 256 + merges + 1, specials, num_threads=threads)
+    assert merge_bytes(tok) == reference_train(texts, 256 + merges + 1, specials)
+    for text in texts:
+        assert tok.decode(tok.encode(text, allowed_special="all")) == text
+
+
+def test_train_on_files_cut_for_threads(shared_data, tmp_path):
+    # A 1.6 MB text without special tokens is split for the counting threads at safe newlines.
+    text = "".join(read_text_chunks(shared_data / "tinystories" / "tinystories_v1_valid_head_unsegmented.txt.zst")) * 2
+    path = tmp_path / "valid.txt"
+    path.write_text(text, encoding="utf-8")
+    from_file = Tokenizer.train(path, 256 + 30, special_tokens=(), num_threads=2)
+    assert merge_bytes(from_file) == reference_train([text], 256 + 30, [])
+    assert Tokenizer.train([text], 256 + 30, special_tokens=(), num_threads=1) == from_file
+
+
+def test_train_is_deterministic_across_threads_and_inputs(shared_data, real_stories):
+    zst = shared_data / "tinystories" / "tinystories_v1_train_head.txt.zst"
+    a = Tokenizer.train([zst], 600, num_threads=1)
+    b = Tokenizer.train(zst, 600, num_threads=2)
+    assert a == b and a.n_vocab == 600
+
+
+def test_train_errors(tmp_path):
+    with pytest.raises(ValueError, match="below 256 byte tokens"):
+        Tokenizer.train(["some text"], 256)
+    with pytest.raises(ValueError, match="empty corpus"):
+        Tokenizer.train(["", EOT], 300)
+    with pytest.raises(ValueError, match="duplicate special"):
+        Tokenizer.train(["x"], 300, ["<a>", "<a>"])
+    with pytest.raises(ValueError, match="non-empty"):
+        Tokenizer.train(["x"], 300, [""])
+    with pytest.raises(TypeError, match="corpus items"):
+        Tokenizer.train([b"bytes"], 300)  # type: ignore[list-item]
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"good text\nmore \xc3( bad\n")
+    with pytest.raises(ValueError, match=r"bad\.txt: invalid UTF-8 at byte offset 15"):
+        Tokenizer.train([bad], 300)
+    assert Tokenizer.train([bad], 300, errors="replace").n_vocab <= 300
+
+
+def test_train_stops_when_no_pair_is_left():
+    tok = Tokenizer.train(["ab ab"], 1000)
+    assert merge_bytes(tok) == [(b"a", b"b"), (b" ", b"ab")]
+    assert tok.n_vocab == 259 and tok.eot_token == 258
+
+
+# ---- restriction --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def restricted(gpt2, real_stories) -> Tokenizer:
+    return gpt2.restrict(2000, ["\n".join(s + "\n" + EOT for s in real_stories[:500])])
+
+
+def test_restrict_keeps_bytes_top_tokens_and_closure(gpt2, restricted, real_stories):
+    assert restricted.n_vocab == 2000 and restricted.eot_token == 1999
+    vocab = restricted.vocab
+    assert sorted(t for t in vocab[:-1] if len(t) == 1) == [bytes([b]) for b in range(256)]
+    produced = {r for _, _, r in restricted.merges}
+    assert all(len(vocab[i]) == 1 or i in produced for i in range(1999))  # every token has its merge
+    assert all(a < 2000 and b < 2000 for a, b, _ in restricted.merges)
+    # The most frequent GPT-2 tokens of the corpus are all kept.
+    counts = Counter(t for s in real_stories[:500] for t in gpt2.encode(s))
+    kept = set(vocab)
+    assert all(gpt2.token_bytes(t) in kept for t, _ in counts.most_common(300))
+    # Ids keep GPT-2's order.
+    old_ids = [gpt2.encode_ordinary(t.decode("utf-8", "replace")) for t in vocab[256:400]]
+    assert all(len(ids) == 1 for ids in old_ids) and [ids[0] for ids in old_ids] == sorted(ids[0] for ids in old_ids)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=unicode_text)
+def test_restricted_round_trip(restricted, text):
+    ids = restricted.encode(text)
+    assert max(ids, default=0) < 2000
+    assert restricted.decode(ids) == text
+
+
+def test_restricted_encodes_stories_losslessly_and_saves(restricted, real_stories, tmp_path):
+    stories = real_stories[500:700]
+    batch = restricted.encode_batch(stories, num_threads=2)
+    assert [restricted.decode(ids) for ids in batch] == stories
+    restricted.save(tmp_path / "r.json")
+    assert Tokenizer.load(tmp_path / "r.json").encode_batch(stories) == batch
+
+
+def test_restrict_errors(gpt2):
+    with pytest.raises(ValueError, match="top_k must be between 257"):
+        gpt2.restrict(256, ["text"])
+    with pytest.raises(ValueError, match="top_k must be between"):
+        gpt2.restrict(60000, ["text"])
+
+
+# ---- Hugging Face tokenizers export --------------------------------------------------------------------
+
+
+def hf_from(tok: Tokenizer, path: Path):
+    tokenizers = pytest.importorskip("tokenizers")
+    tok.save_hf(path)
+    return tokenizers.Tokenizer.from_file(str(path if path.suffix else path / "tokenizer.json"))
+
+
+@pytest.fixture(scope="session")
+def hf_gpt2(gpt2, tmp_path_factory):
+    return hf_from(gpt2, tmp_path_factory.mktemp("hf") / "tokenizer.json")
+
+
+def test_hf_export_matches_on_real_stories(gpt2, hf_gpt2, real_stories):
+    stories = [s + "\n" + EOT for s in real_stories[:400]]
+    assert [e.ids for e in hf_gpt2.encode_batch(stories)] == gpt2.encode_batch(stories, allowed_special="all")
+    ids = gpt2.encode(stories[0], allowed_special="all")
+    assert hf_gpt2.decode(ids, skip_special_tokens=False) == gpt2.decode(ids)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=unicode_text)
+def test_hf_export_matches_on_unicode(gpt2, hf_gpt2, text):
+    assert hf_gpt2.encode(text).ids == gpt2.encode(text, allowed_special="all")
+
+
+def test_hf_export_of_trained_and_restricted(restricted, real_stories, tmp_path):
+    trained = Tokenizer.train(["\n".join(real_stories[:200])], 700)
+    for name, tok in [("trained", trained), ("restricted", restricted)]:
+        hf = hf_from(tok, tmp_path / name)  # a folder path gets tokenizer.json inside
+        stories = real_stories[700:800] + ["héllo 🎉 世界 " + EOT + " 'll  x"]
+        assert [e.ids for e in hf.encode_batch(stories)] == tok.encode_batch(stories, allowed_special="all"), name
+        assert Tokenizer.load(tmp_path / name / "tokenizer.json") == tok  # and it loads back
+
+
+def test_hf_export_loads_in_transformers(gpt2, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    gpt2.save_hf(tmp_path / "tokenizer.json")
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    assert fast("Once upon a time")["input_ids"] == gpt2.encode("Once upon a time")
+
+
+# ---- command line -------------------------------------------------------------------------------------
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tinystories.cli", "tokenizer", *args], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_cli_train_encode_restrict_export(shared_data, gpt2_files, tmp_path):
+    corpus = str(shared_data / "tinystories" / "tinystories_v1_train_head.txt.zst")
+    out = tmp_path / "tok.json"
+    run = cli("train", corpus, "--vocab-size", "400", "--out", str(out), "--threads", "2")
+    assert run.returncode == 0, run.stderr
+    tok = Tokenizer.load(out)
+    assert tok.n_vocab == 400
+    run = cli("encode", "--tokenizer", str(out), "--text", "Once upon a time" + EOT)
+    assert run.returncode == 0, run.stderr
+    assert [int(i) for i in run.stdout.split()] == tok.encode("Once upon a time" + EOT, allowed_special="all")
+
+    gpt2_dir = Path(gpt2_files[0]).parent
+    run = cli("restrict", "--tokenizer", str(gpt2_dir), "--top-k", "1000", corpus, "--out", str(tmp_path / "r.json"))
+    assert run.returncode == 0, run.stderr
+    assert Tokenizer.load(tmp_path / "r.json").n_vocab == 1000
+    run = cli("export-hf", "--tokenizer", str(tmp_path / "r.json"), "--out", str(tmp_path / "hf"))
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    story = tmp_path / "story.txt"
+    story.write_text("A dog ran.\n", encoding="utf-8")
+    run = cli("encode", "--tokenizer", str(out), "--file", str(story), "--out", str(tmp_path / "ids.npy"))
+    assert run.returncode == 0, run.stderr
+    assert np.load(tmp_path / "ids.npy").tolist() == tok.encode("A dog ran.\n")
+
+
+def test_cli_reports_bad_utf8_and_can_replace(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine line\n\x80oops\n" * 3)
+    run = cli("train", str(bad), "--vocab-size", "300", "--out", str(tmp_path / "t.json"))
+    assert run.returncode == 1
+    assert f"{bad}: invalid UTF-8 at byte offset 10" in run.stderr
+    assert not (tmp_path / "t.json").exists()
+    run = cli("train", str(bad), "--vocab-size", "300", "--out", str(tmp_path / "t.json"), "--errors", "replace")
+    assert run.returncode == 0, run.stderr
+    assert Tokenizer.load(tmp_path / "t.json").n_vocab <= 300
+    run = cli("encode", "--tokenizer", str(tmp_path / "missing.json"), "--text", "x")
+    assert run.returncode == 1 and "cannot resolve tokenizer" in run.stderr

@@ -534,18 +534,17 @@ def _download(url: str, target: Path, sha256: str) -> None:
 _CHUNK_BYTES = 16 << 20
 
 
-def _safe_cut(buf: bytes | bytearray) -> int:
-    """Last offset where the text can be split without changing its GPT-2 pre-tokens: just before a newline
-    whose previous byte is ASCII and not white space (0 when there is none)."""
+def _safe_cut(buf: bytes | bytearray, lo: int = 0) -> int:
+    """Last offset > lo where the text can be split without changing its GPT-2 pre-tokens: just before a
+    newline whose previous byte is ASCII and not white space (0 when there is none)."""
     pos = len(buf)
     while True:
-        pos = buf.rfind(b"\n", 0, pos)
-        if pos <= 0:
+        pos = buf.rfind(b"\n", max(lo, 1), pos)
+        if pos < 0:
             return 0
         prev = buf[pos - 1]
         if prev < 0x80 and chr(prev) not in " \t\n\r\x0b\x0c":
             return pos
-        pos -= 1
 
 
 def read_text_chunks(path: str | os.PathLike, errors: Literal["strict", "replace"] = "strict") -> Iterator[str]:
@@ -568,8 +567,9 @@ def read_text_chunks(path: str | os.PathLike, errors: Literal["strict", "replace
         offset = 0  # file offset of pending[0]
         while True:
             block = stream.read(_CHUNK_BYTES)
+            scanned = len(pending)  # no safe cut before here (keeps long lines linear)
             pending += block
-            cut = len(pending) if not block else _safe_cut(pending)
+            cut = len(pending) if not block else _safe_cut(pending, scanned)
             if cut == 0:
                 continue
             piece = bytes(pending[:cut])

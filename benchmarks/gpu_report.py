@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""One command for a lent CUDA machine: kernel tests without the interpreter, then ours vs peers, saved as JSON.
+
+    python benchmarks/gpu_report.py                 # everything, time-boxed to --budget-s (default 420 s)
+    python benchmarks/gpu_report.py --skip-tests --only attention,linear_cross_entropy --no-e2e
+
+1. ``pytest tests/test_kernels_*.py`` on the GPU (bf16 cases enabled, autotuning off for speed).
+2. Per kernel case (the issue's shapes, see ``kernel_cases.py``): forward (with autograd recording, as in
+   training), backward and full step time (CUDA events, median) and peak extra memory of every implementation,
+   our max relative error against the plain reference, and the speed ratio to each peer from this same run.
+3. End to end (needs ``tinystories.model`` from the model branch): training-step tokens/s of GPTNeo with
+   impl="fused" vs impl="torch" eager and compiled; skipped with a note when the module is absent.
+Work is ordered by importance and skipped (listed in the report) once the budget would be exceeded. Results go to
+``benchmarks/results/gpu_report-<date>-<card>.json`` (+ ``.txt`` table) and are copied to ``$OUT`` when set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _source_tree import REPO_ROOT, ensure_importable  # noqa: E402
+
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+KERNELS = ("attention", "layer_norm", "mlp", "linear_cross_entropy")
+# Seconds an item is assumed to need at most (start it only when that much budget is left).
+COST_PLAIN_S, COST_COMPILED_S, COST_E2E_S, COST_E2E_COMPILED_S = 12, 75, 25, 120
+
+
+class Budget:
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def allows(self, seconds: float) -> bool:
+        return self.left() >= seconds
+
+
+def log(message: str = "") -> None:
+    print(message, flush=True)
+
+
+# --- 1. tests ------------------------------------------------------------------------------------------
+
+
+def run_tests(timeout_s: float) -> dict:
+    files = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "tests").glob("test_kernels_*.py"))
+    boot = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import _source_tree; _source_tree.ensure_importable(); "
+        "import pytest; sys.exit(pytest.main(sys.argv[1:]))"
+    )
+    cmd = [sys.executable, "-c", boot, "-q", "-p", "no:cacheprovider", "-o", "addopts=-ra", "--timeout=150", *files]
+    env = {**os.environ, "TINYSTORIES_AUTOTUNE": "0", "PYTHONUNBUFFERED": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    log(f"$ pytest {' '.join(files)}  (timeout {timeout_s:.0f} s)")
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    timer = threading.Timer(timeout_s, proc.kill)
+    timer.start()
+    lines = []
+    for line in proc.stdout:
+        print("  " + line, end="", flush=True)
+        lines.append(line.rstrip())
+    rc = proc.wait()
+    timer.cancel()
+    timed_out = time.monotonic() - start >= timeout_s and rc != 0
+    summary = next((ln for ln in reversed(lines) if " passed" in ln or " failed" in ln or " error" in ln), "")
+    return {"returncode": rc, "timed_out": timed_out, "seconds": round(time.monotonic() - start, 1),
+            "summary": summary.strip("= "), "tail": lines[-40:]}  # fmt: skip
+
+
+# --- 2. kernels ------------------------------------------------------------------------------------------
+
+
+def cuda_ms(fn, setup=None, target_s: float = 0.2, min_reps: int = 5, max_reps: int = 50) -> float:
+    """Median milliseconds of ``fn(setup())`` between CUDA events; ``setup`` runs outside the timed region."""
+    import torch
+
+    def once():
+        arg = setup() if setup is not None else None
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(arg)
+        end.record()
+        return start, end
+
+    once()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    once()
+    torch.cuda.synchronize()
+    reps = max(min_reps, min(max_reps, int(target_s / max(time.perf_counter() - t0, 1e-5))))
+    events = [once() for _ in range(reps)]
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in events)
+
+
+def measure(case, impl: str, inputs: list) -> dict:
+    """Times one implementation; also returns its output and gradients (for the error check) under "_result"."""
+    import torch
+
+    fn = case.impls[impl]
+    diff = case.differentiable(inputs)
+    t0 = time.perf_counter()
+    out = fn(*inputs)
+    torch.cuda.synchronize()
+    first_call_s = time.perf_counter() - t0
+    gen = torch.Generator(device=out.device).manual_seed(0)
+    grad_out = torch.randn(out.shape, generator=gen, device=out.device).to(out.dtype) if out.dim() else torch.ones_like(out)
+
+    def backward(o):
+        return torch.autograd.grad(o, diff, grad_out)
+
+    row = {"first_call_s": round(first_call_s, 2)}
+    row["fwd_ms"] = cuda_ms(lambda _: fn(*inputs))
+    row["bwd_ms"] = cuda_ms(backward, setup=lambda: fn(*inputs))
+    row["full_ms"] = cuda_ms(lambda _: backward(fn(*inputs)))
+    del out
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = fn(*inputs)
+    grads = backward(out)
+    torch.cuda.synchronize()
+    row["peak_extra_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    row["_result"] = (out.detach(), [g.detach() for g in grads])
+    return row
+
+
+def relative_error(ours, baseline) -> float:
+    pairs = [(ours[0], baseline[0]), *zip(ours[1], baseline[1])]
+    return max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-12)).item() for a, b in pairs)
+
+
+def run_kernels(args, budget: Budget) -> tuple[list[dict], list[str]]:
+    import torch
+    from kernel_cases import PeerUnavailable, all_cases
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    cases = [c for c in all_cases("gpu", "cuda", dtype) if c.kernel in args.only]
+    rows, skipped = [], []
+    fatal = None
+    for phase in ("plain", "compiled"):
+        for case in cases:
+            names = [n for n in case.impls if (n in case.compiled) == (phase == "compiled")]
+            if not names:
+                continue
+            inputs = None
+            results = {}
+            for impl in names:
+                cost = COST_COMPILED_S if phase == "compiled" else COST_PLAIN_S
+                label = f"{case.kernel} {case.name} {impl}"
+                if fatal or not budget.allows(cost):
+                    skipped.append(f"{label}: {'after ' + fatal if fatal else 'out of time budget'}")
+                    continue
+                inputs = inputs or case.make_inputs()
+                row = {"kernel": case.kernel, "case": case.name, "impl": impl, "dtype": args.dtype}
+                try:
+                    row.update(measure(case, impl, inputs))
+                    results[impl] = row.pop("_result")
+                    log(f"  {label:<58} fwd {row['fwd_ms']:8.3f} ms  bwd {row['bwd_ms']:8.3f} ms  full "
+                        f"{row['full_ms']:8.3f} ms  peak {row['peak_extra_mb']:9.1f} MB  (first call {row['first_call_s']} s)")  # fmt: skip
+                except PeerUnavailable as exc:
+                    row["error"] = f"unavailable: {exc}"
+                    log(f"  {label:<58} skipped: {exc}")
+                except Exception as exc:  # a refusing peer is a result; a broken CUDA context ends the run
+                    row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+                    log(f"  {label:<58} FAILED: {row['error']}")
+                    if "CUDA error" in str(exc) or "illegal memory" in str(exc):
+                        fatal = f"{label} broke the CUDA context"
+                        traceback.print_exc()
+                rows.append(row)
+                if "ours" in results and case.baseline in results and "max_rel_err_vs_plain" not in rows_for(rows, case, "ours"):
+                    rows_for(rows, case, "ours")["max_rel_err_vs_plain"] = relative_error(results["ours"], results[case.baseline])
+                    results.pop(case.baseline)
+            del inputs, results
+            torch.cuda.empty_cache()
+    return rows, skipped
+
+
+def rows_for(rows: list[dict], case, impl: str) -> dict:
+    return next(r for r in rows if r["kernel"] == case.kernel and r["case"] == case.name and r["impl"] == impl)
+
+
+def kernel_table(rows: list[dict]) -> str:
+    """Rows grouped by case with each peer's time relative to ours (x > 1: ours is faster)."""
+    lines = [f"{'kernel / case':<46} {'impl':<13} {'fwd ms':>9} {'bwd ms':>9} {'full ms':>9} {'peak MB':>9} {'peer/ours':>9}  note"]
+    cases = list(dict.fromkeys((r["kernel"], r["case"]) for r in rows))
+    for kernel, case in cases:
+        group = [r for r in rows if (r["kernel"], r["case"]) == (kernel, case)]
+        ours = next((r for r in group if r["impl"] == "ours" and "full_ms" in r), None)
+        for r in group:
+            if "full_ms" not in r:
+                lines.append(f"{kernel + ' ' + case:<46} {r['impl']:<13} {'':>9} {'':>9} {'':>9} {'':>9} {'':>9}  {r.get('error', '')}")
+                continue
+            ratio = f"{r['full_ms'] / ours['full_ms']:.2f}x" if ours and r is not ours else ""
+            note = f"max rel err vs plain {r['max_rel_err_vs_plain']:.1e}" if "max_rel_err_vs_plain" in r else ""
+            lines.append(
+                f"{kernel + ' ' + case:<46} {r['impl']:<13} {r['fwd_ms']:9.3f} {r['bwd_ms']:9.3f} {r['full_ms']:9.3f} "
+                f"{r['peak_extra_mb']:9.1f} {ratio:>9}  {note}"
+            )
+        peers = [r for r in group if r["impl"] != "ours" and "full_ms" in r]
+        if ours and peers:
+            best = min(peers, key=lambda r: r["full_ms"])
+            lines.append(f"{'':<46} -> ours vs best peer ({best['impl']}): {best['full_ms'] / ours['full_ms']:.2f}x faster, "
+                         f"peak memory {ours['peak_extra_mb']:.0f} vs {best['peak_extra_mb']:.0f} MB")  # fmt: skip
+    return "\n".join(lines)
+
+
+# --- 3. end to end (model branch) -------------------------------------------------------------------------
+
+
+def run_end_to_end(args, budget: Budget) -> dict:
+    """Training-step tokens/s of the project's GPTNeo with and without the kernels (bf16 autocast, AdamW)."""
+    try:
+        from tinystories.model import GPTNeo, config_from_preset
+    except ImportError as exc:
+        note = f"tinystories.model not available ({exc}); end-to-end section skipped (needs the model branch)"
+        log(f"  {note}")
+        return {"skipped": [note], "rows": []}
+    import torch
+
+    rows, skipped = [], []
+    for preset in args.e2e_presets:
+        for impl in ("fused", "torch", "torch+compile"):
+            cost = COST_E2E_COMPILED_S if "compile" in impl else COST_E2E_S
+            if not budget.allows(cost):
+                skipped.append(f"{preset} {impl}: out of time budget")
+                continue
+            row = {"preset": preset, "impl": impl, "batch": args.e2e_batch, "seq_len": 512}
+            try:
+                row.update(_train_step_rate(GPTNeo, config_from_preset(preset), impl, args.e2e_batch, 512))
+                log(f"  {preset:<8} {impl:<14} {row['tokens_per_s']:>12,.0f} tokens/s  peak {row['peak_gb']:.2f} GB")
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+                log(f"  {preset:<8} {impl:<14} FAILED: {row['error']}")
+            rows.append(row)
+            torch.cuda.empty_cache()
+    return {"rows": rows, "skipped": skipped}
+
+
+def _train_step_rate(GPTNeo, config, impl: str, batch: int, seq_len: int, steps: int = 8) -> dict:
+    import torch
+
+    model = GPTNeo(config, impl="fused" if impl == "fused" else "torch").cuda().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    forward = torch.compile(model) if "compile" in impl else model
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    idx = torch.randint(0, config.vocab_size, (batch, seq_len + 1), generator=gen, device="cuda")
+    x, y = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            try:
+                loss = forward(x, y, return_logits=False).loss
+            except TypeError:  # a model without the return_logits switch
+                loss = forward(x, y).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return {"tokens_per_s": batch * seq_len * steps / seconds, "step_ms": 1000 * seconds / steps,
+            "peak_gb": torch.cuda.max_memory_allocated() / 1e9}  # fmt: skip
+
+
+# --- report ---------------------------------------------------------------------------------------------
+
+
+def environment() -> dict:
+    import torch
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "card": props.name, "sm_count": props.multi_processor_count, "memory_gb": round(props.total_memory / 1e9, 1),
+        "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
+        "python": platform.python_version(), "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+
+
+def write_report(report: dict, table: str) -> list[Path]:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    card = "".join(ch if ch.isalnum() else "-" for ch in report["environment"]["card"]).strip("-").lower()
+    stem = f"gpu_report-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{card}"
+    paths = []
+    for suffix, text in ((".json", json.dumps(report, indent=2, default=str)), (".txt", table)):
+        path = RESULTS_DIR / f"{stem}{suffix}"
+        tmp = path.with_suffix(suffix + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(path)  # atomic: a killed run never leaves half a report
+        paths.append(path)
+    if os.environ.get("OUT"):
+        for path in paths:
+            shutil.copy(path, Path(os.environ["OUT"]) / path.name)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-s", type=float, default=420, help="wall-clock budget for the whole run (s)")
+    parser.add_argument("--tests-timeout-s", type=float, default=170, help="cap on the kernel test run (s)")
+    parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end model section")
+    parser.add_argument("--only", type=lambda s: s.split(","), default=list(KERNELS), help=f"subset of {','.join(KERNELS)}")
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    parser.add_argument("--e2e-presets", type=lambda s: s.split(","), default=["33M", "1M", "8M"])
+    parser.add_argument("--e2e-batch", type=int, default=64)
+    args = parser.parse_args(argv)
+    budget = Budget(args.budget_s)
+    unknown = set(args.only) - set(KERNELS)
+    if unknown:
+        parser.error(f"--only: unknown kernel(s) {sorted(unknown)}; choose from {KERNELS}")
+
+    found = ensure_importable()
+    import torch
+
+    if not torch.cuda.is_available():
+        log("gpu_report.py needs a CUDA device; on CPU run `pytest benchmarks/bench_kernels.py` instead.")
+        return 2
+    from tinystories.kernels import kernels_available
+
+    report = {"environment": environment(), "args": vars(args), "tinystories.kernels": found,
+              "kernels_available": kernels_available()}  # fmt: skip
+    log(f"== {report['environment']}")
+    log(f"== kernels_available: {report['kernels_available']}  (package from {found})")
+
+    if args.skip_tests:
+        report["tests"] = {"skipped": "--skip-tests"}
+    else:
+        log("\n== 1. kernel tests on the GPU (no interpreter, bf16 enabled)")
+        report["tests"] = run_tests(min(args.tests_timeout_s, max(30.0, budget.left() * 0.45)))
+        log(f"   -> {report['tests']['summary'] or 'no summary'} (rc {report['tests']['returncode']}, {report['tests']['seconds']} s)")
+
+    log(f"\n== 2. kernels: ours vs peers ({args.dtype}; fwd records autograd as in training; {budget.left():.0f} s left)")
+    rows, skipped = run_kernels(args, budget)
+    table = kernel_table(rows)
+    report["kernels"] = rows
+    report["kernels_skipped"] = skipped
+
+    log(f"\n== 3. end to end ({budget.left():.0f} s left)")
+    report["end_to_end"] = {"skipped": ["end to end: --no-e2e"], "rows": []} if args.no_e2e else run_end_to_end(args, budget)
+    e2e_rows = [r for r in report["end_to_end"]["rows"] if "tokens_per_s" in r]
+    if e2e_rows:
+        table += "\n\nend to end (bf16 autocast, AdamW, T=512)\n" + "\n".join(
+            f"{r['preset']:<8} {r['impl']:<14} B{r['batch']:<4} {r['tokens_per_s']:>12,.0f} tokens/s  "
+            f"{r['step_ms']:8.1f} ms/step  peak {r['peak_gb']:.2f} GB"
+            for r in e2e_rows
+        )
+    table = f"{report['environment']}\ntests: {report['tests'].get('summary', report['tests'])}\n\n{table}"
+    all_skipped = [*skipped, *report["end_to_end"]["skipped"]]
+    if all_skipped:
+        table += "\n\nskipped:\n" + "\n".join(f"  {s}" for s in all_skipped)
+    log("\n" + table)
+    for path in write_report(report, table):
+        log(f"wrote {path}")
+    return 0 if report["tests"].get("returncode", 0) == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Corpus readers: TinyStories .txt, .jsonl (plain and Instruct), their .zst forms, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tinystories.corpus import CorpusError, CorpusReader, format_instruct_record, iter_stories
+
+
+def write(path: Path, text: str) -> Path:
+    data = text.encode("utf-8")
+    path.write_bytes(zstandard.ZstdCompressor().compress(data) if path.suffix == ".zst" else data)
+    return path
+
+
+def test_txt_separators_and_whitespace(tmp_path):
+    text = "One.\nTwo lines\r\nhere.\n<|endoftext|>\n\n  <|endoftext|>\nInline<|endoftext|>Next story\nno end marker\n"
+    for name in ("a.txt", "a.txt.zst"):
+        assert list(iter_stories(write(tmp_path / name, text))) == [
+            "One.\nTwo lines\nhere.", "Inline", "Next story\nno end marker",
+        ]  # fmt: skip
+
+
+def test_several_inputs_in_order_and_progress(tmp_path):
+    a = write(tmp_path / "a.txt.zst", "A1\n<|endoftext|>\nA2\n<|endoftext|>\n")
+    b = write(tmp_path / "b.jsonl", '{"text": "B1"}\n\n{"story": "B2", "id": 3}\n')
+    reader = CorpusReader([a, b])
+    assert list(reader) == ["A1", "A2", "B1", "B2"]
+    assert reader.bytes_read == reader.total_bytes == a.stat().st_size + b.stat().st_size
+    assert reader.stories_read == 4
+
+
+def test_reading_streams(shared_data):
+    # After the first story only one read-ahead chunk (128 KiB) of the 480 KB file has been consumed.
+    reader = CorpusReader([shared_data / "tinystories" / "tinystories_v1_train_head.txt.zst"])
+    it = iter(reader)
+    next(it)
+    assert 0 < reader.bytes_read < reader.total_bytes / 3
+
+
+def test_real_tinystories_file(shared_data, real_stories):
+    assert list(iter_stories(shared_data / "tinystories" / "tinystories_v1_train_head.txt.zst")) == real_stories
+
+
+def test_jsonl_instruct_records(tmp_path):
+    records = [
+        {"story": "Tom ran.", "features": ["Dialogue", "BadEnding"], "words": ["run", "red", "big"], "summary": "Tom runs."},
+        {"story": "Sue sat.", "instruction": {"prompt": "...", "words": ["sit"], "features": []}},
+        {"text": "Features: Twist\nStory: already laid out", "story": "ignored"},
+    ]
+    path = write(tmp_path / "i.jsonl.zst", "".join(json.dumps(r) + "\n" for r in records))
+    assert list(iter_stories(path)) == ["Tom ran.", "Sue sat.", "Features: Twist\nStory: already laid out"]
+    assert list(iter_stories(path, instruct=True)) == [
+        "Features: Dialogue, BadEnding\nWords: run, red, big\nSummary: Tom runs.\nStory:\nTom ran.",
+        "Words: sit\nStory:\nSue sat.",
+        "Features: Twist\nStory: already laid out",
+    ]
+    assert format_instruct_record({}, "Plain.") == "Story: Plain."
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.jsonl", '{"text": "ok"}\n{"text": oops}\n', r"bad\.jsonl:2: invalid JSON"),
+        ("bad.jsonl", '{"title": "x", "body": "y"}\n', r"bad\.jsonl:1: no 'text' or 'story' field \(fields: body, title\)"),
+        ("bad.jsonl", '{"story": 5}\n', r"bad\.jsonl:1: field 'story' is int"),
+        ("bad.jsonl", "[1, 2]\n", r"bad\.jsonl:1: expected a JSON object"),
+        ("bad.csv", "a,b\n", r"bad\.csv: unsupported corpus file type"),
+    ],
+)
+def test_bad_input_names_file_and_problem(tmp_path, name, content, message):
+    with pytest.raises(CorpusError, match=message):
+        list(iter_stories(write(tmp_path / name, content)))
+
+
+def test_invalid_utf8_and_corrupt_zstd(tmp_path):
+    (tmp_path / "bin.txt").write_bytes(b"fine\n<|endoftext|>\nbad \xff byte\n")
+    with pytest.raises(CorpusError, match=r"bin\.txt: invalid UTF-8 near line"):
+        list(iter_stories(tmp_path / "bin.txt"))
+    frame = zstandard.ZstdCompressor(write_checksum=True).compress(b"Some story text here.\n" * 50)
+    (tmp_path / "t.txt.zst").write_bytes(frame + frame[:-6])  # a second frame cut short
+    with pytest.raises(CorpusError, match=r"t\.txt\.zst: truncated zstd data"):
+        list(iter_stories(tmp_path / "t.txt.zst"))
+    flipped = bytearray(frame)
+    flipped[len(flipped) // 2] ^= 0xFF
+    (tmp_path / "c.txt.zst").write_bytes(bytes(flipped))
+    with pytest.raises(CorpusError, match=r"c\.txt\.zst: corrupt zstd data"):
+        list(iter_stories(tmp_path / "c.txt.zst"))
+    with pytest.raises(CorpusError, match=r"missing\.txt: corpus file not found"):
+        CorpusReader([tmp_path / "missing.txt"])
+
+
+# Story text: anything except the separator itself; may hold newlines, quotes and non-ASCII.
+story_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60).filter(lambda s: "<|endoftext|>" not in s)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stories=st.lists(story_text, max_size=8), compressed=st.booleans())
+def test_round_trip_property(tmp_path, stories, compressed):
+    # Universal newlines: \r and \r\n inside a story read back as \n, as for any text file.
+    expected = [s.replace("\r\n", "\n").replace("\r", "\n").strip() for s in stories]
+    expected = [s for s in expected if s]
+    zst = ".zst" if compressed else ""
+    txt = write(tmp_path / f"p.txt{zst}", "".join(f"{s}\n<|endoftext|>\n" for s in stories))
+    assert list(iter_stories(txt)) == expected
+    jsonl = write(tmp_path / f"p.jsonl{zst}", "".join(json.dumps({"story": s}) + "\n" for s in stories))
+    assert list(iter_stories(jsonl)) == [s.strip() for s in stories if s.strip()]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_crash_unexpectedly(tmp_path, data):
+    for name in ("x.txt", "x.jsonl", "x.txt.zst"):
+        (tmp_path / name).write_bytes(data)
+        try:
+            stories = list(iter_stories(tmp_path / name))
+        except CorpusError as e:
+            assert name in str(e)
+        else:
+            assert all(isinstance(s, str) and s == s.strip() and s for s in stories)

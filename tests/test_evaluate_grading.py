@@ -1,0 +1,161 @@
+"""Judge prompts, grade parsing, the results cache and the summary statistics (no network)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tinystories import evaluate, grading
+from tinystories.grading import GradeParseError, Grades, parse_grades
+
+WELL_FORMED = [
+    ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\nAge group: C",
+     Grades(8, 7, 9, 6, "C")),
+    ("Grammar: 10/10\nCreativity: 1/10\nConsistency: 5/10\nPlot: 3/10\nAge group: A (3 or under)",
+     Grades(10, 1, 5, 3, "A")),
+    # the paper's judge wrote prose around the grades; markdown and "out of" are common too
+    ("Sure! Here are my grades.\n**Grammar**: 6 out of 10\n**Creativity** - 4.5/10\n"
+     "Consistency with the beginning: 7/10\nPlot: the plot is simple, 5/10\nAge group: B: 4-5.",
+     Grades(6, 4.5, 7, 5, "B")),
+    ("grammar 9, creativity 8, consistency 7, plot 6 -- age group F", Grades(9, 8, 7, 6, "F")),
+]
+
+
+@pytest.mark.parametrize("text, expected", WELL_FORMED)
+def test_well_formed_grades_are_parsed_exactly(text, expected):
+    assert parse_grades(text) == expected
+
+
+@pytest.mark.parametrize("text, reason, detail", [
+    ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nAge group: C", "missing", "no plot grade"),
+    ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10", "missing", "no age group"),
+    # "a" in "a young child" is not an age-group letter
+    ("Grammar: 8\nCreativity: 7\nConsistency: 9\nPlot: 6\nAge group: a young child", "missing", "no age group"),
+    ("The story is lovely and the student writes well.", "missing", "no grammar grade"),
+    ("Grammar: 11/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\nAge group: C", "out_of_range", "11"),
+    ("Grammar: 80/100\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\nAge group: C", "out_of_range", "80/100"),
+    ("Grammar: -2/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\nAge group: C", "out_of_range", "-2"),
+    ("I'm sorry, but I can't help with grading this text.", "refusal", "declined"),
+    ("As an AI, I am unable to assign grades.", "refusal", "declined"),
+])
+def test_bad_answers_raise_with_a_reason(text, reason, detail):
+    with pytest.raises(GradeParseError) as info:
+        parse_grades(text)
+    assert info.value.reason == reason
+    assert detail in info.value.detail
+
+
+def test_partial_grades_are_kept_as_found_but_never_completed():
+    with pytest.raises(GradeParseError) as info:
+        parse_grades("Grammar: 8/10\nCreativity: 7/10")
+    assert info.value.found == {"grammar": 8.0, "creativity": 7.0}
+
+
+def test_assessment_prompt_has_the_papers_structure():
+    prompt = grading.assessment_prompt("Tom saw a big", " dog in the park.")
+    assert "Tom saw a big*** dog in the park." in prompt
+    assert "general assessment" in prompt and "split in the middle by the separator ***" in prompt
+    for word in ("grammar", "creativity", "consistency", "plot", "A: 3 or under", "F: 13-16"):
+        assert word in grading.GRADING_REQUEST
+
+
+def test_cache_key_changes_with_every_input():
+    base = dict(checkpoint_id="abc", beginning="Once", seed=0, sample=0, generation={"temperature": 1.0},
+                judge_model="gpt-4o")
+    key = grading.cache_key(**base)
+    assert key == grading.cache_key(**base)
+    for field, other in [("checkpoint_id", "abd"), ("beginning", "Once "), ("seed", 1), ("sample", 1),
+                         ("generation", {"temperature": 0.5}), ("judge_model", "gpt-4o-mini")]:
+        assert grading.cache_key(**{**base, field: other}) != key, field
+    assert grading.cache_key(**base, prompt_version="other") != key
+
+
+def test_records_file_survives_a_torn_last_line(tmp_path):
+    path = tmp_path / "grades.jsonl"
+    grading.append_record(path, {"key": "a", "status": "ok"})
+    with open(path, "a") as f:
+        f.write('{"key": "b", "sta')  # a crash mid-write
+    with pytest.warns(UserWarning, match="line 2"):
+        assert [r["key"] for r in grading.read_records(path)] == ["a"]
+    grading.append_record(path, {"key": "c", "status": "failed"})  # starts on a fresh line
+    with pytest.warns(UserWarning, match="line 2"):
+        assert [r["key"] for r in grading.read_records(path)] == ["a", "c"]
+
+
+def test_mean_ci95_on_known_inputs():
+    s = grading.mean_ci95([1, 2, 3, 4, 5])
+    # mean 3, sample sd sqrt(2.5), t(0.975, 4) = 2.776445 (statistical tables)
+    assert s.n == 5 and s.mean == 3
+    assert s.ci95 == pytest.approx(2.776445 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
+    s = grading.mean_ci95([7.0] * 30)
+    assert (s.mean, s.ci95) == (7.0, 0.0)
+    assert math.isnan(grading.mean_ci95([4.0]).ci95) and grading.mean_ci95([]).n == 0
+
+
+def test_summarize_counts_failures_and_averages_only_graded_records():
+    def ok(g, c, s, p, age):
+        return {"status": "ok", "grades": Grades(g, c, s, p, age).as_dict()}
+
+    records = [ok(8, 6, 7, 5, "B"), ok(6, 4, 9, 7, "D"), {"status": "failed", "failure": "refusal", "grades": None},
+               {"status": "failed", "failure": "missing", "grades": None}]
+    s = grading.summarize(records)
+    assert (s["n_graded"], s["n_items"]) == (2, 4)
+    assert s["failures"] == {"refusal": 1, "missing": 1}
+    assert [s[k].mean for k in grading.SCORES] == [7, 5, 8, 6]
+    assert s["grammar"].ci95 == pytest.approx(12.706205 * math.sqrt(2) / math.sqrt(2), rel=1e-6)
+    assert s["age"].mean == 3 and grading.age_letter(s["age"].mean) == "C"
+
+
+def test_shipped_beginnings_are_cut_mid_sentence():
+    beginnings = evaluate.load_beginnings()
+    assert len(beginnings) >= 50 and len(set(beginnings)) == len(beginnings)
+    for b in beginnings:
+        assert b[-1] not in ".!?\"'", b  # stops in the middle of a sentence
+        assert len(b.split()) >= 8
+
+
+def test_user_beginnings_file(tmp_path):
+    path = tmp_path / "b.txt"
+    path.write_text("# my beginnings\nOnce upon a time, a cat\n\nTom ran to the\n")
+    assert evaluate.load_beginnings(path) == ["Once upon a time, a cat", "Tom ran to the"]
+    path.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="no beginnings"):
+        evaluate.load_beginnings(path)
+
+
+def test_beginning_seed_depends_only_on_seed_and_text():
+    assert evaluate.beginning_seed(0, "Tom ran") == evaluate.beginning_seed(0, "Tom ran")
+    assert len({evaluate.beginning_seed(s, b) for s in (0, 1) for b in ("Tom ran", "Sue sat")}) == 4
+
+
+def test_report_from_records_writes_layout_and_curves(tmp_path):
+    """Two shapes and three steps of one run: the layout table/PNG and the curves PNG are drawn."""
+    records = []
+    for name, hidden, layers, step, run, base in [("a/s100", 64, 8, 100, "a", 3), ("a/s200", 64, 8, 200, "a", 5),
+                                                  ("a/s300", 64, 8, 300, "a", 6), ("b/s300", 128, 2, 300, "b", 7)]:
+        for i in range(4):
+            records.append({"checkpoint": name, "hidden_size": hidden, "num_layers": layers, "step": step,
+                            "run": run, "status": "ok",
+                            "grades": Grades(base, base - 1, base + (i % 2), base, "C").as_dict()})
+    from tinystories import eval_report
+
+    groups = eval_report.group_by_model(records)
+    hidden, layers, cells = eval_report.layout_grid(groups)
+    assert (hidden, layers) == ([64, 128], [2, 8])
+    assert cells[(64, 8)]["grammar"].mean == 6  # the latest step of run a fills its cell
+    assert [s for s, _ in eval_report.runs_with_steps(groups)["a"]] == [100, 200, 300]
+    path = tmp_path / "grades.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert evaluate.run_cli(_parse(["report", str(path)])) == 0
+    for png in ("grades_by_shape.png", "grades_vs_step.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _parse(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    evaluate.add_cli_arguments(parser)
+    return parser.parse_args(argv)

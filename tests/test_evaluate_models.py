@@ -1,0 +1,162 @@
+"""Students end to end: a tiny random Hugging Face GPT-Neo directory and our GPT-Neo run through probes and loss."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tinystories import heldout, probes
+from tinystories.students import HFStudent, fingerprint_path
+
+from _evaluate_fixtures import tiny_run  # noqa: F401  (a pytest fixture)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory, gpt2_files):
+    transformers = pytest.importorskip("transformers")
+    vocab, merges = gpt2_files
+    directory = tmp_path_factory.mktemp("hf-tiny")
+    tokenizer = transformers.GPT2TokenizerFast(vocab_file=str(vocab), merges_file=str(merges))
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(0)
+    config = transformers.GPTNeoConfig(vocab_size=50257, hidden_size=32, num_layers=2, num_heads=2,
+                                       attention_types=[[["global", "local"], 1]], max_position_embeddings=64,
+                                       window_size=16, intermediate_size=64)
+    transformers.GPTNeoForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def test_hf_student_completes_greedily_and_deterministically(hf_dir):
+    student = HFStudent(hf_dir)
+    assert (student.info.hidden_size, student.info.num_layers, student.context_length) == (32, 2, 64)
+    prompts = ["Once upon a time, a little", "Tom saw a big dog. The dog was"]
+    a = student.complete(prompts, max_new_tokens=6, temperature=0.0)
+    assert a == student.complete(prompts, max_new_tokens=6, temperature=0.0)
+    assert all(isinstance(c, str) for c in a) and len(a) == 2
+    # a batch does not change a row's greedy completion (left padding is masked)
+    assert student.complete(prompts[1:], max_new_tokens=6, temperature=0.0) == a[1:]
+    sampled = student.complete(prompts * 2, max_new_tokens=6, temperature=1.0, seed=3)
+    assert sampled == student.complete(prompts * 2, max_new_tokens=6, temperature=1.0, seed=3)
+
+
+def test_hf_student_bits_per_byte_equals_direct_computation(hf_dir):
+    student = HFStudent(hf_dir)
+    text = "Lily had a red ball.\n<|endoftext|>\nTom had a blue car. He drove it fast."
+    result = heldout.text_loss(student, text)
+    ids = [student.eos] + student.tokenizer.encode("Lily had a red ball.\n", add_special_tokens=False) \
+        + [student.eos] + student.tokenizer.encode("\nTom had a blue car. He drove it fast.", add_special_tokens=False)
+    with torch.no_grad():
+        logits = student.model(torch.tensor([ids[:-1]])).logits[0].float()
+    nll = float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum"))
+    n_bytes = len(text.replace("<|endoftext|>", "").encode())
+    assert result.tokens == len(ids) - 1 and result.bytes == n_bytes
+    assert result.bits_per_byte == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-5)
+
+
+def test_hf_student_runs_the_probe_suites(hf_dir):
+    student = HFStudent(hf_dir)
+    suite = probes.load_suite("factual")[:5]
+    results = probes.run_probes(student, suite, max_new_tokens=4, batch_size=3)
+    assert [r.id for r in results] == [p.id for p in suite]
+    assert all(r.verdict in probes.VERDICTS and r.model == student.info.name for r in results)
+
+
+def test_fingerprint_follows_content(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"weights")
+    first = fingerprint_path(tmp_path)
+    (tmp_path / "a.bin").write_bytes(b"weightz")
+    assert fingerprint_path(tmp_path) != first
+    with pytest.raises(FileNotFoundError):
+        fingerprint_path(tmp_path / "empty_dir_missing")
+
+
+# ------------------------------------------------------------------------------------------------ our GPT-Neo
+def test_checkpoint_student_identity_and_generation(tiny_run):
+    from tinystories.students import GPTNeoStudent, load_student
+
+    run, (first, second) = tiny_run
+    student = GPTNeoStudent.from_checkpoint(first)
+    info = student.info
+    assert (info.run, info.step, info.hidden_size, info.num_layers) == ("tiny", 10, 32, 2)
+    assert info.name == "tiny/step_00000010"
+    newest = load_student(run)  # a run directory means its newest checkpoint
+    assert newest.info.step == 20 and newest.info.identity != info.identity
+
+    prompts = ["Once upon a time, there was a little", "Tom saw a big dog. The dog"]
+    greedy = student.complete(prompts, max_new_tokens=8, temperature=0.0)
+    assert greedy == student.complete(prompts, max_new_tokens=8, temperature=0.0)
+    assert student.complete(prompts[1:], max_new_tokens=8, temperature=0.0) == greedy[1:]  # batching is exact
+    sampled = student.complete(prompts * 3, max_new_tokens=8, temperature=1.0, seed=7)
+    assert sampled == student.complete(prompts * 3, max_new_tokens=8, temperature=1.0, seed=7)
+    assert sampled != student.complete(prompts * 3, max_new_tokens=8, temperature=1.0, seed=8)
+    with pytest.raises(ValueError, match="no room for a prompt"):
+        student.complete(prompts, max_new_tokens=128)
+
+
+def test_checkpoint_student_bits_per_byte_equals_direct_computation(tiny_run):
+    from tinystories.students import GPTNeoStudent
+
+    student = GPTNeoStudent.from_checkpoint(tiny_run[1][0])
+    text = "Lily had a red ball. She liked to play.\n<|endoftext|>\nTom ran to the park with his dog."
+    result = heldout.text_loss(student, text)
+    tok = student.tokenizer
+    ids = [tok.eot_token] + tok.encode(text, allowed_special="all")
+    with torch.no_grad():
+        logits = student.model(torch.tensor([ids[:-1]])).logits[0]
+    nll = float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum"))
+    n_bytes = len(text.replace("<|endoftext|>", "").encode())
+    assert result.bits_per_byte == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-5)
+    # a long text in sliding windows: every token scored once
+    long_text = " ".join(["The cat sat on the mat and looked at the sun."] * 40)
+    windowed = heldout.text_loss(student, long_text, stride=32)
+    assert windowed.tokens == len(tok.encode(long_text, allowed_special="all"))
+    lengths = heldout.token_byte_lengths(tok)
+    assert lengths[tok.eot_token] == 0 and int(lengths[tok.encode_ordinary(long_text)].sum()) == len(long_text)
+
+
+def test_probes_cli_end_to_end_on_a_checkpoint(tiny_run, tmp_path, capsys):
+    from tinystories.cli import main
+
+    html = tmp_path / "probes.html"
+    jsonl = tmp_path / "probes.jsonl"
+    assert main(["eval", "probes", str(tiny_run[1][0]), str(tiny_run[1][1]), "--suites", "factual,context",
+                 "--max-new-tokens", "4", "--html", str(html), "--jsonl", str(jsonl)]) == 0
+    lines = jsonl.read_text().splitlines()
+    n_prompts = len(probes.load_suite("factual")) + len(probes.load_suite("context"))
+    assert len(lines) == 2 * n_prompts
+    page = html.read_text()
+    assert "tiny/step_00000010" in page and "tiny/step_00000020" in page
+    assert "probe scores" in capsys.readouterr().out
+
+
+def test_loss_cli_on_a_text_file(tiny_run, tmp_path, capsys):
+    from tinystories.cli import main
+
+    path = tmp_path / "valid.txt"
+    path.write_text("Sue had a cat.\n<|endoftext|>\nThe cat was soft and warm.\n")
+    out = tmp_path / "loss.json"
+    assert main(["eval", "loss", str(tiny_run[1][0]), "--text", str(path), "--json", str(out)]) == 0
+    [result] = json.loads(out.read_text())
+    assert result["model"] == "tiny/step_00000010" and result["bytes"] == len(path.read_text().replace(
+        "<|endoftext|>", "").encode())
+    assert result["bits_per_byte"] == pytest.approx(result["nll_nats"] / math.log(2) / result["bytes"])
+    assert "bits per byte" in capsys.readouterr().out
+
+
+def test_novelty_cli_end_to_end_on_a_checkpoint(tiny_run, tmp_path):
+    from tinystories.cli import main
+    from tinystories.story_templates import generate_stories
+
+    stories = tmp_path / "train.txt"
+    stories.write_text("".join(f"{s}\n<|endoftext|>\n" for s in generate_stories(60, seed=1)))
+    out = tmp_path / "novelty.jsonl"
+    assert main(["eval", "novelty", str(tiny_run[1][0]), "--stories", str(stories), "--n", "6",
+                 "--max-new-tokens", "16", "--jsonl", str(out)]) == 0
+    items = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(items) == 6 and len({i["story_index"] for i in items}) == 6
+    for item in items:
+        assert 0 <= item["rouge_l_ending"] <= 1 and 0 <= item["ngram_overlap_corpus"] <= 1
+        assert item["nearest_story"] != item["story_index"]

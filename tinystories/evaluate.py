@@ -1,0 +1,463 @@
+"""``tinystories eval``: grade checkpoints with a judge LLM, run the capability probes, measure novelty and held-out loss.
+
+    tinystories eval grade runs/a/ckpt.pt runs/b/ckpt.pt --judge-model gpt-4o --out eval/
+    tinystories eval probes runs/a/ckpt.pt --hf-model ~/models/gpt2-xl --html eval/probes.html
+    tinystories eval novelty runs/a/ckpt.pt --stories train.txt
+    tinystories eval loss runs/a/ckpt.pt --text valid.txt
+
+Grading (see :mod:`tinystories.grading` for the judge conversation) writes one JSONL record per
+completion to ``<out>/grades.jsonl``; records are keyed by (checkpoint content, beginning, sample seed,
+generation settings, judge model, prompt version), so a rerun only generates and pays for new items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tinystories.grading import (
+    PROMPT_VERSION,
+    Chat,
+    append_record,
+    cache_key,
+    final_records_by_key,
+    judge_completion,
+    read_records,
+)
+
+
+# ------------------------------------------------------------------------------------------------ beginnings
+def load_beginnings(path: str | Path | None = None) -> list[str]:
+    """The shipped story beginnings, or a user file: one beginning per line (blank lines and # comments skipped)."""
+    if path is None:
+        text, source = resources.files("tinystories").joinpath("assets/beginnings.txt").read_text("utf-8"), "shipped"
+    else:
+        text, source = Path(path).read_text("utf-8"), str(path)
+    beginnings = [line.rstrip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not beginnings:
+        raise ValueError(f"{source} beginnings file holds no beginnings")
+    return beginnings
+
+
+# ------------------------------------------------------------------------------------------------ grading
+@dataclass(frozen=True)
+class GradeSettings:
+    judge_model: str
+    samples: int = 10  # completions per beginning
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    max_new_tokens: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.max_new_tokens < 1:
+            raise ValueError(f"samples ({self.samples}) and max_new_tokens ({self.max_new_tokens}) must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not self.judge_model:
+            raise ValueError("judge_model must name the judge")
+
+    def generation(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "max_new_tokens": self.max_new_tokens}
+
+
+def beginning_seed(seed: int, beginning: str) -> int:
+    """The generator seed of one beginning's batch: independent of the order and number of beginnings."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{beginning}".encode()).digest()[:4], "little")
+
+
+def _student_fields(student: Any) -> dict[str, Any]:
+    info = student.info
+    return {"checkpoint": info.name, "checkpoint_id": info.identity, "run": info.run, "step": info.step,
+            "hidden_size": info.hidden_size, "num_layers": info.num_layers, "num_parameters": info.num_parameters}
+
+
+# judge(chat, item) -> the outcome fields of a record (status ok/failed, ...); raises when the API failed.
+Judge = Callable[[Chat, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def grade(students: Sequence[Any], chat: Chat, beginnings: Sequence[str], settings: GradeSettings,
+          results_path: str | Path, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Grade every student's completions of every beginning; returns this plan's final records (cached and new)."""
+    async def judge(chat: Chat, item: dict[str, Any]) -> dict[str, Any]:
+        return await judge_completion(chat, item["beginning"], item["completion"], request_id=item["key"][:24])
+
+    prompts = [{"prompt": b, "beginning_index": i, "beginning": b} for i, b in enumerate(beginnings)]
+    return run_judged(students, chat, prompts, settings, results_path, judge, prompt_version=PROMPT_VERSION,
+                      progress=progress)
+
+
+def grade_instruction_following(students: Sequence[Any], chat: Chat, instructions: Sequence[Any],
+                                settings: GradeSettings, results_path: str | Path, *,
+                                progress: bool = True) -> list[dict[str, Any]]:
+    """Instruct checkpoints: stories written to each instruction set, rule-checked and judged."""
+    from tinystories.instruct_eval import (
+        INSTRUCT_PROMPT_VERSION,
+        Instruction,
+        instruction_prompt,
+        judge_instruction_following,
+    )
+
+    async def judge(chat: Chat, item: dict[str, Any]) -> dict[str, Any]:
+        instruction = Instruction(**{**item["instruction"], "features": tuple(item["instruction"]["features"])})
+        return await judge_instruction_following(chat, instruction, item["completion"], request_id=item["key"][:24])
+
+    prompts = [{"prompt": instruction_prompt(ins), "instruction": ins.as_dict()} for ins in instructions]
+    return run_judged(students, chat, prompts, settings, results_path, judge, prompt_version=INSTRUCT_PROMPT_VERSION,
+                      progress=progress)
+
+
+def run_judged(students: Sequence[Any], chat: Chat, prompts: Sequence[dict[str, Any]], settings: GradeSettings,
+               results_path: str | Path, judge: Judge, *, prompt_version: str,
+               progress: bool = True) -> list[dict[str, Any]]:
+    """Sample ``settings.samples`` completions of each prompt (``{"prompt": text, **fields}``) per student
+    and have ``judge`` assess each; one JSONL record per completion in ``results_path``.
+
+    Cached records (same key, status ok or failed) are reused without generating or requesting anything.
+    Records whose judge call failed (status error) keep their completion and are judged again.
+    """
+    results_path = Path(results_path)
+    existing = read_records(results_path)
+    final = final_records_by_key(existing)
+    errored = {r["key"]: r for r in existing if r.get("status") == "error"}
+    plan: list[dict[str, Any]] = []
+    todo: list[dict[str, Any]] = []
+    for student in students:
+        missing: dict[str, list[dict[str, Any]]] = {}
+        for fields in prompts:
+            for sample in range(settings.samples):
+                key = cache_key(checkpoint_id=student.info.identity, beginning=fields["prompt"], seed=settings.seed,
+                                sample=sample, generation=settings.generation(), judge_model=settings.judge_model,
+                                prompt_version=prompt_version)
+                item = {"key": key, **_student_fields(student), **fields, "sample": sample, "seed": settings.seed,
+                        "generation": settings.generation(), "judge_model": settings.judge_model,
+                        "prompt_version": prompt_version}
+                plan.append(item)
+                if key in final:
+                    continue
+                if key in errored:
+                    item["completion"] = errored[key]["completion"]
+                else:
+                    missing.setdefault(fields["prompt"], []).append(item)
+                todo.append(item)
+        _generate(student, missing, settings, progress=progress)
+    if todo:
+        asyncio.run(_judge_all(chat, judge, todo, results_path, progress=progress))
+    final = final_records_by_key(read_records(results_path))
+    return [final[item["key"]] for item in plan if item["key"] in final]
+
+
+def _generate(student: Any, missing: dict[str, list[dict[str, Any]]], settings: GradeSettings, *,
+              progress: bool) -> None:
+    """Fill in the completions of the missing items: one batch of all samples per prompt, seeded per prompt."""
+    if not missing:
+        return
+    with _progress(progress) as bar:
+        task = bar.add_task(f"sampling {student.info.name}", total=len(missing))
+        for prompt, items in missing.items():
+            completions = student.complete([prompt] * settings.samples, max_new_tokens=settings.max_new_tokens,
+                                           temperature=settings.temperature, top_k=settings.top_k,
+                                           top_p=settings.top_p, seed=beginning_seed(settings.seed, prompt))
+            for item in items:
+                item["completion"] = completions[item["sample"]]
+            bar.advance(task)
+
+
+async def _judge_all(chat: Chat, judge: Judge, items: list[dict[str, Any]], results_path: Path, *,
+                     progress: bool) -> None:
+    with _progress(progress) as bar:
+        task = bar.add_task("judging", total=len(items))
+
+        async def one(item: dict[str, Any]) -> None:
+            try:
+                outcome = await judge(chat, item)
+            except Exception as exc:  # the API failed after all retries: keep the completion, judge next run
+                outcome = {"status": "error", "grades": None, "failure": "api_error",
+                           "failure_detail": {"error": f"{type(exc).__name__}: {exc}"}}
+            append_record(results_path, {**item, **outcome, "time": time.time()})
+            bar.advance(task)
+
+        await asyncio.gather(*(one(item) for item in items))
+
+
+class _NoProgress:
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def advance(self, *args: Any) -> None:
+        return None
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled:
+        return _NoProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="eval_command", metavar="{grade,probes,novelty,loss,report}", required=True)
+
+    def models(p: argparse.ArgumentParser) -> None:
+        p.add_argument("checkpoints", nargs="*", type=Path, help="our checkpoints (tinystories-train output)")
+        p.add_argument("--hf-model", action="append", default=[], type=Path, metavar="DIR",
+                       help="a Hugging Face causal LM directory (repeatable)")
+        p.add_argument("--device", default="cpu")
+
+    def judge(p: argparse.ArgumentParser, required: bool) -> None:
+        p.add_argument("--judge-model", required=required, help="the judge model name (e.g. gpt-4o)")
+        p.add_argument("--base-url", help="an OpenAI-compatible endpoint (default: OpenAI)")
+        p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+        p.add_argument("--concurrency", type=int, default=32)
+        p.add_argument("--max-cost-usd", type=float, help="stop cleanly once the judge has cost this much")
+
+    g = sub.add_parser("grade", help="complete story beginnings and grade them with a judge LLM")
+    models(g)
+    judge(g, required=True)
+    g.add_argument("--beginnings", type=Path, help="one beginning per line (default: the shipped set)")
+    g.add_argument("--limit-beginnings", type=int, help="use only the first N beginnings (or instruction sets)")
+    g.add_argument("--instruct", action="store_true",
+                   help="Instruct checkpoints: score instruction following (words, summary, features) instead")
+    g.add_argument("--instructions", type=Path, help="instruction sets, JSONL (default: the shipped set)")
+    g.add_argument("--samples", type=int, default=10, help="completions per beginning")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--max-new-tokens", type=int, default=200)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", type=Path, default=Path("eval"), help="results folder (grades.jsonl, PNGs)")
+
+    r = sub.add_parser("report", help="tables and plots from a grades.jsonl, without any request")
+    r.add_argument("results", type=Path)
+    r.add_argument("--out", type=Path, help="folder for the PNGs (default: beside the results)")
+
+    p = sub.add_parser("probes", help="factual / reasoning / context-tracking prompt suites, greedy, scored")
+    models(p)
+    judge(p, required=False)
+    p.add_argument("--suites", default=",".join(("factual", "reasoning", "context")),
+                   help="comma-separated shipped suite names or JSON files")
+    p.add_argument("--max-new-tokens", type=int, default=12)
+    p.add_argument("--judge", action="store_true", help="ask the judge to settle the partially correct ones")
+    p.add_argument("--html", type=Path, help="write a self-contained HTML report here")
+    p.add_argument("--jsonl", type=Path, help="write every completion and verdict here")
+
+    n = sub.add_parser("novelty", help="complete cut training stories; overlap with the true ending and the corpus")
+    models(n)
+    n.add_argument("--stories", type=Path, action="append", required=True,
+                   help="training stories (.txt/.txt.zst separated by <|endoftext|>, or .jsonl with 'story')")
+    n.add_argument("--n", type=int, default=100, help="stories to cut and complete")
+    n.add_argument("--ngram", type=int, default=4)
+    n.add_argument("--temperature", type=float, default=0.0)
+    n.add_argument("--max-new-tokens", type=int, default=200)
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--show", type=int, default=5, help="closest matches to print")
+    n.add_argument("--jsonl", type=Path, help="write every item here")
+
+    loss = sub.add_parser("loss", help="held-out loss, perplexity and bits per byte")
+    models(loss)
+    source = loss.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", type=Path, help="a .txt/.txt.zst file (<|endoftext|> separates documents)")
+    source.add_argument("--data", type=Path, help="a token-shard folder (tinystories data prepare)")
+    loss.add_argument("--split", default="val")
+    loss.add_argument("--stride", type=int, help="sliding-window stride in tokens (default: the context length)")
+    loss.add_argument("--max-bytes", type=int, help="score only the head of the text")
+    loss.add_argument("--batch-size", type=int, default=8)
+    loss.add_argument("--json", type=Path, help="also write the results here")
+
+
+def _load_students(args: argparse.Namespace) -> list[Any]:
+    from tinystories.students import load_student
+
+    students = [load_student(c, device=args.device) for c in args.checkpoints]
+    students += [load_student(d, hf=True, device=args.device) for d in args.hf_model]
+    if not students:
+        raise SystemExit("tinystories eval: give at least one checkpoint or --hf-model DIR")
+    return students
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    command = args.eval_command
+    if command == "report":
+        records = read_records(args.results)
+        if any("checks" in r for r in records):
+            return _instruct_report(records)
+        return _report(records, args.out or args.results.parent)
+    students = _load_students(args)
+    if command == "grade":
+        return _cli_grade(args, students)
+    if command == "probes":
+        return _cli_probes(args, students)
+    if command == "novelty":
+        return _cli_novelty(args, students)
+    return _cli_loss(args, students)
+
+
+def _cli_grade(args: argparse.Namespace, students: list[Any]) -> int:
+    settings = GradeSettings(judge_model=args.judge_model, samples=args.samples, temperature=args.temperature,
+                             top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    chat = make_judge_chat(args)
+    if args.instruct:
+        from tinystories.instruct_eval import load_instructions
+
+        instructions = load_instructions(args.instructions)[: args.limit_beginnings]
+        records = grade_instruction_following(students, chat, instructions, settings, args.out / "instruct.jsonl")
+        return _instruct_report(records)
+    beginnings = load_beginnings(args.beginnings)[: args.limit_beginnings]
+    records = grade(students, chat, beginnings, settings, args.out / "grades.jsonl")
+    return _report(records, args.out)
+
+
+def _instruct_report(records: list[dict[str, Any]]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tinystories.eval_report import group_by_model
+    from tinystories.instruct_eval import summarize_instruct
+
+    groups = group_by_model(records)
+    summaries = {name: summarize_instruct(rs) for name, rs in groups.items()}
+    kinds = sorted({k for s in summaries.values() for k in s["pass_rates"]})
+    table = Table(title="instruction following (score = fraction of checks passed, mean ± 95% CI; pass rates)")
+    for column in ("model", "scored", "score", *kinds):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, s in summaries.items():
+        table.add_row(name, f"{s['n_scored']}/{s['n_items']}", str(s["score"]),
+                      *(f"{s['pass_rates'][k]:.0%}" if k in s["pass_rates"] else "-" for k in kinds))
+    Console().print(table)
+    return 0
+
+
+def _report(records: list[dict[str, Any]], out: Path) -> int:
+    from rich.console import Console
+
+    from tinystories import eval_report
+
+    console = Console()
+    groups = eval_report.group_by_model(records)
+    if not groups:
+        console.print("no graded records")
+        return 1
+    console.print(eval_report.summary_table(groups))
+    hidden, layers, _ = eval_report.layout_grid(groups)
+    if len(hidden) * len(layers) > 1:
+        console.print(eval_report.layout_table(groups))
+        console.print(f"wrote {eval_report.layout_png(groups, out / 'grades_by_shape.png')}")
+    curves = eval_report.curves_png(groups, out / "grades_vs_step.png")
+    if curves:
+        console.print(f"wrote {curves}")
+    return 0
+
+
+def make_judge_chat(args: argparse.Namespace) -> Chat:
+    raise NotImplementedError("waiting for tinystories.llm_client")
+
+
+def _cli_probes(args: argparse.Namespace, students: list[Any]) -> int:
+    from tinystories import probes
+
+    suite_probes = [p for name in args.suites.split(",") if name for p in probes.load_suite(name)]
+    results = [r for s in students for r in probes.run_probes(s, suite_probes, max_new_tokens=args.max_new_tokens)]
+    if args.judge:
+        if not args.judge_model:
+            raise SystemExit("tinystories eval probes: --judge needs --judge-model")
+        settled = asyncio.run(probes.judge_partials(make_judge_chat(args), results, suite_probes))
+        print(f"the judge settled {settled} of the partially correct completions")
+    probes.render_terminal(results)
+    if args.html:
+        print(f"wrote {probes.render_html(results, args.html)}")
+    if args.jsonl:
+        from tinystories.eval_report import atomic_write_text
+
+        atomic_write_text(args.jsonl, "".join(json.dumps(r.as_dict(), ensure_ascii=False) + "\n" for r in results))
+    return 0
+
+
+def _cli_novelty(args: argparse.Namespace, students: list[Any]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tinystories import novelty
+    from tinystories.eval_report import atomic_write_text
+
+    corpus = [s for path in args.stories for s in novelty.read_stories(path)]
+    index = novelty.CorpusIndex(corpus, args.ngram)
+    console = Console()
+    lines = []
+    for student in students:
+        items = novelty.run_novelty(student, corpus, n_stories=args.n, n=args.ngram, seed=args.seed,
+                                    max_new_tokens=args.max_new_tokens, temperature=args.temperature, index=index)
+        table = Table(title=f"novelty of {student.info.name}: {len(items)} cut stories, "
+                            f"{len(corpus)} training stories, {args.ngram}-grams")
+        for column in ("metric", "mean", "min", "10%", "median", "90%", "max"):
+            table.add_column(column, justify="left" if column == "metric" else "right")
+        for metric, d in novelty.distribution(items).items():
+            table.add_row(metric, *(f"{d[k]:.3f}" for k in ("mean", "min", "p10", "p50", "p90", "max")))
+        console.print(table)
+        closest = sorted(items, key=lambda i: max(i.rouge_l_ending, i.nearest_lcs_precision), reverse=True)
+        for item in closest[: args.show]:
+            console.print(f"[bold]story {item.story_index}[/] rouge-L vs ending {item.rouge_l_ending:.2f}, "
+                          f"LCS precision vs story {item.nearest_story} {item.nearest_lcs_precision:.2f}\n"
+                          f"  completion: {item.completion.strip()[:300]!r}\n"
+                          f"  true ending: {item.original_ending.strip()[:300]!r}")
+            if item.nearest_story is not None:
+                console.print(f"  nearest story: {corpus[item.nearest_story][:300]!r}")
+        lines += [json.dumps({"model": student.info.name, **i.as_dict()}, ensure_ascii=False) + "\n" for i in items]
+    if args.jsonl:
+        atomic_write_text(args.jsonl, "".join(lines))
+    return 0
+
+
+def _cli_loss(args: argparse.Namespace, students: list[Any]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tinystories import heldout
+    from tinystories.students import GPTNeoStudent
+
+    text = heldout.read_text(args.text) if args.text else None
+    table = Table(title=f"held-out loss on {args.text or f'{args.data}:{args.split}'}")
+    for column in ("model", "tokens", "bytes", "loss (nats/token)", "perplexity", "bits per byte"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    results = []
+    for student in students:
+        if text is not None:
+            result = heldout.text_loss(student, text, source=str(args.text), stride=args.stride,
+                                       batch_size=args.batch_size, max_bytes=args.max_bytes)
+        elif isinstance(student, GPTNeoStudent):
+            result = heldout.split_loss(student, args.data, split=args.split, batch_size=args.batch_size)
+        else:
+            raise SystemExit(f"{student.info.name}: --data shards hold our tokenizer's ids; use --text for HF models")
+        table.add_row(result.model, f"{result.tokens:,}", f"{result.bytes:,}", f"{result.loss:.4f}",
+                      f"{result.perplexity:.3f}", f"{result.bits_per_byte:.4f}")
+        results.append(result.as_dict())
+    Console().print(table)
+    if args.json:
+        from tinystories.eval_report import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    from tinystories.cli import main
+
+    sys.exit(main(["eval", *sys.argv[1:]]))
