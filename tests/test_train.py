@@ -60,7 +60,8 @@ def test_config_layers_and_errors(tmp_path, capsys):
            ({"batch_siz": 2}, "did you mean 'batch_size'"), ({"hidden_size": 100, "num_heads": 16}, "divisible"),
            ({"seq_len": 4096}, "exceeds the model's context"), ({"batch_size": 0}, "batch_size=0 must be positive"),
            ({"dtype": "fp8"}, "dtype='fp8' must be one of"), ({"preset": "7B"}, "preset='7B' is unknown"),
-           ({"resume": True}, "--resume needs --out_dir")]
+           ({"resume": True}, "--resume needs --out_dir"), ({"data": "/nonexistent/x.txt"}, "does not exist"),
+           ({"init_from_hf": str(tmp_path)}, "no config.json there")]
     for overrides, message in bad:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_config(None, overrides)

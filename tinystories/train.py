@@ -169,8 +169,10 @@ def load_config(toml_path: str | None = None, overrides: dict[str, Any] | None =
     """Defaults < preset training defaults < TOML < overrides, validated (raises ConfigError)."""
     layers: list[tuple[str, dict[str, Any]]] = []
     if toml_path:
-        import tomllib
-
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            raise ConfigError(f"reading {toml_path} needs Python >= 3.11 (tomllib); pass --key=value flags") from None
         try:
             with open(toml_path, "rb") as f:
                 table = tomllib.load(f)
@@ -214,6 +216,12 @@ def validate_config(c: TrainConfig) -> None:
         raise ConfigError(f"beta1={c.beta1}, beta2={c.beta2} must be in [0, 1)")
     if c.resume and not c.out_dir:
         raise ConfigError("--resume needs --out_dir=<the run directory to continue>")
+    if c.init_from_hf and not (Path(c.init_from_hf) / "config.json").is_file():
+        raise ConfigError(f"init_from_hf={c.init_from_hf}: no config.json there (expected a Hugging Face "
+                          f"GPTNeoForCausalLM directory)")
+    for path in (c.data.split(",") if c.data else []):
+        if not Path(path).exists():
+            raise ConfigError(f"data={c.data}: {path} does not exist")
     # The model shape, with a placeholder vocabulary (the real one comes from the tokenizer).
     try:
         model = c.model_config(vocab_size=64)
