@@ -277,3 +277,15 @@ def test_text_file_data_is_prepared_automatically_and_bf16_runs(dataset, tmp_pat
     assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
     config = json.loads((run / "config.json").read_text())
     assert config["dtype"] == "bf16" and config["model"]["vocab_size"] == 400
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_training(dataset, tmp_path):
+    common = [f"--data={dataset}", *TINY, "--max_steps=4", "--ckpt_every=4", "--eval_every=4"]
+    eager = run_train([*common, f"--out_dir={tmp_path / 'eager'}"])
+    compiled = run_train([*common, "--compile", f"--out_dir={tmp_path / 'compiled'}"])
+    assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr[-3000:]
+    a, b = final_state(tmp_path / "eager"), final_state(tmp_path / "compiled")
+    assert not any(k.startswith("_orig_mod") for k in b)  # the plain state dict is saved
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4, msg=name)
