@@ -125,9 +125,7 @@ def compare(args: argparse.Namespace) -> list[dict]:
             results.append({"contender": name, "error": "time budget used up"})
             continue
         results.append(run_contender(name, args, timeout=left / max(1, (len(names) - i) ** 0.5)))
-    results += [{"contender": n, "error": why} for n, why in skipped]
-    print_table(results, args)
-    return results
+    return results + [{"contender": n, "error": why} for n, why in skipped]
 
 
 def print_table(results: list[dict], args: argparse.Namespace) -> None:
@@ -186,4 +184,4 @@ if __name__ == "__main__":
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         print(json.dumps(_worker(arguments)))
     else:
-        compare(arguments)
+        print_table(compare(arguments), arguments)

@@ -274,7 +274,7 @@ class GPTNeo(nn.Module):
         self.blocks = nn.ModuleList(Block(config, t) for t in config.attention_layers)
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self._fallbacks_logged: set[str] = set()
-        self._kernels_status: tuple[Any | None, str] | None = None
+        self._kernels_status: tuple[Any | None, str, bool] | None = None
         self.impl = impl
         self.apply(self._init_weights)
 
@@ -327,15 +327,17 @@ class GPTNeo(nn.Module):
             try:
                 from tinystories import kernels
                 from tinystories.kernels import kernels_available
+                from tinystories.kernels._triton import interpreter_active
 
                 ok, reason = kernels_available()
-                self._kernels_status = (kernels if ok else None, reason)
+                # Triton's CPU interpreter (TRITON_INTERPRET=1, for tests) runs the kernels on CPU tensors.
+                self._kernels_status = (kernels if ok else None, reason, interpreter_active())
             except ImportError as exc:
-                self._kernels_status = (None, f"tinystories.kernels is not usable ({exc})")
-        kernels, reason = self._kernels_status
+                self._kernels_status = (None, f"tinystories.kernels is not usable ({exc})", False)
+        kernels, reason, on_cpu = self._kernels_status
         reasons = [
             (kernels is None, reason),
-            (not idx.is_cuda, f"the model is on {idx.device.type}, the kernels need CUDA"),
+            (not idx.is_cuda and not on_cpu, f"the model is on {idx.device.type}, the kernels need CUDA"),
             (kv_cache is not None, "KV-cache decoding runs on the plain path"),
             (output_attentions, "attention probabilities are only returned by the plain path"),
             (attention_mask is not None or position_ids is not None, "padding masks / custom positions "
