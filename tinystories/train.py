@@ -322,7 +322,6 @@ def prepare_demo_data(cache_dir: Path, n_stories: int, seed: int, progress: bool
     data_dir = cache_dir / f"demo-data-{n_stories}-{seed}"
     if (data_dir / "index.json").is_file():
         return data_dir
-    print(f"[demo] {DEMO_NOTICE}", flush=True)
     print(f"[demo] generating {n_stories} template stories and a 2048-token BPE in {data_dir}", flush=True)
     stories = generate_stories(n_stories, seed=seed)
     build = data_dir.with_name(data_dir.name + f".building-{os.getpid()}")
