@@ -10,6 +10,10 @@ from tinystories import instruct_eval
 from tinystories.instruct_eval import Instruction, parse_yes_no, rule_checks
 from tinystories.vocabulary import WORDS_BY_PART_OF_SPEECH
 
+from _evaluate_fixtures import ScriptedStudent, chat_requests, make_judge
+from tinystories import evaluate
+from tinystories.testing.openai_server import OpenAIServer
+
 
 def test_shipped_instruction_sets_use_the_vocabulary():
     sets = instruct_eval.load_instructions()
@@ -24,26 +28,30 @@ def test_shipped_instruction_sets_use_the_vocabulary():
 
 def test_bad_instruction_files_name_the_line(tmp_path):
     path = tmp_path / "i.jsonl"
-    path.write_text('{"id": "a", "words": {"verb": "run"}}\n{"id": "b", "features": ["sarcasm"]}\n')
+    path.write_text('{"id": "a", "summary": "A dog runs."}\n{"id": "b", "features": ["sarcasm"]}\n')
     with pytest.raises(ValueError, match=r"i.jsonl line 2: .*sarcasm"):
         instruct_eval.load_instructions(path)
     path.write_text('{"id": "a"}\n')
     with pytest.raises(ValueError, match="no instruction at all"):
+        instruct_eval.load_instructions(path)
+    path.write_text('{"id": "a", "words": {"verb": "run"}}\n')
+    with pytest.raises(ValueError, match="one verb, one noun and one adjective"):
         instruct_eval.load_instructions(path)
 
 
 def test_rule_checks():
     ins = Instruction("t", {"verb": "run", "noun": "dog", "adjective": "happy"}, ("dialogue", "bad_ending"),
                       sentence="The sun went down.")
-    story = 'Tom ran with his dogs. "Look!" said Tom. The  sun went\ndown. They were happier than ever.'
+    story = 'Tom ran with his dogs. \u201cLook!\u201d said Tom. The  sun went\ndown. They were happier than ever.'
     assert rule_checks(ins, story) == {"word:run": True, "word:dog": True, "word:happy": True,
                                        "sentence": True, "feature:dialogue": True}
     story = "Tom walked with his cat. The sun was up. Nobody spoke. He was sad."
     assert rule_checks(ins, story) == {"word:run": False, "word:dog": False, "word:happy": False,
                                        "sentence": False, "feature:dialogue": False}
-    # curly quotes count as dialogue; a word inside another word does not count
-    ins = Instruction("t", {"noun": "cat"}, ("dialogue",))
-    assert rule_checks(ins, "\u201cHi,\u201d said the category.") == {"word:cat": False, "feature:dialogue": True}
+    # a word inside another word does not count
+    ins = Instruction("t", {"verb": "run", "noun": "cat", "adjective": "red"}, ("dialogue",))
+    assert rule_checks(ins, '"Hi," said the category to the runner.') == {
+        "word:run": False, "word:cat": False, "word:red": False, "feature:dialogue": True}
 
 
 def test_judged_questions_leave_rule_features_to_rules():
@@ -67,3 +75,61 @@ def test_summarize_instruct_on_known_records():
     assert (s["n_scored"], s["n_items"], s["score"].mean) == (2, 3, 0.75)
     assert s["pass_rates"] == {"summary": 1.0, "word": 0.5}
     json.dumps(s["pass_rates"])
+
+
+def test_instruction_prompt_uses_the_instruct_corpus_layout():
+    ins = Instruction("t", {"verb": "run", "noun": "dog", "adjective": "happy"}, ("dialogue", "plot_twist"),
+                      summary="A dog runs home.", sentence="The dog was fast.")
+    assert instruct_eval.instruction_prompt(ins) == (
+        "Features: Dialogue, Twist\nWords: run, dog, happy\nSummary: A dog runs home.\n"
+        "Random sentence: The dog was fast.\nStory:\n")
+    assert instruct_eval.instruction_prompt(Instruction("u", summary="A cat naps.")) == "Summary: A cat naps.\nStory:\n"
+
+
+def instruct_answer(mode: str = "ok"):
+    """Answers the instruction-following questions: YES for the summary, NO for every feature."""
+
+    def answer(body: dict) -> str:
+        messages = body["messages"]
+        labels = [line.split(":", 1)[0] for line in messages[0]["content"].split("exactly this format:\n", 1)[1]
+                  .splitlines() if line.strip()]
+        if mode == "malformed" or (mode == "fix_on_follow_up" and len(messages) == 1):
+            return "The story mostly follows the instructions."
+        return "\n".join(f"{label}: {'YES' if label == 'Summary' else 'NO'}" for label in labels)
+
+    return answer
+
+
+@pytest.mark.parametrize("mode", ["ok", "fix_on_follow_up", "malformed"])
+def test_instruction_following_rules_and_judge(tmp_path, mode):
+    from tinystories.instruct_eval import Instruction
+
+    instructions = [
+        Instruction("a", {"verb": "run", "noun": "dog", "adjective": "happy"}, ("dialogue", "plot_twist"),
+                    summary="A dog runs."),
+        Instruction("b", {"verb": "jump", "noun": "ball", "adjective": "red"}),  # rules only: no request
+    ]
+
+    class Writer(ScriptedStudent):
+        def complete(self, prompts, **kwargs):
+            self.generated += len(prompts)
+            return [' "Run!" said the happy dog, and it ran.' if "Summary" in p else " A ball." for p in prompts]
+
+    with OpenAIServer(answer=instruct_answer(mode)) as server:
+        settings = evaluate.GradeSettings(judge_model="judge-test", samples=2, max_new_tokens=16)
+        records = evaluate.grade_instruction_following([Writer()], make_judge(server), instructions, settings,
+                                                       tmp_path / "instruct.jsonl", progress=False)
+        assert chat_requests(server) == 2 * {"ok": 1, "fix_on_follow_up": 2, "malformed": 2}[mode]
+    by_id = {}
+    for r in records:
+        by_id.setdefault(r["instruction"]["id"], []).append(r)
+    for r in by_id["b"]:  # words only: decided by rules, no judge
+        assert r["status"] == "ok" and r["conversation"] == []
+        assert r["checks"] == {"word:jump": False, "word:ball": True, "word:red": False} and r["score"] == 1 / 3
+    for r in by_id["a"]:
+        assert r["checks"]["word:run"] and r["checks"]["feature:dialogue"]
+        if mode == "malformed":
+            assert r["status"] == "failed" and r["score"] is None
+        else:
+            assert r["status"] == "ok" and r["checks"]["summary"] and not r["checks"]["feature:plot_twist"]
+            assert r["score"] == pytest.approx(5 / 6)  # run, dog, happy, dialogue, summary pass; twist fails

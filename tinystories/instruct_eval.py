@@ -5,7 +5,8 @@ and adjective of the child vocabulary), story features, a one-sentence summary a
 must contain. The student gets the instructions in the training layout of the Instruct corpus and writes
 the story. Then:
 
-- rules: every required word appears in some form (run/ran/running), the given sentence appears verbatim
+- rules: every required word appears in some form (run/ran/running; the same check the synthesis
+  corpus is validated with), the given sentence appears verbatim
   (case and spacing aside), and "dialogue" means at least one quoted utterance;
 - judge: whether the story follows the summary and shows each other feature (bad ending, moral value,
   plot twist, foreshadowing, conflict), one YES/NO line each, with one follow-up when unreadable.
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tinystories.grading import Chat, mean_ci95
-from tinystories.vocabulary import FEATURE_LABELS, FEATURES, PARTS_OF_SPEECH, word_forms
+from tinystories.vocabulary import FEATURE_LABELS, FEATURES, PARTS_OF_SPEECH
 
 INSTRUCT_PROMPT_VERSION = "instruct-v1"
 RULE_FEATURES = frozenset({"dialogue"})  # features a rule decides exactly; the judge decides the others
@@ -64,6 +65,8 @@ def load_instructions(path: str | Path | None = None) -> list[Instruction]:
         if unknown_pos or unknown_features:
             raise ValueError(f"{where}: unknown part(s) of speech {sorted(unknown_pos)} or feature(s) "
                              f"{sorted(unknown_features)}; known: {PARTS_OF_SPEECH}, {sorted(FEATURES)}")
+        if d.get("words") and set(d["words"]) != set(PARTS_OF_SPEECH):
+            raise ValueError(f"{where}: 'words' needs one verb, one noun and one adjective (the Instruct layout)")
         if not (d.get("words") or d.get("features") or d.get("summary") or d.get("sentence")):
             raise ValueError(f"{where}: no instruction at all")
         out.append(Instruction(d["id"], dict(d.get("words", {})), tuple(d.get("features", ())), d.get("summary"),
@@ -72,18 +75,14 @@ def load_instructions(path: str | Path | None = None) -> list[Instruction]:
 
 
 def instruction_prompt(instruction: Instruction) -> str:
-    """The instructions as the Instruct corpus lays them out before a story (the synthesis issue's format)."""
+    """The instructions in the Instruct corpus layout of ``tinystories synth``, ending with ``Story:``."""
     from tinystories.synth import format_instructions
 
-    return format_instructions(words=instruction.words, features=instruction.features,
+    return format_instructions(words=instruction.words or None, features=instruction.features,
                                summary=instruction.summary, sentence=instruction.sentence)
 
 
 # ------------------------------------------------------------------------------------------------ rules
-def _tokens(text: str) -> set[str]:
-    return set(re.findall(r"[a-z]+", text.lower().replace("\u2019", "'")))
-
-
 def _normalise(text: str) -> str:
     text = text.lower().translate(str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"}))
     return " ".join(text.split())
@@ -91,10 +90,10 @@ def _normalise(text: str) -> str:
 
 def rule_checks(instruction: Instruction, story: str) -> dict[str, bool]:
     """The checks a rule decides: "word:<w>" per required word, "sentence", "feature:dialogue"."""
-    checks = {}
-    tokens = _tokens(story)
-    for pos, word in instruction.words.items():
-        checks[f"word:{word}"] = bool(word_forms(word, pos) & tokens)
+    from tinystories.synth import validate  # the synthesis corpus's own required-word check
+
+    missing = {flag.split(":", 1)[1] for flag in validate(story, instruction.words) if flag.startswith("missing_word:")}
+    checks = {f"word:{word}": word not in missing for word in instruction.words.values()}
     if instruction.sentence:
         checks["sentence"] = _normalise(instruction.sentence) in _normalise(story)
     if "dialogue" in instruction.features:
