@@ -6,13 +6,12 @@ import json
 
 import pytest
 
-from tinystories import instruct_eval
+from tinystories import evaluate, instruct_eval
 from tinystories.instruct_eval import Instruction, parse_yes_no, rule_checks
+from tinystories.testing.openai_server import OpenAIServer
 from tinystories.vocabulary import WORDS_BY_PART_OF_SPEECH
 
-from _evaluate_fixtures import ScriptedStudent, chat_requests, make_judge
-from tinystories import evaluate
-from tinystories.testing.openai_server import OpenAIServer
+from _evaluate_fixtures import ScriptedStudent, chat_requests, make_judge, tiny_run  # noqa: F401 (fixture)
 
 
 def test_shipped_instruction_sets_use_the_vocabulary():
@@ -133,3 +132,24 @@ def test_instruction_following_rules_and_judge(tmp_path, mode):
         else:
             assert r["status"] == "ok" and r["checks"]["summary"] and not r["checks"]["feature:plot_twist"]
             assert r["score"] == pytest.approx(5 / 6)  # run, dog, happy, dialogue, summary pass; twist fails
+
+
+def test_instruct_cli_end_to_end_with_a_tiny_random_model(tmp_path, monkeypatch, tiny_run, capsys):
+    from tinystories.cli import main
+
+    sets = tmp_path / "sets.jsonl"
+    sets.write_text('{"id": "a", "words": {"verb": "run", "noun": "dog", "adjective": "happy"}, '
+                    '"summary": "A dog runs.", "features": ["plot_twist"]}\n')
+    monkeypatch.setenv("JUDGE_KEY", "test")
+    with OpenAIServer(answer=instruct_answer("ok")) as server:
+        assert main(["eval", "grade", str(tiny_run[1][0]), "--instruct", "--instructions", str(sets),
+                     "--judge-model", "judge-test", "--base-url", server.url, "--api-key-env", "JUDGE_KEY",
+                     "--samples", "2", "--max-new-tokens", "12", "--out", str(tmp_path / "eval")]) == 0
+        assert chat_requests(server) == 2
+    records = [json.loads(line) for line in (tmp_path / "eval" / "instruct.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["status"] == "ok" for r in records)
+    for r in records:
+        assert r["prompt"].endswith("Story:\n") and r["checks"]["summary"] is True
+        assert r["score"] == pytest.approx(sum(r["checks"].values()) / len(r["checks"]))
+    assert main(["eval", "report", str(tmp_path / "eval" / "instruct.jsonl")]) == 0
+    assert "instruction following" in capsys.readouterr().out
