@@ -94,6 +94,12 @@ def test_mean_ci95_on_known_inputs():
     assert math.isnan(grading.mean_ci95([4.0]).ci95) and grading.mean_ci95([]).n == 0
 
 
+def test_t_quantiles_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 10, 30, 31, 57, 200, 5000):
+        assert grading.t975(df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-6), df
+
+
 def test_summarize_counts_failures_and_averages_only_graded_records():
     def ok(g, c, s, p, age):
         return {"status": "ok", "grades": Grades(g, c, s, p, age).as_dict()}
