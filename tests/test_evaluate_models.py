@@ -56,6 +56,13 @@ def test_hf_student_bits_per_byte_equals_direct_computation(hf_dir):
     assert result.bits_per_byte == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-5)
 
 
+def test_hf_directory_given_as_a_checkpoint_gets_a_hint(hf_dir):
+    from tinystories.students import load_student
+
+    with pytest.raises(FileNotFoundError, match="--hf-model"):
+        load_student(hf_dir)
+
+
 def test_hf_student_runs_the_probe_suites(hf_dir):
     student = HFStudent(hf_dir)
     suite = probes.load_suite("factual")[:5]

@@ -96,6 +96,8 @@ class GPTNeoStudent(Student):
         from tinystories.checkpoint import resolve_checkpoint
         from tinystories.model import load_checkpoint
 
+        if Path(path).is_dir() and (Path(path) / "config.json").is_file() and not (Path(path) / "checkpoints").is_dir():
+            raise FileNotFoundError(f"{path} looks like a Hugging Face model directory: pass it as --hf-model {path}")
         file = resolve_checkpoint(path)
         model, tokenizer, _ = load_checkpoint(file, device=device)
         run, stem = _run_and_stem(file)
