@@ -538,17 +538,17 @@ def test_interrupted_prepare_resumes_to_the_same_shards(tmp_path, gpt2, real_sto
     assert resumed_tok.texts < len(real_stories) - 300  # finished shards were not tokenized again
     # Killed after the last shards but before index.json: the rerun adds nothing twice.
     out2 = tmp_path / "out2"
-    real_write = data_module._atomic_write_json
+    real_write = data_module.atomic_write_json
 
-    def fail_on_index(path, obj):
+    def fail_on_index(path, obj, **kwargs):
         if path.name == "index.json":
             raise Interrupted("killed before the index")
-        real_write(path, obj)
+        real_write(path, obj, **kwargs)
 
-    monkeypatch.setattr(data_module, "_atomic_write_json", fail_on_index)
+    monkeypatch.setattr(data_module, "atomic_write_json", fail_on_index)
     with pytest.raises(Interrupted):
         prepare([src], out2, gpt2, **kw)
-    monkeypatch.setattr(data_module, "_atomic_write_json", real_write)
+    monkeypatch.setattr(data_module, "atomic_write_json", real_write)
     again = prepare([src], out2, CountingTokenizer(gpt2), **kw)
     assert again["splits"] == reference["splits"]
     # Finished: a second call returns the index; a different request is refused.

@@ -8,13 +8,13 @@ RNG states, data-loader position, step, counters) and everything a user needs to
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from tinystories.atomic import atomic_open
 
 FORMAT = "tinystories/checkpoint/1"
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
@@ -40,17 +40,8 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_last: int | None = None) -> Path:
     """Write ``payload`` to ``path`` atomically (temp file, fsync, rename), then keep only the newest ``keep_last``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        torch.save({"format": FORMAT, **payload}, f)
     if keep_last is not None:
         for old in list_checkpoints(path.parent.parent)[:-keep_last]:
             old.unlink(missing_ok=True)
@@ -85,17 +76,13 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def tokenizer_to_json(tokenizer) -> str:
     """The tokenizer in our single-JSON format, as text to embed in a checkpoint."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save(Path(tmp) / "tokenizer.json")
-        return (Path(tmp) / "tokenizer.json").read_text(encoding="utf-8")
+    return tokenizer.to_json()
 
 
 def tokenizer_from_json(text: str):
     from tinystories.tokenizer import Tokenizer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "tokenizer.json").write_text(text, encoding="utf-8")
-        return Tokenizer.load(Path(tmp) / "tokenizer.json")
+    return Tokenizer.from_json(text)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):

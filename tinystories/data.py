@@ -17,7 +17,6 @@ import concurrent.futures
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tinystories import _core
+from tinystories.atomic import atomic_write_json
 from tinystories.corpus import CorpusReader, input_signature
 
 FORMAT_NAME = "tinystories-token-shards"
@@ -59,16 +59,6 @@ class TokenizerLike(Protocol):
 
 def _token_dtype(n_vocab: int) -> np.dtype:
     return np.dtype(np.uint16) if n_vocab <= 1 << 16 else np.dtype(np.uint32)
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _sha256(path: Path) -> str:
@@ -364,7 +354,7 @@ class DatasetWriter:
         name = f"{split}-{len(state.shards):05d}.tok.zst"
         state.shards.append({"file": name, **info, "sha256": _sha256(self.out_dir / name)})
         state.next_story = self._next_story[split]
-        _atomic_write_json(self.out_dir / STATE_FILE, {"config": self.config, "splits": {
+        atomic_write_json(self.out_dir / STATE_FILE, {"config": self.config, "splits": {
             s: {"shards": st.shards, "next_story": st.next_story} for s, st in self.splits.items()}})  # fmt: skip
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict:
@@ -388,7 +378,7 @@ class DatasetWriter:
                 for s, st in self.splits.items()
             },
         }
-        _atomic_write_json(self.out_dir / INDEX_FILE, index)
+        atomic_write_json(self.out_dir / INDEX_FILE, index)
         (self.out_dir / STATE_FILE).unlink(missing_ok=True)
         return index
 

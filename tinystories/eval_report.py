@@ -6,39 +6,15 @@ Terminal tables use rich; plots are matplotlib PNGs (Agg backend, imported only 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tinystories.grading import SCORES, ScoreSummary, age_letter, summarize
+from tinystories.atomic import atomic_save_png
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _save_figure(fig: Any, path: str | Path) -> Path:
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _pyplot() -> Any:
@@ -146,7 +122,7 @@ def layout_png(groups: dict[str, list[dict[str, Any]]], path: str | Path) -> Pat
     axes[0][0].set_ylabel("hidden size")
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="mean grade (out of 10)")
     try:
-        return _save_figure(fig, path)
+        return atomic_save_png(fig, path, dpi=120)
     finally:
         plt.close(fig)
 
@@ -188,6 +164,6 @@ def curves_png(groups: dict[str, list[dict[str, Any]]], path: str | Path) -> Pat
         ax.grid(alpha=0.3)
         ax.legend()
     try:
-        return _save_figure(fig, path)
+        return atomic_save_png(fig, path, dpi=120)
     finally:
         plt.close(fig)

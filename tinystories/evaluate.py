@@ -442,7 +442,7 @@ def _cli_probes(args: argparse.Namespace, students: list[Any]) -> int:
     if args.html:
         print(f"wrote {probes.render_html(results, args.html)}")
     if args.jsonl:
-        from tinystories.eval_report import atomic_write_text
+        from tinystories.atomic import atomic_write_text
 
         atomic_write_text(args.jsonl, "".join(json.dumps(r.as_dict(), ensure_ascii=False) + "\n" for r in results))
     return 0
@@ -453,7 +453,7 @@ def _cli_novelty(args: argparse.Namespace, students: list[Any]) -> int:
     from rich.table import Table
 
     from tinystories import novelty
-    from tinystories.eval_report import atomic_write_text
+    from tinystories.atomic import atomic_write_text
 
     corpus = [s for path in args.stories for s in novelty.read_stories(path)]
     index = novelty.CorpusIndex(corpus, args.ngram)
@@ -508,7 +508,7 @@ def _cli_loss(args: argparse.Namespace, students: list[Any]) -> int:
         results.append(result.as_dict())
     Console().print(table)
     if args.json:
-        from tinystories.eval_report import atomic_write_text
+        from tinystories.atomic import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(results, indent=1) + "\n")
     return 0

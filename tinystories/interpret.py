@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tinystories.atomic import atomic_write_bytes, atomic_write_text
+
 if TYPE_CHECKING:
     from tinystories.model import GPTNeo
 
@@ -477,20 +479,6 @@ def heads_report_html(heads: Sequence[HeadStats], heatmaps: Sequence[tuple[str, 
     return _page(title, "\n".join(parts))
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 # ============================================================================================
 # CLI: tinystories inspect neurons|heads
 # ============================================================================================
@@ -590,7 +578,7 @@ def _run(args: argparse.Namespace, console) -> int:
             shown = profiles[:args.show]
         meta.update(layer=layer, neurons=len(profiles), k=args.top_k)
         report = out / f"neurons-layer{layer}.html"
-        _write_text(report, neuron_report_html(shown, stories, token_text,
+        atomic_write_text(report, neuron_report_html(shown, stories, token_text,
                                                title=f"Neurons of layer {layer}", meta=meta))
         table = Table(title=f"layer {layer}: top neurons by peak activation")
         for col in ("rank", "neuron", "peak", "top token", "share", "example"):
@@ -623,11 +611,11 @@ def _run(args: argparse.Namespace, console) -> int:
         name = f"L{layer}H{head}"
         kind = next(h.kind for h in heads if (h.layer, h.head) == (layer, head))
         png = heatmap_png(maps[layer][head], labels, f"layer {layer} head {head} ({kind}), story {args.heatmap_story}")
-        _write_bytes(out / f"heatmap-{name}.png", png)
+        atomic_write_bytes(out / f"heatmap-{name}.png", png)
         pngs.append((f"{name} ({kind}) on story {args.heatmap_story}", png))
     report = out / "heads.html"
     meta.update(window=args.window)
-    _write_text(report, heads_report_html(heads, pngs, title="Attention heads", meta=meta))
+    atomic_write_text(report, heads_report_html(heads, pngs, title="Attention heads", meta=meta))
 
     table = Table(title=f"attention heads (share within {args.window} tokens, over {len(stories)} stories)")
     for col in ("head", "kind", "local", "distance", "norm. entropy", "first tok", "pos. fit"):

@@ -280,6 +280,6 @@ def render_html(results: Sequence[ProbeResult], path: str | Path, *, title: str 
             parts.append("</tr>")
         parts.append("</table>")
     parts.append("</body></html>")
-    from tinystories.eval_report import atomic_write_text
+    from tinystories.atomic import atomic_write_text
 
     return atomic_write_text(path, "\n".join(parts))

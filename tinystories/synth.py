@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinystories.atomic import atomic_save_png
 from tinystories.vocabulary import (
     ADJECTIVES,
     FEATURE_LABELS,
@@ -782,10 +783,8 @@ def plot_stats(stats: dict, png: str | Path) -> None:
     axes[1, 1].set(title="diversity (distinct n-grams / n-grams)", ylim=(0, 1))
     fig.suptitle(f"{stats['records']} stories, {stats['valid']} valid")
     fig.tight_layout()
-    tmp = Path(png).with_name(Path(png).name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_save_png(fig, png, dpi=100)
     plt.close(fig)
-    os.replace(tmp, png)
 
 
 def print_stats(stats: dict, path: str | Path) -> None:

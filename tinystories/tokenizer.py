@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Literal, Union
 import numpy as np
 
 from tinystories import _core
+from tinystories.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -90,20 +90,6 @@ def _str_to_token(text: str, where: str) -> bytes:
         return bytes(table[c] for c in text)
     except KeyError as e:
         raise ValueError(f"{where}: {text!r} is not a byte-level BPE token (character {e.args[0]!r})") from None
-
-
-def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write data to path via a temporary file in the same folder and a rename (never a half file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _replace_surrogates(text: str) -> str:
@@ -278,7 +264,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``to_json()`` to path atomically (temporary file + rename)."""
-        _atomic_write(path, self.to_json().encode("utf-8"))
+        atomic_write_bytes(path, self.to_json().encode("utf-8"))
 
     def save_hf(self, path: str | os.PathLike) -> None:
         """Write a Hugging Face ``tokenizers`` tokenizer.json (``tokenizers.Tokenizer.from_file`` loads it and
@@ -309,7 +295,7 @@ class Tokenizer:
                 "merges": [[_token_to_str(vocab[a]), _token_to_str(vocab[b])] for a, b, _ in self._core.merges()],
             },
         }
-        _atomic_write(path, (json.dumps(data, ensure_ascii=False) + "\n").encode())
+        atomic_write_bytes(path, (json.dumps(data, ensure_ascii=False) + "\n").encode())
 
     # ---- training and restriction ----------------------------------------------------------------
 
@@ -554,7 +540,7 @@ def _download(url: str, target: Path, sha256: str) -> None:
     if digest != sha256:
         raise OSError(f"downloaded {url} has sha256 {digest}, expected {sha256}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(target, data)
+    atomic_write_bytes(target, data)
 
 
 _CHUNK_BYTES = 16 << 20
