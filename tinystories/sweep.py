@@ -39,7 +39,9 @@ import csv
 import io
 import json
 import math
+import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -229,6 +231,143 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return records
+
+
+def read_status(directory: Path) -> dict[str, Any]:
+    path = directory / STATUS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {"status": "pending", "wall_s": 0.0, "attempts": 0}
+
+
+# ============================================================================================
+# Running: sequential, or one run per GPU
+# ============================================================================================
+def run_sweep(sweep: SweepConfig, *, console=None, poll_s: float = 0.5) -> list[dict[str, Any]]:
+    """Run every unfinished grid point; returns the collected results (see :func:`collect_results`)."""
+    from rich.console import Console
+
+    console = console or Console()
+    out = Path(sweep.out_dir)
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        previous = json.loads(manifest.read_text())
+        changed = sorted(k for k in ("hidden", "layers", "tokens", "preset", "data", "train_config", "overrides")
+                         if previous.get(k) != sweep.to_dict()[k])
+        if changed:
+            raise ValueError(f"{out} holds a sweep with different {', '.join(changed)}; resume it with the same "
+                             f"grid or choose another --out")
+    data_dir = prepare_data(sweep)
+    plans = plan_runs(sweep, data_vocab_size(data_dir))
+    atomic_write_json(manifest, sweep.to_dict(), indent=2)
+
+    pending = [p for p in plans if read_status(run_dir(sweep, p.run))["status"] != "done"]
+    slots: list[str | None] = [str(g) for g in sweep.gpus] or [None]
+    console.print(f"sweep {out}: {len(plans)} runs, {len(plans) - len(pending)} already done, "
+                  f"{len(slots)} at a time" + (f" on GPUs {','.join(map(str, sweep.gpus))}" if sweep.gpus else ""))
+    active: dict[subprocess.Popen, tuple[RunPlan, str | None, float]] = {}  # process -> (run, GPU, start)
+    try:
+        while pending or active:
+            while pending and len(active) < len(slots):
+                plan = pending.pop(0)
+                gpu = next(s for s in slots if s not in {g for _, g, _ in active.values()})
+                active[_start(sweep, plan, data_dir, gpu, console)] = (plan, gpu, time.perf_counter())
+            time.sleep(poll_s)
+            for proc in [p for p in active if p.poll() is not None]:
+                plan, _, t0 = active.pop(proc)
+                _finish(sweep, plan, proc.returncode, time.perf_counter() - t0, console)
+    except KeyboardInterrupt:  # stop the children we started; a later `sweep run` resumes them
+        for proc in active:
+            proc.send_signal(signal.SIGINT)
+        for proc, (plan, _, t0) in active.items():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            _finish(sweep, plan, "interrupted", time.perf_counter() - t0, console)
+        raise
+    return collect_results(sweep)
+
+
+def _start(sweep: SweepConfig, plan: RunPlan, data_dir: Path, gpu: str | None, console) -> subprocess.Popen:
+    directory = run_dir(sweep, plan.run)
+    directory.mkdir(parents=True, exist_ok=True)
+    status = read_status(directory)
+    cmd = train_command(sweep, plan, data_dir)
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    status.update(status="running", attempts=status.get("attempts", 0) + 1, command=cmd, gpu=gpu,
+                  max_steps=plan.max_steps)
+    atomic_write_json(directory / STATUS_FILE, status, indent=2)
+    log = open(directory / "train.log", "a", encoding="utf-8")
+    log.write(f"\n$ {' '.join(cmd)}\n")
+    log.flush()
+    console.print(f"[bold]start[/bold] {plan.run.name}: {plan.max_steps} steps x {plan.tokens_per_step:,} tokens"
+                  + (f" on GPU {gpu}" if gpu is not None else "") + ("  (resuming)" if "--resume" in cmd else ""))
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()  # the child holds its own descriptor
+    return proc
+
+
+def _finish(sweep: SweepConfig, plan: RunPlan, returncode: int | str, wall_s: float, console) -> None:
+    directory = run_dir(sweep, plan.run)
+    status = read_status(directory)
+    ok = returncode == 0
+    status.update(status="done" if ok else ("interrupted" if returncode == "interrupted" else "failed"),
+                  returncode=returncode, wall_s=status.get("wall_s", 0.0) + wall_s)
+    atomic_write_json(directory / STATUS_FILE, status, indent=2)
+    style = "green" if ok else "red"
+    tail = "" if ok else f" (see {directory / 'train.log'})"
+    console.print(f"[{style}]{status['status']}[/{style}] {plan.run.name} in {wall_s:.1f}s{tail}")
+
+
+# ============================================================================================
+# Results
+# ============================================================================================
+RESULT_COLUMNS = ("name", "hidden", "layers", "status", "tokens", "steps", "params", "non_embedding_params",
+                  "flops_per_token", "compute", "final_val_loss", "best_val_loss", "wall_s")
+
+
+def collect_results(sweep: SweepConfig) -> list[dict[str, Any]]:
+    """One row per grid point (RESULT_COLUMNS, plus ``curve``: [(tokens, val_loss), ...])."""
+    from tinystories.model import GPTNeo, GPTNeoConfig, flops_per_token
+
+    rows = []
+    for run in sweep.runs():
+        directory = run_dir(sweep, run)
+        status = read_status(directory)
+        row: dict[str, Any] = {c: None for c in RESULT_COLUMNS}
+        row.update(name=run.name, hidden=run.hidden, layers=run.layers, status=status["status"],
+                   wall_s=status.get("wall_s"), curve=[])
+        config_path = directory / "config.json"
+        if config_path.is_file():
+            saved = json.loads(config_path.read_text())
+            mc = GPTNeoConfig.from_dict(saved["model"])
+            train = saved["train"]
+            seq_len = train.get("seq_len") or mc.max_position_embeddings
+            tokens_per_step = train["batch_size"] * seq_len * train["grad_accum"] * saved.get("world_size", 1)
+            model = _meta_model(GPTNeo, mc)
+            fpt = flops_per_token(mc, seq_len)
+            records = read_metrics(directory / "metrics.jsonl")
+            # a resumed run may evaluate a step again: the last record of a step wins
+            val = {r["step"]: float(r["val_loss"]) for r in records if "val_loss" in r}
+            curve = [(step * tokens_per_step, loss) for step, loss in sorted(val.items())]
+            steps = max((r["step"] for r in records), default=0)
+            row.update(params=model.num_parameters(), non_embedding_params=model.num_parameters(non_embedding=True),
+                       flops_per_token=fpt, tokens=steps * tokens_per_step, steps=steps,
+                       compute=fpt * steps * tokens_per_step, curve=curve)
+            if curve:
+                row.update(final_val_loss=curve[-1][1], best_val_loss=min(loss for _, loss in curve))
+        rows.append(row)
+    return rows
+
+
+def _meta_model(cls, config):
+    """The model built on the meta device: parameter counts without allocating weights."""
+    import torch
+
+    with torch.device("meta"):
+        return cls(config)
 
 
 def write_results(rows: Sequence[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
