@@ -506,7 +506,7 @@ def test_split_is_deterministic_across_order_and_threads(tmp_path, gpt2, real_st
     backward.write_text("".join(json.dumps({"story": s}) + "\n" for s in reversed(stories)))
     a = prepare([forward], tmp_path / "a", gpt2, val_fraction=0.1, threads=1, progress=False, level=3)
     b = prepare([forward], tmp_path / "b", gpt2, val_fraction=0.1, threads=2, progress=False, level=3)
-    c = prepare([backward], tmp_path / "c", gpt2, val_fraction=0.1, threads=2, progress=False, level=3)
+    prepare([backward], tmp_path / "c", gpt2, val_fraction=0.1, threads=2, progress=False, level=3)
     for split in ("train", "val"):
         assert [s["sha256"] for s in a["splits"][split]["shards"]] == [s["sha256"] for s in b["splits"][split]["shards"]]
         decoded_a = sorted(gpt2.decode(t[:-1].tolist()) for t in split_tokens(tmp_path / "a", split))
