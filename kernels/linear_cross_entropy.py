@@ -59,7 +59,7 @@ def _cross_entropy_rows_kernel(
     v_full = V // BLOCK_V * BLOCK_V
     m = tl.full([BLOCK_V], -1.0e30, dtype=tl.float32)
     s = tl.zeros([BLOCK_V], dtype=tl.float32)
-    for start in range(0, v_full, BLOCK_V):
+    for start in tl.range(0, v_full, BLOCK_V, loop_unroll_factor=2):  # two blocks' loads in flight per step
         m, s = _online_logsumexp(m, s, tl.load(LOGITS + start + cols).to(tl.float32))
     if v_full < V:
         tail = tl.load(LOGITS + v_full + cols, mask=v_full + cols < V, other=float("-inf")).to(tl.float32)
@@ -71,7 +71,7 @@ def _cross_entropy_rows_kernel(
     tl.store(LOSS + row, tl.where(ignored, 0.0, lse - target_logit))
     if WRITE_GRAD:
         scale = tl.where(ignored, 0.0, tl.load(GRAD_SCALE))
-        for start in range(0, v_full, BLOCK_V):
+        for start in tl.range(0, v_full, BLOCK_V, loop_unroll_factor=2):
             x = tl.load(LOGITS + start + cols).to(tl.float32)
             grad = _softmax_minus_one_hot(x, start + cols, lse, safe_target, scale)
             tl.store(LOGITS + start + cols, grad.to(LOGITS.dtype.element_ty))
