@@ -9,9 +9,11 @@
    training), backward and full step time (CUDA events, median) and peak extra memory of every implementation,
    our max relative error against the plain reference, and the speed ratio to each peer from this same run.
 3. End to end (needs ``tinystories.model`` from the model branch): training-step tokens/s of GPTNeo with
-   impl="fused" vs impl="torch" eager and compiled; skipped with a note when the module is absent.
-Work is ordered by importance (ours and uncompiled peers, FlexAttention, eager end to end, torch.compile of the
-references, compiled end to end) and skipped, listed in the report, once the budget would be exceeded. Results go to
+   impl="fused" vs impl="torch", eager and under torch.compile, and of Hugging Face's GPTNeoForCausalLM (eager
+   fp16, compiled bf16); skipped with a note when the module is absent.
+Work is ordered by importance (ours and uncompiled peers, FlexAttention, eager end to end, compiled end to end at
+the first preset, torch.compile of the kernel references, the remaining compiled end-to-end rows) and skipped,
+listed in the report, once the budget would be exceeded. Results go to
 ``benchmarks/results/gpu_report-<date>-<card>.json`` (+ ``.txt`` table) and are copied to ``$OUT`` when set.
 """
 
@@ -244,9 +246,14 @@ def kernel_table(rows: list[dict]) -> str:
 # --- 3. end to end (model branch) -------------------------------------------------------------------------
 
 
-def run_end_to_end(args, budget: Budget, impls: tuple[str, ...], result: dict | None = None) -> dict:
-    """Training-step tokens/s of the project's GPTNeo with the kernels vs its plain path (eager and compiled),
-    under --e2e-dtype autocast, and vs Hugging Face's GPTNeoForCausalLM eager fp16 (AdamW, random tokens, T=512)."""
+E2E_EAGER = ("fused", "torch", "hf-eager-fp16")
+E2E_COMPILED = ("fused+compile", "torch+compile")
+
+
+def run_end_to_end(args, budget: Budget, items: list[tuple[str, str]], result: dict | None = None) -> dict:
+    """Training-step tokens/s of (preset, impl) items: the project's GPTNeo with the kernels ("fused") vs its plain
+    path ("torch"), eager or "+compile", under --e2e-dtype autocast, and Hugging Face's GPTNeoForCausalLM eager fp16
+    ("hf-eager-fp16") or compiled bf16 ("hf-compiled-bf16") (AdamW, random tokens, T=512)."""
     try:
         from tinystories.model import GPTNeo, config_from_preset
     except ImportError as exc:
@@ -257,33 +264,32 @@ def run_end_to_end(args, budget: Budget, impls: tuple[str, ...], result: dict | 
 
     result = result or {"rows": [], "skipped": []}
     rows, skipped = result["rows"], result["skipped"]
-    for preset in args.e2e_presets:
-        for impl in impls:
-            cost = COST_E2E_COMPILED_S if "compile" in impl else COST_E2E_S
-            if not budget.allows(cost):
-                skipped.append(f"{preset} {impl}: out of time budget")
-                continue
-            dtype = "fp16" if impl == "hf-eager-fp16" else args.e2e_dtype
-            row = {"preset": preset, "impl": impl, "batch": args.e2e_batch, "seq_len": 512, "autocast": dtype}
-            config = config_from_preset(preset)
-            try:
-                if impl == "hf-eager-fp16":
-                    row.update(_hf_train_step_rate(config, args.e2e_batch, 512))
-                else:
-                    row.update(_train_step_rate(GPTNeo, config, impl, args.e2e_batch, 512, dtype))
-                log(f"  {preset:<8} {impl:<14} {row['tokens_per_s']:>12,.0f} tokens/s  peak {row['peak_gb']:.2f} GB")
-            except Exception as exc:
-                row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
-                log(f"  {preset:<8} {impl:<14} FAILED: {row['error']}")
-            rows.append(row)
-            torch.cuda.empty_cache()
+    for preset, impl in items:
+        cost = COST_E2E_COMPILED_S if "compile" in impl else COST_E2E_S
+        if not budget.allows(cost):
+            skipped.append(f"{preset} {impl}: out of time budget")
+            continue
+        dtype = {"hf-eager-fp16": "fp16", "hf-compiled-bf16": "bf16"}.get(impl, args.e2e_dtype)
+        row = {"preset": preset, "impl": impl, "batch": args.e2e_batch, "seq_len": 512, "autocast": dtype}
+        config = config_from_preset(preset)
+        try:
+            if impl.startswith("hf-"):
+                row.update(_hf_train_step_rate(config, args.e2e_batch, 512, dtype, compiled="compile" in impl))
+            else:
+                row.update(_train_step_rate(GPTNeo, config, impl, args.e2e_batch, 512, dtype))
+            log(f"  {preset:<8} {impl:<16} {row['tokens_per_s']:>12,.0f} tokens/s  peak {row['peak_gb']:.2f} GB")
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+            log(f"  {preset:<8} {impl:<16} FAILED: {row['error']}")
+        rows.append(row)
+        torch.cuda.empty_cache()
     return result
 
 
 def _train_step_rate(GPTNeo, config, impl: str, batch: int, seq_len: int, dtype: str, steps: int = 8) -> dict:
     import torch
 
-    model = GPTNeo(config, impl="fused" if impl == "fused" else "torch").cuda().train()
+    model = GPTNeo(config, impl="fused" if impl.startswith("fused") else "torch").cuda().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     forward = torch.compile(model) if "compile" in impl else model
     idx = _random_tokens(config.vocab_size, batch, seq_len + 1)
@@ -302,8 +308,8 @@ def _train_step_rate(GPTNeo, config, impl: str, batch: int, seq_len: int, dtype:
     return _rate(step, batch * seq_len, steps)
 
 
-def _hf_train_step_rate(config, batch: int, seq_len: int, steps: int = 8) -> dict:
-    """Peer (a) of the issue: Hugging Face GPTNeoForCausalLM, eager, fp16 autocast."""
+def _hf_train_step_rate(config, batch: int, seq_len: int, dtype: str, compiled: bool, steps: int = 8) -> dict:
+    """Peers (a) and (b) of the issue: Hugging Face GPTNeoForCausalLM, eager fp16 or torch.compile'd bf16."""
     import torch
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
@@ -315,11 +321,12 @@ def _hf_train_step_rate(config, batch: int, seq_len: int, steps: int = 8) -> dic
     )  # fmt: skip
     model = GPTNeoForCausalLM(hf_config).cuda().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    forward = torch.compile(model) if compiled else model
     idx = _random_tokens(config.vocab_size, batch, seq_len)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.float16):
-            loss = model(input_ids=idx, labels=idx).loss
+        with torch.autocast("cuda", dtype=torch.float16 if dtype == "fp16" else torch.bfloat16):
+            loss = forward(input_ids=idx, labels=idx).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -452,14 +459,21 @@ def main(argv: list[str] | None = None) -> int:
     log(f"\n== 2b. kernels: FlexAttention ({budget.left():.0f} s left)")
     kernels.run(kernels.compiled_items("flex"), budget, COST_COMPILED_S)
     report["end_to_end"] = {"skipped": ["end to end: --no-e2e"], "rows": []}
-    if not args.no_e2e:
+    presets = args.e2e_presets
+    e2e = not args.no_e2e
+    if e2e:
         log(f"\n== 3a. end to end, eager ({budget.left():.0f} s left)")
-        report["end_to_end"] = run_end_to_end(args, budget, ("fused", "torch", "hf-eager-fp16"))
+        report["end_to_end"] = run_end_to_end(args, budget, [(p, i) for p in presets for i in E2E_EAGER])
+        e2e = not report["end_to_end"].get("model_missing")
+    if e2e:
+        log(f"\n== 3b. end to end, torch.compile, {presets[0]} ({budget.left():.0f} s left)")
+        run_end_to_end(args, budget, [(presets[0], i) for i in E2E_COMPILED], report["end_to_end"])
     log(f"\n== 2c. kernels: torch.compile of the references ({budget.left():.0f} s left)")
     kernels.run(kernels.compiled_items("compiled-ref"), budget, COST_COMPILED_S)
-    if not args.no_e2e and not report["end_to_end"].get("model_missing"):
-        log(f"\n== 3b. end to end, torch.compile ({budget.left():.0f} s left)")
-        run_end_to_end(args, budget, ("torch+compile",), report["end_to_end"])
+    if e2e:
+        log(f"\n== 3c. end to end, the other compiled rows ({budget.left():.0f} s left)")
+        later = [(p, i) for p in presets[1:] for i in E2E_COMPILED] + [(p, "hf-compiled-bf16") for p in presets]
+        run_end_to_end(args, budget, later, report["end_to_end"])
     # group each case's rows together for the table, in case order
     order = {(c.kernel, c.name): i for i, c in enumerate(kernels.cases)}
     rows = sorted(kernels.rows, key=lambda r: order[(r["kernel"], r["case"])])
@@ -469,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     e2e_rows = [r for r in report["end_to_end"]["rows"] if "tokens_per_s" in r]
     if e2e_rows:
         table += "\n\nend to end (AdamW, T=512, random tokens)\n" + "\n".join(
-            f"{r['preset']:<8} {r['impl']:<14} {r['autocast']} B{r['batch']:<4} {r['tokens_per_s']:>12,.0f} tokens/s  "
+            f"{r['preset']:<8} {r['impl']:<16} {r['autocast']} B{r['batch']:<4} {r['tokens_per_s']:>12,.0f} tokens/s  "
             f"{r['step_ms']:8.1f} ms/step  peak {r['peak_gb']:.2f} GB"
             for r in e2e_rows
         )

@@ -4,7 +4,13 @@ Per chunk of rows: cuBLAS computes the chunk's logits, one Triton program per ro
 (online log-sum-exp, then softmax - one_hot scaled by 1/valid-tokens written in place of the logits), and two more
 matmuls turn that into the chunk's dHidden and its share of dWeight (accumulated in fp32). Gradients are thus
 produced during the forward (like Liger-Kernel) and the backward only scales them by the incoming gradient, which
-keeps gradient accumulation over micro-batches exact. Extra memory: one chunk of logits plus dWeight.
+keeps gradient accumulation over micro-batches exact.
+
+The vocabulary is padded to a multiple of ``VOCAB_ALIGN`` (a zero-filled copy of the weight): cuBLAS only uses its
+fast tensor-core kernels when every matrix's contiguous extent is 16-byte aligned, and V = 50257 is odd, which
+makes all three matmuls several times slower (the plain PyTorch path and the first GPU run showed it). The padded
+vocab rows have zero weight, so their logits are finite (0 + zero bias) and add nothing to dHidden; their dWeight
+rows are dropped. Extra memory: the padded weight copy, one chunk of logits, and dWeight in fp32.
 """
 
 from typing import Optional
@@ -15,8 +21,12 @@ from torch import Tensor, nn
 from . import reference
 from ._triton import check_float, compute_dtype, interpreter_active, tl, triton, use_kernels
 
-# Logits of one chunk take at most this many bytes (the chunk has at least 64 rows).
-CHUNK_BYTES = 128 * 2**20
+# Logits of one chunk take at most this many bytes; chunks are whole multiples of ROW_ALIGN rows (cuBLAS tiles).
+CHUNK_BYTES = 160 * 2**20
+ROW_ALIGN = 128
+VOCAB_ALIGN = 128
+# The fallback dWeight accumulation (no fp32-output cuBLAS) goes through half-precision temporaries of this many rows.
+_ACCUMULATE_SLAB_ROWS = 8192
 _REDUCTIONS = ("mean", "sum")
 
 
@@ -39,8 +49,8 @@ def _cross_entropy_rows_kernel(
 ):  # fmt: skip
     """Loss of one row of logits; with WRITE_GRAD, overwrite the row by (softmax - one_hot(target)) * scale.
 
-    Whole BLOCK_V blocks load without a mask (vectorized: rows start 16-byte aligned, see ``_logits_buffer``);
-    only the vocab's ragged tail is masked."""
+    Whole BLOCK_V blocks load without a mask (vectorized: rows start 16-byte aligned, the row stride is the padded
+    vocab); only the vocab's ragged tail is masked. Padding columns (>= V) are left as they are."""
     row = tl.program_id(0)
     LOGITS += row.to(tl.int64) * stride_row
     target = tl.load(TARGETS + row)
@@ -49,7 +59,7 @@ def _cross_entropy_rows_kernel(
     v_full = V // BLOCK_V * BLOCK_V
     m = tl.full([BLOCK_V], -1.0e30, dtype=tl.float32)
     s = tl.zeros([BLOCK_V], dtype=tl.float32)
-    for start in range(0, v_full, BLOCK_V):
+    for start in tl.range(0, v_full, BLOCK_V, loop_unroll_factor=2):  # two blocks' loads in flight per step
         m, s = _online_logsumexp(m, s, tl.load(LOGITS + start + cols).to(tl.float32))
     if v_full < V:
         tail = tl.load(LOGITS + v_full + cols, mask=v_full + cols < V, other=float("-inf")).to(tl.float32)
@@ -61,7 +71,7 @@ def _cross_entropy_rows_kernel(
     tl.store(LOSS + row, tl.where(ignored, 0.0, lse - target_logit))
     if WRITE_GRAD:
         scale = tl.where(ignored, 0.0, tl.load(GRAD_SCALE))
-        for start in range(0, v_full, BLOCK_V):
+        for start in tl.range(0, v_full, BLOCK_V, loop_unroll_factor=2):
             x = tl.load(LOGITS + start + cols).to(tl.float32)
             grad = _softmax_minus_one_hot(x, start + cols, lse, safe_target, scale)
             tl.store(LOGITS + start + cols, grad.to(LOGITS.dtype.element_ty))
@@ -72,21 +82,31 @@ def _cross_entropy_rows_kernel(
             tl.store(LOGITS + idx, grad.to(LOGITS.dtype.element_ty), mask=idx < V)
 
 
-def _logits_buffer(rows: int, v: int, like: Tensor) -> Tensor:
-    """(rows, V) view of a buffer whose rows are padded to 64 elements: every row starts 16-byte aligned, so the
-    kernel's loads vectorize even for V = 50257; cuBLAS writes and reads it through its leading dimension."""
-    return torch.empty((rows, triton.cdiv(v, 64) * 64), device=like.device, dtype=like.dtype)[:, :v]
-
-
 def _chunk_rows(n: int, v: int, element_size: int) -> int:
-    return max(64, min(n, CHUNK_BYTES // (v * element_size)))
+    """Rows per chunk: as many whole ROW_ALIGN blocks as CHUNK_BYTES of padded logits allow (at least one)."""
+    rows = CHUNK_BYTES // (_round_up(v, VOCAB_ALIGN) * element_size) // ROW_ALIGN * ROW_ALIGN
+    return min(n, max(ROW_ALIGN, rows))
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+def _padded_rows(t: Tensor, rows: int) -> Tensor:
+    """``t`` with zero rows appended up to ``rows`` (``t`` itself when it already has that many)."""
+    if t.shape[0] == rows:
+        return t
+    out = t.new_zeros((rows, *t.shape[1:]))
+    out[: t.shape[0]] = t
+    return out
 
 
 _fp32_out_matmul_works: Optional[bool] = None  # whether this torch has cuBLAS half-in/fp32-out addmm (>= 2.8, CUDA)
 
 
 def _accumulate_fp32(acc: Tensor, a: Tensor, b: Tensor) -> None:
-    """acc (fp32) += a @ b, without a (V, C) half-precision temporary where cuBLAS can write fp32 directly."""
+    """acc (fp32) += a @ b, letting cuBLAS write fp32 directly where this torch can; otherwise through half-precision
+    temporaries of a few rows at a time (never a whole (V, C) copy)."""
     global _fp32_out_matmul_works
     if a.dtype == acc.dtype:
         acc.addmm_(a, b)
@@ -98,7 +118,9 @@ def _accumulate_fp32(acc: Tensor, a: Tensor, b: Tensor) -> None:
             return
         except (TypeError, RuntimeError, NotImplementedError):
             _fp32_out_matmul_works = False
-    acc += torch.mm(a, b)
+    for start in range(0, a.shape[0], _ACCUMULATE_SLAB_ROWS):
+        end = min(start + _ACCUMULATE_SLAB_ROWS, a.shape[0])
+        acc[start:end] += torch.mm(a[start:end], b)
 
 
 def _check_targets(targets: Tensor, v: int, ignore_index: int) -> None:
@@ -131,33 +153,39 @@ def _linear_cross_entropy_fwd(
     grad_scale = (1.0 / valid.clamp(min=1)).float() if reduction == "mean" else torch.ones((), device=hidden.device)
     row_loss = torch.empty(n, device=hidden.device, dtype=torch.float32)
     d_hidden = torch.empty_like(hidden) if need_hidden_grad else hidden.new_empty(0)
-    d_weight32 = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_weight_grad else None
-    d_bias32 = torch.zeros(v, device=weight.device, dtype=torch.float32) if need_weight_grad and bias is not None else None
     block_v = 128 if interpreter_active() else 4096
+    # zero-padded vocab: every matmul dimension (but the last chunk's rows) is a multiple of VOCAB_ALIGN / ROW_ALIGN
+    v_pad = _round_up(v, VOCAB_ALIGN)
+    weight_pad = _padded_rows(weight, v_pad)
+    bias_pad = _padded_rows(bias, v_pad) if bias is not None else None
+    d_weight32 = torch.zeros((v_pad, c), device=weight.device, dtype=torch.float32) if need_weight_grad else None
+    d_bias32 = torch.zeros(v_pad, device=weight.device, dtype=torch.float32) if need_weight_grad and bias is not None else None
     rows = _chunk_rows(n, v, hidden.element_size())
+    logits_buffer = torch.empty((min(rows, n), v_pad), device=hidden.device, dtype=hidden.dtype)
     for start in range(0, n, rows):
         end = min(start + rows, n)
         h = hidden[start:end]
-        logits = _logits_buffer(end - start, v, hidden)
-        if bias is not None:
-            torch.addmm(bias, h, weight.t(), out=logits)
+        logits = logits_buffer[: end - start]
+        if bias_pad is not None:
+            torch.addmm(bias_pad, h, weight_pad.t(), out=logits)
         else:
-            torch.mm(h, weight.t(), out=logits)
+            torch.mm(h, weight_pad.t(), out=logits)
         _cross_entropy_rows_kernel[(end - start,)](
             logits, logits.stride(0), targets[start:end], row_loss[start:end], grad_scale, v, ignore_index,
             WRITE_GRAD=write_grad, BLOCK_V=block_v, num_warps=1 if interpreter_active() else 8,
         )  # fmt: skip
         if need_hidden_grad:
-            torch.mm(logits, weight, out=d_hidden[start:end])
+            torch.mm(logits, weight_pad, out=d_hidden[start:end])
         if need_weight_grad:
             _accumulate_fp32(d_weight32, logits.t(), h)
             if d_bias32 is not None:
                 d_bias32 += logits.sum(0, dtype=torch.float32)
+    del logits_buffer, logits, weight_pad, bias_pad  # free before the dtype conversions below
     loss = row_loss.sum()
     if reduction == "mean":
         loss = loss / valid
-    d_weight = d_weight32.to(weight.dtype) if d_weight32 is not None else weight.new_empty(0)
-    d_bias = d_bias32.to(bias.dtype) if d_bias32 is not None else weight.new_empty(0)
+    d_weight = d_weight32[:v].to(weight.dtype) if d_weight32 is not None else weight.new_empty(0)
+    d_bias = d_bias32[:v].to(bias.dtype) if d_bias32 is not None else weight.new_empty(0)
     return loss, d_hidden, d_weight, d_bias
 
 

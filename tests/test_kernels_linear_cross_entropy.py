@@ -50,6 +50,16 @@ def test_loss_and_gradients_match_reference(dtype, reduction, small_chunks):
         assert_close_to_gold(name, g, rg, gg)
 
 
+def test_vocab_already_aligned_uses_the_weight_unpadded(small_chunks):
+    """V a multiple of the padding (no copy of the weight), with a bias and several chunks."""
+    hidden, weight, bias, targets = _inputs(20, 16, torch.float32, seed=9, bias=True, ignored=2, vocab=256)
+    loss = linear_cross_entropy(hidden, weight, targets, bias=bias)
+    expected = reference.linear_cross_entropy(hidden, weight, targets, bias=bias)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    for g, e in zip(torch.autograd.grad(loss, (hidden, weight, bias)), torch.autograd.grad(expected, (hidden, weight, bias))):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
 def test_ignored_rows_get_zero_gradient_and_custom_ignore_index():
     hidden, weight, _, targets = _inputs(12, 16, torch.float32, seed=2)
     targets[::3] = 7  # use class 7 as the padding label
