@@ -56,8 +56,7 @@ def _ln_bwd_kernel(
     db = tl.zeros([BLOCK_C], dtype=tl.float32)
     first = pid * rows_per_program
     last = tl.minimum(first + rows_per_program, N)
-    # unrolled by two: the next tile's loads are issued before this one's barriers (2x the bytes in flight)
-    for start in tl.range(first, last, BLOCK_ROWS, loop_unroll_factor=2):
+    for start in range(first, last, BLOCK_ROWS):
         rows = start + tl.arange(0, BLOCK_ROWS)
         row_ok = rows < last
         mask = row_ok[:, None] & col_ok[None, :]
