@@ -240,3 +240,18 @@ def test_presets_and_config_errors():
     with pytest.raises(ValueError, match="max_position_embeddings"):
         GPTNeo(GPTNeoConfig(**SMALL))(torch.zeros(1, 97, dtype=torch.long))
 
+
+
+def test_flops_count_exactly_the_keys_each_query_attends_to():
+    from tinystories.model import GPTNeoConfig, flops_per_token, mean_keys_attended
+
+    for seq_len, window in [(512, 256), (512, None), (100, 256), (7, 3), (1, 1)]:
+        mask = torch.ones(seq_len, seq_len).tril()
+        if window is not None:
+            mask = mask.triu(-(window - 1))
+        assert mean_keys_attended(seq_len, window) == pytest.approx(mask.sum().item() / seq_len)
+    config = GPTNeoConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, window_size=4)
+    n = 2 * (4 * 32 * 32 + 2 * 32 * 128) + 100 * 32  # matmul weights of 2 layers + the tied head
+    keys_global = (1 + 16) / 2  # layer 0 (global): query i sees i + 1 keys
+    keys_local = (1 + 2 + 3 + 4 * 13) / 16  # layer 1 (local, window 4)
+    assert flops_per_token(config, 16) == pytest.approx(6 * n + 12 * 32 * (keys_global + keys_local))

@@ -497,13 +497,22 @@ def sample_next_token(logits: Tensor, *, temperature: float = 1.0, top_k: int | 
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
+def mean_keys_attended(seq_len: int, window: int | None = None) -> float:
+    """Average number of keys a query attends to in a causal sequence: query i sees min(i + 1, window) keys."""
+    w = seq_len if window is None else min(window, seq_len)
+    return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
+
+
 def flops_per_token(config: GPTNeoConfig, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L C T_attended."""
+    """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 C sum over layers of K_attended,
+    where K_attended is the mean number of keys a query sees in that layer (causal, and windowed for local
+    layers), so masked-out scores are not counted."""
     C, L = config.hidden_size, config.num_layers
     per_layer = 4 * C * C + 2 * C * config.intermediate_size
     n = L * per_layer + config.vocab_size * C  # matmul weights, including the tied output head
-    attended = sum(min(seq_len, config.window_size) if t == "local" else seq_len for t in config.attention_layers)
-    return 6.0 * n + 12.0 * C * attended / 2  # causal: each query sees half the keys on average
+    attended = sum(mean_keys_attended(seq_len, config.window_size if t == "local" else None)
+                   for t in config.attention_layers)
+    return 6.0 * n + 12.0 * C * attended
 
 
 def model_summary(model: GPTNeo) -> str:
@@ -514,7 +523,7 @@ def model_summary(model: GPTNeo) -> str:
 
 
 __all__ = ["GPTNeoConfig", "PRESETS", "config_from_preset", "GPTNeo", "GPTNeoOutput", "KVCache",
-           "sample_next_token", "flops_per_token", "model_summary", "IMPLS", "load_checkpoint"]
+           "sample_next_token", "flops_per_token", "mean_keys_attended", "model_summary", "IMPLS", "load_checkpoint"]
 
 
 def load_checkpoint(path, device: str | torch.device = "cpu"):

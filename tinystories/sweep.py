@@ -17,9 +17,9 @@ newest checkpoint). A token budget becomes ``max_steps = ceil(tokens / tokens_pe
 
 Compute: training FLOPs ``C = flops_per_token * tokens`` with :func:`tinystories.model.flops_per_token`
 (PaLM, Chowdhery et al. 2022, appendix B): ``6 N`` for the matmul weights ``N`` (embedding/output head
-included, as it is a matmul) plus the attention term ``6 * L * C_hidden * T_att`` -- i.e. 12·L·C·T_att for
-the QK^T and AV products with causal masking halving the attended keys (T_att = seq_len for global layers,
-min(seq_len, window) for local ones). The size in the fit is the non-embedding parameter count (Kaplan et
+included, as it is a matmul) plus the attention term ``12 * C_hidden * K`` per layer for the QK^T and AV products, with K the mean
+number of keys a query attends to under the causal mask (``(T+1)/2`` for global layers; for local layers each
+query sees ``min(i+1, window)`` keys). The size in the fit is the non-embedding parameter count (Kaplan et
 al. 2020), since with a 50k vocabulary the embedding dominates the small models; ``--params total`` uses
 every parameter.
 
