@@ -33,6 +33,7 @@ from tinystories.grading import (
     judge_completion,
     read_records,
 )
+from tinystories.llm_client import add_client_arguments
 
 
 # ------------------------------------------------------------------------------------------------ beginnings
@@ -237,11 +238,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
     def judge(p: argparse.ArgumentParser, required: bool) -> None:
         p.add_argument("--judge-model", required=required, help="the judge model name (e.g. gpt-4o)")
-        p.add_argument("--base-url", help="an OpenAI-compatible endpoint (default: OpenAI)")
-        p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-        p.add_argument("--concurrency", type=int, default=32)
-        p.add_argument("--max-cost-usd", type=float, help="stop cleanly once the judge has cost this much")
-        p.add_argument("--prices", type=Path, help="JSON/TOML price table overrides (USD per 1M tokens)")
+        add_client_arguments(p, concurrency=32, cost_help="stop cleanly once the judge has cost this much")
 
     g = sub.add_parser("grade", help="complete story beginnings and grade them with a judge LLM")
     models(g)
@@ -400,13 +397,11 @@ def _report(records: list[dict[str, Any]], out: Path) -> int:
 def make_judge(args: argparse.Namespace) -> Any:
     """The judge LLM behind the shared client layer, configured from the command line."""
     from tinystories.grading import LLMJudge
-    from tinystories.llm_client import ClientConfig, PriceTable
+    from tinystories.llm_client import client_config_from_args
 
-    prices = PriceTable.load(args.prices) if args.prices else PriceTable()
-    if not prices.has_price(args.judge_model):
+    config = client_config_from_args(args)
+    if not config.prices.has_price(args.judge_model):
         print(f"note: no price known for {args.judge_model}; its cost is counted as 0 (see --prices)")
-    config = ClientConfig(base_url=args.base_url, api_key_env=args.api_key_env, concurrency=args.concurrency,
-                          max_cost_usd=args.max_cost_usd, prices=prices)
     try:
         config.resolve_api_key()  # before any completion is generated, not after
     except ValueError as exc:

@@ -193,6 +193,37 @@ class ClientConfig:
         raise ValueError(f"no API key: set the environment variable {self.api_key_env} (or pass --api-key-env)")
 
 
+def add_client_arguments(parser: Any, *, concurrency: int = 64, cost_help: str = "stop cleanly before spending more "
+                         "than this") -> None:
+    """The command-line options of the client, shared by every command that talks to an LLM."""
+    parser.add_argument("--base-url", help="any OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default: OpenAI)")
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    parser.add_argument("--concurrency", type=int, default=concurrency, help="requests in flight")
+    parser.add_argument("--workers", type=int, default=1, help="client processes (scale with cores)")
+    parser.add_argument("--timeout-s", type=float, default=120.0)
+    parser.add_argument("--max-attempts", type=int, default=6)
+    parser.add_argument("--backoff-s", type=float, default=1.0, help="first retry delay (doubles each retry)")
+    parser.add_argument("--backoff-max-s", type=float, default=60.0)
+    parser.add_argument("--max-cost-usd", type=float, help=cost_help)
+    parser.add_argument("--prices", type=Path, help="JSON/TOML price overrides (USD per 1M tokens)")
+
+
+def client_config_from_args(args: Any) -> ClientConfig:
+    """The ClientConfig of the options added by :func:`add_client_arguments`."""
+    return ClientConfig(
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
+        concurrency=args.concurrency,
+        workers=args.workers,
+        timeout_s=args.timeout_s,
+        max_attempts=args.max_attempts,
+        backoff_initial_s=args.backoff_s,
+        backoff_max_s=args.backoff_max_s,
+        max_cost_usd=args.max_cost_usd,
+        prices=PriceTable.load(args.prices) if args.prices else PriceTable(),
+    )
+
+
 @dataclass
 class RunStats:
     succeeded: int = 0

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tinystories.atomic import atomic_save_png
+from tinystories.llm_client import add_client_arguments
 from tinystories.vocabulary import (
     ADJECTIVES,
     FEATURE_LABELS,
@@ -825,10 +826,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, help="number of stories (ids 0..n-1 for this seed)")
     parser.add_argument("--out", type=Path, help="output JSONL (appended; re-run the same command to resume)")
     parser.add_argument("--model", default="gpt-4o-mini")
-    parser.add_argument("--base-url", help="any OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
-    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=1, help="client processes (scale with cores)")
+    add_client_arguments(parser, cost_help="stop cleanly before spending more than this (all runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--instruct", action="store_true", help="precede stories with instructions (docs/synthesis.md)")
     parser.add_argument(
@@ -836,8 +834,6 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(DEFAULT_OOD_COMBINATION),
         help=f"instruction types held out for the OOD split, from {','.join(INSTRUCTION_TYPES)}",
     )
-    parser.add_argument("--max-cost-usd", type=float, help="stop cleanly before spending more than this (all runs)")
-    parser.add_argument("--prices", type=Path, help="JSON/TOML price overrides (USD per 1M tokens)")
     parser.add_argument("--batch-api", action="store_true", help="use the OpenAI Batch API (half price, slower)")
     parser.add_argument("--batch-poll-s", type=float, default=30.0)
     parser.add_argument(
@@ -848,10 +844,6 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--timeout-s", type=float, default=120.0)
-    parser.add_argument("--max-attempts", type=int, default=6)
-    parser.add_argument("--backoff-s", type=float, default=1.0, help="first retry delay (doubles each retry)")
-    parser.add_argument("--backoff-max-s", type=float, default=60.0)
     parser.add_argument("--min-words", type=int, default=50, help="shorter stories are flagged too_short")
     parser.add_argument("--near-duplicate-threshold", type=float, default=0.8, help="0 disables near-dup search")
     parser.add_argument("--fsync", choices=("always", "interval", "never"), default="interval")
@@ -869,20 +861,9 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.n is None or args.out is None:
         print("tinystories synth: --n and --out are required (or use: tinystories synth stats FILE)", file=sys.stderr)
         return 2
-    from tinystories.llm_client import ClientConfig, PriceTable
+    from tinystories.llm_client import client_config_from_args
 
-    client = ClientConfig(
-        base_url=args.base_url,
-        api_key_env=args.api_key_env,
-        concurrency=args.concurrency,
-        workers=args.workers,
-        timeout_s=args.timeout_s,
-        max_attempts=args.max_attempts,
-        backoff_initial_s=args.backoff_s,
-        backoff_max_s=args.backoff_max_s,
-        max_cost_usd=args.max_cost_usd,
-        prices=PriceTable.load(args.prices) if args.prices else PriceTable(),
-    )
+    client = client_config_from_args(args)
     config = SynthConfig(
         n=args.n,
         out=args.out,
