@@ -1,6 +1,6 @@
 """Fused kernels vs their peers, full training step (forward + backward), pytest-benchmark style.
 
-    pytest benchmarks/bench_kernels.py            # GPU: the issue's shapes; CPU: tiny shapes in Triton's interpreter
+    pytest benchmarks/bench_kernels.py            # GPU: a 33M model's shapes; CPU: tiny shapes in Triton's interpreter
     pytest benchmarks/bench_kernels.py -k attention
 
 On CPU this only shows that every path runs (the interpreter executes Triton kernels in numpy, orders of magnitude

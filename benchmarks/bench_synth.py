@@ -27,7 +27,7 @@ import pytest
 
 pytest.importorskip("openai")
 
-from tinystories.llm_client import ChatClient, ChatRequest, ClientConfig, new_event_loop, run_chat  # noqa: E402
+from tinystories.llm import ChatClient, ChatRequest, ClientConfig, new_event_loop, run_chat  # noqa: E402
 from tinystories.synth import build_prompt  # noqa: E402
 
 N = int(os.environ.get("TINYSTORIES_BENCH_N", "2000"))

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tinystories.tokenizer import EOT, GPT2_PATTERN, Tokenizer, bytes_to_unicode, read_text_chunks
+from tinystories.corpus import read_text_chunks
+from tinystories.tokenizer import EOT, GPT2_PATTERN, Tokenizer, bytes_to_unicode
 
 TRAIN_FILES = [
     "tinystories_v1_train_head",
@@ -147,8 +148,9 @@ def test_training_speed(request, shared_data):
 if __name__ == "__main__":
     import tempfile
 
-    from conftest import SHARED_DATA  # benchmarks/conftest.py (this folder is on sys.path)
+    from tinystories.testing.fixtures import shared_data_dir
 
+    data = shared_data_dir(Path(__file__).resolve().parent.parent)
     with tempfile.TemporaryDirectory() as tmp:
-        print("\n".join(encoding_table(SHARED_DATA, SHARED_DATA / "gpt2" / "vocab.json", SHARED_DATA / "gpt2" / "merges.txt", Path(tmp))))
-    print("\n".join(training_table(SHARED_DATA)))
+        print("\n".join(encoding_table(data, data / "gpt2" / "vocab.json", data / "gpt2" / "merges.txt", Path(tmp))))
+    print("\n".join(training_table(data)))

@@ -28,8 +28,8 @@ def _worker(args: argparse.Namespace) -> dict:
     """Time one contender's training steps in this process; returns tokens/s and peak memory."""
     import torch
 
-    from tinystories.hf import hf_config_dict
     from tinystories.model import GPTNeo, config_from_preset
+    from tinystories.model.hf import hf_config_dict
 
     device = torch.device(args.device)
     torch.manual_seed(0)

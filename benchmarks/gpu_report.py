@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
-"""One command for a lent CUDA machine: kernel tests without the interpreter, then ours vs peers, saved as JSON.
+"""One command for a CUDA machine: kernel tests without the interpreter, then ours vs peers, saved as JSON.
 
+    pip install --no-build-isolation --no-deps .    # the package must be installed (editable works too)
     python benchmarks/gpu_report.py                 # everything, time-boxed to --budget-s (default 420 s)
     python benchmarks/gpu_report.py --skip-tests --only attention,linear_cross_entropy --no-e2e
 
 1. ``pytest tests/test_kernels_*.py`` on the GPU (bf16 cases enabled, autotuning off for speed).
-2. Per kernel case (the issue's shapes, see ``kernel_cases.py``): forward (with autograd recording, as in
+2. Per kernel case (the shapes of a 33M TinyStories model, see ``kernel_cases.py``): forward (with autograd recording, as in
    training), backward and full step time (CUDA events, median) and peak extra memory of every implementation,
    our max relative error against the plain reference, and the speed ratio to each peer from this same run.
-3. End to end (needs ``tinystories.model`` from the model branch): training-step tokens/s of GPTNeo with
-   impl="fused" vs impl="torch", eager and under torch.compile, and of Hugging Face's GPTNeoForCausalLM (eager
-   fp16, compiled bf16); skipped with a note when the module is absent.
+3. End to end: training-step tokens/s of GPTNeo with impl="fused" vs impl="torch", eager and under
+   torch.compile, and of Hugging Face's GPTNeoForCausalLM (eager fp16, compiled bf16).
 Work is ordered by importance (ours and uncompiled peers, FlexAttention, eager end to end, compiled end to end at
 the first preset, torch.compile of the kernel references, the remaining compiled end-to-end rows) and skipped,
 listed in the report, once the budget would be exceeded. Results go to
@@ -33,9 +33,7 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _source_tree import REPO_ROOT, ensure_importable  # noqa: E402
-
+REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 KERNELS = ("attention", "layer_norm", "mlp", "linear_cross_entropy")
 # Seconds an item is assumed to need at most (start it only when that much budget is left).
@@ -67,11 +65,9 @@ def run_tests(timeout_s: float) -> dict:
         for p in (REPO_ROOT / "tests").glob("test_kernels_*.py")
         if p.name != "test_kernels_compile_sm90.py"
     )
-    boot = (
-        "import sys; sys.path.insert(0, 'benchmarks'); import _source_tree; _source_tree.ensure_importable(); "
-        "import pytest; sys.exit(pytest.main(sys.argv[1:]))"
-    )
-    cmd = [sys.executable, "-c", boot, "-q", "-p", "no:cacheprovider", "-o", "addopts=-ra", "--timeout=150", *files]
+    # -P: the installed package, never the source tree of the current folder (it lacks the compiled parts)
+    cmd = [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=-ra", "--timeout=150",
+           *files]
     env = {**os.environ, "TINYSTORIES_AUTOTUNE": "0", "PYTHONUNBUFFERED": "1"}
     env.pop("TRITON_INTERPRET", None)
     log(f"$ pytest {' '.join(files)}  (timeout {timeout_s:.0f} s)")
@@ -243,7 +239,7 @@ def kernel_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# --- 3. end to end (model branch) -------------------------------------------------------------------------
+# --- 3. end to end ---------------------------------------------------------------------------------------
 
 
 E2E_EAGER = ("fused", "torch", "hf-eager-fp16")
@@ -254,13 +250,9 @@ def run_end_to_end(args, budget: Budget, items: list[tuple[str, str]], result: d
     """Training-step tokens/s of (preset, impl) items: the project's GPTNeo with the kernels ("fused") vs its plain
     path ("torch"), eager or "+compile", under --e2e-dtype autocast, and Hugging Face's GPTNeoForCausalLM eager fp16
     ("hf-eager-fp16") or compiled bf16 ("hf-compiled-bf16") (AdamW, random tokens, T=512)."""
-    try:
-        from tinystories.model import GPTNeo, config_from_preset
-    except ImportError as exc:
-        note = f"tinystories.model not available ({exc}); end-to-end section skipped (needs the model branch)"
-        log(f"  {note}")
-        return {"skipped": [note], "rows": [], "model_missing": True}
     import torch
+
+    from tinystories.model import GPTNeo, config_from_preset
 
     result = result or {"rows": [], "skipped": []}
     rows, skipped = result["rows"], result["skipped"]
@@ -309,7 +301,7 @@ def _train_step_rate(GPTNeo, config, impl: str, batch: int, seq_len: int, dtype:
 
 
 def _hf_train_step_rate(config, batch: int, seq_len: int, dtype: str, compiled: bool, steps: int = 8) -> dict:
-    """Peers (a) and (b) of the issue: Hugging Face GPTNeoForCausalLM, eager fp16 or torch.compile'd bf16."""
+    """The Hugging Face peers: GPTNeoForCausalLM, eager fp16 or torch.compile'd bf16."""
     import torch
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
@@ -432,7 +424,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--only: unknown kernel(s) {sorted(unknown)}; choose from {KERNELS}")
 
-    found = ensure_importable()
+    try:
+        import tinystories.kernels
+    except ImportError as exc:
+        log(f"gpu_report.py: tinystories is not installed ({exc}); run `pip install --no-build-isolation --no-deps .` "
+            f"in {REPO_ROOT} first")
+        return 2
+    found = tinystories.kernels.__file__
     import torch
 
     if not torch.cuda.is_available():
@@ -464,8 +462,6 @@ def main(argv: list[str] | None = None) -> int:
     if e2e:
         log(f"\n== 3a. end to end, eager ({budget.left():.0f} s left)")
         report["end_to_end"] = run_end_to_end(args, budget, [(p, i) for p in presets for i in E2E_EAGER])
-        e2e = not report["end_to_end"].get("model_missing")
-    if e2e:
         log(f"\n== 3b. end to end, torch.compile, {presets[0]} ({budget.left():.0f} s left)")
         run_end_to_end(args, budget, [(presets[0], i) for i in E2E_COMPILED], report["end_to_end"])
     log(f"\n== 2c. kernels: torch.compile of the references ({budget.left():.0f} s left)")

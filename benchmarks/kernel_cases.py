@@ -2,7 +2,7 @@
 
 A case is one kernel at one shape with every implementation that computes the same function: ours, the plain
 PyTorch reference, and the strongest peers available here (SDPA / FlashAttention-2, FlexAttention, torch.compile of
-the reference, Liger-Kernel when installed). ``size="gpu"`` gives the issue's shapes, ``size="cpu"`` tiny ones that
+the reference, Liger-Kernel when installed). ``size="gpu"`` gives a 33M model's shapes, ``size="cpu"`` tiny ones that
 only check the code paths run (Triton's interpreter is far too slow for real sizes).
 """
 

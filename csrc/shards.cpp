@@ -87,6 +87,16 @@ T get(const uint8_t* p) {
 std::string sys_error(const std::string& path, const char* what) {
     return path + ": " + what + ": " + std::strerror(errno);
 }
+
+// Makes a rename inside the file's folder durable (a no-op where a folder cannot be opened).
+void fsync_parent_dir(const std::string& path) {
+    const auto slash = path.find_last_of('/');
+    const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return;
+    ::fsync(fd);
+    ::close(fd);
+}
 }  // namespace
 
 // ---- writer ----
@@ -96,7 +106,8 @@ ShardWriter::ShardWriter(std::string path, uint32_t token_bytes, uint32_t block_
         throw ShardError(path_ + ": token_bytes must be 2 or 4, got " + std::to_string(token_bytes));
     if (block_tokens == 0) throw ShardError(path_ + ": block_tokens must be positive");
     index_.token_bytes = token_bytes;
-    fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    // 0666 minus the umask: the permissions a plain open() gives, so shared datasets stay readable by others.
+    fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (fd_ < 0) throw ShardError(sys_error(tmp_path_, "cannot create shard"));
     struct stat st;
     if (::fstat(fd_, &st) == 0) {
@@ -244,6 +255,7 @@ const ShardIndex& ShardWriter::finish() {
     fd_ = -1;
     if (::rename(tmp_path_.c_str(), path_.c_str()) != 0)
         throw ShardError(sys_error(path_, "cannot rename the finished temp file into place"));
+    fsync_parent_dir(path_);
     finished_ = true;
     return index_;
 }

@@ -7,14 +7,14 @@ import hashlib
 import pytest
 import torch
 
-from tinystories import grading
-from tinystories.students import StudentInfo
+from tinystories.evaluate import grading, judge
+from tinystories.evaluate.students import StudentInfo
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A randomly initialised demo-shaped GPT-Neo with a small BPE, saved as a real checkpoint of a run."""
-    from tinystories.checkpoint import checkpoint_path, save_checkpoint, tokenizer_to_json
+    from tinystories.model.checkpoint import checkpoint_path, save_checkpoint
     from tinystories.model import GPTNeo, config_from_preset
     from tinystories.story_templates import generate_stories
     from tinystories.tokenizer import Tokenizer
@@ -28,7 +28,7 @@ def tiny_run(tmp_path_factory):
         torch.manual_seed(step)
         model = GPTNeo(config)
         paths.append(save_checkpoint({"model_config": config.to_dict(), "model": model.state_dict(),
-                                      "tokenizer_json": tokenizer_to_json(tokenizer), "train_config": {}},
+                                      "tokenizer_json": tokenizer.to_json(), "train_config": {}},
                                      checkpoint_path(run, step)))
     return run, paths
 
@@ -85,9 +85,9 @@ def chat_requests(server) -> int:
     return sum(1 for e in server.log if e.path == "/v1/chat/completions")
 
 
-def make_judge(server, *, attempts: int = 6, **config) -> grading.LLMJudge:
-    from tinystories.llm_client import ClientConfig
+def make_judge(server, *, attempts: int = 6, **config) -> judge.LLMJudge:
+    from tinystories.llm import ClientConfig
 
     config = {"concurrency": 8, "backoff_initial_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 2.0, **config}
-    return grading.LLMJudge("judge-test", ClientConfig(base_url=server.url, api_key="test", max_attempts=attempts,
+    return judge.LLMJudge("judge-test", ClientConfig(base_url=server.url, api_key="test", max_attempts=attempts,
                                                        **config))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinystories.corpus import CorpusError, CorpusReader, format_instruct_record, iter_stories
+from tinystories.corpus import CorpusError, CorpusReader, instruct_text, iter_stories
 
 
 def write(path: Path, text: str) -> Path:
@@ -44,8 +45,13 @@ def test_reading_streams(shared_data):
     assert 0 < reader.bytes_read < reader.total_bytes / 3
 
 
-def test_real_tinystories_file(shared_data, real_stories):
-    assert list(iter_stories(shared_data / "tinystories" / "tinystories_v1_train_head.txt.zst")) == real_stories
+def test_real_tinystories_file(shared_data):
+    # Checked against the file's documented facts (shared/data/SOURCES.md): 2,316 stories, and the decompressed
+    # text is each story followed by "\n<|endoftext|>\n", with this sha256.
+    stories = list(iter_stories(shared_data / "tinystories" / "tinystories_v1_train_head.txt.zst"))
+    assert len(stories) == 2316 and stories[0].startswith("One day, a little girl named Lily found a needle")
+    text = "".join(f"{story}\n<|endoftext|>\n" for story in stories).encode("utf-8")
+    assert hashlib.sha256(text).hexdigest() == "bdd6f40c699165c043e2d26cfb1198cb9ea17680f17c02c7b11be20f54819db8"
 
 
 def test_jsonl_instruct_records(tmp_path):
@@ -61,7 +67,7 @@ def test_jsonl_instruct_records(tmp_path):
         "Words: sit\nStory:\nSue sat.",
         "Features: Twist\nStory: already laid out",
     ]
-    assert format_instruct_record({}, "Plain.") == "Story: Plain."
+    assert instruct_text({}, "Plain.") == "Story:\nPlain."  # the one Instruct layout: "Story:" ends its line
 
 
 @pytest.mark.parametrize(
@@ -124,3 +130,47 @@ def test_arbitrary_bytes_never_crash_unexpectedly(tmp_path, data):
             assert name in str(e)
         else:
             assert all(isinstance(s, str) and s == s.strip() and s for s in stories)
+
+
+# ---- the one Instruct layout: synthesis and `data prepare --instruct` write the same bytes ---------------------
+def _prepared_stories(records: list[dict], out: Path, *, instruct: bool) -> list[str]:
+    """``data prepare`` on the records (as a JSONL file), and every story decoded back from the shards in order."""
+    from tinystories.data import IGNORE_INDEX, TokenLoader, prepare
+    from tinystories.tokenizer import Tokenizer
+
+    source = out.with_suffix(".jsonl")
+    source.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    tokenizer = Tokenizer.train([source], vocab_size=300)  # byte-level: decode(encode(text)) == text
+    prepare([source], out, tokenizer, instruct=instruct, val_fraction=0.0, progress=False)
+    loader = TokenLoader(out, batch_size=1, seq_len=4096, mode="stories", shuffle=False, loop=False, threads=1)
+    return [tokenizer.decode(x[0, : int((y[0] != IGNORE_INDEX).sum())].tolist()) for x, y in loader]
+
+
+def test_synth_instruct_records_prepare_to_synths_own_text(tmp_path):
+    from tinystories.synth import SynthConfig, synthesize
+
+    out = tmp_path / "instruct.jsonl"
+    synthesize(SynthConfig(n=40, out=out, backend="template", instruct=True, seed=3, progress=False))
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len({tuple(r["instructions"]) for r in records}) >= 5  # many combinations of instruction types
+    # Without the rendered `text`, prepare renders the record's fields itself: byte for byte synth's text.
+    fields_only = [{k: v for k, v in r.items() if k != "text"} for r in records]
+    assert _prepared_stories(fields_only, tmp_path / "from-fields", instruct=True) == [r["text"] for r in records]
+    assert _prepared_stories(records, tmp_path / "from-text", instruct=True) == [r["text"] for r in records]
+
+
+def test_plain_synth_records_render_in_the_published_instruct_style(tmp_path):
+    from tinystories.synth import SynthConfig, synthesize
+    from tinystories.vocabulary import FEATURE_LABELS
+
+    out = tmp_path / "plain.jsonl"
+    synthesize(SynthConfig(n=12, out=out, backend="template", seed=5, progress=False))
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    expected = []
+    for r in records:  # written out by hand: "Features: BadEnding, MoralValue", "Words: run, dog, happy"
+        lines = [f"Features: {', '.join(FEATURE_LABELS[f] for f in r['features'])}"] if r["features"] else []
+        lines.append("Words: " + ", ".join(r["words"][p] for p in ("verb", "noun", "adjective")))
+        expected.append("\n".join(lines) + "\nStory:\n" + r["story"])
+    assert any(r["features"] for r in records)
+    assert _prepared_stories(records, tmp_path / "shards", instruct=True) == expected
+    assert _prepared_stories(records, tmp_path / "plain-shards", instruct=False) == [r["story"] for r in records]

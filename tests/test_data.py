@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinystories import _core
-from tinystories import data as data_module
+from tinystories.data import writer as data_module
 from tinystories.tokenizer import Tokenizer
 from tinystories.data import (
     IGNORE_INDEX,
@@ -515,7 +515,7 @@ def test_split_is_deterministic_across_order_and_threads(tmp_path, gpt2, real_st
 
 
 def test_interrupted_prepare_resumes_to_the_same_shards(tmp_path, gpt2, real_stories, monkeypatch):
-    monkeypatch.setattr("tinystories.data.BATCH_STORIES", 256)
+    monkeypatch.setattr("tinystories.data.writer.BATCH_STORIES", 256)
     src = tmp_path / "stories.txt"
     src.write_text("".join(f"{s}\n<|endoftext|>\n" for s in real_stories))
     kw = dict(val_fraction=0.05, shard_tokens=60_000, progress=False, level=3)

@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from tinystories import evaluate, grading
-from tinystories.grading import GradeParseError, Grades, parse_grades
+from tinystories.evaluate import cli as eval_cli
+from tinystories.evaluate import grading, report
+from tinystories.evaluate.grading import GradeParseError, Grades, parse_grades
 
 WELL_FORMED = [
     ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\nAge group: C",
@@ -72,32 +73,20 @@ def test_cache_key_changes_with_every_input():
     assert grading.cache_key(**base, prompt_version="other") != key
 
 
-def test_records_file_survives_a_torn_last_line(tmp_path):
-    path = tmp_path / "grades.jsonl"
-    grading.append_record(path, {"key": "a", "status": "ok"})
-    with open(path, "a") as f:
-        f.write('{"key": "b", "sta')  # a crash mid-write
-    with pytest.warns(UserWarning, match="line 2"):
-        assert [r["key"] for r in grading.read_records(path)] == ["a"]
-    grading.append_record(path, {"key": "c", "status": "failed"})  # starts on a fresh line
-    with pytest.warns(UserWarning, match="line 2"):
-        assert [r["key"] for r in grading.read_records(path)] == ["a", "c"]
-
-
 def test_mean_ci95_on_known_inputs():
-    s = grading.mean_ci95([1, 2, 3, 4, 5])
+    s = report.mean_ci95([1, 2, 3, 4, 5])
     # mean 3, sample sd sqrt(2.5), t(0.975, 4) = 2.776445 (statistical tables)
     assert s.n == 5 and s.mean == 3
     assert s.ci95 == pytest.approx(2.776445 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
-    s = grading.mean_ci95([7.0] * 30)
+    s = report.mean_ci95([7.0] * 30)
     assert (s.mean, s.ci95) == (7.0, 0.0)
-    assert math.isnan(grading.mean_ci95([4.0]).ci95) and grading.mean_ci95([]).n == 0
+    assert math.isnan(report.mean_ci95([4.0]).ci95) and report.mean_ci95([]).n == 0
 
 
 def test_t_quantiles_match_scipy():
     stats = pytest.importorskip("scipy.stats")
     for df in (1, 2, 3, 10, 30, 31, 57, 200, 5000):
-        assert grading.t975(df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-6), df
+        assert report.t975(df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-6), df
 
 
 def test_summarize_counts_failures_and_averages_only_graded_records():
@@ -106,16 +95,16 @@ def test_summarize_counts_failures_and_averages_only_graded_records():
 
     records = [ok(8, 6, 7, 5, "B"), ok(6, 4, 9, 7, "D"), {"status": "failed", "failure": "refusal", "grades": None},
                {"status": "failed", "failure": "missing", "grades": None}]
-    s = grading.summarize(records)
+    s = report.summarize(records)
     assert (s["n_graded"], s["n_items"]) == (2, 4)
     assert s["failures"] == {"refusal": 1, "missing": 1}
     assert [s[k].mean for k in grading.SCORES] == [7, 5, 8, 6]
     assert s["grammar"].ci95 == pytest.approx(12.706205 * math.sqrt(2) / math.sqrt(2), rel=1e-6)
-    assert s["age"].mean == 3 and grading.age_letter(s["age"].mean) == "C"
+    assert s["age"].mean == 3 and report.age_letter(s["age"].mean) == "C"
 
 
 def test_shipped_beginnings_are_cut_mid_sentence():
-    beginnings = evaluate.load_beginnings()
+    beginnings = grading.load_beginnings()
     assert len(beginnings) >= 50 and len(set(beginnings)) == len(beginnings)
     for b in beginnings:
         assert b[-1] not in ".!?\"'", b  # stops in the middle of a sentence
@@ -125,15 +114,15 @@ def test_shipped_beginnings_are_cut_mid_sentence():
 def test_user_beginnings_file(tmp_path):
     path = tmp_path / "b.txt"
     path.write_text("# my beginnings\nOnce upon a time, a cat\n\nTom ran to the\n")
-    assert evaluate.load_beginnings(path) == ["Once upon a time, a cat", "Tom ran to the"]
+    assert grading.load_beginnings(path) == ["Once upon a time, a cat", "Tom ran to the"]
     path.write_text("# nothing\n")
     with pytest.raises(ValueError, match="no beginnings"):
-        evaluate.load_beginnings(path)
+        grading.load_beginnings(path)
 
 
 def test_beginning_seed_depends_only_on_seed_and_text():
-    assert evaluate.beginning_seed(0, "Tom ran") == evaluate.beginning_seed(0, "Tom ran")
-    assert len({evaluate.beginning_seed(s, b) for s in (0, 1) for b in ("Tom ran", "Sue sat")}) == 4
+    assert grading.beginning_seed(0, "Tom ran") == grading.beginning_seed(0, "Tom ran")
+    assert len({grading.beginning_seed(s, b) for s in (0, 1) for b in ("Tom ran", "Sue sat")}) == 4
 
 
 def test_report_from_records_writes_layout_and_curves(tmp_path):
@@ -145,7 +134,7 @@ def test_report_from_records_writes_layout_and_curves(tmp_path):
             records.append({"checkpoint": name, "hidden_size": hidden, "num_layers": layers, "step": step,
                             "run": run, "status": "ok",
                             "grades": Grades(base, base - 1, base + (i % 2), base, "C").as_dict()})
-    from tinystories import eval_report
+    from tinystories.evaluate import report as eval_report
 
     groups = eval_report.group_by_model(records)
     hidden, layers, cells = eval_report.layout_grid(groups)
@@ -154,7 +143,7 @@ def test_report_from_records_writes_layout_and_curves(tmp_path):
     assert [s for s, _ in eval_report.runs_with_steps(groups)["a"]] == [100, 200, 300]
     path = tmp_path / "grades.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert evaluate.run_cli(_parse(["report", str(path)])) == 0
+    assert eval_cli.run_cli(_parse(["report", str(path)])) == 0
     for png in ("grades_by_shape.png", "grades_vs_step.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -163,12 +152,12 @@ def _parse(argv):
     import argparse
 
     parser = argparse.ArgumentParser()
-    evaluate.add_cli_arguments(parser)
+    eval_cli.add_cli_arguments(parser)
     return parser.parse_args(argv)
 
 
 def test_grades_of_different_judges_are_never_pooled():
-    from tinystories import eval_report
+    from tinystories.evaluate import report as eval_report
 
     records = [{"checkpoint": "m", "judge_model": j, "status": "ok", "grades": Grades(g, g, g, g, "C").as_dict()}
                for j, g in (("a", 2), ("b", 8))]

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from tinystories import evaluate, instruct_eval
-from tinystories.instruct_eval import Instruction, parse_yes_no, rule_checks
+from tinystories.evaluate import grading
+from tinystories.evaluate import instruct as instruct_eval
+from tinystories.evaluate.instruct import Instruction, parse_yes_no, rule_checks
 from tinystories.testing.openai_server import OpenAIServer
 from tinystories.vocabulary import WORDS_BY_PART_OF_SPEECH
 
@@ -101,7 +102,7 @@ def instruct_answer(mode: str = "ok"):
 
 @pytest.mark.parametrize("mode", ["ok", "fix_on_follow_up", "malformed"])
 def test_instruction_following_rules_and_judge(tmp_path, mode):
-    from tinystories.instruct_eval import Instruction
+    from tinystories.evaluate.instruct import Instruction
 
     instructions = [
         Instruction("a", {"verb": "run", "noun": "dog", "adjective": "happy"}, ("dialogue", "plot_twist"),
@@ -115,8 +116,8 @@ def test_instruction_following_rules_and_judge(tmp_path, mode):
             return [' "Run!" said the happy dog, and it ran.' if "Summary" in p else " A ball." for p in prompts]
 
     with OpenAIServer(answer=instruct_answer(mode)) as server:
-        settings = evaluate.GradeSettings(judge_model="judge-test", samples=2, max_new_tokens=16)
-        records = evaluate.grade_instruction_following([Writer()], make_judge(server), instructions, settings,
+        settings = grading.GradeSettings(judge_model="judge-test", samples=2, max_new_tokens=16)
+        records = instruct_eval.grade_instruction_following([Writer()], make_judge(server), instructions, settings,
                                                        tmp_path / "instruct.jsonl", progress=False)
         assert chat_requests(server) == 2 * {"ok": 1, "fix_on_follow_up": 2, "malformed": 2}[mode]
     by_id = {}

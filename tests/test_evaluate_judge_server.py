@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tinystories import evaluate, grading
+from tinystories.evaluate import grading, report
+from tinystories.jsonl import read_jsonl
 
 from _evaluate_fixtures import (  # noqa: F401  (tiny_run is a pytest fixture)
     ScriptedStudent,
@@ -26,8 +27,8 @@ BEGINNINGS = ["Tom had a red ball. He threw it high and", "Lily saw a little bir
 
 def run_grade(server, tmp_path, students, *, samples=2, beginnings=BEGINNINGS, attempts=6, **config):
     judge = make_judge(server, attempts=attempts, **config)
-    settings = evaluate.GradeSettings(judge_model="judge-test", samples=samples, max_new_tokens=16)
-    return evaluate.grade(students, judge, beginnings, settings, tmp_path / "grades.jsonl", progress=False)
+    settings = grading.GradeSettings(judge_model="judge-test", samples=samples, max_new_tokens=16)
+    return grading.grade(students, judge, beginnings, settings, tmp_path / "grades.jsonl", progress=False)
 
 
 def test_well_formed_grades_are_recorded_exactly_and_cached(tmp_path):
@@ -54,6 +55,25 @@ def test_well_formed_grades_are_recorded_exactly_and_cached(tmp_path):
         assert [r for r in more if r["sample"] < 2] == records
 
 
+def test_a_torn_grade_record_is_cut_and_only_its_item_graded_again(tmp_path):
+    """The grades file follows the one JSONL rule (tinystories.jsonl): readers skip a torn last line, the next
+    run cuts it off and judges that item again."""
+    student = ScriptedStudent()
+    path = tmp_path / "grades.jsonl"
+    with OpenAIServer(answer=judge_answer("ok")) as server:
+        first = run_grade(server, tmp_path, [student], beginnings=BEGINNINGS[:2])
+        raw = path.read_bytes()
+        last = raw[:-1].rsplit(b"\n", 1)[1]
+        path.write_bytes(raw[: -len(last) - 1] + last[: len(last) // 2])  # the last record cut short by a crash
+        assert len(list(read_jsonl(path))) == len(first) - 1
+        before = chat_requests(server)
+        again = run_grade(server, tmp_path, [student], beginnings=BEGINNINGS[:2])
+        assert chat_requests(server) - before == 2  # one conversation: the torn item's
+    assert sorted(r["key"] for r in again) == sorted(r["key"] for r in first)
+    assert path.read_bytes().endswith(b"\n")
+    assert len([json.loads(line) for line in path.read_text().splitlines()]) == len(first)
+
+
 @pytest.mark.parametrize("mode, status, failure, requests_per_item", [
     ("fix_on_follow_up", "ok", None, 3),
     ("malformed", "failed", "missing", 3),
@@ -72,7 +92,7 @@ def test_unreadable_grades_get_one_follow_up_then_a_recorded_failure(tmp_path, m
             assert r["grades"] == expected_grades(r["completion"]).as_dict()
         else:
             assert r["grades"] is None  # never a made-up score
-    summary = grading.summarize(records)
+    summary = report.summarize(records)
     assert summary["n_graded"] == (len(records) if status == "ok" else 0)
     if failure:
         assert summary["failures"] == {failure: len(records)}
@@ -95,7 +115,7 @@ def test_api_failure_is_recorded_and_retried_next_run_with_the_same_completion(t
     faults = Faults(rate=1.0, kinds=("server_error",), max_per_request=10**6)
     with OpenAIServer(answer=judge_answer("ok"), faults=faults) as server:
         assert run_grade(server, tmp_path, [student], samples=1, attempts=2) == []
-    errors = grading.read_records(tmp_path / "grades.jsonl")
+    errors = list(read_jsonl(tmp_path / "grades.jsonl"))
     assert len(errors) == len(BEGINNINGS) and {r["status"] for r in errors} == {"error"}
     generated = student.generated
     with OpenAIServer(answer=judge_answer("ok")) as server:
@@ -147,14 +167,14 @@ def test_grade_cli_all_checkpoints_of_a_run_give_the_step_curves(tmp_path, monke
         assert main(["eval", "grade", str(tiny_run[0]), "--all-checkpoints", "--judge-model", "judge-test",
                      "--base-url", server.url, "--api-key-env", "JUDGE_KEY", "--beginnings", str(beginnings),
                      "--samples", "2", "--max-new-tokens", "8", "--out", str(out)]) == 0
-    records = grading.read_records(out / "grades.jsonl")
+    records = list(read_jsonl(out / "grades.jsonl"))
     assert sorted({(r["checkpoint"], r["step"]) for r in records}) == [("tiny/step_00000010", 10),
                                                                        ("tiny/step_00000020", 20)]
     assert (out / "grades_vs_step.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_budget_stop_records_the_rest_for_the_next_run(tmp_path):
-    from tinystories.llm_client import PriceTable
+    from tinystories.llm import PriceTable
 
     # The test server counts ~4 characters per token: at $100 per 1M tokens a judge turn costs ~$0.03 and the
     # 12 conversations ~$0.7. The client stops before a request could take the spend past the budget (its
@@ -163,12 +183,12 @@ def test_budget_stop_records_the_rest_for_the_next_run(tmp_path):
     student = ScriptedStudent()
     with OpenAIServer(answer=judge_answer("ok")) as server:
         judge = make_judge(server, max_cost_usd=0.5, prices=prices, concurrency=1)
-        settings = evaluate.GradeSettings(judge_model="judge-test", samples=4, max_new_tokens=16)
-        records = evaluate.grade([student], judge, BEGINNINGS, settings, tmp_path / "grades.jsonl", progress=False)
+        settings = grading.GradeSettings(judge_model="judge-test", samples=4, max_new_tokens=16)
+        records = grading.grade([student], judge, BEGINNINGS, settings, tmp_path / "grades.jsonl", progress=False)
         assert judge.stats.stopped == "budget" and judge.stats.cost_usd <= 0.5 + 0.05
         spent = chat_requests(server)
     assert 0 < len(records) < 12 and all(r["status"] == "ok" for r in records)
-    left = [r for r in grading.read_records(tmp_path / "grades.jsonl") if r["status"] == "error"]
+    left = [r for r in read_jsonl(tmp_path / "grades.jsonl") if r["status"] == "error"]
     assert len(records) + len(left) == 12
     assert all("stopped: budget" in r["failure_detail"]["error"] for r in left)
     with OpenAIServer(answer=judge_answer("ok")) as server:

@@ -9,8 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinystories import heldout, novelty
-from tinystories.students import Student, StudentInfo, windowed_nll
+from tinystories.corpus import iter_stories, read_text
+from tinystories.evaluate import heldout, novelty
+from tinystories.evaluate.students import Student, StudentInfo, windowed_nll
 
 
 class ByteStudent(Student):
@@ -84,8 +85,8 @@ def test_loss_input_errors(tmp_path):
         windowed_nll([1, 2, 3], student.window_logits, context=4, stride=5)
     path = tmp_path / "bad.txt"
     path.write_bytes(b"ok \xff")
-    with pytest.raises(ValueError, match="bad.txt: not UTF-8"):
-        heldout.read_text(path)
+    with pytest.raises(ValueError, match="bad.txt: invalid UTF-8 at byte offset 3"):
+        read_text(path)  # held-out text is read by the one corpus reader
 
 
 def test_read_text_zst(tmp_path):
@@ -93,7 +94,7 @@ def test_read_text_zst(tmp_path):
 
     path = tmp_path / "v.txt.zst"
     path.write_bytes(zstandard.ZstdCompressor().compress(TEXT.encode()))
-    assert heldout.read_text(path) == TEXT
+    assert read_text(path) == TEXT
 
 
 # ------------------------------------------------------------------------------------------------ novelty
@@ -166,8 +167,9 @@ def test_novelty_finds_the_nearest_other_story_and_scores_new_text_low():
 
 
 def test_read_stories_formats(tmp_path):
+    # `eval novelty` reads its training stories with the one corpus reader (tinystories.corpus)
     (tmp_path / "s.txt").write_text("One.\n<|endoftext|>\nTwo.\n<|endoftext|>\n")
-    assert novelty.read_stories(tmp_path / "s.txt") == ["One.", "Two."]
-    (tmp_path / "s.jsonl").write_text('{"story": "One."}\n{"text": "x"}\n')
-    with pytest.raises(ValueError, match="s.jsonl: line 2 has no 'story'"):
-        novelty.read_stories(tmp_path / "s.jsonl")
+    assert list(iter_stories(tmp_path / "s.txt")) == ["One.", "Two."]
+    (tmp_path / "s.jsonl").write_text('{"story": "One."}\n{"title": "x"}\n')
+    with pytest.raises(ValueError, match="s.jsonl:2: no 'text' or 'story' field"):
+        list(iter_stories(tmp_path / "s.jsonl"))

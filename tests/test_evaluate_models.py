@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from tinystories import heldout, probes
-from tinystories.students import HFStudent, fingerprint_path
+from tinystories.evaluate import heldout, probes
+from tinystories.evaluate.students import HFStudent, fingerprint_path
 
 from _evaluate_fixtures import tiny_run  # noqa: F401  (a pytest fixture)
 
@@ -57,7 +57,7 @@ def test_hf_student_bits_per_byte_equals_direct_computation(hf_dir):
 
 
 def test_hf_directory_given_as_a_checkpoint_gets_a_hint(hf_dir):
-    from tinystories.students import load_student
+    from tinystories.evaluate.students import load_student
 
     with pytest.raises(FileNotFoundError, match="--hf-model"):
         load_student(hf_dir)
@@ -82,7 +82,7 @@ def test_fingerprint_follows_content(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ our GPT-Neo
 def test_checkpoint_student_identity_and_generation(tiny_run):
-    from tinystories.students import GPTNeoStudent, load_student
+    from tinystories.evaluate.students import GPTNeoStudent, load_student
 
     run, (first, second) = tiny_run
     student = GPTNeoStudent.from_checkpoint(first)
@@ -104,7 +104,7 @@ def test_checkpoint_student_identity_and_generation(tiny_run):
 
 
 def test_checkpoint_student_bits_per_byte_equals_direct_computation(tiny_run):
-    from tinystories.students import GPTNeoStudent
+    from tinystories.evaluate.students import GPTNeoStudent
 
     student = GPTNeoStudent.from_checkpoint(tiny_run[1][0])
     text = "Lily had a red ball. She liked to play.\n<|endoftext|>\nTom ran to the park with his dog."
@@ -172,7 +172,7 @@ def test_novelty_cli_end_to_end_on_a_checkpoint(tiny_run, tmp_path):
 def test_split_loss_on_token_shards_matches_the_packed_stream(tiny_run, tmp_path):
     from tinystories.data import prepare, story_in_val
     from tinystories.story_templates import generate_stories
-    from tinystories.students import GPTNeoStudent
+    from tinystories.evaluate.students import GPTNeoStudent
 
     student = GPTNeoStudent.from_checkpoint(tiny_run[1][0])
     tok = student.tokenizer

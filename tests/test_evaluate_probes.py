@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from tinystories import probes
-from tinystories.probes import Probe, ProbeResult, score_completion
+from tinystories.evaluate import probes
+from tinystories.evaluate.probes import Probe, ProbeResult, score_completion
 
 BED = Probe("factual", "t-bed", "Alice was so tired when she got back home so she went straight to",
             ("bed",), ("sleep", "room", "bedroom"))
@@ -78,7 +78,7 @@ class ScriptedStudent:
     """Answers each prompt with a fixed completion (greedy), so scoring is checked without a model."""
 
     def __init__(self, name, answers):
-        from tinystories.students import StudentInfo
+        from tinystories.evaluate.students import StudentInfo
 
         self.info, self.answers, self.calls = StudentInfo(name=name, identity=name), answers, []
 
@@ -128,7 +128,7 @@ def test_probe_result_round_trips_to_json():
 def test_judge_pass_settles_only_clear_answers():
     import asyncio
 
-    from tinystories.grading import ChatReply
+    from tinystories.evaluate.judge import ChatReply
 
     results = probes.run_probes(ScriptedStudent("m", {BED.prompt: " sleep.", CAT.prompt: " pet.",
                                                       NAME.prompt: " Sara."}), [BED, CAT, NAME])

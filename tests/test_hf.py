@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinystories.hf import export_hf, load_hf_model
+from tinystories.model.hf import export_hf, load_hf_model
 from tinystories.model import GPTNeo, GPTNeoConfig
 
 transformers = pytest.importorskip("transformers")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tinystories.sweep import (SweepConfig, analyze, collect_results, estimate, prepare_data, read_status,
-                               run_sweep)
+from tinystories.sweep import SweepConfig, analyze, collect_results, estimate, run_sweep
+from tinystories.sweep.grid import prepare_data, read_status
 
 pytestmark = pytest.mark.slow
 

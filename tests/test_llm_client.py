@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("openai")
 
 from tinystories import synth  # noqa: E402
-from tinystories.llm_client import ChatClient, ChatRequest, ClientConfig, PriceTable, run_chat  # noqa: E402
+from tinystories.llm import ChatClient, ChatRequest, ClientConfig, PriceTable, run_chat  # noqa: E402
 from tinystories.testing import Faults, OpenAIServer  # noqa: E402
 
 FAST = dict(timeout_s=0.5, backoff_initial_s=0.01, backoff_max_s=0.05, max_attempts=6)

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from tinystories.hf import hf_config_dict, load_hf_state_dict, to_hf_state_dict
+from tinystories.model.hf import hf_config_dict, load_hf_state_dict, to_hf_state_dict
 from tinystories.model import PRESETS, GPTNeo, GPTNeoConfig, KVCache, config_from_preset, sample_next_token
 
 transformers = pytest.importorskip("transformers")
@@ -89,7 +89,7 @@ def test_loss_and_gradients_match_hf(pair):
 
 
 def to_hf_name(name: str) -> str:
-    from tinystories.hf import _hf_name
+    from tinystories.model.hf import _hf_name
 
     return _hf_name(name)
 

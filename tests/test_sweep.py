@@ -5,16 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinystories.sweep import (
-    ScalingPoint,
-    SweepConfig,
-    compute_optimal_sizes,
-    fit_power_law,
-    format_count,
-    loss_frontier,
-    makespan,
-    parse_count,
-)
+from tinystories.sweep.analysis import ScalingPoint, compute_optimal_sizes, fit_power_law, loss_frontier
+from tinystories.sweep.timing import makespan
+from tinystories.sweep.grid import SweepConfig, format_count, parse_count
 
 
 def _chinchilla_points(noise: float, seed: int = 0) -> tuple[list[ScalingPoint], float]:

@@ -16,9 +16,13 @@ import pytest
 
 pytest.importorskip("openai")
 
-from tinystories import synth  # noqa: E402
-from tinystories.llm_client import ClientConfig, PriceTable  # noqa: E402
-from tinystories.synth import INSTRUCTION_TYPES, JsonlLog, SynthConfig, synthesize  # noqa: E402
+from tinystories.llm import ClientConfig, PriceTable  # noqa: E402
+from tinystories.jsonl import JsonlLog, read_jsonl  # noqa: E402
+from tinystories.synth import (INSTRUCTION_TYPES, DuplicateIndex, SynthConfig, SynthSummary, parse_prompt,  # noqa: E402
+                               synthesize, validate)
+from tinystories.synth.prompts import story_id  # noqa: E402
+from tinystories.synth.stats import corpus_stats  # noqa: E402
+from tinystories.vocabulary import FEATURES, NOUNS  # noqa: E402
 from tinystories.testing import Faults, OpenAIServer  # noqa: E402
 
 # Short timeouts and backoffs keep the fault tests fast; stalls outlast the client timeout.
@@ -32,13 +36,13 @@ def client_config(server: OpenAIServer, **overrides) -> ClientConfig:
     )
 
 
-def run(server: OpenAIServer, out: Path, n: int, **overrides) -> synth.SynthSummary:
+def run(server: OpenAIServer, out: Path, n: int, **overrides) -> SynthSummary:
     client = overrides.pop("client", None) or client_config(server)
     return synthesize(SynthConfig(n=n, out=out, model="test-model", progress=False, client=client, **overrides))
 
 
 def records(path: Path) -> list[dict]:
-    return list(JsonlLog.read(path))
+    return list(read_jsonl(path))
 
 
 def test_thirty_percent_faults_give_exactly_n_valid_unique_records(tmp_path):
@@ -48,20 +52,20 @@ def test_thirty_percent_faults_give_exactly_n_valid_unique_records(tmp_path):
         outcomes = Counter(e.outcome for e in server.log)
     got = records(tmp_path / "s.jsonl")
     assert summary.written == n and summary.failed == 0
-    assert sorted(r["id"] for r in got) == sorted(synth.story_id(0, i) for i in range(n))
+    assert sorted(r["id"] for r in got) == sorted(story_id(0, i) for i in range(n))
     assert all(r["valid"] for r in got), [r["flags"] for r in got if r["flags"]]
     assert set(outcomes) == {"ok", "rate_limit", "server_error", "stall", "malformed", "length", "empty"}
     assert all(r["finish_reason"] == "stop" for r in got)
     faulted = [r for r in got if r["attempt_errors"]]
     assert faulted and all(r["attempts"] == len(r["attempt_errors"]) + 1 for r in faulted)
     for r in got:  # the recorded sample is the one the prompt asked for
-        words, features = synth.parse_prompt(r["prompt"])
+        words, features = parse_prompt(r["prompt"])
         assert words == r["words"] and features == r["features"]
 
 
 def test_requests_that_always_fail_are_recorded_and_retried_next_run(tmp_path):
     out = tmp_path / "s.jsonl"
-    doomed = {synth.story_id(0, 3), synth.story_id(0, 7)}
+    doomed = {story_id(0, 3), story_id(0, 7)}
     with OpenAIServer(faults=Faults(always_fail=frozenset(doomed))) as server:
         first = run(server, out, 10, client=client_config(server, max_attempts=3))
         assert first.failed == 2 and first.written == 8
@@ -197,10 +201,10 @@ def test_batch_api_end_to_end_with_failed_lines_retried(tmp_path):
 def test_template_backend_and_stats(tmp_path):
     out = tmp_path / "s.jsonl"
     synthesize(SynthConfig(n=120, out=out, backend="template", progress=False))
-    stats = synth.corpus_stats(out)
+    stats = corpus_stats(out)
     assert stats["records"] == 120 == stats["valid"]
     assert 0 < stats["coverage"]["verb"] < 1 and 0 < stats["distinct"]["distinct-1"] < stats["distinct"]["distinct-3"]
-    assert set(stats["features"]) == set(synth.FEATURES)
+    assert set(stats["features"]) == set(FEATURES)
     with pytest.raises(ValueError, match="--seed 0; resume it with the same options"):
         synthesize(SynthConfig(n=120, out=out, backend="template", seed=1, progress=False))
     with pytest.raises(ValueError, match="same options"):
@@ -217,29 +221,29 @@ def test_jsonl_log_repairs_a_torn_tail(tmp_path):
         log.append({"id": "a"})
         log.append({"id": "b"})
     path.write_bytes(path.read_bytes() + b'{"id": "c", "sto')
-    assert [r["id"] for r in JsonlLog.read(path)] == ["a", "b"]
+    assert [r["id"] for r in read_jsonl(path)] == ["a", "b"]
     with JsonlLog(path) as log:
         log.append({"id": "d"})
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["a", "b", "d"]
     path.write_text('{"id": "a"}\nnot json\n')
     with pytest.raises(ValueError, match="log.jsonl:2"):
-        list(JsonlLog.read(path))
+        list(read_jsonl(path))
 
 
 def test_validation_flags_and_duplicates():
     words = {"verb": "run", "noun": "dog", "adjective": "happy"}
     story = "The happy dog ran to the park. " * 12
-    assert synth.validate(story, words) == []
-    assert synth.validate(story.replace("ran", "sat"), words) == ["missing_word:run"]
-    assert synth.validate("The happy dog ran.", words) == ["too_short"]
-    assert synth.validate("# Title\n" + story, words) == ["not_plain_text"]
-    index = synth.DuplicateIndex(threshold=0.8)
+    assert validate(story, words) == []
+    assert validate(story.replace("ran", "sat"), words) == ["missing_word:run"]
+    assert validate("The happy dog ran.", words) == ["too_short"]
+    assert validate("# Title\n" + story, words) == ["not_plain_text"]
+    index = DuplicateIndex(threshold=0.8)
     rng = random.Random(0)
-    base = [rng.choice(synth.NOUNS) for _ in range(200)]
+    base = [rng.choice(NOUNS) for _ in range(200)]
     assert index.add("a", " ".join(base)) == []
     assert index.add("b", " ".join(base).upper()) == ["duplicate_of:a"]
     assert index.add("c", " ".join(base[:100] + ["zebra"] + base[101:])) == ["near_duplicate_of:a"]
-    assert index.add("d", " ".join(rng.choice(synth.NOUNS) for _ in range(200))) == []
+    assert index.add("d", " ".join(rng.choice(NOUNS) for _ in range(200))) == []
 
 
 @pytest.mark.parametrize("instruct", [False, True])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinystories.checkpoint import list_checkpoints, read_checkpoint
+from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
 from tinystories.train import ConfigError, load_config, main
 
 # A model small enough that a step takes milliseconds, with both attention types and a window < seq_len.
@@ -188,7 +188,7 @@ def trained_run(dataset, tmp_path_factory) -> Path:
 
 
 def test_sample_batched_prompts_equal_single_prompts_and_cli(trained_run):
-    from tinystories.sample import generate_texts
+    from tinystories.model.generate import generate_texts
     from tinystories.model import load_checkpoint
 
     model, tokenizer, config = load_checkpoint(trained_run)

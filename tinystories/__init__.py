@@ -1,37 +1,25 @@
 """tinystories: synthesize, tokenize, train, grade and inspect TinyStories-scale language models.
 
-Submodules are imported on demand (``tinystories.tokenizer``, ``tinystories.data``,
-``tinystories.model`` ...) so that ``import tinystories`` stays cheap and works without the
-optional extras (openai, triton).
+One subpackage per pipeline stage, each importable on its own (``import tinystories`` stays cheap and
+works without the optional extras):
+
+=================  ==========================================================================
+``synth``          an LLM writes the corpus (prompts, quality flags, online and Batch API backends)
+``tokenizer``      the byte-level BPE with a C++ core (GPT-2/GPT-Neo compatible, top-K restriction)
+``data``           corpora -> zstd token shards -> training batches (native threaded loader)
+``model``          GPT-Neo, batched generation, checkpoints, Hugging Face import/export
+``train``          ``tinystories-train``: config, the training step, the resumable loop
+``kernels``        Triton kernels (attention, LayerNorm, MLP, linear + cross-entropy) as ``nn`` layers
+``evaluate``       the judge LLM, capability probes, novelty, held-out loss, reports
+``interpret``      MLP neurons and attention heads
+``sweep``          size x compute grids and the compute-optimal fit
+``llm``            the one OpenAI-compatible client layer (synthesis and the judge)
+=================  ==========================================================================
+
+Shared by all: ``corpus`` (every story format, the end-of-text separator, the Instruct layout),
+``vocabulary`` and ``story_templates``, ``atomic`` (file writes), ``jsonl`` (append-only logs),
+``progress`` (progress bars), ``plots`` (matplotlib), ``cli`` (the ``tinystories`` command) and
+``testing`` (an OpenAI-compatible test server and the pytest fixtures of the project's tests).
 """
 
-import importlib.machinery as _machinery
-import os as _os
-import sys as _sys
-
 __version__ = "0.1.0"
-
-
-def _has_native_module(folder: str) -> bool:
-    return any(_os.path.exists(_os.path.join(folder, "_core" + s)) for s in _machinery.EXTENSION_SUFFIXES)
-
-
-def _borrow_installed_build() -> None:
-    """Let a source checkout find the compiled parts of an installed copy.
-
-    ``python -m ...`` or ``python -c ...`` run from the repository root imports this package from the source
-    tree, which holds neither the compiled ``_core`` nor ``kernels/`` under its installed name. When a
-    non-editable install of the package sits elsewhere on ``sys.path``, its folder is added to this package's
-    search path so ``tinystories._core`` and ``tinystories.kernels`` resolve there.
-    """
-    here = _os.path.dirname(_os.path.abspath(__file__))
-    if _has_native_module(here):
-        return
-    for entry in _sys.path:
-        candidate = _os.path.abspath(_os.path.join(entry or _os.curdir, "tinystories"))
-        if candidate != here and _has_native_module(candidate):
-            __path__.append(candidate)
-            return
-
-
-_borrow_installed_build()

@@ -1,7 +1,8 @@
-"""The ``tinystories`` command: one entry point, one subcommand per concept.
+"""The ``tinystories`` command: one entry point, one subcommand per pipeline stage.
 
-Each subcommand lives in the module that implements the concept and exposes two functions,
-``add_cli_arguments(parser)`` and ``run_cli(args) -> int``. Modules are imported only when their
+Each subcommand is served by a ``cli`` module that exposes ``add_cli_arguments(parser)`` and
+``run_cli(args) -> int`` (``tinystories.model.cli`` serves two commands, so its functions carry the
+command's name: ``add_sample_arguments`` / ``run_sample``). Modules are imported only when their
 subcommand runs, so ``tinystories tokenizer ...`` never pays for torch or openai.
 """
 
@@ -11,16 +12,17 @@ import argparse
 import importlib
 import sys
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "tokenizer": ("tinystories.tokenizer", "train, restrict, export or run a byte-level BPE tokenizer"),
-    "data": ("tinystories.data", "prepare, inspect and verify zstd token shards"),
-    "train": ("tinystories.train", "train a GPT-Neo model (same as tinystories-train)"),
-    "sample": ("tinystories.sample", "generate stories from a checkpoint"),
-    "export": ("tinystories.hf", "export a checkpoint to a Hugging Face GPTNeoForCausalLM directory"),
-    "synth": ("tinystories.synth", "synthesize stories with any OpenAI-compatible LLM"),
-    "eval": ("tinystories.evaluate", "grade, probe and measure checkpoints"),
-    "inspect": ("tinystories.interpret", "neuron and attention-head analysis"),
-    "sweep": ("tinystories.sweep", "size x compute sweeps and the compute-optimal fit"),
+# command -> (module, function-name suffix or None, help)
+COMMANDS: dict[str, tuple[str, str | None, str]] = {
+    "tokenizer": ("tinystories.tokenizer.cli", None, "train, restrict, export or run a byte-level BPE tokenizer"),
+    "data": ("tinystories.data.cli", None, "prepare, inspect and verify zstd token shards"),
+    "train": ("tinystories.train.cli", None, "train a GPT-Neo model (same as tinystories-train)"),
+    "sample": ("tinystories.model.cli", "sample", "generate stories from a checkpoint"),
+    "export": ("tinystories.model.cli", "export", "export a checkpoint to a Hugging Face GPTNeoForCausalLM directory"),
+    "synth": ("tinystories.synth.cli", None, "synthesize stories with any OpenAI-compatible LLM"),
+    "eval": ("tinystories.evaluate.cli", None, "grade, probe and measure checkpoints"),
+    "inspect": ("tinystories.interpret.cli", None, "neuron and attention-head analysis"),
+    "sweep": ("tinystories.sweep.cli", None, "size x compute sweeps and the compute-optimal fit"),
 }
 
 
@@ -28,18 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in COMMANDS:
         name = argv[0]
-        module_name, help_text = COMMANDS[name]
+        module_name, command, help_text = COMMANDS[name]
         module = importlib.import_module(module_name)
+        add, run = ((module.add_cli_arguments, module.run_cli) if command is None
+                    else (getattr(module, f"add_{command}_arguments"), getattr(module, f"run_{command}")))
         parser = argparse.ArgumentParser(prog=f"tinystories {name}", description=help_text)
-        module.add_cli_arguments(parser)
-        args = parser.parse_args(argv[1:])
-        return int(module.run_cli(args) or 0)
+        add(parser)
+        return int(run(parser.parse_args(argv[1:])) or 0)
 
     parser = argparse.ArgumentParser(
         prog="tinystories", description="TinyStories toolkit: synthesize, tokenize, train, grade, inspect."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
+    for name, (_, _, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text)
     parser.parse_args(argv)
     parser.print_help()

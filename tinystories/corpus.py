@@ -1,16 +1,23 @@
-"""Streaming readers for story corpora, in the formats people actually have.
+"""The one reader of story corpora, the end-of-text separator, and the TinyStoriesInstruct layout.
+
+Formats read, streamed line by line so memory stays flat whatever the corpus size:
 
 * ``.txt``: TinyStories as published, stories separated by ``<|endoftext|>`` (normally on a line of
   its own). TinyStoriesInstruct files use the same separator, so their records (``Features: ...``,
-  ``Words: ...``, ``Summary: ...``, ``Story: ...``) are read whole, instructions included.
+  ``Words: ...``, ``Summary: ...``, ``Story:``) are read whole, instructions included.
 * ``.jsonl``: one JSON object per line with a ``text`` or ``story`` field (``text`` wins). With
-  ``instruct=True`` a record without ``text`` is rendered in the TinyStoriesInstruct layout from its
-  ``features`` / ``words`` / ``summary`` / ``random_sentence`` fields (also read from a nested
-  ``instruction`` object, as in ``TinyStories_all_data``), followed by ``Story:`` and the story.
-* Any of the above compressed with zstd (``.txt.zst``, ``.jsonl.zst``).
+  ``instruct=True`` a record without ``text`` is rendered in the Instruct layout (:func:`instruct_text`)
+  from its ``features`` / ``words`` / ``summary`` / ``random_sentence`` fields (also read from a nested
+  ``instruction`` object, as in ``TinyStories_all_data``).
+* Any of the above compressed with zstd (``.txt.zst``, ``.jsonl.zst``), concatenated frames included.
 
-Stories are stripped of surrounding whitespace and empty ones are skipped. Files are read line by
-line, so memory stays flat whatever the corpus size.
+Stories are stripped of surrounding whitespace and empty ones are skipped. :func:`read_text_chunks`
+reads a text file raw instead (for tokenizer training and held-out loss), in pieces cut only where
+GPT-2 pre-tokenization is unaffected.
+
+The Instruct layout (docs/synthesis.md) is written here and only here: one ``Name: value`` line per
+instruction in a fixed order, then ``Story:`` and a newline, then the story. ``tinystories synth
+--instruct``, ``tinystories data prepare --instruct`` and ``tinystories eval grade --instruct`` all use it.
 """
 
 from __future__ import annotations
@@ -18,14 +25,19 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
-EOT_MARKER = "<|endoftext|>"
+from tinystories.vocabulary import FEATURE_LABELS, PARTS_OF_SPEECH
+
+if TYPE_CHECKING:
+    import zstandard
+
+EOT = "<|endoftext|>"
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".txt.zst", ".jsonl.zst")
 TEXT_FIELDS = ("text", "story")
-INSTRUCT_FIELDS = (("features", "Features"), ("words", "Words"), ("summary", "Summary"), ("random_sentence", "Random sentence"))
+_CHUNK_BYTES = 16 << 20  # read_text_chunks' piece size
 
 
 class CorpusError(ValueError):
@@ -41,21 +53,53 @@ def corpus_format(path: str | Path) -> tuple[str, bool]:
     raise CorpusError(f"{path}: unsupported corpus file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
 
 
-def format_instruct_record(record: dict[str, Any], story: str) -> str:
-    """The TinyStoriesInstruct text layout: one ``Name: value`` line per instruction, then ``Story:``."""
-    nested = record.get("instruction") if isinstance(record.get("instruction"), dict) else {}
+# ------------------------------------------------------------------------------------------------ Instruct
+def format_instructions(*, words: Mapping[str, str] | Sequence[str] | str | None = None, features: Sequence[str] = (),
+                        summary: str | None = None, sentence: str | None = None) -> str:
+    """The Instruct header: the given instructions in the fixed order, each on its own line, then "Story:"
+    and a newline, which is where the story (or a model's continuation) begins.
+
+    ``features``: our names (``bad_ending``) or the layout's labels (``BadEnding``); ``words``: a
+    ``{part of speech: word}`` dict (printed verb, noun, adjective) or a list in the order to print.
+    """
+    if isinstance(features, str):
+        features = [features]
     lines = []
-    for key, label in INSTRUCT_FIELDS:
-        value = record.get(key, nested.get(key))
-        if value in (None, "", [], ()):
-            continue
-        if isinstance(value, (list, tuple)):
-            value = ", ".join(str(v) for v in value)
-        lines.append(f"{label}: {value}")
-    lines.append(f"Story: {story}" if not lines else f"Story:\n{story}")
-    return "\n".join(lines)
+    if features:
+        lines.append("Features: " + ", ".join(FEATURE_LABELS.get(f, f) for f in features))
+    if isinstance(words, Mapping):
+        words = [words[p] for p in PARTS_OF_SPEECH if p in words]
+    if isinstance(words, str):
+        words = [words]
+    if words:
+        lines.append("Words: " + ", ".join(words))
+    if summary:
+        lines.append(f"Summary: {summary}")
+    if sentence:
+        lines.append(f"Random sentence: {sentence}")
+    return "".join(line + "\n" for line in lines) + "Story:\n"
 
 
+def instruct_text(record: Mapping[str, Any], story: str | None = None) -> str:
+    """A story record in the Instruct layout: its instructions, then ``story`` (default: the record's).
+
+    A synthesis record names its chosen instruction types in ``instructions`` and only those are shown;
+    any other record shows every instruction field it has, top-level or in a nested ``instruction``.
+    """
+    nested = record.get("instruction")
+    fields = {**(nested if isinstance(nested, Mapping) else {}), **record}
+    chosen = record.get("instructions")
+    wanted = set(chosen) if chosen is not None else {"features", "words", "summary", "sentence"}
+    header = format_instructions(
+        words=fields.get("words") if "words" in wanted else None,
+        features=(fields.get("features") or ()) if "features" in wanted else (),
+        summary=fields.get("summary") if "summary" in wanted else None,
+        sentence=fields.get("random_sentence") if "sentence" in wanted else None,
+    )
+    return header + (record["story"] if story is None else story).strip()
+
+
+# ------------------------------------------------------------------------------------------------ files
 class _ZstdFrames(io.RawIOBase):
     """Decompresses concatenated zstd frames; a truncated last frame is an error, not an early end."""
 
@@ -64,13 +108,14 @@ class _ZstdFrames(io.RawIOBase):
 
         self._raw, self._path = raw, path
         self._dctx = zstandard.ZstdDecompressor()
-        self._frame: Any = None
+        self._error = zstandard.ZstdError
+        self._frame: zstandard.ZstdDecompressionObj | None = None
         self._out, self._pos = b"", 0
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         while self._pos == len(self._out):
             chunk = self._raw.read(1 << 17)
             if not chunk:
@@ -81,7 +126,10 @@ class _ZstdFrames(io.RawIOBase):
             while chunk:
                 if self._frame is None or self._frame.eof:
                     self._frame = self._dctx.decompressobj()
-                parts.append(self._frame.decompress(chunk))
+                try:
+                    parts.append(self._frame.decompress(chunk))
+                except self._error as e:
+                    raise CorpusError(f"{self._path}: corrupt zstd data ({e})") from None
                 chunk = self._frame.unused_data if self._frame.eof else b""
             self._out, self._pos = b"".join(parts), 0
         n = min(len(buffer), len(self._out) - self._pos)
@@ -90,6 +138,65 @@ class _ZstdFrames(io.RawIOBase):
         return n
 
 
+def _decompressed(raw: IO[bytes], path: Path) -> IO[bytes]:
+    """The content stream of an open file: decompressed when its name ends in ``.zst``."""
+    return io.BufferedReader(_ZstdFrames(raw, path)) if path.name.lower().endswith(".zst") else raw
+
+
+def _safe_cut(buf: bytes | bytearray, lo: int = 0) -> int:
+    """Last offset > lo where the text can be split without changing its GPT-2 pre-tokens: just before a
+    newline whose previous byte is ASCII and not white space (0 when there is none)."""
+    pos = len(buf)
+    while True:
+        pos = buf.rfind(b"\n", max(lo, 1), pos)
+        if pos < 0:
+            return 0
+        prev = buf[pos - 1]
+        if prev < 0x80 and chr(prev) not in " \t\n\r\x0b\x0c":
+            return pos
+
+
+def read_text_chunks(path: str | os.PathLike, errors: Literal["strict", "replace"] = "strict",
+                     on_read: Callable[[int], None] | None = None) -> Iterator[str]:
+    """Decoded text of a UTF-8 file (zstd-compressed when it ends in ``.zst``) in pieces of about 16 MB,
+    cut only where pre-tokenization is unaffected. Invalid UTF-8 raises ValueError naming the file and byte
+    offset (of the decompressed stream for .zst), unless ``errors="replace"`` (U+FFFD, as Python does).
+    ``on_read(n)`` is told each time n more bytes of the file itself have been read (for progress bars)."""
+    if errors not in ("strict", "replace"):
+        raise ValueError(f"errors must be 'strict' or 'replace', got {errors!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with open(path, "rb") as raw:
+        stream = _decompressed(raw, path)
+        pending = bytearray()
+        offset = 0  # stream offset of pending[0]
+        reported = 0
+        while True:
+            block = stream.read(_CHUNK_BYTES)
+            if on_read is not None:
+                on_read(raw.tell() - reported)
+                reported = raw.tell()
+            scanned = len(pending)  # no safe cut before here (keeps long lines linear)
+            pending += block
+            cut = _safe_cut(pending, scanned) if block else len(pending)  # at the end: everything left
+            if cut > 0:
+                try:
+                    yield bytes(pending[:cut]).decode("utf-8", errors=errors)
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{path}: invalid UTF-8 at byte offset {offset + e.start} ({e.reason})") from None
+                offset += cut
+                del pending[:cut]
+            if not block:
+                return
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The whole text of a UTF-8 file (zstd-compressed when it ends in ``.zst``)."""
+    return "".join(read_text_chunks(path))
+
+
+# ------------------------------------------------------------------------------------------------ stories
 class CorpusReader:
     """Iterates the stories of several corpus files in order, reporting how far it has read.
 
@@ -97,7 +204,7 @@ class CorpusReader:
     so far (compressed bytes for ``.zst``), which is what a progress bar needs.
     """
 
-    def __init__(self, paths: Sequence[str | Path], *, instruct: bool = False):
+    def __init__(self, paths: Sequence[str | Path] | str | Path, *, instruct: bool = False):
         if isinstance(paths, (str, Path)):
             paths = [paths]
         self.paths = [Path(p) for p in paths]
@@ -127,26 +234,23 @@ class CorpusReader:
             self.bytes_read = done
 
     def _lines(self, path: Path, raw: IO[bytes]) -> Iterator[tuple[int, str]]:
-        stream: IO[bytes] = io.BufferedReader(_ZstdFrames(raw, path)) if corpus_format(path)[1] else raw
-        text = io.TextIOWrapper(stream, encoding="utf-8")
+        text = io.TextIOWrapper(_decompressed(raw, path), encoding="utf-8")
         line_no = 0
         try:
             for line_no, line in enumerate(text, 1):
                 yield line_no, line
         except UnicodeDecodeError as e:
             raise CorpusError(f"{path}: invalid UTF-8 near line {line_no + 1}: {e.reason}") from None
-        except Exception as e:  # zstandard.ZstdError: name the file
-            if type(e).__name__ == "ZstdError":
-                raise CorpusError(f"{path}: corrupt zstd data near line {line_no + 1}: {e}") from None
-            raise
+        except CorpusError as e:
+            raise CorpusError(f"{e} near line {line_no + 1}") from None
         finally:
             text.detach()  # the caller owns (and closes) the raw file
 
     def _read_txt(self, path: Path, raw: IO[bytes]) -> Iterator[str]:
         parts: list[str] = []
         for _, line in self._lines(path, raw):
-            if EOT_MARKER in line:
-                pieces = line.split(EOT_MARKER)
+            if EOT in line:
+                pieces = line.split(EOT)
                 parts.append(pieces[0])
                 for piece in pieces[1:]:
                     story = "".join(parts).strip()
@@ -177,7 +281,7 @@ class CorpusReader:
                 raise CorpusError(f"{path}:{line_no}: field '{field}' is {type(value).__name__}, not a string")
             story = value.strip()
             if self.instruct and field == "story" and story:
-                story = format_instruct_record(record, story)
+                story = instruct_text(record, story)
             if story:
                 yield story
 

@@ -13,6 +13,8 @@ Inflection helpers live here too because every user of the word lists needs them
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Mapping
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -336,3 +338,11 @@ def word_forms(word: str, part_of_speech: str) -> frozenset[str]:
 
 
 WORDS_BY_PART_OF_SPEECH: dict[str, tuple[str, ...]] = {"verb": VERBS, "noun": NOUNS, "adjective": ADJECTIVES}
+
+_LETTERS = re.compile(r"[a-z]+")
+
+
+def missing_words(text: str, words: Mapping[str, str]) -> list[str]:
+    """The required words (``{part of speech: word}``) that ``text`` uses in none of their forms."""
+    used = set(_LETTERS.findall(text.lower()))
+    return [word for pos, word in words.items() if not (word_forms(word, pos) & used)]

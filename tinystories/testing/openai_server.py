@@ -17,16 +17,14 @@ every request is logged (`log`), so a test can check that nothing was requested 
     with OpenAIServer(faults=Faults(rate=0.3)) as server:
         client = AsyncOpenAI(base_url=server.url, api_key="test")
 
-`python -m tinystories.testing --port-file F` serves in its own process (benchmarks).
+``python -m tinystories.testing --port-file F`` serves in its own process (benchmarks).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import dataclasses
-import json
 import random
 import threading
 import time
@@ -34,21 +32,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-try:  # orjson halves the server's JSON cost; the standard library works too
-    import orjson
-
-    def _dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj)
-
-    _loads = orjson.loads
-except ImportError:  # pragma: no cover - depends on the environment
-
-    def _dumps(obj: Any) -> bytes:
-        return json.dumps(obj, separators=(",", ":")).encode()
-
-    _loads = json.loads
+from tinystories.jsonl import JsonlLog
+from tinystories.llm.wire import dumps, loads, read_chunked_body
+from tinystories.story_templates import generate_story
+from tinystories.synth.prompts import SUMMARY_MARKER, parse_prompt
 
 FAULT_KINDS = ("rate_limit", "server_error", "stall", "malformed", "length", "empty")
 
@@ -91,19 +79,17 @@ class LogEntry:
 
 def default_answer(body: dict) -> Answer:
     """A template story honouring the synthesis prompt's words and features, or a one-sentence summary."""
-    from tinystories import story_templates, synth
-
     prompt = next((m.get("content") for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
     if not isinstance(prompt, str):
         prompt = " ".join(part.get("text", "") for part in prompt if isinstance(part, dict))
-    if synth.SUMMARY_MARKER in prompt:
-        story = prompt.split(synth.SUMMARY_MARKER, 1)[1].strip()
+    if SUMMARY_MARKER in prompt:
+        story = prompt.split(SUMMARY_MARKER, 1)[1].strip()
         first = story.split(".")[0].strip() or "A child has a day"
         return Answer(f"{first} and learns something new.")
-    words, features = synth.parse_prompt(prompt)
+    words, features = parse_prompt(prompt)
     rng = random.Random(prompt)
     return Answer(
-        story_templates.generate_story(rng, words.get("verb"), words.get("noun"), words.get("adjective"), features)
+        generate_story(rng, words.get("verb"), words.get("noun"), words.get("adjective"), features)
     )
 
 
@@ -130,7 +116,7 @@ class OpenAIServer:
         self.batch_delay_s = batch_delay_s
         self.latency_s = latency_s  # added to every chat answer: a slow model, so tests can stop a run midway
         self.log: list[LogEntry] = []
-        self._log_file = open(log_path, "a", buffering=1) if log_path else None  # noqa: SIM115 - closed in stop()
+        self._log_file = JsonlLog(log_path, fsync="never") if log_path else None
         self._attempts: collections.Counter[str] = collections.Counter()
         self._faults_given: collections.Counter[str] = collections.Counter()
         self._files: dict[str, tuple[dict, bytes]] = {}
@@ -208,7 +194,7 @@ class OpenAIServer:
                         name, _, value = line.partition(":")
                         headers[name.strip().lower()] = value.strip()
                 if "chunked" in headers.get("transfer-encoding", ""):
-                    body = await _read_chunked(reader)
+                    body = await read_chunked_body(reader)
                 else:
                     body = await reader.readexactly(int(headers.get("content-length", 0) or 0))
                 status, extra_headers, payload = await self._dispatch(method, target.split("?")[0], headers, body)
@@ -232,10 +218,10 @@ class OpenAIServer:
             if method == "GET" and path.startswith("/v1/files/"):
                 return self._get_file(path.removeprefix("/v1/files/"))
             if method == "POST" and path == "/v1/batches":
-                return self._create_batch(_loads(body))
+                return self._create_batch(loads(body))
             if method == "GET" and path.startswith("/v1/batches/"):
                 batch = self._batches.get(path.removeprefix("/v1/batches/"))
-                return (200, {}, _dumps(batch)) if batch else _error(404, f"no batch {path}")
+                return (200, {}, dumps(batch)) if batch else _error(404, f"no batch {path}")
             return _error(404, f"{method} {path} is not served by the test server")
         except (ValueError, KeyError) as e:
             return _error(400, f"bad request: {e}")
@@ -244,7 +230,7 @@ class OpenAIServer:
         entry = LogEntry(path, request_id, outcome, time.time())
         self.log.append(entry)
         if self._log_file:
-            self._log_file.write(json.dumps(dataclasses.asdict(entry)) + "\n")
+            self._log_file.append(dataclasses.asdict(entry))
 
     def _pick_fault(self, request_id: str | None) -> str | None:
         key = request_id or f"anonymous-{len(self.log)}"
@@ -275,10 +261,10 @@ class OpenAIServer:
             await asyncio.sleep(self.faults.stall_s)
         elif self.latency_s:
             await asyncio.sleep(self.latency_s)
-        request = _loads(body)
+        request = loads(body)
         if not request.get("model") or not isinstance(request.get("messages"), list):
             return _error(400, "'model' and 'messages' are required")
-        return 200, {}, _dumps(self.chat_completion(request, fault))
+        return 200, {}, dumps(self.chat_completion(request, fault))
 
     def chat_completion(self, request: dict, fault: str | None = None) -> dict:
         """The chat.completion object for a request (also used for Batch lines)."""
@@ -332,7 +318,7 @@ class OpenAIServer:
             return _error(400, "multipart upload without a 'file' field")
         filename, content = fields["file"]
         purpose = fields.get("purpose", ("", b"batch"))[1].decode()
-        return 200, {}, _dumps(self._store_file(content, filename or "upload.jsonl", purpose))
+        return 200, {}, dumps(self._store_file(content, filename or "upload.jsonl", purpose))
 
     def _get_file(self, rest: str) -> tuple[int, dict, bytes]:
         file_id, _, suffix = rest.partition("/")
@@ -341,7 +327,7 @@ class OpenAIServer:
         obj, content = self._files[file_id]
         if suffix == "content":
             return 200, {"content-type": "application/octet-stream"}, content
-        return 200, {}, _dumps(obj)
+        return 200, {}, dumps(obj)
 
     def _create_batch(self, request: dict) -> tuple[int, dict, bytes]:
         input_file_id = request["input_file_id"]
@@ -364,7 +350,7 @@ class OpenAIServer:
         }
         self._batches[batch["id"]] = batch
         asyncio.get_running_loop().create_task(self._run_batch(batch))
-        return 200, {}, _dumps(batch)
+        return 200, {}, dumps(batch)
 
     async def _run_batch(self, batch: dict) -> None:
         await asyncio.sleep(self.batch_delay_s)
@@ -375,7 +361,7 @@ class OpenAIServer:
         for line in lines:
             if not line.strip():
                 continue
-            item = _loads(line)
+            item = loads(line)
             custom_id = item["custom_id"]
             fault = self._pick_fault(f"batch:{custom_id}")
             self._record("/v1/batches", custom_id, fault or "ok")
@@ -408,10 +394,10 @@ class OpenAIServer:
         await asyncio.sleep(self.batch_delay_s)
         batch.update(status="finalizing", finalizing_at=int(time.time()))
         if outputs:
-            content = b"".join(_dumps(o) + b"\n" for o in reversed(outputs))  # batch output order is not input order
+            content = b"".join(dumps(o) + b"\n" for o in reversed(outputs))  # batch output order is not input order
             batch["output_file_id"] = self._store_file(content, "batch_output.jsonl", "batch_output")["id"]
         if errors:
-            content = b"".join(_dumps(e) + b"\n" for e in errors)
+            content = b"".join(dumps(e) + b"\n" for e in errors)
             batch["error_file_id"] = self._store_file(content, "batch_errors.jsonl", "batch_output")["id"]
         batch.update(status="completed", completed_at=int(time.time()))
 
@@ -429,18 +415,7 @@ def _response(status: int, headers: dict, payload: bytes) -> bytes:
 
 def _error(status: int, message: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
     kind = {429: "rate_limit_exceeded", 500: "server_error"}.get(status, "invalid_request_error")
-    return status, headers or {}, _dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts = []
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-        if size == 0:
-            await reader.readuntil(b"\r\n")
-            return b"".join(parts)
-        parts.append(await reader.readexactly(size))
-        await reader.readexactly(2)
+    return status, headers or {}, dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
 
 
 def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
@@ -458,29 +433,3 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | No
         filename = disposition.split('filename="', 1)[1].split('"', 1)[0] if 'filename="' in disposition else None
         fields[name] = (filename, content.removesuffix(b"\r\n"))
     return fields
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Serve in this process until killed; the chosen port is written to --port-file."""
-    parser = argparse.ArgumentParser(description="OpenAI-compatible test server on 127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--port-file", type=Path, help="write the port here once listening")
-    parser.add_argument("--fault-rate", type=float, default=0.0)
-    parser.add_argument("--log", type=Path, help="append one JSON line per request")
-    args = parser.parse_args(argv)
-    server = OpenAIServer(faults=Faults(rate=args.fault_rate), port=args.port, log_path=args.log)
-
-    async def run() -> None:
-        await server.serve()
-        if args.port_file:
-            tmp = args.port_file.with_suffix(".tmp")
-            tmp.write_text(str(server.port))
-            tmp.replace(args.port_file)
-        await asyncio.Event().wait()
-
-    asyncio.run(run())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

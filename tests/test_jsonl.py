@@ -1,0 +1,117 @@
+"""The append-only JSONL logs: one rule for a torn last line in every log the package writes.
+
+A crash can only tear the last line (a write cut short). Every reader skips it; every writer cuts it off
+when it opens the file, then appends whole lines. The same must hold in each stage that keeps a log:
+synthesis records, judge grades (see test_evaluate_judge_server.py), training metrics and the sweep's
+reading of them, and the test server's request log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tinystories.jsonl import JsonlLog, read_jsonl, repair_torn_tail
+
+TORN = b'{"id": "torn", "sto'
+
+
+def lines_of(path: Path) -> list[dict]:
+    """Every line of the file, each required to be a whole JSON record (an independent reading)."""
+    raw = path.read_bytes()
+    assert raw.endswith(b"\n"), "the file ends in a torn line"
+    return [json.loads(line) for line in raw.decode("utf-8").splitlines()]
+
+
+def test_reader_skips_a_torn_last_line_and_rejects_any_other_bad_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"id": "a"}\n\n{"id": "b"}\n' + TORN)
+    assert [r["id"] for r in read_jsonl(path)] == ["a", "b"]
+    assert path.read_bytes().endswith(TORN)  # reading never changes the file
+    path.write_bytes(b'{"id": "a"}\nnot json\n{"id": "b"}\n')
+    with pytest.raises(ValueError, match=r"log\.jsonl:2: not a JSON record"):
+        list(read_jsonl(path))
+    path.write_bytes(b'[1, 2]\n')
+    with pytest.raises(ValueError, match=r"log\.jsonl:1: not a JSON object"):
+        list(read_jsonl(path))
+    assert list(read_jsonl(tmp_path / "missing.jsonl")) == []
+
+
+def test_writer_cuts_a_torn_tail_then_appends_whole_lines(tmp_path, capsys):
+    path = tmp_path / "log.jsonl"
+    with JsonlLog(path, fsync="always") as log:
+        log.append({"id": "a"})
+        log.append({"id": "b", "text": "é\n"})
+    path.write_bytes(path.read_bytes() + TORN)
+    with JsonlLog(path) as log:
+        log.append({"id": "c"})
+    assert [r["id"] for r in lines_of(path)] == ["a", "b", "c"]
+    assert "cut a torn last line" in capsys.readouterr().err
+    assert repair_torn_tail(path) == 0  # a whole file is left alone
+    path.write_bytes(TORN)  # nothing but a torn line
+    assert repair_torn_tail(path) == len(TORN) and path.read_bytes() == b""
+    with pytest.raises(ValueError, match="fsync must be"):
+        JsonlLog(path, fsync="sometimes")
+
+
+def test_a_torn_tail_longer_than_the_read_back_step_is_found(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"id": "a"}\n' + b"x" * (3 << 20))  # 3 MiB without a newline: read back in 1 MiB steps
+    assert repair_torn_tail(path) == 3 << 20
+    assert [r["id"] for r in lines_of(path)] == ["a"]
+
+
+def test_synthesis_resumes_after_a_torn_record(tmp_path):
+    from tinystories.synth import SynthConfig, synthesize
+
+    out = tmp_path / "stories.jsonl"
+    synthesize(SynthConfig(n=3, out=out, backend="template", progress=False))
+    out.write_bytes(out.read_bytes() + TORN)
+    summary = synthesize(SynthConfig(n=5, out=out, backend="template", progress=False))
+    assert (summary.already_done, summary.written) == (3, 2)
+    assert [r["id"] for r in lines_of(out)] == [f"0-{i}" for i in range(5)]
+
+
+def test_training_metrics_and_the_sweep_reader_follow_the_same_rule(tmp_path):
+    from tinystories.train.loop import Metrics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    metrics = Metrics(run, tensorboard=False)
+    metrics.write({"step": 10, "loss": 3.0})
+    metrics.close()
+    (run / "metrics.jsonl").write_bytes((run / "metrics.jsonl").read_bytes() + b'{"step": 20, "lo')
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [10]  # what `sweep analyze` reads
+    metrics = Metrics(run, tensorboard=False)  # a resumed trainer reopens the log
+    metrics.write({"step": 20, "val_loss": 2.5})
+    metrics.close()
+    assert [r["step"] for r in lines_of(run / "metrics.jsonl")] == [10, 20]
+
+
+def test_the_test_servers_request_log_follows_the_same_rule(tmp_path):
+    import urllib.request
+
+    from tinystories.testing import OpenAIServer
+
+    log = tmp_path / "requests.jsonl"
+    log.write_bytes(TORN)
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Summarize"}]}).encode()
+    with OpenAIServer(log_path=log) as server:
+        request = urllib.request.Request(f"{server.url}/chat/completions", data=body, headers={
+            "Content-Type": "application/json", "X-Client-Request-Id": "q1"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+    assert [(r["request_id"], r["outcome"]) for r in lines_of(log)] == [("q1", "ok")]
+
+
+def test_logs_are_created_with_the_umasks_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with JsonlLog(tmp_path / "log.jsonl") as log:
+            log.append({"id": "a"})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "log.jsonl").stat().st_mode & 0o777 == 0o640

@@ -1,0 +1,82 @@
+"""``tinystories data prepare|stats|verify``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tinystories.data.inspect import stats, verify
+from tinystories.data.writer import DEFAULT_LEVEL, DEFAULT_SHARD_TOKENS, prepare
+from tinystories.data.shards import ShardError
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = sub.add_parser("prepare", help="tokenize corpora into zstd token shards")
+    p.add_argument("inputs", nargs="+", help=".txt / .jsonl corpora, optionally .zst-compressed")
+    p.add_argument("--tokenizer", required=True, help="gpt2, gpt-neo, a tokenizer .json, or a dir with vocab.json+merges.txt")
+    p.add_argument("--out", required=True, help="dataset directory to write")
+    p.add_argument("--top-k", type=int, default=None, help="restrict the vocabulary to the K most frequent tokens (paper: 10000)")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="share of stories (by text hash) held out (default 0.01)")
+    p.add_argument("--val-input", action="append", default=[], metavar="FILE",
+                   help="a held-out file that forms the validation split instead (repeatable; --val-fraction unused)")
+    p.add_argument("--threads", type=int, default=None, help="tokenizer threads (default: all cores)")
+    p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard")
+    p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help=f"zstd level (default {DEFAULT_LEVEL})")
+    p.add_argument("--instruct", action="store_true", help="render JSONL instruction fields in the TinyStoriesInstruct layout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s = sub.add_parser("stats", help="counts, tokens-per-story histogram, top tokens")
+    s.add_argument("data_dir")
+    s.add_argument("--top", type=int, default=20, help="how many frequent tokens to list")
+    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    v = sub.add_parser("verify", help="check every shard's sha256 and block hashes")
+    v.add_argument("data_dir")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    try:
+        if args.action == "prepare":
+            index = prepare(args.inputs, args.out, args.tokenizer, top_k=args.top_k, val_fraction=args.val_fraction,
+                            threads=args.threads, shard_tokens=args.shard_tokens, progress=not args.no_progress,
+                            instruct=args.instruct, val_inputs=args.val_input, level=args.level)  # fmt: skip
+            for split, info in index["splits"].items():
+                console.print(f"{split}: {info['stories']:,} stories, {info['tokens']:,} tokens, "
+                              f"{len(info['shards'])} shards, {info['bytes'] / 1e6:.1f} MB")  # fmt: skip
+            console.print(f"wrote {args.out} in {index.get('prepare_seconds', 0):.1f} s")
+            return 0
+        if args.action == "verify":
+            report = verify(args.data_dir)
+            for problem in report["problems"]:
+                console.print(f"[red]FAIL[/red] {problem}", highlight=False, soft_wrap=True)
+            verdict = "[green]OK[/green]" if report["ok"] else f"[red]{len(report['problems'])} problem(s)[/red]"
+            console.print(f"{verdict}: {report['shards']} shards, {report['tokens']:,} tokens, {report['bytes'] / 1e6:.1f} MB")
+            return 0 if report["ok"] else 1
+        result = stats(args.data_dir, top=args.top)
+        if args.json:
+            print(json.dumps(result, indent=1))
+            return 0
+        table = Table(title=f"{args.data_dir} ({result['dtype']}, n_vocab {result['n_vocab']:,})")
+        for col in ("split", "stories", "tokens", "shards", "MB", "x vs raw", "tokens/story p10/p50/p90/max"):
+            table.add_column(col, justify="right")
+        for split, s in result["splits"].items():
+            q = s.get("tokens_per_story", {})
+            table.add_row(split, f"{s['stories']:,}", f"{s['tokens']:,}", str(s["shards"]), f"{s['bytes'] / 1e6:.2f}",
+                          str(s["compression_vs_raw"]), "/".join(str(q.get(k, "-")) for k in ("p10", "p50", "p90", "max")))  # fmt: skip
+        console.print(table)
+        for split, s in result["splits"].items():
+            if s.get("histogram"):
+                peak = max(c for _, _, c in s["histogram"]) or 1
+                console.print(f"[bold]{split}[/bold] tokens per story")
+                for lo, hi, c in s["histogram"]:
+                    console.print(f"  {lo:>6}-{hi - 1:<6} {'#' * round(40 * c / peak):<40} {c:,}", highlight=False)
+        console.print("[bold]top tokens[/bold]: " + ", ".join(
+            f"{t['text']!r}" if "text" in t else str(t["id"]) for t in result["top_tokens"]) + "")  # fmt: skip
+        return 0
+    except (ShardError, ValueError, OSError) as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        return 1
+

@@ -1,0 +1,96 @@
+"""``verify`` (is every byte of a dataset what its index says?) and ``stats`` (what is in it?)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinystories import _core
+from tinystories.data.shards import (INDEX_FILE, TOKENIZER_FILE, ShardError, check_shard_file, load_dataset_tokenizer,
+                                     read_index, sha256_file)
+
+
+def _iter_shards(data_dir: Path, index: dict) -> Iterator[tuple[str, dict]]:
+    for split, info in index["splits"].items():
+        for shard in info["shards"]:
+            yield split, shard
+
+
+def verify(data_dir: str | Path) -> dict[str, Any]:
+    """Checks every shard against index.json: presence, size, sha256, index and block hashes,
+    token and story counts, token ids below n_vocab, and the saved tokenizer's fingerprint.
+
+    Returns ``{"ok", "problems", "shards", "tokens", "bytes"}``; each problem names its file.
+    """
+    data_dir = Path(data_dir)
+    index = read_index(data_dir)
+    problems: list[str] = []
+    tokens = size = 0
+    shards = list(_iter_shards(data_dir, index))
+    for _, shard in shards:
+        path = data_dir / shard["file"]
+        try:
+            check_shard_file(data_dir, shard)
+            if sha256_file(path) != shard["sha256"]:
+                raise ShardError(f"{path}: sha256 mismatch: the file's content is not what {INDEX_FILE} recorded")
+            reader = _core.ShardReader(str(path))
+            if (reader.n_tokens, len(reader.story_lengths)) != (shard["tokens"], shard["stories"]):
+                raise ShardError(f"{path}: {reader.n_tokens} tokens / {len(reader.story_lengths)} stories, "
+                                 f"but {INDEX_FILE} says {shard['tokens']} / {shard['stories']}")  # fmt: skip
+            for b in range(reader.n_blocks):
+                block = reader.read_block(b)
+                if len(block) and int(block.max()) >= index["n_vocab"]:
+                    raise ShardError(f"{path}: block {b} holds token id {int(block.max())} >= n_vocab {index['n_vocab']}")
+            tokens += reader.n_tokens
+            size += reader.file_bytes
+        except ShardError as e:
+            problems.append(str(e))
+    if not (data_dir / TOKENIZER_FILE).is_file():
+        problems.append(f"{data_dir / TOKENIZER_FILE}: missing")
+    else:
+        try:
+            load_dataset_tokenizer(data_dir)
+        except (ShardError, ValueError) as e:
+            problems.append(f"{data_dir / TOKENIZER_FILE}: {e}")
+    return {"ok": not problems, "problems": problems, "shards": len(shards), "tokens": tokens, "bytes": size}
+
+
+def stats(data_dir: str | Path, *, top: int = 20) -> dict[str, Any]:
+    """Counts per split, the tokens-per-story distribution and the most frequent tokens."""
+    data_dir = Path(data_dir)
+    index = read_index(data_dir)
+    counts = np.zeros(index["n_vocab"], dtype=np.int64)
+    token_bytes = np.dtype(index["dtype"]).itemsize
+    out: dict[str, Any] = {"n_vocab": index["n_vocab"], "dtype": index["dtype"], "splits": {}}
+    for split, info in index["splits"].items():
+        lengths = []
+        for shard in info["shards"]:
+            reader = _core.ShardReader(str(check_shard_file(data_dir, shard)))
+            lengths.append(reader.story_lengths.astype(np.int64))
+            for b in range(reader.n_blocks):
+                counts += np.bincount(reader.read_block(b), minlength=len(counts))
+        lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+        split_stats: dict[str, Any] = {
+            "stories": info["stories"], "tokens": info["tokens"], "shards": len(info["shards"]), "bytes": info["bytes"],
+            "compression_vs_raw": round(info["tokens"] * token_bytes / info["bytes"], 3) if info["bytes"] else None,
+        }  # fmt: skip
+        if len(lengths_all):
+            q = np.percentile(lengths_all, [0, 10, 50, 90, 99, 100])
+            split_stats["tokens_per_story"] = {"mean": round(float(lengths_all.mean()), 1),
+                                              **{k: int(v) for k, v in zip(("min", "p10", "p50", "p90", "p99", "max"), q)}}  # fmt: skip
+            edges = np.unique(np.geomspace(max(1, q[0]), q[-1] + 1, 13).astype(np.int64))
+            hist, edges = np.histogram(lengths_all, bins=edges)
+            split_stats["histogram"] = [[int(a), int(b), int(c)] for a, b, c in zip(edges[:-1], edges[1:], hist)]
+        out["splits"][split] = split_stats
+    order = np.argsort(-counts, kind="stable")[:top]
+    try:
+        tok = load_dataset_tokenizer(data_dir)
+        decode = tok.decode
+    except (ShardError, ValueError, OSError):  # stats still work without the tokenizer (ids only)
+        decode = None
+    out["top_tokens"] = [{"id": int(i), "count": int(counts[i]), **({"text": decode([int(i)])} if decode else {})}
+                         for i in order if counts[i]]  # fmt: skip
+    return out

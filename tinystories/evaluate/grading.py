@@ -1,0 +1,353 @@
+"""Grading completions like a teacher, as Eldan & Li (2023) did: prompts, grade parsing, the results cache, and
+the run that samples each student and asks the judge (:mod:`tinystories.evaluate.judge`).
+
+The judge conversation follows the paper. The first turn shows the story beginning and the student's
+completion separated by ``***`` and asks for a general assessment (grammar, consistency with the
+beginning, whether the sentence split by ``***`` is finished). The second turn asks for grades out of 10
+for grammar, creativity, consistency and plot, and the likely age group of the writer (A-F). When the
+grades cannot be read, the judge gets exactly one follow-up question; if that fails too, the item is
+recorded as a failure with its reason. A score is never guessed.
+
+Results are JSONL records, one per completion, keyed by a hash of (checkpoint, beginning, sample seed,
+generation settings, judge model, prompt version): a rerun pays only for items it has not seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tinystories.evaluate.judge import Chat, LLMJudge
+from tinystories.evaluate.students import Student
+from tinystories.jsonl import JsonlLog, read_jsonl
+from tinystories.progress import Progress
+
+# Bump whenever a prompt text or the parsing rules change: cached grades from another version are not reused.
+PROMPT_VERSION = "paper-v1"
+
+SCORES = ("grammar", "creativity", "consistency", "plot")
+AGE_GROUPS = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12", "F": "13-16"}
+MIN_GRADE, MAX_GRADE = 0.0, 10.0
+
+ASSESSMENT_PROMPT = """\
+In the following exercise, the student is given a beginning of a story. The student needs to complete it \
+into a full story. The exercise tests the student's language abilities and creativity. The symbol *** marks \
+the separator between the prescribed beginning and the student's completion:
+
+{beginning}***{completion}
+
+Please provide your general assessment about the part written by the student (the one after the *** \
+symbol). Is it grammatically correct? Is it consistent with the beginning of the story? Pay special \
+attention to whether the student manages to complete the sentence which is split in the middle by the \
+separator ***."""
+
+GRADING_REQUEST = """\
+Now, grade the student's completion in terms of grammar, creativity, consistency with the story's \
+beginning and whether the plot makes sense. Moreover, please provide your best guess of what the age of \
+the student might be, as reflected from the completion. Choose from possible age groups: A: 3 or under. \
+B: 4-5. C: 6-7. D: 8-9. E: 10-12. F: 13-16.
+
+Give each grade as a whole number from 1 to 10 and answer with exactly these five lines:
+Grammar: <grade>/10
+Creativity: <grade>/10
+Consistency: <grade>/10
+Plot: <grade>/10
+Age group: <letter A-F>"""
+
+FOLLOW_UP_PROMPT = """\
+I could not read your grades ({problem}). Please answer again with only these five lines, each grade a \
+number from 1 to 10 and the age group a single letter from A to F:
+Grammar: <grade>/10
+Creativity: <grade>/10
+Consistency: <grade>/10
+Plot: <grade>/10
+Age group: <letter>"""
+
+
+def assessment_prompt(beginning: str, completion: str) -> str:
+    """The first judge turn. The beginning keeps its trailing text exactly, so a split word stays visible."""
+    return ASSESSMENT_PROMPT.format(beginning=beginning.rstrip(" "), completion=completion)
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+@dataclass(frozen=True)
+class Grades:
+    grammar: float
+    creativity: float
+    consistency: float
+    plot: float
+    age_group: str  # one of AGE_GROUPS
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class GradeParseError(ValueError):
+    """The judge's answer holds no complete, valid set of grades.
+
+    reason: "missing" (some field absent), "out_of_range" (a grade outside 0-10 or on another scale),
+    "refusal" (the judge declined). ``found`` holds the fields that were read, for the record.
+    """
+
+    def __init__(self, reason: str, detail: str, found: dict[str, Any]):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail, self.found = reason, detail, found
+
+
+_NUMBER = r"(-?\d+(?:\.\d+)?)"
+# "Grammar: 8/10", "**Grammar** - 8 out of 10", "grammar (7.5)", "Grammar: good, 8/10". The gap between the
+# name and the number may hold words but no digits and no line break, so one line never lends its number
+# to another field.
+_SCORE_PATTERNS = {
+    name: re.compile(rf"\b{name}\b[^\d\n]{{0,60}}?{_NUMBER}(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?",
+                     re.IGNORECASE)
+    for name in SCORES
+}
+_AGE_PATTERN = re.compile(r"\bage(?:\s*group)?\b[^A-Za-z\n]{0,20}?(?:group\s*)?\(?\b((?-i:[A-F]))\b(?![\w'])",
+                          re.IGNORECASE)
+_REFUSAL = re.compile(
+    r"\b(i'?m sorry|i am sorry|i apologi[sz]e|i can(?:no|')t|i won'?t|i will not|i'?m (?:not )?(?:able|unable)|"
+    r"unable to|as an ai)\b", re.IGNORECASE)
+
+
+def parse_grades(text: str) -> Grades:
+    """Read the four grades and the age group from a judge answer, or raise :class:`GradeParseError`."""
+    text = text.replace("\u2019", "'")
+    found: dict[str, Any] = {}
+    problems: list[str] = []
+    out_of_range: list[str] = []
+    for name, pattern in _SCORE_PATTERNS.items():
+        match = pattern.search(text)
+        if match is None:
+            problems.append(f"no {name} grade")
+            continue
+        value, scale = float(match.group(1)), match.group(2)
+        if scale is not None and float(scale) != MAX_GRADE:
+            out_of_range.append(f"{name} given as {match.group(1)}/{scale}, not out of 10")
+        elif not MIN_GRADE <= value <= MAX_GRADE:
+            out_of_range.append(f"{name} grade {match.group(1)} is outside 0-10")
+        else:
+            found[name] = value
+    age = _AGE_PATTERN.search(text)
+    if age is None:
+        problems.append("no age group A-F")
+    else:
+        found["age_group"] = age.group(1).upper()
+
+    if out_of_range:
+        raise GradeParseError("out_of_range", "; ".join(out_of_range), found)
+    if problems:
+        if not found and _REFUSAL.search(text):
+            raise GradeParseError("refusal", "the judge declined to grade", found)
+        raise GradeParseError("missing", "; ".join(problems), found)
+    return Grades(**found)
+
+
+def follow_up_prompt(error: GradeParseError) -> str:
+    return FOLLOW_UP_PROMPT.format(problem=error.detail)
+
+
+# ------------------------------------------------------------------------------------------------ conversation
+async def judge_completion(chat: Chat, beginning: str, completion: str, *, request_id: str) -> dict[str, Any]:
+    """The paper's two-turn conversation, plus at most one follow-up when the grades cannot be read.
+
+    Returns the record fields: status ("ok" or "failed"), grades (or None), failure reason, the whole
+    conversation, token usage and cost. API errors propagate to the caller.
+    """
+    messages = [{"role": "user", "content": assessment_prompt(beginning, completion)}]
+    usage: dict[str, int] = {}
+    cost = 0.0
+
+    async def ask(turn: int) -> str:
+        nonlocal cost
+        reply = await chat(messages, f"{request_id}-{turn}")
+        for name, value in reply.usage.items():
+            usage[name] = usage.get(name, 0) + int(value)
+        cost += reply.cost_usd
+        messages.append({"role": "assistant", "content": reply.text})
+        return reply.text
+
+    await ask(1)
+    messages.append({"role": "user", "content": GRADING_REQUEST})
+    answer = await ask(2)
+    grades, failure, follow_up = None, None, False
+    try:
+        grades = parse_grades(answer)
+    except GradeParseError as first:
+        follow_up = True
+        messages.append({"role": "user", "content": follow_up_prompt(first)})
+        answer = await ask(3)
+        try:
+            grades = parse_grades(answer)
+        except GradeParseError as second:
+            failure = {"reason": second.reason, "detail": second.detail, "found": second.found,
+                       "first_attempt": {"reason": first.reason, "detail": first.detail}}
+    return {"status": "ok" if grades else "failed", "grades": grades.as_dict() if grades else None,
+            "failure": failure["reason"] if failure else None, "failure_detail": failure,
+            "follow_up": follow_up, "judge_text": answer, "conversation": messages, "usage": usage,
+            "cost_usd": cost}
+
+
+# ------------------------------------------------------------------------------------------------ cache
+def cache_key(*, checkpoint_id: str, beginning: str, seed: int, sample: int, generation: dict[str, Any],
+              judge_model: str, prompt_version: str = PROMPT_VERSION) -> str:
+    """Stable id of one graded item; any change to what determines the grade gives a new key."""
+    payload = json.dumps({"checkpoint": checkpoint_id, "beginning": beginning, "seed": seed, "sample": sample,
+                          "generation": generation, "judge_model": judge_model, "prompt_version": prompt_version},
+                         sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+# Records with these statuses are final: a rerun reuses them. "error" (the API failed after all retries)
+# is retried by the next run, since nothing was learned about the completion.
+FINAL_STATUSES = ("ok", "failed")
+
+
+def final_records_by_key(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["key"]: r for r in records if r.get("status") in FINAL_STATUSES}
+
+
+# ------------------------------------------------------------------------------------------------ beginnings
+def load_beginnings(path: str | Path | None = None) -> list[str]:
+    """The shipped story beginnings, or a user file: one beginning per line (blank lines and # comments skipped)."""
+    if path is None:
+        text, source = resources.files("tinystories").joinpath("assets/beginnings.txt").read_text("utf-8"), "shipped"
+    else:
+        text, source = Path(path).read_text("utf-8"), str(path)
+    beginnings = [line.rstrip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not beginnings:
+        raise ValueError(f"{source} beginnings file holds no beginnings")
+    return beginnings
+
+
+# ------------------------------------------------------------------------------------------------ grading
+@dataclass(frozen=True)
+class GradeSettings:
+    judge_model: str
+    samples: int = 10  # completions per beginning
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    max_new_tokens: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.max_new_tokens < 1:
+            raise ValueError(f"samples ({self.samples}) and max_new_tokens ({self.max_new_tokens}) must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not self.judge_model:
+            raise ValueError("judge_model must name the judge")
+
+    def generation(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "max_new_tokens": self.max_new_tokens}
+
+
+def beginning_seed(seed: int, beginning: str) -> int:
+    """The generator seed of one beginning's batch: independent of the order and number of beginnings."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{beginning}".encode()).digest()[:4], "little")
+
+
+def _student_fields(student: Student) -> dict[str, Any]:
+    info = student.info
+    return {"checkpoint": info.name, "checkpoint_id": info.identity, "run": info.run, "step": info.step,
+            "hidden_size": info.hidden_size, "num_layers": info.num_layers, "num_parameters": info.num_parameters}
+
+
+# assess(chat, item) -> the outcome fields of a record (status ok/failed, ...); raises when the API failed.
+Assess = Callable[[Chat, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def grade(students: Sequence[Student], judge: LLMJudge, beginnings: Sequence[str], settings: GradeSettings,
+          results_path: str | Path, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Grade every student's completions of every beginning; returns this plan's final records (cached and new).
+
+    ``judge``: an :class:`~tinystories.evaluate.judge.LLMJudge` (or anything with the same ``session()``).
+    """
+    async def assess(chat: Chat, item: dict[str, Any]) -> dict[str, Any]:
+        return await judge_completion(chat, item["beginning"], item["completion"], request_id=item["key"][:24])
+
+    prompts = [{"prompt": b, "beginning_index": i, "beginning": b} for i, b in enumerate(beginnings)]
+    return run_judged(students, judge, prompts, settings, results_path, assess, prompt_version=PROMPT_VERSION,
+                      progress=progress)
+
+
+def run_judged(students: Sequence[Student], judge: LLMJudge, prompts: Sequence[dict[str, Any]],
+               settings: GradeSettings, results_path: str | Path, assess: Assess, *, prompt_version: str,
+               progress: bool = True) -> list[dict[str, Any]]:
+    """Sample ``settings.samples`` completions of each prompt (``{"prompt": text, **fields}``) per student
+    and ``assess`` each in a session of ``judge``; one JSONL record per completion in ``results_path``.
+
+    Cached records (same key, status ok or failed) are reused without generating or requesting anything.
+    Records whose judge call failed (status error) keep their completion and are judged again.
+    """
+    results_path = Path(results_path)
+    existing = list(read_jsonl(results_path))
+    final = final_records_by_key(existing)
+    errored = {r["key"]: r for r in existing if r.get("status") == "error"}
+    plan: list[dict[str, Any]] = []
+    todo: list[dict[str, Any]] = []
+    for student in students:
+        missing: dict[str, list[dict[str, Any]]] = {}
+        for fields in prompts:
+            for sample in range(settings.samples):
+                key = cache_key(checkpoint_id=student.info.identity, beginning=fields["prompt"], seed=settings.seed,
+                                sample=sample, generation=settings.generation(), judge_model=settings.judge_model,
+                                prompt_version=prompt_version)
+                item = {"key": key, **_student_fields(student), **fields, "sample": sample, "seed": settings.seed,
+                        "generation": settings.generation(), "judge_model": settings.judge_model,
+                        "prompt_version": prompt_version}
+                plan.append(item)
+                if key in final:
+                    continue
+                if key in errored:
+                    item["completion"] = errored[key]["completion"]
+                else:
+                    missing.setdefault(fields["prompt"], []).append(item)
+                todo.append(item)
+        _generate(student, missing, settings, progress=progress)
+    if todo:
+        asyncio.run(_judge_all(judge, assess, todo, results_path, progress=progress))
+    final = final_records_by_key(read_jsonl(results_path))
+    return [final[item["key"]] for item in plan if item["key"] in final]
+
+
+def _generate(student: Student, missing: dict[str, list[dict[str, Any]]], settings: GradeSettings, *,
+              progress: bool) -> None:
+    """Fill in the completions of the missing items: one batch of all samples per prompt, seeded per prompt."""
+    if not missing:
+        return
+    with Progress(f"sampling {student.info.name}", len(missing), enabled=progress) as bar:
+        for prompt, items in missing.items():
+            completions = student.complete([prompt] * settings.samples, max_new_tokens=settings.max_new_tokens,
+                                           temperature=settings.temperature, top_k=settings.top_k,
+                                           top_p=settings.top_p, seed=beginning_seed(settings.seed, prompt))
+            for item in items:
+                item["completion"] = completions[item["sample"]]
+            bar.advance()
+
+
+async def _judge_all(judge: LLMJudge, assess: Assess, items: list[dict[str, Any]], results_path: Path, *,
+                     progress: bool) -> None:
+    with JsonlLog(results_path, fsync="always") as log, Progress("judging", len(items), enabled=progress) as bar:
+        async with judge.session() as chat:
+
+            async def one(item: dict[str, Any]) -> None:
+                try:
+                    outcome = await assess(chat, item)
+                except Exception as exc:  # the API failed after all retries: keep the completion, judge next run
+                    outcome = {"status": "error", "grades": None, "failure": "api_error",
+                               "failure_detail": {"error": f"{type(exc).__name__}: {exc}"}}
+                log.append({**item, **outcome, "time": time.time()})
+                bar.advance()
+
+            await asyncio.gather(*(one(item) for item in items))

@@ -1,0 +1,98 @@
+"""Held-out loss: nats per token, perplexity, and bits per byte.
+
+Bits per byte divides the summed negative log-likelihood (in bits) by the UTF-8 bytes of the text that
+was predicted, so models with different tokenizers (GPT-Neo's 50K vocabulary, a restricted 10K one, a
+Hugging Face model) are compared on the same footing; loss per token and perplexity are not comparable
+across vocabularies. ``<|endoftext|>`` separators are predicted like any token but carry no bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tinystories.corpus import EOT
+from tinystories.data import IGNORE_INDEX, TokenLoader
+from tinystories.evaluate.students import GPTNeoStudent, Student, windowed_nll
+from tinystories.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class HeldOutLoss:
+    model: str
+    source: str
+    tokens: int  # predicted tokens
+    bytes: int  # UTF-8 bytes of the predicted text
+    nll_nats: float  # summed negative log-likelihood
+
+    @property
+    def loss(self) -> float:
+        return self.nll_nats / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll_nats / math.log(2) / self.bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "loss": self.loss, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte}
+
+
+def text_loss(student: Student, text: str, *, source: str = "<text>", stride: int | None = None,
+              batch_size: int = 8, max_bytes: int | None = None) -> HeldOutLoss:
+    """Loss of ``student`` on ``text`` (``max_bytes`` keeps the head of the text, cut at a line break)."""
+    if max_bytes is not None and len(text.encode("utf-8")) > max_bytes:
+        head = text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+        text = head[: head.rfind("\n") + 1] or head
+    if not text.replace(EOT, "").strip():
+        raise ValueError(f"{source}: no text to score")
+    ids = student.encode_for_scoring(text)
+    nll, scored = windowed_nll(ids, student.window_logits, context=student.context_length, stride=stride,
+                               batch_size=batch_size)
+    return HeldOutLoss(student.info.name, source, len(scored), len(text.replace(EOT, "").encode("utf-8")), nll)
+
+
+def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
+    """UTF-8 bytes each token id stands for; special tokens (separators) count zero."""
+    lengths = np.array([len(token) for token in tokenizer.vocab], dtype=np.int64)
+    for token_id in tokenizer.special_tokens.values():
+        lengths[token_id] = 0
+    return lengths
+
+
+@torch.no_grad()
+def split_loss(student: GPTNeoStudent, data_dir: str | Path, *, split: str = "val", batch_size: int = 8,
+               max_tokens: int | None = None) -> HeldOutLoss:
+    """Loss on a split of token shards (``tinystories data prepare``), in the packed layout the trainer uses.
+
+    The shards must have been made with the model's own tokenizer (checked by fingerprint); for models
+    with other vocabularies use :func:`text_loss` on the raw text instead.
+    """
+    tokenizer = student.tokenizer
+    loader = TokenLoader(data_dir, split=split, batch_size=batch_size, seq_len=student.context_length,
+                         mode="packed", shuffle=False, loop=False, expected_fingerprint=tokenizer.fingerprint)
+    byte_lengths = torch.from_numpy(token_byte_lengths(tokenizer))
+    nll, tokens, n_bytes = 0.0, 0, 0
+    for x, y in loader:
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        logits = student.window_logits(x).float()
+        y_device = y.to(logits.device)
+        nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_device.reshape(-1),
+                                     ignore_index=IGNORE_INDEX, reduction="sum"))
+        valid = y != IGNORE_INDEX
+        tokens += int(valid.sum())
+        n_bytes += int(byte_lengths[y[valid]].sum())
+        if max_tokens is not None and tokens >= max_tokens:
+            break
+    if tokens == 0:
+        raise ValueError(f"{data_dir}: split {split!r} holds no tokens")
+    return HeldOutLoss(student.info.name, f"{data_dir}:{split}", tokens, n_bytes, nll)

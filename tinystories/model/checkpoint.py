@@ -1,0 +1,94 @@
+"""Training checkpoints: one self-contained ``.pt`` file per saved step, written atomically.
+
+A checkpoint holds everything a run needs to continue bit-exactly (model, optimizer, gradient scaler,
+RNG states, data-loader position, step, counters) and everything a user needs to use the model alone
+(model config, the tokenizer's JSON, the training config). Files live in ``<run>/checkpoints/`` as
+``step_00001000.pt``; a crash while writing leaves only a ``.tmp`` file behind, never a torn checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinystories.atomic import atomic_open
+from tinystories.model.config import GPTNeoConfig
+from tinystories.model.gpt_neo import GPTNeo
+from tinystories.tokenizer import Tokenizer
+
+FORMAT = "tinystories/checkpoint/1"
+_NAME = re.compile(r"^step_(\d{8,})\.pt$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The complete checkpoints of a run, oldest first."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_last: int | None = None) -> Path:
+    """Write ``payload`` to ``path`` atomically (temp file, fsync, rename), then keep only the newest ``keep_last``."""
+    path = Path(path)
+    with atomic_open(path) as f:
+        torch.save({"format": FORMAT, **payload}, f)
+    if keep_last is not None:
+        for old in list_checkpoints(path.parent.parent)[:-keep_last]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the newest checkpoint of a run directory."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = list_checkpoints(path.parent if path.name == "checkpoints" else path)
+        if found:
+            return found[-1]
+        raise FileNotFoundError(f"{path}: no checkpoints (expected {checkpoint_dir(path)}/step_*.pt)")
+    raise FileNotFoundError(f"checkpoint {path} does not exist")
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = resolve_checkpoint(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which
+        raise ValueError(f"{path}: not a readable tinystories checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a tinystories checkpoint (format {payload.get('format')!r}, "
+                         f"expected {FORMAT!r})" if isinstance(payload, dict) else f"{path}: not a checkpoint")
+    payload["path"] = str(path)
+    return payload
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPTNeo, Tokenizer, dict[str, Any]]:
+    """``(model, tokenizer, config)`` from a checkpoint file, a run directory (newest checkpoint) or a
+    Hugging Face GPTNeoForCausalLM directory. The model is in eval mode on ``device``; ``config`` is the
+    saved training config (for a HF directory: its config.json)."""
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file() and not list_checkpoints(path):
+        from tinystories.model.hf import load_hf_model, load_hf_tokenizer
+
+        return (load_hf_model(path).to(device), load_hf_tokenizer(path),
+                json.loads((path / "config.json").read_text()))
+    payload = read_checkpoint(path)
+    model = GPTNeo(GPTNeoConfig.from_dict(payload["model_config"]))
+    model.load_state_dict(payload["model"])
+    return model.to(device).eval(), Tokenizer.from_json(payload["tokenizer_json"]), payload["train_config"]

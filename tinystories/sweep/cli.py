@@ -1,0 +1,141 @@
+"""``tinystories sweep run|estimate|analyze|grade``.
+
+    tinystories sweep estimate --out runs/sweep --hidden 64,128,256 --layers 1,2,4 --tokens 50M,200M
+    tinystories sweep run      --out runs/sweep --hidden 64,128,256 --layers 1,2,4 --tokens 50M,200M --gpus 0,1,2,3
+    tinystories sweep analyze  runs/sweep          # table, frontier, N_opt ~ C^a with its CI, scaling.png
+    tinystories sweep grade    runs/sweep --judge-model gpt-4o   # the evaluation module over every run
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+from pathlib import Path
+
+from rich.console import Console
+
+from tinystories.sweep.analysis import analyze, results_table, write_results
+from tinystories.sweep.timing import estimate
+from tinystories.sweep.grid import MANIFEST, SweepConfig, parse_count
+from tinystories.sweep.runner import grade_commands, run_sweep
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _count_list(text: str) -> list[int]:
+    try:
+        return [parse_count(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_grid_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="sweep directory (one run directory per grid point)")
+    p.add_argument("--hidden", type=_int_list, help="hidden sizes, e.g. 64,128,256")
+    p.add_argument("--layers", type=_int_list, help="layer counts, e.g. 1,2,4,8")
+    p.add_argument("--tokens", type=_count_list, help="training token budgets, e.g. 50M,200M")
+    p.add_argument("--preset", default="demo", help="trainer preset every run starts from (default demo)")
+    p.add_argument("--data", default=None, help="the trainer's --data (shard dir or text files); default: "
+                                                "the trainer's offline demo corpus")
+    p.add_argument("--config", default=None, help="a trainer TOML file given to every run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a trainer --key=value for every run (repeatable), e.g. --set batch_size=64")
+    p.add_argument("--gpus", type=_int_list, default=[], help="run one config per GPU on these ids, e.g. 0,1,2,3")
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run = sub.add_parser("run", help="run (or resume) every grid point as a tinystories-train subprocess")
+    _add_grid_arguments(run)
+    run.add_argument("--estimate", action="store_true", help="only print the projected wall time (as `estimate`)")
+    run.add_argument("--probe-steps", type=int, default=5, help=argparse.SUPPRESS)
+    run.add_argument("--target-hours", type=float, default=24.0, help=argparse.SUPPRESS)
+    est = sub.add_parser("estimate", help="projected wall time per run and in total from a throughput probe")
+    _add_grid_arguments(est)
+    est.add_argument("--probe-steps", type=int, default=5, help="timed training steps per model shape")
+    est.add_argument("--target-hours", type=float, default=24.0, help="say whether the sweep fits in this")
+    ana = sub.add_parser("analyze", help="results table, loss-vs-compute frontier and the N_opt ~ C^a fit")
+    ana.add_argument("out", help="sweep directory")
+    ana.add_argument("--points", choices=("auto", "final", "trajectory"), default="auto",
+                     help="final validation loss per run, or every validation point (auto: final when the "
+                          "grid has two or more token budgets)")
+    ana.add_argument("--params", choices=("non-embedding", "total"), default="non-embedding")
+    ana.add_argument("--budgets", type=int, default=10, help="log-spaced compute budgets for N_opt")
+    grade = sub.add_parser("grade", help="tinystories eval grade and probes over the sweep's finished runs")
+    grade.add_argument("out", help="sweep directory")
+    grade.add_argument("--skip-grade", dest="grade", action="store_false", help="capability probes only "
+                                                                                 "(no judge needed)")
+    grade.add_argument("--skip-probes", dest="probes", action="store_false", help="judge grading only")
+    grade.add_argument("--device", default="cpu")
+    grade.add_argument("--judge-model", help="for `eval grade`: the judge model (e.g. gpt-4o)")
+    grade.add_argument("--base-url", help="for `eval grade`: an OpenAI-compatible endpoint")
+    grade.add_argument("--samples", type=int, help="for `eval grade`: completions per beginning")
+    grade.add_argument("--eval-args", default="", metavar='"ARGS"',
+                       help='any other `tinystories eval grade` options, quoted, with "=": '
+                            '--eval-args="--max-cost-usd 5 --limit-beginnings 20"')
+
+
+def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
+    """The grid of the command line, or the manifest of an existing sweep directory when none is given."""
+    grid = (args.hidden, args.layers, args.tokens)
+    if all(g is None for g in grid) and (Path(args.out) / MANIFEST).is_file():
+        sweep = SweepConfig.load(args.out)
+        if args.gpus:
+            sweep.gpus = args.gpus
+        return sweep
+    missing = [n for n, g in zip(("--hidden", "--layers", "--tokens"), grid) if g is None]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)} (or point --out at an existing sweep directory)")
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip().lstrip("-").replace("-", "_")] = value
+    return SweepConfig(out_dir=args.out, hidden=args.hidden, layers=args.layers, tokens=args.tokens,
+                       preset=args.preset, data=args.data, train_config=args.config, overrides=overrides,
+                       gpus=args.gpus)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    console = Console()
+    try:  # the trainer's ConfigError is a ValueError
+        if args.action in ("run", "estimate"):
+            sweep = sweep_from_args(args)
+            if args.action == "estimate" or args.estimate:
+                estimate(sweep, steps=args.probe_steps, target_hours=args.target_hours, console=console)
+                return 0
+            rows = run_sweep(sweep, console=console)
+            write_results(rows, Path(sweep.out_dir))
+            console.print(results_table(rows, f"sweep {sweep.out_dir}"))
+            failed = [r["name"] for r in rows if r["status"] != "done"]
+            if failed:
+                console.print(f"[red]{len(failed)} run(s) not finished:[/red] {', '.join(failed)}; "
+                              f"`tinystories sweep run --out {sweep.out_dir}` resumes them")
+                return 1
+            return 0
+        sweep = SweepConfig.load(args.out)
+        if args.action == "analyze":
+            analyze(sweep, points_mode=args.points, params=args.params, budgets=args.budgets, console=console)
+            return 0
+        extra = shlex.split(args.eval_args)
+        for flag, value in (("--judge-model", args.judge_model), ("--base-url", args.base_url),
+                            ("--samples", args.samples)):
+            if value is not None:
+                extra += [flag, str(value)]
+        for cmd in grade_commands(sweep, grade=args.grade, probes=args.probes, device=args.device, extra=extra):
+            console.print(f"$ {' '.join(cmd)}")
+            code = subprocess.run(cmd).returncode
+            if code:
+                return code
+        return 0
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+

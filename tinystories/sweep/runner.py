@@ -1,0 +1,138 @@
+"""Running a sweep: every unfinished grid point as a ``tinystories-train`` subprocess, one at a time on one
+device or one per GPU (``CUDA_VISIBLE_DEVICES``). ``sweep run`` again on the same directory skips finished
+runs and resumes interrupted ones (``--resume`` from their newest checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tinystories.atomic import atomic_write_json
+from tinystories.model.checkpoint import list_checkpoints
+from tinystories.sweep.analysis import collect_results
+from tinystories.sweep.grid import (MANIFEST, STATUS_FILE, RunPlan, SweepConfig, data_vocab_size, plan_runs,
+                                   prepare_data, read_status, run_dir)
+
+
+def train_command(sweep: SweepConfig, plan: RunPlan, data_dir: Path) -> list[str]:
+    run = plan.run
+    cmd = [sys.executable, "-m", "tinystories.train"]
+    if sweep.train_config:
+        cmd.append(sweep.train_config)
+    cmd += [f"--preset={sweep.preset}", f"--hidden_size={run.hidden}", f"--num_layers={run.layers}",
+            f"--max_steps={plan.max_steps}", f"--out_dir={run_dir(sweep, run)}", f"--data={data_dir}",
+            "--display=plain"]
+    cmd += [f"--{k}={v}" for k, v in sweep.overrides.items()]
+    if list_checkpoints(run_dir(sweep, run)):
+        cmd.append("--resume")
+    return cmd
+
+
+def run_sweep(sweep: SweepConfig, *, console: Console | None = None, poll_s: float = 0.5) -> list[dict[str, Any]]:
+    """Run every unfinished grid point; returns the collected results (see :func:`collect_results`)."""
+    console = console or Console()
+    out = Path(sweep.out_dir)
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        previous = json.loads(manifest.read_text())
+        changed = sorted(k for k in ("hidden", "layers", "tokens", "preset", "data", "train_config", "overrides")
+                         if previous.get(k) != sweep.to_dict()[k])
+        if changed:
+            raise ValueError(f"{out} holds a sweep with different {', '.join(changed)}; resume it with the same "
+                             f"grid or choose another --out")
+    data_dir = prepare_data(sweep)
+    plans = plan_runs(sweep, data_vocab_size(data_dir))
+    atomic_write_json(manifest, sweep.to_dict(), indent=2)
+
+    pending = [p for p in plans if read_status(run_dir(sweep, p.run))["status"] != "done"]
+    slots: list[str | None] = [str(g) for g in sweep.gpus] or [None]
+    console.print(f"sweep {out}: {len(plans)} runs, {len(plans) - len(pending)} already done, "
+                  f"{len(slots)} at a time" + (f" on GPUs {','.join(map(str, sweep.gpus))}" if sweep.gpus else ""))
+    active: dict[subprocess.Popen, tuple[RunPlan, str | None, float]] = {}  # process -> (run, GPU, start)
+    try:
+        while pending or active:
+            while pending and len(active) < len(slots):
+                plan = pending.pop(0)
+                gpu = next(s for s in slots if s not in {g for _, g, _ in active.values()})
+                active[_start(sweep, plan, data_dir, gpu, console)] = (plan, gpu, time.perf_counter())
+            time.sleep(poll_s)
+            for proc in [p for p in active if p.poll() is not None]:
+                plan, _, t0 = active.pop(proc)
+                _finish(sweep, plan, proc.returncode, time.perf_counter() - t0, console)
+    except KeyboardInterrupt:  # stop the children we started; a later `sweep run` resumes them
+        for proc in active:
+            proc.send_signal(signal.SIGINT)
+        for proc, (plan, _, t0) in active.items():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            _finish(sweep, plan, "interrupted", time.perf_counter() - t0, console)
+        raise
+    return collect_results(sweep)
+
+
+def _start(sweep: SweepConfig, plan: RunPlan, data_dir: Path, gpu: str | None, console: Console) -> subprocess.Popen:
+    directory = run_dir(sweep, plan.run)
+    directory.mkdir(parents=True, exist_ok=True)
+    status = read_status(directory)
+    cmd = train_command(sweep, plan, data_dir)
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    status.update(status="running", attempts=status.get("attempts", 0) + 1, command=cmd, gpu=gpu,
+                  max_steps=plan.max_steps)
+    atomic_write_json(directory / STATUS_FILE, status, indent=2)
+    log = open(directory / "train.log", "a", encoding="utf-8")
+    log.write(f"\n$ {' '.join(cmd)}\n")
+    log.flush()
+    console.print(f"[bold]start[/bold] {plan.run.name}: {plan.max_steps} steps x {plan.tokens_per_step:,} tokens"
+                  + (f" on GPU {gpu}" if gpu is not None else "") + ("  (resuming)" if "--resume" in cmd else ""))
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()  # the child holds its own descriptor
+    return proc
+
+
+def _finish(sweep: SweepConfig, plan: RunPlan, returncode: int | str, wall_s: float, console: Console) -> None:
+    directory = run_dir(sweep, plan.run)
+    status = read_status(directory)
+    ok = returncode == 0
+    status.update(status="done" if ok else ("interrupted" if returncode == "interrupted" else "failed"),
+                  returncode=returncode, wall_s=status.get("wall_s", 0.0) + wall_s)
+    atomic_write_json(directory / STATUS_FILE, status, indent=2)
+    style = "green" if ok else "red"
+    tail = "" if ok else f" (see {directory / 'train.log'})"
+    console.print(f"[{style}]{status['status']}[/{style}] {plan.run.name} in {wall_s:.1f}s{tail}")
+
+
+def finished_runs(sweep: SweepConfig) -> list[Path]:
+    return [run_dir(sweep, r) for r in sweep.runs() if read_status(run_dir(sweep, r))["status"] == "done"]
+
+
+def grade_commands(sweep: SweepConfig, *, grade: bool = True, probes: bool = True, device: str = "cpu",
+                   extra: Sequence[str] = ()) -> list[list[str]]:
+    """``tinystories eval grade`` and ``eval probes`` over all finished runs' newest checkpoints at once, so
+    the evaluation module lays the scores out by hidden size x layers as in the paper. Results go to
+    ``<sweep>/eval``; ``extra`` (judge model, base URL, samples...) goes to ``eval grade``."""
+    runs = [str(d) for d in finished_runs(sweep)]
+    if not runs:
+        raise ValueError(f"{sweep.out_dir}: no finished runs to grade yet")
+    out = Path(sweep.out_dir) / "eval"
+    base = [sys.executable, "-m", "tinystories.cli", "eval"]
+    commands = []
+    if grade:
+        commands.append([*base, "grade", *runs, "--device", device, "--out", str(out), *extra])
+    if probes:
+        commands.append([*base, "probes", *runs, "--device", device, "--html", str(out / "probes.html"),
+                         "--jsonl", str(out / "probes.jsonl")])
+    return commands

@@ -1,0 +1,49 @@
+"""``tinystories-train`` (also ``tinystories train`` and ``python -m tinystories.train``).
+
+    tinystories-train                                  # the offline demo (see README "Training")
+    tinystories-train --preset=33M --data=data/ts --out_dir=runs/33m
+    tinystories-train my.toml --lr=3e-4 --dtype=bf16   # preset + TOML + overrides, in that order
+    torchrun --nproc_per_node=8 -m tinystories.train --preset=33M --data=data/ts
+    tinystories-train --out_dir=runs/33m --resume      # continue the newest checkpoint, bit-exactly
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from tinystories.train.config import ConfigError, TrainConfig, field_types, load_config
+from tinystories.train.loop import TrainingAborted, train
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.allow_abbrev = False  # a mistyped key must be an error, not a silent prefix match
+    parser.description = (parser.description or "") + " Every TrainConfig field is a --key=value flag."
+    parser.add_argument("config", nargs="?", help="optional TOML file of config values")
+    for f in dataclasses.fields(TrainConfig):
+        kind, _ = field_types()[f.name]
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        extra = dict(nargs="?", const="true") if kind is bool else {}
+        parser.add_argument(*names, dest=f.name, default=argparse.SUPPRESS, metavar=kind.__name__.upper(),
+                            help=f"(default: {f.default!r})", **extra)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    try:
+        config = load_config(args.config, values)
+        train(config)
+    except ConfigError as exc:
+        print(f"tinystories-train: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingAborted as exc:
+        print(f"tinystories-train: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tinystories-train", description="Train a GPT-Neo (TinyStories).")
+    add_cli_arguments(parser)
+    return run_cli(parser.parse_args(argv))
