@@ -9,8 +9,10 @@ subcommand runs, so ``tinystories tokenizer ...`` never pays for torch or openai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
+from typing import Any
 
 # command -> (module, function-name suffix or None, help)
 COMMANDS: dict[str, tuple[str, str | None, str]] = {
@@ -24,6 +26,13 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "inspect": ("tinystories.interpret.cli", None, "neuron and attention-head analysis"),
     "sweep": ("tinystories.sweep.cli", None, "size x compute sweeps and the compute-optimal fit"),
 }
+
+
+def dataclass_options(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The command-line options named like fields of the dataclass ``cls``: what a command passes on to its
+    configuration (options the user did not give are absent when their default is ``argparse.SUPPRESS``)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return {name: value for name, value in vars(args).items() if name in fields}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinystories.cli import dataclass_options
 from tinystories.llm.pricing import Budget, PriceTable
 from tinystories.llm.wire import dumps, loads
 
@@ -117,7 +118,8 @@ def add_client_arguments(parser: argparse.ArgumentParser, *, concurrency: int = 
     parser.add_argument("--workers", type=int, default=1, help="client processes (scale with cores)")
     parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--max-attempts", type=int, default=6)
-    parser.add_argument("--backoff-s", type=float, default=1.0, help="first retry delay (doubles each retry)")
+    parser.add_argument("--backoff-s", dest="backoff_initial_s", type=float, default=1.0,
+                        help="first retry delay (doubles each retry)")
     parser.add_argument("--backoff-max-s", type=float, default=60.0)
     parser.add_argument("--max-cost-usd", type=float, help=cost_help)
     parser.add_argument("--prices", type=Path, help="JSON/TOML price overrides (USD per 1M tokens)")
@@ -125,18 +127,8 @@ def add_client_arguments(parser: argparse.ArgumentParser, *, concurrency: int = 
 
 def client_config_from_args(args: argparse.Namespace) -> ClientConfig:
     """The ClientConfig of the options added by :func:`add_client_arguments`."""
-    return ClientConfig(
-        base_url=args.base_url,
-        api_key_env=args.api_key_env,
-        concurrency=args.concurrency,
-        workers=args.workers,
-        timeout_s=args.timeout_s,
-        max_attempts=args.max_attempts,
-        backoff_initial_s=args.backoff_s,
-        backoff_max_s=args.backoff_max_s,
-        max_cost_usd=args.max_cost_usd,
-        prices=PriceTable.load(args.prices) if args.prices else PriceTable(),
-    )
+    return ClientConfig(**{**dataclass_options(ClientConfig, args),
+                           "prices": PriceTable.load(args.prices) if args.prices else PriceTable()})
 
 
 @dataclass

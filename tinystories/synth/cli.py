@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tinystories.cli import dataclass_options
 from tinystories.llm.client import add_client_arguments, client_config_from_args
 from tinystories.synth.job import SynthConfig, side_path, synthesize
 from tinystories.synth.prompts import DEFAULT_OOD_COMBINATION, INSTRUCTION_TYPES
@@ -60,26 +61,13 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.n is None or args.out is None:
         print("tinystories synth: --n and --out are required (or use: tinystories synth stats FILE)", file=sys.stderr)
         return 2
-    client = client_config_from_args(args)
-    config = SynthConfig(
-        n=args.n,
-        out=args.out,
-        model=args.model,
-        seed=args.seed,
-        backend=args.backend,
-        instruct=args.instruct,
-        ood_combination=tuple(t.strip() for t in args.ood_combination.split(",") if t.strip()),
-        batch_api=args.batch_api,
-        batch_poll_s=args.batch_poll_s,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        min_words=args.min_words,
-        near_duplicate_threshold=args.near_duplicate_threshold,
-        fsync=args.fsync,
-        progress=not args.no_progress,
-        client=client,
-    )
     try:
+        config = SynthConfig(**{
+            **dataclass_options(SynthConfig, args),
+            "ood_combination": tuple(t.strip() for t in args.ood_combination.split(",") if t.strip()),
+            "progress": not args.no_progress,
+            "client": client_config_from_args(args),
+        })
         summary = synthesize(config)
     except ValueError as e:  # bad options or files: a clear message, not a traceback
         print(f"tinystories synth: {e}", file=sys.stderr)

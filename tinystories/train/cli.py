@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import sys
 
+from tinystories.cli import dataclass_options
 from tinystories.train.config import ConfigError, TrainConfig, field_types, load_config
 from tinystories.train.loop import TrainingAborted, train
 
@@ -30,9 +31,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
     try:
-        config = load_config(args.config, values)
+        config = load_config(args.config, dataclass_options(TrainConfig, args))
         train(config)
     except ConfigError as exc:
         print(f"tinystories-train: error: {exc}", file=sys.stderr)
