@@ -1,4 +1,4 @@
-"""Client throughput: `tinystories.llm_client` vs a plain `AsyncOpenAI` loop, against the same local server.
+"""Client throughput: `tinystories.llm` vs a plain `AsyncOpenAI` loop, against the same local server.
 
     pytest -s benchmarks/bench_synth.py          # or: python benchmarks/bench_synth.py
     TINYSTORIES_BENCH_N=5000 pytest -s benchmarks/bench_synth.py

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tinystories.corpus import read_text_chunks
-from tinystories.tokenizer import EOT, GPT2_PATTERN, Tokenizer, bytes_to_unicode
+from tinystories.corpus import EOT, read_text_chunks
+from tinystories.tokenizer import GPT2_PATTERN, Tokenizer, bytes_to_unicode
 
 TRAIN_FILES = [
     "tinystories_v1_train_head",

@@ -65,9 +65,10 @@ def run_tests(timeout_s: float) -> dict:
         for p in (REPO_ROOT / "tests").glob("test_kernels_*.py")
         if p.name != "test_kernels_compile_sm90.py"
     )
-    # -P: the installed package, never the source tree of the current folder (it lacks the compiled parts)
-    cmd = [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=-ra", "--timeout=150",
-           *files]
+    # The installed package, never the source tree of the current folder (a plain install lacks the compiled
+    # parts there): drop the folder `python -c` puts first on sys.path.
+    boot = "import sys; sys.path.pop(0); import pytest; sys.exit(pytest.main(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", boot, "-q", "-p", "no:cacheprovider", "-o", "addopts=-ra", "--timeout=150", *files]
     env = {**os.environ, "TINYSTORIES_AUTOTUNE": "0", "PYTHONUNBUFFERED": "1"}
     env.pop("TRITON_INTERPRET", None)
     log(f"$ pytest {' '.join(files)}  (timeout {timeout_s:.0f} s)")

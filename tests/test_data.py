@@ -23,6 +23,7 @@ from tinystories.data import (
     TokenLoader,
     prepare,
     read_index,
+    stats,
     story_in_val,
     verify,
 )
@@ -428,6 +429,15 @@ def test_verify_clean_and_sha256_mismatch(damaged):
     (damaged / "index.json").write_text(json.dumps(index))
     report = verify(damaged)
     assert not report["ok"] and any("train-00000.tok.zst" in p and "sha256" in p for p in report["problems"])
+
+
+def test_verify_reports_an_index_without_its_tokenizer_entry(damaged):
+    index = json.loads((damaged / "index.json").read_text())
+    del index["tokenizer"]
+    (damaged / "index.json").write_text(json.dumps(index))
+    report = verify(damaged)
+    assert not report["ok"] and any("no tokenizer.fingerprint field" in p for p in report["problems"])
+    assert "top_tokens" in stats(damaged)  # stats go on with token ids alone
 
 
 def test_loop_needs_a_sequence_per_rank(tmp_path):

@@ -129,3 +129,16 @@ def test_every_stage_says_what_it_does(stage):
     doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
     assert doc and len(doc.split()) >= 12, f"{init}: the docstring must say what the stage does and exposes"
 
+
+
+def test_light_commands_do_not_load_torch_or_openai():
+    """`tinystories tokenizer|data|synth|eval report` start in a fraction of a second: no torch, no openai."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import tinystories.cli, tinystories.tokenizer.cli, tinystories.data.cli, tinystories.synth.cli\n"
+            "import tinystories.evaluate.cli, tinystories.llm\n"
+            "print(sorted(m for m in ('torch', 'openai', 'httpx2', 'matplotlib') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from tinystories import _core
 from tinystories.corpus import read_text_chunks
-from tinystories.tokenizer import EOT, GPT2_PATTERN, Tokenizer, bytes_to_unicode, resolve_tokenizer
+from tinystories.corpus import EOT
+from tinystories.tokenizer import GPT2_PATTERN, Tokenizer, bytes_to_unicode, resolve_tokenizer
 
 # ---- references and fixtures ------------------------------------------------------------------
 

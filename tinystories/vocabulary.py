@@ -342,7 +342,12 @@ WORDS_BY_PART_OF_SPEECH: dict[str, tuple[str, ...]] = {"verb": VERBS, "noun": NO
 _LETTERS = re.compile(r"[a-z]+")
 
 
+def letter_words(text: str) -> list[str]:
+    """The runs of letters of ``text``, lower-cased: the words every vocabulary check looks at."""
+    return _LETTERS.findall(text.lower())
+
+
 def missing_words(text: str, words: Mapping[str, str]) -> list[str]:
     """The required words (``{part of speech: word}``) that ``text`` uses in none of their forms."""
-    used = set(_LETTERS.findall(text.lower()))
+    used = set(letter_words(text))
     return [word for pos, word in words.items() if not (word_forms(word, pos) & used)]

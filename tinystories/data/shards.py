@@ -64,12 +64,13 @@ def load_dataset_tokenizer(data_dir: str | Path) -> Tokenizer:
     path = Path(data_dir) / TOKENIZER_FILE
     if not path.is_file():
         raise ShardError(f"{path}: missing: every dataset directory holds the tokenizer that made it")
+    recorded = index.get("tokenizer", {}).get("fingerprint") if isinstance(index.get("tokenizer"), dict) else None
+    if not isinstance(recorded, str):
+        raise ShardError(f"{Path(data_dir) / INDEX_FILE}: no tokenizer.fingerprint field")
     tok = Tokenizer.load(path)
-    if tok.fingerprint != index["tokenizer"]["fingerprint"]:
-        raise ShardError(
-            f"{path}: tokenizer fingerprint {tok.fingerprint[:16]}... does not match index.json "
-            f"({index['tokenizer']['fingerprint'][:16]}...)"
-        )
+    if tok.fingerprint != recorded:
+        raise ShardError(f"{path}: tokenizer fingerprint {tok.fingerprint[:16]}... does not match index.json "
+                         f"({recorded[:16]}...)")
     return tok
 
 

@@ -17,18 +17,19 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinystories.atomic import atomic_write_text
 from tinystories.corpus import iter_stories, read_text
-from tinystories.evaluate import heldout, novelty, probes, report
+from tinystories.evaluate import novelty, probes, report
 from tinystories.evaluate.grading import GradeSettings, grade, load_beginnings
 from tinystories.evaluate.instruct import grade_instruction_following, load_instructions, summarize_instruct
 from tinystories.evaluate.judge import LLMJudge
-from tinystories.evaluate.students import GPTNeoStudent, Student, load_student
 from tinystories.jsonl import read_jsonl
 from tinystories.llm.client import add_client_arguments, client_config_from_args
-from tinystories.model.checkpoint import list_checkpoints
+
+if TYPE_CHECKING:
+    from tinystories.evaluate.students import Student
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +81,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     n = sub.add_parser("novelty", help="complete cut training stories; overlap with the true ending and the corpus")
     models(n)
     n.add_argument("--stories", type=Path, action="append", required=True,
-                   help="training stories (.txt/.txt.zst separated by <|endoftext|>, or .jsonl with 'story')")
+                   help="the training corpus, read as `tinystories data prepare` reads it (.txt with <|endoftext|> "
+                        "separators, or .jsonl with 'text' or 'story'; optionally .zst)")
     n.add_argument("--n", type=int, default=100, help="stories to cut and complete")
     n.add_argument("--ngram", type=int, default=4)
     n.add_argument("--temperature", type=float, default=0.0)
@@ -102,6 +104,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_students(args: argparse.Namespace) -> list[Student]:
+    from tinystories.evaluate.students import load_student  # torch: only the commands that run models load it
+    from tinystories.model.checkpoint import list_checkpoints
+
     paths = []
     for path in args.checkpoints:
         found = list_checkpoints(path) if args.all_checkpoints and path.is_dir() else []
@@ -268,6 +273,9 @@ def _cli_novelty(args: argparse.Namespace, students: list[Student]) -> int:
 def _cli_loss(args: argparse.Namespace, students: list[Student]) -> int:
     from rich.console import Console
     from rich.table import Table
+
+    from tinystories.evaluate import heldout
+    from tinystories.evaluate.students import GPTNeoStudent
 
     text = read_text(args.text) if args.text else None
     table = Table(title=f"held-out loss on {args.text or f'{args.data}:{args.split}'}")

@@ -23,12 +23,14 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinystories.evaluate.judge import Chat, LLMJudge
-from tinystories.evaluate.students import Student
 from tinystories.jsonl import JsonlLog, read_jsonl
 from tinystories.progress import Progress
+
+if TYPE_CHECKING:
+    from tinystories.evaluate.students import Student
 
 # Bump whenever a prompt text or the parsing rules change: cached grades from another version are not reused.
 PROMPT_VERSION = "paper-v1"

@@ -23,14 +23,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinystories.corpus import format_instructions
 from tinystories.evaluate.grading import GradeSettings, run_judged
 from tinystories.evaluate.judge import Chat, LLMJudge
 from tinystories.evaluate.report import mean_ci95
-from tinystories.evaluate.students import Student
 from tinystories.vocabulary import FEATURE_LABELS, FEATURES, PARTS_OF_SPEECH, missing_words
+
+if TYPE_CHECKING:
+    from tinystories.evaluate.students import Student
 
 INSTRUCT_PROMPT_VERSION = "instruct-v1"
 RULE_FEATURES = frozenset({"dialogue"})  # features a rule decides exactly; the judge decides the others

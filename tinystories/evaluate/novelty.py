@@ -18,9 +18,10 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tinystories.evaluate.students import Student
+if TYPE_CHECKING:
+    from tinystories.evaluate.students import Student
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 

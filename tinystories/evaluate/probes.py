@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from tinystories.atomic import atomic_write_text
 from tinystories.evaluate.judge import Chat
-from tinystories.evaluate.students import Student
 
 if TYPE_CHECKING:
+    from tinystories.evaluate.students import Student
     from rich.console import Console
 
 SUITES = ("factual", "reasoning", "context")

@@ -110,9 +110,12 @@ class GPTNeoStudent:
 
     def complete(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[str]:
-        return generate_texts(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, include_prompt=False,
-                              fit="cut_prompt")
+        try:
+            return generate_texts(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                  include_prompt=False, fit="cut_prompt")
+        except ValueError as exc:  # several students are graded at once: say which one
+            raise ValueError(f"{self.info.name}: {exc}") from None
 
     def encode_for_scoring(self, text: str) -> list[int]:
         eot = self.tokenizer.eot_token

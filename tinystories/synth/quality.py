@@ -8,10 +8,9 @@ import zlib
 
 import numpy as np
 
-from tinystories.vocabulary import missing_words
+from tinystories.vocabulary import letter_words, missing_words
 
 _NOT_PLAIN = re.compile(r"(^#{1,6}\s|\*\*|__|```|^\s*[-*+]\s|^\s*\d+\.\s|<[a-z/][^>]*>|^title:)", re.I | re.M)
-_WORD = re.compile(r"[a-z]+")
 
 
 def validate(story: str, words: dict[str, str], *, min_words: int = 50) -> list[str]:
@@ -47,7 +46,7 @@ class DuplicateIndex:
 
     def add(self, story_id: str, text: str) -> list[str]:
         """Index `text`; returns flags (duplicate_of:<id> / near_duplicate_of:<id>) against earlier texts."""
-        words = _WORD.findall(text.lower())
+        words = letter_words(text)
         key = hashlib.blake2b(" ".join(words).encode(), digest_size=16).digest()
         if key in self._exact:
             return [f"duplicate_of:{self._exact[key]}"]

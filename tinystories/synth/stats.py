@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -10,10 +9,7 @@ from tinystories.atomic import atomic_save_png
 from tinystories.jsonl import read_jsonl
 from tinystories.plots import pyplot
 from tinystories.synth.job import side_path
-from tinystories.vocabulary import FEATURES, WORDS_BY_PART_OF_SPEECH, word_forms
-
-_WORD = re.compile(r"[a-z]+")
-
+from tinystories.vocabulary import FEATURES, WORDS_BY_PART_OF_SPEECH, letter_words, word_forms
 
 def corpus_stats(path: str | Path) -> dict:
     """Counts, lengths, vocabulary coverage, distinct-n and feature frequencies of a synthesis output."""
@@ -21,7 +17,7 @@ def corpus_stats(path: str | Path) -> dict:
     if not records:
         raise ValueError(f"{path}: no records")
     texts = [r["story"] for r in records]
-    tokens = [_WORD.findall(t.lower()) for t in texts]
+    tokens = [letter_words(t) for t in texts]
     lengths = [len(t) for t in tokens]
     seen = set().union(*map(set, tokens))
     coverage = {

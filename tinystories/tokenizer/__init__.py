@@ -6,8 +6,7 @@ into one. ``bpe`` holds the class, ``files`` the file formats and the pretrained
 ``tinystories tokenizer`` command.
 """
 
-from tinystories.corpus import EOT
 from tinystories.tokenizer.bpe import GPT2_PATTERN, Tokenizer, resolve_tokenizer
 from tinystories.tokenizer.files import bytes_to_unicode
 
-__all__ = ["EOT", "GPT2_PATTERN", "Tokenizer", "bytes_to_unicode", "resolve_tokenizer"]
+__all__ = ["GPT2_PATTERN", "Tokenizer", "bytes_to_unicode", "resolve_tokenizer"]
