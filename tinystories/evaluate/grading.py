@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from tinystories.evaluate.students import Student
 
 # Bump whenever a prompt text or the parsing rules change: cached grades from another version are not reused.
-PROMPT_VERSION = "paper-v1"
+PROMPT_VERSION = "paper-v2"
 
 SCORES = ("grammar", "creativity", "consistency", "plot")
 AGE_GROUPS = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12", "F": "13-16"}
@@ -96,7 +96,7 @@ class GradeParseError(ValueError):
     """The judge's answer holds no complete, valid set of grades.
 
     reason: "missing" (some field absent), "out_of_range" (a grade outside 0-10 or on another scale),
-    "refusal" (the judge declined). ``found`` holds the fields that were read, for the record.
+    "ambiguous" (a range, several grades or several age groups), "refusal" (the judge declined). ``found`` holds the fields that were read, for the record.
     """
 
     def __init__(self, reason: str, detail: str, found: dict[str, Any]):
@@ -105,47 +105,66 @@ class GradeParseError(ValueError):
 
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
-# "Grammar: 8/10", "**Grammar** - 8 out of 10", "grammar (7.5)", "Grammar: good, 8/10". The gap between the
-# name and the number may hold words but no digits and no line break, so one line never lends its number
-# to another field.
-_SCORE_PATTERNS = {
-    name: re.compile(rf"\b{name}\b[^\d\n]{{0,60}}?{_NUMBER}(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?",
-                     re.IGNORECASE)
-    for name in SCORES
-}
-_AGE_PATTERN = re.compile(r"\bage(?:\s*group)?\b[^A-Za-z\n]{0,20}?(?:group\s*)?\(?\b((?-i:[A-F]))\b(?![\w'])",
-                          re.IGNORECASE)
+# A field's name (markdown and "Consistency with the beginning" included) opens a segment that runs to the next
+# field's name or the end of the line; only its "X/10" ("X out of 10") form is read, so "Grammar has 3 slips"
+# or "the first 2 sentences" never lend a number. A later segment of the same field overrides an earlier one.
+_FIELD = re.compile(r"\b(grammar|creativity|consistency|plot|age(?:\s*group)?)\b", re.IGNORECASE)
+_GRADE = re.compile(rf"(?<![\d.])(?:(\d+(?:\.\d+)?)\s*(?:-|\u2013|to|or|and)\s*)?{_NUMBER}\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?)",
+                    re.IGNORECASE)
+# Age-group letters are capitals standing alone; "A" followed by a lower-case word is the article.
+_LETTER = re.compile(r"(?<![\w'])([A-F])(?![\w'])(?!(?<=A)\s+(?!or\b|and\b)[a-z])")
 _REFUSAL = re.compile(
     r"\b(i'?m sorry|i am sorry|i apologi[sz]e|i can(?:no|')t|i won'?t|i will not|i'?m (?:not )?(?:able|unable)|"
     r"unable to|as an ai)\b", re.IGNORECASE)
 
 
-def parse_grades(text: str) -> Grades:
-    """Read the four grades and the age group from a judge answer, or raise :class:`GradeParseError`."""
-    text = text.replace("\u2019", "'")
-    found: dict[str, Any] = {}
-    problems: list[str] = []
-    out_of_range: list[str] = []
-    for name, pattern in _SCORE_PATTERNS.items():
-        match = pattern.search(text)
-        if match is None:
-            problems.append(f"no {name} grade")
-            continue
-        value, scale = float(match.group(1)), match.group(2)
-        if scale is not None and float(scale) != MAX_GRADE:
-            out_of_range.append(f"{name} given as {match.group(1)}/{scale}, not out of 10")
-        elif not MIN_GRADE <= value <= MAX_GRADE:
-            out_of_range.append(f"{name} grade {match.group(1)} is outside 0-10")
-        else:
-            found[name] = value
-    age = _AGE_PATTERN.search(text)
-    if age is None:
-        problems.append("no age group A-F")
-    else:
-        found["age_group"] = age.group(1).upper()
+def _segments(text: str) -> list[tuple[str, str]]:
+    """(field, the text after its name up to the next field's name or the line's end), in order."""
+    out = []
+    for line in text.splitlines():
+        matches = list(_FIELD.finditer(line))
+        for m, after in zip(matches, matches[1:] + [None]):
+            name = m.group(1).lower()
+            out.append(("age_group" if name.startswith("age") else name, line[m.end(): after.start() if after else None]))
+    return out
 
-    if out_of_range:
-        raise GradeParseError("out_of_range", "; ".join(out_of_range), found)
+
+def parse_grades(text: str) -> Grades:
+    """Read the four grades and the age group from a judge answer, or raise :class:`GradeParseError`.
+
+    Only "Name ... X/10" counts (the last such segment per field); a range ("7-8/10"), two different grades
+    in one segment, or several age letters ("B or C", an echoed option list) make the field ambiguous.
+    """
+    text = text.replace("\u2019", "'")
+    read: dict[str, Any] = {}  # field -> value, or ("ambiguous" | "out_of_range", detail)
+    for name, segment in _segments(text):
+        if name == "age_group":
+            letters = sorted(set(_LETTER.findall(segment)))
+            if letters:
+                read[name] = letters[0] if len(letters) == 1 else ("ambiguous", f"several age groups ({' or '.join(letters)})")
+            continue
+        grades = list(_GRADE.finditer(segment))
+        if not grades:
+            continue
+        values = {(g.group(2), g.group(3)) for g in grades}
+        first = grades[0]
+        if first.group(1) is not None:
+            read[name] = ("ambiguous", f"{name} given as a range {first.group(0).strip()}")
+        elif len(values) > 1:
+            read[name] = ("ambiguous", f"several {name} grades ({', '.join(sorted(f'{v}/{s}' for v, s in values))})")
+        elif float(first.group(3)) != MAX_GRADE:
+            read[name] = ("out_of_range", f"{name} given as {first.group(2)}/{first.group(3)}, not out of 10")
+        elif not MIN_GRADE <= float(first.group(2)) <= MAX_GRADE:
+            read[name] = ("out_of_range", f"{name} grade {first.group(2)} is outside 0-10")
+        else:
+            read[name] = float(first.group(2))
+    found = {k: v for k, v in read.items() if not isinstance(v, tuple)}
+    for reason in ("out_of_range", "ambiguous"):
+        details = [v[1] for v in read.values() if isinstance(v, tuple) and v[0] == reason]
+        if details:
+            raise GradeParseError(reason, "; ".join(details), found)
+    problems = [f"no {name} grade" for name in SCORES if name not in read]
+    problems += [] if "age_group" in read else ["no age group A-F"]
     if problems:
         if not found and _REFUSAL.search(text):
             raise GradeParseError("refusal", "the judge declined to grade", found)
