@@ -1,0 +1,123 @@
+"""Unusable endpoints stop a job early and say why (the circuit breaker), a connect timeout apart from the
+answer's, and a non-zero exit while requests are left failed: the real `openai` client on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("openai")
+
+from tinystories.evaluate import cli as eval_cli  # noqa: E402
+from tinystories.evaluate import grading  # noqa: E402
+from tinystories.jsonl import read_jsonl  # noqa: E402
+from tinystories.llm import ChatRequest, ClientConfig, run_chat  # noqa: E402
+from tinystories.synth import SynthConfig, synthesize  # noqa: E402
+from tinystories.synth.prompts import story_id  # noqa: E402
+from tinystories.testing import Faults, OpenAIServer  # noqa: E402
+
+from _evaluate_fixtures import ScriptedStudent, make_judge  # noqa: E402
+
+N = 60
+
+
+def fast_client(url: str, **overrides) -> ClientConfig:
+    return ClientConfig(**{"base_url": url, "api_key": "test", "concurrency": 4, "timeout_s": 0.5,
+                           "max_attempts": 3, "backoff_initial_s": 0.01, "backoff_max_s": 0.05, **overrides})
+
+
+def dead_port() -> int:
+    with socket.socket() as s:  # bound then closed: nothing listens there, connections are refused
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("endpoint, says", [
+    ("refused", "connection"),
+    ("not_found", "http_404: <html><head><title>404 Not Found"),
+    ("html", "malformed: not a chat completion: b'<!DOCTYPE html><html><body><h1>Welcome to the router login"),
+    ("hang", "timeout"),
+])
+def test_an_unusable_endpoint_stops_the_job_early_and_names_the_problem(tmp_path, endpoint, says):
+    out = tmp_path / "s.jsonl"
+    started = time.monotonic()
+    if endpoint == "refused":
+        summary = synthesize(SynthConfig(n=N, out=out, model="m", progress=False,
+                                         client=fast_client(f"http://127.0.0.1:{dead_port()}/v1")))
+        requested = None
+    else:
+        with OpenAIServer(faults=Faults(endpoint=endpoint)) as server:
+            summary = synthesize(SynthConfig(n=N, out=out, model="m", progress=False, client=fast_client(server.url)))
+            requested = set(server.requested_ids())
+    assert time.monotonic() - started < 10  # grinding through N x 3 attempts takes far longer for "hang"
+    assert summary.stopped.startswith("the endpoint looks unusable: the first 10 attempts all failed"), summary.stopped
+    assert says in summary.stopped
+    failed = {r["id"] for r in read_jsonl(Path(f"{out}.failed"))}
+    assert summary.written == 0 and summary.failed == len(failed) < 10 + 4  # those in flight when it tripped
+    if requested is not None:  # nothing requested is lost: it is in .failed, retried by the next run
+        assert len(requested) < 10 + 4 and requested <= failed
+
+
+def test_worker_processes_stop_on_an_unusable_endpoint_too(tmp_path):
+    with OpenAIServer(faults=Faults(endpoint="not_found")) as server:
+        requests = [ChatRequest(f"r{i}", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+                    for i in range(400)]
+        stats = run_chat(requests, fast_client(server.url, workers=2, concurrency=4), lambda r: None)
+        assert "http_404" in stats.stopped and len(server.log) < 100
+
+
+def test_a_run_of_failures_after_answers_stops_the_job(tmp_path):
+    doomed = frozenset(story_id(0, i) for i in range(5, N))  # the endpoint breaks after five stories
+    with OpenAIServer(faults=Faults(always_fail=doomed)) as server:
+        summary = synthesize(SynthConfig(n=N, out=tmp_path / "s.jsonl", model="m", progress=False,
+                                         client=fast_client(server.url, concurrency=1, max_consecutive_failures=4)))
+    assert summary.written == 5 and summary.failed == 4
+    assert summary.stopped.startswith("the endpoint looks unusable: 4 requests in a row failed (the last: http_500")
+
+
+def test_connect_timeout_is_apart_from_the_answer_timeout():
+    with socket.socket() as listener:  # a full accept queue: the kernel drops further SYNs, connect() hangs
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler = socket.create_connection(listener.getsockname())
+        results = []
+        started = time.monotonic()
+        run_chat([ChatRequest("a", {"model": "m", "messages": []})],
+                 fast_client(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", timeout_s=60, connect_timeout_s=0.2,
+                             max_attempts=2), results.append)  # fmt: skip
+        filler.close()
+    assert time.monotonic() - started < 5 and results[0].error == "timeout" and results[0].attempts == 2
+
+
+def test_grading_stops_on_an_unusable_judge_and_exits_non_zero(tmp_path):
+    with OpenAIServer(faults=Faults(endpoint="html")) as server:
+        judge = make_judge(server, attempts=3, concurrency=4)
+        settings = grading.GradeSettings(judge_model="judge-test", samples=10, max_new_tokens=8)
+        records = grading.grade([ScriptedStudent()], judge, ["Tom had a red ball and"] * 1, settings,
+                                tmp_path / "grades.jsonl", progress=False)
+        assert records == [] and len(server.log) < 10 + 4
+    assert "router login page" in judge.stats.stopped
+    assert {r["status"] for r in read_jsonl(tmp_path / "grades.jsonl")} == {"error"}
+    assert eval_cli._judge_exit_status(judge) == 1
+
+
+def synth_cli(server: OpenAIServer, out: Path, capsys) -> tuple[int, str, str]:
+    from tinystories.cli import main
+
+    status = main(["synth", "--n", "12", "--out", str(out), "--model", "m", "--base-url", server.url, "--max-attempts",
+                   "2", "--backoff-s", "0.01", "--timeout-s", "2", "--no-progress"])  # fmt: skip
+    return status, *capsys.readouterr()
+
+
+def test_cli_exits_non_zero_on_an_unusable_endpoint_and_while_requests_are_left_failed(tmp_path, capsys):
+    with OpenAIServer(faults=Faults(endpoint="not_found")) as server:
+        status, out, _ = synth_cli(server, tmp_path / "a.jsonl", capsys)
+    assert status == 1 and "the endpoint looks unusable" in out and "404 Not Found" in out
+    with OpenAIServer(faults=Faults(always_fail=frozenset({story_id(0, 3)}))) as server:
+        status, out, err = synth_cli(server, tmp_path / "b.jsonl", capsys)
+        assert status == 1 and "1 requests failed" in err, out + err
+        server.faults = Faults()
+        assert synth_cli(server, tmp_path / "b.jsonl", capsys)[0] == 0  # retried: nothing is left failed
