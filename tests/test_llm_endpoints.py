@@ -3,6 +3,7 @@ answer's, and a non-zero exit while requests are left failed: the real `openai` 
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -121,3 +122,73 @@ def test_cli_exits_non_zero_on_an_unusable_endpoint_and_while_requests_are_left_
         assert status == 1 and "1 requests failed" in err, out + err
         server.faults = Faults()
         assert synth_cli(server, tmp_path / "b.jsonl", capsys)[0] == 0  # retried: nothing is left failed
+
+
+PARENT = """
+import multiprocessing, sys, threading, time
+from tinystories.llm import ChatRequest, ClientConfig, run_chat
+
+def report_workers():
+    while len(multiprocessing.active_children()) < 2:
+        time.sleep(0.05)
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+
+threading.Thread(target=report_workers, daemon=True).start()
+requests = [ChatRequest(f"r{i}", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}) for i in range(50)]
+run_chat(requests, ClientConfig(base_url=sys.argv[1], api_key="test", workers=2, concurrency=4, timeout_s=600),
+         lambda r: None)
+"""
+
+
+def descendants(pid: int) -> set[int]:
+    """Live (not zombie) processes under ``pid``, from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_workers_and_their_resource_tracker_exit_when_the_parent_is_sigkilled():
+    import signal
+    import subprocess
+    import sys
+
+    with OpenAIServer(latency_s=600) as server:  # a model so slow that the workers are busy when the parent dies
+        parent = subprocess.Popen([sys.executable, "-c", PARENT, server.url], stdout=subprocess.PIPE, text=True)
+        left_behind: set[int] = set()
+        try:
+            workers = {int(pid) for pid in parent.stdout.readline().split()}
+            deadline = time.monotonic() + 30
+            while len(server.log) < 4 and time.monotonic() < deadline:  # the workers are sending
+                time.sleep(0.05)
+            left_behind = descendants(parent.pid)
+            assert len(workers) == 2 and workers <= left_behind and len(left_behind) >= 3  # + the resource tracker
+            parent.send_signal(signal.SIGKILL)
+            parent.wait(10)
+            deadline = time.monotonic() + 10
+            while any(alive(pid) for pid in left_behind) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not [pid for pid in left_behind if alive(pid)]
+        finally:
+            for pid in left_behind | descendants(parent.pid) | {parent.pid}:  # nothing outlives the test
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
