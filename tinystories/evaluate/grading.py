@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tinystories.evaluate.judge import Chat, LLMJudge
+from tinystories.evaluate.judge import Chat, ChatReply, LLMJudge
 from tinystories.jsonl import JsonlLog, read_jsonl
 from tinystories.progress import Progress
 
@@ -72,6 +72,10 @@ Creativity: <grade>/10
 Consistency: <grade>/10
 Plot: <grade>/10
 Age group: <letter>"""
+
+
+ASSESSMENT_MAX_TOKENS = 512  # a few paragraphs of assessment
+GRADES_MAX_TOKENS = 200  # five short lines, with room for a sentence around them
 
 
 def assessment_prompt(beginning: str, completion: str) -> str:
@@ -189,7 +193,8 @@ async def judge_completion(chat: Chat, beginning: str, completion: str, *, reque
 
     async def ask(turn: int) -> str:
         nonlocal cost
-        reply = await chat(messages, f"{request_id}-{turn}")
+        reply = await chat(messages, f"{request_id}-{turn}",
+                           max_tokens=ASSESSMENT_MAX_TOKENS if turn == 1 else GRADES_MAX_TOKENS)
         for name, value in reply.usage.items():
             usage[name] = usage.get(name, 0) + int(value)
         cost += reply.cost_usd
@@ -309,12 +314,13 @@ def run_judged(students: Sequence[Student], judge: LLMJudge, prompts: Sequence[d
     and ``assess`` each in a session of ``judge``; one JSONL record per completion in ``results_path``.
 
     Cached records (same key, status ok or failed) are reused without generating or requesting anything.
-    Records whose judge call failed (status error) keep their completion and are judged again.
+    Records whose judge call failed (status error) keep their completion and the judge's turns answered before
+    the failure (``turns``): the conversation is judged again from there, without paying for those turns twice.
     """
     results_path = Path(results_path)
     existing = list(read_jsonl(results_path))
     final = final_records_by_key(existing)
-    errored = {r["key"]: r for r in existing if r.get("status") == "error"}
+    errored = {r["key"]: r for r in existing if r.get("status") == "error"}  # the last one has the most turns
     plan: list[dict[str, Any]] = []
     todo: list[dict[str, Any]] = []
     for student in students:
@@ -337,7 +343,8 @@ def run_judged(students: Sequence[Student], judge: LLMJudge, prompts: Sequence[d
                 todo.append(item)
         _generate(student, missing, settings, progress=progress)
     if todo:
-        asyncio.run(_judge_all(judge, assess, todo, results_path, progress=progress))
+        paid = {key: record.get("turns", []) for key, record in errored.items()}
+        asyncio.run(_judge_all(judge, assess, todo, paid, results_path, progress=progress))
     final = final_records_by_key(read_jsonl(results_path))
     return [final[item["key"]] for item in plan if item["key"] in final]
 
@@ -357,17 +364,38 @@ def _generate(student: Student, missing: dict[str, list[dict[str, Any]]], settin
             bar.advance()
 
 
-async def _judge_all(judge: LLMJudge, assess: Assess, items: list[dict[str, Any]], results_path: Path, *,
-                     progress: bool) -> None:
+def _replaying(chat: Chat, paid: list[dict[str, Any]], turns: list[dict[str, Any]]) -> Chat:
+    """``chat`` that appends every answered turn to ``turns``, and answers from ``paid`` (the turns of an
+    interrupted run) a request already paid for: same request id, same messages."""
+    earlier = {(t["id"], t["prompt_sha256"]): t for t in paid}
+
+    async def replaying_chat(messages: list[dict[str, str]], request_id: str, **options: Any) -> ChatReply:
+        digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode("utf-8")).hexdigest()
+        turn = earlier.get((request_id, digest))
+        if turn is None:
+            reply = await chat(messages, request_id, **options)
+            turn = {"id": request_id, "prompt_sha256": digest, "text": reply.text, "usage": reply.usage,
+                    "cost_usd": reply.cost_usd}
+        turns.append(turn)
+        return ChatReply(turn["text"], dict(turn["usage"]), turn["cost_usd"])
+
+    return replaying_chat
+
+
+async def _judge_all(judge: LLMJudge, assess: Assess, items: list[dict[str, Any]],
+                     paid: dict[str, list[dict[str, Any]]], results_path: Path, *, progress: bool) -> None:
     with JsonlLog(results_path, fsync="always") as log, Progress("judging", len(items), enabled=progress) as bar:
         async with judge.session() as chat:
 
             async def one(item: dict[str, Any]) -> None:
+                turns: list[dict[str, Any]] = []
                 try:
-                    outcome = await assess(chat, item)
-                except Exception as exc:  # the API failed after all retries: keep the completion, judge next run
+                    outcome = await assess(_replaying(chat, paid.get(item["key"], []), turns), item)
+                except Exception as exc:  # the API failed or the budget stopped: keep the completion and every
+                    # answered turn (with its text), so the next run goes on from there
                     outcome = {"status": "error", "grades": None, "failure": "api_error",
-                               "failure_detail": {"error": f"{type(exc).__name__}: {exc}"}}
+                               "failure_detail": {"error": f"{type(exc).__name__}: {exc}"}, "turns": turns,
+                               "cost_usd": sum(t["cost_usd"] for t in turns)}
                 log.append({**item, **outcome, "time": time.time()})
                 bar.advance()
 
