@@ -192,3 +192,25 @@ def test_workers_and_their_resource_tracker_exit_when_the_parent_is_sigkilled():
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def test_the_circuit_breaker_counts_only_what_says_the_endpoint_is_unusable():
+    from tinystories.llm.client import ChatResult, CircuitBreaker
+
+    breaker = CircuitBreaker(3)
+    for problem in ("rate_limit", "truncated", "rate_limit"):
+        breaker.attempt(problem)
+    for _ in range(5):  # it answered (cut at max_tokens): later attempts alone never trip it
+        breaker.attempt("http_500: oops")
+    assert breaker.tripped is None
+    for ok in (False, False, True, False, False):
+        breaker.result(ChatResult("r", error=None if ok else "timeout"))
+    assert breaker.tripped is None
+    breaker.result(ChatResult("r", error="http_502: <html>bad gateway</html>"))
+    assert breaker.tripped.startswith("the endpoint looks unusable: 3 requests in a row failed (the last: http_502")
+    off = CircuitBreaker(0)
+    for _ in range(50):
+        off.attempt("connection: refused")
+        off.result(ChatResult("r", error="connection: refused"))
+        off.result(ChatResult("r"))
+    assert off.tripped is None

@@ -34,7 +34,8 @@ def verify(data_dir: str | Path) -> dict[str, Any]:
                 raise ShardError(f"{path}: sha256 mismatch: the file's content is not what {INDEX_FILE} recorded")
             reader = _core.ShardReader(str(path))
             if reader.token_bytes != np.dtype(index["dtype"]).itemsize:
-                raise ShardError(f"{path}: {reader.token_bytes}-byte tokens, but {INDEX_FILE} says dtype {index['dtype']}")
+                raise ShardError(f"{path}: {reader.token_bytes}-byte tokens, but {INDEX_FILE} says "
+                                 f"dtype {index['dtype']}")
             if (reader.n_tokens, len(reader.story_lengths)) != (shard["tokens"], shard["stories"]):
                 raise ShardError(f"{path}: {reader.n_tokens} tokens / {len(reader.story_lengths)} stories, "
                                  f"but {INDEX_FILE} says {shard['tokens']} / {shard['stories']}")  # fmt: skip
@@ -56,7 +57,8 @@ def verify(data_dir: str | Path) -> dict[str, Any]:
             tok = load_dataset_tokenizer(data_dir)
             for key, value in (("n_vocab", tok.n_vocab), ("eot_token", tok.eot_token)):
                 if index.get(key) != value:
-                    problems.append(f"{data_dir / INDEX_FILE}: {key}: {index.get(key)}, but {TOKENIZER_FILE} has {value}")
+                    problems.append(f"{data_dir / INDEX_FILE}: {key}: {index.get(key)}, "
+                                    f"but {TOKENIZER_FILE} has {value}")
         except Exception as e:  # a damaged index or tokenizer file is a problem to report, whatever it raises
             problems.append(f"{data_dir / TOKENIZER_FILE}: {e}")
     return {"ok": not problems, "problems": problems, "shards": len(shards), "tokens": tokens, "bytes": size}

@@ -100,7 +100,8 @@ class GradeParseError(ValueError):
     """The judge's answer holds no complete, valid set of grades.
 
     reason: "missing" (some field absent), "out_of_range" (a grade outside 0-10 or on another scale),
-    "ambiguous" (a range, several grades or several age groups), "refusal" (the judge declined). ``found`` holds the fields that were read, for the record.
+    "ambiguous" (a range, several grades or several age groups), "refusal" (the judge declined).
+    ``found`` holds the fields that were read, for the record.
     """
 
     def __init__(self, reason: str, detail: str, found: dict[str, Any]):
@@ -113,8 +114,8 @@ _NUMBER = r"(-?\d+(?:\.\d+)?)"
 # field's name or the end of the line; only its "X/10" ("X out of 10") form is read, so "Grammar has 3 slips"
 # or "the first 2 sentences" never lend a number. A later segment of the same field overrides an earlier one.
 _FIELD = re.compile(r"\b(grammar|creativity|consistency|plot|age(?:\s*group)?)\b", re.IGNORECASE)
-_GRADE = re.compile(rf"(?<![\d.])(?:(\d+(?:\.\d+)?)\s*(?:-|\u2013|to|or|and)\s*)?{_NUMBER}\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?)",
-                    re.IGNORECASE)
+_RANGE_START = r"(?:(\d+(?:\.\d+)?)\s*(?:-|\u2013|to|or|and)\s*)?"  # "7-8/10": read, then refused as ambiguous
+_GRADE = re.compile(rf"(?<![\d.]){_RANGE_START}{_NUMBER}\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 # Age-group letters are capitals standing alone; "A" followed by a lower-case word is the article.
 _LETTER = re.compile(r"(?<![\w'])([A-F])(?![\w'])(?!(?<=A)\s+(?!or\b|and\b)[a-z])")
 _REFUSAL = re.compile(
@@ -129,7 +130,8 @@ def _segments(text: str) -> list[tuple[str, str]]:
         matches = list(_FIELD.finditer(line))
         for m, after in zip(matches, matches[1:] + [None]):
             name = m.group(1).lower()
-            out.append(("age_group" if name.startswith("age") else name, line[m.end(): after.start() if after else None]))
+            segment = line[m.end() : after.start() if after else None]
+            out.append(("age_group" if name.startswith("age") else name, segment))
     return out
 
 

@@ -170,7 +170,8 @@ class CircuitBreaker:
     """Stops a run against an endpoint that cannot work instead of grinding every request into failures: it
     trips when the first K attempts of a run all failed (nothing was ever answered: a refused connection, 404
     everywhere, HTML with status 200, a server that accepts and never answers), or when K requests in a row
-    failed after all their retries. Rate limits never count: they say the endpoint works."""
+    failed after all their retries. Rate limits, and chat completions that were empty or cut at max_tokens, never
+    count against the endpoint: they say it works. ``limit`` 0 turns the breaker off."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -179,7 +180,7 @@ class CircuitBreaker:
         self.tripped: str | None = None  # why, naming the status and a sample of the answer
 
     def attempt(self, problem: str | None) -> None:
-        if problem is None:
+        if problem is None or problem in ("empty", "truncated"):
             self.answered = True
         elif not self.answered and problem != "rate_limit":
             self.failed_attempts += 1
@@ -188,12 +189,13 @@ class CircuitBreaker:
 
     def result(self, result: ChatResult) -> None:
         self.failed_in_a_row = 0 if result.ok else self.failed_in_a_row + 1
-        if self.failed_in_a_row == self.limit:
+        if self.limit and self.failed_in_a_row == self.limit:
             self._trip(f"{self.limit} requests in a row failed", result.error or "")
 
     def _trip(self, what: str, last: str) -> None:
         if self.tripped is None:
-            self.tripped = f"the endpoint looks unusable: {what} (the last: {last[:300]}); check --base-url and the server"
+            self.tripped = (f"the endpoint looks unusable: {what} (the last: {last[:300]}); "
+                            "check --base-url and the server")
 
 
 
