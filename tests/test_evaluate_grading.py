@@ -20,8 +20,65 @@ WELL_FORMED = [
     ("Sure! Here are my grades.\n**Grammar**: 6 out of 10\n**Creativity** - 4.5/10\n"
      "Consistency with the beginning: 7/10\nPlot: the plot is simple, 5/10\nAge group: B: 4-5.",
      Grades(6, 4.5, 7, 5, "B")),
-    ("grammar 9, creativity 8, consistency 7, plot 6 -- age group F", Grades(9, 8, 7, 6, "F")),
+    ("Grammar: 9 out of 10, Creativity: 8/10, Consistency: 7/10, Plot: 6/10 -- age group F", Grades(9, 8, 7, 6, "F")),
 ]
+
+G = "Creativity: 7/10\nConsistency: 9/10\nPlot: 6/10\nAge group: C"  # the other four fields, well formed
+# Judge answers as they come, and what must be read from them: Grades, or the GradeParseError reason. Only
+# "X/10" counts (the last one per field); ranges and several letters are ambiguous, never a guess.
+JUDGE_ANSWERS = [
+    ("Grammar has 3 minor slips, but they do not hurt.\nGrammar: 8/10\n" + G, Grades(8, 7, 9, 6, "C")),
+    ("Grammar: the completion has 2 small errors, so 6/10\n" + G, Grades(6, 7, 9, 6, "C")),
+    ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: the 3 events connect well, 8/10\nAge group: C",
+     Grades(8, 7, 9, 8, "C")),
+    ("Grammar: 8/10\nCreativity: 7/10\nConsistency with the first 2 sentences: 9/10\nPlot: 6/10\nAge group: C",
+     Grades(8, 7, 9, 6, "C")),
+    ("Grammar: 7-8/10\n" + G, "ambiguous"),
+    ("Grammar: 7 - 8 / 10\n" + G, "ambiguous"),
+    ("Grammar: 7 to 8 out of 10\n" + G, "ambiguous"),
+    ("Grammar: 7 or 8/10\n" + G, "ambiguous"),
+    ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\nAge group: B or C", "ambiguous"),
+    ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\n"
+     "Age group: A: 3 or under. B: 4-5. C: 6-7. D: 8-9. E: 10-12. F: 13-16.", "ambiguous"),
+    ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\nAge group: C/D", "ambiguous"),
+    ("Grammar: 8/10 (maybe 9/10)\n" + G, "ambiguous"),
+    ("Grammar: 8\n" + G, "missing"),  # no "/10": not read
+    ("Grammar is very good, I would say eight.\n" + G, "missing"),
+    ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10", "missing"),
+    ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\nAge group: a young child", "missing"),
+    ("Grammar: 12/10\n" + G, "out_of_range"),
+    ("Grammar: 8/5\n" + G, "out_of_range"),
+    ("Grammar: 75 out of 100\n" + G, "out_of_range"),
+    ("I'm sorry, but I can't grade this.", "refusal"),
+    ("Grammar: 4/10\nOn reflection, Grammar: 5/10\n" + G, Grades(5, 7, 9, 6, "C")),  # the last one counts
+    ("**Grammar:** 8/10\n**Creativity:** 7/10\n**Consistency:** 9/10\n**Plot:** 6/10\n**Age group:** C",
+     Grades(8, 7, 9, 6, "C")),
+    ("- Grammar (8/10): clean.\n- Creativity (7/10)\n- Consistency (9/10)\n- Plot (6/10)\n- Age group (C)",
+     Grades(8, 7, 9, 6, "C")),
+    ("Grammar: 8/10, Creativity: 7/10, Consistency: 9/10, Plot: 6/10, Age group: C", Grades(8, 7, 9, 6, "C")),
+    ("GRAMMAR: 10/10\nCREATIVITY: 0/10\nCONSISTENCY: 5/10\nPLOT: 3/10\nAGE GROUP: F", Grades(10, 0, 5, 3, "F")),
+    ("Grammar: 7.5/10\n" + G, Grades(7.5, 7, 9, 6, "C")),
+    ("Grammar: 8 / 10\n" + G, Grades(8, 7, 9, 6, "C")),
+    ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\nAge group: C (6-7)", Grades(8, 7, 9, 6, "C")),
+    ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\nAge group: C. A young child could write it.",
+     Grades(8, 7, 9, 6, "C")),
+    ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\nAge: E", Grades(8, 7, 9, 6, "E")),
+    ("The age group is hard to tell.\nGrammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\n"
+     "Age group: D", Grades(8, 7, 9, 6, "D")),
+    ("Age group: B or C at first sight.\nGrammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\n"
+     "Age group: C", Grades(8, 7, 9, 6, "C")),  # the final answer settles it
+    ("Grammar: 8/10 - consistent tense use.\n" + G, Grades(8, 7, 9, 6, "C")),
+]
+
+
+@pytest.mark.parametrize("text, expected", JUDGE_ANSWERS)
+def test_a_table_of_judge_answers(text, expected):
+    if isinstance(expected, Grades):
+        assert parse_grades(text) == expected
+    else:
+        with pytest.raises(GradeParseError) as info:
+            parse_grades(text)
+        assert info.value.reason == expected, info.value
 
 
 @pytest.mark.parametrize("text, expected", WELL_FORMED)

@@ -193,6 +193,41 @@ def test_budget_stop_records_the_rest_for_the_next_run(tmp_path):
     assert all("stopped: budget" in r["failure_detail"]["error"] for r in left)
     with OpenAIServer(answer=judge_answer("ok")) as server:
         done = run_grade(server, tmp_path, [student], samples=4)
-        assert chat_requests(server) == 2 * len(left)  # only what the budget left out
+        # only what the budget left out: turns answered before the stop are not asked again
+        assert chat_requests(server) == 2 * len(left) - sum(len(r["turns"]) for r in left)
     assert len(done) == 12 and spent > 0
+
+
+def test_a_budget_stop_keeps_every_answered_turn_and_the_rerun_pays_for_none_twice(tmp_path):
+    from tinystories.llm import PriceTable
+
+    bodies = []
+
+    def answer(body: dict) -> str:
+        bodies.append(body)
+        return judge_answer("ok")(body)
+
+    # Each request reserves its prompt bound plus its max_tokens (~$0.1 here, at $100 per 1M tokens); with
+    # 4,096 answer tokens reserved (no max_tokens) not even the first request would fit in $0.3.
+    student, settings = ScriptedStudent(), grading.GradeSettings(judge_model="judge-test", samples=4, max_new_tokens=16)
+    with OpenAIServer(answer=answer, latency_s=0.02) as server:
+        judge = make_judge(server, max_cost_usd=0.3, prices=PriceTable({"judge-test": (100.0, 100.0)}), concurrency=8)
+        grading.grade([student], judge, BEGINNINGS, settings, tmp_path / "grades.jsonl", progress=False)
+        first_run = server.requested_ids()
+    assert judge.stats.stopped == "budget" and first_run
+    assert all(b["max_tokens"] == (grading.ASSESSMENT_MAX_TOKENS if len(b["messages"]) == 1
+                                   else grading.GRADES_MAX_TOKENS) for b in bodies)
+    left = [r for r in read_jsonl(tmp_path / "grades.jsonl") if r["status"] == "error"]
+    half_done = [r for r in left if r["turns"]]
+    assert half_done, "a budget stop mid-way leaves conversations with paid turns"
+    for r in half_done:  # every paid turn is kept with its text and cost
+        assert all(t["text"] and t["cost_usd"] > 0 and t["id"] in first_run for t in r["turns"])
+        assert r["cost_usd"] == pytest.approx(sum(t["cost_usd"] for t in r["turns"]))
+    with OpenAIServer(answer=judge_answer("ok")) as server:
+        done = run_grade(server, tmp_path, [student], samples=4)
+        assert not set(server.requested_ids()) & set(first_run)  # nothing paid for twice
+    assert len(done) == 12
+    for r in done:  # resumed conversations are whole and graded as if never interrupted
+        assert r["status"] == "ok" and r["grades"] == expected_grades(r["completion"]).as_dict()
+        assert [m["role"] for m in r["conversation"]] == ["user", "assistant", "user", "assistant"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,33 +9,33 @@ import numpy as np
 
 from tinystories import _core
 from tinystories.data.shards import (INDEX_FILE, TOKENIZER_FILE, ShardError, check_shard_file, load_dataset_tokenizer,
-                                     read_index, sha256_file)
-
-
-def _iter_shards(data_dir: Path, index: dict) -> Iterator[tuple[str, dict]]:
-    for split, info in index["splits"].items():
-        for shard in info["shards"]:
-            yield split, shard
+                                     read_index, schema_problems, sha256_file, validate_index)
 
 
 def verify(data_dir: str | Path) -> dict[str, Any]:
-    """Checks every shard against index.json: presence, size, sha256, index and block hashes,
-    token and story counts, token ids below n_vocab, and the saved tokenizer's fingerprint.
+    """Checks index.json against its schema and itself, then every shard against it: presence, size, sha256,
+    token width, index and block hashes, token and story counts, token ids below n_vocab, no unlisted shard
+    file, and the saved tokenizer (fingerprint, n_vocab, EOT).
 
-    Returns ``{"ok", "problems", "shards", "tokens", "bytes"}``; each problem names its file.
+    Returns ``{"ok", "problems", "shards", "tokens", "bytes"}``; each problem names its file or field.
     """
     data_dir = Path(data_dir)
     index = read_index(data_dir)
-    problems: list[str] = []
+    problems = schema_problems(index, data_dir / INDEX_FILE)
+    if problems:  # no shard list to trust
+        return {"ok": False, "problems": problems, "shards": 0, "tokens": 0, "bytes": 0}
+    problems = validate_index(index, data_dir / INDEX_FILE)
     tokens = size = 0
-    shards = list(_iter_shards(data_dir, index))
-    for _, shard in shards:
-        path = data_dir / shard["file"]
+    shards = [shard for info in index["splits"].values() for shard in info["shards"]]
+    for shard in shards:
         try:
-            check_shard_file(data_dir, shard)
+            path = check_shard_file(data_dir, shard)
             if sha256_file(path) != shard["sha256"]:
                 raise ShardError(f"{path}: sha256 mismatch: the file's content is not what {INDEX_FILE} recorded")
             reader = _core.ShardReader(str(path))
+            if reader.token_bytes != np.dtype(index["dtype"]).itemsize:
+                raise ShardError(f"{path}: {reader.token_bytes}-byte tokens, but {INDEX_FILE} says "
+                                 f"dtype {index['dtype']}")
             if (reader.n_tokens, len(reader.story_lengths)) != (shard["tokens"], shard["stories"]):
                 raise ShardError(f"{path}: {reader.n_tokens} tokens / {len(reader.story_lengths)} stories, "
                                  f"but {INDEX_FILE} says {shard['tokens']} / {shard['stories']}")  # fmt: skip
@@ -48,11 +47,18 @@ def verify(data_dir: str | Path) -> dict[str, Any]:
             size += reader.file_bytes
         except ShardError as e:
             problems.append(str(e))
+    listed = {shard["file"] for shard in shards}
+    problems += [f"{path}: a shard file that {INDEX_FILE} does not list" for path in sorted(data_dir.glob("*.tok.zst"))
+                 if path.name not in listed]  # fmt: skip
     if not (data_dir / TOKENIZER_FILE).is_file():
         problems.append(f"{data_dir / TOKENIZER_FILE}: missing")
     else:
         try:
-            load_dataset_tokenizer(data_dir)
+            tok = load_dataset_tokenizer(data_dir)
+            for key, value in (("n_vocab", tok.n_vocab), ("eot_token", tok.eot_token)):
+                if index.get(key) != value:
+                    problems.append(f"{data_dir / INDEX_FILE}: {key}: {index.get(key)}, "
+                                    f"but {TOKENIZER_FILE} has {value}")
         except Exception as e:  # a damaged index or tokenizer file is a problem to report, whatever it raises
             problems.append(f"{data_dir / TOKENIZER_FILE}: {e}")
     return {"ok": not problems, "problems": problems, "shards": len(shards), "tokens": tokens, "bytes": size}

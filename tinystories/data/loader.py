@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from tinystories import _core
-from tinystories.data.shards import INDEX_FILE, ShardError, check_shard_file, read_index, split_shards
+from tinystories.data.shards import INDEX_FILE, ShardError, check_shard_file, read_valid_index, split_shards
 
 MIX_BLOCKS = 8  # blocks whose sequences are shuffled together (see csrc/loader.h)
 
@@ -58,7 +58,7 @@ class TokenLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank {rank} of world_size {world_size}")
         self.data_dir = Path(data_dir)
-        self.index = read_index(self.data_dir)
+        self.index = read_valid_index(self.data_dir)
         fingerprint = self.index["tokenizer"]["fingerprint"]
         if expected_fingerprint is not None and expected_fingerprint != fingerprint:
             raise ShardError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,29 @@ INDEX_FILE = "index.json"
 TOKENIZER_FILE = "tokenizer.json"
 
 ShardError = _core.ShardError
+
+_COUNT = {"type": "integer", "minimum": 0}
+# A shard is named by a plain file name inside the dataset folder: no "/", "\\" or leading "." ("../x").
+SHARD_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_SPLIT = {
+    "type": "object", "required": ["stories", "tokens", "bytes", "shards"],
+    "properties": {"stories": _COUNT, "tokens": _COUNT, "bytes": _COUNT, "shards": {"type": "array", "items": {
+        "type": "object", "required": ["file", "tokens", "stories", "bytes", "sha256"],
+        "properties": {"file": {"type": "string", "pattern": SHARD_NAME}, "tokens": _COUNT, "stories": _COUNT,
+                       "bytes": _COUNT, "blocks": _COUNT, "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+    }}},
+}  # fmt: skip
+INDEX_SCHEMA = {  # what every reader of index.json relies on (docs/shard_format.md); other keys are information
+    "type": "object",
+    "required": ["format", "format_version", "dtype", "n_vocab", "eot_token", "tokenizer", "splits"],
+    "properties": {
+        "dtype": {"enum": ["uint16", "uint32"]},
+        "n_vocab": {"type": "integer", "minimum": 1},
+        "eot_token": _COUNT,
+        "tokenizer": {"type": "object", "required": ["fingerprint"], "properties": {"fingerprint": {"type": "string"}}},
+        "splits": {"type": "object", "required": list(SPLITS), "properties": {s: _SPLIT for s in SPLITS}},
+    },
+}  # fmt: skip
 
 
 def token_dtype(n_vocab: int) -> np.dtype:
@@ -58,6 +82,48 @@ def read_index(data_dir: str | Path) -> dict[str, Any]:
     return index
 
 
+def schema_problems(index: Any, where: Path) -> list[str]:
+    """Where ``index`` departs from :data:`INDEX_SCHEMA`, each problem naming its field."""
+    import jsonschema
+
+    errors = sorted(jsonschema.Draft202012Validator(INDEX_SCHEMA).iter_errors(index), key=lambda e: list(e.path))
+    return [f"{where}: {e.json_path.removeprefix('$.') or 'index'}: {e.message}" for e in errors]
+
+
+def validate_index(index: dict[str, Any], where: Path) -> list[str]:
+    """Problems of an index (each naming its field): the schema, then the index against itself: split totals
+    are the sums of their shards, each shard file is listed once, dtype fits n_vocab, EOT is below n_vocab."""
+    problems = schema_problems(index, where)
+    if problems:  # the checks below rely on the schema's fields and types
+        return problems
+    if index["dtype"] != token_dtype(index["n_vocab"]).name:
+        problems.append(f"{where}: dtype: {index['dtype']}, but n_vocab {index['n_vocab']} is stored as "
+                        f"{token_dtype(index['n_vocab']).name}")
+    if index["eot_token"] >= index["n_vocab"]:
+        problems.append(f"{where}: eot_token: {index['eot_token']} is not below n_vocab {index['n_vocab']}")
+    seen: dict[str, str] = {}
+    for split, info in index["splits"].items():
+        for key in ("stories", "tokens", "bytes"):
+            total = sum(shard[key] for shard in info["shards"])
+            if info[key] != total:
+                problems.append(f"{where}: splits.{split}.{key}: {info[key]}, but its shards add up to {total}")
+        for i, shard in enumerate(info["shards"]):
+            if shard["file"] in seen:
+                problems.append(f"{where}: splits.{split}.shards[{i}].file: {shard['file']} is listed twice "
+                                f"(also in {seen[shard['file']]})")
+            seen.setdefault(shard["file"], f"splits.{split}.shards[{i}]")
+    return problems
+
+
+def read_valid_index(data_dir: str | Path) -> dict[str, Any]:
+    """``read_index`` that also refuses an index failing :func:`validate_index` (the first problem is raised)."""
+    index = read_index(data_dir)
+    problems = validate_index(index, Path(data_dir) / INDEX_FILE)
+    if problems:
+        raise ShardError(problems[0] + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+    return index
+
+
 def load_dataset_tokenizer(data_dir: str | Path) -> Tokenizer:
     """The ``Tokenizer`` saved with the dataset (checked against the index's fingerprint)."""
     index = read_index(data_dir)
@@ -81,8 +147,11 @@ def split_shards(data_dir: Path, index: dict, split: str) -> list[dict]:
 
 
 def check_shard_file(data_dir: Path, shard: dict) -> Path:
-    """Cheap checks before opening: present, and the size the index recorded."""
-    path = data_dir / shard["file"]
+    """Cheap checks before opening: a plain name inside ``data_dir``, present, and the size the index recorded."""
+    name = shard["file"]
+    if not isinstance(name, str) or not re.fullmatch(SHARD_NAME, name):
+        raise ShardError(f"{data_dir / INDEX_FILE}: shard file {name!r} is not a plain file name in the dataset folder")
+    path = data_dir / name
     if not path.is_file():
         raise ShardError(f"{path}: missing shard (listed in {INDEX_FILE})")
     size = path.stat().st_size

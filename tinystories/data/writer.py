@@ -19,7 +19,7 @@ import numpy as np
 
 from tinystories import _core
 from tinystories.atomic import atomic_write_json
-from tinystories.corpus import CorpusReader, input_signature
+from tinystories.corpus import CorpusError, CorpusReader, input_signature
 from tinystories.data.shards import (FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, SPLITS, TOKENIZER_FILE, ShardError,
                                      read_index, sha256_file, token_dtype)
 from tinystories.progress import Progress
@@ -154,6 +154,23 @@ def _batches(reader: CorpusReader, size: int) -> Iterator[list[tuple[str, int]]]
         yield batch
 
 
+def check_inputs(inputs: Sequence[Path], val_inputs: Sequence[Path], *, instruct: bool = False) -> None:
+    """Refuse the silent traps: a file given twice (every story doubled), a train input reused as
+    --val-input (validation on training data), an input holding no story (an empty dataset)."""
+    seen: dict[tuple[int, int], tuple[Path, str]] = {}
+    for path, role in [(p, "input") for p in inputs] + [(p, "--val-input") for p in val_inputs]:
+        if not path.is_file():
+            raise CorpusError(f"{path}: corpus file not found")
+        st = path.stat()
+        if (st.st_dev, st.st_ino) in seen:  # the same file under any name
+            first, first_role = seen[st.st_dev, st.st_ino]
+            what = "given twice" if first_role == role else "is both a train input and a --val-input"
+            raise CorpusError(f"{path}: {what} (as {first}); its stories would be counted twice")
+        seen[st.st_dev, st.st_ino] = (path, role)
+        if next(iter(CorpusReader([path], instruct=instruct)), None) is None:
+            raise CorpusError(f"{path}: holds no story; an empty input would make an empty dataset")
+
+
 def prepare(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
@@ -181,6 +198,7 @@ def prepare(
     """
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     val_inputs = [val_inputs] if isinstance(val_inputs, (str, Path)) else list(val_inputs)
+    check_inputs([Path(p) for p in inputs], [Path(p) for p in val_inputs], instruct=instruct)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if val_inputs:

@@ -152,12 +152,12 @@ def _cli_grade(args: argparse.Namespace) -> int:
         instructions = load_instructions(args.instructions)[: args.limit_beginnings]
         records = grade_instruction_following(_load_students(args), judge, instructions, settings,
                                               args.out / "instruct.jsonl")
-        _print_judge_stats(judge)
-        return _instruct_report(records)
+        status = _judge_exit_status(judge)
+        return _instruct_report(records) or status
     beginnings = load_beginnings(args.beginnings)[: args.limit_beginnings]
     records = grade(_load_students(args), judge, beginnings, settings, args.out / "grades.jsonl")
-    _print_judge_stats(judge)
-    return _report(records, args.out)
+    status = _judge_exit_status(judge)
+    return _report(records, args.out) or status
 
 
 def _instruct_report(records: list[dict[str, Any]]) -> int:
@@ -213,6 +213,17 @@ def _print_judge_stats(judge: LLMJudge) -> None:
     if stats is not None:
         print(f"judge: {stats.succeeded} requests answered, {stats.failed} failed, ${stats.cost_usd:.4f}"
               + (f"; stopped early: {stats.stopped}" if stats.stopped else ""))
+
+
+def _judge_exit_status(judge: LLMJudge) -> int:
+    """1 when judge requests failed or the judge stopped for anything but the budget (items are left to grade)."""
+    _print_judge_stats(judge)
+    stats = judge.stats
+    if stats is None or (not stats.failed and stats.stopped in (None, "budget")):
+        return 0
+    print("tinystories eval: some items are not graded (judge requests failed); run the same command again",
+          file=sys.stderr)
+    return 1
 
 
 def _cli_probes(args: argparse.Namespace, students: list[Student]) -> int:

@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tinystories.evaluate.judge import Chat, LLMJudge
+from tinystories.evaluate.judge import Chat, ChatReply, LLMJudge
 from tinystories.jsonl import JsonlLog, read_jsonl
 from tinystories.progress import Progress
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from tinystories.evaluate.students import Student
 
 # Bump whenever a prompt text or the parsing rules change: cached grades from another version are not reused.
-PROMPT_VERSION = "paper-v1"
+PROMPT_VERSION = "paper-v2"
 
 SCORES = ("grammar", "creativity", "consistency", "plot")
 AGE_GROUPS = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12", "F": "13-16"}
@@ -74,6 +74,10 @@ Plot: <grade>/10
 Age group: <letter>"""
 
 
+ASSESSMENT_MAX_TOKENS = 512  # a few paragraphs of assessment
+GRADES_MAX_TOKENS = 200  # five short lines, with room for a sentence around them
+
+
 def assessment_prompt(beginning: str, completion: str) -> str:
     """The first judge turn. The beginning keeps its trailing text exactly, so a split word stays visible."""
     return ASSESSMENT_PROMPT.format(beginning=beginning.rstrip(" "), completion=completion)
@@ -96,7 +100,8 @@ class GradeParseError(ValueError):
     """The judge's answer holds no complete, valid set of grades.
 
     reason: "missing" (some field absent), "out_of_range" (a grade outside 0-10 or on another scale),
-    "refusal" (the judge declined). ``found`` holds the fields that were read, for the record.
+    "ambiguous" (a range, several grades or several age groups), "refusal" (the judge declined).
+    ``found`` holds the fields that were read, for the record.
     """
 
     def __init__(self, reason: str, detail: str, found: dict[str, Any]):
@@ -105,47 +110,67 @@ class GradeParseError(ValueError):
 
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
-# "Grammar: 8/10", "**Grammar** - 8 out of 10", "grammar (7.5)", "Grammar: good, 8/10". The gap between the
-# name and the number may hold words but no digits and no line break, so one line never lends its number
-# to another field.
-_SCORE_PATTERNS = {
-    name: re.compile(rf"\b{name}\b[^\d\n]{{0,60}}?{_NUMBER}(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?",
-                     re.IGNORECASE)
-    for name in SCORES
-}
-_AGE_PATTERN = re.compile(r"\bage(?:\s*group)?\b[^A-Za-z\n]{0,20}?(?:group\s*)?\(?\b((?-i:[A-F]))\b(?![\w'])",
-                          re.IGNORECASE)
+# A field's name (markdown and "Consistency with the beginning" included) opens a segment that runs to the next
+# field's name or the end of the line; only its "X/10" ("X out of 10") form is read, so "Grammar has 3 slips"
+# or "the first 2 sentences" never lend a number. A later segment of the same field overrides an earlier one.
+_FIELD = re.compile(r"\b(grammar|creativity|consistency|plot|age(?:\s*group)?)\b", re.IGNORECASE)
+_RANGE_START = r"(?:(\d+(?:\.\d+)?)\s*(?:-|\u2013|to|or|and)\s*)?"  # "7-8/10": read, then refused as ambiguous
+_GRADE = re.compile(rf"(?<![\d.]){_RANGE_START}{_NUMBER}\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+# Age-group letters are capitals standing alone; "A" followed by a lower-case word is the article.
+_LETTER = re.compile(r"(?<![\w'])([A-F])(?![\w'])(?!(?<=A)\s+(?!or\b|and\b)[a-z])")
 _REFUSAL = re.compile(
     r"\b(i'?m sorry|i am sorry|i apologi[sz]e|i can(?:no|')t|i won'?t|i will not|i'?m (?:not )?(?:able|unable)|"
     r"unable to|as an ai)\b", re.IGNORECASE)
 
 
-def parse_grades(text: str) -> Grades:
-    """Read the four grades and the age group from a judge answer, or raise :class:`GradeParseError`."""
-    text = text.replace("\u2019", "'")
-    found: dict[str, Any] = {}
-    problems: list[str] = []
-    out_of_range: list[str] = []
-    for name, pattern in _SCORE_PATTERNS.items():
-        match = pattern.search(text)
-        if match is None:
-            problems.append(f"no {name} grade")
-            continue
-        value, scale = float(match.group(1)), match.group(2)
-        if scale is not None and float(scale) != MAX_GRADE:
-            out_of_range.append(f"{name} given as {match.group(1)}/{scale}, not out of 10")
-        elif not MIN_GRADE <= value <= MAX_GRADE:
-            out_of_range.append(f"{name} grade {match.group(1)} is outside 0-10")
-        else:
-            found[name] = value
-    age = _AGE_PATTERN.search(text)
-    if age is None:
-        problems.append("no age group A-F")
-    else:
-        found["age_group"] = age.group(1).upper()
+def _segments(text: str) -> list[tuple[str, str]]:
+    """(field, the text after its name up to the next field's name or the line's end), in order."""
+    out = []
+    for line in text.splitlines():
+        matches = list(_FIELD.finditer(line))
+        for m, after in zip(matches, matches[1:] + [None]):
+            name = m.group(1).lower()
+            segment = line[m.end() : after.start() if after else None]
+            out.append(("age_group" if name.startswith("age") else name, segment))
+    return out
 
-    if out_of_range:
-        raise GradeParseError("out_of_range", "; ".join(out_of_range), found)
+
+def parse_grades(text: str) -> Grades:
+    """Read the four grades and the age group from a judge answer, or raise :class:`GradeParseError`.
+
+    Only "Name ... X/10" counts (the last such segment per field); a range ("7-8/10"), two different grades
+    in one segment, or several age letters ("B or C", an echoed option list) make the field ambiguous.
+    """
+    text = text.replace("\u2019", "'")
+    read: dict[str, Any] = {}  # field -> value, or ("ambiguous" | "out_of_range", detail)
+    for name, segment in _segments(text):
+        if name == "age_group":
+            letters = sorted(set(_LETTER.findall(segment)))
+            if letters:
+                read[name] = letters[0] if len(letters) == 1 else ("ambiguous", f"several age groups ({' or '.join(letters)})")
+            continue
+        grades = list(_GRADE.finditer(segment))
+        if not grades:
+            continue
+        values = {(g.group(2), g.group(3)) for g in grades}
+        first = grades[0]
+        if first.group(1) is not None:
+            read[name] = ("ambiguous", f"{name} given as a range {first.group(0).strip()}")
+        elif len(values) > 1:
+            read[name] = ("ambiguous", f"several {name} grades ({', '.join(sorted(f'{v}/{s}' for v, s in values))})")
+        elif float(first.group(3)) != MAX_GRADE:
+            read[name] = ("out_of_range", f"{name} given as {first.group(2)}/{first.group(3)}, not out of 10")
+        elif not MIN_GRADE <= float(first.group(2)) <= MAX_GRADE:
+            read[name] = ("out_of_range", f"{name} grade {first.group(2)} is outside 0-10")
+        else:
+            read[name] = float(first.group(2))
+    found = {k: v for k, v in read.items() if not isinstance(v, tuple)}
+    for reason in ("out_of_range", "ambiguous"):
+        details = [v[1] for v in read.values() if isinstance(v, tuple) and v[0] == reason]
+        if details:
+            raise GradeParseError(reason, "; ".join(details), found)
+    problems = [f"no {name} grade" for name in SCORES if name not in read]
+    problems += [] if "age_group" in read else ["no age group A-F"]
     if problems:
         if not found and _REFUSAL.search(text):
             raise GradeParseError("refusal", "the judge declined to grade", found)
@@ -170,7 +195,8 @@ async def judge_completion(chat: Chat, beginning: str, completion: str, *, reque
 
     async def ask(turn: int) -> str:
         nonlocal cost
-        reply = await chat(messages, f"{request_id}-{turn}")
+        reply = await chat(messages, f"{request_id}-{turn}",
+                           max_tokens=ASSESSMENT_MAX_TOKENS if turn == 1 else GRADES_MAX_TOKENS)
         for name, value in reply.usage.items():
             usage[name] = usage.get(name, 0) + int(value)
         cost += reply.cost_usd
@@ -290,12 +316,13 @@ def run_judged(students: Sequence[Student], judge: LLMJudge, prompts: Sequence[d
     and ``assess`` each in a session of ``judge``; one JSONL record per completion in ``results_path``.
 
     Cached records (same key, status ok or failed) are reused without generating or requesting anything.
-    Records whose judge call failed (status error) keep their completion and are judged again.
+    Records whose judge call failed (status error) keep their completion and the judge's turns answered before
+    the failure (``turns``): the conversation is judged again from there, without paying for those turns twice.
     """
     results_path = Path(results_path)
     existing = list(read_jsonl(results_path))
     final = final_records_by_key(existing)
-    errored = {r["key"]: r for r in existing if r.get("status") == "error"}
+    errored = {r["key"]: r for r in existing if r.get("status") == "error"}  # the last one has the most turns
     plan: list[dict[str, Any]] = []
     todo: list[dict[str, Any]] = []
     for student in students:
@@ -318,7 +345,8 @@ def run_judged(students: Sequence[Student], judge: LLMJudge, prompts: Sequence[d
                 todo.append(item)
         _generate(student, missing, settings, progress=progress)
     if todo:
-        asyncio.run(_judge_all(judge, assess, todo, results_path, progress=progress))
+        paid = {key: record.get("turns", []) for key, record in errored.items()}
+        asyncio.run(_judge_all(judge, assess, todo, paid, results_path, progress=progress))
     final = final_records_by_key(read_jsonl(results_path))
     return [final[item["key"]] for item in plan if item["key"] in final]
 
@@ -338,17 +366,38 @@ def _generate(student: Student, missing: dict[str, list[dict[str, Any]]], settin
             bar.advance()
 
 
-async def _judge_all(judge: LLMJudge, assess: Assess, items: list[dict[str, Any]], results_path: Path, *,
-                     progress: bool) -> None:
+def _replaying(chat: Chat, paid: list[dict[str, Any]], turns: list[dict[str, Any]]) -> Chat:
+    """``chat`` that appends every answered turn to ``turns``, and answers from ``paid`` (the turns of an
+    interrupted run) a request already paid for: same request id, same messages."""
+    earlier = {(t["id"], t["prompt_sha256"]): t for t in paid}
+
+    async def replaying_chat(messages: list[dict[str, str]], request_id: str, **options: Any) -> ChatReply:
+        digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode("utf-8")).hexdigest()
+        turn = earlier.get((request_id, digest))
+        if turn is None:
+            reply = await chat(messages, request_id, **options)
+            turn = {"id": request_id, "prompt_sha256": digest, "text": reply.text, "usage": reply.usage,
+                    "cost_usd": reply.cost_usd}
+        turns.append(turn)
+        return ChatReply(turn["text"], dict(turn["usage"]), turn["cost_usd"])
+
+    return replaying_chat
+
+
+async def _judge_all(judge: LLMJudge, assess: Assess, items: list[dict[str, Any]],
+                     paid: dict[str, list[dict[str, Any]]], results_path: Path, *, progress: bool) -> None:
     with JsonlLog(results_path, fsync="always") as log, Progress("judging", len(items), enabled=progress) as bar:
         async with judge.session() as chat:
 
             async def one(item: dict[str, Any]) -> None:
+                turns: list[dict[str, Any]] = []
                 try:
-                    outcome = await assess(chat, item)
-                except Exception as exc:  # the API failed after all retries: keep the completion, judge next run
+                    outcome = await assess(_replaying(chat, paid.get(item["key"], []), turns), item)
+                except Exception as exc:  # the API failed or the budget stopped: keep the completion and every
+                    # answered turn (with its text), so the next run goes on from there
                     outcome = {"status": "error", "grades": None, "failure": "api_error",
-                               "failure_detail": {"error": f"{type(exc).__name__}: {exc}"}}
+                               "failure_detail": {"error": f"{type(exc).__name__}: {exc}"}, "turns": turns,
+                               "cost_usd": sum(t["cost_usd"] for t in turns)}
                 log.append({**item, **outcome, "time": time.time()})
                 bar.advance()
 

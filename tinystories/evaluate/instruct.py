@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinystories.corpus import format_instructions
-from tinystories.evaluate.grading import GradeSettings, run_judged
+from tinystories.evaluate.grading import GRADES_MAX_TOKENS, GradeSettings, run_judged
 from tinystories.evaluate.judge import Chat, LLMJudge
 from tinystories.evaluate.report import mean_ci95
 from tinystories.vocabulary import FEATURE_LABELS, FEATURES, PARTS_OF_SPEECH, missing_words
@@ -162,7 +162,7 @@ async def judge_instruction_following(chat: Chat, instruction: Instruction, stor
             instructions=instruction_prompt(instruction).strip(), story=story.strip(), questions=lines)})
         labels = [label for label, _ in questions.values()]
         for turn in (1, 2):
-            reply = await chat(messages, f"{request_id}-{turn}")
+            reply = await chat(messages, f"{request_id}-{turn}", max_tokens=GRADES_MAX_TOKENS)
             cost += reply.cost_usd
             for name, value in reply.usage.items():
                 usage[name] = usage.get(name, 0) + int(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -23,8 +24,12 @@ class ChatReply:
     cost_usd: float
 
 
-# (messages, request id) -> the judge's reply; raises when the API failed after all its retries.
-Chat = Callable[[list[dict[str, str]], str], Awaitable[ChatReply]]
+# (messages, request id, *, max_tokens=None) -> the judge's reply; raises when the API failed after all retries.
+Chat = Callable[..., Awaitable[ChatReply]]
+
+# The longest answer paid for in one judge turn, unless the turn asks for less: an assessment takes a few
+# paragraphs; without a limit each request would reserve the model's whole output budget (4,096 tokens).
+JUDGE_MAX_TOKENS = 512
 
 
 class JudgeAPIError(RuntimeError):
@@ -43,8 +48,11 @@ class LLMJudge:
             reply = await chat(messages, "request-id")
     """
 
-    def __init__(self, model: str, config: ClientConfig):
-        self.model, self.config = model, config
+    def __init__(self, model: str, config: ClientConfig, *, max_tokens: int = JUDGE_MAX_TOKENS):
+        # an answer cut at max_tokens is still an answer (the grades turn is parsed, with a follow-up if needed):
+        # asking again would pay for the same cut answer
+        self.model, self.config = model, dataclasses.replace(config, retry_truncated=False)
+        self.max_tokens = max_tokens
         self.stats: RunStats | None = None  # the client's statistics of the last session
 
     @contextlib.asynccontextmanager
@@ -76,12 +84,14 @@ class LLMJudge:
 
             runner.add_done_callback(stop_waiting)
 
-            async def chat(messages: list[dict[str, str]], request_id: str) -> ChatReply:
+            async def chat(messages: list[dict[str, str]], request_id: str, *,
+                           max_tokens: int | None = None) -> ChatReply:
                 if runner.done():
                     raise JudgeStopped(_stop_reason(runner))
                 future = asyncio.get_running_loop().create_future()
                 waiting[request_id] = future
-                request = ChatRequest(id=request_id, body={"model": self.model, "messages": list(messages)})
+                request = ChatRequest(id=request_id, body={"model": self.model, "messages": list(messages),
+                                                           "max_tokens": max_tokens or self.max_tokens})
                 await queue.put((-len(messages), next(order), request))
                 result = await future
                 if not result.ok:

@@ -10,6 +10,9 @@ half-million-request job needs:
   backoff with jitter on 5xx, timeouts, connection errors and malformed responses, a bounded number of
   attempts, after which the failure is *returned* (as a `ChatResult` with `error`), never lost;
 * a policy for truncated (`finish_reason="length"`) and empty answers: retried, every attempt logged;
+* a circuit breaker (`CircuitBreaker`) that stops the run when the endpoint cannot work (refused
+  connections, 404 everywhere, HTML or garbage with status 200, answers that never come), and a connect
+  timeout apart from the answer's timeout;
 * cost from token usage with an editable price table (`PriceTable`, JSON/TOML overrides) and a budget
   stop (`max_cost_usd`) that stops sending before the budget is spent, reserving for requests in flight.
 
@@ -82,7 +85,9 @@ class ClientConfig:
     workers: int = 1  # processes; >1 shards the requests over that many event loops
     http_transport: str = "keepalive"  # "keepalive": our lean HTTP/1.1 transport; "httpx": the SDK's own
     pool_size: int = 8  # with http_transport="httpx": connections per pool (see the module docstring)
-    timeout_s: float = 120.0
+    timeout_s: float = 120.0  # for the answer (a long completion takes a while)
+    connect_timeout_s: float = 10.0  # for the TCP/TLS connection: a dead host fails fast
+    max_consecutive_failures: int = 10  # the circuit breaker's K (see CircuitBreaker); 0 turns it off
     max_attempts: int = 6
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
@@ -97,8 +102,11 @@ class ClientConfig:
                 raise ValueError(f"ClientConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.http_transport not in ("keepalive", "httpx"):
             raise ValueError(f"ClientConfig.http_transport must be 'keepalive' or 'httpx', got {self.http_transport!r}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"ClientConfig.timeout_s must be > 0, got {self.timeout_s}")
+        for name in ("timeout_s", "connect_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ClientConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.max_consecutive_failures < 0:
+            raise ValueError(f"ClientConfig.max_consecutive_failures must be >= 0, got {self.max_consecutive_failures}")
 
     def resolve_api_key(self) -> str:
         key = self.api_key or os.environ.get(self.api_key_env)
@@ -116,7 +124,10 @@ def add_client_arguments(parser: argparse.ArgumentParser, *, concurrency: int = 
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     parser.add_argument("--concurrency", type=int, default=concurrency, help="requests in flight")
     parser.add_argument("--workers", type=int, default=1, help="client processes (scale with cores)")
-    parser.add_argument("--timeout-s", type=float, default=120.0)
+    parser.add_argument("--timeout-s", type=float, default=120.0, help="seconds to wait for an answer")
+    parser.add_argument("--connect-timeout-s", type=float, default=10.0, help="seconds to wait for a connection")
+    parser.add_argument("--max-consecutive-failures", type=int, default=10, metavar="K",
+                        help="stop when the first K attempts all fail, or K requests in a row fail (0: never)")
     parser.add_argument("--max-attempts", type=int, default=6)
     parser.add_argument("--backoff-s", dest="backoff_initial_s", type=float, default=1.0,
                         help="first retry delay (doubles each retry)")
@@ -139,7 +150,7 @@ class RunStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
-    stopped: str | None = None  # why the run stopped early: "budget" or a fatal API error
+    stopped: str | None = None  # why the run stopped early: "budget", a fatal API error, or the circuit breaker
     seconds: float = 0.0
 
     def add(self, result: ChatResult) -> None:
@@ -153,6 +164,38 @@ class RunStats:
 
 class FatalAPIError(RuntimeError):
     """An error no retry can fix (bad key, exhausted quota, unknown model): the whole run stops."""
+
+
+class CircuitBreaker:
+    """Stops a run against an endpoint that cannot work instead of grinding every request into failures: it
+    trips when the first K attempts of a run all failed (nothing was ever answered: a refused connection, 404
+    everywhere, HTML with status 200, a server that accepts and never answers), or when K requests in a row
+    failed after all their retries. Rate limits, and chat completions that were empty or cut at max_tokens, never
+    count against the endpoint: they say it works. ``limit`` 0 turns the breaker off."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.answered = False
+        self.failed_attempts = self.failed_in_a_row = 0
+        self.tripped: str | None = None  # why, naming the status and a sample of the answer
+
+    def attempt(self, problem: str | None) -> None:
+        if problem is None or problem in ("empty", "truncated"):
+            self.answered = True
+        elif not self.answered and problem != "rate_limit":
+            self.failed_attempts += 1
+            if self.failed_attempts == self.limit:
+                self._trip(f"the first {self.limit} attempts all failed", problem)
+
+    def result(self, result: ChatResult) -> None:
+        self.failed_in_a_row = 0 if result.ok else self.failed_in_a_row + 1
+        if self.limit and self.failed_in_a_row == self.limit:
+            self._trip(f"{self.limit} requests in a row failed", result.error or "")
+
+    def _trip(self, what: str, last: str) -> None:
+        if self.tripped is None:
+            self.tripped = (f"the endpoint looks unusable: {what} (the last: {last[:300]}); "
+                            "check --base-url and the server")
 
 
 
@@ -175,19 +218,21 @@ class ChatClient:
             size = config.pool_size
             limits = httpx2.Limits(max_connections=size, max_keepalive_connections=size)
             pools = [dict(verify=verify, limits=limits)] * max(1, math.ceil(config.concurrency / size))
+        timeout = httpx2.Timeout(config.timeout_s, connect=config.connect_timeout_s)
         self._clients = [
             openai.AsyncOpenAI(
                 base_url=config.base_url,
                 api_key=config.resolve_api_key(),
                 max_retries=0,
-                timeout=config.timeout_s,
-                http_client=httpx2.AsyncClient(timeout=config.timeout_s, follow_redirects=True, **pool),
+                timeout=timeout,
+                http_client=httpx2.AsyncClient(timeout=timeout, follow_redirects=True, **pool),
             )
             for pool in pools
         ]
         self._next_pool = 0
         self._slots = asyncio.Semaphore(config.concurrency)  # the limit also holds for direct `complete` calls
         self._paused_until = 0.0  # set by a 429: every request waits, not just the one that was refused
+        self.breaker = CircuitBreaker(config.max_consecutive_failures)
 
     async def aclose(self) -> None:
         for client in self._clients:
@@ -224,7 +269,7 @@ class ChatClient:
             if wait > 0:
                 await asyncio.sleep(wait)
             result.attempts = attempt
-            delay = None  # None: back off exponentially
+            delay, final = None, False  # None: back off exponentially; final: no retry can help
             try:
                 response = await client.post(
                     "/chat/completions", cast_to=self._httpx.Response, content=content, options={"headers": headers}
@@ -239,19 +284,20 @@ class ChatClient:
             except openai.APIStatusError as e:
                 if e.status_code in (401, 403):
                     raise FatalAPIError(f"the API refused the key ({e.status_code}): {e}") from e
-                if e.status_code < 500 and e.status_code not in (408, 409):
-                    result.error = f"http_{e.status_code}: {e}"  # a bad request stays bad: do not retry
-                    break
-                problem = f"http_{e.status_code}"
+                problem = f"http_{e.status_code}: {e.response.text[:200]}"  # a sample of the body, for the record
+                final = e.status_code < 500 and e.status_code not in (408, 409)  # a bad request stays bad
             except openai.APITimeoutError:
                 problem = "timeout"
             except openai.APIConnectionError as e:
                 problem = f"connection: {e.__cause__ or e}"
+            self.breaker.attempt(problem)
             if problem is None:
                 result.error = None
                 break
             result.attempt_errors.append(problem.split(":")[0])
             result.error = problem
+            if final or self.breaker.tripped:
+                break
             if attempt < cfg.max_attempts:
                 # Retry-After is the server's word; a little jitter keeps refused requests from returning together
                 await asyncio.sleep(self._backoff(attempt) if delay is None else delay * random.uniform(1.0, 1.2))
@@ -267,7 +313,7 @@ class ChatClient:
             text = choice["message"]["content"]
             finish_reason = choice.get("finish_reason")
         except (ValueError, KeyError, IndexError, TypeError):
-            return "malformed"
+            return f"malformed: not a chat completion: {raw[:200]!r}"
         for key, value in (data.get("usage") or {}).items():
             if key in usage and isinstance(value, int):
                 usage[key] += value  # billed even when the answer is unusable
@@ -327,6 +373,9 @@ class ChatClient:
                 budget.finish(result.cost_usd)
                 stats.add(result)
                 on_result(result)
+                self.breaker.result(result)
+                if self.breaker.tripped and not stop:
+                    stop.append(self.breaker.tripped)
                 if budget.max is not None:
                     async with finished:
                         finished.notify_all()

@@ -4,12 +4,17 @@ event loop on a share of the requests (``ClientConfig.workers``), so the client 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import multiprocessing
+import os
 import queue
+import signal
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from multiprocessing.connection import Connection
 from tinystories.llm.client import ChatClient, ChatRequest, ChatResult, ClientConfig, RunStats, new_event_loop
 from tinystories.llm.pricing import Budget
 
@@ -49,12 +54,16 @@ def _run_in_workers(
     worker_config = dataclasses.replace(config, workers=1, concurrency=per_worker, max_cost_usd=None)
     results: multiprocessing.Queue = context.Queue()
     inboxes = [context.Queue() for _ in range(config.workers)]
+    # Only this process holds the write end: when it dies, even by SIGKILL, every worker reads EOF and exits.
+    parent_alive, parent_alive_writer = context.Pipe(duplex=False)
     processes = [
-        context.Process(target=_worker_main, args=(w, worker_config, inbox, results), daemon=True)
+        context.Process(target=_worker_main, args=(w, worker_config, inbox, results, parent_alive, os.getpid()),
+                        daemon=True)
         for w, inbox in enumerate(inboxes)
     ]
     for p in processes:
         p.start()
+    parent_alive.close()
     stats, started = RunStats(), time.perf_counter()
     budget = Budget(config.max_cost_usd, config.prices, spent)
     outstanding = [0] * config.workers
@@ -110,6 +119,7 @@ def _run_in_workers(
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
+        parent_alive_writer.close()
     stats.seconds = time.perf_counter() - started
     return stats
 
@@ -122,9 +132,32 @@ def _chunks(iterator: Iterator[ChatRequest], size: int) -> Iterator[list[ChatReq
         yield chunk
 
 
-def _worker_main(worker_id: int, config: ClientConfig, inbox: multiprocessing.Queue,
-                 results: multiprocessing.Queue) -> None:
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _exit_with_parent(parent_alive: Connection, parent_pid: int) -> None:
+    """A worker must not outlive its parent (nobody would read its results, and it keeps the resource tracker
+    alive): on Linux the kernel kills it when the parent dies (PR_SET_PDEATHSIG); everywhere, a thread waits
+    for EOF on a pipe only the parent writes to."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        try:
+            parent_alive.recv()  # the parent never sends: this returns only with EOF, when it is gone
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _worker_main(worker_id: int, config: ClientConfig, inbox: multiprocessing.Queue, results: multiprocessing.Queue,
+                 parent_alive: Connection, parent_pid: int) -> None:
     """A worker process: its own event loop and client; results go back in small batches."""
+    _exit_with_parent(parent_alive, parent_pid)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     pending: asyncio.Queue = asyncio.Queue()

@@ -78,4 +78,7 @@ def run_cli(args: argparse.Namespace) -> int:
         f"(see {side_path(args.out, '.failed')}), ${summary.cost_usd:.4f} this run"
         + (f"; stopped: {summary.stopped}" if summary.stopped else "")
     )
-    return 0 if summary.stopped in (None, "budget") else 1
+    if summary.failed:  # the job is not done: say so in the exit status, so no script takes it for finished
+        print(f"tinystories synth: {summary.failed} requests failed; run the same command again to retry them",
+              file=sys.stderr)
+    return 0 if summary.stopped in (None, "budget") and not summary.failed else 1

@@ -10,7 +10,8 @@ default writes a template story that uses the words the synthesis prompt asks fo
 summary when asked to summarize); evaluation tests plug in a function that answers like a judge.
 
 Faults are injected on demand (`Faults`): 429 with Retry-After, 500, a stall longer than the client's
-timeout, malformed JSON, `finish_reason="length"` and empty content. A request is identified by the
+timeout, malformed JSON, `finish_reason="length"` and empty content; `Faults.endpoint` makes the whole
+server unusable (404 everywhere, an HTML page with status 200, accept and never answer). A request is identified by the
 `X-Client-Request-Id` header when the client sends one (the synthesis client sends the story id), and
 every request is logged (`log`), so a test can check that nothing was requested twice.
 
@@ -39,6 +40,12 @@ from tinystories.story_templates import generate_story
 from tinystories.synth.prompts import SUMMARY_MARKER, parse_prompt
 
 FAULT_KINDS = ("rate_limit", "server_error", "stall", "malformed", "length", "empty")
+_HTML = {"content-type": "text/html"}
+BROKEN_ENDPOINTS = {  # what a wrong --base-url answers to every request (None: never answers)
+    "not_found": (404, _HTML, b"<html><head><title>404 Not Found</title></head><body>nginx</body></html>"),
+    "html": (200, _HTML, b"<!DOCTYPE html><html><body><h1>Welcome to the router login page</h1></body></html>"),
+    "hang": None,
+}
 
 
 @dataclass
@@ -60,6 +67,7 @@ class Faults:
     stall_s: float = 5.0
     always_fail: frozenset[str] = frozenset()
     seed: int = 0
+    endpoint: str | None = None  # a key of BROKEN_ENDPOINTS: every request gets that
 
     def __post_init__(self) -> None:
         unknown = set(self.kinds) - set(FAULT_KINDS)
@@ -67,6 +75,8 @@ class Faults:
             raise ValueError(f"unknown fault kind(s) {sorted(unknown)}; known: {FAULT_KINDS}")
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"fault rate must be in [0, 1], got {self.rate}")
+        if self.endpoint is not None and self.endpoint not in BROKEN_ENDPOINTS:
+            raise ValueError(f"unknown broken endpoint {self.endpoint!r}; known: {sorted(BROKEN_ENDPOINTS)}")
 
 
 @dataclass
@@ -210,6 +220,11 @@ class OpenAIServer:
             writer.close()
 
     async def _dispatch(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
+        if self.faults.endpoint:
+            self._record(path, headers.get("x-client-request-id"), self.faults.endpoint)
+            while BROKEN_ENDPOINTS[self.faults.endpoint] is None:
+                await asyncio.sleep(3600)  # accepted, never answered
+            return BROKEN_ENDPOINTS[self.faults.endpoint]
         try:
             if method == "POST" and path == "/v1/chat/completions":
                 return await self._chat(headers, body)

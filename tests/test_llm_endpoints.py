@@ -1,0 +1,216 @@
+"""Unusable endpoints stop a job early and say why (the circuit breaker), a connect timeout apart from the
+answer's, and a non-zero exit while requests are left failed: the real `openai` client on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("openai")
+
+from tinystories.evaluate import cli as eval_cli  # noqa: E402
+from tinystories.evaluate import grading  # noqa: E402
+from tinystories.jsonl import read_jsonl  # noqa: E402
+from tinystories.llm import ChatRequest, ClientConfig, run_chat  # noqa: E402
+from tinystories.synth import SynthConfig, synthesize  # noqa: E402
+from tinystories.synth.prompts import story_id  # noqa: E402
+from tinystories.testing import Faults, OpenAIServer  # noqa: E402
+
+from _evaluate_fixtures import ScriptedStudent, make_judge  # noqa: E402
+
+N = 60
+
+
+def fast_client(url: str, **overrides) -> ClientConfig:
+    return ClientConfig(**{"base_url": url, "api_key": "test", "concurrency": 4, "timeout_s": 0.5,
+                           "max_attempts": 3, "backoff_initial_s": 0.01, "backoff_max_s": 0.05, **overrides})
+
+
+def dead_port() -> int:
+    with socket.socket() as s:  # bound then closed: nothing listens there, connections are refused
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("endpoint, says", [
+    ("refused", "connection"),
+    ("not_found", "http_404: <html><head><title>404 Not Found"),
+    ("html", "malformed: not a chat completion: b'<!DOCTYPE html><html><body><h1>Welcome to the router login"),
+    ("hang", "timeout"),
+])
+def test_an_unusable_endpoint_stops_the_job_early_and_names_the_problem(tmp_path, endpoint, says):
+    out = tmp_path / "s.jsonl"
+    started = time.monotonic()
+    if endpoint == "refused":
+        summary = synthesize(SynthConfig(n=N, out=out, model="m", progress=False,
+                                         client=fast_client(f"http://127.0.0.1:{dead_port()}/v1")))
+        requested = None
+    else:
+        with OpenAIServer(faults=Faults(endpoint=endpoint)) as server:
+            summary = synthesize(SynthConfig(n=N, out=out, model="m", progress=False, client=fast_client(server.url)))
+            requested = set(server.requested_ids())
+    assert time.monotonic() - started < 10  # grinding through N x 3 attempts takes far longer for "hang"
+    assert summary.stopped.startswith("the endpoint looks unusable: the first 10 attempts all failed"), summary.stopped
+    assert says in summary.stopped
+    failed = {r["id"] for r in read_jsonl(Path(f"{out}.failed"))}
+    assert summary.written == 0 and summary.failed == len(failed) < 10 + 4  # those in flight when it tripped
+    if requested is not None:  # nothing requested is lost: it is in .failed, retried by the next run
+        assert len(requested) < 10 + 4 and requested <= failed
+
+
+def test_worker_processes_stop_on_an_unusable_endpoint_too(tmp_path):
+    with OpenAIServer(faults=Faults(endpoint="not_found")) as server:
+        requests = [ChatRequest(f"r{i}", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+                    for i in range(400)]
+        stats = run_chat(requests, fast_client(server.url, workers=2, concurrency=4), lambda r: None)
+        assert "http_404" in stats.stopped and len(server.log) < 100
+
+
+def test_a_run_of_failures_after_answers_stops_the_job(tmp_path):
+    doomed = frozenset(story_id(0, i) for i in range(5, N))  # the endpoint breaks after five stories
+    with OpenAIServer(faults=Faults(always_fail=doomed)) as server:
+        summary = synthesize(SynthConfig(n=N, out=tmp_path / "s.jsonl", model="m", progress=False,
+                                         client=fast_client(server.url, concurrency=1, max_consecutive_failures=4)))
+    assert summary.written == 5 and summary.failed == 4
+    assert summary.stopped.startswith("the endpoint looks unusable: 4 requests in a row failed (the last: http_500")
+
+
+def test_connect_timeout_is_apart_from_the_answer_timeout():
+    with socket.socket() as listener:  # a full accept queue: the kernel drops further SYNs, connect() hangs
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler = socket.create_connection(listener.getsockname())
+        results = []
+        started = time.monotonic()
+        run_chat([ChatRequest("a", {"model": "m", "messages": []})],
+                 fast_client(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", timeout_s=60, connect_timeout_s=0.2,
+                             max_attempts=2), results.append)  # fmt: skip
+        filler.close()
+    assert time.monotonic() - started < 5 and results[0].error == "timeout" and results[0].attempts == 2
+
+
+def test_grading_stops_on_an_unusable_judge_and_exits_non_zero(tmp_path):
+    with OpenAIServer(faults=Faults(endpoint="html")) as server:
+        judge = make_judge(server, attempts=3, concurrency=4)
+        settings = grading.GradeSettings(judge_model="judge-test", samples=10, max_new_tokens=8)
+        records = grading.grade([ScriptedStudent()], judge, ["Tom had a red ball and"] * 1, settings,
+                                tmp_path / "grades.jsonl", progress=False)
+        assert records == [] and len(server.log) < 10 + 4
+    assert "router login page" in judge.stats.stopped
+    assert {r["status"] for r in read_jsonl(tmp_path / "grades.jsonl")} == {"error"}
+    assert eval_cli._judge_exit_status(judge) == 1
+
+
+def synth_cli(server: OpenAIServer, out: Path, capsys) -> tuple[int, str, str]:
+    from tinystories.cli import main
+
+    status = main(["synth", "--n", "12", "--out", str(out), "--model", "m", "--base-url", server.url, "--max-attempts",
+                   "2", "--backoff-s", "0.01", "--timeout-s", "2", "--no-progress"])  # fmt: skip
+    return status, *capsys.readouterr()
+
+
+def test_cli_exits_non_zero_on_an_unusable_endpoint_and_while_requests_are_left_failed(tmp_path, capsys):
+    with OpenAIServer(faults=Faults(endpoint="not_found")) as server:
+        status, out, _ = synth_cli(server, tmp_path / "a.jsonl", capsys)
+    assert status == 1 and "the endpoint looks unusable" in out and "404 Not Found" in out
+    with OpenAIServer(faults=Faults(always_fail=frozenset({story_id(0, 3)}))) as server:
+        status, out, err = synth_cli(server, tmp_path / "b.jsonl", capsys)
+        assert status == 1 and "1 requests failed" in err, out + err
+        server.faults = Faults()
+        assert synth_cli(server, tmp_path / "b.jsonl", capsys)[0] == 0  # retried: nothing is left failed
+
+
+PARENT = """
+import multiprocessing, sys, threading, time
+from tinystories.llm import ChatRequest, ClientConfig, run_chat
+
+def report_workers():
+    while len(multiprocessing.active_children()) < 2:
+        time.sleep(0.05)
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+
+threading.Thread(target=report_workers, daemon=True).start()
+requests = [ChatRequest(f"r{i}", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}) for i in range(50)]
+run_chat(requests, ClientConfig(base_url=sys.argv[1], api_key="test", workers=2, concurrency=4, timeout_s=600),
+         lambda r: None)
+"""
+
+
+def descendants(pid: int) -> set[int]:
+    """Live (not zombie) processes under ``pid``, from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_workers_and_their_resource_tracker_exit_when_the_parent_is_sigkilled():
+    import signal
+    import subprocess
+    import sys
+
+    with OpenAIServer(latency_s=600) as server:  # a model so slow that the workers are busy when the parent dies
+        parent = subprocess.Popen([sys.executable, "-c", PARENT, server.url], stdout=subprocess.PIPE, text=True)
+        left_behind: set[int] = set()
+        try:
+            workers = {int(pid) for pid in parent.stdout.readline().split()}
+            deadline = time.monotonic() + 30
+            while len(server.log) < 4 and time.monotonic() < deadline:  # the workers are sending
+                time.sleep(0.05)
+            left_behind = descendants(parent.pid)
+            assert len(workers) == 2 and workers <= left_behind and len(left_behind) >= 3  # + the resource tracker
+            parent.send_signal(signal.SIGKILL)
+            parent.wait(10)
+            deadline = time.monotonic() + 10
+            while any(alive(pid) for pid in left_behind) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not [pid for pid in left_behind if alive(pid)]
+        finally:
+            for pid in left_behind | descendants(parent.pid) | {parent.pid}:  # nothing outlives the test
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def test_the_circuit_breaker_counts_only_what_says_the_endpoint_is_unusable():
+    from tinystories.llm.client import ChatResult, CircuitBreaker
+
+    breaker = CircuitBreaker(3)
+    for problem in ("rate_limit", "truncated", "rate_limit"):
+        breaker.attempt(problem)
+    for _ in range(5):  # it answered (cut at max_tokens): later attempts alone never trip it
+        breaker.attempt("http_500: oops")
+    assert breaker.tripped is None
+    for ok in (False, False, True, False, False):
+        breaker.result(ChatResult("r", error=None if ok else "timeout"))
+    assert breaker.tripped is None
+    breaker.result(ChatResult("r", error="http_502: <html>bad gateway</html>"))
+    assert breaker.tripped.startswith("the endpoint looks unusable: 3 requests in a row failed (the last: http_502")
+    off = CircuitBreaker(0)
+    for _ in range(50):
+        off.attempt("connection: refused")
+        off.result(ChatResult("r", error="connection: refused"))
+        off.result(ChatResult("r"))
+    assert off.tripped is None
