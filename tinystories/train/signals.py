@@ -1,0 +1,54 @@
+"""Stopping a run cleanly: SIGINT (Ctrl-C), SIGTERM (schedulers, SLURM before its kill) and SIGUSR1 (SLURM's
+``--signal=USR1@<seconds>`` warning) ask the loop to write a checkpoint at the next step boundary and exit
+with status 128 + the signal's number (130, 143, 138), so a scheduler sees that the run did not finish and
+can requeue it with ``--resume``. A second SIGINT stops at once, without a checkpoint.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+class Interrupted(Exception):
+    """The run stopped on a signal after saving its checkpoint; the exit status is ``128 + signum``."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+class StopSignals:
+    """``with StopSignals() as stop:`` then ``stop.signum`` is the first stop signal received (None before)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: the user does not want to wait for the checkpoint
+        if self.signum is None:
+            self.signum = signum
+            hint = " (Ctrl-C again stops without it)" if signum == signal.SIGINT else ""
+            print(f"\n{signal.Signals(signum).name} received: writing a checkpoint at the end of this step{hint}",
+                  file=sys.stderr, flush=True)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
