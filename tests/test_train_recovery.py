@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from _train_fixtures import TINY, make_dataset, run_train, start_train
 from tinystories.model.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint
@@ -210,6 +209,7 @@ def test_data_without_a_preset_is_refused_with_the_preset_list(dataset, tmp_path
     with pytest.raises(ConfigError, match=r"--data needs a model size: --preset= one of 1M, 3M, 8M, 28M, 33M"):
         load_config(None, {"data": str(dataset)})
     assert load_config(None, {"data": str(dataset), "preset": "1M"}).preset == "1M"
+    assert load_config(None, {"data": str(dataset), "hidden_size": "32", "num_layers": "2"}).hidden_size == 32
     assert main([f"--data={dataset}", f"--out_dir={tmp_path / 'run'}"]) == 2
     assert "--data needs a model size" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing allocated or created

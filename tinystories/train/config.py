@@ -90,7 +90,7 @@ PRESET_TRAINING: dict[str, dict[str, Any]] = {
                  eval_every=100, eval_batches=8, ckpt_every=100, log_every=10, sample_tokens=100,
                  cpu_threads=1, loader_threads=1),
 }
-# --data without --preset would silently train the demo's architecture on real data (see validate_config).
+# --data without --preset (or a shape, or --init_from_hf) would silently train the demo's architecture on real data.
 SHAPE_GIVEN_WITHOUT_PRESET = ("hidden_size", "num_layers")
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 CHOICES = {"impl": ("torch", "fused"), "data_mode": ("packed", "stories"), "dtype": ("auto", "fp32", "fp16", "bf16"),
@@ -187,7 +187,8 @@ def load_config(toml_path: str | None = None, overrides: dict[str, Any] | None =
     preset = values.get("preset", TrainConfig.preset)
     if preset not in PRESETS:
         raise ConfigError(f"preset={preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-    if values.get("data") and "preset" not in values and not all(k in values for k in SHAPE_GIVEN_WITHOUT_PRESET):
+    if (values.get("data") and "preset" not in values and not values.get("init_from_hf")
+            and not all(k in values for k in SHAPE_GIVEN_WITHOUT_PRESET)):
         sizes = ", ".join(p for p in PRESETS if p != "demo" and not p.endswith("-instruct"))
         raise ConfigError(f"--data needs a model size: --preset= one of {sizes} (the paper's; each also as "
                           f"<size>-instruct), or --hidden_size and --num_layers (other keys then from --preset=demo)")

@@ -232,7 +232,8 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, dtype: str, run_dir: 
         optimizer.load_state_dict(ckpt["optimizer"])
         for group, fresh in zip(optimizer.param_groups, make_optimizer(model, c, device).param_groups):
             group.update(weight_decay=fresh["weight_decay"], betas=fresh["betas"])  # the config's, not the saved
-        scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:  # empty when saved without fp16: a run switched to fp16 starts a fresh scale
+            scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         step, counters = ckpt["step"], ckpt["counters"]
         say(f"resumed {ckpt['path']} at step {step}" + "".join(f"\n  changed: {line}" for line in changes))

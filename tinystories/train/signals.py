@@ -6,8 +6,8 @@ can requeue it with ``--resume``. A second SIGINT stops at once, without a check
 
 from __future__ import annotations
 
+import os
 import signal
-import sys
 import threading
 from types import FrameType
 
@@ -39,8 +39,8 @@ class StopSignals:
         if self.signum is None:
             self.signum = signum
             hint = " (Ctrl-C again stops without it)" if signum == signal.SIGINT else ""
-            print(f"\n{signal.Signals(signum).name} received: writing a checkpoint at the end of this step{hint}",
-                  file=sys.stderr, flush=True)
+            text = f"\n{signal.Signals(signum).name} received: writing a checkpoint at the end of this step{hint}\n"
+            os.write(2, text.encode())  # print() here could interrupt a print: a reentrant error
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
