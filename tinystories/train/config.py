@@ -221,7 +221,9 @@ def validate_config(c: TrainConfig) -> None:
                               f"(at most {MAX_THREADS})")
     if not DEVICE.match(c.device):
         raise ConfigError(f"device={c.device!r} must be auto, cpu, cuda, cuda:N or mps")
-    if not (c.tokenizer in PRETRAINED or c.tokenizer in ALIASES or Path(c.tokenizer).exists()):
+    # Resuming, the weights come from the checkpoint and the data are prepared: a since-moved tokenizer file or
+    # Hugging Face folder must not stop the run.
+    if not c.resume and not (c.tokenizer in PRETRAINED or c.tokenizer in ALIASES or Path(c.tokenizer).exists()):
         raise ConfigError(f"tokenizer={c.tokenizer!r} is neither a known name ({', '.join([*PRETRAINED, *ALIASES])}) "
                           f"nor an existing file or folder")
     if c.lr <= 0 or c.min_lr < 0 or c.min_lr > c.lr:
@@ -232,7 +234,7 @@ def validate_config(c: TrainConfig) -> None:
         raise ConfigError(f"beta1={c.beta1}, beta2={c.beta2} must be in [0, 1)")
     if c.resume and not c.out_dir:
         raise ConfigError("--resume needs --out_dir=<the run directory to continue>")
-    if c.init_from_hf and not (Path(c.init_from_hf) / "config.json").is_file():
+    if c.init_from_hf and not c.resume and not (Path(c.init_from_hf) / "config.json").is_file():
         raise ConfigError(f"init_from_hf={c.init_from_hf}: no config.json there (expected a Hugging Face "
                           f"GPTNeoForCausalLM directory)")
     for path in (c.data.split(",") if c.data else []):
