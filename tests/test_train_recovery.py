@@ -59,6 +59,7 @@ def test_a_stop_signal_writes_a_checkpoint_and_exits_with_128_plus_signum(datase
                         "--eval_every=100000", f"--out_dir={run}"])
     wait_for_line(proc, "step 3/")
     proc.send_signal(signum)
+    proc.send_signal(signum)  # one Ctrl-C reaches a trainer twice when a parent (sweep, torchrun) forwards it
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signum, output[-3000:]
     assert "Traceback" not in output and "KeyboardInterrupt" not in output
@@ -68,6 +69,23 @@ def test_a_stop_signal_writes_a_checkpoint_and_exits_with_128_plus_signum(datase
     assert step >= 3
     assert f"stopped by {signal.Signals(signum).name} at step {step}" in output
     assert f"Resume with: tinystories-train --out_dir={run} --resume" in output
+
+
+def test_a_second_ctrl_c_a_second_later_stops_at_once():
+    import os
+    import time
+
+    from tinystories.train.signals import StopSignals
+
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # a copy of the same Ctrl-C: still waiting for the checkpoint
+        assert stop.signum == signal.SIGINT
+        time.sleep(1.1)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs at the next bytecode
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
 # -- resume restores the run's config; changes are listed, refused or recorded (issues 17.1, 14.4) -------------

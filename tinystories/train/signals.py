@@ -1,7 +1,8 @@
 """Stopping a run cleanly: SIGINT (Ctrl-C), SIGTERM (schedulers, SLURM before its kill) and SIGUSR1 (SLURM's
 ``--signal=USR1@<seconds>`` warning) ask the loop to write a checkpoint at the next step boundary and exit
 with status 128 + the signal's number (130, 143, 138), so a scheduler sees that the run did not finish and
-can requeue it with ``--resume``. A second SIGINT stops at once, without a checkpoint.
+can requeue it with ``--resume``. A second Ctrl-C (a second or more after the first) stops at once, without a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
@@ -31,13 +33,17 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._since = 0.0
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # Ctrl-C twice: the user does not want to wait for the checkpoint
+        # Ctrl-C twice: the user does not want to wait for the checkpoint. Copies of one Ctrl-C arrive within
+        # milliseconds (the terminal signals the whole process group, and a parent such as `sweep run` or
+        # torchrun forwards it again), so only a SIGINT a second or more after the first one counts.
+        if self.signum == signal.SIGINT == signum and time.monotonic() - self._since >= 1.0:
+            raise KeyboardInterrupt
         if self.signum is None:
-            self.signum = signum
+            self.signum, self._since = signum, time.monotonic()
             hint = " (Ctrl-C again stops without it)" if signum == signal.SIGINT else ""
             text = f"\n{signal.Signals(signum).name} received: writing a checkpoint at the end of this step{hint}\n"
             os.write(2, text.encode())  # print() here could interrupt a print: a reentrant error
