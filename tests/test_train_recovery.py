@@ -224,7 +224,7 @@ def test_non_finite_and_absurd_values_are_refused_with_one_line(overrides, messa
 
 
 def test_data_without_a_preset_is_refused_with_the_preset_list(dataset, tmp_path, capsys):
-    with pytest.raises(ConfigError, match=r"--data needs a model size: --preset= one of 1M, 3M, 8M, 28M, 33M"):
+    with pytest.raises(ConfigError, match=r"--data needs a model size: --preset=SIZE with SIZE one of 1M, 3M, 8M, 28M, 33M"):
         load_config(None, {"data": str(dataset)})
     assert load_config(None, {"data": str(dataset), "preset": "1M"}).preset == "1M"
     assert load_config(None, {"data": str(dataset), "hidden_size": "32", "num_layers": "2"}).hidden_size == 32

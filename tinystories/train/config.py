@@ -183,16 +183,16 @@ def load_config(toml_path: str | None = None, overrides: dict[str, Any] | None =
         for key, value in table.items():
             given[key.replace("-", "_")] = _coerce(key.replace("-", "_"), value, source)
     saved = saved_config(given["out_dir"]) if given.get("resume") and given.get("out_dir") else None
-    values = {**saved, **given} if saved else given
+    values = {**(saved or {}), **given}
     preset = values.get("preset", TrainConfig.preset)
     if preset not in PRESETS:
         raise ConfigError(f"preset={preset!r} is unknown; choose one of {', '.join(PRESETS)}")
     if (values.get("data") and "preset" not in values and not values.get("init_from_hf")
             and not all(k in values for k in SHAPE_GIVEN_WITHOUT_PRESET)):
         sizes = ", ".join(p for p in PRESETS if p != "demo" and not p.endswith("-instruct"))
-        raise ConfigError(f"--data needs a model size: --preset= one of {sizes} (the paper's; each also as "
-                          f"<size>-instruct), or --hidden_size and --num_layers (other keys then from --preset=demo)")
-    merged = {**PRESET_TRAINING.get(preset, {}), **values} if not saved else values
+        raise ConfigError(f"--data needs a model size: --preset=SIZE with SIZE one of {sizes} (the paper's; each "
+                          f"also as SIZE-instruct), or --hidden_size and --num_layers (other keys from --preset=demo)")
+    merged = values if saved else {**PRESET_TRAINING.get(preset, {}), **values}  # a saved config is complete
     config = TrainConfig(**merged)
     validate_config(config)
     return config
