@@ -14,38 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from _train_fixtures import TINY, final_state, run_train, train_env
 from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
 from tinystories.train import ConfigError, load_config, main
-
-# A model small enough that a step takes milliseconds, with both attention types and a window < seq_len.
-TINY = ["--hidden_size=32", "--num_layers=2", "--num_heads=2", "--context=64", "--window_size=16", "--seq_len=32",
-        "--batch_size=4", "--display=plain", "--tensorboard=false", "--eval_batches=2", "--warmup_steps=3",
-        "--lr=3e-3", "--min_lr=3e-4", "--sample_tokens=20"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """Shards of 600 template stories with a 400-token BPE trained on them."""
-    from tinystories.data import prepare
-    from tinystories.story_templates import generate_stories
-    from tinystories.tokenizer import Tokenizer
-
-    root = tmp_path_factory.mktemp("data")
-    stories = generate_stories(600, seed=1)
-    (root / "stories.txt").write_text("\n<|endoftext|>\n".join(stories) + "\n", encoding="utf-8")
-    tokenizer = Tokenizer.train(stories, vocab_size=400)
-    prepare([root / "stories.txt"], root / "shards", tokenizer, val_fraction=0.1, progress=False)
-    return root / "shards"
-
-
-def run_train(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "tinystories.train", *args], capture_output=True, text=True,
-                          env=env, timeout=600, **kwargs)
-
-
-def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
-    return read_checkpoint(list_checkpoints(run_dir)[-1])["model"]
 
 
 # -- configuration -------------------------------------------------------------------------------------
@@ -60,7 +31,7 @@ def test_config_layers_and_errors(tmp_path, capsys):
            ({"batch_siz": 2}, "did you mean 'batch_size'"), ({"hidden_size": 100, "num_heads": 16}, "divisible"),
            ({"seq_len": 4096}, "exceeds the model's context"), ({"batch_size": 0}, "batch_size=0 must be positive"),
            ({"dtype": "fp8"}, "dtype='fp8' must be one of"), ({"preset": "7B"}, "preset='7B' is unknown"),
-           ({"resume": True}, "--resume needs --out_dir"), ({"data": "/nonexistent/x.txt"}, "does not exist"),
+           ({"resume": True}, "--resume needs --out_dir"), ({"data": "/nonexistent/x.txt", "preset": "1M"}, "does not exist"),
            ({"init_from_hf": str(tmp_path)}, "no config.json there")]
     for overrides, message in bad:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -89,9 +60,8 @@ def test_sigkill_then_resume_is_bit_identical(dataset, tmp_path):
     assert straight.returncode == 0, straight.stderr
 
     # Kill the second run with SIGKILL between checkpoints (after step 10 is logged; ckpt_every=3).
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tinystories.train", *common, f"--out_dir={tmp_path / 'killed'}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=train_env())
     for line in proc.stdout:
         if line.startswith("step 10/"):
             proc.send_signal(signal.SIGKILL)

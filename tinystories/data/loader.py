@@ -16,6 +16,9 @@ from tinystories import _core
 from tinystories.data.shards import INDEX_FILE, ShardError, check_shard_file, read_valid_index, split_shards
 
 MIX_BLOCKS = 8  # blocks whose sequences are shuffled together (see csrc/loader.h)
+# More native threads than this is a typo, not a plan; std::thread cannot report a failed start to Python
+# (the process aborts with `terminate called`), so absurd counts are refused here.
+MAX_THREADS = 1024
 
 
 class TokenLoader:
@@ -55,6 +58,9 @@ class TokenLoader:
             raise ValueError(f"mode must be 'packed' or 'stories', got {mode!r}")
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be positive, got {batch_size} and {seq_len}")
+        if not 1 <= threads <= MAX_THREADS or prefetch < 1:
+            raise ValueError(f"threads must be in [1, {MAX_THREADS}] and prefetch >= 1, got threads={threads}, "
+                             f"prefetch={prefetch}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank {rank} of world_size {world_size}")
         self.data_dir = Path(data_dir)

@@ -3,19 +3,22 @@
 A checkpoint holds everything a run needs to continue bit-exactly (model, optimizer, gradient scaler,
 RNG states, data-loader position, step, counters) and everything a user needs to use the model alone
 (model config, the tokenizer's JSON, the training config). Files live in ``<run>/checkpoints/`` as
-``step_00001000.pt``; a crash while writing leaves only a ``.tmp`` file behind, never a torn checkpoint.
+``step_00001000.pt``; a crash while writing leaves only a ``.tmp`` file behind, never a torn checkpoint, and
+a failed write (disk full, read-only) is a :class:`CheckpointWriteError` saying how much space it needed.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tinystories.atomic import atomic_open
+from tinystories.atomic import atomic_write_bytes
 from tinystories.model.config import GPTNeoConfig
 from tinystories.model.gpt_neo import GPTNeo
 from tinystories.tokenizer import Tokenizer
@@ -41,11 +44,26 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (the message says how much space it needed); older ones are intact."""
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_last: int | None = None) -> Path:
-    """Write ``payload`` to ``path`` atomically (temp file, fsync, rename), then keep only the newest ``keep_last``."""
+    """Write ``payload`` to ``path`` atomically (temp file, fsync, rename), then keep only the newest ``keep_last``.
+
+    The checkpoint is serialised in memory first, so a failed write knows the exact size it needed."""
     path = Path(path)
-    with atomic_open(path) as f:
-        torch.save({"format": FORMAT, **payload}, f)
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
+    try:
+        atomic_write_bytes(path, buffer.getbuffer())
+    except OSError as exc:
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 1e6:,.1f} MB free there"
+        except OSError:
+            free = "free space unknown"
+        raise CheckpointWriteError(f"could not write checkpoint {path} ({exc.strerror or exc}): it needs "
+                                   f"{buffer.tell() / 1e6:,.1f} MB ({free}); the older checkpoints are kept") from exc
     if keep_last is not None:
         for old in list_checkpoints(path.parent.parent)[:-keep_last]:
             old.unlink(missing_ok=True)

@@ -3,11 +3,15 @@
 ``config`` (``TrainConfig``: preset, then TOML, then ``--key=value`` flags, validated before anything is
 allocated), ``device`` (device, precision, torchrun, MFU), ``inputs`` (shards, text files or the offline
 demo corpus), ``step`` (the one training step, also timed by ``sweep estimate``), ``loop`` (the resumable
-run: metrics, evaluation, checkpoints) and ``cli``.
+run: metrics, evaluation, checkpoints), ``resume`` (what a resume may change, which checkpoint it continues,
+the run's config.json history), ``lock`` (one trainer per run directory), ``signals`` (SIGINT/SIGTERM/SIGUSR1:
+checkpoint, then exit 128 + N) and ``cli``.
 """
 
 from tinystories.train.cli import main
 from tinystories.train.config import ConfigError, TrainConfig, load_config
+from tinystories.train.lock import RunLocked
 from tinystories.train.loop import TrainingAborted, train
+from tinystories.train.signals import Interrupted
 
-__all__ = ["ConfigError", "TrainConfig", "TrainingAborted", "load_config", "main", "train"]
+__all__ = ["ConfigError", "Interrupted", "RunLocked", "TrainConfig", "TrainingAborted", "load_config", "main", "train"]

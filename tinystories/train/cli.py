@@ -5,17 +5,25 @@
     tinystories-train my.toml --lr=3e-4 --dtype=bf16   # preset + TOML + overrides, in that order
     torchrun --nproc_per_node=8 -m tinystories.train --preset=33M --data=data/ts
     tinystories-train --out_dir=runs/33m --resume      # continue the newest checkpoint, bit-exactly
+    tinystories-train --out_dir=runs/33m --resume --max_steps=40000   # extend it (README: resume and extend)
+
+Exit status: 0 done, 1 failed (the message says why; checkpoints are kept), 2 bad configuration, 128 + N
+after signal N (SIGINT 130, SIGTERM 143, SIGUSR1 138) once the checkpoint is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 
 from tinystories.cli import dataclass_options
+from tinystories.data import ShardError
 from tinystories.train.config import ConfigError, TrainConfig, field_types, load_config
+from tinystories.train.lock import RunLocked
 from tinystories.train.loop import TrainingAborted, train
+from tinystories.train.signals import Interrupted
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,9 +45,15 @@ def run_cli(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"tinystories-train: error: {exc}", file=sys.stderr)
         return 2
-    except TrainingAborted as exc:
+    except (TrainingAborted, RunLocked, ShardError, OSError) as exc:
         print(f"tinystories-train: {exc}", file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        print(f"tinystories-train: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("tinystories-train: interrupted; nothing was saved since the last checkpoint", file=sys.stderr)
+        return 128 + signal.SIGINT
     return 0
 
 

@@ -1,16 +1,23 @@
 """The trainer's configuration: one dataclass, filled from (lowest to highest priority) its defaults, the
 preset's training defaults, an optional TOML file and ``--key=value`` flags, and checked before anything is
-allocated (a bad key, type or size is a :class:`ConfigError` naming the key, the value and its source).
+allocated (a bad key, type, size or a non-finite number is a :class:`ConfigError` naming the key, the value
+and its source). With ``--resume``, the run's saved ``config.json`` takes the place of the defaults and the
+preset: only the keys given in the TOML file or on the command line change (see :mod:`tinystories.train.resume`).
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import json
+import math
+import re
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from tinystories.data.loader import MAX_THREADS
 from tinystories.model.config import PRESETS, GPTNeoConfig
+from tinystories.tokenizer.files import ALIASES, PRETRAINED
 
 
 @dataclass
@@ -38,6 +45,7 @@ class TrainConfig:
     batch_size: int = 32  # sequences per micro-batch per process
     grad_accum: int = 1
     max_steps: int = 10000
+    lr_decay_steps: int | None = None  # the cosine reaches min_lr here (None: max_steps), then stays at min_lr
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 200
@@ -82,6 +90,9 @@ PRESET_TRAINING: dict[str, dict[str, Any]] = {
                  eval_every=100, eval_batches=8, ckpt_every=100, log_every=10, sample_tokens=100,
                  cpu_threads=1, loader_threads=1),
 }
+# --data without --preset (or a shape, or --init_from_hf) would silently train the demo's architecture on real data.
+SHAPE_GIVEN_WITHOUT_PRESET = ("hidden_size", "num_layers")
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 CHOICES = {"impl": ("torch", "fused"), "data_mode": ("packed", "stories"), "dtype": ("auto", "fp32", "fp16", "bf16"),
            "display": ("auto", "rich", "plain")}
 
@@ -134,8 +145,24 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return value
 
 
+def saved_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """The training config a run saved in its ``config.json`` (coerced and checked), or None without one."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))["train"]
+        if not isinstance(table, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path}: not a tinystories-train config.json (no \"train\" table); move it away or "
+                          f"start a new --out_dir") from None
+    return {key: _coerce(key, value, str(path)) for key, value in table.items()}
+
+
 def load_config(toml_path: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults < preset training defaults < TOML < overrides, validated (raises ConfigError)."""
+    """Defaults < preset training defaults < TOML < overrides, validated (raises ConfigError). With ``resume``,
+    the run's saved config.json replaces the defaults and the preset's, so only the given keys change."""
     layers: list[tuple[str, dict[str, Any]]] = []
     if toml_path:
         try:
@@ -151,20 +178,31 @@ def load_config(toml_path: str | None = None, overrides: dict[str, Any] | None =
             raise ConfigError(f"{toml_path}: invalid TOML ({exc})") from None
         layers.append((toml_path, table))
     layers.append(("command line", dict(overrides or {})))
-    values: dict[str, Any] = {}
+    given: dict[str, Any] = {}
     for source, table in layers:
         for key, value in table.items():
-            values[key.replace("-", "_")] = _coerce(key.replace("-", "_"), value, source)
+            given[key.replace("-", "_")] = _coerce(key.replace("-", "_"), value, source)
+    saved = saved_config(given["out_dir"]) if given.get("resume") and given.get("out_dir") else None
+    values = {**(saved or {}), **given}
     preset = values.get("preset", TrainConfig.preset)
     if preset not in PRESETS:
         raise ConfigError(f"preset={preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-    merged = {**PRESET_TRAINING.get(preset, {}), **values}
+    if (values.get("data") and "preset" not in values and not values.get("init_from_hf")
+            and not all(k in values for k in SHAPE_GIVEN_WITHOUT_PRESET)):
+        sizes = ", ".join(p for p in PRESETS if p != "demo" and not p.endswith("-instruct"))
+        raise ConfigError(f"--data needs a model size: --preset=SIZE with SIZE one of {sizes} (the paper's; each "
+                          f"also as SIZE-instruct), or --hidden_size and --num_layers (other keys from --preset=demo)")
+    merged = values if saved else {**PRESET_TRAINING.get(preset, {}), **values}  # a saved config is complete
     config = TrainConfig(**merged)
     validate_config(config)
     return config
 
 
 def validate_config(c: TrainConfig) -> None:
+    for f in fields(c):  # nan passes every comparison below, and inf makes no sense for any float setting
+        value = getattr(c, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name}={value} must be a finite number")
     for key, choices in CHOICES.items():
         if getattr(c, key) not in choices:
             raise ConfigError(f"{key}={getattr(c, key)!r} must be one of {', '.join(choices)}")
@@ -174,9 +212,20 @@ def validate_config(c: TrainConfig) -> None:
         if getattr(c, key) <= 0:
             raise ConfigError(f"{key}={getattr(c, key)} must be positive")
     for key in ("hidden_size", "num_layers", "num_heads", "context", "window_size", "seq_len", "vocab_top_k",
-                "cpu_threads"):
+                "cpu_threads", "lr_decay_steps"):
         if getattr(c, key) is not None and getattr(c, key) <= 0:
             raise ConfigError(f"{key}={getattr(c, key)} must be positive")
+    for key in ("loader_threads", "cpu_threads"):
+        if (getattr(c, key) or 0) > MAX_THREADS:
+            raise ConfigError(f"{key}={getattr(c, key)} is more threads than any machine runs usefully "
+                              f"(at most {MAX_THREADS})")
+    if not DEVICE.match(c.device):
+        raise ConfigError(f"device={c.device!r} must be auto, cpu, cuda, cuda:N or mps")
+    # Resuming, the weights come from the checkpoint and the data are prepared: a since-moved tokenizer file or
+    # Hugging Face folder must not stop the run.
+    if not c.resume and not (c.tokenizer in PRETRAINED or c.tokenizer in ALIASES or Path(c.tokenizer).exists()):
+        raise ConfigError(f"tokenizer={c.tokenizer!r} is neither a known name ({', '.join([*PRETRAINED, *ALIASES])}) "
+                          f"nor an existing file or folder")
     if c.lr <= 0 or c.min_lr < 0 or c.min_lr > c.lr:
         raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0, got lr={c.lr}, min_lr={c.min_lr}")
     if c.warmup_steps < 0 or c.weight_decay < 0 or c.grad_clip < 0 or c.sample_tokens < 0:
@@ -185,7 +234,7 @@ def validate_config(c: TrainConfig) -> None:
         raise ConfigError(f"beta1={c.beta1}, beta2={c.beta2} must be in [0, 1)")
     if c.resume and not c.out_dir:
         raise ConfigError("--resume needs --out_dir=<the run directory to continue>")
-    if c.init_from_hf and not (Path(c.init_from_hf) / "config.json").is_file():
+    if c.init_from_hf and not c.resume and not (Path(c.init_from_hf) / "config.json").is_file():
         raise ConfigError(f"init_from_hf={c.init_from_hf}: no config.json there (expected a Hugging Face "
                           f"GPTNeoForCausalLM directory)")
     for path in (c.data.split(",") if c.data else []):

@@ -12,29 +12,35 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import shlex
+import signal
 import sys
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from tinystories.atomic import atomic_write_json
-from tinystories.data import IGNORE_INDEX, TokenLoader, load_dataset_tokenizer
+from tinystories.data import IGNORE_INDEX, ShardError, TokenLoader, load_dataset_tokenizer
 from tinystories.jsonl import JsonlLog
-from tinystories.model.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint, save_checkpoint
-from tinystories.model.config import flops_per_token
+from tinystories.model.checkpoint import (CheckpointWriteError, checkpoint_path, list_checkpoints, read_checkpoint,
+                                          save_checkpoint)
+from tinystories.model.config import GPTNeoConfig, flops_per_token
 from tinystories.model.generate import generate_texts
 from tinystories.model.gpt_neo import GPTNeo, model_summary
 from tinystories.model.hf import load_hf_model
 from tinystories.progress import Progress
 from tinystories.tokenizer import Tokenizer
-from tinystories.train.config import ConfigError, TrainConfig
+from tinystories.train.config import ConfigError, TrainConfig, saved_config
 from tinystories.train.device import (Dist, autocast_context, barrier, init_distributed, peak_flops, resolve_device,
                                       resolve_dtype, to_device)
 from tinystories.train.inputs import DEMO_NOTICE, resolve_data
+from tinystories.train.lock import RunLock
+from tinystories.train.resume import (history_entry, newest_intact_checkpoint, reconcile, remove_stale_temp_files,
+                                      write_run_config)
+from tinystories.train.signals import Interrupted, StopSignals
 from tinystories.train.step import learning_rate, make_optimizer, train_step
 
 
@@ -47,6 +53,7 @@ class Metrics:
 
     def __init__(self, run_dir: Path, tensorboard: bool) -> None:
         self._log = JsonlLog(run_dir / "metrics.jsonl")
+        self.failed_writes = 0
         self._tb = None
         if tensorboard:
             try:
@@ -57,11 +64,18 @@ class Metrics:
                 pass  # tensorboard is optional; metrics.jsonl has everything
 
     def write(self, record: dict[str, Any]) -> None:
-        self._log.append(record)
-        if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(key, value, record["step"])
+        """Append ``record``; a failed write (full disk...) is reported once and training goes on."""
+        try:
+            self._log.append(record)
+            if self._tb is not None:
+                for key, value in record.items():
+                    if key != "step" and isinstance(value, (int, float)):
+                        self._tb.add_scalar(key, value, record["step"])
+        except OSError as exc:
+            if not self.failed_writes:
+                print(f"warning: could not write metrics to {self._log.path} ({exc}); training goes on (further "
+                      f"failures are counted, not shown)", file=sys.stderr, flush=True)
+            self.failed_writes += 1
 
     def close(self) -> None:
         self._log.close()
@@ -110,6 +124,19 @@ def evaluate(model: torch.nn.Module, data_dir: Path, c: TrainConfig, seq_len: in
     return float(total[0] / total[1])
 
 
+def missing_validation(data_dir: Path, c: TrainConfig, seq_len: int) -> str | None:
+    """Why the data have no validation batch to evaluate on (None when they have one), decided at start-up."""
+    try:
+        loader = TokenLoader(data_dir, split="val", batch_size=c.batch_size, seq_len=seq_len, mode=c.data_mode,
+                             shuffle=False, loop=False, threads=1)
+    except ShardError as exc:
+        return str(exc)
+    if len(loader) == 0:
+        return (f"{data_dir}: the validation split holds {loader.index['splits']['val']['tokens']} tokens, less than "
+                f"one sequence of {seq_len + 1} (prepared with --val-fraction 0?)")
+    return None
+
+
 def sample_story(model: GPTNeo, tokenizer: Tokenizer, c: TrainConfig, seed: int) -> str:
     """The story the trainer shows at every evaluation: ``sample_prompt`` continued (temperature 0.8, top-k 50)."""
     return generate_texts(model, tokenizer, [c.sample_prompt], max_new_tokens=c.sample_tokens, temperature=0.8,
@@ -117,7 +144,8 @@ def sample_story(model: GPTNeo, tokenizer: Tokenizer, c: TrainConfig, seed: int)
 
 
 def train(c: TrainConfig) -> Path:
-    """Run (or resume) training; returns the run directory."""
+    """Run (or resume) training; returns the run directory. Raises :class:`Interrupted` after a stop signal
+    (the checkpoint is written), ConfigError, RunLocked or TrainingAborted."""
     dist = init_distributed(c.device)
     try:
         return _train(c, dist)
@@ -132,22 +160,48 @@ def _train(c: TrainConfig, dist: Dist) -> Path:
     if c.cpu_threads is not None:
         torch.set_num_threads(c.cpu_threads)
     run_dir = Path(c.out_dir or f"runs/{c.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    existing = list_checkpoints(run_dir)
-    if existing and not c.resume:
-        raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new "
-                          f"--out_dir")
-    if c.resume and not existing:
-        raise ConfigError(f"--resume: {run_dir} has no checkpoints to resume from")
-    if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    barrier(dist)
-    say = print if dist.main else (lambda *a, **k: None)
+    with ExitStack() as held:
+        if dist.main:  # rank 0 holds the lock for all ranks; it is released however the process ends
+            run_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(RunLock(run_dir))
+            removed, size = remove_stale_temp_files(run_dir)
+            if removed:
+                print(f"removed {removed} temp file(s) ({size / 1e6:,.1f} MB) left by an interrupted write in {run_dir}")
+        barrier(dist)
+        return _run(c, dist, device, dtype, run_dir)
 
+
+def _start_point(c: TrainConfig, run_dir: Path, dist: Dist) -> tuple[TrainConfig, dict[str, Any] | None, list[str]]:
+    """(the config to run, the checkpoint to continue or None, the changes a resume applies)."""
+    if not c.resume:
+        if list_checkpoints(run_dir):
+            raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new "
+                              f"--out_dir")
+        return c, None, []
+    warn = (lambda text: print(text, file=sys.stderr)) if dist.main else (lambda text: None)
+    ckpt = newest_intact_checkpoint(run_dir, warn) if dist.main else None
+    barrier(dist)  # rank 0 has set damaged checkpoints aside
+    if not dist.main and list_checkpoints(run_dir):
+        ckpt = read_checkpoint(list_checkpoints(run_dir)[-1])
+    if ckpt is None:
+        if dist.main:
+            print(f"--resume: {run_dir} has no checkpoint yet; starting the run from step 0")
+        return c, None, []
+    c, changes = reconcile(c, saved_config(run_dir) or ckpt["train_config"], ckpt["step"])
+    return c, ckpt, changes
+
+
+def _run(c: TrainConfig, dist: Dist, device: torch.device, dtype: str, run_dir: Path) -> Path:
+    c, ckpt, changes = _start_point(c, run_dir, dist)
+    say = print if dist.main else (lambda *a, **k: None)
     data_dir = resolve_data(c, run_dir, dist)
     tokenizer = load_dataset_tokenizer(data_dir)
     torch.manual_seed(c.seed)  # the same initial weights on every rank and every run of this config
     random.seed(c.seed)
-    if c.init_from_hf:
+    if ckpt is not None:  # the checkpoint's own shape (resume refuses shape changes; dropout may change)
+        dropout = {} if c.dropout is None else {"dropout": c.dropout}
+        model = GPTNeo(GPTNeoConfig.from_dict({**ckpt["model_config"], **dropout}))
+    elif c.init_from_hf:
         model = load_hf_model(c.init_from_hf)
         if model.config.vocab_size != tokenizer.n_vocab:
             raise ConfigError(f"init_from_hf={c.init_from_hf}: the model's vocab_size {model.config.vocab_size} "
@@ -166,30 +220,38 @@ def _train(c: TrainConfig, dist: Dist) -> Path:
     loader = TokenLoader(data_dir, split="train", batch_size=c.batch_size, seq_len=seq_len, mode=c.data_mode,
                          seed=c.seed, rank=dist.rank, world_size=dist.world_size, threads=c.loader_threads,
                          pin_memory=device.type == "cuda", expected_fingerprint=tokenizer.fingerprint)
+    no_eval = missing_validation(data_dir, c, seq_len)
 
     step, counters = 0, {"skipped_steps": 0, "bad_in_a_row": 0, "tokens": 0}
-    if c.resume:
-        ckpt = read_checkpoint(existing[-1])
+    if ckpt is not None:
+        try:
+            loader.load_state(ckpt["loader"])
+        except ValueError as exc:
+            raise ConfigError(f"--resume: {data_dir} is not the data {ckpt['path']} was trained on ({exc})") from None
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        loader.load_state(ckpt["loader"])
+        for group, fresh in zip(optimizer.param_groups, make_optimizer(model, c, device).param_groups):
+            group.update(weight_decay=fresh["weight_decay"], betas=fresh["betas"])  # the config's, not the saved
+        if ckpt["scaler"]:  # empty when saved without fp16: a run switched to fp16 starts a fresh scale
+            scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         step, counters = ckpt["step"], ckpt["counters"]
-        say(f"resumed {existing[-1]} at step {step}")
+        say(f"resumed {ckpt['path']} at step {step}" + "".join(f"\n  changed: {line}" for line in changes))
 
     tokens_per_step = c.batch_size * seq_len * c.grad_accum * dist.world_size
     flops_step = flops_per_token(mc, seq_len) * tokens_per_step
     peak = peak_flops(device, dtype)
     tokenizer_json = tokenizer.to_json()
     if dist.main:
-        atomic_write_json(run_dir / "config.json", {"train": dataclasses.asdict(c), "model": mc.to_dict(),
-                                                    "data": str(data_dir), "dtype": dtype,
-                                                    "world_size": dist.world_size}, indent=2)
+        write_run_config(run_dir, {"train": dataclasses.asdict(c), "model": mc.to_dict(), "data": str(data_dir),
+                                   "dtype": dtype, "world_size": dist.world_size},
+                         history_entry("resume" if ckpt else "start", step, changes))
         say(f"{model_summary(model)}\ndata {data_dir} | {tokens_per_step:,} tokens/step | device {device} "
             f"{dtype} x{dist.world_size} | run dir {run_dir}")
         if c.data is None:
             say(f"[demo] {DEMO_NOTICE}")
+        if no_eval:
+            say(f"{no_eval}: training without validation loss (stories are still sampled every eval_every steps)")
 
     train_model: torch.nn.Module = model
     if c.compile:
@@ -218,10 +280,27 @@ def _train(c: TrainConfig, dist: Dist) -> Path:
                    "train_config": dataclasses.asdict(c), "tokenizer_json": tokenizer_json,
                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                    "loader": loader.state(), "counters": dict(counters)}
-        save_checkpoint(payload, checkpoint_path(run_dir, at_step), keep_last=c.keep_last)
+        try:
+            save_checkpoint(payload, checkpoint_path(run_dir, at_step), keep_last=c.keep_last)
+        except CheckpointWriteError as exc:
+            raise TrainingAborted(f"{exc}. Free space (or fix the folder's permissions), then resume with: "
+                                  f"{resume_command(run_dir)}") from None
+
+    def evaluate_and_sample(at_step: int) -> None:
+        record: dict[str, Any] = {"step": at_step}
+        if not no_eval:
+            val = evaluate(train_model, data_dir, c, seq_len, dist, device, autocast)
+            record.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)))
+        if metrics is not None:
+            record["sample"] = sample_story(model, tokenizer, c, seed=c.seed + at_step)
+            val_text = f"val loss {record['val_loss']:.4f} | ppl {record['val_ppl']:.2f} | " if not no_eval else ""
+            message(f"step {at_step}: {val_text}sample: {' '.join(record['sample'].split())}")
+            metrics.write(record)
 
     t_last, steps_since = time.perf_counter(), 0
-    with progress:
+    if step >= c.max_steps:
+        message(f"{run_dir} is already at step {step} of max_steps={c.max_steps}; raise --max_steps to train further")
+    with progress, StopSignals() as stop:
         try:
             while step < c.max_steps:
                 lr = learning_rate(step, c)
@@ -266,20 +345,23 @@ def _train(c: TrainConfig, dist: Dist) -> Path:
                         message(f"step {step}/{c.max_steps} | {stats} | ETA {eta:.0f}s")
                     t_last, steps_since = time.perf_counter(), 0
 
-                if step % c.eval_every == 0 or step == c.max_steps:
-                    val = evaluate(train_model, data_dir, c, seq_len, dist, device, autocast)
-                    record = {"step": step, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
-                    if metrics is not None:
-                        story = sample_story(model, tokenizer, c, seed=c.seed + step)
-                        record["sample"] = story
-                        one_line = " ".join(story.split())
-                        message(f"step {step}: val loss {val:.4f} | ppl {record['val_ppl']:.2f} | sample: {one_line}")
-                        metrics.write(record)
-                    t_last = time.perf_counter()  # evaluation time is not training throughput
-
-                if step % c.ckpt_every == 0 or step == c.max_steps:
+                saved = step % c.ckpt_every == 0 or step == c.max_steps
+                if saved:  # before evaluation: a failing or interrupted evaluation costs no training
                     save(step)
-                    t_last = time.perf_counter()
+                    t_last = time.perf_counter()  # checkpoints are not training throughput
+                signum = agreed_signal(stop.signum, dist, device)
+                if signum:
+                    if not saved:
+                        save(step)
+                    raise Interrupted(signum, f"stopped by {signal.Signals(signum).name} at step {step} of "
+                                              f"{c.max_steps}; checkpoint {checkpoint_path(run_dir, step)} written. "
+                                              f"Resume with: {resume_command(run_dir)}")
+                if step % c.eval_every == 0 or step == c.max_steps:
+                    try:
+                        evaluate_and_sample(step)
+                    except Exception as exc:  # noqa: BLE001 (a failed evaluation must not end the run)
+                        message(f"step {step}: evaluation failed ({type(exc).__name__}: {exc}); training goes on")
+                    t_last = time.perf_counter()  # evaluation time is not training throughput
         finally:
             if metrics is not None:
                 metrics.close()
@@ -288,3 +370,16 @@ def _train(c: TrainConfig, dist: Dist) -> Path:
         say(f"\nA story by the model ({run_dir}):\n\n{story}\n")
         say(f"checkpoint: {checkpoint_path(run_dir, step)}")
     return run_dir
+
+
+def agreed_signal(signum: int | None, dist: Dist, device: torch.device) -> int:
+    """The stop signal any rank received (0: none); under DDP all ranks stop at the same step."""
+    if not dist.enabled:
+        return signum or 0
+    flag = torch.tensor([signum or 0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"tinystories-train --out_dir={shlex.quote(str(run_dir))} --resume"

@@ -21,10 +21,12 @@ from tinystories.train.device import Dist
 
 
 def learning_rate(step: int, c: TrainConfig) -> float:
-    """Linear warmup to ``lr``, then cosine decay to ``min_lr`` at ``max_steps``."""
+    """Linear warmup to ``lr``, then cosine decay to ``min_lr`` at ``lr_decay_steps`` (default ``max_steps``),
+    then ``min_lr`` (a run extended past its schedule continues at ``min_lr``)."""
     if step < c.warmup_steps:
         return c.lr * (step + 1) / c.warmup_steps
-    progress = min(1.0, (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps))
+    decay_steps = c.lr_decay_steps or c.max_steps
+    progress = min(1.0, (step - c.warmup_steps) / max(1, decay_steps - c.warmup_steps))
     return c.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (c.lr - c.min_lr)
 
 

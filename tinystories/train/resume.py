@@ -1,0 +1,102 @@
+"""Continuing a run: what may change on ``--resume``, which checkpoint to continue, and the run's config.json.
+
+* The requested config is compared with the run's saved one first. Keys that change the model's shape,
+  the data or the batches (:data:`FIXED_ON_RESUME`) are refused with the list of differences; the others
+  (learning rate, weight decay, dropout, grad_accum, logging...) are applied, listed in the log and
+  recorded in ``config.json``'s ``history``.
+* Raising ``max_steps`` extends the run on its *old* schedule: the cosine still reaches ``min_lr`` where it
+  did and the new steps run at ``min_lr``. Stretching the cosine over the longer run (so the learning rate
+  jumps back up) has to be asked for with ``--lr_decay_steps``.
+* The newest checkpoint that reads back whole is continued; a damaged newer one (a torn copy, a full disk)
+  is renamed ``*.damaged`` with a warning. Temp files of killed checkpoint writes are removed at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tinystories.atomic import atomic_write_json
+from tinystories.model.checkpoint import checkpoint_dir, list_checkpoints, read_checkpoint
+from tinystories.train.config import ConfigError, TrainConfig
+
+# Keys a checkpoint cannot follow: the weights' shapes, the vocabulary, the batches the loader's state
+# counts (batch_size, seq_len, data_mode, seed) and the data a run prepared for itself.
+FIXED_ON_RESUME = ("preset", "hidden_size", "num_layers", "num_heads", "context", "window_size", "init_from_hf",
+                   "tokenizer", "vocab_top_k", "demo_stories", "data_mode", "seq_len", "batch_size", "seed")
+NOT_COMPARED = ("resume", "out_dir")
+_TEMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # tinystories.atomic's temp names
+
+
+def remove_stale_temp_files(run_dir: Path) -> tuple[int, int]:
+    """Delete the temp files of interrupted atomic writes (call with the run's lock held); (files, bytes)."""
+    count = size = 0
+    for folder in (run_dir, checkpoint_dir(run_dir)):
+        for path in (folder.iterdir() if folder.is_dir() else ()):
+            if _TEMP.match(path.name) and path.is_file():
+                size += path.stat().st_size
+                path.unlink()
+                count += 1
+    return count, size
+
+
+def config_changes(saved: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """key -> (saved value, new value) for every key that differs."""
+    new = dataclasses.asdict(config)
+    return {k: (saved.get(k), v) for k, v in new.items() if k not in NOT_COMPARED and saved.get(k, v) != v}
+
+
+def reconcile(config: TrainConfig, saved: dict[str, Any], step: int) -> tuple[TrainConfig, list[str]]:
+    """The config to continue with and one log line per change; raises ConfigError for a forbidden change."""
+    changes = config_changes(saved, config)
+    fixed = {k: v for k, v in changes.items() if k in FIXED_ON_RESUME}
+    if fixed:
+        listed = "; ".join(f"{k}: run has {a!r}, requested {b!r}" for k, (a, b) in fixed.items())
+        raise ConfigError(f"--resume cannot change {', '.join(fixed)} ({listed}): these fix the model's shape or "
+                          f"the data; start a new --out_dir (or --init_from_hf from an export) to change them")
+    if config.max_steps < step:
+        raise ConfigError(f"--resume: max_steps={config.max_steps} but the checkpoint is already at step {step}")
+    lines = []
+    old_decay = saved.get("lr_decay_steps") or saved["max_steps"]
+    if "max_steps" in changes and "lr_decay_steps" not in changes:
+        config = dataclasses.replace(config, lr_decay_steps=old_decay)  # keep the schedule (module docstring)
+        changes["lr_decay_steps"] = (saved.get("lr_decay_steps"), old_decay)
+        lines.append(f"max_steps {saved['max_steps']} -> {config.max_steps}: the learning-rate schedule is kept "
+                     f"(cosine to min_lr by step {old_decay}, then min_lr); --lr_decay_steps={config.max_steps} "
+                     f"stretches it over the longer run instead")
+        del changes["max_steps"]
+    lines += [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()]
+    return config, lines
+
+
+def newest_intact_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> dict[str, Any] | None:
+    """The newest checkpoint that reads back whole (damaged newer ones are renamed ``.damaged``), or None."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return read_checkpoint(path)
+        except ValueError as exc:
+            damaged = path.with_name(path.name + ".damaged")
+            path.rename(damaged)
+            warn(f"warning: {exc}; renamed it to {damaged.name} and falling back to the previous checkpoint")
+    return None
+
+
+def history_entry(event: str, step: int, changes: list[str]) -> dict[str, Any]:
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": event, "step": step, "changes": changes}
+
+
+def write_run_config(run_dir: Path, record: dict[str, Any], entry: dict[str, Any]) -> None:
+    """config.json: the config in force plus ``history``, one entry per start or resume (with its changes)."""
+    path = run_dir / "config.json"
+    history = []
+    if entry["event"] == "resume" and path.is_file():
+        try:
+            history = json.loads(path.read_text(encoding="utf-8")).get("history", [])
+        except ValueError:
+            pass  # an unreadable old file: its history is lost, the new config is still written
+    atomic_write_json(path, {**record, "history": [*history, entry]}, indent=2)
