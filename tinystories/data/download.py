@@ -58,6 +58,13 @@ def files_for(names: Sequence[str]) -> list[str]:
     return [f for name, files in DATASETS.items() if name in wanted for f in files]
 
 
+def _require_hub() -> None:
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        raise DownloadError("downloading needs huggingface_hub: pip install 'tinystories[hub]'") from None
+
+
 def _endpoint() -> str:
     from huggingface_hub import constants
 
@@ -80,6 +87,7 @@ def _unreachable(files: Sequence[str], out: Path, revision: str, reason: str) ->
 
 def list_files(revision: str = "main") -> list[dict[str, Any]]:
     """The catalogue with each file's size on the Hub: [{name, file, bytes}]."""
+    _require_hub()
     import httpx2
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
@@ -125,6 +133,7 @@ def download(names: Sequence[str], out: str | Path, *, revision: str = "main", p
     Files already there with the size and sha256 the Hub reports are kept as they are. Raises
     DownloadError (offline, unreachable, missing file, hash or size mismatch, interrupted transfer).
     """
+    _require_hub()
     import httpx2
     from huggingface_hub import constants, get_hf_file_metadata
     from huggingface_hub.errors import (HfHubHTTPError, OfflineModeIsEnabled, RemoteEntryNotFoundError,
