@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tinystories.data.download import DATASETS, files_for
-from tinystories.testing.hub_server import FakeHub
+from tinystories.testing import FakeHub
 
 pytest.importorskip("huggingface_hub")
 
