@@ -39,7 +39,7 @@ def hub():
 
 def cli(hub_url: str, *args: str, offline: bool = False, tmp: Path, wait: bool = True):
     env = {**os.environ, "HF_ENDPOINT": hub_url, "HF_HOME": str(tmp / "hf_home"), "COLUMNS": "400",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_ETAG_TIMEOUT": "5"}  # fmt: skip
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_ETAG_TIMEOUT": "5", "HF_TOKEN": "hf_test_token"}  # fmt: skip
     env.pop("HF_HUB_OFFLINE", None)
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
@@ -68,6 +68,7 @@ def test_full_download_then_nothing_to_do(hub, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert (out / TRAIN).read_bytes() == hub.files[TRAIN] and (out / VALID).read_bytes() == hub.files[VALID]
     assert gets(hub, TRAIN) == [None] and not list(out.glob("*.incomplete"))
+    assert hub.authorization == {"Bearer hf_test_token"}  # HF_TOKEN goes with every request
     r = cli(hub.url, "v1", "--out", str(out), tmp=tmp_path)  # checked against the Hub's metadata, not fetched again
     assert r.returncode == 0 and gets(hub, TRAIN) == [None]
     assert [m for m, p, _ in hub.log if p.endswith(TRAIN)] == ["HEAD", "GET", "HEAD"]

@@ -16,7 +16,8 @@ What ``huggingface_hub`` asks and what it gets (as read from huggingface_hub 2.4
 
 Faults, per file path: ``corrupt`` (serve bytes that differ from the advertised hash, same size),
 ``drop_after[path] = n`` (send n bytes then close the connection, once), ``stall_after[path] = n`` (send n
-bytes then hang until :meth:`release`). Every request is logged as ``(method, path, Range header)``.
+bytes then hang until ``released`` is set). Every request is logged as ``(method, path, Range header)``,
+and the ``Authorization`` headers seen are kept.
 
     with FakeHub({"TinyStories-train.txt": b"..."}) as hub:
         os.environ["HF_ENDPOINT"] = hub.url
@@ -45,6 +46,7 @@ class FakeHub:
         self.drop_after: dict[str, int] = {}
         self.stall_after: dict[str, int] = {}
         self.log: list[tuple[str, str, str | None]] = []
+        self.authorization: set[str | None] = set()  # the Authorization headers seen (HF_TOKEN)
         self.released = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -99,6 +101,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             prefix = f"/datasets/{hub.repo_id}/resolve/"
             path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
             hub.log.append((self.command, path, self.headers.get("Range")))
+            hub.authorization.add(self.headers.get("Authorization"))
             if not path.startswith(prefix):
                 self._error("RepoNotFound")
                 return None
