@@ -86,6 +86,7 @@ def test_prepare_vs_tiktoken_tofile(shared_data, gpt2_files, tmp_path):
 
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 cores")
+    load_before = os.getloadavg()[0]
     rows, results = [], {}
     for threads in (1, 2):
         out = tmp_path / f"ours{threads}"
@@ -112,7 +113,8 @@ def test_prepare_vs_tiktoken_tofile(shared_data, gpt2_files, tmp_path):
     report = "\n".join([
         f"data prepare vs tiktoken encode_ordinary_batch + numpy.tofile, {text_mb:.1f} MB of TinyStories text "
         f"({len(stories) * REPEATS:,} stories), CPU: {cpu_name()}, {os.cpu_count()} cores, "
-        f"load average {os.getloadavg()[0]:.1f} at the end",
+        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after",
+        "command: python -m pytest benchmarks/bench_prepare.py -s",
         "  threads  what                     wall          per CPU second",
         *rows,
         f"  scaling 1 -> 2 threads: ours {r1['ours'][0] / r2['ours'][0]:.2f}x, tiktoken {r1['peer'][0] / r2['peer'][0]:.2f}x",
