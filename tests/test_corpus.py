@@ -286,3 +286,15 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(CorpusError, match=r"train\.parquet: reading \.parquet needs pyarrow: pip install 'tinystories\[parquet\]'"):
         list(iter_stories(path))
+
+
+@pytest.mark.parametrize("piece", [1, 5, 12, 13, 14, 100])
+def test_txt_pieces_split_anywhere_read_the_same(tmp_path, monkeypatch, piece):
+    import tinystories.corpus as corpus
+
+    text = "One.\nTwo\n<|endoftext|>\n<|endoftext|>Three é\n<|endoftext|><|endoftext|>\nFour\n" * 5 + "tail"
+    path = write(tmp_path / "p.txt", text)
+    expected = list(iter_stories(path))  # one piece: the whole file
+    assert expected[:4] == ["One.\nTwo", "Three é", "Four\nOne.\nTwo", "Three é"] and expected[-1] == "Four\ntail"
+    monkeypatch.setattr(corpus, "_TXT_PIECE_CHARS", piece)  # every place an EOT can be cut between pieces
+    assert list(iter_stories(path)) == [s.strip() for s in text.split("<|endoftext|>") if s.strip()] == expected

@@ -1,6 +1,6 @@
 """The one reader of story corpora, the end-of-text separator, and the TinyStoriesInstruct layout.
 
-Formats read, streamed line by line so memory stays flat whatever the corpus size:
+Formats read, streamed so memory stays flat whatever the corpus size:
 
 * ``.txt``: TinyStories as published, stories separated by ``<|endoftext|>`` (normally on a line of
   its own). TinyStoriesInstruct files use the same separator, so their records (``Features: ...``,
@@ -266,21 +266,29 @@ class CorpusReader:
     def _read_txt(self, path: Path, raw: IO[bytes]) -> Iterator[list[str]]:
         # Pieces of text split on EOT at C speed (not line by line: that was the slowest part of `prepare`).
         text = io.TextIOWrapper(_decompressed(raw, path), encoding="utf-8")
-        pending, lines = "", 0  # text after the last EOT seen; newlines before `pending`
+        parts: list[str] = []  # the text since the last EOT (joined only once an EOT follows: linear time)
+        tail = ""  # the last len(EOT) - 1 characters of `parts`, where an EOT cut between pieces begins
+        lines = 0  # newlines before `parts`
         try:
             while piece := text.read(_TXT_PIECE_CHARS):
-                stories = (pending + piece).split(EOT)
-                pending = stories.pop()
+                if EOT not in tail + piece:
+                    parts.append(piece)
+                    tail = (tail + piece)[1 - len(EOT):]
+                    continue
+                stories = ("".join(parts) + piece).split(EOT)
+                parts = [stories.pop()]
+                tail = parts[0][1 - len(EOT):]
                 lines += sum(map(str.count, stories, itertools.repeat("\n")))
                 if stories := [story for s in stories if (story := s.strip())]:
                     yield stories
-        except UnicodeDecodeError as e:
-            raise CorpusError(f"{path}: invalid UTF-8 near line {lines + pending.count(chr(10)) + 1}: {e.reason}") from None
-        except CorpusError as e:
-            raise CorpusError(f"{e} near line {lines + pending.count(chr(10)) + 1}") from None
+        except (UnicodeDecodeError, CorpusError) as e:
+            where = f"near line {lines + sum(map(str.count, parts, itertools.repeat(chr(10)))) + 1}"
+            if isinstance(e, UnicodeDecodeError):
+                raise CorpusError(f"{path}: invalid UTF-8 {where}: {e.reason}") from None
+            raise CorpusError(f"{e} {where}") from None
         finally:
             text.detach()  # the caller owns (and closes) the raw file
-        if story := pending.strip():
+        if story := "".join(parts).strip():
             yield [story]
 
     def _read_jsonl(self, path: Path, raw: IO[bytes]) -> Iterator[list[str]]:
