@@ -252,7 +252,6 @@ def prepare(
         {"prepare_config": config, "n_vocab": tok.n_vocab, "eot_token": tok.eot_token, "tokenizer_fingerprint": tok.fingerprint},
         shard_tokens=shard_tokens, block_tokens=block_tokens, level=level, threads=threads,
     )  # fmt: skip
-    tok.save(saved_tok)
     skip = {s: writer.resume_from(s) for s in SPLITS}
 
     Routed = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # split -> (tokens, story lengths, ordinals)
@@ -279,19 +278,19 @@ def prepare(
         batches = _batches(reader, BATCH_STORIES, val_fraction, len(inputs))
         with Progress("prepare", reader.total_bytes, unit="bytes", enabled=progress) as bar, \
                 concurrent.futures.ThreadPoolExecutor(1) as reading, concurrent.futures.ThreadPoolExecutor(1) as writing:
-            pending: concurrent.futures.Future | None = None
+            # Saving the tokenizer (Python, ~0.3 s for GPT-2) goes first in `writing`: before any shard or state file,
+            # while the first batch is read and tokenized.
+            pending: concurrent.futures.Future = writing.submit(tok.save, saved_tok)
             tokens = 0
             next_batch = reading.submit(next, batches, None)
             while (batch := next_batch.result()) is not None:
                 next_batch = reading.submit(next, batches, None)
                 routed = tokenize(*batch)
-                if pending is not None:
-                    pending.result()
+                pending.result()
                 pending = writing.submit(write, routed)
                 tokens += sum(len(t) for t, _, _ in routed.values())
                 bar.update(completed=reader.bytes_read, status=f"{reader.stories_read:,} stories  {tokens:,} tokens")
-            if pending is not None:
-                pending.result()
+            pending.result()
             bar.update(completed=reader.total_bytes)
     except BaseException:
         writer.abort()
