@@ -6,9 +6,9 @@
   with 1 and 2 threads vs nanoGPT's `get_batch` (random windows from a memmap, per-row astype +
   torch.stack), on the same tokens (the real stories' tokens repeated to ~16M, so neither side fits
   in a small cache by accident);
-* prepare: corpus MB/s (decompressed text) for `prepare` vs tiktoken `encode_ordinary_batch` +
-  writing a uint16 .bin (nanoGPT's prepare.py), same files, same thread count;
 * size: shard bytes vs the uint16 .bin.
+
+`prepare`'s own speed against tiktoken + a uint16 .bin is benchmarks/bench_prepare.py.
 """
 
 from __future__ import annotations
@@ -60,17 +60,16 @@ def gpt2(gpt2_files):
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, inputs, gpt2) -> tuple[Path, float]:
+def prepared(tmp_path_factory, inputs, gpt2) -> Path:
     out = tmp_path_factory.mktemp("prepared")
-    start = time.perf_counter()
     prepare(inputs, out, gpt2, threads=2, progress=False)
-    return out, time.perf_counter() - start
+    return out
 
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory, prepared) -> tuple[Path, Path]:
     """~16M real tokens as shards (default zstd level) and as a nanoGPT uint16 .bin."""
-    src, _ = prepared
+    src = prepared
     loader = TokenLoader(src, batch_size=1, seq_len=1)
     stream = loader.read_tokens(0, read_index(src)["splits"]["train"]["tokens"]).astype(np.uint16)
     index = read_index(src)
@@ -116,41 +115,8 @@ def test_loader_tokens_per_second(benchmark, big, mode, threads):
     benchmark.pedantic(ours, rounds=50, iterations=5)
 
 
-def nanogpt_prepare(inputs: list[Path], gpt2_files: tuple[Path, Path], out: Path) -> float:
-    """Seconds for nanoGPT-style prep: tiktoken GPT-2 (built offline from the same files), EOT after
-    each story, one uint16 .bin. Includes decompressing and splitting the inputs, like ours."""
-    import tiktoken
-    import zstandard
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-
-    ranks = data_gym_to_mergeable_bpe_ranks(str(gpt2_files[1]), str(gpt2_files[0]))
-    pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-    enc = tiktoken.Encoding("gpt2", pat_str=pat, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
-    start = time.perf_counter()
-    with open(out, "wb") as f:
-        for path in inputs:
-            text = zstandard.ZstdDecompressor().stream_reader(path.read_bytes(), read_across_frames=True).read().decode()
-            stories = [s.strip() for s in text.split("<|endoftext|>") if s.strip()]
-            ids = enc.encode_ordinary_batch(stories, num_threads=2)
-            np.concatenate([np.array(t + [enc.eot_token], dtype=np.uint16) for t in ids]).tofile(f)
-    return time.perf_counter() - start
-
-
-def test_prepare_megabytes_per_second(benchmark, prepared, inputs, gpt2_files, tmp_path):
-    import zstandard
-
-    text_mb = sum(len(zstandard.ZstdDecompressor().stream_reader(p.read_bytes(), read_across_frames=True).read())
-                  for p in inputs) / 1e6  # fmt: skip
-    _, ours_seconds = prepared
-    peer_seconds = nanogpt_prepare(inputs, gpt2_files, tmp_path / "peer.bin")
-    report("prepare MB/s of text (2 threads)", text_mb / ours_seconds, text_mb / peer_seconds, "MB/s")
-    print(f"(ours also compresses with zstd -{read_index(prepared[0])['zstd_level']} and splits train/val; "
-          f"{text_mb:.1f} MB of text)")  # fmt: skip
-    benchmark.pedantic(lambda: None, rounds=1)
-
-
 def test_shard_size_vs_uint16_bin(benchmark, prepared):
-    out, _ = prepared
+    out = prepared
     index = read_index(out)
     tokens = sum(s["tokens"] for s in index["splits"].values())
     shard_bytes = sum(s["bytes"] for s in index["splits"].values())

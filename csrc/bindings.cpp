@@ -10,6 +10,10 @@
 #include "pretokenize.h"
 #include "shards.h"
 
+#include <zstd.h>
+
+#include <map>
+
 namespace py = pybind11;
 
 // ---- tokenizer helpers (issue: BPE tokenizer) ----
@@ -237,8 +241,24 @@ PYBIND11_MODULE(_core, m) {
               py::arg("data"), py::arg("seed") = 0, "XXH64 of a bytes-like object (the block hash of token shards).");
 
         py::class_<ShardWriter>(m, "ShardWriter")
-            .def(py::init<std::string, uint32_t, uint32_t, int, unsigned>(), py::arg("path"), py::arg("token_bytes"),
-                 py::arg("block_tokens"), py::arg("level"), py::arg("threads") = 1)
+            .def(py::init([](std::string path, uint32_t token_bytes, uint32_t block_tokens, int level, unsigned threads,
+                             const std::map<std::string, int>& zstd_params) {
+                     // zstd's advanced parameters by name (a stable API: the numbers are part of zstd's ABI).
+                     static const std::map<std::string, int> ids = {
+                         {"window_log", ZSTD_c_windowLog},   {"hash_log", ZSTD_c_hashLog},
+                         {"chain_log", ZSTD_c_chainLog},     {"search_log", ZSTD_c_searchLog},
+                         {"min_match", ZSTD_c_minMatch},     {"target_length", ZSTD_c_targetLength},
+                         {"strategy", ZSTD_c_strategy}};
+                     std::vector<std::pair<int, int>> params;
+                     for (const auto& [name, value] : zstd_params) {
+                         auto it = ids.find(name);
+                         if (it == ids.end()) throw py::value_error("unknown zstd parameter '" + name + "'");
+                         params.emplace_back(it->second, value);
+                     }
+                     return new ShardWriter(std::move(path), token_bytes, block_tokens, level, threads, params);
+                 }),
+                 py::arg("path"), py::arg("token_bytes"), py::arg("block_tokens"), py::arg("level"), py::arg("threads") = 1,
+                 py::arg("zstd_params") = std::map<std::string, int>{})
             .def("add_stories",
                  [](ShardWriter& w, py::array tokens, py::array_t<int64_t, py::array::c_style | py::array::forcecast> lengths) {
                      py::buffer_info t = tokens.request(), l = lengths.request();

@@ -100,11 +100,18 @@ void fsync_parent_dir(const std::string& path) {
 }  // namespace
 
 // ---- writer ----
-ShardWriter::ShardWriter(std::string path, uint32_t token_bytes, uint32_t block_tokens, int level, unsigned threads)
+ShardWriter::ShardWriter(std::string path, uint32_t token_bytes, uint32_t block_tokens, int level, unsigned threads,
+                         const std::vector<std::pair<int, int>>& zstd_params)
     : path_(std::move(path)), tmp_path_(path_ + ".tmp"), block_tokens_(block_tokens), level_(level) {
     if (token_bytes != 2 && token_bytes != 4)
         throw ShardError(path_ + ": token_bytes must be 2 or 4, got " + std::to_string(token_bytes));
     if (block_tokens == 0) throw ShardError(path_ + ": block_tokens must be positive");
+    for (const auto& [param, value] : zstd_params) {  // before anything is opened or allocated
+        const ZSTD_bounds bounds = ZSTD_cParam_getBounds(static_cast<ZSTD_cParameter>(param));
+        if (ZSTD_isError(bounds.error) || value < bounds.lowerBound || value > bounds.upperBound)
+            throw ShardError(path_ + ": zstd parameter " + std::to_string(param) + " = " + std::to_string(value) +
+                             " is not supported by this zstd");
+    }
     index_.token_bytes = token_bytes;
     // 0666 minus the umask: the permissions a plain open() gives, so shared datasets stay readable by others.
     fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
@@ -117,6 +124,8 @@ ShardWriter::ShardWriter(std::string path, uint32_t token_bytes, uint32_t block_
     for (unsigned i = 0; i < std::max(threads, 1u); ++i) {
         ZSTD_CCtx* cctx = ZSTD_createCCtx();
         ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level_);
+        for (const auto& [param, value] : zstd_params)
+            ZSTD_CCtx_setParameter(cctx, static_cast<ZSTD_cParameter>(param), value);  // checked above
         // The frame checksum makes zstd itself verify the decompressed content as well.
         ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
         cctx_.push_back(cctx);

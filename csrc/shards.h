@@ -9,6 +9,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace tinystories {
@@ -42,10 +43,13 @@ struct ShardIndex {
 
 // Writes one shard to `path + ".tmp"` and renames it to `path` on finish(), so a reader never sees
 // a half-written shard under the final name. Up to `threads` full blocks are compressed in parallel
-// (high zstd levels cost far more than tokenizing). Not thread-safe; one writer per shard.
+// (compressing costs more than tokenizing). `zstd_params` are advanced zstd parameters
+// (ZSTD_cParameter, value) set after the level, e.g. a cheaper search at a level's strategy.
+// Not thread-safe; one writer per shard.
 class ShardWriter {
    public:
-    ShardWriter(std::string path, uint32_t token_bytes, uint32_t block_tokens, int level, unsigned threads = 1);
+    ShardWriter(std::string path, uint32_t token_bytes, uint32_t block_tokens, int level, unsigned threads = 1,
+                const std::vector<std::pair<int, int>>& zstd_params = {});
     ~ShardWriter();  // an unfinished writer removes its temp file
     ShardWriter(const ShardWriter&) = delete;
     ShardWriter& operator=(const ShardWriter&) = delete;

@@ -1,9 +1,13 @@
-"""Corpus readers: TinyStories .txt, .jsonl (plain and Instruct), their .zst forms, and bad input."""
+"""Corpus readers: TinyStories .txt, .jsonl (plain and Instruct), their .zst forms, the all-data JSON arrays
+(.json, .tar.gz), parquet, and bad input."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -133,14 +137,19 @@ def test_arbitrary_bytes_never_crash_unexpectedly(tmp_path, data):
 
 
 # ---- the one Instruct layout: synthesis and `data prepare --instruct` write the same bytes ---------------------
-def _prepared_stories(records: list[dict], out: Path, *, instruct: bool) -> list[str]:
-    """``data prepare`` on the records (as a JSONL file), and every story decoded back from the shards in order."""
+def _prepared_stories(records: list[dict], out: Path, *, instruct: bool, fmt: str = "jsonl") -> list[str]:
+    """``data prepare`` on the records (as a JSONL file or an all-data archive), and every story decoded back from
+    the shards in order."""
     from tinystories.data import IGNORE_INDEX, TokenLoader, prepare
     from tinystories.tokenizer import Tokenizer
 
-    source = out.with_suffix(".jsonl")
-    source.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    tokenizer = Tokenizer.train([source], vocab_size=300)  # byte-level: decode(encode(text)) == text
+    source = out.with_suffix("." + fmt)
+    if fmt == "jsonl":
+        source.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    else:
+        write_all_data(source, records, per_member=7)
+    text = source if fmt == "jsonl" else "\n".join(iter_stories(source))  # Tokenizer.train reads text files
+    tokenizer = Tokenizer.train([text], vocab_size=300)  # byte-level: decode(encode(text)) == text
     prepare([source], out, tokenizer, instruct=instruct, val_fraction=0.0, progress=False)
     loader = TokenLoader(out, batch_size=1, seq_len=4096, mode="stories", shuffle=False, loop=False, threads=1)
     return [tokenizer.decode(x[0, : int((y[0] != IGNORE_INDEX).sum())].tolist()) for x, y in loader]
@@ -174,3 +183,118 @@ def test_plain_synth_records_render_in_the_published_instruct_style(tmp_path):
     assert any(r["features"] for r in records)
     assert _prepared_stories(records, tmp_path / "shards", instruct=True) == expected
     assert _prepared_stories(records, tmp_path / "plain-shards", instruct=False) == [r["story"] for r in records]
+
+
+# ---- TinyStories_all_data: JSON arrays, alone or in a .tar.gz, and the Hub's parquet --------------------------
+def all_data_records(stories: list[str]) -> list[dict]:
+    """Records shaped like data00.json's (the real file's field names and nesting)."""
+    words = [["hang", "foot", "cute"], ["run", "dog", "happy"], ["share", "toy", "red"]]
+    features = [["Dialogue"], [], ["BadEnding", "Twist"]]
+    return [{"story": "\n\n" + s, "instruction": {"prompt:": "Write a short story (3-5 paragraphs)...",
+             "words": words[i % 3], "features": features[i % 3]}, "summary": f"Summary number {i}.",
+             "source": "GPT-4"} for i, s in enumerate(stories)]  # fmt: skip
+
+
+def write_all_data(path: Path, records: list[dict], *, per_member: int, damage: dict[int, bytes] | None = None) -> Path:
+    """A TinyStories_all_data-style .tar.gz: data00.json, data01.json, ... of `per_member` records each;
+    `damage[i]` replaces member i's bytes."""
+    with tarfile.open(path, "w:gz") as archive:
+        for m, start in enumerate(range(0, len(records), per_member)):
+            data = (damage or {}).get(m) or json.dumps(records[start : start + per_member]).encode()
+            info = tarfile.TarInfo(f"data{m:02d}.json")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_all_data_archive_streams_every_story_in_order(tmp_path, real_stories):
+    stories = real_stories[:200]
+    path = write_all_data(tmp_path / "TinyStories_all_data.tar.gz", all_data_records(stories), per_member=64)
+    reader = CorpusReader(path)
+    assert list(reader) == stories
+    assert reader.bytes_read == path.stat().st_size
+    single = tmp_path / "data00.json"  # one member, unpacked
+    single.write_text(json.dumps(all_data_records(stories[:5])), encoding="utf-8")
+    assert list(iter_stories(single)) == stories[:5]
+
+
+def test_all_data_instruct_layout_written_out_by_hand(tmp_path, real_stories):
+    path = write_all_data(tmp_path / "all.tar.gz", all_data_records(real_stories[:3]), per_member=2)
+    assert list(iter_stories(path, instruct=True)) == [
+        f"Features: Dialogue\nWords: hang, foot, cute\nSummary: Summary number 0.\nStory:\n{real_stories[0]}",
+        f"Words: run, dog, happy\nSummary: Summary number 1.\nStory:\n{real_stories[1]}",
+        f"Features: BadEnding, Twist\nWords: share, toy, red\nSummary: Summary number 2.\nStory:\n{real_stories[2]}",
+    ]
+
+
+def test_prepare_instruct_from_the_archive_uses_the_one_formatter(tmp_path, real_stories):
+    from tinystories.corpus import format_instructions
+
+    records = all_data_records(real_stories[:20])
+    expected = [format_instructions(words=r["instruction"]["words"], features=r["instruction"]["features"],
+                                    summary=r["summary"]) + r["story"].strip() for r in records]  # fmt: skip
+    assert _prepared_stories(records, tmp_path / "shards", instruct=True, fmt="tar.gz") == expected
+
+
+def test_truncated_archive_names_the_archive_and_member(tmp_path, real_stories):
+    path = write_all_data(tmp_path / "all.tar.gz", all_data_records(real_stories[:300]), per_member=100)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    got = []
+    with pytest.raises(CorpusError, match=r"cut\.tar\.gz: truncated or damaged archive \(in member data0[12]\.json\)"):
+        for story in iter_stories(cut):
+            got.append(story)
+    assert got == real_stories[: len(got)] and len(got) >= 100  # the members before the cut, streamed first
+
+
+@pytest.mark.parametrize(("member", "message"), [
+    (b'[{"story": "Lily ran."}, {"story": ', r"bad\.tar\.gz:data01\.json: invalid JSON: Expecting value \(line 1"),
+    (b'{"story": "Lily ran."}', r"bad\.tar\.gz:data01\.json: expected a JSON array of story records, got dict"),
+    (b'[{"story": "Lily ran."}, {"words": []}]', r"bad\.tar\.gz:data01\.json\[1\]: no 'text' or 'story' field"),
+    (b'[{"story": "Lily \xff ran."}]', r"bad\.tar\.gz:data01\.json: invalid UTF-8 at byte offset 17"),
+])  # fmt: skip
+def test_bad_member_names_the_archive_and_member(tmp_path, real_stories, member, message):
+    path = write_all_data(tmp_path / "bad.tar.gz", all_data_records(real_stories[:4]), per_member=2, damage={1: member})
+    with pytest.raises(CorpusError, match=message):
+        list(iter_stories(path))
+
+
+def test_parquet_text_column(tmp_path, real_stories):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "validation-00000-of-00001.parquet"
+    pq.write_table(pa.table({"text": ["  " + s + "\n" for s in real_stories[:300]] + [""]}), path, row_group_size=100)
+    reader = CorpusReader(path)
+    assert list(reader) == real_stories[:300]
+    assert reader.bytes_read == path.stat().st_size
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"body": ["x"]}), other)
+    with pytest.raises(CorpusError, match=r"other\.parquet: no 'text' or 'story' column \(columns: body\)"):
+        list(iter_stories(other))
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CorpusError, match=r"broken\.parquet: not a readable parquet file"):
+        list(iter_stories(broken))
+
+
+def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
+    path = tmp_path / "train.parquet"
+    path.write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(CorpusError, match=r"train\.parquet: reading \.parquet needs pyarrow: pip install 'tinystories\[parquet\]'"):
+        list(iter_stories(path))
+
+
+@pytest.mark.parametrize("piece", [1, 5, 12, 13, 14, 100])
+def test_txt_pieces_split_anywhere_read_the_same(tmp_path, monkeypatch, piece):
+    import tinystories.corpus as corpus
+
+    text = "One.\nTwo\n<|endoftext|>\n<|endoftext|>Three é\n<|endoftext|><|endoftext|>\nFour\n" * 5 + "tail"
+    path = write(tmp_path / "p.txt", text)
+    expected = list(iter_stories(path))  # one piece: the whole file
+    assert expected[:4] == ["One.\nTwo", "Three é", "Four\nOne.\nTwo", "Three é"] and expected[-1] == "Four\ntail"
+    monkeypatch.setattr(corpus, "_TXT_PIECE_CHARS", piece)  # every place an EOT can be cut between pieces
+    assert list(iter_stories(path)) == [s.strip() for s in text.split("<|endoftext|>") if s.strip()] == expected

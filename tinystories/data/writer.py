@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import itertools
 import json
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -28,7 +30,14 @@ from tinystories.tokenizer import Tokenizer, resolve_tokenizer
 STATE_FILE = "prepare-state.json"
 DEFAULT_SHARD_TOKENS = 1 << 27  # 128M tokens: ~120 MB per uint16 shard after compression
 DEFAULT_BLOCK_TOKENS = 1 << 18  # 256K tokens per zstd frame: the unit of random access
-DEFAULT_LEVEL = 17  # measured on 1.5M TinyStories tokens: 2.20x vs uint16 like level 19 at 1.5-3x its speed; 13: 1.96x
+# zstd on uint16 GPT-2 tokens of TinyStories (v1 + v2 text in 512 KB blocks, per CPU second): plain levels 1-15
+# stay under 2x smaller than uint16 (12: 1.98x at 41 MB of text/s, 13: 1.99x at 18); 17 gives 2.2x at 7 MB/s.
+# Matches of 2 tokens (min_match 4 bytes; the levels use 5-6) are what uint16 data needs: zstd's lazy strategy with
+# them, a one-block window and a deeper hash chain gives 2.03-2.07x at 50-70 MB/s, about 8x level 17's speed.
+# (Blocks under 512 KB compress less well: 1.98x at 300 KB.)
+DEFAULT_LEVEL = 7  # the lazy family; the parameters below set everything that matters
+DEFAULT_ZSTD_PARAMS = {"strategy": 4, "window_log": 19, "hash_log": 18, "chain_log": 19, "search_log": 6,
+                       "min_match": 4, "target_length": 16}  # strategy 4 = ZSTD_lazy  # fmt: skip
 BATCH_STORIES = 4096  # stories tokenized per call
 
 
@@ -40,6 +49,16 @@ def story_in_val(story: str, val_fraction: float) -> bool:
     """
     h = int.from_bytes(hashlib.blake2b(story.encode("utf-8"), digest_size=8).digest(), "big")
     return h < val_fraction * 2.0**64
+
+
+def stories_in_val(stories: Sequence[str], val_fraction: float) -> list[bool]:
+    """``story_in_val`` of each story, faster: big-endian digests compare as bytes like the numbers they encode."""
+    limit = math.ceil(val_fraction * 2.0**64)  # h < x <=> h < ceil(x) for an integer h
+    if limit <= 0 or limit >= 2**64:
+        return [limit > 0] * len(stories)
+    below = limit.to_bytes(8, "big")
+    blake2b = hashlib.blake2b
+    return [blake2b(s.encode("utf-8"), digest_size=8).digest() < below for s in stories]
 
 
 @dataclass
@@ -58,12 +77,16 @@ class DatasetWriter:
     """
 
     def __init__(self, out_dir: str | Path, config: dict[str, Any], *, shard_tokens: int = DEFAULT_SHARD_TOKENS,
-                 block_tokens: int = DEFAULT_BLOCK_TOKENS, level: int = DEFAULT_LEVEL, threads: int = 1):  # fmt: skip
+                 block_tokens: int = DEFAULT_BLOCK_TOKENS, level: int | None = None, threads: int = 1):  # fmt: skip
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.config = {**config, "shard_tokens": shard_tokens, "block_tokens": block_tokens, "zstd_level": level}
+        zstd_params = dict(DEFAULT_ZSTD_PARAMS) if level is None else {}  # an explicit level is plain zstd
+        level = DEFAULT_LEVEL if level is None else level
+        self.config = {**config, "shard_tokens": shard_tokens, "block_tokens": block_tokens, "zstd_level": level,
+                       "zstd_params": zstd_params}  # fmt: skip
         self.dtype = token_dtype(int(config["n_vocab"]))
         self.shard_tokens, self.block_tokens, self.level, self.threads = shard_tokens, block_tokens, level, threads
+        self.zstd_params = zstd_params
         self.splits = {s: _SplitState([]) for s in SPLITS}
         self._writers: dict[str, _core.ShardWriter] = {}
         self._next_story: dict[str, int] = {}  # ordinal after the last story added to each split
@@ -85,20 +108,27 @@ class DatasetWriter:
 
     def add(self, split: str, stories: Sequence[np.ndarray], ordinals: Sequence[int]) -> None:
         """Appends tokenized stories (each already ending with EOT) to ``split``."""
-        state = self.splits[split]
         lengths = np.fromiter((len(s) for s in stories), dtype=np.int64, count=len(stories))
+        self.add_flat(split, np.concatenate(stories) if stories else np.zeros(0, self.dtype), lengths, ordinals)
+
+    def add_flat(self, split: str, tokens: np.ndarray, lengths: np.ndarray, ordinals: Sequence[int]) -> None:
+        """``add`` with the stories given as one array of tokens and the length of each story."""
+        state = self.splits[split]
+        tokens = tokens.astype(self.dtype, copy=False)
+        ends = np.cumsum(lengths)
         i = 0
-        while i < len(stories):
+        while i < len(lengths):
             if split not in self._writers:
                 name = f"{split}-{len(state.shards):05d}.tok.zst"
-                self._writers[split] = _core.ShardWriter(str(self.out_dir / name), self.dtype.itemsize,
-                                                         self.block_tokens, self.level, self.threads)  # fmt: skip
+                self._writers[split] = _core.ShardWriter(str(self.out_dir / name), self.dtype.itemsize, self.block_tokens,
+                                                         self.level, self.threads, self.zstd_params)  # fmt: skip
             writer = self._writers[split]
+            start = int(ends[i - 1]) if i else 0
             room = self.shard_tokens - writer.n_tokens
-            k = min(int(np.searchsorted(np.cumsum(lengths[i:]), room)) + 1, len(stories) - i)
-            writer.add_stories(np.concatenate(stories[i : i + k]).astype(self.dtype, copy=False), lengths[i : i + k])
+            k = min(int(np.searchsorted(ends[i:] - start, room)) + 1, len(lengths) - i)
+            writer.add_stories(tokens[start : int(ends[i + k - 1])], lengths[i : i + k])
             i += k
-            self._next_story[split] = ordinals[i - 1] + 1
+            self._next_story[split] = int(ordinals[i - 1]) + 1
             if writer.n_tokens >= self.shard_tokens:
                 self._finish_shard(split)
 
@@ -142,16 +172,21 @@ class DatasetWriter:
         return index
 
 
-def _batches(reader: CorpusReader, size: int) -> Iterator[list[tuple[str, int]]]:
-    """Lists of (story, index of its input file)."""
-    batch: list[tuple[str, int]] = []
-    for story in reader:
-        batch.append((story, reader.file_index))
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _batches(reader: CorpusReader, size: int, val_fraction: float, n_train_inputs: int
+             ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:  # fmt: skip
+    """(stories, in validation?, ordinals) about ``size`` stories at a time; stories of the inputs after the
+    first ``n_train_inputs`` are all validation."""
+    stories: list[str] = []
+    files: list[int] = []
+    first = 0
+    for chunk, file_index in itertools.chain(reader.chunks(), [([], -1)]):
+        stories += chunk
+        files += [file_index] * len(chunk)
+        if len(stories) >= size or (file_index < 0 and stories):
+            in_val = np.array(stories_in_val(stories, val_fraction), dtype=bool) | (np.array(files) >= n_train_inputs)
+            yield stories, in_val, np.arange(first, first + len(stories))
+            first += len(stories)
+            stories, files = [], []
 
 
 def check_inputs(inputs: Sequence[Path], val_inputs: Sequence[Path], *, instruct: bool = False) -> None:
@@ -184,7 +219,7 @@ def prepare(
     instruct: bool = False,
     val_inputs: Sequence[str | Path] = (),
     block_tokens: int = DEFAULT_BLOCK_TOKENS,
-    level: int = DEFAULT_LEVEL,
+    level: int | None = None,
 ) -> dict:
     """Tokenize story corpora into a dataset directory of zstd token shards; returns the index.
 
@@ -235,43 +270,45 @@ def prepare(
         {"prepare_config": config, "n_vocab": tok.n_vocab, "eot_token": tok.eot_token, "tokenizer_fingerprint": tok.fingerprint},
         shard_tokens=shard_tokens, block_tokens=block_tokens, level=level, threads=threads,
     )  # fmt: skip
-    tok.save(saved_tok)
     skip = {s: writer.resume_from(s) for s in SPLITS}
 
-    def tokenize(batch: list[tuple[str, int]], first: int) -> dict[str, tuple[list[np.ndarray], list[int]]]:
-        routed: dict[str, tuple[list[str], list[int]]] = {s: ([], []) for s in SPLITS}
-        for i, (story, file_index) in enumerate(batch):
-            split = "val" if file_index >= len(inputs) or story_in_val(story, val_fraction) else "train"
-            if first + i >= skip[split]:
-                routed[split][0].append(story)
-                routed[split][1].append(first + i)
+    Routed = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # split -> (tokens, story lengths, ordinals)
+
+    def tokenize(stories: list[str], in_val: np.ndarray, ordinal: np.ndarray) -> Routed:
         result = {}
-        for split, (texts, ordinals) in routed.items():
-            arrays = tok.encode_batch_to_numpy(texts, num_threads=threads) if texts else []
-            result[split] = ([np.concatenate((a, eot)) for a in arrays], ordinals)
+        for split, mask in (("train", ~in_val), ("val", in_val)):
+            chosen = np.flatnonzero(mask & (ordinal >= skip[split]))
+            arrays = tok.encode_batch_to_numpy([stories[i] for i in chosen], num_threads=threads)
+            lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+            tokens = np.insert(np.concatenate(arrays) if arrays else eot[:0], np.cumsum(lengths), eot[0])  # EOT after each
+            result[split] = (tokens, lengths + 1, ordinal[chosen])
         return result
 
-    def write(routed: dict[str, tuple[list[np.ndarray], list[int]]]) -> None:
-        for split, (arrays, ordinals) in routed.items():
-            if arrays:
-                writer.add(split, arrays, ordinals)
+    def write(routed: Routed) -> None:
+        for split, (tokens, lengths, ordinals) in routed.items():
+            if len(lengths):
+                writer.add_flat(split, tokens, lengths, ordinals)
 
     started = time.perf_counter()
     try:
+        # Three stages run at once: reading, splitting and hashing the next batch (Python, in `reading`), tokenizing
+        # this one (native threads) and compressing and writing the previous one (native threads, in `writing`).
+        batches = _batches(reader, BATCH_STORIES, val_fraction, len(inputs))
         with Progress("prepare", reader.total_bytes, unit="bytes", enabled=progress) as bar, \
-                concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pending: concurrent.futures.Future | None = None
-            first = tokens = 0
-            for batch in _batches(reader, BATCH_STORIES):
-                routed = tokenize(batch, first)  # overlaps with writing the previous batch
-                first += len(batch)
-                if pending is not None:
-                    pending.result()
-                pending = pool.submit(write, routed)
-                tokens += sum(len(a) for arrays, _ in routed.values() for a in arrays)
-                bar.update(completed=reader.bytes_read, status=f"{reader.stories_read:,} stories  {tokens:,} tokens")
-            if pending is not None:
+                concurrent.futures.ThreadPoolExecutor(1) as reading, concurrent.futures.ThreadPoolExecutor(1) as writing:
+            # Saving the tokenizer (Python, ~0.3 s for GPT-2) goes first in `writing`: before any shard or state file,
+            # while the first batch is read and tokenized.
+            pending: concurrent.futures.Future = writing.submit(tok.save, saved_tok)
+            tokens = 0
+            next_batch = reading.submit(next, batches, None)
+            while (batch := next_batch.result()) is not None:
+                next_batch = reading.submit(next, batches, None)
+                routed = tokenize(*batch)
                 pending.result()
+                pending = writing.submit(write, routed)
+                tokens += sum(len(t) for t, _, _ in routed.values())
+                bar.update(completed=reader.bytes_read, status=f"{reader.stories_read:,} stories  {tokens:,} tokens")
+            pending.result()
             bar.update(completed=reader.total_bytes)
     except BaseException:
         writer.abort()
