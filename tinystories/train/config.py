@@ -24,7 +24,7 @@ class TrainConfig:
     window_size: int | None = None
     dropout: float | None = None
     init_from_hf: str | None = None  # a GPTNeoForCausalLM directory to start from
-    impl: str = "torch"  # "torch" | "fused" (Triton kernels on CUDA)
+    impl: str = "auto"  # "auto" (from the GPU, see train.device) | "torch" | "fused" | "hybrid"
     # data
     data: str | None = None  # a prepared shard directory, or .txt/.jsonl file(s) (comma-separated) to prepare
     tokenizer: str = "gpt2"  # for --data files: a tokenizer spec (see tinystories.tokenizer.resolve_tokenizer)
@@ -46,7 +46,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping
     dtype: str = "auto"  # "auto" | "fp32" | "fp16" | "bf16"
-    compile: bool = False
+    compile: bool | None = None  # None ("auto"): on for GPUs with Triton, off on CPU
     max_bad_steps: int = 10  # abort after this many non-finite steps in a row
     # bookkeeping
     out_dir: str | None = None  # None: runs/<preset>-<timestamp>
@@ -82,8 +82,12 @@ PRESET_TRAINING: dict[str, dict[str, Any]] = {
                  eval_every=100, eval_batches=8, ckpt_every=100, log_every=10, sample_tokens=100,
                  cpu_threads=1, loader_threads=1),
 }
-CHOICES = {"impl": ("torch", "fused"), "data_mode": ("packed", "stories"), "dtype": ("auto", "fp32", "fp16", "bf16"),
-           "display": ("auto", "rich", "plain")}
+# Fine-tuning from Hugging Face weights (--init_from_hf): the paper's context, whatever the preset or the HF
+# config says (the TinyStories models were trained at 512 though their config allows 2048).
+FINETUNE_TRAINING: dict[str, Any] = dict(seq_len=512)
+MIN_LR_RATIO = 0.1  # min_lr follows a given lr unless min_lr is given too
+CHOICES = {"impl": ("auto", "torch", "fused", "hybrid"), "data_mode": ("packed", "stories"),
+           "dtype": ("auto", "fp32", "fp16", "bf16"), "display": ("auto", "rich", "plain")}
 
 
 class ConfigError(ValueError):
@@ -109,7 +113,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     kind, optional = types[key]
     if isinstance(value, str) and not (kind is str):
         text = value.strip()
-        if optional and text.lower() in ("none", "null", ""):
+        if optional and text.lower() in ("none", "null", "", "auto"):  # None means "chosen for you"
             return None
         try:
             if kind is bool:
@@ -158,7 +162,10 @@ def load_config(toml_path: str | None = None, overrides: dict[str, Any] | None =
     preset = values.get("preset", TrainConfig.preset)
     if preset not in PRESETS:
         raise ConfigError(f"preset={preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-    merged = {**PRESET_TRAINING.get(preset, {}), **values}
+    defaults = FINETUNE_TRAINING if values.get("init_from_hf") else PRESET_TRAINING.get(preset, {})
+    if "lr" in values and "min_lr" not in values:
+        values["min_lr"] = values["lr"] * MIN_LR_RATIO
+    merged = {**defaults, **values}
     config = TrainConfig(**merged)
     validate_config(config)
     return config
@@ -197,6 +204,6 @@ def validate_config(c: TrainConfig) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     seq_len = c.seq_len or model.max_position_embeddings
-    if seq_len > model.max_position_embeddings:
+    if seq_len > model.max_position_embeddings and not c.init_from_hf:  # HF: its own context
         raise ConfigError(f"seq_len={seq_len} exceeds the model's context of {model.max_position_embeddings} "
                           f"(set --context)")
