@@ -206,3 +206,94 @@ def test_fp16_scaler_state_survives_sigkill_and_resume_bit_exactly(dataset, tmp_
     assert overflow == sorted(overflow) and overflow[-1] == ca["counters"]["overflow_steps"]
     config = json.loads((tmp_path / "straight" / "config.json").read_text())
     assert config["execution"]["dtype"] == "fp16" and config["execution"]["impl"] == "torch"
+
+
+# -- the trainer fixes found with the README -----------------------------------------------------------------
+class FakeClock:
+    """``time`` for the training loop: only the patched work below moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def strftime(self, fmt: str) -> str:
+        return "fake-time"
+
+
+def test_tokens_per_s_after_an_eval_or_checkpoint_counts_only_training_time(dataset, tmp_path,  # noqa: F811
+                                                                         monkeypatch):
+    from tinystories.train import loop
+
+    clock = FakeClock()
+    monkeypatch.setattr(loop, "time", clock)
+
+    def timed(fn, seconds):
+        def run(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            clock.now += seconds
+            return out
+        return run
+
+    monkeypatch.setattr(loop, "train_step", timed(loop.train_step, 1.0))  # each step: exactly 1 s
+    monkeypatch.setattr(loop, "evaluate", timed(loop.evaluate, 50.0))
+    monkeypatch.setattr(loop, "save_checkpoint", timed(loop.save_checkpoint, 30.0))
+    # eval_every and ckpt_every are not multiples of log_every: the case that read 2-4x too fast
+    config = load_config(None, dict(a.lstrip("-").split("=", 1) for a in TINY) | {
+        "data": str(dataset), "max_steps": "12", "log_every": "4", "eval_every": "3", "ckpt_every": "5",
+        "sample_tokens": "0", "out_dir": str(tmp_path / "run")})
+    run = loop.train(config)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+    assert len(speeds) == 3
+    assert speeds == [4 * 32 * 1.0] * 3  # batch 4 x seq 32 tokens per 1-second step
+
+
+def test_fine_tuning_from_hf_takes_the_papers_defaults_and_min_lr_follows_lr(tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    c = load_config(None, {"init_from_hf": str(hf), "lr": "1e-4"})  # the README's fine-tune line
+    assert (c.seq_len, c.batch_size, c.lr, c.min_lr) == (512, 32, 1e-4, pytest.approx(1e-5))
+    assert load_config(None, {"init_from_hf": str(hf), "preset": "33M"}).seq_len == 512  # not the HF 2048
+    assert load_config(None, {"init_from_hf": str(hf), "seq_len": "128"}).seq_len == 128
+    assert load_config(None, {"lr": "1e-4", "min_lr": "0"}).min_lr == 0.0  # given: kept
+    assert load_config(None, {"preset": "8M", "lr": "2e-3"}).min_lr == pytest.approx(2e-4)
+    assert load_config(None, {}).seq_len == 128  # the demo preset's own defaults are unchanged
+
+
+def test_eval_loss_scores_in_windows_of_the_trained_length_unless_seq_len_is_given(dataset, tmp_path,  # noqa: F811
+                                                                                 capsys):
+    from tinystories.cli import main
+    from tinystories.data import load_dataset_tokenizer
+    from tinystories.evaluate import heldout
+    from tinystories.evaluate.students import GPTNeoStudent
+    from tinystories.model.checkpoint import save_checkpoint
+
+    tokenizer = load_dataset_tokenizer(dataset)
+    model = GPTNeo(GPTNeoConfig(vocab_size=tokenizer.n_vocab, hidden_size=32, num_layers=2, num_heads=2,
+                                max_position_embeddings=64, window_size=16))
+    ckpt = save_checkpoint({"model": model.state_dict(), "model_config": model.config.to_dict(),
+                            "tokenizer_json": tokenizer.to_json(), "train_config": {"seq_len": 32}},
+                           tmp_path / "run" / "checkpoints" / "step_00000001.pt")
+    student = GPTNeoStudent.from_checkpoint(ckpt)
+    widths = []
+    real = student.window_logits
+    student.window_logits = lambda windows: widths.append(windows.shape[1]) or real(windows)
+    heldout.split_loss(student, dataset, max_tokens=100)
+    assert set(widths) == {32}  # trained at 32, though the context is 64
+    widths.clear()
+    heldout.split_loss(student, dataset, max_tokens=100, seq_len=64)
+    assert set(widths) == {64}
+    text = "Once upon a time there was a cat. " * 30
+    widths.clear()
+    heldout.text_loss(student, text)
+    assert max(widths) == 32
+
+    (tmp_path / "held_out.txt").write_text(text)
+    assert main(["eval", "loss", str(ckpt), "--text", str(tmp_path / "held_out.txt"), "--seq-len", "16",
+                 "--dtype", "bf16"]) == 0
+    assert "held-out loss" in capsys.readouterr().out
+    assert main(["eval", "loss", str(ckpt), "--data", str(dataset), "--seq-len", "65"]) == 2
+    assert "seq_len=65 must be between 1 and" in capsys.readouterr().err
