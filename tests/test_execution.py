@@ -297,3 +297,20 @@ def test_eval_loss_scores_in_windows_of_the_trained_length_unless_seq_len_is_giv
     assert "held-out loss" in capsys.readouterr().out
     assert main(["eval", "loss", str(ckpt), "--data", str(dataset), "--seq-len", "65"]) == 2
     assert "seq_len=65 must be between 1 and" in capsys.readouterr().err
+
+
+def test_hybrid_compiles_as_one_graph_from_the_first_call():
+    """sm_7x's auto path is hybrid + torch.compile: no graph break, even when the first call is traced."""
+    from tinystories import kernels
+
+    ok, reason = kernels.kernels_available()
+    if not ok:
+        pytest.skip(reason)
+    torch.manual_seed(0)
+    model = GPTNeo(GPTNeoConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=2,
+                                max_position_embeddings=32, window_size=8), impl="hybrid")
+    x, y = torch.randint(0, 100, (2, 24)), torch.randint(0, 100, (2, 24))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    loss = compiled(x, y, return_logits=False).loss
+    loss.backward()
+    torch.testing.assert_close(loss, model(x, y, return_logits=False).loss)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import NamedTuple
 
 import torch
@@ -81,6 +81,16 @@ class KVCache:
             v = torch.cat([self.values[layer], v], dim=2)
         self.keys[layer], self.values[layer] = k, v
         return k, v
+
+
+class KernelsWithoutDot:
+    """The hybrid path's kernels: LayerNorm and linear-CE (cuBLAS matmuls around a Triton cross-entropy); no
+    attention or MLP kernel (their tl.dot lacks tensor cores below sm_80), so those run cuBLAS / SDPA."""
+
+    attention = fused_mlp = None
+
+    def __init__(self, kernels: ModuleType) -> None:
+        self.layer_norm, self.linear_cross_entropy = kernels.layer_norm, kernels.linear_cross_entropy
 
 
 class NewGELU(nn.Module):
@@ -261,10 +271,7 @@ class GPTNeo(nn.Module):
             if applies:
                 self._fallback(why)
                 return None
-        if self._impl == "hybrid":
-            return SimpleNamespace(layer_norm=kernels.layer_norm, linear_cross_entropy=kernels.linear_cross_entropy,
-                                   attention=None, fused_mlp=None)
-        return kernels
+        return KernelsWithoutDot(kernels) if self._impl == "hybrid" else kernels
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, idx: Tensor, targets: Tensor | None = None, *, kv_cache: KVCache | None = None,
