@@ -27,6 +27,7 @@ def fake_gpu(monkeypatch, capability: tuple[int, int], arch_list: list[str] | No
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"Fake GPU sm_{capability[0]}{capability[1]}")
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: arch_list or ["sm_70", "sm_75", "sm_80", "sm_90"])
+    monkeypatch.setattr(torch.version, "cuda", "12.8")  # a CUDA build (the check skips ROCm arch names)
     monkeypatch.setattr("tinystories.kernels.kernels_available", lambda: triton)
     return torch.device("cuda", 0)
 
@@ -146,22 +147,24 @@ def test_fp16_overflow_steps_are_skipped_and_counted():
 
     c = load_config(None, {"grad_accum": "1"})
     torch.manual_seed(0)
-    model = GPTNeo(GPTNeoConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2,
-                                max_position_embeddings=32, window_size=8))
+    model = GPTNeo(GPTNeoConfig(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2,
+                                max_position_embeddings=16, window_size=8))
     optimizer = make_optimizer(model, c, torch.device("cpu"))
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 40)  # far above fp16's range: the gradients overflow
-    x = torch.randint(0, 64, (2, 16))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 30)  # far above fp16's range: the gradients overflow
+    x = torch.randint(0, 64, (2, 8))
     step = functools.partial(train_step, model, model, optimizer, scaler, lambda: (x, x), c=c, lr=1e-3,
                              autocast=autocast_context(torch.device("cpu"), "fp16"), dist=Dist())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     first = step()
     assert first.overflow and not first.applied and first.loss == first.loss  # finite loss, inf gradients
-    assert scaler.get_scale() == 2.0 ** 39
+    assert scaler.get_scale() == 2.0 ** 29
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]), f"{name} changed on an overflow step"
-    results = [step() for _ in range(40)]
-    assert results[-1].applied and not results[-1].overflow  # the scale came down into range
-    assert sum(r.overflow for r in results) >= 1 and scaler.get_scale() < 2.0 ** 24
+    results = [step()]
+    while results[-1].overflow and len(results) < 30:
+        results.append(step())
+    assert results[-1].applied and len(results) > 1  # the scale came down into range, then steps apply
+    assert scaler.get_scale() < 2.0 ** 29 and any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
 FP16_TRAIN = ("import functools, sys, torch; "
@@ -172,7 +175,7 @@ FP16_TRAIN = ("import functools, sys, torch; "
 
 
 def test_fp16_scaler_state_survives_sigkill_and_resume_bit_exactly(dataset, tmp_path):  # noqa: F811
-    common = [f"--data={dataset}", *TINY, "--dtype=fp16", "--max_steps=16", "--ckpt_every=3", "--eval_every=100",
+    common = [f"--data={dataset}", *TINY, "--dtype=fp16", "--max_steps=10", "--ckpt_every=3", "--eval_every=100",
               "--log_every=1", "--keep_last=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     straight = subprocess.run([sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'straight'}"],
@@ -183,12 +186,12 @@ def test_fp16_scaler_state_survives_sigkill_and_resume_bit_exactly(dataset, tmp_
     proc = subprocess.Popen([sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'killed'}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     for line in proc.stdout:
-        if line.startswith("step 8/"):
+        if line.startswith("step 5/"):
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert read_checkpoint(list_checkpoints(tmp_path / "killed")[-1])["step"] < 16
+    assert read_checkpoint(list_checkpoints(tmp_path / "killed")[-1])["step"] < 10
     resumed = subprocess.run([sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'killed'}",
                               "--resume"], capture_output=True, text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -311,6 +314,4 @@ def test_hybrid_compiles_as_one_graph_from_the_first_call():
                                 max_position_embeddings=32, window_size=8), impl="hybrid")
     x, y = torch.randint(0, 100, (2, 24)), torch.randint(0, 100, (2, 24))
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    loss = compiled(x, y, return_logits=False).loss
-    loss.backward()
-    torch.testing.assert_close(loss, model(x, y, return_logits=False).loss)
+    torch.testing.assert_close(compiled(x, y, return_logits=False).loss, model(x, y, return_logits=False).loss)

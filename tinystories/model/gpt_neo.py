@@ -13,8 +13,9 @@ Three implementations of the same function, chosen with ``impl``: ``"torch"`` (p
 everywhere, the reference, the only one that returns attention probabilities), ``"fused"`` (the Triton
 kernels of :mod:`tinystories.kernels`, CUDA only) and ``"hybrid"`` (only the Triton kernels without
 ``tl.dot`` -- LayerNorm and the cross-entropy part of linear-CE -- with cuBLAS matmuls and PyTorch SDPA: for
-GPUs below sm_80, where Triton's ``tl.dot`` runs without tensor cores). A fused or hybrid model that cannot use its kernels for a call
-(no CUDA, no Triton, a KV cache, a hook on ``blocks[i].mlp.act``...) runs the plain path and logs why.
+GPUs below sm_80, where Triton's ``tl.dot`` runs without tensor cores). A fused or hybrid model that cannot
+use its kernels for a call (no CUDA, no Triton, a KV cache, a hook on ``blocks[i].mlp.act``...) runs the
+plain path and logs why.
 
 The token embedding is padded to a multiple of 64 rows for faster matmuls; the padding rows are zero,
 never looked up, and sliced off the logits, so results equal the unpadded model's.
@@ -240,7 +241,8 @@ class GPTNeo(nn.Module):
             log.warning("impl=%r falls back to the plain PyTorch path: %s", self._impl, reason)
 
     def _fused_kernels(self, idx: Tensor, kv_cache: KVCache | None, output_attentions: bool,
-                       attention_mask: Tensor | None, position_ids: Tensor | None) -> ModuleType | None:
+                       attention_mask: Tensor | None,
+                       position_ids: Tensor | None) -> ModuleType | KernelsWithoutDot | None:
         """The kernels this call can use (all for "fused", those without tl.dot for "hybrid"), else None
         (after logging why, once)."""
         if self._impl == "torch":

@@ -33,7 +33,7 @@ class Probe:
     sample_s: float  # the story the trainer samples at every evaluation
     checkpoint_s: float  # one checkpoint write
     tokens_per_step: int
-    device: str  # where it was measured, e.g. "cuda:0 (NVIDIA H100 80GB HBM3) bf16"
+    device: str  # where and how it was measured, e.g. "cuda:0 (NVIDIA H100 80GB HBM3) bf16 impl=fused compiled"
 
     @property
     def tokens_per_s(self) -> float:

@@ -185,9 +185,10 @@ def resolve_execution(device: torch.device, *, dtype: str = "auto", impl: str = 
     name = str(device)
     if capability is not None:
         name = f"{device} sm_{capability[0]}{capability[1]} ({torch.cuda.get_device_name(device)})"
-        if not torch_builds_for(capability, torch.cuda.get_arch_list()):
+        arch_list = torch.cuda.get_arch_list()
+        if torch.version.cuda and arch_list and not torch_builds_for(capability, arch_list):  # (ROCm: gfx names)
             raise ConfigError(f"this PyTorch build ({torch.__version__}, CUDA {torch.version.cuda}) has no kernels "
-                              f"for sm_{capability[0]}{capability[1]} (it has {' '.join(torch.cuda.get_arch_list())}); "
+                              f"for sm_{capability[0]}{capability[1]} (it has {' '.join(arch_list)}); "
                               f"install a build that does (CUDA 12.x builds still include sm_70)")
     chosen = choose_execution(device.type, capability, dtype=dtype, impl=impl, compile=compile,
                               triton=kernels_available())
