@@ -266,7 +266,7 @@ def test_fine_tuning_from_hf_takes_the_papers_defaults_and_min_lr_follows_lr(tmp
     assert load_config(None, {}).seq_len == 128  # the demo preset's own defaults are unchanged
 
 
-def test_eval_loss_scores_in_windows_of_the_trained_length_unless_seq_len_is_given(dataset, tmp_path,  # noqa: F811
+def test_eval_loss_windows_default_to_the_trained_length_and_sample_uses_the_resolution(dataset, tmp_path,  # noqa: F811
                                                                                  capsys):
     from tinystories.cli import main
     from tinystories.data import load_dataset_tokenizer
@@ -300,6 +300,12 @@ def test_eval_loss_scores_in_windows_of_the_trained_length_unless_seq_len_is_giv
     assert "held-out loss" in capsys.readouterr().out
     assert main(["eval", "loss", str(ckpt), "--data", str(dataset), "--seq-len", "65"]) == 2
     assert "seq_len=65 must be between 1 and" in capsys.readouterr().err
+
+
+    # `tinystories sample` takes the same resolution and says so on stderr (stories go to stdout).
+    assert main(["sample", "--checkpoint", str(ckpt), "--dtype", "bf16", "--greedy", "--max-tokens", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "execution path: bf16, impl=torch, compile=off on cpu (dtype=bf16, impl=torch, compile=False as given" in err
 
 
 def test_hybrid_compiles_as_one_graph_from_the_first_call():
