@@ -156,7 +156,7 @@ def prewarm(cells: list[Cell], batch: int, workers: int, timeout_s: float, log) 
     slices = [compiled[i::workers] for i in range(workers)]
     t0 = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, __file__, "--warm", json.dumps([asdict(c) for c in part]),
-                               str(batch)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               str(batch), str(workers)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for part in slices if part]
     failed = []
     for proc in procs:
@@ -167,10 +167,11 @@ def prewarm(cells: list[Cell], batch: int, workers: int, timeout_s: float, log) 
             proc.communicate()
             err = "timed out"
         if proc.returncode:
-            failed.append((err or "").strip().splitlines()[-1:] or ["rc " + str(proc.returncode)])
+            failed += [line for line in (err or "").splitlines() if line.startswith("warm ")][-5:] or [
+                f"rc {proc.returncode}: {(err or '').strip()[-300:]}"]
     seconds = round(time.perf_counter() - t0, 1)
     log(f"  prewarmed {len(compiled)} compiled cells in {len(procs)} processes: {seconds} s"
-        + (f"; {len(failed)} worker(s) failed: {failed}" if failed else ""))
+        + (f"; failures: {failed}" if failed else ""))
     return {"workers": len(procs), "cells": len(compiled), "seconds": seconds, "failed": failed}
 
 
@@ -222,11 +223,21 @@ def _cell_text(row: dict) -> str:
     return "not measured"
 
 
-def _warm_main(cells_json: str, batch: str) -> int:
+def _warm_main(cells_json: str, batch: str, workers: str) -> int:
+    import torch
+
+    # Leave room for the other workers and the kernel tests running beside them; an OOM costs one cell's cache.
+    torch.cuda.set_per_process_memory_fraction(0.85 / int(workers))
+    failed = 0
     for spec in json.loads(cells_json):
-        measure(Cell(**spec), int(batch), steps=0)
-    return 0
+        try:
+            measure(Cell(**spec), int(batch), steps=0)
+        except Exception as exc:
+            failed += 1
+            print(f"warm {Cell(**spec).label}: {type(exc).__name__}: {str(exc).strip()[:200]}", file=sys.stderr)
+        torch.cuda.empty_cache()
+    return 1 if failed else 0
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--warm"]:
-    sys.exit(_warm_main(sys.argv[2], sys.argv[3]))
+    sys.exit(_warm_main(*sys.argv[2:5]))
