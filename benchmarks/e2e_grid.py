@@ -144,7 +144,8 @@ def _hf_model(config):
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_layers=config.num_layers,
         num_heads=config.num_heads, max_position_embeddings=config.max_position_embeddings,
         window_size=config.window_size, attention_types=[[list(config.attention_layers), 1]],
-        intermediate_size=config.intermediate_size))
+        intermediate_size=config.intermediate_size, bos_token_id=config.vocab_size - 1,
+        eos_token_id=config.vocab_size - 1))  # EOT is the last id (50256 in GPT-2's vocabulary)
 
 
 def prewarm(cells: list[Cell], batch: int, workers: int, timeout_s: float, log) -> dict:
