@@ -22,7 +22,6 @@ import time
 from dataclasses import asdict, dataclass
 
 PRESETS = ("1M", "3M", "8M", "28M", "33M", "21M-1L", "33M-2L")
-PATHS = ("auto", "torch+compile", "hf-eager", "hf-compiled", "hybrid+compile")
 SEQ_LEN = 512
 # Seconds a cell is assumed to need at most once its compilation is cached (an uncached compiled cell took ~12 s
 # at 33M on the H200 of benchmarks/results/gpu_report-20261126-070839-*; an eager one ~6 s).
