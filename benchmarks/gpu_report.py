@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
-"""One command for a CUDA machine: kernel tests without the interpreter, then ours vs peers, saved as JSON.
+"""One command for a CUDA machine (within 8 minutes): kernel tests without the interpreter, ours vs peers per
+kernel, and the end-to-end table of every preset, saved as JSON.
 
     pip install --no-build-isolation --no-deps .    # the package must be installed (editable works too)
-    python benchmarks/gpu_report.py                 # everything, time-boxed to --budget-s (default 420 s)
+    python benchmarks/gpu_report.py                 # everything, time-boxed to --budget-s (default 450 s)
     python benchmarks/gpu_report.py --skip-tests --only attention,linear_cross_entropy --no-e2e
+    python benchmarks/gpu_report.py --dry-run --assume-capability 7.0    # no GPU: the plan and the path auto takes
 
 1. ``pytest tests/test_kernels_*.py`` on the GPU (bf16 cases enabled, autotuning off for speed).
 2. Per kernel case (the shapes of a 33M TinyStories model, see ``kernel_cases.py``): forward (with autograd recording, as in
    training), backward and full step time (CUDA events, median) and peak extra memory of every implementation,
    our max relative error against the plain reference, and the speed ratio to each peer from this same run.
-3. End to end: training-step tokens/s of GPTNeo with impl="fused" vs impl="torch", eager and under
-   torch.compile, and of Hugging Face's GPTNeoForCausalLM (eager fp16, compiled bf16).
-Work is ordered by importance (ours and uncompiled peers, FlexAttention, eager end to end, compiled end to end at
-the first preset, torch.compile of the kernel references, the remaining compiled end-to-end rows) and skipped,
-listed in the report, once the budget would be exceeded. Results go to
-``benchmarks/results/gpu_report-<date>-<card>.json`` (+ ``.txt`` table) and are copied to ``$OUT`` when set.
+3. End to end (``e2e_grid.py``): training-step tokens/s and peak memory of every paper preset under the path
+   ``auto`` takes on this GPU, plain torch.compile, HF eager and HF compiled, in bf16 and fp16, V=50257 and
+   V=10000 at 33M; the device capability and the path ``auto`` chose are in the report.
+Work is ordered by importance (the tests alongside the compilation of the end-to-end cells, then ours and
+uncompiled kernel peers, the end-to-end cells most important first, FlexAttention, torch.compile of the kernel
+references) and skipped, listed in the report as "not measured", once
+the budget would be exceeded. Results go to ``benchmarks/results/gpu_report-<date>-<card>.json`` (+ ``.txt``
+table) and are copied to ``$OUT`` when set.
 """
 
 from __future__ import annotations
@@ -31,13 +35,16 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
+
+import e2e_grid  # benchmarks/ (this script's folder) is first on sys.path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 KERNELS = ("attention", "layer_norm", "mlp", "linear_cross_entropy")
 # Seconds an item is assumed to need at most (start it only when that much budget is left).
-COST_PLAIN_S, COST_COMPILED_S, COST_E2E_S, COST_E2E_COMPILED_S = 12, 75, 25, 120
+COST_PLAIN_S, COST_COMPILED_S = 12, 75
 
 
 class Budget:
@@ -240,116 +247,6 @@ def kernel_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# --- 3. end to end ---------------------------------------------------------------------------------------
-
-
-E2E_EAGER = ("fused", "torch", "hf-eager-fp16")
-E2E_COMPILED = ("fused+compile", "torch+compile")
-
-
-def run_end_to_end(args, budget: Budget, items: list[tuple[str, str]], result: dict | None = None) -> dict:
-    """Training-step tokens/s of (preset, impl) items: the project's GPTNeo with the kernels ("fused") vs its plain
-    path ("torch"), eager or "+compile", under --e2e-dtype autocast, and Hugging Face's GPTNeoForCausalLM eager fp16
-    ("hf-eager-fp16") or compiled bf16 ("hf-compiled-bf16") (AdamW, random tokens, T=512)."""
-    import torch
-
-    from tinystories.model import GPTNeo, config_from_preset
-
-    result = result or {"rows": [], "skipped": []}
-    rows, skipped = result["rows"], result["skipped"]
-    for preset, impl in items:
-        cost = COST_E2E_COMPILED_S if "compile" in impl else COST_E2E_S
-        if not budget.allows(cost):
-            skipped.append(f"{preset} {impl}: out of time budget")
-            continue
-        dtype = {"hf-eager-fp16": "fp16", "hf-compiled-bf16": "bf16"}.get(impl, args.e2e_dtype)
-        row = {"preset": preset, "impl": impl, "batch": args.e2e_batch, "seq_len": 512, "autocast": dtype}
-        config = config_from_preset(preset)
-        try:
-            if impl.startswith("hf-"):
-                row.update(_hf_train_step_rate(config, args.e2e_batch, 512, dtype, compiled="compile" in impl))
-            else:
-                row.update(_train_step_rate(GPTNeo, config, impl, args.e2e_batch, 512, dtype))
-            log(f"  {preset:<8} {impl:<16} {row['tokens_per_s']:>12,.0f} tokens/s  peak {row['peak_gb']:.2f} GB")
-        except Exception as exc:
-            row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
-            log(f"  {preset:<8} {impl:<16} FAILED: {row['error']}")
-        rows.append(row)
-        torch.cuda.empty_cache()
-    return result
-
-
-def _train_step_rate(GPTNeo, config, impl: str, batch: int, seq_len: int, dtype: str, steps: int = 8) -> dict:
-    import torch
-
-    model = GPTNeo(config, impl="fused" if impl.startswith("fused") else "torch").cuda().train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    forward = torch.compile(model) if "compile" in impl else model
-    idx = _random_tokens(config.vocab_size, batch, seq_len + 1)
-    x, y = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.float16 if dtype == "fp16" else torch.bfloat16):
-            try:
-                loss = forward(x, y, return_logits=False).loss
-            except TypeError:  # a model without the return_logits switch
-                loss = forward(x, y).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return _rate(step, batch * seq_len, steps)
-
-
-def _hf_train_step_rate(config, batch: int, seq_len: int, dtype: str, compiled: bool, steps: int = 8) -> dict:
-    """The Hugging Face peers: GPTNeoForCausalLM, eager fp16 or torch.compile'd bf16."""
-    import torch
-    from transformers import GPTNeoConfig, GPTNeoForCausalLM
-
-    hf_config = GPTNeoConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_layers=config.num_layers,
-        num_heads=config.num_heads, max_position_embeddings=config.max_position_embeddings,
-        window_size=config.window_size, attention_types=[[list(config.attention_layers), 1]],
-        intermediate_size=config.intermediate_size,
-    )  # fmt: skip
-    model = GPTNeoForCausalLM(hf_config).cuda().train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    forward = torch.compile(model) if compiled else model
-    idx = _random_tokens(config.vocab_size, batch, seq_len)
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.float16 if dtype == "fp16" else torch.bfloat16):
-            loss = forward(input_ids=idx, labels=idx).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return _rate(step, batch * seq_len, steps)
-
-
-def _random_tokens(vocab_size: int, batch: int, length: int, device: str = "cuda"):
-    import torch
-
-    gen = torch.Generator(device=device).manual_seed(0)
-    return torch.randint(0, vocab_size, (batch, length), generator=gen, device=device)
-
-
-def _rate(step, tokens_per_step: int, steps: int) -> dict:
-    import torch
-
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    return {"tokens_per_s": tokens_per_step * steps / seconds, "step_ms": 1000 * seconds / steps,
-            "peak_gb": torch.cuda.max_memory_allocated() / 1e9}  # fmt: skip
-
-
 def load_liger_wheel() -> str:
     """Liger-Kernel is an optional peer: use the installed one, else a wheel carried in ``.whl/`` (pure Python)."""
     try:
@@ -385,19 +282,20 @@ def environment() -> dict:
         triton_version = None
     props = torch.cuda.get_device_properties(0)
     return {
-        "card": props.name, "sm_count": props.multi_processor_count, "memory_gb": round(props.total_memory / 1e9, 1),
+        "card": props.name, "capability": f"{props.major}.{props.minor}", "sm_count": props.multi_processor_count,
+        "memory_gb": round(props.total_memory / 1e9, 1),
         "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
         "python": platform.python_version(), "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
 
 
-def write_report(report: dict, table: str) -> list[Path]:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+def write_report(report: dict, table: str, results_dir: Path = RESULTS_DIR) -> list[Path]:
+    results_dir.mkdir(parents=True, exist_ok=True)
     card = "".join(ch if ch.isalnum() else "-" for ch in report["environment"]["card"]).strip("-").lower()
     stem = f"gpu_report-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{card}"
     paths = []
     for suffix, text in ((".json", json.dumps(report, indent=2, default=str)), (".txt", table)):
-        path = RESULTS_DIR / f"{stem}{suffix}"
+        path = results_dir / f"{stem}{suffix}"
         tmp = path.with_suffix(suffix + ".tmp")
         tmp.write_text(text + "\n")
         tmp.replace(path)  # atomic: a killed run never leaves half a report
@@ -408,90 +306,136 @@ def write_report(report: dict, table: str) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-s", type=float, default=420, help="wall-clock budget for the whole run (s)")
-    parser.add_argument("--tests-timeout-s", type=float, default=170, help="cap on the kernel test run (s)")
+    parser.add_argument("--budget-s", type=float, default=450, help="wall-clock budget for the whole run (s)")
+    parser.add_argument("--tests-timeout-s", type=float, default=150, help="cap on the kernel test run (s)")
     parser.add_argument("--skip-tests", action="store_true")
-    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end model section")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end model table")
     parser.add_argument("--only", type=lambda s: s.split(","), default=list(KERNELS), help=f"subset of {','.join(KERNELS)}")
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
-    parser.add_argument("--e2e-presets", type=lambda s: s.split(","), default=["33M", "1M"])
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="dtype of the kernel cases")
+    parser.add_argument("--e2e-presets", type=lambda s: tuple(s.split(",")), default=e2e_grid.PRESETS)
     parser.add_argument("--e2e-batch", type=int, default=64)
-    parser.add_argument("--e2e-dtype", choices=("bf16", "fp16"), default="bf16", help="autocast dtype of ours/torch")
+    parser.add_argument("--e2e-steps", type=int, default=6, help="timed training steps per cell (after 2 warm-up)")
+    parser.add_argument("--prewarm-workers", type=int, default=4,
+                        help="processes compiling the compiled cells in parallel first (0: none)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="no GPU needed: plan the table, resolve `auto` for --assume-capability, write the JSON "
+                             "with every cell 'not measured'")
+    parser.add_argument("--assume-capability", type=lambda s: tuple(int(v) for v in s.split(".")), default=None,
+                        metavar="MAJOR.MINOR", help="with --dry-run: the GPU to plan for (default 9.0)")
     args = parser.parse_args(argv)
-    budget = Budget(args.budget_s)
     unknown = set(args.only) - set(KERNELS)
     if unknown:
         parser.error(f"--only: unknown kernel(s) {sorted(unknown)}; choose from {KERNELS}")
+    bad = set(args.e2e_presets) - set(e2e_grid.PRESETS)
+    if bad:
+        parser.error(f"--e2e-presets: unknown preset(s) {sorted(bad)}; choose from {','.join(e2e_grid.PRESETS)}")
+    if args.assume_capability is not None and not args.dry_run:
+        parser.error("--assume-capability only plans (--dry-run); a real run reads the GPU's own capability")
+    return args
 
+
+def dry_run(args: argparse.Namespace) -> int:
+    """Everything but the GPU work: the plan, the path `auto` takes on the assumed GPU, the report skeleton."""
+    from tinystories.kernels import kernels_available
+    from tinystories.train.device import choose_execution
+
+    capability = args.assume_capability or (9, 0)
+    dtype, impl, compiled, reason = choose_execution("cuda", capability, dtype="auto", impl="auto", compile=None,
+                                                     triton=(True, ""))
+    auto = f"{dtype}, impl={impl}, compile={'on' if compiled else 'off'} ({reason})"
+    cells = e2e_grid.plan_cells(capability, args.e2e_presets)
+    rows = [{**asdict(c), "batch": args.e2e_batch, "seq_len": e2e_grid.SEQ_LEN, "not_measured": "dry run"}
+            for c in cells]
+    report = {"environment": {"card": f"dry-run-sm{capability[0]}{capability[1]}", "capability": list(capability),
+                              "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+              "args": vars(args), "dry_run": True, "kernels_available_here": kernels_available(),
+              "end_to_end": {"auto": auto, "rows": rows}}
+    table = e2e_grid.format_table(rows, auto)
+    log(f"dry run for sm_{capability[0]}{capability[1]}: {len(cells)} end-to-end cells, at most "
+        f"{sum(e2e_grid.COST_S[c.path] for c in cells)} s once compiled\n{table}")
+    for path in write_report(report, table, args.results_dir):
+        log(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    budget = Budget(args.budget_s)
     try:
         import tinystories.kernels
     except ImportError as exc:
         log(f"gpu_report.py: tinystories is not installed ({exc}); run `pip install --no-build-isolation --no-deps .` "
             f"in {REPO_ROOT} first")
         return 2
+    if args.dry_run:
+        return dry_run(args)
     found = tinystories.kernels.__file__
     import torch
 
     if not torch.cuda.is_available():
-        log("gpu_report.py needs a CUDA device; on CPU run `pytest benchmarks/bench_kernels.py` instead.")
+        log("gpu_report.py needs a CUDA device (or --dry-run); on CPU run `pytest benchmarks/bench_kernels.py`.")
         return 2
     from tinystories.kernels import kernels_available
+    from tinystories.train.device import resolve_execution
 
     report = {"environment": environment(), "args": vars(args), "tinystories.kernels": found,
               "kernels_available": kernels_available(), "liger_kernel": load_liger_wheel()}  # fmt: skip
     log(f"== {report['environment']}")
     log(f"== kernels_available: {report['kernels_available']}  (package from {found}); Liger-Kernel: {report['liger_kernel']}")
+    try:
+        auto = resolve_execution(torch.device("cuda", 0))
+    except ValueError as exc:  # ConfigError: e.g. this PyTorch build has no code for the GPU
+        log(f"gpu_report.py: {exc}")
+        return 2
+    log(f"== {auto.describe()}")
 
-    if args.skip_tests:
-        report["tests"] = {"skipped": "--skip-tests"}
-    else:
-        log("\n== 1. kernel tests on the GPU (no interpreter, bf16 enabled)")
-        report["tests"] = run_tests(min(args.tests_timeout_s, max(30.0, budget.left() * 0.45)))
-        log(f"   -> {report['tests']['summary'] or 'no summary'} (rc {report['tests']['returncode']}, {report['tests']['seconds']} s)")
+    # The kernel tests and the compilation of the end-to-end cells are not timed: they run side by side first.
+    cells = [] if args.no_e2e else e2e_grid.plan_cells(torch.cuda.get_device_capability(0), args.e2e_presets)
+    tests: dict = {"skipped": "--skip-tests"}
+    tests_thread = threading.Thread(target=lambda: tests.update(run_tests(args.tests_timeout_s)))
+    if not args.skip_tests:
+        tests.clear()
+        log("\n== 1. kernel tests on the GPU (no interpreter, bf16 enabled), alongside the end-to-end prewarm")
+        tests_thread.start()
+    warm = e2e_grid.prewarm(cells, args.e2e_batch, args.prewarm_workers, min(240.0, budget.left() * 0.4), log)
+    if not args.skip_tests:
+        tests_thread.join()
+        log(f"   -> tests: {tests.get('summary') or 'no summary'} (rc {tests.get('returncode')}, "
+            f"{tests.get('seconds')} s)")
+    report["tests"] = tests
 
-    # Cheap items first, so a short budget still yields ours vs the main peers; torch.compile items last.
     kernels = KernelRun(args)
     log(f"\n== 2a. kernels: ours vs uncompiled peers ({args.dtype}; fwd records autograd as in training; {budget.left():.0f} s left)")
     kernels.run(kernels.plain_items(), budget, COST_PLAIN_S)
+    report["end_to_end"] = {"auto": auto.describe(), "rows": [], "skipped": "--no-e2e"}
+    if cells:
+        log(f"\n== 3. end to end: {len(cells)} cells, most important first ({budget.left():.0f} s left)")
+        rows = e2e_grid.run_cells(cells, args.e2e_batch, args.e2e_steps, budget, log)
+        report["end_to_end"] = {"auto": auto.describe(), "prewarm": warm, "rows": rows}
     log(f"\n== 2b. kernels: FlexAttention ({budget.left():.0f} s left)")
     kernels.run(kernels.compiled_items("flex"), budget, COST_COMPILED_S)
-    report["end_to_end"] = {"skipped": ["end to end: --no-e2e"], "rows": []}
-    presets = args.e2e_presets
-    e2e = not args.no_e2e
-    if e2e:
-        log(f"\n== 3a. end to end, eager ({budget.left():.0f} s left)")
-        report["end_to_end"] = run_end_to_end(args, budget, [(p, i) for p in presets for i in E2E_EAGER])
-        log(f"\n== 3b. end to end, torch.compile, {presets[0]} ({budget.left():.0f} s left)")
-        run_end_to_end(args, budget, [(presets[0], i) for i in E2E_COMPILED], report["end_to_end"])
     log(f"\n== 2c. kernels: torch.compile of the references ({budget.left():.0f} s left)")
     kernels.run(kernels.compiled_items("compiled-ref"), budget, COST_COMPILED_S)
-    if e2e:
-        log(f"\n== 3c. end to end, the other compiled rows ({budget.left():.0f} s left)")
-        later = [(p, i) for p in presets[1:] for i in E2E_COMPILED] + [(p, "hf-compiled-bf16") for p in presets]
-        run_end_to_end(args, budget, later, report["end_to_end"])
     # group each case's rows together for the table, in case order
     order = {(c.kernel, c.name): i for i, c in enumerate(kernels.cases)}
     rows = sorted(kernels.rows, key=lambda r: order[(r["kernel"], r["case"])])
     table = kernel_table(rows)
     report["kernels"] = rows
     report["kernels_skipped"] = skipped = kernels.skipped
-    e2e_rows = [r for r in report["end_to_end"]["rows"] if "tokens_per_s" in r]
-    if e2e_rows:
-        table += "\n\nend to end (AdamW, T=512, random tokens)\n" + "\n".join(
-            f"{r['preset']:<8} {r['impl']:<16} {r['autocast']} B{r['batch']:<4} {r['tokens_per_s']:>12,.0f} tokens/s  "
-            f"{r['step_ms']:8.1f} ms/step  peak {r['peak_gb']:.2f} GB"
-            for r in e2e_rows
-        )
+    if report["end_to_end"]["rows"]:
+        table += (f"\n\nend to end (trainer's step: AdamW, clipping, GradScaler for fp16; T={e2e_grid.SEQ_LEN}, "
+                  f"B={args.e2e_batch}, random tokens; tokens/s, peak memory)\n"
+                  + e2e_grid.format_table(report["end_to_end"]["rows"], auto.describe()))
     table = f"{report['environment']}\ntests: {report['tests'].get('summary', report['tests'])}\n\n{table}"
-    all_skipped = [*skipped, *report["end_to_end"]["skipped"]]
-    if all_skipped:
-        table += "\n\nskipped:\n" + "\n".join(f"  {s}" for s in all_skipped)
+    if skipped:
+        table += "\n\nskipped:\n" + "\n".join(f"  {s}" for s in skipped)
     log("\n" + table)
-    for path in write_report(report, table):
+    for path in write_report(report, table, args.results_dir):
         log(f"wrote {path}")
-    return 0 if report["tests"].get("returncode", 0) == 0 else 1
+    return 0 if "skipped" in tests or tests.get("returncode") == 0 else 1  # (a test thread that died: 1)
 
 
 if __name__ == "__main__":

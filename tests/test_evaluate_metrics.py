@@ -19,7 +19,7 @@ class ByteStudent(Student):
 
     def __init__(self, mode: str, context: int = 16):
         torch.manual_seed(0)
-        self.mode, self.context_length = mode, context
+        self.mode, self.context_length, self.trained_seq_len = mode, context, context
         self.emb = torch.nn.Embedding(257, 32)
         self.out = torch.nn.Linear(32, 257)
         self.info = StudentInfo(name=f"bytes-{mode}", identity=mode)

@@ -42,7 +42,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a run folder stands for every checkpoint it holds (grades vs training step)")
         p.add_argument("--hf-model", action="append", default=[], type=Path, metavar="DIR",
                        help="a Hugging Face causal LM directory (repeatable)")
-        p.add_argument("--device", default="cpu")
+        p.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
+        p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                       help="autocast dtype of our checkpoints; auto: as the trainer chooses for the device")
 
     def judge(p: argparse.ArgumentParser, required: bool) -> None:
         p.add_argument("--judge-model", required=required, help="the judge model name (e.g. gpt-4o)")
@@ -97,9 +99,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--text", type=Path, help="a .txt/.txt.zst file (<|endoftext|> separates documents)")
     source.add_argument("--data", type=Path, help="a token-shard folder (tinystories data prepare)")
     loss.add_argument("--split", default="val")
-    loss.add_argument("--stride", type=int, help="sliding-window stride in tokens (default: the context length)")
+    loss.add_argument("--stride", type=int, help="sliding-window stride in tokens (default: the window, --seq-len)")
     loss.add_argument("--max-bytes", type=int, help="score only the head of the text")
     loss.add_argument("--batch-size", type=int, default=8)
+    loss.add_argument("--seq-len", type=int, help="window in tokens (default: the length each checkpoint was "
+                                                  "trained at; a HF model: its context)")
     loss.add_argument("--json", type=Path, help="also write the results here")
 
 
@@ -111,7 +115,7 @@ def _load_students(args: argparse.Namespace) -> list[Student]:
     for path in args.checkpoints:
         found = list_checkpoints(path) if args.all_checkpoints and path.is_dir() else []
         paths += found or [path]
-    students = [load_student(c, device=args.device) for c in paths]
+    students = [load_student(c, device=args.device, dtype=args.dtype) for c in paths]
     students += [load_student(d, hf=True, device=args.device) for d in args.hf_model]
     if not students:
         raise SystemExit("tinystories eval: give at least one checkpoint or --hf-model DIR")
@@ -296,9 +300,10 @@ def _cli_loss(args: argparse.Namespace, students: list[Student]) -> int:
     for student in students:
         if text is not None:
             result = heldout.text_loss(student, text, source=str(args.text), stride=args.stride,
-                                       batch_size=args.batch_size, max_bytes=args.max_bytes)
+                                       batch_size=args.batch_size, max_bytes=args.max_bytes, seq_len=args.seq_len)
         elif isinstance(student, GPTNeoStudent):
-            result = heldout.split_loss(student, args.data, split=args.split, batch_size=args.batch_size)
+            result = heldout.split_loss(student, args.data, split=args.split, batch_size=args.batch_size,
+                                        seq_len=args.seq_len)
         else:
             raise SystemExit(f"{student.info.name}: --data shards hold our tokenizer's ids; use --text for HF models")
         table.add_row(result.model, f"{result.tokens:,}", f"{result.bytes:,}", f"{result.loss:.4f}",

@@ -23,6 +23,7 @@ from tinystories.model.checkpoint import load_checkpoint, resolve_checkpoint
 from tinystories.model.generate import generate_texts, left_pad
 from tinystories.model.gpt_neo import GPTNeo
 from tinystories.tokenizer import Tokenizer
+from tinystories.train.device import autocast_context, resolve_device, resolve_execution
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Student(Protocol):
 
     info: StudentInfo
     context_length: int
+    trained_seq_len: int  # the window held-out loss scores in by default (a HF model: its context)
 
     def complete(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[str]:
@@ -87,33 +89,38 @@ def step_from_name(path: str | Path) -> int | None:
 class GPTNeoStudent:
     """Our GPT-Neo (``tinystories.model``) with our tokenizer; generation uses the model's KV cache."""
 
-    def __init__(self, model: GPTNeo, tokenizer: Tokenizer, info: StudentInfo):
+    def __init__(self, model: GPTNeo, tokenizer: Tokenizer, info: StudentInfo, *, dtype: str = "fp32",
+                 trained_seq_len: int | None = None):
         self.model, self.tokenizer, self.info = model.eval(), tokenizer, info
         self.context_length = model.config.max_position_embeddings
+        self.trained_seq_len = trained_seq_len or self.context_length  # what held-out loss scores by default
         self.device = next(model.parameters()).device
+        self.autocast = autocast_context(self.device, dtype)
         config = model.config
         info.hidden_size = info.hidden_size or config.hidden_size
         info.num_layers = info.num_layers or config.num_layers
         info.num_parameters = info.num_parameters or sum(p.numel() for p in model.parameters())
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, name: str | None = None, device: str = "cpu") -> GPTNeoStudent:
-        """A checkpoint file, or the newest checkpoint of a run directory."""
+    def from_checkpoint(cls, path: str | Path, *, name: str | None = None, device: str = "cpu",
+                        dtype: str = "fp32") -> GPTNeoStudent:
+        """A checkpoint file, or the newest checkpoint of a run directory; ``dtype`` is the autocast dtype."""
         if Path(path).is_dir() and (Path(path) / "config.json").is_file() and not (Path(path) / "checkpoints").is_dir():
             raise FileNotFoundError(f"{path} looks like a Hugging Face model directory: pass it as --hf-model {path}")
         file = resolve_checkpoint(path)
-        model, tokenizer, _ = load_checkpoint(file, device=device)
+        model, tokenizer, train_config = load_checkpoint(file, device=device)
         run, stem = _run_and_stem(file)
         info = StudentInfo(name=name or f"{run}/{stem}", identity=fingerprint_path(file), step=step_from_name(file),
                            run=run, extra={"checkpoint": str(file)})
-        return cls(model, tokenizer, info)
+        return cls(model, tokenizer, info, dtype=dtype, trained_seq_len=train_config.get("seq_len"))
 
     def complete(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[str]:
         try:
-            return generate_texts(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                  include_prompt=False, fit="cut_prompt")
+            with self.autocast:
+                return generate_texts(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                      temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                      include_prompt=False, fit="cut_prompt")
         except ValueError as exc:  # several students are graded at once: say which one
             raise ValueError(f"{self.info.name}: {exc}") from None
 
@@ -128,7 +135,8 @@ class GPTNeoStudent:
 
     @torch.no_grad()
     def window_logits(self, windows: torch.Tensor) -> torch.Tensor:
-        return self.model(windows.to(self.device)).logits
+        with self.autocast:
+            return self.model(windows.to(self.device)).logits
 
 
 def _run_and_stem(path: str | Path) -> tuple[str, str]:
@@ -156,6 +164,7 @@ class HFStudent:
         config = self.model.config
         self.context_length = int(getattr(config, "max_position_embeddings", None)
                                   or getattr(config, "n_positions", None) or self.tokenizer.model_max_length)
+        self.trained_seq_len = self.context_length
         eos = self.tokenizer.eos_token_id
         if eos is None:
             raise ValueError(f"{directory}: the tokenizer has no end-of-text token")
@@ -201,11 +210,14 @@ class HFStudent:
         return self.model(input_ids=windows.to(self.device)).logits.float()
 
 
-def load_student(spec: str | Path, *, hf: bool = False, device: str = "cpu") -> Student:
-    """A checkpoint file or run directory, or with ``hf=True`` a Hugging Face model directory."""
+def load_student(spec: str | Path, *, hf: bool = False, device: str = "cpu", dtype: str = "auto") -> Student:
+    """A checkpoint file or run directory, or with ``hf=True`` a Hugging Face model directory. ``device`` may be
+    "auto"; ``dtype`` "auto" is the trainer's choice for the device (see :func:`resolve_execution`)."""
     if hf:
-        return HFStudent(spec, device=device)
-    return GPTNeoStudent.from_checkpoint(spec, device=device)
+        return HFStudent(spec, device=str(resolve_device(device, 0)))
+    resolved = resolve_device(device, 0)
+    execution = resolve_execution(resolved, dtype=dtype, impl="torch", compile=False)  # KV-cache decoding: plain
+    return GPTNeoStudent.from_checkpoint(spec, device=resolved, dtype=execution.dtype)
 
 
 # ------------------------------------------------------------------------------------------------ scoring

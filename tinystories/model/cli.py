@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import argparse
-
-import torch
+import sys
 
 from tinystories.model.checkpoint import load_checkpoint
 from tinystories.model.generate import generate_texts
 from tinystories.model.hf import export_hf
+from tinystories.train.config import ConfigError
+from tinystories.train.device import autocast_context, resolve_device, resolve_execution
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,16 +29,28 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                        help="autocast dtype; auto: as the trainer chooses for this device (bf16 on sm_80+, "
+                             "fp16 on sm_7x, fp32 on CPU)")
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every token")
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    model, tokenizer, _ = load_checkpoint(args.checkpoint, device=args.device)
+    try:
+        device = resolve_device(args.device, 0)
+        # The trainer's resolution; decoding with the KV cache runs the plain path, eager.
+        execution = resolve_execution(device, dtype=args.dtype, impl="torch", compile=False)
+    except ConfigError as exc:
+        print(f"tinystories sample: error: {exc}", file=sys.stderr)
+        return 2
+    print(execution.describe(), file=sys.stderr)
+    model, tokenizer, _ = load_checkpoint(args.checkpoint, device=device)
     prompts = [p for p in (args.prompt or [""]) for _ in range(args.num_samples)]
-    texts = generate_texts(model, tokenizer, prompts, max_new_tokens=args.max_tokens,
-                           temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache)
+    with autocast_context(device, execution.dtype):
+        texts = generate_texts(model, tokenizer, prompts, max_new_tokens=args.max_tokens,
+                               temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
+                               top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache)
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- story {i + 1} ---")

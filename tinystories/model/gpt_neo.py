@@ -9,10 +9,13 @@ The architecture of the TinyStories models (Eldan & Li 2023):
   GPTs — NO 1/sqrt(head_dim) scaling of the scores, which are computed in fp32;
 - a ``gelu_new`` (tanh-approximated GELU) MLP of width 4 x hidden.
 
-Two implementations of the same function, chosen with ``impl``: ``"torch"`` (plain PyTorch, runs
-everywhere, the reference, the only one that returns attention probabilities) and ``"fused"`` (the Triton
-kernels of :mod:`tinystories.kernels`, CUDA only). A fused model that cannot use its kernels for a call
-(no CUDA, no Triton, a KV cache, a hook on ``blocks[i].mlp.act``...) runs the plain path and logs why.
+Three implementations of the same function, chosen with ``impl``: ``"torch"`` (plain PyTorch, runs
+everywhere, the reference, the only one that returns attention probabilities), ``"fused"`` (the Triton
+kernels of :mod:`tinystories.kernels`, CUDA only) and ``"hybrid"`` (only the Triton kernels without
+``tl.dot`` -- LayerNorm and the cross-entropy part of linear-CE -- with cuBLAS matmuls and PyTorch SDPA: for
+GPUs below sm_80, where Triton's ``tl.dot`` runs without tensor cores). A fused or hybrid model that cannot
+use its kernels for a call (no CUDA, no Triton, a KV cache, a hook on ``blocks[i].mlp.act``...) runs the
+plain path and logs why.
 
 The token embedding is padded to a multiple of 64 rows for faster matmuls; the padding rows are zero,
 never looked up, and sliced off the logits, so results equal the unpadded model's.
@@ -33,7 +36,7 @@ from tinystories.model.config import GPTNeoConfig
 
 log = logging.getLogger(__name__)
 
-IMPLS = ("torch", "fused")
+IMPLS = ("torch", "fused", "hybrid")
 
 
 class GPTNeoOutput(NamedTuple):
@@ -81,6 +84,16 @@ class KVCache:
         return k, v
 
 
+class KernelsWithoutDot:
+    """The hybrid path's kernels: LayerNorm and linear-CE (cuBLAS matmuls around a Triton cross-entropy); no
+    attention or MLP kernel (their tl.dot lacks tensor cores below sm_80), so those run cuBLAS / SDPA."""
+
+    attention = fused_mlp = None
+
+    def __init__(self, kernels: ModuleType) -> None:
+        self.layer_norm, self.linear_cross_entropy = kernels.layer_norm, kernels.linear_cross_entropy
+
+
 class NewGELU(nn.Module):
     """``gelu_new``: GELU with the tanh approximation (GPT-2/GPT-Neo). A module so it can be hooked."""
 
@@ -108,7 +121,7 @@ class SelfAttention(nn.Module):
                 fused: ModuleType | None, explicit: bool = False) -> tuple[Tensor, Tensor | None]:
         """``explicit``: compute the probabilities in plain PyTorch (returned; needed with padding)."""
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
-        if fused is not None:
+        if fused is not None and fused.attention is not None:
             y = fused.attention(q, k, v, causal=True, window=self.window, scale=1.0)
             probs = None
         else:
@@ -144,7 +157,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, fused: ModuleType | None) -> Tensor:
-        if fused is not None:
+        if fused is not None and fused.fused_mlp is not None:
             y = fused.fused_mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias)
         else:
             y = self.c_proj(self.act(self.c_fc(x)))
@@ -166,7 +179,7 @@ class Block(nn.Module):
             a, probs = self.attn(self.ln_1(x), mask, kv_cache, layer, None, explicit)
             x = x + a
             return x + self.mlp(self.ln_2(x), None), probs
-        a, _ = self.attn(fused.layer_norm(x, self.ln_1.weight, self.ln_1.bias, self.ln_1.eps), None, None, layer,
+        a, _ = self.attn(fused.layer_norm(x, self.ln_1.weight, self.ln_1.bias, self.ln_1.eps), mask, None, layer,
                          fused)
         # One kernel adds the residual and normalises: returns (ln_2(x + a), x + a).
         normed, x = fused.layer_norm(a, self.ln_2.weight, self.ln_2.bias, self.ln_2.eps, residual=x)
@@ -225,12 +238,14 @@ class GPTNeo(nn.Module):
     def _fallback(self, reason: str) -> None:
         if reason not in self._fallbacks_logged:
             self._fallbacks_logged.add(reason)
-            log.warning("impl='fused' falls back to the plain PyTorch path: %s", reason)
+            log.warning("impl=%r falls back to the plain PyTorch path: %s", self._impl, reason)
 
     def _fused_kernels(self, idx: Tensor, kv_cache: KVCache | None, output_attentions: bool,
-                       attention_mask: Tensor | None, position_ids: Tensor | None) -> ModuleType | None:
-        """The kernels module when this call can run fused, else None (after logging why, once)."""
-        if self._impl != "fused":
+                       attention_mask: Tensor | None,
+                       position_ids: Tensor | None) -> ModuleType | KernelsWithoutDot | None:
+        """The kernels this call can use (all for "fused", those without tl.dot for "hybrid"), else None
+        (after logging why, once)."""
+        if self._impl == "torch":
             return None
         if self._kernels_status is None:
             try:
@@ -258,7 +273,7 @@ class GPTNeo(nn.Module):
             if applies:
                 self._fallback(why)
                 return None
-        return kernels
+        return KernelsWithoutDot(kernels) if self._impl == "hybrid" else kernels
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, idx: Tensor, targets: Tensor | None = None, *, kv_cache: KVCache | None = None,
@@ -299,7 +314,7 @@ class GPTNeo(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(position_ids))
         masks = None
         explicit = output_attentions or attention_mask is not None
-        if fused is None:
+        if fused is None or fused.attention is None:
             query_pos, key_pos, key_valid = position_ids, position_ids, valid
             if kv_cache is not None:
                 key_pos, key_valid = kv_cache.append_positions(position_ids, valid, uniform)

@@ -19,7 +19,7 @@ from rich.table import Table
 from tinystories.atomic import atomic_write_json
 from tinystories.model.gpt_neo import GPTNeo
 from tinystories.sweep.grid import RunPlan, SweepConfig, data_vocab_size, format_count, plan_runs, prepare_data
-from tinystories.train.device import Dist, autocast_context, resolve_device, resolve_dtype
+from tinystories.train.device import Dist, autocast_context, resolve_device, resolve_execution
 from tinystories.train.step import learning_rate, make_optimizer, train_step
 
 
@@ -33,7 +33,7 @@ class Probe:
     sample_s: float  # the story the trainer samples at every evaluation
     checkpoint_s: float  # one checkpoint write
     tokens_per_step: int
-    device: str  # where it was measured, e.g. "cuda:0 (NVIDIA H100 80GB HBM3) bf16"
+    device: str  # where and how it was measured, e.g. "cuda:0 (NVIDIA H100 80GB HBM3) bf16 impl=fused compiled"
 
     @property
     def tokens_per_s(self) -> float:
@@ -41,15 +41,18 @@ class Probe:
 
 
 def probe(plan: RunPlan, *, steps: int = 5, warmup: int = 2) -> Probe:
-    """Time the trainer's own step (its optimiser, dtype and autocast) on random tokens of the run's shape."""
+    """Time the trainer's own step (its optimiser, execution path and autocast) on random tokens of the run's
+    shape: the path ``auto`` resolves to here is the one the runs will take (compiled: warm-up includes it)."""
     c = plan.train_config
     device = resolve_device(c.device, 0)
-    dtype = resolve_dtype(c.dtype, device)
+    execution = resolve_execution(device, dtype=c.dtype, impl=c.impl, compile=c.compile)
+    dtype = execution.dtype
     autocast = autocast_context(device, dtype)
     torch.manual_seed(0)
     model = GPTNeo(plan.model_config)
-    model.impl = c.impl
+    model.impl = execution.impl
     model.to(device).train()
+    train_model = torch.compile(model) if execution.compile else model
     optimizer = make_optimizer(model, c, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
     vocab = plan.model_config.vocab_size
@@ -71,13 +74,13 @@ def probe(plan: RunPlan, *, steps: int = 5, warmup: int = 2) -> Probe:
         return (time.perf_counter() - t0) / n
 
     def step() -> None:
-        train_step(model, model, optimizer, scaler, lambda: (x, y), c=c, lr=learning_rate(0, c), dtype=dtype,
+        train_step(train_model, model, optimizer, scaler, lambda: (x, y), c=c, lr=learning_rate(0, c),
                    autocast=autocast, dist=Dist())
 
     @torch.no_grad()
     def eval_batch() -> None:
         with autocast:
-            model(x, y)
+            train_model(x, y)
 
     @torch.no_grad()
     def sample() -> None:
@@ -94,7 +97,8 @@ def probe(plan: RunPlan, *, steps: int = 5, warmup: int = 2) -> Probe:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
         ckpt_s = timed(lambda: torch.save(state, Path(tmp) / "probe.pt"), 1, 0)
     name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
-    return Probe(plan.run.shape, step_s, eval_s, sample_s, ckpt_s, plan.tokens_per_step, f"{name} {dtype}")
+    return Probe(plan.run.shape, step_s, eval_s, sample_s, ckpt_s, plan.tokens_per_step,
+                 f"{name} {dtype} impl={execution.impl}{' compiled' if execution.compile else ''}")
 
 
 def startup_seconds() -> float:

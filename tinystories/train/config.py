@@ -31,7 +31,7 @@ class TrainConfig:
     window_size: int | None = None
     dropout: float | None = None
     init_from_hf: str | None = None  # a GPTNeoForCausalLM directory to start from
-    impl: str = "torch"  # "torch" | "fused" (Triton kernels on CUDA)
+    impl: str = "auto"  # "auto" (from the GPU, see train.device) | "torch" | "fused" | "hybrid"
     # data
     data: str | None = None  # a prepared shard directory, or .txt/.jsonl file(s) (comma-separated) to prepare
     tokenizer: str = "gpt2"  # for --data files: a tokenizer spec (see tinystories.tokenizer.resolve_tokenizer)
@@ -54,7 +54,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping
     dtype: str = "auto"  # "auto" | "fp32" | "fp16" | "bf16"
-    compile: bool = False
+    compile: bool | None = None  # None ("auto"): on for GPUs with Triton, off on CPU
     max_bad_steps: int = 10  # abort after this many non-finite steps in a row
     # bookkeeping
     out_dir: str | None = None  # None: runs/<preset>-<timestamp>
@@ -93,8 +93,12 @@ PRESET_TRAINING: dict[str, dict[str, Any]] = {
 # --data without --preset (or a shape, or --init_from_hf) would silently train the demo's architecture on real data.
 SHAPE_GIVEN_WITHOUT_PRESET = ("hidden_size", "num_layers")
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-CHOICES = {"impl": ("torch", "fused"), "data_mode": ("packed", "stories"), "dtype": ("auto", "fp32", "fp16", "bf16"),
-           "display": ("auto", "rich", "plain")}
+# Fine-tuning from Hugging Face weights (--init_from_hf): the paper's context, whatever the preset or the HF
+# config says (the TinyStories models were trained at 512 though their config allows 2048).
+FINETUNE_TRAINING: dict[str, Any] = dict(seq_len=512)
+MIN_LR_RATIO = 0.1  # min_lr follows a given lr unless min_lr is given too
+CHOICES = {"impl": ("auto", "torch", "fused", "hybrid"), "data_mode": ("packed", "stories"),
+           "dtype": ("auto", "fp32", "fp16", "bf16"), "display": ("auto", "rich", "plain")}
 
 
 class ConfigError(ValueError):
@@ -120,7 +124,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     kind, optional = types[key]
     if isinstance(value, str) and not (kind is str):
         text = value.strip()
-        if optional and text.lower() in ("none", "null", ""):
+        if optional and text.lower() in ("none", "null", "", "auto"):  # None means "chosen for you"
             return None
         try:
             if kind is bool:
@@ -192,7 +196,10 @@ def load_config(toml_path: str | None = None, overrides: dict[str, Any] | None =
         sizes = ", ".join(p for p in PRESETS if p != "demo" and not p.endswith("-instruct"))
         raise ConfigError(f"--data needs a model size: --preset=SIZE with SIZE one of {sizes} (the paper's; each "
                           f"also as SIZE-instruct), or --hidden_size and --num_layers (other keys from --preset=demo)")
-    merged = values if saved else {**PRESET_TRAINING.get(preset, {}), **values}  # a saved config is complete
+    if "lr" in given and "min_lr" not in given:
+        values["min_lr"] = given["lr"] * MIN_LR_RATIO
+    defaults = FINETUNE_TRAINING if values.get("init_from_hf") else PRESET_TRAINING.get(preset, {})
+    merged = values if saved else {**defaults, **values}  # a saved config is complete
     config = TrainConfig(**merged)
     validate_config(config)
     return config
@@ -246,6 +253,6 @@ def validate_config(c: TrainConfig) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     seq_len = c.seq_len or model.max_position_embeddings
-    if seq_len > model.max_position_embeddings:
+    if seq_len > model.max_position_embeddings and not c.init_from_hf:  # HF: its own context
         raise ConfigError(f"seq_len={seq_len} exceeds the model's context of {model.max_position_embeddings} "
                           f"(set --context)")

@@ -1,10 +1,11 @@
-"""Where a run executes: the device, the precision, the torchrun process group, and the peak FLOP/s for MFU."""
+"""Where a run executes: the device, the execution path (precision, kernels, compilation; ``auto`` resolved
+from the device once at start-up), the torchrun process group, and the peak FLOP/s for MFU."""
 
 from __future__ import annotations
 
 import os
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -52,16 +53,6 @@ def resolve_device(spec: str, local_rank: int) -> torch.device:
     return device
 
 
-def resolve_dtype(spec: str, device: torch.device) -> str:
-    if spec == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
-    if spec == "fp16" and device.type != "cuda":
-        raise ConfigError("dtype=fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
-    return spec
-
-
 @dataclass
 class Dist:
     rank: int = 0
@@ -100,9 +91,105 @@ def to_device(batch: np.ndarray | torch.Tensor, device: torch.device) -> torch.T
     return tensor.to(device, non_blocking=True)
 
 
-
 def autocast_context(device: torch.device, dtype: str) -> AbstractContextManager:
     """Autocast to fp16/bf16 on ``device``, or nothing for fp32."""
     if dtype == "fp32":
         return nullcontext()
     return torch.autocast(device.type, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
+
+
+# -- the execution path: what ``impl``/``compile``/``dtype`` = auto mean on this device ------------------------
+@dataclass(frozen=True)
+class ExecutionPath:
+    """How a run computes: autocast dtype, model implementation, torch.compile; and why (one line)."""
+
+    dtype: str  # "fp32" | "fp16" (with the GradScaler) | "bf16"
+    impl: str  # "torch" | "fused" | "hybrid" (see tinystories.model.gpt_neo)
+    compile: bool
+    device: str  # e.g. "cuda:0 sm_90 (NVIDIA H200)", "cpu"
+    reason: str
+
+    def describe(self) -> str:
+        return (f"execution path: {self.dtype}, impl={self.impl}, compile={'on' if self.compile else 'off'} "
+                f"on {self.device} ({self.reason})")
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int] | None:
+    return tuple(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None
+
+
+def torch_builds_for(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Whether a PyTorch build compiled for ``arch_list`` (``torch.cuda.get_arch_list()``) runs on this GPU:
+    a cubin for sm_XY runs on sm_XZ with Z >= Y, PTX for compute_XY on anything newer (JIT)."""
+    major, minor = capability
+    for arch in arch_list:
+        kind, _, number = arch.partition("_")
+        if not number.isdigit():
+            continue
+        a_major, a_minor = divmod(int(number), 10)
+        if kind == "sm" and a_major == major and a_minor <= minor:
+            return True
+        if kind == "compute" and (a_major, a_minor) <= (major, minor):
+            return True
+    return False
+
+
+def choose_execution(device_type: str, capability: tuple[int, int] | None, *, dtype: str, impl: str,
+                     compile: bool | None, triton: tuple[bool, str]) -> tuple[str, str, bool, str]:
+    """``(dtype, impl, compile, reason)`` for the requested values (``"auto"``/None = choose). Pure: the device
+    is described by its type and CUDA compute capability, Triton by ``kernels_available()``. Raises
+    :class:`ConfigError` for an explicit choice that cannot work on this device."""
+    triton_ok, triton_why = triton
+    cc = f"sm_{capability[0]}{capability[1]}" if capability else device_type
+    if device_type != "cuda":
+        auto = ("fp32", "torch", False, f"{device_type}: the plain PyTorch path, eager")
+    elif capability >= (8, 0):
+        auto = ("bf16", "fused" if triton_ok else "torch", True,
+                f"{cc} >= sm_80: bf16 autocast, the fused Triton kernels, torch.compile"
+                + ("" if triton_ok else f"; plain path because {triton_why}"))
+    elif capability >= (7, 0):
+        auto = ("fp16", "hybrid" if triton_ok else "torch", True,
+                f"{cc} < sm_80: no bf16 and Triton's tl.dot has no tensor cores there, so fp16 + GradScaler, "
+                f"cuBLAS/SDPA matmuls with Triton LayerNorm and cross-entropy, torch.compile"
+                + ("" if triton_ok else f"; plain path because {triton_why}"))
+    else:  # Triton (and so torch.compile's GPU code) needs sm_70
+        auto = ("fp32", "torch", False, f"{cc} < sm_70: fp32, the plain path, eager (Triton needs sm_70)")
+    chosen = [dtype if dtype != "auto" else auto[0], impl if impl != "auto" else auto[1],
+              compile if compile is not None else auto[2]]
+    explicit = [f"{k}={v}" for k, v, req in zip(("dtype", "impl", "compile"), chosen, (dtype, impl, compile))
+                if req not in ("auto", None)]
+    reason = auto[3] if not explicit else f"{', '.join(explicit)} as given; auto: {auto[3]}"
+    if chosen[0] == "bf16" and device_type == "cuda" and capability < (8, 0):
+        raise ConfigError(f"dtype=bf16 needs a GPU of compute capability >= 8.0 (this one is {cc}); "
+                          f"use --dtype=fp16 (or auto)")
+    if chosen[1] in ("fused", "hybrid") and not triton_ok:
+        raise ConfigError(f"impl={chosen[1]} needs the Triton kernels, which cannot run here: {triton_why}; "
+                          f"use --impl=torch (or auto)")
+    if chosen[2] and device_type == "cuda" and capability < (7, 0):
+        raise ConfigError(f"compile=true needs Triton's GPU compiler, which needs compute capability >= 7.0 "
+                          f"(this GPU is {cc}); use --compile=false (or auto)")
+    return chosen[0], chosen[1], chosen[2], reason
+
+
+def resolve_execution(device: torch.device, *, dtype: str = "auto", impl: str = "auto",
+                      compile: bool | None = None) -> ExecutionPath:
+    """The execution path on ``device`` for the requested values (the trainer, ``sample``, ``eval``, ``sweep``
+    all call this, so they take the same path). Stops with a :class:`ConfigError` before anything is
+    allocated when an explicit choice cannot work."""
+    from tinystories.kernels import kernels_available
+
+    capability = cuda_capability(device)
+    name = str(device)
+    if capability is not None:
+        name = f"{device} sm_{capability[0]}{capability[1]} ({torch.cuda.get_device_name(device)})"
+        arch_list = torch.cuda.get_arch_list()
+        if torch.version.cuda and arch_list and not torch_builds_for(capability, arch_list):  # (ROCm: gfx names)
+            raise ConfigError(f"this PyTorch build ({torch.__version__}, CUDA {torch.version.cuda}) has no kernels "
+                              f"for sm_{capability[0]}{capability[1]} (it has {' '.join(arch_list)}); "
+                              f"install a build that does (CUDA 12.x builds still include sm_70)")
+    chosen = choose_execution(device.type, capability, dtype=dtype, impl=impl, compile=compile,
+                              triton=kernels_available())
+    return ExecutionPath(*chosen[:3], device=name, reason=chosen[3])

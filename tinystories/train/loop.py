@@ -35,7 +35,7 @@ from tinystories.progress import Progress
 from tinystories.tokenizer import Tokenizer
 from tinystories.train.config import ConfigError, TrainConfig, saved_config
 from tinystories.train.device import (Dist, autocast_context, barrier, init_distributed, peak_flops, resolve_device,
-                                      resolve_dtype, to_device)
+                                      resolve_execution, to_device)
 from tinystories.train.inputs import DEMO_NOTICE, resolve_data
 from tinystories.train.lock import RunLock
 from tinystories.train.resume import (history_entry, newest_intact_checkpoint, reconcile, remove_stale_temp_files,
@@ -156,7 +156,8 @@ def train(c: TrainConfig) -> Path:
 
 def _train(c: TrainConfig, dist: Dist) -> Path:
     device = resolve_device(c.device, dist.local_rank)
-    dtype = resolve_dtype(c.dtype, device)
+    execution = resolve_execution(device, dtype=c.dtype, impl=c.impl, compile=c.compile)  # before any allocation
+    dtype = execution.dtype
     if c.cpu_threads is not None:
         torch.set_num_threads(c.cpu_threads)
     run_dir = Path(c.out_dir or f"runs/{c.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -212,7 +213,7 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, dtype: str, run_dir: 
     seq_len = c.seq_len or mc.max_position_embeddings
     if seq_len > mc.max_position_embeddings:
         raise ConfigError(f"seq_len={seq_len} exceeds the model's context of {mc.max_position_embeddings}")
-    model.impl = c.impl
+    model.impl = execution.impl
     model.to(device).train()
     optimizer = make_optimizer(model, c, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
@@ -244,8 +245,9 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, dtype: str, run_dir: 
     tokenizer_json = tokenizer.to_json()
     if dist.main:
         write_run_config(run_dir, {"train": dataclasses.asdict(c), "model": mc.to_dict(), "data": str(data_dir),
-                                   "dtype": dtype, "world_size": dist.world_size},
+                                   "dtype": dtype, "execution": execution.as_dict(), "world_size": dist.world_size},
                          history_entry("resume" if ckpt else "start", step, changes))
+        say(execution.describe())
         say(f"{model_summary(model)}\ndata {data_dir} | {tokens_per_step:,} tokens/step | device {device} "
             f"{dtype} x{dist.world_size} | run dir {run_dir}")
         if c.data is None:
@@ -254,7 +256,7 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, dtype: str, run_dir: 
             say(f"{no_eval}: training without validation loss (stories are still sampled every eval_every steps)")
 
     train_model: torch.nn.Module = model
-    if c.compile:
+    if execution.compile:
         train_model = torch.compile(model)
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -304,11 +306,13 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, dtype: str, run_dir: 
         try:
             while step < c.max_steps:
                 lr = learning_rate(step, c)
-                result = train_step(train_model, model, optimizer, scaler, next_batch, c=c, lr=lr, dtype=dtype,
+                result = train_step(train_model, model, optimizer, scaler, next_batch, c=c, lr=lr,
                                     autocast=autocast, dist=dist)
                 loss_value = result.loss
                 if result.applied:
                     counters["bad_in_a_row"] = 0
+                elif result.overflow:  # fp16: the GradScaler lowered its scale; not a sign of a broken run
+                    counters["overflow_steps"] = counters.get("overflow_steps", 0) + 1
                 else:
                     counters["skipped_steps"] += 1
                     counters["bad_in_a_row"] += 1
@@ -332,7 +336,8 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, dtype: str, run_dir: 
                     mfu = flops_step / dt / (peak * dist.world_size) if peak else None
                     eta = dt * (c.max_steps - step)
                     record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": result.grad_norm,
-                              "tokens_per_s": tok_s, "tokens": counters["tokens"], "skipped_steps": counters["skipped_steps"]}
+                              "tokens_per_s": tok_s, "tokens": counters["tokens"], "skipped_steps": counters["skipped_steps"],
+                              "overflow_steps": counters.get("overflow_steps", 0)}
                     if mfu is not None:
                         record["mfu"] = mfu
                     if metrics is not None:
@@ -348,7 +353,7 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, dtype: str, run_dir: 
                 saved = step % c.ckpt_every == 0 or step == c.max_steps
                 if saved:  # before evaluation: a failing or interrupted evaluation costs no training
                     save(step)
-                    t_last = time.perf_counter()  # checkpoints are not training throughput
+                    t_last, steps_since = time.perf_counter(), 0  # checkpoints are not training throughput
                 signum = agreed_signal(stop.signum, dist, device)
                 if signum:
                     if not saved:
@@ -361,7 +366,7 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, dtype: str, run_dir: 
                         evaluate_and_sample(step)
                     except Exception as exc:  # noqa: BLE001 (a failed evaluation must not end the run)
                         message(f"step {step}: evaluation failed ({type(exc).__name__}: {exc}); training goes on")
-                    t_last = time.perf_counter()  # evaluation time is not training throughput
+                    t_last, steps_since = time.perf_counter(), 0  # evaluation time is not training throughput
         finally:
             if metrics is not None:
                 metrics.close()

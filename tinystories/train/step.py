@@ -3,7 +3,8 @@
 ``grad_accum`` micro-batches forward/backward under autocast (the loss without materialised logits on the
 fused path), the gradients unscaled and clipped, then an AdamW step at the learning rate of a linear
 warmup + cosine schedule. A step whose loss or gradients are not finite is not applied; the caller counts
-it (fp16: the GradScaler itself skips steps with inf gradients and lowers its scale).
+it. With fp16 a finite loss whose scaled gradients overflow is an ``overflow`` step: expected while the
+GradScaler finds its scale (it lowers it), skipped and counted apart from the non-finite ones.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ class StepResult:
     loss: float  # mean over the micro-batches (and over the ranks under DDP)
     grad_norm: float  # before clipping
     applied: bool  # False: the loss or the gradients were not finite, the weights did not change
+    overflow: bool = False  # fp16: not applied because the scaled gradients overflowed (the scale was lowered)
 
 
 def train_step(train_model: torch.nn.Module, model: GPTNeo, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], *,
-               c: TrainConfig, lr: float, dtype: str, autocast: AbstractContextManager, dist: Dist) -> StepResult:
+               c: TrainConfig, lr: float, autocast: AbstractContextManager, dist: Dist) -> StepResult:
     """One optimiser step of ``model`` (``train_model`` is the model as trained: compiled, DDP-wrapped...)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -66,9 +68,10 @@ def train_step(train_model: torch.nn.Module, model: GPTNeo, optimizer: torch.opt
     scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip if c.grad_clip > 0 else float("inf"))
     loss_value = float(loss_sum)
-    applied = math.isfinite(loss_value) and (bool(torch.isfinite(grad_norm)) or dtype == "fp16")
+    applied = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
     if applied:
         scaler.step(optimizer)
-    scaler.update()
+    scaler.update()  # after an overflow (inf found by unscale_) this lowers the scale
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_value, float(grad_norm), applied)
+    overflow = scaler.is_enabled() and math.isfinite(loss_value) and not applied
+    return StepResult(loss_value, float(grad_norm), applied, overflow)
