@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from test_train import TINY, dataset, final_state  # noqa: F401 (dataset is a fixture)
+from _train_fixtures import TINY, final_state
 from tinystories.model import GPTNeo, GPTNeoConfig
 from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
 from tinystories.train import ConfigError, load_config

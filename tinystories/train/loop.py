@@ -156,8 +156,7 @@ def train(c: TrainConfig) -> Path:
 
 def _train(c: TrainConfig, dist: Dist) -> Path:
     device = resolve_device(c.device, dist.local_rank)
-    execution = resolve_execution(device, dtype=c.dtype, impl=c.impl, compile=c.compile)  # before any allocation
-    dtype = execution.dtype
+    resolve_execution(device, dtype=c.dtype, impl=c.impl, compile=c.compile)  # an impossible choice stops here, first
     if c.cpu_threads is not None:
         torch.set_num_threads(c.cpu_threads)
     run_dir = Path(c.out_dir or f"runs/{c.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -169,7 +168,7 @@ def _train(c: TrainConfig, dist: Dist) -> Path:
             if removed:
                 print(f"removed {removed} temp file(s) ({size / 1e6:,.1f} MB) left by an interrupted write in {run_dir}")
         barrier(dist)
-        return _run(c, dist, device, dtype, run_dir)
+        return _run(c, dist, device, run_dir)
 
 
 def _start_point(c: TrainConfig, run_dir: Path, dist: Dist) -> tuple[TrainConfig, dict[str, Any] | None, list[str]]:
@@ -192,8 +191,10 @@ def _start_point(c: TrainConfig, run_dir: Path, dist: Dist) -> tuple[TrainConfig
     return c, ckpt, changes
 
 
-def _run(c: TrainConfig, dist: Dist, device: torch.device, dtype: str, run_dir: Path) -> Path:
+def _run(c: TrainConfig, dist: Dist, device: torch.device, run_dir: Path) -> Path:
     c, ckpt, changes = _start_point(c, run_dir, dist)
+    execution = resolve_execution(device, dtype=c.dtype, impl=c.impl, compile=c.compile)  # of the restored config
+    dtype = execution.dtype
     say = print if dist.main else (lambda *a, **k: None)
     data_dir = resolve_data(c, run_dir, dist)
     tokenizer = load_dataset_tokenizer(data_dir)
