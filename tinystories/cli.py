@@ -40,7 +40,7 @@ class ArgumentParser(argparse.ArgumentParser):
 def wide_output_when_piped() -> None:
     """Tables and messages written to a pipe or file are not cut or wrapped at rich's 80-column default
     (rich reads ``COLUMNS``; a terminal, or a ``COLUMNS`` the user set, keeps its width)."""
-    if "COLUMNS" not in os.environ and not sys.stdout.isatty():
+    if not os.environ.get("COLUMNS", "").isdigit() and not sys.stdout.isatty():
         os.environ["COLUMNS"] = "1000"
 
 

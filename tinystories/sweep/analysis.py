@@ -212,6 +212,19 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], *, confidence: float =
     return PowerLawFit(float(a), float(np.exp(b)), stderr, float(low), float(high), confidence, n)
 
 
+def fit_optimal_sizes(optimal: Sequence[OptimalSize]) -> PowerLawFit:
+    """``N_opt ∝ C^a`` over the budgets whose optimum is inside the grid; ValueError says why there is none."""
+    if not optimal:
+        raise ValueError("no compute budget is reached by two or more model shapes (their compute ranges do not "
+                         "overlap), so no sizes compare at equal compute; add token budgets so the ranges overlap")
+    interior = [o for o in optimal if o.interior]
+    if len(interior) < 3:
+        raise ValueError(f"only {len(interior)} of {len(optimal)} compute budgets have their optimum inside "
+                         f"the grid (3 needed); elsewhere the best size is the grid's smallest or largest, so "
+                         f"widen the size range or add token budgets")
+    return fit_power_law([o.compute for o in interior], [o.params for o in interior])
+
+
 def scaling_points(rows: Sequence[dict[str, Any]], *, trajectory: bool, params: str = "non-embedding"
                    ) -> list[ScalingPoint]:
     """(shape, N, C, loss) of the sweep's runs: final validation losses, or every validation point."""
@@ -310,12 +323,7 @@ def analyze(sweep: SweepConfig, *, points_mode: str = "auto", params: str = "non
     no_fit_reason = None
     try:
         optimal = compute_optimal_sizes(points, budgets)
-        interior = [o for o in optimal if o.interior]
-        if len(interior) < 3:
-            raise ValueError(f"only {len(interior)} of {len(optimal)} compute budgets have their optimum inside "
-                             f"the grid (3 needed); elsewhere the best size is the grid's smallest or largest, so "
-                             f"widen the size range or add token budgets")
-        fit = fit_power_law([o.compute for o in interior], [o.params for o in interior])
+        fit = fit_optimal_sizes(optimal)
     except ValueError as exc:
         no_fit_reason = str(exc)
         console.print(f"[yellow]no compute-optimal fit:[/yellow] {exc}")
