@@ -13,6 +13,7 @@ import tomllib
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -157,8 +158,11 @@ def test_scaling_png_without_a_shared_budget_says_why(tmp_path, monkeypatch):
 def test_scaling_png_tick_labels_do_not_overlap_on_a_narrow_compute_range(tmp_path, monkeypatch):
     from tinystories.sweep import analysis
 
-    points = [p.__class__(p.shape, p.params, c, p.loss) for p, c in
-              zip(_sweep_points(), (1.5e12, 2.0e12, 1.7e12, 2.5e12))]
+    from tinystories.sweep.analysis import ScalingPoint
+
+    c = np.geomspace(1.5e12, 2.5e12, 4)  # under a decade: matplotlib labels its minor ticks, 3.2x10^12...
+    points = [*(ScalingPoint("h32-l1", 1e4, c[i], 3 - 0.1 * i) for i in range(3)),
+              *(ScalingPoint("h64-l1", 4e4, c[i + 1], 3.2 - 0.2 * i) for i in range(3))]
     optimal = analysis.compute_optimal_sizes(points)
     figures = []
     monkeypatch.setattr(analysis, "atomic_save_png", lambda fig, path: figures.append(fig))

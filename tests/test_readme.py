@@ -396,3 +396,29 @@ def test_every_readme_command_works(tmp_path, monkeypatch):
         os.environ.update(saved_env)
     assert not failures, f"{len(failures)} README command(s) failed ({ran} run):\n\n" + "\n\n".join(failures)
     assert ran >= 15
+
+
+def test_readme_speed_figures_are_those_of_committed_result_files():
+    """Issue 17.11: the tokenizer and synthesis figures quoted in the README are in the result files it cites."""
+    readme = README.read_text()
+    root = README.parent
+
+    def cited(section: str, prefix: str) -> str:
+        paths = re.findall(rf"benchmarks/results/{prefix}[\w.-]+\.txt", section)
+        assert paths, f"the README's {prefix} figures cite no committed result file"
+        assert (root / paths[0]).is_file(), paths[0]
+        return (root / paths[0]).read_text()
+
+    tokenizer = readme.split("## Tokenizer", 1)[1].split("\n## ", 1)[0]
+    ratio = re.search(r"([\d.]+)×\s+tiktoken's throughput on one thread", tokenizer)
+    assert ratio, "the tokenizer speed claim is not in the expected form"
+    rows = [line.split() for line in cited(tokenizer, "bench_tokenizer").splitlines()]
+    assert any(r[:2] == ["1", "tiktoken"] and f"{ratio.group(1)}x" in r for r in rows), ratio.group(0)
+
+    synth = readme.split("## Synthesis", 1)[1].split("\n## ", 1)[0]
+    result = cited(synth, "bench_synth")
+    table = [line for line in synth.splitlines() if line.startswith("| ") and "req/s" in line]
+    assert len(table) >= 3
+    for line in table:
+        for number in re.findall(r"(\d+(?:\.\d+)?)(?:\s*req/s|×| ms| →)", line):
+            assert re.search(rf"(?<![\d.]){re.escape(number)}(?![\d.])", result), f"{number} in {line!r}"
