@@ -17,9 +17,9 @@ exactly one treatment, chosen by pattern:
   ``TINYSTORIES_OFFLINE=1`` forbids downloads). Paths that stand for the reader's own models
   (``runs/28M``, ``~/models/gpt2-xl``) are links to the tiny ones trained earlier in the walk (``ALIASES``).
 
-A command of a program no rule knows, or a runnable command that fails (exit code or a traceback), fails the
-test with its block, README line, the command as run and the end of its output: a new README command is never
-skipped silently. Commands the walk cannot run are listed by ``pytest -rA tests/test_readme.py -k listing``.
+A command of a program no rule knows ("unknown"), or a runnable command that fails (exit code or a traceback),
+fails the test with its block, README line, the command as run and the end of its output: a new README command
+is never skipped silently. Leading ``NAME=value`` words set that command's environment. Commands the walk cannot run are listed by ``pytest -rA tests/test_readme.py -k listing``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import json
 import os
 import re
 import shlex
-import shutil
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +38,6 @@ from glob import glob
 from importlib.metadata import entry_points
 from pathlib import Path
 
-import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -51,8 +50,10 @@ SKIP: list[tuple[str, str]] = [
     (r"^python3? benchmarks/", "a benchmark (minutes of timing; run by hand)"),
     (r"^(sudo )?apt(-get)? ", "system packages (root, network)"),
     (r"^export OPENAI_API_KEY=", "an API key placeholder"),
-    (r"^(sbatch|srun|salloc|squeue|scancel)\b", "a SLURM cluster command"),
-    (r"^(git|cd|ls|cat|mkdir|zstd)\b", "a shell utility"),
+    (r"^(sbatch|srun|salloc|squeue|scancel|ssh)\b", "a cluster command"),
+    (r"^(curl|wget|http|huggingface-cli|hf) ", "talks to a server or downloads (network)"),
+    (r"^(nvidia-smi|tensorboard|docker)\b", "a GPU tool, viewer or container (not this package)"),
+    (r"^(git|cd|ls|cat|head|tail|mkdir|zstd|kill|pkill|sleep|watch)\b", "a shell utility"),
 ]
 
 # (pattern, reason): our command, checked with --help only.
@@ -68,6 +69,7 @@ HELP_ONLY: list[tuple[str, str]] = [
     (r"^torchrun\b.*--nnodes", "multi-node DDP (a cluster)"),
     (r"^torchrun\b", "DDP: one process per GPU"),
     (r"(^| )\.\.\.( |$)", "elided arguments (`...`)"),
+    (r"^CUDA_VISIBLE_DEVICES=\d", "runs on the GPUs it names"),
 ]
 
 # (pattern, why it fails today): run, expected to fail; the test fails when one passes (remove it then).
@@ -160,7 +162,10 @@ def readme_commands(markdown: str) -> list[Command]:
 
 
 def _match(rules: list[tuple[str, str]], command: Command) -> str | None:
-    return next((reason for pattern, reason in rules if re.search(pattern, command.text)), None)
+    """The reason of the first rule matching the command (with or without its leading NAME=value words)."""
+    bare = shlex.join(command.argv[len(assignments(command.argv)):])
+    return next((reason for pattern, reason in rules
+                 if re.search(pattern, command.text) or re.search(pattern, bare)), None)
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -170,8 +175,25 @@ def _entry_point(name: str) -> Callable[[list[str]], int]:
     return found[0].load()
 
 
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def assignments(argv: list[str]) -> dict[str, str]:
+    """The ``NAME=value`` words before a command (its environment)."""
+    env = {}
+    for token in argv:
+        if not _ASSIGNMENT.match(token):
+            break
+        name, _, value = token.partition("=")
+        env[name] = value
+    return env
+
+
 def program(argv: list[str]) -> tuple[Callable[[list[str]], int], list[str]] | None:
     """The entry point and arguments a command runs, or None when it is not one of ours."""
+    argv = argv[len(assignments(argv)):]
+    if not argv:
+        return None
     if argv[0] == "tinystories":
         return _entry_point("tinystories"), argv[1:]
     if argv[0] == "tinystories-train":
@@ -204,6 +226,7 @@ def invoke(main: Callable[[list[str]], int], args: list[str]) -> tuple[int, str]
 
 def help_argv(argv: list[str]) -> list[str]:
     """``PROGRAM [COMMAND [ACTION]] --help`` of a command (its leading lower-case words)."""
+    argv = argv[len(assignments(argv)):]
     if argv[0] == "torchrun":
         return ["tinystories-train", "--help"]
     words = [argv[0]]
@@ -238,9 +261,12 @@ def _without(argv: list[str], flag: str) -> list[str]:
 
 def tiny(argv: list[str]) -> list[str]:
     """The same command at toy size, through documented flags only."""
+    argv = argv[len(assignments(argv)):]
     text = " ".join(argv)
     trainer = argv[0] == "tinystories-train" or argv[:2] == ["tinystories", "train"] or "tinystories.train" in argv
-    if trainer and "--resume" not in text:  # a resumed run keeps its own (already tiny) configuration
+    if trainer and "--resume" in text:  # a resumed run keeps its own (already tiny) configuration
+        return _set_value(argv, "--max_steps", lambda v: "4")
+    if trainer:
         return _set_value(argv, "--vocab_top_k", lambda v: "300") + TRAIN_TINY
     if argv[:3] == ["tinystories", "tokenizer", "train"]:
         return _set_value(argv, "--vocab-size", lambda v: "300")
@@ -260,7 +286,7 @@ def tiny(argv: list[str]) -> list[str]:
             return argv
         argv = _set_value(argv, "--hidden", lambda v: "16,32")
         argv = _set_value(argv, "--layers", lambda v: "1")
-        argv = _set_value(argv, "--tokens", lambda v: "256,512")
+        argv = _set_value(argv, "--tokens", lambda v: "512")  # one budget: analyze uses every val point
         return argv + SWEEP_TINY + (["--probe-steps", "2"] if argv[2] == "estimate" else [])
     return argv
 
@@ -339,15 +365,56 @@ def test_quick_start_installs_cpu_torch_before_the_package():
     assert "pytorch.org/get-started" in section  # where the CUDA build comes from on a GPU machine
 
 
+def classify(command: Command) -> tuple[str, str]:
+    """("skip" | "help" | "broken" | "run" | "unknown", reason) of a README command."""
+    if reason := _match(SKIP, command):
+        return "skip", reason
+    if program(command.argv) is None:
+        return "unknown", (f"no rule for program {command.argv[0]!r}: add a SKIP pattern with the reason it "
+                           f"cannot run here")
+    if reason := _match(HELP_ONLY, command):
+        return "help", reason
+    if reason := _match(KNOWN_BROKEN, command):
+        return "broken", reason
+    return "run", ""
+
+
+def test_commands_being_added_to_the_readme_are_classified():
+    """Commands other sections add (cluster, server, downloads) get their rule; an unknown program fails."""
+    markdown = """```bash
+CUDA_VISIBLE_DEVICES=0 tinystories-train --preset=33M
+FOO=1 tinystories data stats data/ts | head -3
+curl http://localhost:8000/v1/completions -d '{"prompt": "x"}'
+tinystories serve runs/33m --port 8000
+sbatch sweep.sbatch && srun --nodes=2 tinystories-train
+torchrun --nnodes=2 --nproc_per_node=8 -m tinystories.train --preset=33M
+tinystories sweep run --out runs/s --executor slurm --hidden 64
+tinystories data download --out data/
+tinystories eval grade runs/28M --judge-model gpt-4o
+tinystories synth --n 10 --out s.jsonl --backend template
+mystery-tool --x
+```"""
+    kinds = [(classify(c)[0], help_argv(c.argv) if classify(c)[0] == "help" else None)
+             for c in readme_commands(markdown)]
+    assert kinds == [
+        ("help", ["tinystories-train", "--help"]), ("run", None), ("skip", None), ("skip", None),
+        ("help", ["tinystories", "serve", "--help"]), ("skip", None), ("skip", None),
+        ("help", ["tinystories-train", "--help"]), ("help", ["tinystories", "sweep", "run", "--help"]),
+        ("help", ["tinystories", "data", "download", "--help"]), ("help", ["tinystories", "eval", "grade", "--help"]),
+        ("run", None), ("unknown", None)]
+    assert assignments(["FOO=1", "tinystories", "X=2"]) == {"FOO": "1"}
+    assert tiny(["tinystories-train", "--out_dir=r", "--resume", "--max_steps=30000"])[-1] == "--max_steps=4"
+
+
 def test_listing_of_commands_the_walk_does_not_run():
     """What the closing note lists: every README command not run, and why (printed with -rA)."""
     for command in readme_commands(README.read_text()):
-        reason = _match(SKIP, command) or _match(HELP_ONLY, command)
-        if reason:
-            print(f"{command.where()}\n    not run: {reason}")
+        kind, reason = classify(command)
+        if kind in ("skip", "help", "unknown"):
+            print(f"{command.where()}\n    {kind}: {reason}")
 
 
-def test_every_readme_command_works(tmp_path, monkeypatch):
+def test_every_readme_command_works(tmp_path):
     commands = readme_commands(README.read_text())
     root = tmp_path / "walk"
     root.mkdir()
@@ -357,43 +424,47 @@ def test_every_readme_command_works(tmp_path, monkeypatch):
     os.environ.update(TINYSTORIES_CACHE=str(root / "cache"), TINYSTORIES_OFFLINE="1", HOME=str(root / "home"),
                       CUDA_VISIBLE_DEVICES="")
     os.chdir(root)
-    failures, ran = [], 0
+    failures, ran, timings = [], 0, []
     try:
         write_inputs(root)
         code, output = invoke(_entry_point("tinystories"),  # what the README's API-key synth commands would make
                               ["synth", "--n", "12", "--out", "stories.jsonl", "--backend", "template"])
         assert code == 0, output
         for command in commands:
-            if _match(SKIP, command):
+            kind, reason = classify(command)
+            if kind == "skip":
                 continue
-            target = program(command.argv)
-            if target is None:
-                failures.append(f"{command.where()}\n    no rule for program {command.argv[0]!r}: add a SKIP "
-                                f"pattern with the reason it cannot run here")
+            if kind == "unknown":
+                failures.append(f"{command.where()}\n    {reason}")
                 continue
-            if _match(HELP_ONLY, command):
+            if kind == "help":
                 help_main, help_args = program(help_argv(command.argv))
                 code, output = invoke(help_main, help_args)
                 if code != 0 or "usage:" not in output:
-                    failures.append(f"{command.where()}\n    `{shlex.join(help_argv(command.argv))}` exited {code}:"
-                                    f"\n{output[-2000:]}")
+                    failures.append(f"{command.where()}\n    `{shlex.join(help_argv(command.argv))}` ({reason}) "
+                                    f"exited {code}:\n{output[-2000:]}")
                 continue
             _link_aliases(root)
             argv = _expand(tiny(command.argv), root / "home")
             main, args = program(argv)
+            start, before = time.perf_counter(), dict(os.environ)
+            os.environ.update(assignments(command.argv))
             code, output = invoke(main, args)
+            os.environ.clear()
+            os.environ.update(before)
+            timings.append((time.perf_counter() - start, command.text))
             ran += 1
-            broken = _match(KNOWN_BROKEN, command)
             ok = code == 0 and "Traceback (most recent call last)" not in output
-            if broken and ok:
-                failures.append(f"{command.where()}\n    works now ({broken}): remove it from KNOWN_BROKEN")
-            elif not broken and not ok:
+            if kind == "broken" and ok:
+                failures.append(f"{command.where()}\n    works now ({reason}): remove it from KNOWN_BROKEN")
+            elif kind == "run" and not ok:
                 failures.append(f"{command.where()}\n    ran as: {shlex.join(argv)}\n    exit code {code}; "
                                 f"output (last 3000 characters):\n{output[-3000:]}")
     finally:
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
+    print("slowest README commands:", *(f"{t:6.1f}s  {text}" for t, text in sorted(timings)[::-1][:6]), sep="\n")
     assert not failures, f"{len(failures)} README command(s) failed ({ran} run):\n\n" + "\n\n".join(failures)
     assert ran >= 15
 
