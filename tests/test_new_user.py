@@ -197,16 +197,20 @@ def test_tables_are_not_cut_when_piped(run, tmp_path):
     assert folder.name in result.stdout and "…" not in result.stdout, result.stdout
 
 
-def test_exported_config_uses_dtype_and_transformers_loads_it_without_warnings(run, tmp_path):
+def test_exported_config_uses_dtype_and_transformers_loads_it_without_warnings(run, tmp_path, capfd):
     transformers = pytest.importorskip("transformers")
     folder, _ = run
     assert tinystories(["export", "--checkpoint", str(folder), "--out", str(tmp_path / "hf")]) == 0
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["dtype"] == "float32" and "torch_dtype" not in config
     transformers.logging.set_verbosity_warning()
+    capfd.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a deprecation warning would fail here
         model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True)
+        transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    logged = capfd.readouterr().err
+    assert "[transformers]" not in logged and "deprecat" not in logged.lower(), logged  # transformers' own warnings
     assert model.dtype == torch.float32
 
 
