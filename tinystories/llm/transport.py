@@ -18,6 +18,7 @@ import httpx2
 
 from tinystories.llm.wire import read_chunked_body
 
+
 def proxy_for(url: str) -> str | None:
     """The proxy the environment names for ``url`` (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``, any case),
     or None when there is none or ``NO_PROXY`` exempts the host."""
