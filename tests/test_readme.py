@@ -10,8 +10,8 @@ exactly one treatment, chosen by pattern:
 * KNOWN_BROKEN: runs, and is expected to fail until the named issue is fixed; the test fails when it passes,
   so the entry is removed then.
 * everything else RUNS, for real, through the installed ``tinystories`` / ``tinystories-train`` entry points
-  (in this process: one torch import for the whole walk), in one temporary folder that holds the inputs the
-  README takes for granted (``INPUTS``). Sizes become tiny only through documented flags and environment
+  (called in one process of the walk's own: one torch import for the whole walk), in one temporary folder
+  that holds the inputs the README takes for granted (``write_inputs``). Sizes become tiny only through documented flags and environment
   variables (``tiny()``: trainer ``--key=value`` flags, smaller ``--n``/``--vocab-size``/sweep grids;
   ``TINYSTORIES_CACHE`` holds a 512-token BPE in GPT-2's file format, so ``--tokenizer gpt2`` works offline;
   ``TINYSTORIES_OFFLINE=1`` forbids downloads). Paths that stand for the reader's own models
@@ -19,7 +19,8 @@ exactly one treatment, chosen by pattern:
 
 A command of a program no rule knows ("unknown"), or a runnable command that fails (exit code or a traceback),
 fails the test with its block, README line, the command as run and the end of its output: a new README command
-is never skipped silently. Leading ``NAME=value`` words set that command's environment. Commands the walk cannot run are listed by ``pytest -rA tests/test_readme.py -k listing``.
+is never skipped silently. Leading ``NAME=value`` words set that command's environment. The commands the
+walk does not run are listed by ``pytest -rA tests/test_readme.py -k listing``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ HELP_ONLY: list[tuple[str, str]] = [
     (r"^torchrun\b", "DDP: one process per GPU"),
     (r"(^| )\.\.\.( |$)", "elided arguments (`...`)"),
     (r"^CUDA_VISIBLE_DEVICES=\d", "runs on the GPUs it names"),
+    (r"--device[= ]cuda\b", "needs a CUDA GPU"),
 ]
 
 # (pattern, why it fails today): run, expected to fail; the test fails when one passes (remove it then).
