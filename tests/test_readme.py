@@ -495,6 +495,11 @@ def test_readme_speed_figures_are_those_of_committed_result_files():
     rows = [line.split() for line in cited(tokenizer, "bench_tokenizer").splitlines()]
     assert any(r[:2] == ["1", "tiktoken"] and f"{ratio.group(1)}x" in r for r in rows), ratio.group(0)
 
+    data = readme.split("## Data", 1)[1].split("\n## ", 1)[0]
+    smaller = re.search(r"([\d.]+)x smaller than a uint16", data)
+    assert smaller and re.search(rf"uint16 \.bin is {re.escape(smaller.group(1))}\d*x the shards",
+                                 cited(data, "bench_loader")), "the shard size claim"
+
     synth = readme.split("## Synthesis", 1)[1].split("\n## ", 1)[0]
     result = cited(synth, "bench_synth")
     table = [line for line in synth.splitlines() if line.startswith("| ") and "req/s" in line]
