@@ -479,7 +479,7 @@ def test_every_readme_command_works(tmp_path):
 
 
 def test_readme_speed_figures_are_those_of_committed_result_files():
-    """Issue 17.11: the tokenizer and synthesis figures quoted in the README are in the result files it cites."""
+    """Issue 17.11: the tokenizer, shard-size and synthesis figures of the README are in the result files it cites."""
     readme = README.read_text()
     root = README.parent
 
