@@ -122,7 +122,7 @@ def test_neuron_report_html_highlights_the_activating_token():
     profiles = top.profiles()
     assert profiles[0].neuron == 1
     assert top_token_share(profiles[0], stories) == (3, 1.0)
-    page = neuron_report_html(profiles, stories, lambda t: f"<w{t}>", title="t")
+    page = neuron_report_html(profiles, stories, lambda ids: [f"<w{t}>" for t in ids], title="t")
     assert page.count("<h2") == 2 and "&lt;w3&gt;" in page  # escaped token text
     assert re.search(r"class='tok peak' style='background:rgba\(255,0,0,1\.000\)'[^>]*>&lt;w3&gt;", page)
     assert "rgba(255,0,0,0.250)" in page  # 0.5 / peak 2.0

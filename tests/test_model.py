@@ -20,7 +20,7 @@ SMALL = dict(vocab_size=1000, hidden_size=64, num_layers=4, num_heads=16, max_po
 
 def hf_twin(model: GPTNeo):
     hf_config = transformers.GPTNeoConfig(**{k: v for k, v in hf_config_dict(model.config).items()
-                                             if k not in ("architectures", "model_type", "torch_dtype")})
+                                             if k not in ("architectures", "model_type", "dtype")})
     hf = transformers.GPTNeoForCausalLM(hf_config)
     hf.load_state_dict(to_hf_state_dict(model), strict=False)
     hf.tie_weights()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 # command -> (module, function-name suffix or None, help)
 COMMANDS: dict[str, tuple[str, str | None, str]] = {
@@ -28,6 +29,21 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
 }
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a short error: ``usage: PROG [options]``, the error, and where the full help is. The stock
+    one prints the whole usage first, which for ``tinystories-train`` (every config field) is 30 lines."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"usage: {self.prog} [options] (see {self.prog} --help)\n{self.prog}: error: {message}\n")
+
+
+def wide_output_when_piped() -> None:
+    """Tables and messages written to a pipe or file are not cut or wrapped at rich's 80-column default
+    (rich reads ``COLUMNS``; a terminal, or a ``COLUMNS`` the user set, keeps its width)."""
+    if not os.environ.get("COLUMNS", "").isdigit() and not sys.stdout.isatty():
+        os.environ["COLUMNS"] = "1000"
+
+
 def dataclass_options(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     """The command-line options named like fields of the dataclass ``cls``: what a command passes on to its
     configuration (options the user did not give are absent when their default is ``argparse.SUPPRESS``)."""
@@ -37,17 +53,18 @@ def dataclass_options(cls: type, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    wide_output_when_piped()
     if argv and argv[0] in COMMANDS:
         name = argv[0]
         module_name, command, help_text = COMMANDS[name]
         module = importlib.import_module(module_name)
         add, run = ((module.add_cli_arguments, module.run_cli) if command is None
                     else (getattr(module, f"add_{command}_arguments"), getattr(module, f"run_{command}")))
-        parser = argparse.ArgumentParser(prog=f"tinystories {name}", description=help_text)
+        parser = ArgumentParser(prog=f"tinystories {name}", description=help_text)
         add(parser)
         return int(run(parser.parse_args(argv[1:])) or 0)
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tinystories", description="TinyStories toolkit: synthesize, tokenize, train, grade, inspect."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

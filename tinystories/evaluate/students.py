@@ -152,13 +152,16 @@ class HFStudent:
 
     def __init__(self, directory: str | Path, *, name: str | None = None, device: str = "cpu",
                  dtype: torch.dtype | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        try:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError:  # the CLIs print ValueErrors as one line
+            raise ValueError("--hf-model needs Hugging Face transformers: pip install 'tinystories[hf]'") from None
 
         directory = Path(directory)
         if not (directory / "config.json").is_file():
             raise FileNotFoundError(f"{directory}: not a Hugging Face model directory (no config.json)")
         self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, torch_dtype=dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
         self.model.to(device).eval()
         self.device = torch.device(device)
         config = self.model.config

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tinystories.atomic import atomic_write_bytes, atomic_write_text
-from tinystories.corpus import iter_stories
+from tinystories.corpus import EOT, corpus_format, iter_stories, read_text
 from tinystories.data import IGNORE_INDEX, TokenLoader
 from tinystories.interpret.heads import HeadStats, analyse_heads, attention_maps
 from tinystories.interpret.neurons import analyse_neurons, default_layer, top_token_share
-from tinystories.interpret.report import heads_report_html, heatmap_png, neuron_report_html
+from tinystories.interpret.report import heads_report_html, heatmap_png, neuron_report_html, token_texts
 from tinystories.model.checkpoint import load_checkpoint
 from tinystories.model.gpt_neo import GPTNeo
 from tinystories.progress import Progress
@@ -108,8 +110,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             shown = profiles[:args.show]
         meta.update(layer=layer, neurons=len(profiles), k=args.top_k)
         report = out / f"neurons-layer{layer}.html"
-        atomic_write_text(report, neuron_report_html(shown, stories, token_text,
-                                               title=f"Neurons of layer {layer}", meta=meta))
+        atomic_write_text(report, neuron_report_html(shown, stories, lambda ids: token_texts(tokenizer, ids),
+                                                     title=f"Neurons of layer {layer}", meta=meta))
         table = Table(title=f"layer {layer}: top neurons by peak activation")
         for col in ("rank", "neuron", "peak", "top token", "share", "example"):
             table.add_column(col)
@@ -130,7 +132,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         raise ValueError(f"--heatmap-story {args.heatmap_story} out of range: {len(stories)} stories were read")
     story = stories[args.heatmap_story][:args.heatmap_tokens]
     maps = attention_maps(model, story)
-    labels = [token_text(t) for t in story]
+    labels = token_texts(tokenizer, story)
     chosen = _chosen_heads(args.heatmap_heads, heads)
     pngs = []
     for layer, head in chosen:
@@ -176,10 +178,23 @@ def _chosen_heads(spec: str, heads: Sequence[HeadStats]) -> list[tuple[int, int]
 
 
 
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+
+
 def stories_from_text(paths: Sequence[str | Path], tokenizer: Tokenizer, limit: int, max_tokens: int
                       ) -> list[list[int]]:
     """Token ids of the first ``limit`` stories of ``paths``, each cut to ``max_tokens`` (the context)."""
-    texts = list(itertools.islice(iter_stories(list(paths)), limit))
+    texts: list[str] = []
+    for path in paths:
+        found = list(itertools.islice(iter_stories(path), limit - len(texts)))
+        if (len(found) == 1 and corpus_format(path)[0] == "txt" and _BLANK_LINE.search(found[0])
+                and EOT not in read_text(path)):  # one "story" only because the file has no separators
+            found = [t.strip() for t in _BLANK_LINE.split(found[0]) if t.strip()][:limit - len(texts)]
+            print(f"warning: {path} has no {EOT} separators: split into {len(found)} stories at blank lines",
+                  file=sys.stderr)
+        texts += found
+        if len(texts) >= limit:
+            break
     if not texts:
         raise ValueError(f"{', '.join(map(str, paths))}: no stories")
     return [tokenizer.encode_ordinary(text)[:max_tokens] for text in texts]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import codecs
 import html
 import io
 import math
@@ -13,6 +14,7 @@ from torch import Tensor
 from tinystories.interpret.heads import HeadStats
 from tinystories.interpret.neurons import NeuronProfile, top_token_share
 from tinystories.plots import pyplot
+from tinystories.tokenizer import Tokenizer
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -23,6 +25,17 @@ h2{border-top:1px solid #ccc;padding-top:.8em}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
 td.l,th.l{text-align:left}img{max-width:100%}
 """
+
+
+def token_texts(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
+    """The text of each token of ``ids``, decoded at character boundaries: a character whose UTF-8 bytes span
+    several tokens is shown whole on the token that completes it (the others show nothing), instead of one
+    U+FFFD per token as decoding tokens one by one gives."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    texts = [decoder.decode(tokenizer.token_bytes(t)) for t in ids]
+    if texts:
+        texts[-1] += decoder.decode(b"", final=True)  # a character cut off at the end: U+FFFD, as decode gives
+    return texts
 
 
 def _page(title: str, body: str) -> str:
@@ -39,9 +52,12 @@ def _token_span(text: str, activation: float, scale: float, peak: bool) -> str:
 
 
 def neuron_report_html(profiles: Sequence[NeuronProfile], stories: Sequence[Sequence[int]],
-                       token_text: Callable[[int], str], *, title: str, meta: dict[str, object] | None = None) -> str:
+                       texts_of: Callable[[Sequence[int]], list[str]], *, title: str,
+                       meta: dict[str, object] | None = None) -> str:
     """Self-contained HTML: one section per neuron, each top example's context with red intensity =
-    activation (scaled to the neuron's peak), the activating token outlined."""
+    activation (scaled to the neuron's peak), the activating token outlined. ``texts_of(story)`` is the text
+    of each token of a story (:func:`token_texts`: whole story, so characters spanning tokens decode)."""
+    story_texts: dict[int, list[str]] = {}
     parts = []
     if meta:
         rows = "".join(f"<tr><th class='l'>{html.escape(str(k))}</th><td class='l'>{html.escape(str(v))}</td></tr>"
@@ -50,15 +66,17 @@ def neuron_report_html(profiles: Sequence[NeuronProfile], stories: Sequence[Sequ
     for rank, prof in enumerate(profiles, 1):
         token, share = top_token_share(prof, stories)
         parts.append(f"<h2 id='n{prof.neuron}'>#{rank} neuron {prof.neuron}: peak {prof.peak:.3f}</h2>"
-                     f"<p>most common top token {html.escape(repr(token_text(token)))} "
+                     f"<p>most common top token {html.escape(repr(''.join(texts_of([token]))))} "
                      f"in {share:.0%} of {len(prof.examples)} examples</p>")
         for ex in prof.examples:
             story = stories[ex.story]
+            if ex.story not in story_texts:
+                story_texts[ex.story] = texts_of(story)
             spans = []
             for offset, act in enumerate(ex.context_activations):
                 pos = ex.context_start + offset
                 if 0 <= pos < len(story):
-                    spans.append(_token_span(token_text(story[pos]), act, prof.peak, pos == ex.position))
+                    spans.append(_token_span(story_texts[ex.story][pos], act, prof.peak, pos == ex.position))
             parts.append(f"<div class='ex'><span class='v'>{ex.activation:.3f}</span>"
                          f"story {ex.story}, token {ex.position}: {''.join(spans)}</div>")
     return _page(title, "\n".join(parts))

@@ -206,15 +206,16 @@ class ChatClient:
         import httpx2
         import openai
 
-        from tinystories.llm.transport import KeepAliveTransport
+        from tinystories.llm.transport import KeepAliveTransport, proxy_for
 
         self.config = config
         self._openai = openai
         self._httpx = httpx2
         verify = ssl.create_default_context()  # one context: building one per pool costs ~50 ms each
-        if config.http_transport == "keepalive":
+        url = config.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        if config.http_transport == "keepalive" and proxy_for(url) is None:
             pools = [dict(transport=KeepAliveTransport(verify))]
-        else:  # the SDK's own transport, its pool bookkeeping kept small by sharding
+        else:  # the SDK's own transport (it honours HTTPS_PROXY etc.), its pool bookkeeping kept small by sharding
             size = config.pool_size
             limits = httpx2.Limits(max_connections=size, max_keepalive_connections=size)
             pools = [dict(verify=verify, limits=limits)] * max(1, math.ceil(config.concurrency / size))

@@ -3,17 +3,32 @@
 One request per connection at a time, idle connections reused LIFO, O(1) per request (the stock httpx pool
 rescans all connections on every request, which dominates the CPU of a client with hundreds in flight).
 Chunked and Content-Length bodies, TLS for https, httpx's timeouts and exceptions; Content-Encoding is
-decoded by httpx.
+decoded by httpx. It speaks to the server directly: when the environment names a proxy for the URL
+(:func:`proxy_for`), the client uses httpx's own transport, which honours the proxy variables.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import urllib.parse
+import urllib.request
 
 import httpx2
 
 from tinystories.llm.wire import read_chunked_body
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``, any case),
+    or None when there is none or ``NO_PROXY`` exempts the host."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass_environment(parts.netloc, proxies):
+        return None
+    return proxy
+
 
 class _Connection:
     __slots__ = ("reader", "writer")

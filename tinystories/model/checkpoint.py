@@ -79,7 +79,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         found = list_checkpoints(path.parent if path.name == "checkpoints" else path)
         if found:
             return found[-1]
-        raise FileNotFoundError(f"{path}: no checkpoints (expected {checkpoint_dir(path)}/step_*.pt)")
+        raise FileNotFoundError(f"{path}: no checkpoint yet (expected {checkpoint_dir(path)}/step_*.pt)")
     raise FileNotFoundError(f"checkpoint {path} does not exist")
 
 
@@ -87,8 +87,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = resolve_checkpoint(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which
-        raise ValueError(f"{path}: not a readable tinystories checkpoint ({exc})") from exc
+    except Exception as exc:  # a truncated or foreign file: say which, in one line (torch's text is a page)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a readable tinystories checkpoint ({reason[:200]})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a tinystories checkpoint (format {payload.get('format')!r}, "
                          f"expected {FORMAT!r})" if isinstance(payload, dict) else f"{path}: not a checkpoint")
@@ -96,12 +97,21 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
+def _is_hf_directory(path: Path) -> bool:
+    """A Hugging Face model directory (its config.json names a model_type), not a run folder, whose
+    config.json is the training configuration."""
+    try:
+        return "model_type" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPTNeo, Tokenizer, dict[str, Any]]:
     """``(model, tokenizer, config)`` from a checkpoint file, a run directory (newest checkpoint) or a
     Hugging Face GPTNeoForCausalLM directory. The model is in eval mode on ``device``; ``config`` is the
     saved training config (for a HF directory: its config.json)."""
     path = Path(path)
-    if path.is_dir() and (path / "config.json").is_file() and not list_checkpoints(path):
+    if path.is_dir() and not list_checkpoints(path) and _is_hf_directory(path):
         from tinystories.model.hf import load_hf_model, load_hf_tokenizer
 
         return (load_hf_model(path).to(device), load_hf_tokenizer(path),

@@ -9,13 +9,34 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
 
 from tinystories.model.checkpoint import load_checkpoint
 from tinystories.model.generate import generate_texts
 from tinystories.model.hf import export_hf
 from tinystories.train.config import ConfigError
 from tinystories.train.device import autocast_context, resolve_device, resolve_execution
+
+
+def _one_line_errors(command: str) -> Callable:
+    """Bad input (a missing or foreign checkpoint, an occupied --out) is one line on stderr and exit 2."""
+
+    def wrap(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        @functools.wraps(run)
+        def guarded(args: argparse.Namespace) -> int:
+            try:
+                return run(args)
+            except (FileNotFoundError, FileExistsError, ValueError) as exc:
+                print(f"tinystories {command}: error: {exc}", file=sys.stderr)
+                return 2
+        return guarded
+
+    return wrap
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +57,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every token")
 
 
+@_one_line_errors("sample")
 def run_sample(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device, 0)
@@ -65,7 +87,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
 
 
+@_one_line_errors("export")
 def run_export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # say so before loading the model
+        raise FileExistsError(f"--out {out} exists and is not an empty folder; choose a new one")
     model, tokenizer, _ = load_checkpoint(args.checkpoint)
     out = export_hf(model, args.out, tokenizer)
     print(f"exported {args.checkpoint} to {out} (GPTNeoForCausalLM, {model.num_parameters() / 1e6:.2f}M params)")

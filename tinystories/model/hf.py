@@ -61,7 +61,7 @@ def hf_config_dict(config: GPTNeoConfig, eos_token_id: int | None = None) -> dic
         "eos_token_id": eos,
         "tie_word_embeddings": True,
         "use_cache": True,
-        "torch_dtype": "float32",
+        "dtype": "float32",  # transformers >= 4.56 name (torch_dtype is deprecated)
     }
 
 

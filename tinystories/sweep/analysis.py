@@ -27,6 +27,7 @@ import csv
 import io
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -211,6 +212,19 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], *, confidence: float =
     return PowerLawFit(float(a), float(np.exp(b)), stderr, float(low), float(high), confidence, n)
 
 
+def fit_optimal_sizes(optimal: Sequence[OptimalSize]) -> PowerLawFit:
+    """``N_opt ∝ C^a`` over the budgets whose optimum is inside the grid; ValueError says why there is none."""
+    if not optimal:
+        raise ValueError("no compute budget is reached by two or more model shapes (their compute ranges do not "
+                         "overlap), so no sizes compare at equal compute; add token budgets so the ranges overlap")
+    interior = [o for o in optimal if o.interior]
+    if len(interior) < 3:
+        raise ValueError(f"only {len(interior)} of {len(optimal)} compute budgets have their optimum inside "
+                         f"the grid (3 needed); elsewhere the best size is the grid's smallest or largest, so "
+                         f"widen the size range or add token budgets")
+    return fit_power_law([o.compute for o in interior], [o.params for o in interior])
+
+
 def scaling_points(rows: Sequence[dict[str, Any]], *, trajectory: bool, params: str = "non-embedding"
                    ) -> list[ScalingPoint]:
     """(shape, N, C, loss) of the sweep's runs: final validation losses, or every validation point."""
@@ -225,8 +239,26 @@ def scaling_points(rows: Sequence[dict[str, Any]], *, trajectory: bool, params: 
     return points
 
 
+def _log_compute_axis(ax: Any, computes: Sequence[float]) -> None:
+    """Few, short labels on a log compute axis: powers of ten (thinned to about six) over two decades or
+    more, else four log-spaced values like ``1.8e+12``; minor ticks unlabelled. (matplotlib labels every
+    minor tick of a narrow range, and its long ``3.2x10^12`` labels overlap.)"""
+    import matplotlib.ticker as ticker
+
+    lo, hi = min(computes), max(computes)
+    if hi >= 100 * lo:
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, numticks=7))
+        ax.xaxis.set_major_formatter(ticker.LogFormatterSciNotation())
+    else:
+        ax.xaxis.set_major_locator(ticker.FixedLocator(sorted({float(f"{c:.2g}") for c in np.geomspace(lo, hi, 4)})))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:.2g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
 def plot_scaling(points: Sequence[ScalingPoint], optimal: Sequence[OptimalSize], fit: PowerLawFit | None,
-                 path: Path) -> None:
+                 path: Path, no_fit_reason: str | None = None) -> None:
+    """Loss vs compute (every shape, the frontier) and the optimal size per budget with the fit; with no
+    budget to fit, the right panel says why (``no_fit_reason``) instead."""
     plt = pyplot()
     import matplotlib.ticker
 
@@ -238,26 +270,33 @@ def plot_scaling(points: Sequence[ScalingPoint], optimal: Sequence[OptimalSize],
         left.plot([p.compute for p in front], [p.loss for p in front], "k--", lw=1.5, label="frontier")
         left.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel="validation loss",
                  title="loss vs compute")
+        _log_compute_axis(left, [p.compute for p in points])
         left.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         left.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
         left.legend(fontsize=7, ncol=2)
-        inside = [o for o in optimal if o.interior]
-        edge = [o for o in optimal if not o.interior]
-        right.scatter([o.compute for o in inside], [o.params for o in inside], color="C3", zorder=3,
-                      label="optimal size per budget")
-        right.scatter([o.compute for o in edge], [o.params for o in edge], facecolors="none", edgecolors="C3",
-                      zorder=3, label="at the grid's edge (not fitted)")
-        if fit is not None:
-            c = np.array([o.compute for o in inside])
-            grid = np.geomspace(c.min(), c.max(), 50)
-            right.plot(grid, fit.predict(grid), "k-", label=f"N_opt ∝ C^{fit.exponent:.3f} "
-                                                            f"[{fit.ci_low:.3f}, {fit.ci_high:.3f}]")
-            lx0 = np.log(grid).mean()
-            for a in (fit.ci_low, fit.ci_high):  # the CI's slopes through the fit's centre
-                right.plot(grid, fit.predict(np.exp(lx0)) * (grid / np.exp(lx0)) ** a, "k:", lw=1)
-        right.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel="parameters N",
-                  title="compute-optimal model size")
-        right.legend(fontsize=8)
+        right.set_title("compute-optimal model size")
+        if not optimal:  # nothing to place on log axes: say why in the panel
+            right.axis("off")
+            right.text(0.5, 0.5, "no compute-optimal fit:\n" + "\n".join(textwrap.wrap(no_fit_reason or "", 60)),
+                       ha="center", va="center", transform=right.transAxes, fontsize=9)
+        else:
+            inside = [o for o in optimal if o.interior]
+            edge = [o for o in optimal if not o.interior]
+            right.scatter([o.compute for o in inside], [o.params for o in inside], color="C3", zorder=3,
+                          label="optimal size per budget")
+            right.scatter([o.compute for o in edge], [o.params for o in edge], facecolors="none", edgecolors="C3",
+                          zorder=3, label="at the grid's edge (not fitted)")
+            if fit is not None:
+                c = np.array([o.compute for o in inside])
+                grid = np.geomspace(c.min(), c.max(), 50)
+                right.plot(grid, fit.predict(grid), "k-", label=f"N_opt ∝ C^{fit.exponent:.3f} "
+                                                                f"[{fit.ci_low:.3f}, {fit.ci_high:.3f}]")
+                lx0 = np.log(grid).mean()
+                for a in (fit.ci_low, fit.ci_high):  # the CI's slopes through the fit's centre
+                    right.plot(grid, fit.predict(np.exp(lx0)) * (grid / np.exp(lx0)) ** a, "k:", lw=1)
+            right.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel="parameters N")
+            _log_compute_axis(right, [o.compute for o in optimal])
+            right.legend(fontsize=8)
         fig.tight_layout()
         atomic_save_png(fig, path)
     finally:
@@ -281,15 +320,12 @@ def analyze(sweep: SweepConfig, *, points_mode: str = "auto", params: str = "non
     report["frontier"] = [asdict(p) for p in loss_frontier(points)]
     optimal: list[OptimalSize] = []
     fit = None
+    no_fit_reason = None
     try:
         optimal = compute_optimal_sizes(points, budgets)
-        interior = [o for o in optimal if o.interior]
-        if len(interior) < 3:
-            raise ValueError(f"only {len(interior)} of {len(optimal)} compute budgets have their optimum inside "
-                             f"the grid (3 needed); elsewhere the best size is the grid's smallest or largest, so "
-                             f"widen the size range or add token budgets")
-        fit = fit_power_law([o.compute for o in interior], [o.params for o in interior])
+        fit = fit_optimal_sizes(optimal)
     except ValueError as exc:
+        no_fit_reason = str(exc)
         console.print(f"[yellow]no compute-optimal fit:[/yellow] {exc}")
     report["optimal"] = [asdict(o) for o in optimal]
     report["fit"] = asdict(fit) if fit else None
@@ -300,7 +336,7 @@ def analyze(sweep: SweepConfig, *, points_mode: str = "auto", params: str = "non
     writer.writerows([o.compute, o.shape, o.params, o.loss, o.candidates, o.interior] for o in optimal)
     atomic_write_text(out / "scaling.csv", buf.getvalue())
     if points:
-        plot_scaling(points, optimal, fit, out / "scaling.png")
+        plot_scaling(points, optimal, fit, out / "scaling.png", no_fit_reason)
     table = Table(title=f"compute-optimal size ({points_mode} points, {params} params)")
     for col in ("compute", "optimal shape", "params", "loss", "shapes", "in fit"):
         table.add_column(col, justify="right")

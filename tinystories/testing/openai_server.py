@@ -207,6 +207,8 @@ class OpenAIServer:
                     body = await read_chunked_body(reader)
                 else:
                     body = await reader.readexactly(int(headers.get("content-length", 0) or 0))
+                if "://" in target:  # absolute-form, as a forward proxy sends it (RFC 9112 3.2.2)
+                    target = "/" + target.split("://", 1)[1].partition("/")[2]
                 status, extra_headers, payload = await self._dispatch(method, target.split("?")[0], headers, body)
                 writer.write(_response(status, extra_headers, payload))
                 if headers.get("connection", "").lower() == "close":

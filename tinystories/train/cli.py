@@ -18,7 +18,7 @@ import dataclasses
 import signal
 import sys
 
-from tinystories.cli import dataclass_options
+from tinystories.cli import ArgumentParser, dataclass_options, wide_output_when_piped
 from tinystories.data import ShardError
 from tinystories.train.config import ConfigError, TrainConfig, field_types, load_config
 from tinystories.train.lock import RunLocked
@@ -58,6 +58,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tinystories-train", description="Train a GPT-Neo (TinyStories).")
+    wide_output_when_piped()
+    parser = ArgumentParser(prog="tinystories-train", description="Train a GPT-Neo (TinyStories).")
     add_cli_arguments(parser)
     return run_cli(parser.parse_args(argv))
