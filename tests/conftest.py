@@ -2,3 +2,18 @@
 
 from tinystories.testing.fixtures import gpt2_files, real_stories, shared_data  # noqa: F401 (pytest fixtures)
 from _train_fixtures import dataset  # noqa: F401,E402 (the trainer tests' tiny dataset, a pytest fixture)
+
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _columns_unchanged():
+    """CLIs called in-process widen ``COLUMNS`` for piped output; keep that out of later tests and pytest's own."""
+    before = os.environ.get("COLUMNS")
+    yield
+    if before is None:
+        os.environ.pop("COLUMNS", None)
+    else:
+        os.environ["COLUMNS"] = before

@@ -14,8 +14,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from tinystories.model.checkpoint import load_checkpoint
 from tinystories.model.generate import generate_texts
 from tinystories.model.hf import export_hf
@@ -66,8 +64,8 @@ def run_sample(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"tinystories sample: error: {exc}", file=sys.stderr)
         return 2
-    print(execution.describe(), file=sys.stderr)
     model, tokenizer, _ = load_checkpoint(args.checkpoint, device=device)
+    print(execution.describe(), file=sys.stderr)  # once the checkpoint is known good: a bad one is one line
     prompts = [p for p in (args.prompt or [""]) for _ in range(args.num_samples)]
     with autocast_context(device, execution.dtype):
         texts = generate_texts(model, tokenizer, prompts, max_new_tokens=args.max_tokens,
