@@ -2,8 +2,8 @@
 
 It speaks just enough of the API for the real `openai` client: `POST /v1/chat/completions`, the
 Files endpoints (`POST /v1/files`, `GET /v1/files/{id}`, `GET /v1/files/{id}/content`) and the
-Batches endpoints (`POST /v1/batches`, `GET /v1/batches/{id}`). It is a plain asyncio HTTP/1.1 server
-(keep-alive, no dependencies) so that it is never the bottleneck of a client benchmark.
+Batches endpoints (`POST /v1/batches`, `GET /v1/batches/{id}`): a plain asyncio HTTP/1.1 server (keep-alive,
+no dependencies), never the bottleneck of a client benchmark.
 
 What it answers is pluggable: `answer(body) -> str | Answer` gets the parsed request body. The
 default writes a template story that uses the words the synthesis prompt asks for (and a one-sentence
@@ -44,8 +44,7 @@ _HTML = {"content-type": "text/html"}
 BROKEN_ENDPOINTS = {  # what a wrong --base-url answers to every request (None: never answers)
     "not_found": (404, _HTML, b"<html><head><title>404 Not Found</title></head><body>nginx</body></html>"),
     "html": (200, _HTML, b"<!DOCTYPE html><html><body><h1>Welcome to the router login page</h1></body></html>"),
-    "hang": None,
-}
+    "hang": None}
 
 
 @dataclass
