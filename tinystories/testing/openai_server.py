@@ -10,10 +10,9 @@ default writes a template story that uses the words the synthesis prompt asks fo
 summary when asked to summarize); evaluation tests plug in a function that answers like a judge.
 
 Faults are injected on demand (`Faults`): 429 with Retry-After, 500, a stall longer than the client's
-timeout, malformed JSON, `finish_reason="length"` and empty content; `Faults.endpoint` makes the whole
-server unusable (404 everywhere, an HTML page with status 200, accept and never answer). A request is identified by the
-`X-Client-Request-Id` header when the client sends one (the synthesis client sends the story id), and
-every request is logged (`log`), so a test can check that nothing was requested twice.
+timeout, malformed JSON, `finish_reason="length"` and empty content; `Faults.endpoint` makes the whole server
+unusable (404 everywhere, HTML with status 200, never answering). A request is identified by the
+`X-Client-Request-Id` header when sent (synthesis sends the story id), and every request is logged (`log`).
 
     with OpenAIServer(faults=Faults(rate=0.3)) as server:
         client = AsyncOpenAI(base_url=server.url, api_key="test")
