@@ -32,8 +32,8 @@ from tinystories.model.hf import load_hf_model
 from tinystories.progress import Progress
 from tinystories.tokenizer import Tokenizer
 from tinystories.train.config import ConfigError, TrainConfig
-from tinystories.train.device import (Dist, autocast_context, barrier, init_distributed, peak_flops, resolve_device,
-                                      resolve_dtype, to_device)
+from tinystories.train.device import (Dist, autocast_context, barrier, init_distributed, loader_state_for_rank,
+                                      peak_flops, resolve_device, resolve_dtype, to_device)
 from tinystories.train.inputs import DEMO_NOTICE, resolve_data
 from tinystories.train.step import learning_rate, make_optimizer, train_step
 
@@ -173,7 +173,7 @@ def _train(c: TrainConfig, dist: Dist) -> Path:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        loader.load_state(ckpt["loader"])
+        loader.load_state(loader_state_for_rank(ckpt["loader"], dist, str(existing[-1])))
         set_rng_state(ckpt["rng"])
         step, counters = ckpt["step"], ckpt["counters"]
         say(f"resumed {existing[-1]} at step {step}")

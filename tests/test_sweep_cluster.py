@@ -1,0 +1,176 @@
+"""Sweeps through submitit: the local executor end to end (a run signalled mid-way is checkpointed, requeued
+and ends with the weights of an uninterrupted run; a second `sweep run` after the submitter died submits
+nothing that is queued), a real single-node SLURM cluster, and the errors of the scheduler options."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinystories.cli import main
+from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
+from tinystories.sweep.grid import SweepConfig, read_status, run_dir
+from tinystories.testing import slurm
+
+submitit = pytest.importorskip("submitit")
+
+# 4 x 32 tokens a step (1536 tokens: 12 steps, 8192: 64 steps); a checkpoint every 2 steps.
+TRAIN = ["--set", "num_heads=2", "--set", "context=64", "--set", "window_size=16", "--set", "seq_len=32",
+         "--set", "batch_size=4", "--set", "tensorboard=false", "--set", "eval_batches=2", "--set",
+         "warmup_steps=3", "--set", "lr=3e-3", "--set", "sample_tokens=8", "--set", "ckpt_every=2", "--set",
+         "eval_every=100", "--set", "log_every=1", "--set", "cpu_threads=1", "--set", "keep_last=100"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    from tinystories.data import prepare
+    from tinystories.story_templates import generate_stories
+    from tinystories.tokenizer import Tokenizer
+
+    root = tmp_path_factory.mktemp("data")
+    stories = generate_stories(300, seed=2)
+    (root / "stories.txt").write_text("\n<|endoftext|>\n".join(stories) + "\n", encoding="utf-8")
+    prepare([root / "stories.txt"], root / "shards", Tokenizer.train(stories, vocab_size=300), val_fraction=0.1,
+            progress=False)
+    return root / "shards"
+
+
+def sweep_args(out: Path, dataset: Path, hidden: str, layers: str, tokens: str = "1536") -> list[str]:
+    return ["sweep", "run", "--out", str(out), "--hidden", hidden, "--layers", layers, "--tokens", tokens,
+            "--data", str(dataset), *TRAIN, "--poll", "0.5"]
+
+
+def wait_until(condition, timeout_s: float = 300, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def metrics_step(directory: Path) -> int:
+    path = directory / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return max((json.loads(line)["step"] for line in lines[:-1]), default=0)  # the last line may be torn
+
+
+def final_weights(directory: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(list_checkpoints(directory)[-1])["model"]
+
+
+def test_local_executor_sweep_requeues_a_signalled_run_and_resumes_exactly(dataset, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Submit and return, as a shell that then dies would: the jobs outlive the submitting process (and keep
+    # its stdout open, so that goes to a file rather than a pipe this test would wait on).
+    log = tmp_path / "submit.log"
+    with open(log, "w") as stdout:
+        first = subprocess.run([sys.executable, "-m", "tinystories.cli", *sweep_args(out, dataset, "32", "1,2",
+                                "1536,8192"), "--executor", "local", "--no-wait"], stdout=stdout,
+                               stderr=subprocess.STDOUT, env=env, timeout=300)
+    assert first.returncode == 0, log.read_text()
+    jobs = json.loads((out / "jobs.json").read_text())
+    assert len(jobs) == 4 and all(j["executor"] == "local" for j in jobs.values())
+
+    # Signal one run as SLURM does before a time limit (SIGUSR2 to the job) once it is past a checkpoint.
+    sweep = SweepConfig.load(out)
+    target = run_dir(sweep, sweep.runs()[1])  # 64 steps
+    wait_until(lambda: metrics_step(target) >= 5, what="step 5 of the first run")
+    os.kill(read_status(target)["pid"], signal.SIGUSR2)
+
+    # `sweep run` again: nothing is submitted twice; it follows the jobs to the end.
+    assert main(sweep_args(out, dataset, "32", "1,2", "1536,8192") + ["--executor", "local"]) == 0
+    printed = capsys.readouterr().out
+    assert "0 to submit" in printed, printed
+    assert json.loads((out / "jobs.json").read_text()) == jobs
+    status = read_status(target)
+    assert status["status"] == "done" and status["requeues"] == 1 and status["attempts"] == 2
+    assert "--resume" in status["command"]
+    assert "resumed" in (target / "train.log").read_text()
+
+    assert main(["sweep", "status", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table.count("done") == 4 and table.count("12/12") == 2 and table.count("64/64") == 2
+
+    # The requeued run ends with exactly the weights of the same run trained straight through.
+    straight = subprocess.run(status["command"][:-1] + [f"--out_dir={tmp_path / 'straight'}"], env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr
+    a, b = final_weights(tmp_path / "straight"), final_weights(target)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_failing_run_fails_once_with_its_log_tail(dataset, tmp_path, capsys):
+    out, damaged = tmp_path / "sweep", tmp_path / "damaged"
+    shutil.copytree(dataset, damaged)  # a shard cut short: the trainer fails on its first batch, every time
+    shard = damaged / "train-00000.tok.zst"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    code = main(sweep_args(out, damaged, "32", "1") + ["--executor", "local"])
+    printed = capsys.readouterr().out
+    assert code == 1
+    status = read_status(run_dir(SweepConfig.load(out), SweepConfig.load(out).runs()[0]))
+    assert status["status"] == "failed" and status["attempts"] == 1 and status["returncode"] != 0
+    assert "train.err" in status["log_tail"]
+    assert main(["sweep", "status", str(out)]) == 1
+    assert "failed" in capsys.readouterr().out and "failed" in printed
+
+
+def test_scheduler_options_errors(tmp_path, capsys, monkeypatch):
+    base = ["sweep", "run", "--out", str(tmp_path / "s"), "--hidden", "32", "--layers", "1", "--tokens", "1k"]
+    assert main(base + ["--executor", "local", "--partition", "gpu"]) == 2
+    assert "are SLURM options" in capsys.readouterr().out
+    assert main(base + ["--executor", "slurm", "--time", "soon"]) == 2
+    assert "--time 'soon'" in capsys.readouterr().out
+    assert main(base + ["--executor", "slurm", "--slurm-arg", "mem"]) == 2
+    assert "--slurm-arg expects KEY=VALUE, got 'mem'" in capsys.readouterr().out
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if the extra were not installed
+    from tinystories.sweep.cluster import ClusterError, import_submitit
+
+    with pytest.raises(ClusterError, match=r'pip install "tinystories\[cluster\]"'):
+        import_submitit()
+
+
+@pytest.mark.skipif(bool(slurm.missing_programs()) or os.geteuid() != 0,
+                    reason=f"needs root and SLURM + munge (missing: {slurm.missing_programs()})")
+def test_slurm_sweep_runs_to_completion_through_a_requeue(dataset, tmp_path, capsys):
+    with slurm.slurm_cluster(tmp_path / "slurm"):
+        out = tmp_path / "sweep"
+        t0 = time.perf_counter()
+        args = sweep_args(out, dataset, "32", "1,2", "8192") + [
+            "--executor", "slurm", "--partition", "debug", "--time", "10", "--cpus-per-run", "1",
+            "--slurm-arg", "mem=1G"]
+        assert main(args + ["--no-wait"]) == 0
+        jobs = json.loads((out / "jobs.json").read_text())
+        assert len(jobs) == 2 and all(j["executor"] == "slurm" and "_" in j["job_id"] for j in jobs.values())
+        script = next((out / "submitit").glob("*_submission.sh")).read_text()
+        assert "#SBATCH --partition=debug" in script and "#SBATCH --mem=1G" in script and "--array=0-1" in script
+
+        # SLURM's warning before a time limit (--signal=USR2@...), sent to every process of the job step: the
+        # job checkpoints the trainer and requeues itself with `scontrol requeue`.
+        sweep = SweepConfig.load(out)
+        target = run_dir(sweep, sweep.runs()[0])
+        wait_until(lambda: metrics_step(target) >= 5, what="step 5 of the first run")
+        job_id = jobs[target.name]["job_id"]
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+        # SLURM holds a requeued job back for two minutes (its begin time); a test need not wait for that.
+        wait_until(lambda: read_status(target).get("requeues") == 1 and "PENDING" in subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout, what="the requeue")
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+
+        assert main(args) == 0  # follows the recorded jobs to the end, submits nothing
+        printed = capsys.readouterr().out
+        assert "0 to submit" in printed, printed
+        with capsys.disabled():
+            print(f"\nSLURM: 2-run sweep with one requeue, submitted to done: {time.perf_counter() - t0:.1f}s")
+        assert read_status(target)["requeues"] == 1 and read_status(target)["attempts"] == 2
+        assert main(["sweep", "status", str(out)]) == 0
+        table = capsys.readouterr().out
+        assert table.count("done") == 2 and table.count("64/64") == 2
