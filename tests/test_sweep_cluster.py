@@ -4,6 +4,7 @@ nothing that is queued), a real single-node SLURM cluster, and the errors of the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -21,27 +22,14 @@ from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
 from tinystories.sweep.grid import SweepConfig, read_status, run_dir
 from tinystories.testing import slurm
 
-submitit = pytest.importorskip("submitit")
+needs_submitit = pytest.mark.skipif(importlib.util.find_spec("submitit") is None,
+                                    reason='needs submitit (pip install "tinystories[cluster]")')
 
 # 4 x 32 tokens a step (1536 tokens: 12 steps, 8192: 64 steps); a checkpoint every 2 steps.
 TRAIN = ["--set", "num_heads=2", "--set", "context=64", "--set", "window_size=16", "--set", "seq_len=32",
          "--set", "batch_size=4", "--set", "tensorboard=false", "--set", "eval_batches=2", "--set",
          "warmup_steps=3", "--set", "lr=3e-3", "--set", "sample_tokens=8", "--set", "ckpt_every=2", "--set",
          "eval_every=100", "--set", "log_every=1", "--set", "cpu_threads=1", "--set", "keep_last=100"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    from tinystories.data import prepare
-    from tinystories.story_templates import generate_stories
-    from tinystories.tokenizer import Tokenizer
-
-    root = tmp_path_factory.mktemp("data")
-    stories = generate_stories(300, seed=2)
-    (root / "stories.txt").write_text("\n<|endoftext|>\n".join(stories) + "\n", encoding="utf-8")
-    prepare([root / "stories.txt"], root / "shards", Tokenizer.train(stories, vocab_size=300), val_fraction=0.1,
-            progress=False)
-    return root / "shards"
 
 
 def sweep_args(out: Path, dataset: Path, hidden: str, layers: str, tokens: str = "1536") -> list[str]:
@@ -66,14 +54,15 @@ def final_weights(directory: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(list_checkpoints(directory)[-1])["model"]
 
 
-def test_local_executor_sweep_requeues_a_signalled_run_and_resumes_exactly(dataset, tmp_path, capsys):
+@needs_submitit
+def test_local_executor_sweep_requeues_a_signalled_run_and_resumes_exactly(tiny_shards, tmp_path, capsys):
     out = tmp_path / "sweep"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # Submit and return, as a shell that then dies would: the jobs outlive the submitting process (and keep
     # its stdout open, so that goes to a file rather than a pipe this test would wait on).
     log = tmp_path / "submit.log"
     with open(log, "w") as stdout:
-        first = subprocess.run([sys.executable, "-m", "tinystories.cli", *sweep_args(out, dataset, "32", "1,2",
+        first = subprocess.run([sys.executable, "-m", "tinystories.cli", *sweep_args(out, tiny_shards, "32", "1,2",
                                 "1536,8192"), "--executor", "local", "--no-wait"], stdout=stdout,
                                stderr=subprocess.STDOUT, env=env, timeout=300)
     assert first.returncode == 0, log.read_text()
@@ -84,10 +73,13 @@ def test_local_executor_sweep_requeues_a_signalled_run_and_resumes_exactly(datas
     sweep = SweepConfig.load(out)
     target = run_dir(sweep, sweep.runs()[1])  # 64 steps
     wait_until(lambda: metrics_step(target) >= 5, what="step 5 of the first run")
+    assert main(["sweep", "status", str(out)]) == 0  # readable while the runs go on
+    table = capsys.readouterr().out
+    assert "running" in table and jobs[target.name]["job_id"] in table
     os.kill(read_status(target)["pid"], signal.SIGUSR2)
 
     # `sweep run` again: nothing is submitted twice; it follows the jobs to the end.
-    assert main(sweep_args(out, dataset, "32", "1,2", "1536,8192") + ["--executor", "local"]) == 0
+    assert main(sweep_args(out, tiny_shards, "32", "1,2", "1536,8192") + ["--executor", "local"]) == 0
     printed = capsys.readouterr().out
     assert "0 to submit" in printed, printed
     assert json.loads((out / "jobs.json").read_text()) == jobs
@@ -108,9 +100,10 @@ def test_local_executor_sweep_requeues_a_signalled_run_and_resumes_exactly(datas
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_failing_run_fails_once_with_its_log_tail(dataset, tmp_path, capsys):
+@needs_submitit
+def test_a_failing_run_fails_once_with_its_log_tail(tiny_shards, tmp_path, capsys):
     out, damaged = tmp_path / "sweep", tmp_path / "damaged"
-    shutil.copytree(dataset, damaged)  # a shard cut short: the trainer fails on its first batch, every time
+    shutil.copytree(tiny_shards, damaged)  # a shard cut short: the trainer fails on its first batch, every time
     shard = damaged / "train-00000.tok.zst"
     shard.write_bytes(shard.read_bytes()[:1000])
     code = main(sweep_args(out, damaged, "32", "1") + ["--executor", "local"])
@@ -138,13 +131,14 @@ def test_scheduler_options_errors(tmp_path, capsys, monkeypatch):
         import_submitit()
 
 
+@needs_submitit
 @pytest.mark.skipif(bool(slurm.missing_programs()) or os.geteuid() != 0,
                     reason=f"needs root and SLURM + munge (missing: {slurm.missing_programs()})")
-def test_slurm_sweep_runs_to_completion_through_a_requeue(dataset, tmp_path, capsys):
+def test_slurm_sweep_runs_to_completion_through_a_requeue(tiny_shards, tmp_path, capsys):
     with slurm.slurm_cluster(tmp_path / "slurm"):
         out = tmp_path / "sweep"
         t0 = time.perf_counter()
-        args = sweep_args(out, dataset, "32", "1,2", "8192") + [
+        args = sweep_args(out, tiny_shards, "32", "1,2", "8192") + [
             "--executor", "slurm", "--partition", "debug", "--time", "10", "--cpus-per-run", "1",
             "--slurm-arg", "mem=1G"]
         assert main(args + ["--no-wait"]) == 0

@@ -22,20 +22,6 @@ TINY = ["--hidden_size=32", "--num_layers=2", "--num_heads=2", "--context=64", "
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    from tinystories.data import prepare
-    from tinystories.story_templates import generate_stories
-    from tinystories.tokenizer import Tokenizer
-
-    root = tmp_path_factory.mktemp("data")
-    stories = generate_stories(300, seed=3)
-    (root / "stories.txt").write_text("\n<|endoftext|>\n".join(stories) + "\n", encoding="utf-8")
-    prepare([root / "stories.txt"], root / "shards", Tokenizer.train(stories, vocab_size=300), val_fraction=0.1,
-            progress=False)
-    return root / "shards"
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,8 +48,8 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_two_node_torchrun_equals_one_process_and_resumes_exactly(dataset, tmp_path):
-    common = [f"--data={dataset}", *TINY]
+def test_two_node_torchrun_equals_one_process_and_resumes_exactly(tiny_shards, tmp_path):
+    common = [f"--data={tiny_shards}", *TINY]
     single = subprocess.run([sys.executable, "-m", "tinystories.train", *common, "--batch_size=8",
                              f"--out_dir={tmp_path / 'one'}"], capture_output=True, text=True, env=ENV, timeout=600)
     assert single.returncode == 0, single.stderr

@@ -12,10 +12,12 @@ periodic checkpoint. Whether the run is finished is read from the run folder (a 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +32,7 @@ STOP_GRACE_S = 120.0  # after SIGTERM, how long a step plus a checkpoint may tak
 TAIL_LINES = 20
 REQUEUE_WAIT_S = 30.0
 # A trainer stopped by SIGTERM/SIGINT: killed by it, or (once it saves on the signal) exited 128+signum.
+PR_SET_PDEATHSIG = 1  # prctl(2)
 INTERRUPTED = {-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT}
 
 
@@ -76,10 +79,10 @@ class TrainJob:
     command: list[str]
     max_steps: int
     _proc: subprocess.Popen | None = field(default=None, repr=False, compare=False)
-    _stopping: bool = field(default=False, repr=False, compare=False)
+    _started: float | None = field(default=None, repr=False, compare=False)
 
-    def __getstate__(self) -> dict[str, Any]:  # a running process does not travel with a requeued job
-        return {**self.__dict__, "_proc": None, "_stopping": False}
+    def __getstate__(self) -> dict[str, Any]:  # the state of an attempt does not travel with a requeued job
+        return {**self.__dict__, "_proc": None, "_started": None}
 
     def __call__(self) -> int:
         run_dir = Path(self.run_dir)
@@ -91,22 +94,18 @@ class TrainJob:
         status = read_status(run_dir)
         update_status(run_dir, status="running", attempts=status.get("attempts", 0) + 1, job_id=job_id_here(),
                       host=socket.gethostname(), pid=os.getpid(), max_steps=self.max_steps, command=cmd)
-        t0 = time.perf_counter()
+        self._started = t0 = time.perf_counter()
         with open(run_dir / STDOUT, "a", encoding="utf-8") as out, open(run_dir / STDERR, "a", encoding="utf-8") as err:
             out.write(f"\n$ {' '.join(cmd)}\n")
             out.flush()
-            # SIGUSR2 is for this process (submitit's handler); SLURM signals every process of the job, and
-            # the default action would kill the trainer before it can save.
             self._proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                          preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
+                                          preexec_fn=_trainer_signals)
             while (returncode := self._proc.poll()) is None:
                 time.sleep(0.5)  # not Popen.wait(): it holds a lock that checkpoint(), a signal handler, needs
         wall_s = read_status(run_dir).get("wall_s", 0.0) + time.perf_counter() - t0
         if last_step(run_dir) >= self.max_steps and returncode == 0:
             update_status(run_dir, status="done", returncode=0, wall_s=wall_s)
             return self.max_steps
-        if self._stopping:  # checkpoint() is stopping us; submitit requeues once it returns
-            return last_step(run_dir)
         if returncode in INTERRUPTED:  # signalled from outside (a SLURM preemption sends SIGTERM, then USR2)
             update_status(run_dir, status="interrupted", returncode=returncode, wall_s=wall_s)
             time.sleep(REQUEUE_WAIT_S)  # submitit's USR2 handler checkpoints and requeues meanwhile
@@ -121,7 +120,6 @@ class TrainJob:
         """submitit's preemption/time-limit hook: stop the trainer (it saves or has saved) and requeue."""
         import submitit
 
-        self._stopping = True
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -129,8 +127,20 @@ class TrainJob:
                 proc.kill()
                 _ended(proc, 10.0)
         run_dir = Path(self.run_dir)
-        update_status(run_dir, status="requeued", requeues=read_status(run_dir).get("requeues", 0) + 1)
-        return submitit.helpers.DelayedSubmission(replace(self, _proc=None, _stopping=False))
+        status = read_status(run_dir)
+        attempt_s = time.perf_counter() - self._started if self._started is not None else 0.0
+        update_status(run_dir, status="requeued", requeues=status.get("requeues", 0) + 1,
+                      wall_s=status.get("wall_s", 0.0) + attempt_s)
+        return submitit.helpers.DelayedSubmission(replace(self, _proc=None, _started=None))
+
+
+def _trainer_signals() -> None:
+    """In the trainer process, before exec: SIGUSR2 is for the job process (submitit's handler), but SLURM
+    signals every process of the job, and its default action would kill the trainer before it saves. And the
+    trainer stops (saving, as on any SIGTERM) when the job process dies, e.g. killed by the local executor."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _ended(proc: subprocess.Popen, timeout_s: float) -> bool:
