@@ -194,4 +194,6 @@ def run_cli(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
+    except KeyboardInterrupt:  # what was done is kept; `sweep run` again continues
+        return 130
 

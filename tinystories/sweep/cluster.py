@@ -9,6 +9,7 @@ that are neither finished nor queued. Run state itself lives in each run folder 
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import re
 import subprocess
@@ -101,15 +102,12 @@ def job_command(base: list[str], gpus_per_run: int) -> list[str]:
     """The trainer command of one job: torchrun on all the job's GPUs when it has more than one."""
     if gpus_per_run <= 1:
         return base
-    assert base[1:3] == ["-m", "tinystories.train"], base
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus_per_run}",
             *base[1:]]
 
 
 # -- the record of submitted jobs, and which of them the scheduler still holds -------------------------------
 def read_jobs(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
-    import json
-
     path = Path(sweep.out_dir) / JOBS_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
 

@@ -23,7 +23,8 @@ RUNNING_STATES = ("RUNNING", "COMPLETING", "CONFIGURING")  # SLURM's words for a
 
 
 def run_states(sweep: SweepConfig) -> list[dict[str, Any]]:
-    """One row per grid point: name, state (one of STATES), step, max_steps, loss, job_id, scheduler, note."""
+    """One row per grid point: name, state (one of STATES), step, max_steps, loss, job_id, scheduler, note and,
+    for a failed run, the tail of its logs."""
     jobs = read_jobs(sweep)
     try:
         live, scheduler_error = live_jobs(jobs), None
@@ -55,7 +56,8 @@ def run_states(sweep: SweepConfig) -> list[dict[str, Any]]:
         if status.get("requeues"):
             note = (note + "; " if note else "") + f"requeued {status['requeues']}x"
         rows.append(dict(name=run.name, state=state, step=step, max_steps=status.get("max_steps"), loss=loss,
-                         job_id=(job or {}).get("job_id") or status.get("job_id"), scheduler=scheduler, note=note))
+                         job_id=(job or {}).get("job_id") or status.get("job_id"), scheduler=scheduler, note=note,
+                         log_tail=status.get("log_tail", "") if state == "failed" else ""))
     return rows
 
 
@@ -92,6 +94,16 @@ def follow(sweep: SweepConfig, to_submit: list[RunPlan], commands: dict[str, lis
     rows = run_states(sweep)
     if not wait:
         return rows
+    try:
+        return _follow(sweep, queue, top_up, rows, console, poll_s)
+    except KeyboardInterrupt:  # stop following; SLURM jobs go on (local ones got the Ctrl-C too)
+        console.print(f"stopped following; `tinystories sweep status {sweep.out_dir}` shows the runs, "
+                      f"`tinystories sweep run --out {sweep.out_dir}` submits what is not queued")
+        raise
+
+
+def _follow(sweep: SweepConfig, queue: list[RunPlan], top_up, rows: list[dict[str, Any]], console: Console,
+            poll_s: float) -> list[dict[str, Any]]:
     seen = {r["name"]: r["state"] for r in rows}
     with Progress("runs done", len(rows), completed=sum(r["state"] == "done" for r in rows),
                   enabled=console.is_terminal) as progress:
@@ -102,7 +114,8 @@ def follow(sweep: SweepConfig, to_submit: list[RunPlan], commands: dict[str, lis
             for r in rows:
                 if seen[r["name"]] != r["state"]:
                     seen[r["name"]] = r["state"]
-                    progress.print(f"{r['name']}: {r['state']}" + (f" ({r['note']})" if r["note"] else ""))
+                    progress.print(f"{r['name']}: {r['state']}" + (f" ({r['note']})" if r["note"] else "")
+                                   + (f"\n{r['log_tail']}" if r["log_tail"] else ""))
             progress.update(completed=sum(r["state"] == "done" for r in rows),
                             status=" ".join(f"{s} {sum(r['state'] == s for r in rows)}" for s in STATES))
     return rows
@@ -112,4 +125,8 @@ def print_status(out: str | Path, console: Console) -> list[dict[str, Any]]:
     sweep = SweepConfig.load(out)
     rows = run_states(sweep)
     console.print(status_table(rows, f"sweep {out}"))
+    for r in rows:
+        if r["log_tail"]:
+            console.print(f"[red]{r['name']} failed[/red]; the end of its log:", highlight=False)
+            console.print(r["log_tail"], markup=False, highlight=False)
     return rows
