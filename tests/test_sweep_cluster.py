@@ -54,6 +54,7 @@ def final_weights(directory: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(list_checkpoints(directory)[-1])["model"]
 
 
+@pytest.mark.slow
 @needs_submitit
 def test_local_executor_sweep_requeues_a_signalled_run_and_resumes_exactly(tiny_shards, tmp_path, capsys):
     out = tmp_path / "sweep"
@@ -133,6 +134,7 @@ def test_scheduler_options_errors(tmp_path, capsys, monkeypatch):
         import_submitit()
 
 
+@pytest.mark.slow
 @needs_submitit
 @pytest.mark.skipif(bool(slurm.missing_programs()) or os.geteuid() != 0,
                     reason=f"needs root and SLURM + munge (missing: {slurm.missing_programs()})")
@@ -156,9 +158,16 @@ def test_slurm_sweep_runs_to_completion_through_a_requeue(tiny_shards, tmp_path,
         wait_until(lambda: metrics_step(target) >= 5, what="step 5 of the first run")
         job_id = jobs[target.name]["job_id"]
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-        # SLURM holds a requeued job back for two minutes (its begin time); a test need not wait for that.
+        # SLURM holds a requeued job back for two minutes (its begin time); a test need not wait for that, only
+        # until slurmd has finished the first attempt (else its end would be taken for the next one's).
+        raw_id = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%A"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        slurmd_log = tmp_path / "slurm" / "log" / "slurmd.log"
         wait_until(lambda: read_status(target).get("requeues") == 1 and "PENDING" in subprocess.run(
-            ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout, what="the requeue")
+            ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+            and all(f"[{raw_id}.{step}] done with job" in slurmd_log.read_text() for step in ("batch", "0")),
+            timeout_s=120, what="the requeue")
+        time.sleep(1)
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
 
         assert main(args) == 0  # follows the recorded jobs to the end, submits nothing

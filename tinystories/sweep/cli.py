@@ -88,8 +88,9 @@ def cluster_from_args(args: argparse.Namespace) -> ClusterOptions | None:
         return None
     for flag, value in (("--gpus-per-run", args.gpus_per_run), ("--cpus-per-run", args.cpus_per_run),
                         ("--max-parallel", args.max_parallel)):
-        if value is not None and value < (0 if flag == "--gpus-per-run" else 1):
-            raise ValueError(f"{flag} {value} must be positive")
+        least = 0 if flag == "--gpus-per-run" else 1
+        if value is not None and value < least:
+            raise ValueError(f"{flag} {value}: must be at least {least}")
     if args.executor == "local" and (args.partition or args.account or args.qos or args.slurm_arg):
         raise ValueError("--partition/--account/--qos/--slurm-arg are SLURM options; use --executor slurm")
     return ClusterOptions(executor=args.executor, partition=args.partition, gpus_per_run=args.gpus_per_run,
