@@ -127,8 +127,10 @@ def test_scheduler_options_errors(tmp_path, capsys, monkeypatch):
     assert "--time 'soon'" in capsys.readouterr().out
     assert main(base + ["--executor", "slurm", "--slurm-arg", "mem"]) == 2
     assert "--slurm-arg expects KEY=VALUE, got 'mem'" in capsys.readouterr().out
+    from tinystories.sweep.cluster import ClusterError, import_submitit, parse_time
+
+    assert [parse_time(t) for t in ("90", "30:10", "1:30:00", "2-00:00:00", "1-2")] == [90, 31, 90, 2880, 1560]
     monkeypatch.setitem(sys.modules, "submitit", None)  # as if the extra were not installed
-    from tinystories.sweep.cluster import ClusterError, import_submitit
 
     with pytest.raises(ClusterError, match=r'pip install "tinystories\[cluster\]"'):
         import_submitit()
