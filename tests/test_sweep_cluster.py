@@ -50,6 +50,24 @@ def metrics_step(directory: Path) -> int:
     return max((json.loads(line)["step"] for line in lines[:-1]), default=0)  # the last line may be torn
 
 
+def freeze_trainer(directory: Path) -> int:
+    """SIGSTOP the trainer of a run (the child of its job process), so that a signal surely finds it mid-run."""
+    job = read_status(directory)["pid"]
+    trainer = int(Path(f"/proc/{job}/task/{job}/children").read_text().split()[0])
+    os.kill(trainer, signal.SIGSTOP)
+    return trainer
+
+
+def thaw_when_sigterm_is_pending(trainer: int) -> None:
+    """SIGCONT the frozen trainer once the job has sent it SIGTERM (as a real preemption finds it: mid-step)."""
+    def pending() -> bool:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{trainer}/status").read_text().splitlines())
+        return any(int(fields[k], 16) >> (signal.SIGTERM - 1) & 1 for k in ("SigPnd", "ShdPnd"))
+
+    wait_until(pending, timeout_s=60, what="the job's SIGTERM to the trainer")
+    os.kill(trainer, signal.SIGCONT)
+
+
 def final_weights(directory: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(list_checkpoints(directory)[-1])["model"]
 
@@ -74,10 +92,12 @@ def test_local_executor_sweep_requeues_a_signalled_run_and_resumes_exactly(tiny_
     sweep = SweepConfig.load(out)
     target = run_dir(sweep, sweep.runs()[1])  # 64 steps
     wait_until(lambda: metrics_step(target) >= 5, what="step 5 of the first run")
+    trainer = freeze_trainer(target)
     assert main(["sweep", "status", str(out)]) == 0  # readable while the runs go on
     table = capsys.readouterr().out
     assert "running" in table and jobs[target.name]["job_id"] in table
     os.kill(read_status(target)["pid"], signal.SIGUSR2)
+    thaw_when_sigterm_is_pending(trainer)
 
     # `sweep run` again: nothing is submitted twice; it follows the jobs to the end.
     assert main(sweep_args(out, tiny_shards, "32", "1,2", "1536,8192") + ["--executor", "local"]) == 0
@@ -158,8 +178,10 @@ def test_slurm_sweep_runs_to_completion_through_a_requeue(tiny_shards, tmp_path,
         sweep = SweepConfig.load(out)
         target = run_dir(sweep, sweep.runs()[0])
         wait_until(lambda: metrics_step(target) >= 5, what="step 5 of the first run")
+        trainer = freeze_trainer(target)
         job_id = jobs[target.name]["job_id"]
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+        thaw_when_sigterm_is_pending(trainer)
         # SLURM holds a requeued job back for two minutes (its begin time); a test need not wait for that, only
         # until slurmd has finished the first attempt (else its end would be taken for the next one's).
         raw_id = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%A"], capture_output=True, text=True,
