@@ -19,6 +19,7 @@ import torch
 
 from tinystories.cli import main
 from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
+from tinystories.sweep.cluster import _local_alive
 from tinystories.sweep.grid import SweepConfig, read_status, run_dir
 from tinystories.testing import slurm
 
@@ -75,6 +76,26 @@ def final_weights(directory: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 @needs_submitit
 def test_local_executor_sweep_requeues_a_signalled_run_and_resumes_exactly(tiny_shards, tmp_path, capsys):
+    try:
+        _local_executor_sweep(tiny_shards, tmp_path, capsys)
+    finally:  # a failed assertion must not leave the jobs running
+        kill_local_jobs(tmp_path / "sweep")
+
+
+def kill_local_jobs(out: Path) -> None:
+    jobs = json.loads((out / "jobs.json").read_text()) if (out / "jobs.json").is_file() else {}
+    for controller in (int(j["job_id"]) for j in jobs.values()):
+        if not _local_alive(controller):  # ended (its pid may be another process's by now)
+            continue
+        try:  # the job process first: its trainer follows it (PDEATHSIG), then submitit's controller
+            for pid in Path(f"/proc/{controller}/task/{controller}/children").read_text().split():
+                os.kill(int(pid), signal.SIGKILL)
+            os.kill(controller, signal.SIGKILL)
+        except OSError:
+            pass  # ended meanwhile
+
+
+def _local_executor_sweep(tiny_shards: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "sweep"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # Submit and return, as a shell that then dies would: the jobs outlive the submitting process (and keep
@@ -87,6 +108,8 @@ def test_local_executor_sweep_requeues_a_signalled_run_and_resumes_exactly(tiny_
     assert first.returncode == 0, log.read_text()
     jobs = json.loads((out / "jobs.json").read_text())
     assert len(jobs) == 4 and all(j["executor"] == "local" for j in jobs.values())
+    assert main(sweep_args(out, tiny_shards, "32", "1,2", "1536,8192")) == 2  # the plain runner would duplicate them
+    assert "queued or running as scheduler jobs" in " ".join(capsys.readouterr().out.split())
 
     # Signal one run as SLURM does before a time limit (SIGUSR2 to the job) once it is past a checkpoint.
     sweep = SweepConfig.load(out)

@@ -20,7 +20,7 @@ from rich.console import Console
 from tinystories.atomic import atomic_write_json
 from tinystories.model.checkpoint import list_checkpoints
 from tinystories.sweep.analysis import collect_results
-from tinystories.sweep.cluster import ClusterOptions, unfinished
+from tinystories.sweep.cluster import ClusterOptions, live_jobs, read_jobs, unfinished
 from tinystories.sweep.grid import (MANIFEST, STATUS_FILE, RunPlan, SweepConfig, data_vocab_size, plan_runs,
                                    prepare_data, read_status, run_dir)
 from tinystories.sweep.status import follow
@@ -64,6 +64,10 @@ def run_sweep(sweep: SweepConfig, *, console: Console | None = None, poll_s: flo
                wait=wait, poll_s=cluster.poll_s)
         return collect_results(sweep)
 
+    busy = sorted(live_jobs(read_jobs(sweep)))
+    if busy:  # this runner would train them a second time, beside their jobs
+        raise ValueError(f"{len(busy)} run(s) of {out} are queued or running as scheduler jobs ({', '.join(busy)}); "
+                         f"rerun with the same --executor, or see `tinystories sweep status {out}`")
     pending = [p for p in plans if read_status(run_dir(sweep, p.run))["status"] != "done"]
     slots: list[str | None] = [str(g) for g in sweep.gpus] or [None]
     console.print(f"sweep {out}: {len(plans)} runs, {len(plans) - len(pending)} already done, "

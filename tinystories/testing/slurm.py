@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
+PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
 
 
 def missing_programs() -> list[str]:
     search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    return [p for p in DAEMONS if shutil.which(p, path=search) is None]
+    return [p for p in PROGRAMS if shutil.which(p, path=search) is None]
 
 
 def _free_ports(n: int) -> list[int]:
