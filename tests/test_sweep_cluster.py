@@ -19,7 +19,7 @@ import torch
 
 from tinystories.cli import main
 from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
-from tinystories.sweep.cluster import _local_alive
+from tinystories.sweep.cluster import local_job_alive
 from tinystories.sweep.grid import SweepConfig, read_status, run_dir
 from tinystories.testing import slurm
 
@@ -85,7 +85,7 @@ def test_local_executor_sweep_requeues_a_signalled_run_and_resumes_exactly(tiny_
 def kill_local_jobs(out: Path) -> None:
     jobs = json.loads((out / "jobs.json").read_text()) if (out / "jobs.json").is_file() else {}
     for controller in (int(j["job_id"]) for j in jobs.values()):
-        if not _local_alive(controller):  # ended (its pid may be another process's by now)
+        if not local_job_alive(controller):  # ended (its pid may be another process's by now)
             continue
         try:  # the job process first: its trainer follows it (PDEATHSIG), then submitit's controller
             for pid in Path(f"/proc/{controller}/task/{controller}/children").read_text().split():

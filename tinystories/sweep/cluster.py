@@ -121,7 +121,7 @@ def live_jobs(jobs: dict[str, dict[str, Any]]) -> dict[str, str]:
         if job["executor"] == "slurm":
             state = queue.get(job["job_id"])
         else:
-            state = "RUNNING" if _local_alive(int(job["job_id"])) else None
+            state = "RUNNING" if local_job_alive(int(job["job_id"])) else None
         if state:
             live[name] = state
     return live
@@ -138,7 +138,7 @@ def _squeue() -> dict[str, str]:
     return dict(line.split("|", 1) for line in out.stdout.split())
 
 
-def _local_alive(pid: int) -> bool:
+def local_job_alive(pid: int) -> bool:
     """Whether submitit's local controller ``pid`` still runs (and is one: pids are reused)."""
     try:  # our own child: reap it when it has ended
         if os.waitpid(pid, os.WNOHANG) != (0, 0):
