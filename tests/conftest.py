@@ -1,11 +1,11 @@
 """The project's shared fixtures (data locations, Triton's CPU interpreter): :mod:`tinystories.testing.fixtures`."""
 
-from tinystories.testing.fixtures import gpt2_files, real_stories, shared_data  # noqa: F401 (pytest fixtures)
-from _train_fixtures import dataset  # noqa: F401,E402 (the trainer tests' tiny dataset, a pytest fixture)
+import os
 
-import os  # noqa: E402
+import pytest
 
-import pytest  # noqa: E402
+from tinystories.testing.fixtures import gpt2_files, real_stories, shared_data, tiny_shards  # noqa: F401 (fixtures)
+from _train_fixtures import dataset  # noqa: F401 (the trainer tests' tiny dataset, a pytest fixture)
 
 
 @pytest.fixture(autouse=True)

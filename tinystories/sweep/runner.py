@@ -1,6 +1,7 @@
 """Running a sweep: every unfinished grid point as a ``tinystories-train`` subprocess, one at a time on one
-device or one per GPU (``CUDA_VISIBLE_DEVICES``). ``sweep run`` again on the same directory skips finished
-runs and resumes interrupted ones (``--resume`` from their newest checkpoint)."""
+device or one per GPU (``CUDA_VISIBLE_DEVICES``), or as submitit jobs (``--executor local|slurm``, see
+:mod:`.cluster`). ``sweep run`` again on the same directory skips finished runs and resumes interrupted ones
+(``--resume`` from their newest checkpoint)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from rich.console import Console
 from tinystories.atomic import atomic_write_json
 from tinystories.model.checkpoint import list_checkpoints
 from tinystories.sweep.analysis import collect_results
+from tinystories.sweep.cluster import ClusterOptions, live_jobs, read_jobs, unfinished
 from tinystories.sweep.grid import (MANIFEST, STATUS_FILE, RunPlan, SweepConfig, data_vocab_size, plan_runs,
                                    prepare_data, read_status, run_dir)
+from tinystories.sweep.status import follow
 
 
 def train_command(sweep: SweepConfig, plan: RunPlan, data_dir: Path) -> list[str]:
@@ -31,14 +34,15 @@ def train_command(sweep: SweepConfig, plan: RunPlan, data_dir: Path) -> list[str
     cmd += [f"--preset={sweep.preset}", f"--hidden_size={run.hidden}", f"--num_layers={run.layers}",
             f"--max_steps={plan.max_steps}", f"--out_dir={run_dir(sweep, run)}", f"--data={data_dir}",
             "--display=plain"]
-    cmd += [f"--{k}={v}" for k, v in sweep.overrides.items()]
-    if list_checkpoints(run_dir(sweep, run)):
-        cmd.append("--resume")
-    return cmd
+    return cmd + [f"--{k}={v}" for k, v in sweep.overrides.items()]
 
 
-def run_sweep(sweep: SweepConfig, *, console: Console | None = None, poll_s: float = 0.5) -> list[dict[str, Any]]:
-    """Run every unfinished grid point; returns the collected results (see :func:`collect_results`)."""
+def run_sweep(sweep: SweepConfig, *, console: Console | None = None, poll_s: float = 0.5,
+              cluster: ClusterOptions | None = None, wait: bool = True) -> list[dict[str, Any]]:
+    """Run every unfinished grid point; returns the collected results (see :func:`collect_results`).
+
+    With ``cluster`` the runs are submitted through submitit instead (see :mod:`.cluster`), skipping those
+    already queued; ``wait`` follows them to the end."""
     console = console or Console()
     out = Path(sweep.out_dir)
     manifest = out / MANIFEST
@@ -52,7 +56,18 @@ def run_sweep(sweep: SweepConfig, *, console: Console | None = None, poll_s: flo
     data_dir = prepare_data(sweep)
     plans = plan_runs(sweep, data_vocab_size(data_dir))
     atomic_write_json(manifest, sweep.to_dict(), indent=2)
+    if cluster is not None:
+        todo = unfinished(sweep, plans)
+        console.print(f"sweep {out}: {len(plans)} runs, {len(plans) - len(todo)} done or queued, "
+                      f"{len(todo)} to submit ({cluster.executor})")
+        follow(sweep, todo, {p.run.name: train_command(sweep, p, data_dir) for p in todo}, cluster, console,
+               wait=wait, poll_s=cluster.poll_s)
+        return collect_results(sweep)
 
+    busy = sorted(live_jobs(read_jobs(sweep)))
+    if busy:  # this runner would train them a second time, beside their jobs
+        raise ValueError(f"{len(busy)} run(s) of {out} are queued or running as scheduler jobs ({', '.join(busy)}); "
+                         f"rerun with the same --executor, or see `tinystories sweep status {out}`")
     pending = [p for p in plans if read_status(run_dir(sweep, p.run))["status"] != "done"]
     slots: list[str | None] = [str(g) for g in sweep.gpus] or [None]
     console.print(f"sweep {out}: {len(plans)} runs, {len(plans) - len(pending)} already done, "
@@ -86,7 +101,7 @@ def _start(sweep: SweepConfig, plan: RunPlan, data_dir: Path, gpu: str | None, c
     directory = run_dir(sweep, plan.run)
     directory.mkdir(parents=True, exist_ok=True)
     status = read_status(directory)
-    cmd = train_command(sweep, plan, data_dir)
+    cmd = train_command(sweep, plan, data_dir) + (["--resume"] if list_checkpoints(directory) else [])
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu

@@ -46,3 +46,18 @@ def gpt2_files(shared_data: Path) -> tuple[Path, Path]:
 def real_stories(shared_data: Path) -> list[str]:
     """The properly cased, properly segmented V1 train head (2,316 stories)."""
     return list(iter_stories(shared_data / "tinystories" / "tinystories_v1_train_head.txt.zst"))
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Token shards of 300 template stories with a 300-token BPE (10% validation): data for a tiny trainer run."""
+    from tinystories.data import prepare
+    from tinystories.story_templates import generate_stories
+    from tinystories.tokenizer import Tokenizer
+
+    root = tmp_path_factory.mktemp("tiny-shards")
+    stories = generate_stories(300, seed=2)
+    (root / "stories.txt").write_text("\n<|endoftext|>\n".join(stories) + "\n", encoding="utf-8")
+    prepare([root / "stories.txt"], root / "shards", Tokenizer.train(stories, vocab_size=300), val_fraction=0.1,
+            progress=False)
+    return root / "shards"

@@ -34,8 +34,8 @@ from tinystories.model.hf import load_hf_model
 from tinystories.progress import Progress
 from tinystories.tokenizer import Tokenizer
 from tinystories.train.config import ConfigError, TrainConfig, saved_config
-from tinystories.train.device import (Dist, autocast_context, barrier, init_distributed, peak_flops, resolve_device,
-                                      resolve_execution, to_device)
+from tinystories.train.device import (Dist, autocast_context, barrier, init_distributed, loader_state_for_rank,
+                                      peak_flops, resolve_device, resolve_execution, to_device)
 from tinystories.train.inputs import DEMO_NOTICE, resolve_data
 from tinystories.train.lock import RunLock
 from tinystories.train.resume import (history_entry, newest_intact_checkpoint, reconcile, remove_stale_temp_files,
@@ -226,8 +226,9 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, run_dir: Path) -> Pat
 
     step, counters = 0, {"skipped_steps": 0, "bad_in_a_row": 0, "tokens": 0}
     if ckpt is not None:
+        loader_state = loader_state_for_rank(ckpt["loader"], dist, str(ckpt["path"]))  # refuses another world size
         try:
-            loader.load_state(ckpt["loader"])
+            loader.load_state(loader_state)
         except ValueError as exc:
             raise ConfigError(f"--resume: {data_dir} is not the data {ckpt['path']} was trained on ({exc})") from None
         model.load_state_dict(ckpt["model"])
