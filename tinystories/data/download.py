@@ -14,7 +14,6 @@ final name; a mismatch removes it and is an error naming the file. Without a net
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tinystories.atomic import atomic_write_json
+from tinystories.data.shards import sha256_file
 from tinystories.progress import Progress
 
 REPO_ID = "roneneldan/TinyStories"
@@ -119,14 +119,6 @@ class _CountingFile:
         return getattr(self._fh, name)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download(names: Sequence[str], out: str | Path, *, revision: str = "main", progress: bool = True) -> list[Path]:
     """Downloads the files of the named datasets into ``out`` (repository paths kept); returns their paths.
 
@@ -172,7 +164,7 @@ def download(names: Sequence[str], out: str | Path, *, revision: str = "main", p
         sha, size = meta.etag, meta.size
         if sha is None or not _SHA256.fullmatch(sha) or size is None:
             raise DownloadError(f"{f}: the Hub did not report a sha256 and size for {url} (ETag {sha!r}); not a dataset file?")
-        if dest.is_file() and dest.stat().st_size == size and (record.get(f, {}).get("sha256") == sha or _sha256(dest) == sha):
+        if dest.is_file() and dest.stat().st_size == size and (record.get(f, {}).get("sha256") == sha or sha256_file(dest) == sha):
             paths.append(dest)
         else:
             paths.append(_fetch(f, meta.location, dest, sha, size, build_hf_headers(), progress))
@@ -204,7 +196,7 @@ def _fetch(name: str, url: str, dest: Path, sha: str, size: int, headers: dict, 
             got = part.stat().st_size
             raise DownloadError(f"{name}: download interrupted after {got:,} of {size:,} bytes ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0]}); {part} is kept: rerun the same command to resume") from None
-    got_size, got_sha = part.stat().st_size, _sha256(part)
+    got_size, got_sha = part.stat().st_size, sha256_file(part)
     if got_size != size or got_sha != sha:
         part.unlink()
         raise DownloadError(f"{name}: the downloaded file does not match the Hub (sha256 {got_sha}, {got_size:,} bytes; "
