@@ -8,7 +8,7 @@ For each concurrency c in (1, 8, 32), c completion requests (distinct seeds, `ma
 go at once through the official `AsyncOpenAI` client to `tinystories serve` in its own process; the peer is
 c calls of `generate_texts` for one prompt each, one after another in this process (no HTTP). Both sides
 generate the same stories (same seeds: checked), so tokens/s compare the same work; ratios come from one
-run. Models are randomly initialised (speed does not depend on training; they rarely emit <|endoftext|>,
+run. The peer runs in a worker thread, like the server's engine (see `sequential`). Models are randomly initialised (speed does not depend on training; they rarely emit <|endoftext|>,
 so every story runs to `max_tokens`). `demo` uses a 2,048-token BPE, `1M` GPT-2's 50,257 tokens (from the
 shared data; skipped without it). Results go to benchmarks/results/bench_serve-<date>-<cpu>.txt.
 """
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -110,10 +111,17 @@ def served(url: str, model: str, concurrency: int) -> tuple[list[str], int, floa
 
 
 def sequential(model: GPTNeo, tokenizer: Tokenizer, concurrency: int) -> tuple[list[str], float]:
-    start = time.perf_counter()
-    texts = [generate_texts(model, tokenizer, [PROMPTS[i % len(PROMPTS)]], max_new_tokens=TOKENS, seed=i,
-                            include_prompt=False)[0] for i in range(concurrency)]
-    return texts, time.perf_counter() - start
+    """``concurrency`` generate calls one after another, in a worker thread as the server's engine runs them:
+    torch's intra-op threading differs between the main thread and others (on a loaded machine the main
+    thread's two OpenMP threads measured 10-40x slower), so both sides run the same way."""
+    def run() -> tuple[list[str], float]:
+        start = time.perf_counter()
+        texts = [generate_texts(model, tokenizer, [PROMPTS[i % len(PROMPTS)]], max_new_tokens=TOKENS, seed=i,
+                                include_prompt=False)[0] for i in range(concurrency)]
+        return texts, time.perf_counter() - start
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()
 
 
 def report() -> list[str]:

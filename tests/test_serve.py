@@ -65,18 +65,22 @@ def test_models_are_listed_by_run_and_step_and_load_lazily(server, client):
 def test_seeded_completions_equal_tinystories_sample(sweep_dir, client):
     settings = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.95", "--max-tokens", "24", "--seed", "7"]
     cli = subprocess.run([sys.executable, "-m", "tinystories.cli", "sample", "--checkpoint",
-                          str(sweep_dir / "tiny"), "--prompt", "Once upon a time", "--num-samples", "2", *settings],
+                          str(sweep_dir / "tiny"), "--prompt", "Once upon a time", "--prompt", "Tom",
+                          "--num-samples", "2", *settings],
                          capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
     stories = [s.strip() for s in cli.stdout.split("--- story ")[1:]]
     stories = [s.split("---\n", 1)[1].strip() for s in stories]
-    answer = client.completions.create(model=TINY, prompt="Once upon a time", n=2, seed=7, temperature=0.9,
+    prompts = ["Once upon a time", "Tom"]
+    answer = client.completions.create(model=TINY, prompt=prompts, n=2, seed=7, temperature=0.9,
                                        top_p=0.95, max_tokens=24, extra_body={"top_k": 40})
-    assert [("Once upon a time" + c.text).strip() for c in answer.choices] == stories
+    assert [c.index for c in answer.choices] == [0, 1, 2, 3]  # prompt-major, as `sample` orders them
+    assert [(prompts[c.index // 2] + c.text).strip() for c in answer.choices] == stories
     assert stories[0] != stories[1]  # each choice has its own generator
     usage = answer.usage
     tokenizer = load_checkpoint(sweep_dir / "tiny")[1]
-    assert usage.prompt_tokens == len(tokenizer.encode("Once upon a time")) and 0 < usage.completion_tokens <= 48  # the prompt counts once, not per choice
+    assert usage.prompt_tokens == sum(len(tokenizer.encode(p)) for p in prompts)  # once per prompt, not per choice
+    assert 0 < usage.completion_tokens <= 4 * 24
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
@@ -160,6 +164,8 @@ def test_errors_have_the_openai_shape(server, client):
     assert err.value.body["param"] == "max_tokens"
     with pytest.raises(openai.BadRequestError, match="n: Input should be less than or equal to 32"):
         client.completions.create(model=TINY, prompt="a", n=33)
+    with pytest.raises(openai.BadRequestError, match="5 prompts x n=32 is over 128 stories"):
+        client.completions.create(model=TINY, prompt=["a"] * 5, n=32)
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.completions.create(model=TINY, prompt="a", temperature=-1)
     with pytest.raises(openai.APIStatusError, match="over the limit of 4096 bytes") as err:

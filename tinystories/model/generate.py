@@ -88,8 +88,8 @@ def generate_rows(model: GPTNeo, rows: Sequence[Row], eos: int, *, use_cache: bo
         was_training = model.training
         model.eval()
         try:
-            # One step more than the longest row needs: a row that reaches its limit is closed by an eos.
-            model.generate(batch.to(device), min(steps + 1, room - width), eos_token=eos,
+            # A row that reaches its own limit before the others is closed by the eos `choose` gives it next.
+            model.generate(batch.to(device), steps, eos_token=eos,
                            attention_mask=mask.to(device), use_cache=use_cache, choose=choose)
         finally:
             model.train(was_training)

@@ -40,7 +40,7 @@ class Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=32)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63 - 1024)  # torch seeds; choice r uses seed + r
     stop: str | list[str] | None = None
     stream: bool = False
 
@@ -132,6 +132,8 @@ class Choice:
 
     def on_token(self, token: int) -> bool:
         self.tokens.append(token)
+        if not self.stops and self.emit is None:  # nothing to check or send before the end
+            return not self.cancelled
         self.text = self.tokenizer.decode(self.tokens)
         cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
@@ -149,6 +151,7 @@ class Choice:
         """After the engine is done with this row: the reason it stopped, and what text is left to send."""
         if self.finish_reason is None:
             self.finish_reason = "length" if len(self.tokens) >= self.max_tokens else "stop"
+            self.text = self.tokenizer.decode(self.tokens)
         self._send(len(self.text), self.finish_reason)
 
     def _send(self, upto: int, finish_reason: str | None = None) -> None:

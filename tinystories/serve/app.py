@@ -36,6 +36,7 @@ from tinystories.serve.models import LoadedModel, ModelPool
 from tinystories.serve.run_data import run_data
 
 DEFAULT_MAX_TOKENS = 200
+MAX_ROWS = 128  # stories per request
 
 
 def create_app(pool: ModelPool, *, api_key: str | None = None, max_body_bytes: int = 1 << 20,
@@ -84,7 +85,7 @@ def create_app(pool: ModelPool, *, api_key: str | None = None, max_body_bytes: i
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise APIError(400, "prompt: an empty list", param="prompt")
-        return await _generate("text", req, await _load(pool, req.model), prompts, req.max_tokens, request)
+        return await _generate("text", req, await _load(pool, req.model), prompts, req.max_tokens)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
@@ -97,7 +98,7 @@ def create_app(pool: ModelPool, *, api_key: str | None = None, max_body_bytes: i
         if not user:
             raise APIError(400, "messages: no user message", param="messages")
         prompt = instruct_prompt(user[-1])
-        return await _generate("chat", req, loaded, [prompt], req.max_completion_tokens or req.max_tokens, request)
+        return await _generate("chat", req, loaded, [prompt], req.max_completion_tokens or req.max_tokens)
 
     return app
 
@@ -129,10 +130,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def _generate(kind: str, req: Any, loaded: LoadedModel, prompts: list[str], max_tokens: int | None,
-                    request: Request) -> Any:
+async def _generate(kind: str, req: Any, loaded: LoadedModel, prompts: list[str], max_tokens: int | None) -> Any:
     tokenizer, context = loaded.tokenizer, loaded.context
     stops = stops_of(req)
+    if len(prompts) * req.n > MAX_ROWS:
+        raise APIError(400, f"{len(prompts)} prompts x n={req.n} is over {MAX_ROWS} stories per request", param="n")
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
     longest = max(len(ids) for ids in encoded)
     if longest >= context:

@@ -76,7 +76,7 @@ def write_stories(url: str, models: list[str], beginning: str, *, settings: dict
                 # The whole page, not just the first screen: grow the window to the content's height.
                 height = "return document.documentElement.getBoundingClientRect().height"
                 for _ in range(2):
-                    driver.set_window_size(1400, int(driver.execute_script(height)) + 120)
+                    driver.set_window_size(1400, int(driver.execute_script(height)) + 200)
                 driver.save_screenshot(str(screenshot))
             return stories
         finally:
