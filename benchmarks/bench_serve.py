@@ -8,8 +8,9 @@ For each concurrency c in (1, 8, 32), c completion requests (distinct seeds, `ma
 go at once through the official `AsyncOpenAI` client to `tinystories serve` in its own process; the peer is
 c calls of `generate_texts` for one prompt each, one after another in this process (no HTTP). Both sides
 generate the same stories (same seeds: checked), so tokens/s compare the same work; ratios come from one
-run. The peer runs in a worker thread, like the server's engine (see `sequential`). Models are randomly initialised (speed does not depend on training; they rarely emit <|endoftext|>,
-so every story runs to `max_tokens`). `demo` uses a 2,048-token BPE, `1M` GPT-2's 50,257 tokens (from the
+run. The peer runs first, before the server starts; both use `TINYSTORIES_BENCH_THREADS` torch threads
+(default 1, see `THREADS`). Models are randomly initialised (speed does not depend on training; they rarely
+emit <|endoftext|>, so every story runs to `max_tokens`). `demo` uses a 2,048-token BPE, `1M` GPT-2's 50,257 tokens (from the
 shared data; skipped without it). Results go to benchmarks/results/bench_serve-<date>-<cpu>.txt.
 """
 
@@ -23,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,9 @@ from tinystories.tokenizer import Tokenizer  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 TOKENS = int(os.environ.get("TINYSTORIES_BENCH_TOKENS", "64"))
+# torch intra-op threads on both sides. One by default: on a shared 2-core machine, two OpenMP threads wait at
+# every op for a core another process holds, and timings swung 10-40x between identical runs.
+THREADS = int(os.environ.get("TINYSTORIES_BENCH_THREADS", "1"))
 CONCURRENCIES = (1, 8, 32)
 PROMPTS = ("Once upon a time", "Tom and his dog", "One day, a little girl named Lily", "The sun was")
 
@@ -82,7 +85,7 @@ def start_server(checkpoint: Path) -> tuple[subprocess.Popen, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "tinystories.cli", "serve", str(checkpoint), "--port", str(port)],
-                            stdout=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -110,21 +113,20 @@ def served(url: str, model: str, concurrency: int) -> tuple[list[str], int, floa
     return [a.choices[0].text for a in answers], sum(a.usage.completion_tokens for a in answers), seconds
 
 
-def sequential(model: GPTNeo, tokenizer: Tokenizer, concurrency: int) -> tuple[list[str], float]:
-    """``concurrency`` generate calls one after another, in a worker thread as the server's engine runs them:
-    torch's intra-op threading differs between the main thread and others (on a loaded machine the main
-    thread's two OpenMP threads measured 10-40x slower), so both sides run the same way."""
-    def run() -> tuple[list[str], float]:
+def sequential(model: GPTNeo, tokenizer: Tokenizer) -> dict[int, tuple[list[str], float]]:
+    """concurrency -> (stories, seconds) of that many generate calls one after another, measured before the
+    server starts so that the two never share the CPU."""
+    results = {}
+    for concurrency in (2, *CONCURRENCIES):  # the first pass warms up
         start = time.perf_counter()
         texts = [generate_texts(model, tokenizer, [PROMPTS[i % len(PROMPTS)]], max_new_tokens=TOKENS, seed=i,
                                 include_prompt=False)[0] for i in range(concurrency)]
-        return texts, time.perf_counter() - start
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(run).result()
+        results[concurrency] = texts, time.perf_counter() - start
+    return results
 
 
 def report() -> list[str]:
+    torch.set_num_threads(THREADS)
     lines = [f"tokens/s, {TOKENS} new tokens per story, CPU: {cpu_name()} ({os.cpu_count()} cores), "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads",
              f"{'preset':<8}{'concurrency':>12}{'sequential tok/s':>18}{'served tok/s':>14}{'ratio':>8}"
@@ -136,14 +138,14 @@ def report() -> list[str]:
                 lines.append(f"{preset:<8}skipped: GPT-2's BPE files are not in the shared data")
                 continue
             checkpoint, model = make_checkpoint(preset, tokenizer, Path(root))
+            peers = sequential(model, tokenizer)
             proc, url = start_server(checkpoint)
             try:
                 model_id = f"{preset}/{checkpoint.stem}"
                 served(url, model_id, 2)  # load the model, warm up
-                sequential(model, tokenizer, 2)
                 for concurrency in CONCURRENCIES:
                     ours, tokens, ours_s = served(url, model_id, concurrency)
-                    peer, peer_s = sequential(model, tokenizer, concurrency)
+                    peer, peer_s = peers[concurrency]
                     lines.append(f"{preset:<8}{concurrency:>12}{tokens / peer_s:>18.0f}{tokens / ours_s:>14.0f}"
                                  f"{peer_s / ours_s:>7.2f}x{str(ours == peer):>11}")
             finally:
