@@ -10,8 +10,8 @@ c calls of `generate_texts` for one prompt each, one after another in this proce
 generate the same stories (same seeds: checked), so tokens/s compare the same work; ratios come from one
 run. The peer runs first, before the server starts; both use `TINYSTORIES_BENCH_THREADS` torch threads
 (default 1, see `THREADS`). Models are randomly initialised (speed does not depend on training; they rarely
-emit <|endoftext|>, so every story runs to `max_tokens`). `demo` uses a 2,048-token BPE, `1M` GPT-2's 50,257 tokens (from the
-shared data; skipped without it). Results go to benchmarks/results/bench_serve-<date>-<cpu>.txt.
+emit <|endoftext|>, so every story runs to `max_tokens`). `demo` uses a 2,048-token BPE, `1M` GPT-2's 50,257
+tokens (from the shared data; skipped without it). Results go to benchmarks/results/bench_serve-<date>-<cpu>.txt.
 """
 
 from __future__ import annotations

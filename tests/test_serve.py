@@ -114,7 +114,8 @@ def test_chat_uses_the_instruct_layout(sweep_dir, client):
                                                                       {"role": "user", "content": message}],
                                             seed=11, max_tokens=20)
     model, tokenizer, _ = load_checkpoint(sweep_dir / "tiny-instruct")
-    prompt = format_instructions(words=["run", "dog", "happy"], features=["dialogue", "bad_ending"]) + "Once upon a time"
+    header = format_instructions(words=["run", "dog", "happy"], features=["dialogue", "bad_ending"])
+    prompt = header + "Once upon a time"
     assert prompt.startswith("Features: Dialogue, BadEnding\nWords: run, dog, happy\nStory:\n")
     expected = generate_texts(model, tokenizer, [prompt], max_new_tokens=20, seed=11, include_prompt=False)
     assert answer.choices[0].message.content == expected[0]

@@ -348,10 +348,11 @@ class GPTNeo(nn.Module):
                  choose: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """Continue each row of ``idx`` (B, T) by up to ``max_new_tokens`` tokens; returns (B, T + n).
 
-        temperature=0 is greedy. ``choose`` replaces the sampler: last-position logits (B, V) -> next tokens (B,)
-        (per-row settings and generators, streaming: :func:`tinystories.model.generate.generate_rows`). Rows that emit ``eos_token`` are finished: they keep emitting it while
-        the others continue, and generation stops once every row is finished. Left-padded prompts
-        pass ``attention_mask``; each row then gets its own positions, so batching does not change it.
+        temperature=0 is greedy. ``choose`` replaces the sampler: last-position logits (B, V) -> next tokens
+        (B,) (per-row settings and generators, streaming: :func:`tinystories.model.generate.generate_rows`).
+        Rows that emit ``eos_token`` are finished: they keep emitting it while the others continue, and
+        generation stops once every row is finished. Left-padded prompts pass ``attention_mask``; each row
+        then gets its own positions, so batching does not change it.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")

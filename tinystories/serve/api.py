@@ -80,7 +80,8 @@ def stops_of(request: Sampling) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ Instruct
 _INSTRUCTIONS = {"features": "features", "words": "words", "summary": "summary", "random sentence": "sentence"}
-_FEATURES = {**{name.lower(): name for name in FEATURE_LABELS}, **{label.lower(): name for name, label in FEATURE_LABELS.items()}}
+# a feature by our name (bad_ending) or the layout's label (BadEnding), any case
+_FEATURES = {key.lower(): name for name, label in FEATURE_LABELS.items() for key in (name, label)}
 
 
 def instruct_prompt(content: str) -> str:

@@ -91,7 +91,7 @@ def create_app(pool: ModelPool, *, api_key: str | None = None, max_body_bytes: i
     async def chat_completions(request: Request) -> Any:
         req = parse_request(ChatRequest, await _read_body(request, max_body_bytes))
         loaded = await _load(pool, req.model)
-        if not loaded.instruct:
+        if not loaded.entry.instruct:
             raise APIError(400, f"model {req.model} is not an Instruct model (trained from an -instruct preset): "
                                 "use /v1/completions with a story beginning", param="model")
         user = [m.content for m in req.messages if m.role == "user"]

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     newest = {e.run_dir: e.id for e in entries.values()}
     models = args.models.split(",") if args.models else list(newest.values())[:2]
     with serve_in_thread(create_app(ModelPool(entries, max_models=len(models)))) as url:
-        stories = write_stories(url, models, args.beginning, settings={"seed": args.seed, "max_tokens": args.max_tokens}, screenshot=args.out)
+        settings = {"seed": args.seed, "max_tokens": args.max_tokens}
+        stories = write_stories(url, models, args.beginning, settings=settings, screenshot=args.out)
     for model, story in stories.items():
         print(f"{model}: {args.beginning}{story}")
     print(f"wrote {args.out}")

@@ -85,7 +85,6 @@ class LoadedModel:
     entry: ModelEntry
     tokenizer: Tokenizer
     engine: Engine
-    instruct: bool
 
     @property
     def context(self) -> int:
@@ -124,7 +123,7 @@ class ModelPool:
         model, tokenizer, train_config = load_checkpoint(entry.path, device=self.device)
         entry.instruct = _is_instruct(train_config or {}) or entry.instruct
         engine = Engine(model, tokenizer.eot_token, max_batch=self.max_batch, wait_s=self.wait_s, name=entry.id)
-        return LoadedModel(entry, tokenizer, engine, entry.instruct)
+        return LoadedModel(entry, tokenizer, engine)
 
     def close(self) -> None:
         for loaded in self.loaded.values():
