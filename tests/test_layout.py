@@ -123,7 +123,7 @@ def test_no_module_over_the_size_limit():
 
 
 @pytest.mark.parametrize("stage", ["synth", "tokenizer", "data", "model", "train", "evaluate", "interpret", "sweep",
-                                   "llm", "testing"])
+                                   "llm", "testing", "serve"])
 def test_every_stage_says_what_it_does(stage):
     init = PACKAGE / stage / "__init__.py"
     doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))

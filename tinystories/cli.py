@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "eval": ("tinystories.evaluate.cli", None, "grade, probe and measure checkpoints"),
     "inspect": ("tinystories.interpret.cli", None, "neuron and attention-head analysis"),
     "sweep": ("tinystories.sweep.cli", None, "size x compute sweeps and the compute-optimal fit"),
+    "serve": ("tinystories.serve.cli", None, "serve checkpoints over an OpenAI-compatible API with a playground page"),
 }
 
 

@@ -1,19 +1,22 @@
 """Stories from a model: the one batched, left-padded, KV-cache text sampler.
 
 Prompts of different lengths are batched with left padding; every row keeps its own positions, so a
-prompt gives the same story alone or in a batch. Decoding uses the KV cache and stops at <|endoftext|>.
-The trainer's sampled stories, ``tinystories sample`` and the evaluation's students all come from
-:func:`generate_texts`.
+prompt gives the same story alone or in a batch. Each row is sampled alone, with its own settings and
+its own random generator (row ``r`` of a call seeded ``s`` uses seed ``s + r``), so a row's story never
+depends on which other rows share its batch. Decoding uses the KV cache and stops at <|endoftext|>.
+The trainer's sampled stories, ``tinystories sample`` and the evaluation's students come from
+:func:`generate_texts`; ``tinystories serve`` batches concurrent requests through :func:`generate_rows`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from tinystories.model.gpt_neo import GPTNeo
+from tinystories.model.gpt_neo import GPTNeo, sample_next_token
 from tinystories.tokenizer import Tokenizer
 
 
@@ -29,13 +32,78 @@ def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, tor
     return batch, mask
 
 
+def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """A prompt's tokens; an empty prompt is <|endoftext|>, where the models saw every story begin."""
+    return tokenizer.encode(prompt, allowed_special="all") if prompt else [tokenizer.eot_token]
+
+
+@dataclass
+class Row:
+    """One story to continue: its prompt tokens, its own sampling settings and random generator, and an
+    optional ``on_token(token) -> keep_going`` called with each new token as it is sampled."""
+    prompt: list[int]
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    generator: torch.Generator | None = None
+    on_token: Callable[[int], bool] | None = None
+
+
+def generate_rows(model: GPTNeo, rows: Sequence[Row], eos: int, *, use_cache: bool = True) -> list[list[int]]:
+    """The new tokens of each row (without the <|endoftext|> that ends it), all rows in one batch.
+
+    A row stops at ``eos``, after its own ``max_new_tokens``, or when its ``on_token`` returns False;
+    the batch stops when every row has. The longest prompt plus the largest ``max_new_tokens`` must fit in
+    the context.
+    """
+    batch, mask = left_pad([row.prompt for row in rows], eos)
+    device = next(model.parameters()).device
+    new: list[list[int]] = [[] for _ in rows]
+    done = [row.max_new_tokens <= 0 for row in rows]
+
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        tokens = []
+        for i, row in enumerate(rows):
+            if done[i]:
+                tokens.append(eos)
+                continue
+            token = int(sample_next_token(logits[i:i + 1], temperature=row.temperature, top_k=row.top_k,
+                                          top_p=row.top_p, generator=row.generator))
+            tokens.append(token)
+            if token == eos:
+                done[i] = True
+                continue
+            new[i].append(token)
+            keep_going = row.on_token(token) if row.on_token is not None else True
+            done[i] = not keep_going or len(new[i]) >= row.max_new_tokens
+        return torch.tensor(tokens, dtype=torch.long, device=logits.device)
+
+    # Left padding gives every row the longest prompt's width, and finished rows keep moving with the batch.
+    width, steps, room = batch.shape[1], max(row.max_new_tokens for row in rows), model.config.max_position_embeddings
+    if width + steps > room:
+        raise ValueError(f"the longest prompt ({width} tokens) + the most new tokens ({steps}) exceed the context "
+                         f"of {room} tokens")
+    if not all(done):
+        was_training = model.training
+        model.eval()
+        try:
+            # A row that reaches its own limit before the others is closed by the eos `choose` gives it next.
+            model.generate(batch.to(device), steps, eos_token=eos,
+                           attention_mask=mask.to(device), use_cache=use_cache, choose=choose)
+        finally:
+            model.train(was_training)
+    return new
+
+
 def generate_texts(model: GPTNeo, tokenizer: Tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 200,
                    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                    seed: int | None = None, use_cache: bool = True, include_prompt: bool = True,
                    fit: Literal["shorten_output", "cut_prompt"] = "shorten_output") -> list[str]:
     """The continuation of each prompt (after the prompt's text unless ``include_prompt=False``), cut at the
     first <|endoftext|>. An empty prompt starts a story from <|endoftext|> (what the models saw between
-    stories). temperature=0 is greedy; ``seed`` makes sampling repeatable.
+    stories). temperature=0 is greedy; ``seed`` makes sampling repeatable: prompt ``r`` is sampled with its
+    own generator seeded ``seed + r``.
 
     When a prompt and ``max_new_tokens`` do not fit in the context, ``fit="shorten_output"`` generates
     fewer tokens (an error if a prompt fills the context alone) and ``fit="cut_prompt"`` keeps only the
@@ -44,7 +112,7 @@ def generate_texts(model: GPTNeo, tokenizer: Tokenizer, prompts: Sequence[str], 
     """
     context = model.config.max_position_embeddings
     eot = tokenizer.eot_token
-    encoded = [tokenizer.encode(p, allowed_special="all") if p else [eot] for p in prompts]
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
     if fit == "cut_prompt":
         room = context - max_new_tokens
         if room < 1:
@@ -57,20 +125,9 @@ def generate_texts(model: GPTNeo, tokenizer: Tokenizer, prompts: Sequence[str], 
     if longest >= context:
         raise ValueError(f"a prompt of {longest} tokens fills the model's context of {context} tokens")
     device = next(model.parameters()).device
-    batch, mask = left_pad(encoded, eot)
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    was_training = model.training
-    model.eval()
-    try:
-        out = model.generate(batch.to(device), min(max_new_tokens, context - longest), temperature=temperature,
-                             top_k=top_k, top_p=top_p, eos_token=eot, attention_mask=mask.to(device),
-                             use_cache=use_cache, generator=generator)
-    finally:
-        model.train(was_training)
-    texts = []
-    for row, (prompt, ids) in enumerate(zip(prompts, encoded)):
-        new = out[row, batch.shape[1]:].tolist()
-        if eot in new:
-            new = new[:new.index(eot)]
-        texts.append(tokenizer.decode((ids if include_prompt and prompt else []) + new))
-    return texts
+    rows = [Row(ids, min(max_new_tokens, context - longest), temperature, top_k, top_p,
+                torch.Generator(device=device).manual_seed(seed + r) if seed is not None else None)
+            for r, ids in enumerate(encoded)]
+    new = generate_rows(model, rows, eot, use_cache=use_cache)
+    return [tokenizer.decode((ids if include_prompt and prompt else []) + tokens)
+            for prompt, ids, tokens in zip(prompts, encoded, new)]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from types import ModuleType
 from typing import NamedTuple
 
@@ -358,12 +359,15 @@ class GPTNeo(nn.Module):
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, eos_token: int | None = None, attention_mask: Tensor | None = None,
-                 use_cache: bool = True, generator: torch.Generator | None = None) -> Tensor:
+                 use_cache: bool = True, generator: torch.Generator | None = None,
+                 choose: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """Continue each row of ``idx`` (B, T) by up to ``max_new_tokens`` tokens; returns (B, T + n).
 
-        temperature=0 is greedy. Rows that emit ``eos_token`` are finished: they keep emitting it while
-        the others continue, and generation stops once every row is finished. Left-padded prompts
-        pass ``attention_mask``; each row then gets its own positions, so batching does not change it.
+        temperature=0 is greedy. ``choose`` replaces the sampler: last-position logits (B, V) -> next tokens
+        (B,) (per-row settings and generators, streaming: :func:`tinystories.model.generate.generate_rows`).
+        Rows that emit ``eos_token`` are finished: they keep emitting it while the others continue, and
+        generation stops once every row is finished. Left-padded prompts pass ``attention_mask``; each row
+        then gets its own positions, so batching does not change it.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -382,8 +386,8 @@ class GPTNeo(nn.Module):
                 logits = self(step_input, kv_cache=cache, attention_mask=mask[:, -step_input.shape[1]:]).logits
             else:
                 logits = self(out, attention_mask=mask).logits
-            next_token = sample_next_token(logits[:, -1, :], temperature=temperature, top_k=top_k, top_p=top_p,
-                                           generator=generator)
+            next_token = (choose(logits[:, -1, :]) if choose is not None else sample_next_token(
+                logits[:, -1, :], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator))
             if eos_token is not None:
                 next_token = torch.where(finished, torch.full_like(next_token, eos_token), next_token)
                 finished |= next_token == eos_token

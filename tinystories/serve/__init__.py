@@ -1,0 +1,11 @@
+"""Serve: trained checkpoints behind an OpenAI-compatible HTTP API and a story playground page.
+
+``tinystories serve CKPT_OR_RUN_OR_SWEEP_DIR...`` (the ``serve`` extra: FastAPI + uvicorn). ``models``
+finds the checkpoints and loads them lazily, evicting the least recently used beyond ``--max-models``;
+``engine`` runs one model in a thread that batches concurrent requests into one KV-cache forward pass
+(:func:`tinystories.model.generate.generate_rows`, each row with its own seeded generator, so batching
+never changes a story); ``api`` holds the OpenAI request/response shapes and the Instruct chat layout;
+``app`` the routes (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``, the playground at
+``/`` and its run data); ``browser`` drives the page in headless Chromium (tests, the README screenshot);
+``cli`` the command.
+"""

@@ -1,0 +1,201 @@
+"""The OpenAI wire format: request fields, the error shape, the Instruct chat layout and the choices.
+
+Requests are validated here (unknown fields are ignored, as OpenAI-compatible servers do; ``top_k`` is
+accepted as an extension, like vLLM). Every failure is an :class:`APIError` that the app answers as
+``{"error": {"message", "type", "param", "code"}}`` with its HTTP status.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tinystories.corpus import format_instructions
+from tinystories.tokenizer import Tokenizer
+from tinystories.vocabulary import FEATURE_LABELS
+
+MAX_STOPS = 4
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=32)
+    seed: int | None = Field(None, ge=0, lt=2**63 - 1024)  # torch seeds; choice r uses seed + r
+    stop: str | list[str] | None = None
+    stream: bool = False
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str] = ""
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+def parse_request(cls: type[Sampling], body: bytes) -> Any:
+    try:
+        return cls.model_validate_json(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        if error["type"] == "json_invalid":
+            raise APIError(400, f"the request body is not valid JSON ({error['msg']})", code="invalid_json") from None
+        param = ".".join(str(p) for p in error["loc"]) or None
+        raise APIError(400, f"{param}: {error['msg']}" if param else error["msg"], param=param) from None
+
+
+def stops_of(request: Sampling) -> list[str]:
+    stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    if len(stops) > MAX_STOPS or any(not s for s in stops):
+        raise APIError(400, f"stop: at most {MAX_STOPS} non-empty strings", param="stop")
+    return stops
+
+
+# ------------------------------------------------------------------------------------------------ Instruct
+_INSTRUCTIONS = {"features": "features", "words": "words", "summary": "summary", "random sentence": "sentence"}
+# a feature by our name (bad_ending) or the layout's label (BadEnding), any case
+_FEATURES = {key.lower(): name for name, label in FEATURE_LABELS.items() for key in (name, label)}
+
+
+def instruct_prompt(content: str) -> str:
+    """A chat message written as ``Features: ...`` / ``Words: ...`` / ``Summary: ...`` / ``Random sentence:
+    ...`` lines (any subset, any order), optionally followed by ``Story:`` and the story's beginning, in the
+    Instruct layout the model was trained on (:func:`tinystories.corpus.format_instructions`)."""
+    fields: dict[str, Any] = {}
+    lines = content.strip().splitlines()
+    beginning = ""
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(":")
+        key = name.strip().lower()
+        if sep and key == "story":
+            beginning = "\n".join([value.strip(), *lines[i + 1:]]).strip()
+            break
+        if not sep or key not in _INSTRUCTIONS:
+            raise APIError(400, f"messages: unrecognised line {line.strip()[:80]!r}; an Instruct model reads "
+                                "'Features:', 'Words:', 'Summary:' and 'Random sentence:' lines, then an "
+                                "optional 'Story:' beginning", param="messages")
+        fields[_INSTRUCTIONS[key]] = value.strip()
+    features = []
+    for feature in filter(None, (f.strip() for f in fields.get("features", "").split(","))):
+        if feature.lower() not in _FEATURES:
+            raise APIError(400, f"messages: unknown feature {feature!r}; known: {', '.join(FEATURE_LABELS.values())}",
+                           param="messages")
+        features.append(_FEATURES[feature.lower()])
+    words = [w.strip() for w in fields.get("words", "").split(",") if w.strip()]
+    header = format_instructions(words=words, features=features, summary=fields.get("summary") or None,
+                                 sentence=fields.get("sentence") or None)
+    return header + beginning
+
+
+# ------------------------------------------------------------------------------------------------ choices
+class Choice:
+    """One generated story as it streams: turns tokens into text deltas, applies ``stop`` strings.
+
+    ``on_token`` runs in the engine thread; ``emit(index, delta, finish_reason)`` must be thread-safe.
+    A delta never ends inside a UTF-8 character or inside what may become a stop string.
+    """
+
+    def __init__(self, index: int, tokenizer: Tokenizer, stops: list[str], max_tokens: int,
+                 emit: Callable[[int, str, str | None], None] | None = None):
+        self.index, self.tokenizer, self.stops, self.max_tokens, self.emit = index, tokenizer, stops, max_tokens, emit
+        self.tokens: list[int] = []
+        self.text, self.sent, self.finish_reason = "", 0, None
+        self.cancelled = False  # the client went away: stop generating
+
+    def on_token(self, token: int) -> bool:
+        self.tokens.append(token)
+        if not self.stops and self.emit is None:  # nothing to check or send before the end
+            return not self.cancelled
+        self.text = self.tokenizer.decode(self.tokens)
+        cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.text, self.finish_reason = self.text[:cut], "stop"
+            self._send(len(self.text))
+            return False
+        hold = max((len(s) - 1 for s in self.stops), default=0)
+        safe = len(self.text) - hold
+        while safe > self.sent and self.text[safe - 1] == "\ufffd":  # an unfinished UTF-8 character
+            safe -= 1
+        self._send(safe)
+        return not self.cancelled
+
+    def finish(self) -> None:
+        """After the engine is done with this row: the reason it stopped, and what text is left to send."""
+        if self.finish_reason is None:
+            self.finish_reason = "length" if len(self.tokens) >= self.max_tokens else "stop"
+            self.text = self.tokenizer.decode(self.tokens)
+        self._send(len(self.text), self.finish_reason)
+
+    def _send(self, upto: int, finish_reason: str | None = None) -> None:
+        delta, self.sent = self.text[self.sent:upto], max(self.sent, upto)
+        if self.emit is not None and (delta or finish_reason):
+            self.emit(self.index, delta, finish_reason)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def random_seed() -> int:
+    return int.from_bytes(os.urandom(6), "little")
+
+
+def usage(prompt_tokens: int, choices: list[Choice]) -> dict[str, int]:
+    completion = sum(len(c.tokens) for c in choices)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+
+
+def completion_body(kind: str, rid: str, model: str, choices: list[Choice], prompt_tokens: int) -> dict[str, Any]:
+    if kind == "chat":
+        listed = [{"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
+                   "finish_reason": c.finish_reason} for c in choices]
+        obj = "chat.completion"
+    else:
+        listed = [{"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
+                  for c in choices]
+        obj = "text_completion"
+    return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": listed,
+            "usage": usage(prompt_tokens, choices)}
+
+
+def chunk_body(kind: str, rid: str, model: str, index: int | None, delta: str, finish_reason: str | None,
+               usage_: dict[str, int] | None = None) -> dict[str, Any]:
+    """One server-sent event: a delta of one choice, or (``index=None``) the closing usage chunk."""
+    if index is None:
+        choices: list[dict[str, Any]] = []
+    elif kind == "chat":
+        choices = [{"index": index, "delta": {"role": "assistant", "content": delta}, "logprobs": None,
+                    "finish_reason": finish_reason}]
+    else:
+        choices = [{"index": index, "text": delta, "logprobs": None, "finish_reason": finish_reason}]
+    return {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion", "created":
+            int(time.time()), "model": model, "choices": choices, "usage": usage_}

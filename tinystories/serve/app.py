@@ -1,0 +1,224 @@
+"""The HTTP app: OpenAI-compatible routes over the model pool, and the playground page.
+
+    GET  /                      the playground (plain HTML + JavaScript, tinystories/assets/playground.html)
+    GET  /v1/models             one model per checkpoint
+    POST /v1/completions        prompt (or a list of prompts) -> story continuations
+    POST /v1/chat/completions   Instruct models: the last user message in the Instruct layout
+    GET  /playground/run/{id}   the model's loss curve, grades and probe results (JSON)
+
+Every error is answered in the OpenAI error shape. With an API key, everything but ``/`` needs
+``Authorization: Bearer KEY`` (the page asks for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from tinystories.model.generate import Row, prompt_ids
+from tinystories.serve.api import (APIError, ChatRequest, Choice, CompletionRequest, chunk_body, completion_body,
+                                   instruct_prompt, new_id, parse_request, random_seed, stops_of, usage)
+from tinystories.serve.engine import Job
+from tinystories.serve.models import LoadedModel, ModelPool
+from tinystories.serve.run_data import run_data
+
+DEFAULT_MAX_TOKENS = 200
+MAX_ROWS = 128  # stories per request
+
+
+def create_app(pool: ModelPool, *, api_key: str | None = None, max_body_bytes: int = 1 << 20,
+               eval_dirs: list[Path] | None = None) -> FastAPI:
+    app = FastAPI(title="tinystories serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.pool = pool
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Any:
+        if api_key and request.url.path != "/":
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                error = APIError(401, "missing or incorrect API key (send Authorization: Bearer KEY)",
+                                 code="invalid_api_key")
+                return JSONResponse(error.body(), status_code=401)
+        return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def playground() -> str:
+        return resources.files("tinystories").joinpath("assets/playground.html").read_text("utf-8")
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [e.describe() for e in pool.entries.values()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        return _entry(pool, model_id).describe()
+
+    @app.get("/playground/run/{model_id:path}")
+    async def run_info(model_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(run_data, _entry(pool, model_id), list(eval_dirs or []))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        req = parse_request(CompletionRequest, await _read_body(request, max_body_bytes))
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not prompts:
+            raise APIError(400, "prompt: an empty list", param="prompt")
+        return await _generate("text", req, await _load(pool, req.model), prompts, req.max_tokens)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        req = parse_request(ChatRequest, await _read_body(request, max_body_bytes))
+        loaded = await _load(pool, req.model)
+        if not loaded.entry.instruct:
+            raise APIError(400, f"model {req.model} is not an Instruct model (trained from an -instruct preset): "
+                                "use /v1/completions with a story beginning", param="model")
+        user = [m.content for m in req.messages if m.role == "user"]
+        if not user:
+            raise APIError(400, "messages: no user message", param="messages")
+        prompt = instruct_prompt(user[-1])
+        return await _generate("chat", req, loaded, [prompt], req.max_completion_tokens or req.max_tokens)
+
+    return app
+
+
+def _entry(pool: ModelPool, model_id: str) -> Any:
+    if model_id not in pool.entries:
+        raise APIError(404, f"the model {model_id!r} does not exist; GET /v1/models lists the served models",
+                       param="model", code="model_not_found")
+    return pool.entries[model_id]
+
+
+async def _load(pool: ModelPool, model_id: str) -> LoadedModel:
+    _entry(pool, model_id)
+    try:
+        return await pool.get(model_id)
+    except (OSError, ValueError) as exc:
+        raise APIError(500, f"model {model_id} could not be loaded: {exc}", type="server_error") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"the request body ({declared} bytes) is over the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise APIError(413, f"the request body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+async def _generate(kind: str, req: Any, loaded: LoadedModel, prompts: list[str], max_tokens: int | None) -> Any:
+    tokenizer, context = loaded.tokenizer, loaded.context
+    stops = stops_of(req)
+    if len(prompts) * req.n > MAX_ROWS:
+        raise APIError(400, f"{len(prompts)} prompts x n={req.n} is over {MAX_ROWS} stories per request", param="n")
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
+    longest = max(len(ids) for ids in encoded)
+    if longest >= context:
+        raise APIError(400, f"the prompt is {longest} tokens; {req.model} has a context of {context} tokens",
+                       param="prompt", code="context_length_exceeded")
+    if max_tokens is None:
+        max_tokens = min(DEFAULT_MAX_TOKENS, context - longest)
+    elif longest + max_tokens > context:
+        raise APIError(400, f"{req.model} has a context of {context} tokens, but {longest} prompt tokens + "
+                            f"max_tokens {max_tokens} were requested", param="max_tokens",
+                       code="context_length_exceeded")
+
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+
+    def emit(index: int, delta: str, finish_reason: str | None) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, ("delta", index, delta, finish_reason))
+
+    seed = req.seed if req.seed is not None else random_seed()
+    device = next(loaded.engine.model.parameters()).device
+    choices, rows = [], []
+    for p, ids in enumerate(encoded):
+        for j in range(req.n):
+            choice = Choice(p * req.n + j, tokenizer, stops, max_tokens, emit if req.stream else None)
+            # Row r of a request seeded s draws from its own generator seeded s + r, as `tinystories sample`.
+            generator = torch.Generator(device=device).manual_seed(seed + choice.index)
+            rows.append(Row(ids, max_tokens, req.temperature, req.top_k, req.top_p if req.top_p < 1 else None,
+                            generator, choice.on_token))
+            choices.append(choice)
+
+    def done(_: Any, error: BaseException | None) -> None:  # in the engine thread, after the last token
+        if error is None:
+            for choice in choices:
+                choice.finish()
+        loop.call_soon_threadsafe(events.put_nowait, ("done", error))
+
+    loaded.engine.submit(Job(rows, done))
+    rid = new_id("chatcmpl" if kind == "chat" else "cmpl")
+    prompt_tokens = sum(len(ids) for ids in encoded)
+    if not req.stream:
+        while (event := await events.get())[0] != "done":
+            pass
+        if event[1] is not None:
+            raise APIError(500, f"generation failed: {event[1]}", type="server_error")
+        return completion_body(kind, rid, req.model, choices, prompt_tokens)
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            while (event := await events.get())[0] != "done":
+                _, index, delta, finish_reason = event
+                yield _sse(chunk_body(kind, rid, req.model, index, delta, finish_reason))
+            if event[1] is not None:
+                yield _sse(APIError(500, f"generation failed: {event[1]}", type="server_error").body())
+            else:
+                yield _sse(chunk_body(kind, rid, req.model, None, "", None, usage(prompt_tokens, choices)))
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away (or the stream ended): stop generating for it
+            for choice in choices:
+                choice.cancelled = True
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a background thread (port 0: any free port); yields its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        app.state.pool.close()
