@@ -103,6 +103,7 @@ def test_every_module_the_package_imports_is_a_dependency_or_an_extra_it_names()
     core = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in project["dependencies"]}
     optional = {"openai": "synth", "httpx2": "synth", "triton": "kernels", "transformers": "hf",
                 "huggingface_hub": "hub", "pyarrow": "parquet", "submitit": "cluster",
+                "fastapi": "serve", "uvicorn": "serve", "starlette": "serve", "pydantic": "serve", "selenium": None,
                 "orjson": None, "uvloop": None, "pytest": None}  # None: a speed-up or test tool, import guarded
     imported = set()
     for path in [*(ROOT / "tinystories").rglob("*.py"), *(ROOT / "kernels").rglob("*.py")]:
