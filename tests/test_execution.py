@@ -321,3 +321,14 @@ def test_hybrid_compiles_as_one_graph_from_the_first_call():
     x, y = torch.randint(0, 100, (2, 24)), torch.randint(0, 100, (2, 24))
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x, y, return_logits=False).loss, model(x, y, return_logits=False).loss)
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available() or torch.cuda.is_available(), reason="needs a machine without them")
+def test_a_device_this_machine_lacks_is_one_line(dataset, tmp_path):
+    for device in ("mps", "cuda:0"):
+        result = subprocess.run([sys.executable, "-m", "tinystories.train", f"--data={dataset}", *TINY,
+                                 f"--device={device}", f"--out_dir={tmp_path / device}"],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert f"device='{device}' but" in result.stderr and "not available" in result.stderr, result.stderr
+        assert not (tmp_path / device).exists()

@@ -50,6 +50,8 @@ def resolve_device(spec: str, local_rank: int) -> torch.device:
             raise ConfigError(f"device={spec!r} but CUDA is not available")
         device = torch.device("cuda", local_rank if device.index is None else device.index)
         torch.cuda.set_device(device)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={spec!r} but MPS is not available (Apple silicon and a PyTorch built for it)")
     return device
 
 
