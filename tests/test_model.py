@@ -163,6 +163,19 @@ def test_sampling_filters():
         sample_next_token(logits, top_p=0)
 
 
+def test_sampling_draws_each_token_with_its_probability():
+    """Rows sampled together follow their own softmax; masked (-inf) tokens, first and last included, never come."""
+    logits = torch.tensor([[-float("inf"), 1.0, 0.5, 0.0, -float("inf")], [2.0, 0.0, -float("inf"), 1.0, -1.0]])
+    expected = torch.softmax(logits, dim=-1)
+    g = torch.Generator().manual_seed(1)
+    n = 20_000
+    draws = torch.stack([sample_next_token(logits, generator=g) for _ in range(n)])  # (n, 2)
+    for row in range(2):
+        freq = torch.bincount(draws[:, row], minlength=5).double() / n
+        assert torch.allclose(freq, expected[row].double(), atol=0.015), (row, freq, expected[row])
+        assert freq[expected[row] == 0].sum() == 0
+
+
 def test_mlp_act_hook_sees_gelu_new_activations(pair):
     from transformers.activations import ACT2FN
 
