@@ -25,8 +25,8 @@ import pytest
 from tinystories.corpus import EOT, iter_stories
 from tinystories.data import prepare, read_index
 
-REPEATS = 4  # ~25 MB of text: fixed costs (saving the tokenizer) stay small next to the work
-ROUNDS = 3  # each figure is the fastest of this many runs
+REPEATS = 12  # ~74 MB of text: fixed costs (saving the tokenizer, filling the pipeline) stay small next to the work
+ROUNDS = 2  # each figure is the fastest of this many runs
 STORY_FILES = ("tinystories_v1_train_head.txt.zst", "tinystories_v1_train_continuation_lowercased.txt.zst",
                "tinystoriesv2_gpt4_train_head.txt.zst", "tinystories_all_data_head.txt.zst")  # fmt: skip
 
