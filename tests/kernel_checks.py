@@ -57,3 +57,28 @@ def gold_and_lowp(fn, inputs: list[torch.Tensor], grad_out_seed: int = 1):
 
 # Shapes that span the GPU configs' real (64-128 wide) blocks with ragged tails; far too slow for the interpreter.
 requires_gpu = pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized shapes (too slow in Triton's CPU interpreter)")
+
+
+def plain_reference(seed: int = 0):
+    """A small 2-layer GPT-Neo on DEVICE, a batch longer than its local window (one row's tail ignored), and the
+    plain path's output and gradients on it: what another ``impl`` of the same model must reproduce.
+
+    Returns (model with zeroed gradients, x, y, plain output, plain gradients by parameter name)."""
+    from tinystories.model import GPTNeo, GPTNeoConfig
+
+    torch.manual_seed(seed)
+    model = GPTNeo(GPTNeoConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=2,
+                                max_position_embeddings=32, window_size=8)).to(DEVICE)
+    x = torch.randint(0, 100, (2, 24), device=DEVICE)
+    y = torch.randint(0, 100, (2, 24), device=DEVICE)
+    y[1, -5:] = -100
+    plain = model(x, y)
+    plain.loss.backward()
+    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    return model, x, y, plain, plain_grads
+
+
+def assert_same_gradients(model, plain_grads) -> None:
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, plain_grads[name], atol=1e-4, rtol=1e-3, msg=name)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from _train_fixtures import TINY, final_state
+from kernel_checks import assert_same_gradients, plain_reference
 from tinystories.model import GPTNeo, GPTNeoConfig
 from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
 from tinystories.train import ConfigError, load_config
@@ -118,17 +119,7 @@ def test_hybrid_runs_only_the_kernels_without_tl_dot_and_computes_the_same_funct
             calls[_name] = calls.get(_name, 0) + 1
             return _real(*args, **kwargs)
         monkeypatch.setattr(kernels, name, spy)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
-    model = GPTNeo(GPTNeoConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=2,
-                                max_position_embeddings=32, window_size=8)).to(device)
-    x = torch.randint(0, 100, (2, 24), device=device)  # longer than the local window
-    y = torch.randint(0, 100, (2, 24), device=device)
-    y[1, -5:] = -100
-    plain = model(x, y)
-    plain.loss.backward()
-    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
+    model, x, y, plain, plain_grads = plain_reference()
     model.impl = "hybrid"
     with caplog.at_level(logging.WARNING, logger="tinystories.model"):
         loss = model(x, y, return_logits=False).loss
@@ -136,8 +127,7 @@ def test_hybrid_runs_only_the_kernels_without_tl_dot_and_computes_the_same_funct
     assert calls == {"layer_norm": 5, "linear_cross_entropy": 1}  # 2 per block + ln_f; never attention or MLP
     torch.testing.assert_close(loss, plain.loss, atol=1e-5, rtol=1e-5)
     loss.backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, plain_grads[name], atol=1e-4, rtol=1e-3, msg=name)
+    assert_same_gradients(model, plain_grads)
 
 
 # -- fp16 with the GradScaler, on CPU ----------------------------------------------------------------------

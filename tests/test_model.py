@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 
+from kernel_checks import assert_same_gradients, plain_reference
 from tinystories.model.hf import hf_config_dict, load_hf_state_dict, to_hf_state_dict
 from tinystories.model import PRESETS, GPTNeo, GPTNeoConfig, KVCache, config_from_preset, sample_next_token
 
@@ -212,17 +213,7 @@ def test_fused_impl_computes_the_same_function(caplog):
     ok, reason = kernels_available()
     if not ok:
         pytest.skip(reason)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
-    model = GPTNeo(GPTNeoConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=2,
-                                max_position_embeddings=32, window_size=8)).to(device)
-    x = torch.randint(0, 100, (2, 24), device=device)  # longer than the local window
-    y = torch.randint(0, 100, (2, 24), device=device)
-    y[1, -5:] = -100
-    plain = model(x, y)
-    plain.loss.backward()
-    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
+    model, x, y, plain, plain_grads = plain_reference()
     model.impl = "fused"
     with caplog.at_level(logging.WARNING, logger="tinystories.model"):
         fused = model(x, y)
@@ -231,8 +222,7 @@ def test_fused_impl_computes_the_same_function(caplog):
     torch.testing.assert_close(fused.logits, plain.logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(loss, plain.loss, atol=1e-5, rtol=1e-5)
     loss.backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, plain_grads[name], atol=1e-4, rtol=1e-3, msg=name)
+    assert_same_gradients(model, plain_grads)
 
 
 def test_presets_and_config_errors():
