@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,15 @@ def start_train(args: list[str]) -> subprocess.Popen:
     """A trainer in the background, stdout and stderr merged into one line-buffered text pipe."""
     return subprocess.Popen([sys.executable, "-m", "tinystories.train", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=train_env())
+
+
+def sigkill_when(proc: subprocess.Popen, line_prefix: str) -> None:
+    """SIGKILL a trainer started with merged text output once it prints a line starting with ``line_prefix``."""
+    for line in proc.stdout:
+        if line.startswith(line_prefix):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
 
 
 def final_state(run_dir: Path) -> dict[str, torch.Tensor]:

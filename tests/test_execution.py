@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from _train_fixtures import TINY, final_state
+from _train_fixtures import TINY, final_state, sigkill_when
 from kernel_checks import assert_same_gradients, plain_reference
 from tinystories.model import GPTNeo, GPTNeoConfig
 from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
@@ -175,11 +175,7 @@ def test_fp16_scaler_state_survives_sigkill_and_resume_bit_exactly(dataset, tmp_
 
     proc = subprocess.Popen([sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'killed'}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    for line in proc.stdout:
-        if line.startswith("step 5/"):
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
+    sigkill_when(proc, "step 5/")
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert read_checkpoint(list_checkpoints(tmp_path / "killed")[-1])["step"] < 10
     resumed = subprocess.run([sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'killed'}",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _train_fixtures import TINY, final_state, run_train, train_env
+from _train_fixtures import TINY, final_state, run_train, sigkill_when, train_env
 from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
 from tinystories.train import ConfigError, load_config, main
 
@@ -62,11 +62,7 @@ def test_sigkill_then_resume_is_bit_identical(dataset, tmp_path):
     # Kill the second run with SIGKILL between checkpoints (after step 10 is logged; ckpt_every=3).
     proc = subprocess.Popen([sys.executable, "-m", "tinystories.train", *common, f"--out_dir={tmp_path / 'killed'}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=train_env())
-    for line in proc.stdout:
-        if line.startswith("step 10/"):
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
+    sigkill_when(proc, "step 10/")
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     saved = list_checkpoints(tmp_path / "killed")
     assert saved and read_checkpoint(saved[-1])["step"] < 24
