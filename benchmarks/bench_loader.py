@@ -74,8 +74,14 @@ def big(tmp_path_factory, prepared) -> tuple[Path, Path]:
     stream = loader.read_tokens(0, read_index(src)["splits"]["train"]["tokens"]).astype(np.uint16)
     index = read_index(src)
     out = tmp_path_factory.mktemp("big")
-    writer = DatasetWriter(out, {"n_vocab": index["n_vocab"], "eot_token": index["eot_token"],
-                                 "tokenizer_fingerprint": index["tokenizer"]["fingerprint"]})  # fmt: skip
+    writer = DatasetWriter(
+        out,
+        {
+            "n_vocab": index["n_vocab"],
+            "eot_token": index["eot_token"],
+            "tokenizer_fingerprint": index["tokenizer"]["fingerprint"],
+        },
+    )
     eot_positions = np.flatnonzero(stream == index["eot_token"])
     stories = np.split(stream, eot_positions[:-1] + 1)
     for r in range(REPEATS):

@@ -27,8 +27,12 @@ from tinystories.data import prepare, read_index
 
 REPEATS = 12  # ~74 MB of text: fixed costs (saving the tokenizer, filling the pipeline) stay small next to the work
 ROUNDS = 2  # each figure is the fastest of this many runs
-STORY_FILES = ("tinystories_v1_train_head.txt.zst", "tinystories_v1_train_continuation_lowercased.txt.zst",
-               "tinystoriesv2_gpt4_train_head.txt.zst", "tinystories_all_data_head.txt.zst")  # fmt: skip
+STORY_FILES = (
+    "tinystories_v1_train_head.txt.zst",
+    "tinystories_v1_train_continuation_lowercased.txt.zst",
+    "tinystoriesv2_gpt4_train_head.txt.zst",
+    "tinystories_all_data_head.txt.zst",
+)
 
 
 def cpu_name() -> str:
@@ -98,20 +102,35 @@ def test_prepare_vs_tiktoken_tofile(shared_data, gpt2_files, tmp_path):
         out = tmp_path / f"ours{threads}"
         n_peer: list[int] = []
         with cores(threads):  # a fresh output folder each time: prepare into an existing one resumes it
-            ours = best_of(ROUNDS, lambda i: prepare([text_path], out.with_name(f"{out.name}-{i}"), ours_tok,  # noqa: B023
-                                                     threads=threads, progress=False))  # noqa: B023
-            peer = best_of(ROUNDS, lambda i: n_peer.append(  # noqa: B023
-                tiktoken_prepare(enc, text_path, tmp_path / "peer.bin", threads)))  # noqa: B023
+            ours = best_of(
+                ROUNDS,
+                lambda i, out=out, threads=threads: prepare(
+                    [text_path], out.with_name(f"{out.name}-{i}"), ours_tok, threads=threads, progress=False
+                ),
+            )
+            peer = best_of(
+                ROUNDS,
+                lambda i, n_peer=n_peer, threads=threads: n_peer.append(
+                    tiktoken_prepare(enc, text_path, tmp_path / "peer.bin", threads)
+                ),
+            )
         out = out.with_name(f"{out.name}-0")
         index = read_index(out)
         tokens = sum(s["tokens"] for s in index["splits"].values())
         assert tokens == n_peer[0]  # the same stories, the same GPT-2 tokens, one EOT each
-        results[threads] = {"ours": ours, "peer": peer, "shard_bytes": sum(s["bytes"] for s in index["splits"].values()),
-                            "bin_bytes": (tmp_path / "peer.bin").stat().st_size}  # fmt: skip
-        rows.append(f"  {threads}      ours (zstd lazy, tuned)  {text_mb / ours[0]:6.1f} MB/s "
-                    f"{text_mb / ours[1]:6.1f} MB/CPU-s")
-        rows.append(f"  {threads}      tiktoken + tofile        {text_mb / peer[0]:6.1f} MB/s {text_mb / peer[1]:6.1f} MB/CPU-s"
-                    f"   ours/peer: {peer[0] / ours[0]:4.2f}x wall, {peer[1] / ours[1]:4.2f}x per CPU-s")
+        results[threads] = {
+            "ours": ours,
+            "peer": peer,
+            "shard_bytes": sum(s["bytes"] for s in index["splits"].values()),
+            "bin_bytes": (tmp_path / "peer.bin").stat().st_size,
+        }
+        rows.append(
+            f"  {threads}      ours (zstd lazy, tuned)  {text_mb / ours[0]:6.1f} MB/s {text_mb / ours[1]:6.1f} MB/CPU-s"
+        )
+        rows.append(
+            f"  {threads}      tiktoken + tofile        {text_mb / peer[0]:6.1f} MB/s {text_mb / peer[1]:6.1f} MB/CPU-s"
+            f"   ours/peer: {peer[0] / ours[0]:4.2f}x wall, {peer[1] / ours[1]:4.2f}x per CPU-s"
+        )
     old = tmp_path / "level17"
     with cores(1):
         level17 = timed(lambda: prepare([text_path], old, ours_tok, threads=1, progress=False, level=17))
@@ -119,22 +138,28 @@ def test_prepare_vs_tiktoken_tofile(shared_data, gpt2_files, tmp_path):
 
     r1, r2 = results[1], results[2]
     size_x = r1["bin_bytes"] / r1["shard_bytes"]
-    report = "\n".join([
-        f"data prepare vs tiktoken encode_ordinary_batch + numpy.tofile, {text_mb:.1f} MB of TinyStories text "
-        f"({len(stories) * REPEATS:,} stories), CPU: {cpu_name()}, {os.cpu_count()} cores, "
-        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after",
-        f"command: python -m pytest benchmarks/bench_prepare.py -s (each figure the fastest of {ROUNDS} runs)",
-        "  threads  what                     wall          per CPU second",
-        *rows,
-        f"  scaling 1 -> 2 threads: ours {r1['ours'][0] / r2['ours'][0]:.2f}x, tiktoken {r1['peer'][0] / r2['peer'][0]:.2f}x",
-        f"  size: uint16 .bin {r1['bin_bytes'] / 1e6:.1f} MB, shards {r1['shard_bytes'] / 1e6:.1f} MB: {size_x:.2f}x smaller",
-        f"  before (plain zstd level 17, 1 thread, 1 core): {text_mb / level17[0]:.1f} MB/s, {text_mb / level17[1]:.1f} MB/CPU-s, "
-        f"{r1['bin_bytes'] / old_bytes:.2f}x smaller",
-        "  goals: per CPU-s >= 3x tiktoken, 2 threads >= 1.7x 1 thread, shards >= 2x smaller than uint16",
-    ])  # fmt: skip
+    report = "\n".join(
+        [
+            f"data prepare vs tiktoken encode_ordinary_batch + numpy.tofile, {text_mb:.1f} MB of TinyStories text "
+            f"({len(stories) * REPEATS:,} stories), CPU: {cpu_name()}, {os.cpu_count()} cores, "
+            f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after",
+            f"command: python -m pytest benchmarks/bench_prepare.py -s (each figure the fastest of {ROUNDS} runs)",
+            "  threads  what                     wall          per CPU second",
+            *rows,
+            f"  scaling 1 -> 2 threads: ours {r1['ours'][0] / r2['ours'][0]:.2f}x, "
+            f"tiktoken {r1['peer'][0] / r2['peer'][0]:.2f}x",
+            f"  size: uint16 .bin {r1['bin_bytes'] / 1e6:.1f} MB, shards {r1['shard_bytes'] / 1e6:.1f} MB: "
+            f"{size_x:.2f}x smaller",
+            f"  before (plain zstd level 17, 1 thread, 1 core): {text_mb / level17[0]:.1f} MB/s, "
+            f"{text_mb / level17[1]:.1f} MB/CPU-s, {r1['bin_bytes'] / old_bytes:.2f}x smaller",
+            "  goals: per CPU-s >= 3x tiktoken, 2 threads >= 1.7x 1 thread, shards >= 2x smaller than uint16",
+        ]
+    )
     print("\n" + report)
     results_dir = Path(__file__).parent / "results"
     results_dir.mkdir(exist_ok=True)
     slug = "-".join(cpu_name().lower().split()[:3]).replace("(r)", "").replace("/", "")
-    (results_dir / f"bench_prepare-{time.strftime('%Y%m%d')}-{slug}-{os.cpu_count()}cores.txt").write_text(report + "\n")
+    (results_dir / f"bench_prepare-{time.strftime('%Y%m%d')}-{slug}-{os.cpu_count()}cores.txt").write_text(
+        report + "\n"
+    )
     assert r1["shard_bytes"] < r1["bin_bytes"]

@@ -74,9 +74,15 @@ def make_checkpoint(preset: str, tokenizer: Tokenizer, root: Path) -> tuple[Path
     config = config_from_preset(preset, vocab_size=tokenizer.n_vocab)
     torch.manual_seed(0)
     model = GPTNeo(config).eval()
-    path = save_checkpoint({"model_config": config.to_dict(), "model": model.state_dict(),
-                            "tokenizer_json": tokenizer.to_json(), "train_config": {"preset": preset}},
-                           checkpoint_path(root / preset, 1))
+    path = save_checkpoint(
+        {
+            "model_config": config.to_dict(),
+            "model": model.state_dict(),
+            "tokenizer_json": tokenizer.to_json(),
+            "train_config": {"preset": preset},
+        },
+        checkpoint_path(root / preset, 1),
+    )
     return path, model
 
 
@@ -84,8 +90,11 @@ def start_server(checkpoint: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "tinystories.cli", "serve", str(checkpoint), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinystories.cli", "serve", str(checkpoint), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": str(THREADS)},
+    )
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -100,11 +109,17 @@ def start_server(checkpoint: Path) -> tuple[subprocess.Popen, str]:
 
 def served(url: str, model: str, concurrency: int) -> tuple[list[str], int, float]:
     """(stories, new tokens in all, seconds) of ``concurrency`` requests sent at once."""
+
     async def main() -> list:
         client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
-        answers = await asyncio.gather(*(client.completions.create(
-            model=model, prompt=PROMPTS[i % len(PROMPTS)], max_tokens=TOKENS, seed=i, temperature=1.0)
-            for i in range(concurrency)))
+        answers = await asyncio.gather(
+            *(
+                client.completions.create(
+                    model=model, prompt=PROMPTS[i % len(PROMPTS)], max_tokens=TOKENS, seed=i, temperature=1.0
+                )
+                for i in range(concurrency)
+            )
+        )
         return answers
 
     start = time.perf_counter()
@@ -119,18 +134,23 @@ def sequential(model: GPTNeo, tokenizer: Tokenizer) -> dict[int, tuple[list[str]
     results = {}
     for concurrency in (2, *CONCURRENCIES):  # the first pass warms up
         start = time.perf_counter()
-        texts = [generate_texts(model, tokenizer, [PROMPTS[i % len(PROMPTS)]], max_new_tokens=TOKENS, seed=i,
-                                include_prompt=False)[0] for i in range(concurrency)]
+        texts = [
+            generate_texts(
+                model, tokenizer, [PROMPTS[i % len(PROMPTS)]], max_new_tokens=TOKENS, seed=i, include_prompt=False
+            )[0]
+            for i in range(concurrency)
+        ]
         results[concurrency] = texts, time.perf_counter() - start
     return results
 
 
 def report() -> list[str]:
     torch.set_num_threads(THREADS)
-    lines = [f"tokens/s, {TOKENS} new tokens per story, CPU: {cpu_name()} ({os.cpu_count()} cores), "
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads",
-             f"{'preset':<8}{'concurrency':>12}{'sequential tok/s':>18}{'served tok/s':>14}{'ratio':>8}"
-             f"{'same text':>11}"]
+    lines = [
+        f"tokens/s, {TOKENS} new tokens per story, CPU: {cpu_name()} ({os.cpu_count()} cores), "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        f"{'preset':<8}{'concurrency':>12}{'sequential tok/s':>18}{'served tok/s':>14}{'ratio':>8}{'same text':>11}",
+    ]
     with tempfile.TemporaryDirectory() as root:
         for preset in ("demo", "1M"):
             tokenizer = tokenizer_for(preset)
@@ -146,8 +166,10 @@ def report() -> list[str]:
                 for concurrency in CONCURRENCIES:
                     ours, tokens, ours_s = served(url, model_id, concurrency)
                     peer, peer_s = peers[concurrency]
-                    lines.append(f"{preset:<8}{concurrency:>12}{tokens / peer_s:>18.0f}{tokens / ours_s:>14.0f}"
-                                 f"{peer_s / ours_s:>7.2f}x{str(ours == peer):>11}")
+                    lines.append(
+                        f"{preset:<8}{concurrency:>12}{tokens / peer_s:>18.0f}{tokens / ours_s:>14.0f}"
+                        f"{peer_s / ours_s:>7.2f}x{str(ours == peer):>11}"
+                    )
             finally:
                 proc.terminate()
                 proc.wait(30)

@@ -43,7 +43,9 @@ def best_of(fn: Callable[[], object], repeat: int = 3) -> tuple[float, float]:
 
 
 def load_stories(shared_data: Path) -> list[str]:
-    text = "".join(chunk for name in TRAIN_FILES for chunk in read_text_chunks(shared_data / "tinystories" / f"{name}.txt.zst"))
+    text = "".join(
+        chunk for name in TRAIN_FILES for chunk in read_text_chunks(shared_data / "tinystories" / f"{name}.txt.zst")
+    )
     return [s.strip() + "\n" for s in text.split(EOT) if s.strip()]
 
 
@@ -53,7 +55,9 @@ def tiktoken_gpt2(vocab_json: Path):
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
     encoder = json.loads(vocab_json.read_text(encoding="utf-8"))
     ranks = {bytes(byte_of[c] for c in t): i for t, i in encoder.items() if t != EOT}
-    return tiktoken.Encoding(name="gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 50256})
+    return tiktoken.Encoding(
+        name="gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 50256}
+    )
 
 
 def encoding_table(shared_data: Path, vocab_json: Path, merges_txt: Path, tmp: Path) -> list[str]:
@@ -82,15 +86,19 @@ def encoding_table(shared_data: Path, vocab_json: Path, merges_txt: Path, tmp: P
         "tiktoken": lambda: tik.encode_ordinary_batch(stories, num_threads=threads),
         "HF tokenizers": lambda: hf.encode_batch(stories),
     }
-    lines = [f"GPT-2 encoding of {len(stories):,} stories, {megabytes:.2f} MB, {threads} cores, "
-             f"load average {os.getloadavg()[0]:.1f} (best of 3):",
-             f"  {'threads':>7}  {'tokenizer':<20} {'MB/s':>8} {'ours / it':>10}   {'MB/CPU-s':>8} {'ours / it':>10}"]
+    lines = [
+        f"GPT-2 encoding of {len(stories):,} stories, {megabytes:.2f} MB, {threads} cores, "
+        f"load average {os.getloadavg()[0]:.1f} (best of 3):",
+        f"  {'threads':>7}  {'tokenizer':<20} {'MB/s':>8} {'ours / it':>10}   {'MB/CPU-s':>8} {'ours / it':>10}",
+    ]
     for n, table in [(1, one), (threads, many)]:
         timings = {name: best_of(fn) for name, fn in table.items()}
         ours_wall, ours_cpu = timings[next(iter(table))]
         for name, (wall, cpu) in timings.items():
             ratios = ("", "") if name.startswith("ours") else (f"{wall / ours_wall:9.1f}x", f"{cpu / ours_cpu:9.1f}x")
-            lines.append(f"  {n:>7}  {name:<20} {megabytes / wall:8.1f} {ratios[0]:>10}   {megabytes / cpu:8.1f} {ratios[1]:>10}")
+            lines.append(
+                f"  {n:>7}  {name:<20} {megabytes / wall:8.1f} {ratios[0]:>10}   {megabytes / cpu:8.1f} {ratios[1]:>10}"
+            )
     return lines
 
 
@@ -109,8 +117,12 @@ def training_table(shared_data: Path, vocab_size: int = 10_000) -> list[str]:
     hf = tokenizers.Tokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     start, start_cpu = time.perf_counter(), time.process_time()
     hf.train_from_iterator(stories, trainer)
     hf_s, hf_cpu = time.perf_counter() - start, time.process_time() - start_cpu

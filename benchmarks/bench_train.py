@@ -38,8 +38,13 @@ def _worker(args: argparse.Namespace) -> dict:
     if name.startswith("hf"):
         import transformers
 
-        hf_config = transformers.GPTNeoConfig(**{k: v for k, v in hf_config_dict(config).items()
-                                                 if k not in ("architectures", "model_type", "torch_dtype")})
+        hf_config = transformers.GPTNeoConfig(
+            **{
+                k: v
+                for k, v in hf_config_dict(config).items()
+                if k not in ("architectures", "model_type", "torch_dtype")
+            }
+        )
         hf_config._attn_implementation = "eager"
         model = transformers.GPTNeoForCausalLM(hf_config).to(device)
 
@@ -50,6 +55,7 @@ def _worker(args: argparse.Namespace) -> dict:
 
         def loss_of(module, tokens):
             return module(tokens[:, :-1], tokens[:, 1:], return_logits=False).loss
+
     module = torch.compile(model) if name.endswith("compiled") else model
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -84,16 +90,45 @@ def _worker(args: argparse.Namespace) -> dict:
         steps += 1
     sync()
     elapsed = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"contender": name, "tokens_per_s": args.batch * args.seq * steps / elapsed, "peak_bytes": peak,
-            "steps": steps, "loss": float(loss)}
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    return {
+        "contender": name,
+        "tokens_per_s": args.batch * args.seq * steps / elapsed,
+        "peak_bytes": peak,
+        "steps": steps,
+        "loss": float(loss),
+    }
 
 
 def run_contender(name: str, args: argparse.Namespace, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, "--device", args.device, "--preset", args.preset,
-           "--batch", str(args.batch), "--seq", str(args.seq), "--dtype", args.dtype, "--seconds", str(args.seconds),
-           "--warmup", str(args.warmup), "--min-steps", str(args.min_steps), "--max-steps", str(args.max_steps)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        name,
+        "--device",
+        args.device,
+        "--preset",
+        args.preset,
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--dtype",
+        args.dtype,
+        "--seconds",
+        str(args.seconds),
+        "--warmup",
+        str(args.warmup),
+        "--min-steps",
+        str(args.min_steps),
+        "--max-steps",
+        str(args.max_steps),
+    ]
     if args.vocab:
         cmd += ["--vocab", str(args.vocab)]
     try:
@@ -130,8 +165,10 @@ def compare(args: argparse.Namespace) -> list[dict]:
 
 def print_table(results: list[dict], args: argparse.Namespace) -> None:
     base = next((r for r in results if r["contender"] == "hf-eager" and "error" not in r), None)
-    print(f"\ntraining step, preset {args.preset}, batch {args.batch} x seq {args.seq}, {args.dtype}, "
-          f"device {args.device}" + (f" ({_device_name(args.device)})" if args.device != "cpu" else ""))
+    print(
+        f"\ntraining step, preset {args.preset}, batch {args.batch} x seq {args.seq}, {args.dtype}, "
+        f"device {args.device}" + (f" ({_device_name(args.device)})" if args.device != "cpu" else "")
+    )
     print(f"{'contender':<15}{'tokens/s':>12}{'vs HF eager':>13}{'peak memory':>14}{'mem vs HF':>11}")
     for r in results:
         if "error" in r:
@@ -139,7 +176,9 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
             continue
         speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "n/a"
         mem = f"{r['peak_bytes'] / base['peak_bytes']:.2f}x" if base else "n/a"
-        print(f"{r['contender']:<15}{r['tokens_per_s']:>12,.0f}{speed:>13}{r['peak_bytes'] / 2**20:>11,.0f} MiB{mem:>11}")
+        print(
+            f"{r['contender']:<15}{r['tokens_per_s']:>12,.0f}{speed:>13}{r['peak_bytes'] / 2**20:>11,.0f} MiB{mem:>11}"
+        )
     if args.device == "cpu":
         print("(CPU peak memory is each subprocess's max RSS, including the Python/torch runtime)")
 

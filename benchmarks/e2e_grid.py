@@ -3,7 +3,8 @@
 Paths: ``auto`` (what ``tinystories-train`` picks on this GPU: :func:`tinystories.train.device.resolve_execution`),
 ``torch+compile`` (the plain model under ``torch.compile``), ``hf-eager`` and ``hf-compiled`` (Hugging Face's
 ``GPTNeoForCausalLM``), each in bf16 and fp16 (fp16 always with the GradScaler), at V=50257 for every preset and at
-V=10000 for 33M (HF eager in fp16 only, as it is used), plus ``hybrid+compile`` at 33M: the sm_7x path (fp16, Triton without ``tl.dot``) run on this GPU.
+V=10000 for 33M (HF eager in fp16 only, as it is used), plus ``hybrid+compile`` at 33M: the sm_7x path (fp16,
+Triton without ``tl.dot``) run on this GPU.
 Our model runs the trainer's own step (:func:`tinystories.train.step.train_step`: AdamW, clipping, scaler); T=512,
 random tokens. Cells run in order of importance until the time budget ends; the rest are "not measured".
 
@@ -117,8 +118,7 @@ def measure(cell: Cell, batch: int, steps: int) -> dict:
         autocast = autocast_context(device, execution.dtype)
 
         def step() -> None:
-            train_step(forward, model, optimizer, scaler, lambda: (x, y), c=c, lr=1e-4, autocast=autocast,
-                       dist=Dist())
+            train_step(forward, model, optimizer, scaler, lambda: (x, y), c=c, lr=1e-4, autocast=autocast, dist=Dist())
 
     t0 = time.perf_counter()
     for _ in range(2):
@@ -131,20 +131,31 @@ def measure(cell: Cell, batch: int, steps: int) -> dict:
         step()
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    row.update(tokens_per_s=batch * SEQ_LEN * steps / seconds, step_ms=1000 * seconds / steps,
-               peak_gb=torch.cuda.max_memory_allocated() / 1e9)
+    row.update(
+        tokens_per_s=batch * SEQ_LEN * steps / seconds,
+        step_ms=1000 * seconds / steps,
+        peak_gb=torch.cuda.max_memory_allocated() / 1e9,
+    )
     return row
 
 
 def _hf_model(config):
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-    return GPTNeoForCausalLM(GPTNeoConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_layers=config.num_layers,
-        num_heads=config.num_heads, max_position_embeddings=config.max_position_embeddings,
-        window_size=config.window_size, attention_types=[[list(config.attention_layers), 1]],
-        intermediate_size=config.intermediate_size, bos_token_id=config.vocab_size - 1,
-        eos_token_id=config.vocab_size - 1))  # EOT is the last id (50256 in GPT-2's vocabulary)
+    return GPTNeoForCausalLM(
+        GPTNeoConfig(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+            max_position_embeddings=config.max_position_embeddings,
+            window_size=config.window_size,
+            attention_types=[[list(config.attention_layers), 1]],
+            intermediate_size=config.intermediate_size,
+            bos_token_id=config.vocab_size - 1,
+            eos_token_id=config.vocab_size - 1,
+        )
+    )  # EOT is the last id (50256 in GPT-2's vocabulary)
 
 
 def prewarm(cells: list[Cell], batch: int, workers: int, timeout_s: float, log) -> dict:
@@ -155,9 +166,16 @@ def prewarm(cells: list[Cell], batch: int, workers: int, timeout_s: float, log) 
         return {"workers": 0}
     slices = [compiled[i::workers] for i in range(workers)]
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, __file__, "--warm", json.dumps([asdict(c) for c in part]),
-                               str(batch), str(workers)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for part in slices if part]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--warm", json.dumps([asdict(c) for c in part]), str(batch), str(workers)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for part in slices
+        if part
+    ]
     failed = []
     for proc in procs:
         try:
@@ -168,10 +186,13 @@ def prewarm(cells: list[Cell], batch: int, workers: int, timeout_s: float, log) 
             err = "timed out"
         if proc.returncode:
             failed += [line for line in (err or "").splitlines() if line.startswith("warm ")][-5:] or [
-                f"rc {proc.returncode}: {(err or '').strip()[-300:]}"]
+                f"rc {proc.returncode}: {(err or '').strip()[-300:]}"
+            ]
     seconds = round(time.perf_counter() - t0, 1)
-    log(f"  prewarmed {len(compiled)} compiled cells in {len(procs)} processes: {seconds} s"
-        + (f"; failures: {failed}" if failed else ""))
+    log(
+        f"  prewarmed {len(compiled)} compiled cells in {len(procs)} processes: {seconds} s"
+        + (f"; failures: {failed}" if failed else "")
+    )
     return {"workers": len(procs), "cells": len(compiled), "seconds": seconds, "failed": failed}
 
 
@@ -187,8 +208,10 @@ def run_cells(cells: list[Cell], batch: int, steps: int, budget, log) -> list[di
         else:
             try:
                 row.update(measure(cell, batch, steps))
-                log(f"  {cell.label:<40} {row['tokens_per_s']:>12,.0f} tokens/s  peak {row['peak_gb']:6.2f} GB  "
-                    f"(warm-up {row['warmup_s']} s)")
+                log(
+                    f"  {cell.label:<40} {row['tokens_per_s']:>12,.0f} tokens/s  peak {row['peak_gb']:6.2f} GB  "
+                    f"(warm-up {row['warmup_s']} s)"
+                )
             except Exception as exc:  # an OOM or a refusing peer is a result of this cell, not of the run
                 row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
                 log(f"  {cell.label:<40} FAILED: {row['error']}")
@@ -200,14 +223,19 @@ def run_cells(cells: list[Cell], batch: int, steps: int, budget, log) -> list[di
 def format_table(rows: list[dict], auto_path: str) -> str:
     """A Markdown table: one line per (preset, vocab), one column per (path, dtype); tokens/s and peak memory."""
     columns = list(dict.fromkeys((r["path"], r["dtype"]) for r in rows))
-    lines = [f"auto on this GPU: {auto_path}", "",
-             "| preset | V | " + " | ".join(f"{p} {d}" for p, d in columns) + " |",
-             "|---|---|" + "---|" * len(columns)]
+    lines = [
+        f"auto on this GPU: {auto_path}",
+        "",
+        "| preset | V | " + " | ".join(f"{p} {d}" for p, d in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
     for preset, vocab in dict.fromkeys((r["preset"], r["vocab"]) for r in rows):
         cells = []
         for path, dtype in columns:
-            r = next((r for r in rows if (r["preset"], r["vocab"], r["path"], r["dtype"]) ==
-                      (preset, vocab, path, dtype)), None)
+            r = next(
+                (r for r in rows if (r["preset"], r["vocab"], r["path"], r["dtype"]) == (preset, vocab, path, dtype)),
+                None,
+            )
             cells.append("" if r is None else _cell_text(r))
         lines.append(f"| {preset} | {vocab} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -8,8 +8,8 @@ kernel, and the end-to-end table of every preset, saved as JSON.
     python benchmarks/gpu_report.py --dry-run --assume-capability 7.0    # no GPU: the plan and the path auto takes
 
 1. ``pytest tests/test_kernels_*.py`` on the GPU (bf16 cases enabled, autotuning off for speed).
-2. Per kernel case (the shapes of a 33M TinyStories model, see ``kernel_cases.py``): forward (with autograd recording, as in
-   training), backward and full step time (CUDA events, median) and peak extra memory of every implementation,
+2. Per kernel case (the shapes of a 33M TinyStories model, see ``kernel_cases.py``): forward (with autograd recording,
+   as in training), backward and full step time (CUDA events, median) and peak extra memory of every implementation,
    our max relative error against the plain reference, and the speed ratio to each peer from this same run.
 3. End to end (``e2e_grid.py``): training-step tokens/s and peak memory of every paper preset under the path
    ``auto`` takes on this GPU, plain torch.compile, HF eager and HF compiled, in bf16 and fp16, V=50257 and
@@ -91,8 +91,13 @@ def run_tests(timeout_s: float) -> dict:
     timer.cancel()
     timed_out = time.monotonic() - start >= timeout_s and rc != 0
     summary = next((ln for ln in reversed(lines) if " passed" in ln or " failed" in ln or " error" in ln), "")
-    return {"returncode": rc, "timed_out": timed_out, "seconds": round(time.monotonic() - start, 1),
-            "summary": summary.strip("= "), "tail": lines[-40:]}  # fmt: skip
+    return {
+        "returncode": rc,
+        "timed_out": timed_out,
+        "seconds": round(time.monotonic() - start, 1),
+        "summary": summary.strip("= "),
+        "tail": lines[-40:],
+    }
 
 
 # --- 2. kernels ------------------------------------------------------------------------------------------
@@ -132,7 +137,9 @@ def measure(case, impl: str, inputs: list) -> dict:
     torch.cuda.synchronize()
     first_call_s = time.perf_counter() - t0
     gen = torch.Generator(device=out.device).manual_seed(0)
-    grad_out = torch.randn(out.shape, generator=gen, device=out.device).to(out.dtype) if out.dim() else torch.ones_like(out)
+    grad_out = (
+        torch.randn(out.shape, generator=gen, device=out.device).to(out.dtype) if out.dim() else torch.ones_like(out)
+    )
 
     def backward(o):
         return torch.autograd.grad(o, diff, grad_out)
@@ -198,8 +205,11 @@ class KernelRun:
             try:
                 row.update(measure(case, impl, inputs))
                 results[impl] = row.pop("_result")
-                log(f"  {label:<58} fwd {row['fwd_ms']:8.3f} ms  bwd {row['bwd_ms']:8.3f} ms  full "
-                    f"{row['full_ms']:8.3f} ms  peak {row['peak_extra_mb']:9.1f} MB  (first call {row['first_call_s']} s)")  # fmt: skip
+                log(
+                    f"  {label:<58} fwd {row['fwd_ms']:8.3f} ms  bwd {row['bwd_ms']:8.3f} ms  full "
+                    f"{row['full_ms']:8.3f} ms  peak {row['peak_extra_mb']:9.1f} MB  "
+                    f"(first call {row['first_call_s']} s)"
+                )
             except PeerUnavailable as exc:
                 row["error"] = f"unavailable: {exc}"
                 log(f"  {label:<58} skipped: {exc}")
@@ -212,7 +222,9 @@ class KernelRun:
                     traceback.print_exc()
             self.rows.append(row)
             if "ours" in results and case.baseline in results:
-                rows_for(self.rows, case, "ours")["max_rel_err_vs_plain"] = relative_error(results["ours"], results[case.baseline])
+                rows_for(self.rows, case, "ours")["max_rel_err_vs_plain"] = relative_error(
+                    results["ours"], results[case.baseline]
+                )
                 results.pop(case.baseline)
         del inputs, results
         torch.cuda.empty_cache()
@@ -224,14 +236,20 @@ def rows_for(rows: list[dict], case, impl: str) -> dict:
 
 def kernel_table(rows: list[dict]) -> str:
     """Rows grouped by case with each peer's time relative to ours (x > 1: ours is faster)."""
-    lines = [f"{'kernel / case':<46} {'impl':<13} {'fwd ms':>9} {'bwd ms':>9} {'full ms':>9} {'peak MB':>9} {'peer/ours':>9}  note"]
+    lines = [
+        f"{'kernel / case':<46} {'impl':<13} {'fwd ms':>9} {'bwd ms':>9} {'full ms':>9} {'peak MB':>9} "
+        f"{'peer/ours':>9}  note"
+    ]
     cases = list(dict.fromkeys((r["kernel"], r["case"]) for r in rows))
     for kernel, case in cases:
         group = [r for r in rows if (r["kernel"], r["case"]) == (kernel, case)]
         ours = next((r for r in group if r["impl"] == "ours" and "full_ms" in r), None)
         for r in group:
             if "full_ms" not in r:
-                lines.append(f"{kernel + ' ' + case:<46} {r['impl']:<13} {'':>9} {'':>9} {'':>9} {'':>9} {'':>9}  {r.get('error', '')}")
+                lines.append(
+                    f"{kernel + ' ' + case:<46} {r['impl']:<13} {'':>9} {'':>9} {'':>9} {'':>9} {'':>9}  "
+                    f"{r.get('error', '')}"
+                )
                 continue
             ratio = f"{r['full_ms'] / ours['full_ms']:.2f}x" if ours and r is not ours else ""
             note = f"max rel err vs plain {r['max_rel_err_vs_plain']:.1e}" if "max_rel_err_vs_plain" in r else ""
@@ -242,8 +260,10 @@ def kernel_table(rows: list[dict]) -> str:
         peers = [r for r in group if r["impl"] != "ours" and "full_ms" in r]
         if ours and peers:
             best = min(peers, key=lambda r: r["full_ms"])
-            lines.append(f"{'':<46} -> best peer {best['impl']}: speedup of ours {best['full_ms'] / ours['full_ms']:.2f}x "
-                         f"(>1: ours faster), peak memory ours {ours['peak_extra_mb']:.0f} MB vs {best['peak_extra_mb']:.0f} MB")  # fmt: skip
+            lines.append(
+                f"{'':<46} -> best peer {best['impl']}: speedup of ours {best['full_ms'] / ours['full_ms']:.2f}x "
+                f"(>1: ours faster), peak memory ours {ours['peak_extra_mb']:.0f} MB vs {best['peak_extra_mb']:.0f} MB"
+            )
     return "\n".join(lines)
 
 
@@ -282,11 +302,16 @@ def environment() -> dict:
         triton_version = None
     props = torch.cuda.get_device_properties(0)
     return {
-        "card": props.name, "capability": f"{props.major}.{props.minor}", "sm_count": props.multi_processor_count,
+        "card": props.name,
+        "capability": f"{props.major}.{props.minor}",
+        "sm_count": props.multi_processor_count,
         "memory_gb": round(props.total_memory / 1e9, 1),
-        "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
-        "python": platform.python_version(), "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }  # fmt: skip
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def write_report(report: dict, table: str, results_dir: Path = RESULTS_DIR) -> list[Path]:
@@ -312,19 +337,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tests-timeout-s", type=float, default=150, help="cap on the kernel test run (s)")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end model table")
-    parser.add_argument("--only", type=lambda s: s.split(","), default=list(KERNELS), help=f"subset of {','.join(KERNELS)}")
+    parser.add_argument(
+        "--only", type=lambda s: s.split(","), default=list(KERNELS), help=f"subset of {','.join(KERNELS)}"
+    )
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="dtype of the kernel cases")
     parser.add_argument("--e2e-presets", type=lambda s: tuple(s.split(",")), default=e2e_grid.PRESETS)
     parser.add_argument("--e2e-batch", type=int, default=64)
     parser.add_argument("--e2e-steps", type=int, default=6, help="timed training steps per cell (after 2 warm-up)")
-    parser.add_argument("--prewarm-workers", type=int, default=4,
-                        help="processes compiling the compiled cells in parallel first (0: none)")
+    parser.add_argument(
+        "--prewarm-workers",
+        type=int,
+        default=4,
+        help="processes compiling the compiled cells in parallel first (0: none)",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--dry-run", action="store_true",
-                        help="no GPU needed: plan the table, resolve `auto` for --assume-capability, write the JSON "
-                             "with every cell 'not measured'")
-    parser.add_argument("--assume-capability", type=lambda s: tuple(int(v) for v in s.split(".")), default=None,
-                        metavar="MAJOR.MINOR", help="with --dry-run: the GPU to plan for (default 9.0)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="no GPU needed: plan the table, resolve `auto` for --assume-capability, write the JSON "
+        "with every cell 'not measured'",
+    )
+    parser.add_argument(
+        "--assume-capability",
+        type=lambda s: tuple(int(v) for v in s.split(".")),
+        default=None,
+        metavar="MAJOR.MINOR",
+        help="with --dry-run: the GPU to plan for (default 9.0)",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.only) - set(KERNELS)
     if unknown:
@@ -343,19 +382,30 @@ def dry_run(args: argparse.Namespace) -> int:
     from tinystories.train.device import choose_execution
 
     capability = args.assume_capability or (9, 0)
-    dtype, impl, compiled, reason = choose_execution("cuda", capability, dtype="auto", impl="auto", compile=None,
-                                                     triton=(True, ""))
+    dtype, impl, compiled, reason = choose_execution(
+        "cuda", capability, dtype="auto", impl="auto", compile=None, triton=(True, "")
+    )
     auto = f"{dtype}, impl={impl}, compile={'on' if compiled else 'off'} ({reason})"
     cells = e2e_grid.plan_cells(capability, args.e2e_presets)
-    rows = [{**asdict(c), "batch": args.e2e_batch, "seq_len": e2e_grid.SEQ_LEN, "not_measured": "dry run"}
-            for c in cells]
-    report = {"environment": {"card": f"dry-run-sm{capability[0]}{capability[1]}", "capability": list(capability),
-                              "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
-              "args": vars(args), "dry_run": True, "kernels_available_here": kernels_available(),
-              "end_to_end": {"auto": auto, "rows": rows}}
+    rows = [
+        {**asdict(c), "batch": args.e2e_batch, "seq_len": e2e_grid.SEQ_LEN, "not_measured": "dry run"} for c in cells
+    ]
+    report = {
+        "environment": {
+            "card": f"dry-run-sm{capability[0]}{capability[1]}",
+            "capability": list(capability),
+            "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+        "args": vars(args),
+        "dry_run": True,
+        "kernels_available_here": kernels_available(),
+        "end_to_end": {"auto": auto, "rows": rows},
+    }
     table = e2e_grid.format_table(rows, auto)
-    log(f"dry run for sm_{capability[0]}{capability[1]}: {len(cells)} end-to-end cells, at most "
-        f"{sum(e2e_grid.COST_S[c.path] for c in cells)} s once compiled\n{table}")
+    log(
+        f"dry run for sm_{capability[0]}{capability[1]}: {len(cells)} end-to-end cells, at most "
+        f"{sum(e2e_grid.COST_S[c.path] for c in cells)} s once compiled\n{table}"
+    )
     for path in write_report(report, table, args.results_dir):
         log(f"wrote {path}")
     return 0
@@ -367,8 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import tinystories.kernels
     except ImportError as exc:
-        log(f"gpu_report.py: tinystories is not installed ({exc}); run `pip install --no-build-isolation --no-deps .` "
-            f"in {REPO_ROOT} first")
+        log(
+            f"gpu_report.py: tinystories is not installed ({exc}); run `pip install --no-build-isolation --no-deps .` "
+            f"in {REPO_ROOT} first"
+        )
         return 2
     if args.dry_run:
         return dry_run(args)
@@ -381,10 +433,18 @@ def main(argv: list[str] | None = None) -> int:
     from tinystories.kernels import kernels_available
     from tinystories.train.device import resolve_execution
 
-    report = {"environment": environment(), "args": vars(args), "tinystories.kernels": found,
-              "kernels_available": kernels_available(), "liger_kernel": load_liger_wheel()}  # fmt: skip
+    report = {
+        "environment": environment(),
+        "args": vars(args),
+        "tinystories.kernels": found,
+        "kernels_available": kernels_available(),
+        "liger_kernel": load_liger_wheel(),
+    }
     log(f"== {report['environment']}")
-    log(f"== kernels_available: {report['kernels_available']}  (package from {found}); Liger-Kernel: {report['liger_kernel']}")
+    log(
+        f"== kernels_available: {report['kernels_available']}  (package from {found}); "
+        f"Liger-Kernel: {report['liger_kernel']}"
+    )
     try:
         auto = resolve_execution(torch.device("cuda", 0))
     except ValueError as exc:  # ConfigError: e.g. this PyTorch build has no code for the GPU
@@ -403,12 +463,17 @@ def main(argv: list[str] | None = None) -> int:
     warm = e2e_grid.prewarm(cells, args.e2e_batch, args.prewarm_workers, min(240.0, budget.left() * 0.4), log)
     if not args.skip_tests:
         tests_thread.join()
-        log(f"   -> tests: {tests.get('summary') or 'no summary'} (rc {tests.get('returncode')}, "
-            f"{tests.get('seconds')} s)")
+        log(
+            f"   -> tests: {tests.get('summary') or 'no summary'} (rc {tests.get('returncode')}, "
+            f"{tests.get('seconds')} s)"
+        )
     report["tests"] = tests
 
     kernels = KernelRun(args)
-    log(f"\n== 2a. kernels: ours vs uncompiled peers ({args.dtype}; fwd records autograd as in training; {budget.left():.0f} s left)")
+    log(
+        f"\n== 2a. kernels: ours vs uncompiled peers ({args.dtype}; fwd records autograd as in training; "
+        f"{budget.left():.0f} s left)"
+    )
     kernels.run(kernels.plain_items(), budget, COST_PLAIN_S)
     report["end_to_end"] = {"auto": auto.describe(), "rows": [], "skipped": "--no-e2e"}
     if cells:
@@ -426,9 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     report["kernels"] = rows
     report["kernels_skipped"] = skipped = kernels.skipped
     if report["end_to_end"]["rows"]:
-        table += (f"\n\nend to end (trainer's step: AdamW, clipping, GradScaler for fp16; T={e2e_grid.SEQ_LEN}, "
-                  f"B={args.e2e_batch}, random tokens; tokens/s, peak memory)\n"
-                  + e2e_grid.format_table(report["end_to_end"]["rows"], auto.describe()))
+        table += (
+            f"\n\nend to end (trainer's step: AdamW, clipping, GradScaler for fp16; T={e2e_grid.SEQ_LEN}, "
+            f"B={args.e2e_batch}, random tokens; tokens/s, peak memory)\n"
+            + e2e_grid.format_table(report["end_to_end"]["rows"], auto.describe())
+        )
     table = f"{report['environment']}\ntests: {report['tests'].get('summary', report['tests'])}\n\n{table}"
     if skipped:
         table += "\n\nskipped:\n" + "\n".join(f"  {s}" for s in skipped)

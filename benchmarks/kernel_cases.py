@@ -9,8 +9,8 @@ only check the code paths run (Triton's interpreter is far too slow for real siz
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

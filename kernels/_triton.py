@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised only where triton is 
 
     triton = types.SimpleNamespace(
         jit=_passthrough_decorator,
-        autotune=lambda *a, **k: (lambda f: f),
+        autotune=lambda *a, **k: lambda f: f,
         Config=lambda *a, **k: None,
         cdiv=lambda a, b: -(-a // b),
         next_power_of_2=lambda n: 1 << max(0, int(n) - 1).bit_length(),

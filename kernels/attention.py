@@ -8,8 +8,6 @@ block for dQ, recomputing the probabilities from the saved log-sum-exp. Head dim
 are below the tensor-core minimum of 16, e.g. 4) are padded inside the kernel with masked loads.
 """
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -72,12 +70,34 @@ def _key_range(q_start, T, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 @triton.autotune(configs=_FWD_CONFIGS, key=_KEY)
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, O, LSE,
-    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
-    H, T, window, scale_log2,
-    HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    sqb,
+    sqh,
+    sqt,
+    skb,
+    skh,
+    skt,
+    svb,
+    svh,
+    svt,
+    sob,
+    soh,
+    sot,
+    H,
+    T,
+    window,
+    scale_log2,
+    HEAD_DIM: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -117,13 +137,29 @@ def _attn_fwd_kernel(
 
     row_ok = offs_m < T
     acc = acc / l_i[:, None]
-    tl.store(O + offs_m[:, None] * sot + offs_d[None, :], acc.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(
+        O + offs_m[:, None] * sot + offs_d[None, :], acc.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :]
+    )
     tl.store(LSE + offs_m, m_i + tl.log2(l_i), mask=row_ok)
 
 
 @triton.jit
-def _attn_bwd_delta_kernel(O, DO, DELTA, sob, soh, sot, sdb, sdh, sdt, H, T,
-                           HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+def _attn_bwd_delta_kernel(
+    O,
+    DO,
+    DELTA,
+    sob,
+    soh,
+    sot,
+    sdb,
+    sdh,
+    sdt,
+    H,
+    T,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """delta_i = sum_d dO_id * O_id, the row term of the softmax backward."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -141,12 +177,44 @@ def _attn_bwd_delta_kernel(O, DO, DELTA, sob, soh, sot, sdb, sdh, sdt, H, T,
 @triton.autotune(configs=_DKDV_CONFIGS, key=_KEY)
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV,
-    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, s1b, s1h, s1t, s2b, s2h, s2t,
-    H, T, window, scale, scale_log2,
-    HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    sqb,
+    sqh,
+    sqt,
+    skb,
+    skh,
+    skt,
+    svb,
+    svh,
+    svt,
+    sdb,
+    sdh,
+    sdt,
+    s1b,
+    s1h,
+    s1t,
+    s2b,
+    s2h,
+    s2t,
+    H,
+    T,
+    window,
+    scale,
+    scale_log2,
+    HEAD_DIM: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -199,12 +267,40 @@ def _attn_bwd_dkdv_kernel(
 @triton.autotune(configs=_DQ_CONFIGS, key=_KEY)
 @triton.jit
 def _attn_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ,
-    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, s1b, s1h, s1t,
-    H, T, window, scale, scale_log2,
-    HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    sqb,
+    sqh,
+    sqt,
+    skb,
+    skh,
+    skt,
+    svb,
+    svh,
+    svt,
+    sdb,
+    sdh,
+    sdt,
+    s1b,
+    s1h,
+    s1t,
+    H,
+    T,
+    window,
+    scale,
+    scale_log2,
+    HEAD_DIM: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -250,7 +346,7 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def _window_arg(t: int, causal: bool, window: Optional[int]) -> int:
+def _window_arg(t: int, causal: bool, window: int | None) -> int:
     """The kernels' window: ``window`` when given, else T (so the window test never excludes a causal key)."""
     return t if window is None or not causal else min(window, t)
 
@@ -260,18 +356,33 @@ def _last_dim_contiguous(x: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("tinystories::attention_fwd", mutates_args=())
-def _attention_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, window: Optional[int], scale: float) -> tuple[Tensor, Tensor]:
+def _attention_fwd(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool, window: int | None, scale: float
+) -> tuple[Tensor, Tensor]:
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     B, H, T, D = q.shape
     o = torch.empty_like(q)
     lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)  # noqa: E731
     _attn_fwd_kernel[grid](
-        q, k, v, o, lse,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
-        H, T, _window_arg(T, causal, window), scale * _LOG2E,
-        HEAD_DIM=D, IS_CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype), BLOCK_D=_block_d(D),
-    )  # fmt: skip
+        q,
+        k,
+        v,
+        o,
+        lse,
+        *q.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
+        *o.stride()[:3],
+        H,
+        T,
+        _window_arg(T, causal, window),
+        scale * _LOG2E,
+        HEAD_DIM=D,
+        IS_CAUSAL=causal,
+        DOT_PRECISION=dot_precision(q.dtype),
+        BLOCK_D=_block_d(D),
+    )
     return o, lse
 
 
@@ -282,7 +393,15 @@ def _(q, k, v, causal, window, scale):
 
 @torch.library.custom_op("tinystories::attention_bwd", mutates_args=())
 def _attention_bwd(
-    do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, causal: bool, window: Optional[int], scale: float
+    do: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    causal: bool,
+    window: int | None,
+    scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     do, q, k, v, o = (_last_dim_contiguous(x) for x in (do, q, k, v, o))
     B, H, T, D = q.shape
@@ -311,7 +430,7 @@ def _(do, q, k, v, o, lse, causal, window, scale):
 
 class AttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, causal: bool, window: Optional[int], scale: float) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, causal: bool, window: int | None, scale: float) -> Tensor:
         o, lse = torch.ops.tinystories.attention_fwd(q, k, v, causal, window, scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal, ctx.window, ctx.scale = causal, window, scale
@@ -325,7 +444,7 @@ class AttentionFunction(torch.autograd.Function):
 
 
 def attention(
-    q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, window: Optional[int] = None, scale: float = 1.0
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, window: int | None = None, scale: float = 1.0
 ) -> Tensor:
     """softmax(scale * q k^T) v for (B, H, T, D) q, k, v; with ``window`` W query i sees only keys i-W+1..i.
 
@@ -347,7 +466,7 @@ def attention(
 class FusedAttention(nn.Module):
     """Drop-in attention core: (B, H, T, D) q, k, v -> (B, H, T, D); window=None is plain causal attention."""
 
-    def __init__(self, *, causal: bool = True, window: Optional[int] = None, scale: float = 1.0):
+    def __init__(self, *, causal: bool = True, window: int | None = None, scale: float = 1.0):
         super().__init__()
         reference.check_window(causal, window)
         self.causal, self.window, self.scale = causal, window, scale

@@ -6,8 +6,6 @@ range of rows, writes dX (plus the gradient arriving at the returned sum, when t
 partial dW/dB in registers; the partials are summed in a fixed order afterwards, so results are deterministic.
 """
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -17,9 +15,22 @@ from ._triton import interpreter_active, tl, triton, use_kernels
 
 @triton.jit
 def _ln_fwd_kernel(
-    X, RES, W, B, Y, SUM, MEAN, RSTD, N, C, eps,
-    HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    X,
+    RES,
+    W,
+    B,
+    Y,
+    SUM,
+    MEAN,
+    RSTD,
+    N,
+    C,
+    eps,
+    HAS_RES: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.arange(0, BLOCK_C)
     col_ok = cols < C
@@ -45,9 +56,23 @@ def _ln_fwd_kernel(
 
 @triton.jit
 def _ln_bwd_kernel(
-    DY, DSUM, X, W, MEAN, RSTD, DX, DW_PARTIAL, DB_PARTIAL, N, C, rows_per_program,
-    HAS_DSUM: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    DY,
+    DSUM,
+    X,
+    W,
+    MEAN,
+    RSTD,
+    DX,
+    DW_PARTIAL,
+    DB_PARTIAL,
+    N,
+    C,
+    rows_per_program,
+    HAS_DSUM: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_C)
     col_ok = cols < C
@@ -98,7 +123,7 @@ def _bwd_programs(n: int, device: torch.device) -> int:
 
 @torch.library.custom_op("tinystories::layer_norm_fwd", mutates_args=())
 def _layer_norm_fwd(
-    x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor], eps: float
+    x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns (y, x + residual (empty without a residual), mean, rstd) for 2-D contiguous x; with a residual of
     another dtype (autocast: half branch output, fp32 residual stream) both outputs take the promoted dtype."""
@@ -110,15 +135,27 @@ def _layer_norm_fwd(
     rstd = torch.empty_like(mean)
     block_c, block_rows, warps = _launch_shape(c)
     _ln_fwd_kernel[(triton.cdiv(n, block_rows),)](
-        x, residual if residual is not None else x, weight, bias if bias is not None else weight, y, summed,
-        mean, rstd, n, c, eps,
-        HAS_RES=residual is not None, HAS_BIAS=bias is not None, BLOCK_ROWS=block_rows, BLOCK_C=block_c,
+        x,
+        residual if residual is not None else x,
+        weight,
+        bias if bias is not None else weight,
+        y,
+        summed,
+        mean,
+        rstd,
+        n,
+        c,
+        eps,
+        HAS_RES=residual is not None,
+        HAS_BIAS=bias is not None,
+        BLOCK_ROWS=block_rows,
+        BLOCK_C=block_c,
         num_warps=warps,
-    )  # fmt: skip
+    )
     return y, summed, mean, rstd
 
 
-def _out_dtype(x: Tensor, residual: Optional[Tensor]) -> torch.dtype:
+def _out_dtype(x: Tensor, residual: Tensor | None) -> torch.dtype:
     return torch.promote_types(x.dtype, residual.dtype) if residual is not None else x.dtype
 
 
@@ -132,7 +169,7 @@ def _(x, weight, bias, residual, eps):
 
 @torch.library.custom_op("tinystories::layer_norm_bwd", mutates_args=())
 def _layer_norm_bwd(
-    dy: Tensor, dsum: Optional[Tensor], x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, has_bias: bool
+    dy: Tensor, dsum: Tensor | None, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, has_bias: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (dx, dweight, dbias (empty without a bias)); ``x`` is the normalized input (the sum, if fused)."""
     n, c = x.shape
@@ -142,10 +179,24 @@ def _layer_norm_bwd(
     db_partial = torch.empty_like(dw_partial) if has_bias else dw_partial
     block_c, block_rows, warps = _launch_shape(c)
     _ln_bwd_kernel[(programs,)](
-        dy, dsum if dsum is not None else dy, x, weight, mean, rstd, dx, dw_partial, db_partial,
-        n, c, triton.cdiv(n, programs),
-        HAS_DSUM=dsum is not None, HAS_BIAS=has_bias, BLOCK_ROWS=block_rows, BLOCK_C=block_c, num_warps=warps,
-    )  # fmt: skip
+        dy,
+        dsum if dsum is not None else dy,
+        x,
+        weight,
+        mean,
+        rstd,
+        dx,
+        dw_partial,
+        db_partial,
+        n,
+        c,
+        triton.cdiv(n, programs),
+        HAS_DSUM=dsum is not None,
+        HAS_BIAS=has_bias,
+        BLOCK_ROWS=block_rows,
+        BLOCK_C=block_c,
+        num_warps=warps,
+    )
     dw = dw_partial.sum(0).to(weight.dtype)
     db = db_partial.sum(0).to(weight.dtype) if has_bias else weight.new_empty(0)
     return dx, dw, db
@@ -158,7 +209,7 @@ def _(dy, dsum, x, weight, mean, rstd, has_bias):
 
 class LayerNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor], eps: float):
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None, eps: float):
         y, summed, mean, rstd = torch.ops.tinystories.layer_norm_fwd(x, weight, bias, residual, eps)
         has_res = residual is not None
         ctx.save_for_backward(summed if has_res else x, weight, mean, rstd)
@@ -170,7 +221,7 @@ class LayerNormFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, dy: Tensor, dsum: Optional[Tensor] = None):
+    def backward(ctx, dy: Tensor, dsum: Tensor | None = None):
         x, weight, mean, rstd = ctx.saved_tensors
         dy = dy.contiguous() if dy is not None else torch.zeros_like(x)
         dsum = dsum.contiguous() if dsum is not None else None
@@ -180,7 +231,7 @@ class LayerNormFunction(torch.autograd.Function):
 
 
 def layer_norm(
-    x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float = 1e-5, residual: Optional[Tensor] = None
+    x: Tensor, weight: Tensor, bias: Tensor | None, eps: float = 1e-5, residual: Tensor | None = None
 ) -> "Tensor | tuple[Tensor, Tensor]":
     """LayerNorm over the last dim; with ``residual`` returns (layer_norm(x + residual), x + residual) in one pass."""
     c = x.shape[-1]
@@ -197,7 +248,9 @@ def layer_norm(
     shape = x.shape
     x2 = x.reshape(-1, c).contiguous()
     res2 = residual.reshape(-1, c).contiguous() if residual is not None else None
-    out = LayerNormFunction.apply(x2, weight.contiguous(), bias.contiguous() if bias is not None else None, res2, float(eps))
+    out = LayerNormFunction.apply(
+        x2, weight.contiguous(), bias.contiguous() if bias is not None else None, res2, float(eps)
+    )
     if residual is None:
         return out.view(shape)
     return out[0].view(shape), out[1].view(shape)
@@ -213,7 +266,7 @@ class FusedLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(normalized_shape, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(normalized_shape, device=device, dtype=dtype)) if bias else None
 
-    def forward(self, x: Tensor, residual: Optional[Tensor] = None):
+    def forward(self, x: Tensor, residual: Tensor | None = None):
         return layer_norm(x, self.weight, self.bias, self.eps, residual)
 
     def extra_repr(self) -> str:

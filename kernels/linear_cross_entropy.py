@@ -13,8 +13,6 @@ vocab rows have zero weight, so their logits are finite (0 + zero bias) and add 
 rows are dropped. Extra memory: the padded weight copy, one chunk of logits, and dWeight in fp32.
 """
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -44,9 +42,16 @@ def _softmax_minus_one_hot(x, idx, lse, target, scale):
 
 @triton.jit
 def _cross_entropy_rows_kernel(
-    LOGITS, stride_row, TARGETS, LOSS, GRAD_SCALE, V, ignore_index,
-    WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
-):  # fmt: skip
+    LOGITS,
+    stride_row,
+    TARGETS,
+    LOSS,
+    GRAD_SCALE,
+    V,
+    ignore_index,
+    WRITE_GRAD: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
     """Loss of one row of logits; with WRITE_GRAD, overwrite the row by (softmax - one_hot(target)) * scale.
 
     Whole BLOCK_V blocks load without a mask (vectorized: rows start 16-byte aligned, the row stride is the padded
@@ -101,7 +106,7 @@ def _padded_rows(t: Tensor, rows: int) -> Tensor:
     return out
 
 
-_fp32_out_matmul_works: Optional[bool] = None  # whether this torch has cuBLAS half-in/fp32-out addmm (>= 2.8, CUDA)
+_fp32_out_matmul_works: bool | None = None  # whether this torch has cuBLAS half-in/fp32-out addmm (>= 2.8, CUDA)
 
 
 def _accumulate_fp32(acc: Tensor, a: Tensor, b: Tensor) -> None:
@@ -137,7 +142,7 @@ def _linear_cross_entropy_fwd(
     hidden: Tensor,
     weight: Tensor,
     targets: Tensor,
-    bias: Optional[Tensor],
+    bias: Tensor | None,
     ignore_index: int,
     reduction: str,
     need_hidden_grad: bool,
@@ -159,7 +164,9 @@ def _linear_cross_entropy_fwd(
     weight_pad = _padded_rows(weight, v_pad)
     bias_pad = _padded_rows(bias, v_pad) if bias is not None else None
     d_weight32 = torch.zeros((v_pad, c), device=weight.device, dtype=torch.float32) if need_weight_grad else None
-    d_bias32 = torch.zeros(v_pad, device=weight.device, dtype=torch.float32) if need_weight_grad and bias is not None else None
+    d_bias32 = (
+        torch.zeros(v_pad, device=weight.device, dtype=torch.float32) if need_weight_grad and bias is not None else None
+    )
     rows = _chunk_rows(n, v, hidden.element_size())
     logits_buffer = torch.empty((min(rows, n), v_pad), device=hidden.device, dtype=hidden.dtype)
     for start in range(0, n, rows):
@@ -171,9 +178,17 @@ def _linear_cross_entropy_fwd(
         else:
             torch.mm(h, weight_pad.t(), out=logits)
         _cross_entropy_rows_kernel[(end - start,)](
-            logits, logits.stride(0), targets[start:end], row_loss[start:end], grad_scale, v, ignore_index,
-            WRITE_GRAD=write_grad, BLOCK_V=block_v, num_warps=1 if interpreter_active() else 8,
-        )  # fmt: skip
+            logits,
+            logits.stride(0),
+            targets[start:end],
+            row_loss[start:end],
+            grad_scale,
+            v,
+            ignore_index,
+            WRITE_GRAD=write_grad,
+            BLOCK_V=block_v,
+            num_warps=1 if interpreter_active() else 8,
+        )
         if need_hidden_grad:
             torch.mm(logits, weight_pad, out=d_hidden[start:end])
         if need_weight_grad:
@@ -224,7 +239,7 @@ def linear_cross_entropy(
     weight: Tensor,
     targets: Tensor,
     *,
-    bias: Optional[Tensor] = None,
+    bias: Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
 ) -> Tensor:
@@ -241,19 +256,28 @@ def linear_cross_entropy(
     if bias is not None and bias.shape != weight.shape[:1]:
         raise ValueError(f"linear_cross_entropy: bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
     if targets.shape != hidden.shape[:-1]:
-        raise ValueError(f"linear_cross_entropy: targets {tuple(targets.shape)} must match hidden {tuple(hidden.shape[:-1])}")
+        raise ValueError(
+            f"linear_cross_entropy: targets {tuple(targets.shape)} must match hidden {tuple(hidden.shape[:-1])}"
+        )
     if targets.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"linear_cross_entropy: targets must be int64 or int32, got {targets.dtype}")
     tensors = [t for t in (hidden, weight, targets, bias) if t is not None]
     if not use_kernels("linear_cross_entropy", *tensors):
-        return reference.linear_cross_entropy(hidden, weight, targets, bias=bias, ignore_index=ignore_index, reduction=reduction)
+        return reference.linear_cross_entropy(
+            hidden, weight, targets, bias=bias, ignore_index=ignore_index, reduction=reduction
+        )
     # mixed precision (fp32 parameters, half activations, or autocast) runs the matmuls in one dtype, like autocast
     dtype = compute_dtype(hidden)
     hidden, weight = hidden.to(dtype), weight.to(dtype)
     bias = bias.to(dtype) if bias is not None else None
     check_float("linear_cross_entropy", hidden, weight)
     return LinearCrossEntropyFunction.apply(
-        hidden.reshape(-1, c).contiguous(), weight.contiguous(), targets.reshape(-1).contiguous(), bias, ignore_index, reduction
+        hidden.reshape(-1, c).contiguous(),
+        weight.contiguous(),
+        targets.reshape(-1).contiguous(),
+        bias,
+        ignore_index,
+        reduction,
     )
 
 
@@ -267,8 +291,10 @@ class LinearCrossEntropy(nn.Module):
             raise ValueError(f"LinearCrossEntropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         self.ignore_index, self.reduction = ignore_index, reduction
 
-    def forward(self, hidden: Tensor, weight: Tensor, targets: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-        return linear_cross_entropy(hidden, weight, targets, bias=bias, ignore_index=self.ignore_index, reduction=self.reduction)
+    def forward(self, hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None) -> Tensor:
+        return linear_cross_entropy(
+            hidden, weight, targets, bias=bias, ignore_index=self.ignore_index, reduction=self.reduction
+        )
 
     def extra_repr(self) -> str:
         return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"

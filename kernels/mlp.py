@@ -7,8 +7,6 @@ forward and backward: a tanh per element is far cheaper than keeping a (tokens x
 plain matmuls (proj, dX, dW) go to cuBLAS, which has no epilogue to fuse there.
 """
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -41,11 +39,28 @@ def _gelu_new_and_grad(x):
 @triton.autotune(configs=_configs(), key=["M", "N", "K", "EPILOGUE"])
 @triton.jit
 def _matmul_gelu_kernel(
-    A, B, BIAS, PRE, OUT, ACT, M, N, K,
-    sam, sak, sbk, sbn,
-    EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr = 8,
-):  # fmt: skip
+    A,
+    B,
+    BIAS,
+    PRE,
+    OUT,
+    ACT,
+    M,
+    N,
+    K,
+    sam,
+    sak,
+    sbk,
+    sbn,
+    EPILOGUE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    STORE_PRE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr = 8,
+):
     """acc = A (M, K) @ B (K, N) in fp32, then the epilogue; PRE/OUT/ACT are contiguous (M, N)."""
     # grouped launch order: consecutive programs share A row-blocks, for L2 reuse
     pid = tl.program_id(0)
@@ -93,14 +108,26 @@ def _launch(a: Tensor, b: Tensor, epilogue: int, *, bias=None, pre=None, out=Non
     n = b.shape[1]
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     _matmul_gelu_kernel[grid](
-        a, b, bias if bias is not None else a, pre if pre is not None else act, out if out is not None else act, act,
-        m, n, k, *a.stride(), *b.stride(),
-        EPILOGUE=epilogue, HAS_BIAS=bias is not None, STORE_PRE=store_pre, DOT_PRECISION=dot_precision(a.dtype),
-    )  # fmt: skip
+        a,
+        b,
+        bias if bias is not None else a,
+        pre if pre is not None else act,
+        out if out is not None else act,
+        act,
+        m,
+        n,
+        k,
+        *a.stride(),
+        *b.stride(),
+        EPILOGUE=epilogue,
+        HAS_BIAS=bias is not None,
+        STORE_PRE=store_pre,
+        DOT_PRECISION=dot_precision(a.dtype),
+    )
 
 
 @torch.library.custom_op("tinystories::mlp_fc_gelu", mutates_args=())
-def _mlp_fc_gelu(x: Tensor, fc_weight: Tensor, fc_bias: Optional[Tensor], store_pre: bool) -> tuple[Tensor, Tensor]:
+def _mlp_fc_gelu(x: Tensor, fc_weight: Tensor, fc_bias: Tensor | None, store_pre: bool) -> tuple[Tensor, Tensor]:
     """(pre = x @ fc_weight.T + fc_bias (empty unless store_pre), gelu_new(pre)) for 2-D x."""
     m, i = x.shape[0], fc_weight.shape[0]
     act = x.new_empty((m, i))
@@ -153,14 +180,15 @@ class MLPFunction(torch.autograd.Function):
 
 
 def fused_mlp(
-    x: Tensor, fc_weight: Tensor, fc_bias: Optional[Tensor], proj_weight: Tensor, proj_bias: Optional[Tensor]
+    x: Tensor, fc_weight: Tensor, fc_bias: Tensor | None, proj_weight: Tensor, proj_bias: Tensor | None
 ) -> Tensor:
     """proj(gelu_new(fc(x))) for x (..., C), fc_weight (I, C), proj_weight (C, I) (nn.Linear layouts)."""
     c = x.shape[-1]
     inter = fc_weight.shape[0]
     if fc_weight.shape != (inter, c) or proj_weight.shape != (c, inter):
         raise ValueError(
-            f"fused_mlp: expected fc_weight (I, {c}) and proj_weight ({c}, I), got {tuple(fc_weight.shape)} and {tuple(proj_weight.shape)}"
+            f"fused_mlp: expected fc_weight (I, {c}) and proj_weight ({c}, I), "
+            f"got {tuple(fc_weight.shape)} and {tuple(proj_weight.shape)}"
         )
     if (fc_bias is not None and fc_bias.shape != (inter,)) or (proj_bias is not None and proj_bias.shape != (c,)):
         raise ValueError(f"fused_mlp: fc_bias must be ({inter},) and proj_bias ({c},)")
@@ -180,7 +208,9 @@ def fused_mlp(
 class FusedMLP(nn.Module):
     """GPT-Neo's MLP (``c_fc`` -> gelu_new -> ``c_proj``, same parameter names as Hugging Face's GPTNeoMLP)."""
 
-    def __init__(self, hidden_size: int, intermediate_size: Optional[int] = None, bias: bool = True, device=None, dtype=None):
+    def __init__(
+        self, hidden_size: int, intermediate_size: int | None = None, bias: bool = True, device=None, dtype=None
+    ):
         super().__init__()
         intermediate_size = intermediate_size or 4 * hidden_size
         self.c_fc = nn.Linear(hidden_size, intermediate_size, bias=bias, device=device, dtype=dtype)

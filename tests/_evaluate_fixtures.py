@@ -14,22 +14,31 @@ from tinystories.evaluate.students import StudentInfo
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A randomly initialised demo-shaped GPT-Neo with a small BPE, saved as a real checkpoint of a run."""
-    from tinystories.model.checkpoint import checkpoint_path, save_checkpoint
     from tinystories.model import GPTNeo, config_from_preset
+    from tinystories.model.checkpoint import checkpoint_path, save_checkpoint
     from tinystories.story_templates import generate_stories
     from tinystories.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.train(generate_stories(200), vocab_size=384)
-    config = config_from_preset("demo", vocab_size=tokenizer.n_vocab, hidden_size=32, num_layers=2,
-                                max_position_embeddings=128)
+    config = config_from_preset(
+        "demo", vocab_size=tokenizer.n_vocab, hidden_size=32, num_layers=2, max_position_embeddings=128
+    )
     run = tmp_path_factory.mktemp("runs") / "tiny"
     paths = []
     for step in (10, 20):
         torch.manual_seed(step)
         model = GPTNeo(config)
-        paths.append(save_checkpoint({"model_config": config.to_dict(), "model": model.state_dict(),
-                                      "tokenizer_json": tokenizer.to_json(), "train_config": {}},
-                                     checkpoint_path(run, step)))
+        paths.append(
+            save_checkpoint(
+                {
+                    "model_config": config.to_dict(),
+                    "model": model.state_dict(),
+                    "tokenizer_json": tokenizer.to_json(),
+                    "train_config": {},
+                },
+                checkpoint_path(run, step),
+            )
+        )
     return run, paths
 
 
@@ -41,8 +50,10 @@ def expected_grades(completion: str) -> grading.Grades:
 
 
 def grades_text(g: grading.Grades) -> str:
-    return (f"Grammar: {g.grammar:g}/10\nCreativity: {g.creativity:g}/10\nConsistency: {g.consistency:g}/10\n"
-            f"Plot: {g.plot:g}/10\nAge group: {g.age_group}")
+    return (
+        f"Grammar: {g.grammar:g}/10\nCreativity: {g.creativity:g}/10\nConsistency: {g.consistency:g}/10\n"
+        f"Plot: {g.plot:g}/10\nAge group: {g.age_group}"
+    )
 
 
 def judge_answer(mode: str = "ok"):
@@ -89,5 +100,6 @@ def make_judge(server, *, attempts: int = 6, **config) -> judge.LLMJudge:
     from tinystories.llm import ClientConfig
 
     config = {"concurrency": 8, "backoff_initial_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 2.0, **config}
-    return judge.LLMJudge("judge-test", ClientConfig(base_url=server.url, api_key="test", max_attempts=attempts,
-                                                       **config))
+    return judge.LLMJudge(
+        "judge-test", ClientConfig(base_url=server.url, api_key="test", max_attempts=attempts, **config)
+    )

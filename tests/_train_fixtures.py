@@ -14,9 +14,22 @@ import torch
 from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
 
 # A model small enough that a step takes milliseconds, with both attention types and a window < seq_len.
-TINY = ["--hidden_size=32", "--num_layers=2", "--num_heads=2", "--context=64", "--window_size=16", "--seq_len=32",
-        "--batch_size=4", "--display=plain", "--tensorboard=false", "--eval_batches=2", "--warmup_steps=3",
-        "--lr=3e-3", "--min_lr=3e-4", "--sample_tokens=20"]
+TINY = [
+    "--hidden_size=32",
+    "--num_layers=2",
+    "--num_heads=2",
+    "--context=64",
+    "--window_size=16",
+    "--seq_len=32",
+    "--batch_size=4",
+    "--display=plain",
+    "--tensorboard=false",
+    "--eval_batches=2",
+    "--warmup_steps=3",
+    "--lr=3e-3",
+    "--min_lr=3e-4",
+    "--sample_tokens=20",
+]
 
 
 def make_dataset(root: Path, val_fraction: float) -> Path:
@@ -42,14 +55,25 @@ def train_env() -> dict[str, str]:
 
 
 def run_train(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tinystories.train", *args], capture_output=True, text=True,
-                          env=train_env(), timeout=600, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "tinystories.train", *args],
+        capture_output=True,
+        text=True,
+        env=train_env(),
+        timeout=600,
+        **kwargs,
+    )
 
 
 def start_train(args: list[str]) -> subprocess.Popen:
     """A trainer in the background, stdout and stderr merged into one line-buffered text pipe."""
-    return subprocess.Popen([sys.executable, "-m", "tinystories.train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=train_env())
+    return subprocess.Popen(
+        [sys.executable, "-m", "tinystories.train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=train_env(),
+    )
 
 
 def sigkill_when(proc: subprocess.Popen, line_prefix: str) -> None:

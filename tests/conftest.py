@@ -3,9 +3,10 @@
 import os
 
 import pytest
+from _evaluate_fixtures import tiny_run  # noqa: F401 (the evaluation tests' tiny checkpoints, a pytest fixture)
+from _train_fixtures import dataset  # noqa: F401 (the trainer tests' tiny dataset, a pytest fixture)
 
 from tinystories.testing.fixtures import gpt2_files, real_stories, shared_data, tiny_shards  # noqa: F401 (fixtures)
-from _train_fixtures import dataset  # noqa: F401 (the trainer tests' tiny dataset, a pytest fixture)
 
 
 @pytest.fixture(autouse=True)

@@ -55,6 +55,7 @@ def gold_and_lowp(fn, inputs: list[torch.Tensor], grad_out_seed: int = 1):
         results.append((out.detach(), grads))
     return results[0], results[1], grad_out
 
+
 # Shapes that span the GPU configs' real (64-128 wide) blocks with ragged tails; far too slow for the interpreter.
 requires_gpu = pytest.mark.skipif(DEVICE != "cuda", reason="GPU-sized shapes (too slow in Triton's CPU interpreter)")
 
@@ -67,8 +68,11 @@ def plain_reference(seed: int = 0):
     from tinystories.model import GPTNeo, GPTNeoConfig
 
     torch.manual_seed(seed)
-    model = GPTNeo(GPTNeoConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=2,
-                                max_position_embeddings=32, window_size=8)).to(DEVICE)
+    model = GPTNeo(
+        GPTNeoConfig(
+            vocab_size=100, hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=32, window_size=8
+        )
+    ).to(DEVICE)
     x = torch.randint(0, 100, (2, 24), device=DEVICE)
     y = torch.randint(0, 100, (2, 24), device=DEVICE)
     y[1, -5:] = -100

@@ -27,7 +27,11 @@ def _compile(kernel, types: dict, constexprs: dict, num_warps: int, num_stages: 
     signature = {name: "constexpr" if name in constexprs else types[name] for name in fn.arg_names}
     start = time.perf_counter()
     try:
-        triton.compile(ASTSource(fn, signature, constexprs), target=H100, options={"num_warps": num_warps, "num_stages": num_stages})
+        triton.compile(
+            ASTSource(fn, signature, constexprs),
+            target=H100,
+            options={"num_warps": num_warps, "num_stages": num_stages},
+        )
     except Exception as exc:  # report every failure, not just the first
         print(f"FAIL {label}: {type(exc).__name__}: {str(exc)[:1500]}", flush=True)
         return label
@@ -66,32 +70,94 @@ def compile_all(quick: bool) -> list[str]:
                 (attention._DQ_CONFIGS, attention._attn_bwd_dq_kernel),
             ]:
                 for cfg in configs(space if dtype != "fp32" else space[:1]):
-                    constexprs = {"HEAD_DIM": head_dim, "IS_CAUSAL": causal, "DOT_PRECISION": precision, "BLOCK_D": block_d, **cfg.kwargs}
-                    label = f"{kernel.fn.__name__} {dtype} D{head_dim} causal={causal} {cfg.kwargs} w{cfg.num_warps} s{cfg.num_stages}"
+                    constexprs = {
+                        "HEAD_DIM": head_dim,
+                        "IS_CAUSAL": causal,
+                        "DOT_PRECISION": precision,
+                        "BLOCK_D": block_d,
+                        **cfg.kwargs,
+                    }
+                    label = (
+                        f"{kernel.fn.__name__} {dtype} D{head_dim} causal={causal} {cfg.kwargs} "
+                        f"w{cfg.num_warps} s{cfg.num_stages}"
+                    )
                     failures.append(_compile(kernel, types, constexprs, cfg.num_warps, cfg.num_stages, label))
-            failures.append(_compile(attention._attn_bwd_delta_kernel, types, {"HEAD_DIM": head_dim, "BLOCK_M": 64, "BLOCK_D": block_d}, 4, 3,
-                                     f"_attn_bwd_delta_kernel {dtype} D{head_dim}"))  # fmt: skip
+            failures.append(
+                _compile(
+                    attention._attn_bwd_delta_kernel,
+                    types,
+                    {"HEAD_DIM": head_dim, "BLOCK_M": 64, "BLOCK_D": block_d},
+                    4,
+                    3,
+                    f"_attn_bwd_delta_kernel {dtype} D{head_dim}",
+                )
+            )
         for c in ((64, 768) if dtype != "fp32" else ()) if quick else (64, 72, 768, 1024):
             block_c, block_rows, warps = layer_norm._launch_shape(c)
-            types = {n: f"*{dtype}" for n in "X RES Y SUM DY DSUM DX".split()} | {n: "*fp32" for n in "W B MEAN RSTD DW_PARTIAL DB_PARTIAL".split()}
+            types = {n: f"*{dtype}" for n in "X RES Y SUM DY DSUM DX".split()} | {
+                n: "*fp32" for n in "W B MEAN RSTD DW_PARTIAL DB_PARTIAL".split()
+            }
             types |= _i32("N", "C", "rows_per_program") | {"eps": "fp32"}
             for flag in (False, True):
                 shape = {"BLOCK_ROWS": block_rows, "BLOCK_C": block_c}
-                failures.append(_compile(layer_norm._ln_fwd_kernel, types, {"HAS_RES": flag, "HAS_BIAS": True, **shape}, warps, 3,
-                                         f"_ln_fwd_kernel {dtype} C{c} residual={flag}"))  # fmt: skip
-                failures.append(_compile(layer_norm._ln_bwd_kernel, types, {"HAS_DSUM": flag, "HAS_BIAS": flag, **shape}, warps, 3,
-                                         f"_ln_bwd_kernel {dtype} C{c} dsum={flag}"))  # fmt: skip
-        types = {"LOGITS": f"*{dtype}", "TARGETS": "*i64", "LOSS": "*fp32", "GRAD_SCALE": "*fp32"} | _i32("stride_row", "V", "ignore_index")
+                failures.append(
+                    _compile(
+                        layer_norm._ln_fwd_kernel,
+                        types,
+                        {"HAS_RES": flag, "HAS_BIAS": True, **shape},
+                        warps,
+                        3,
+                        f"_ln_fwd_kernel {dtype} C{c} residual={flag}",
+                    )
+                )
+                failures.append(
+                    _compile(
+                        layer_norm._ln_bwd_kernel,
+                        types,
+                        {"HAS_DSUM": flag, "HAS_BIAS": flag, **shape},
+                        warps,
+                        3,
+                        f"_ln_bwd_kernel {dtype} C{c} dsum={flag}",
+                    )
+                )
+        types = {"LOGITS": f"*{dtype}", "TARGETS": "*i64", "LOSS": "*fp32", "GRAD_SCALE": "*fp32"} | _i32(
+            "stride_row", "V", "ignore_index"
+        )
         for write_grad in (True, False):
-            failures.append(_compile(cross_entropy._cross_entropy_rows_kernel, types, {"WRITE_GRAD": write_grad, "BLOCK_V": 4096}, 8, 3,
-                                     f"_cross_entropy_rows_kernel {dtype} write_grad={write_grad}"))  # fmt: skip
-        types = {n: f"*{dtype}" for n in "A B BIAS PRE OUT ACT".split()} | _i32("M", "N", "K", "sam", "sak", "sbk", "sbn")
+            failures.append(
+                _compile(
+                    cross_entropy._cross_entropy_rows_kernel,
+                    types,
+                    {"WRITE_GRAD": write_grad, "BLOCK_V": 4096},
+                    8,
+                    3,
+                    f"_cross_entropy_rows_kernel {dtype} write_grad={write_grad}",
+                )
+            )
+        types = {n: f"*{dtype}" for n in "A B BIAS PRE OUT ACT".split()} | _i32(
+            "M", "N", "K", "sam", "sak", "sbk", "sbn"
+        )
         space = mlp._configs()
         for cfg in configs(space if dtype != "fp32" else space[:1]):
             for epilogue in (0, 1):
-                constexprs = {"EPILOGUE": epilogue, "HAS_BIAS": True, "STORE_PRE": True, "DOT_PRECISION": precision, "GROUP_M": 8, **cfg.kwargs}
-                failures.append(_compile(mlp._matmul_gelu_kernel, types, constexprs, cfg.num_warps, cfg.num_stages,
-                                         f"_matmul_gelu_kernel {dtype} epilogue={epilogue} {cfg.kwargs}"))  # fmt: skip
+                constexprs = {
+                    "EPILOGUE": epilogue,
+                    "HAS_BIAS": True,
+                    "STORE_PRE": True,
+                    "DOT_PRECISION": precision,
+                    "GROUP_M": 8,
+                    **cfg.kwargs,
+                }
+                failures.append(
+                    _compile(
+                        mlp._matmul_gelu_kernel,
+                        types,
+                        constexprs,
+                        cfg.num_warps,
+                        cfg.num_stages,
+                        f"_matmul_gelu_kernel {dtype} epilogue={epilogue} {cfg.kwargs}",
+                    )
+                )
     return [f for f in failures if f]
 
 

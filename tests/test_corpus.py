@@ -28,8 +28,10 @@ def test_txt_separators_and_whitespace(tmp_path):
     text = "One.\nTwo lines\r\nhere.\n<|endoftext|>\n\n  <|endoftext|>\nInline<|endoftext|>Next story\nno end marker\n"
     for name in ("a.txt", "a.txt.zst"):
         assert list(iter_stories(write(tmp_path / name, text))) == [
-            "One.\nTwo lines\nhere.", "Inline", "Next story\nno end marker",
-        ]  # fmt: skip
+            "One.\nTwo lines\nhere.",
+            "Inline",
+            "Next story\nno end marker",
+        ]
 
 
 def test_several_inputs_in_order_and_progress(tmp_path):
@@ -60,7 +62,12 @@ def test_real_tinystories_file(shared_data):
 
 def test_jsonl_instruct_records(tmp_path):
     records = [
-        {"story": "Tom ran.", "features": ["Dialogue", "BadEnding"], "words": ["run", "red", "big"], "summary": "Tom runs."},
+        {
+            "story": "Tom ran.",
+            "features": ["Dialogue", "BadEnding"],
+            "words": ["run", "red", "big"],
+            "summary": "Tom runs.",
+        },
         {"story": "Sue sat.", "instruction": {"prompt": "...", "words": ["sit"], "features": []}},
         {"text": "Features: Twist\nStory: already laid out", "story": "ignored"},
     ]
@@ -78,7 +85,11 @@ def test_jsonl_instruct_records(tmp_path):
     ("name", "content", "message"),
     [
         ("bad.jsonl", '{"text": "ok"}\n{"text": oops}\n', r"bad\.jsonl:2: invalid JSON"),
-        ("bad.jsonl", '{"title": "x", "body": "y"}\n', r"bad\.jsonl:1: no 'text' or 'story' field \(fields: body, title\)"),
+        (
+            "bad.jsonl",
+            '{"title": "x", "body": "y"}\n',
+            r"bad\.jsonl:1: no 'text' or 'story' field \(fields: body, title\)",
+        ),
         ("bad.jsonl", '{"story": 5}\n', r"bad\.jsonl:1: field 'story' is int"),
         ("bad.jsonl", "[1, 2]\n", r"bad\.jsonl:1: expected a JSON object"),
         ("bad.csv", "a,b\n", r"bad\.csv: unsupported corpus file type"),
@@ -107,7 +118,9 @@ def test_invalid_utf8_and_corrupt_zstd(tmp_path):
 
 
 # Story text: anything except the separator itself; may hold newlines, quotes and non-ASCII.
-story_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60).filter(lambda s: "<|endoftext|>" not in s)
+story_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60).filter(
+    lambda s: "<|endoftext|>" not in s
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -190,9 +203,19 @@ def all_data_records(stories: list[str]) -> list[dict]:
     """Records shaped like data00.json's (the real file's field names and nesting)."""
     words = [["hang", "foot", "cute"], ["run", "dog", "happy"], ["share", "toy", "red"]]
     features = [["Dialogue"], [], ["BadEnding", "Twist"]]
-    return [{"story": "\n\n" + s, "instruction": {"prompt:": "Write a short story (3-5 paragraphs)...",
-             "words": words[i % 3], "features": features[i % 3]}, "summary": f"Summary number {i}.",
-             "source": "GPT-4"} for i, s in enumerate(stories)]  # fmt: skip
+    return [
+        {
+            "story": "\n\n" + s,
+            "instruction": {
+                "prompt:": "Write a short story (3-5 paragraphs)...",
+                "words": words[i % 3],
+                "features": features[i % 3],
+            },
+            "summary": f"Summary number {i}.",
+            "source": "GPT-4",
+        }
+        for i, s in enumerate(stories)
+    ]
 
 
 def write_all_data(path: Path, records: list[dict], *, per_member: int, damage: dict[int, bytes] | None = None) -> Path:
@@ -231,8 +254,13 @@ def test_prepare_instruct_from_the_archive_uses_the_one_formatter(tmp_path, real
     from tinystories.corpus import format_instructions
 
     records = all_data_records(real_stories[:20])
-    expected = [format_instructions(words=r["instruction"]["words"], features=r["instruction"]["features"],
-                                    summary=r["summary"]) + r["story"].strip() for r in records]  # fmt: skip
+    expected = [
+        format_instructions(
+            words=r["instruction"]["words"], features=r["instruction"]["features"], summary=r["summary"]
+        )
+        + r["story"].strip()
+        for r in records
+    ]
     assert _prepared_stories(records, tmp_path / "shards", instruct=True, fmt="tar.gz") == expected
 
 
@@ -248,12 +276,15 @@ def test_truncated_archive_names_the_archive_and_member(tmp_path, real_stories):
     assert got == real_stories[: len(got)] and len(got) >= 100  # the members before the cut, streamed first
 
 
-@pytest.mark.parametrize(("member", "message"), [
-    (b'[{"story": "Lily ran."}, {"story": ', r"bad\.tar\.gz:data01\.json: invalid JSON: Expecting value \(line 1"),
-    (b'{"story": "Lily ran."}', r"bad\.tar\.gz:data01\.json: expected a JSON array of story records, got dict"),
-    (b'[{"story": "Lily ran."}, {"words": []}]', r"bad\.tar\.gz:data01\.json\[1\]: no 'text' or 'story' field"),
-    (b'[{"story": "Lily \xff ran."}]', r"bad\.tar\.gz:data01\.json: invalid UTF-8 at byte offset 17"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (b'[{"story": "Lily ran."}, {"story": ', r"bad\.tar\.gz:data01\.json: invalid JSON: Expecting value \(line 1"),
+        (b'{"story": "Lily ran."}', r"bad\.tar\.gz:data01\.json: expected a JSON array of story records, got dict"),
+        (b'[{"story": "Lily ran."}, {"words": []}]', r"bad\.tar\.gz:data01\.json\[1\]: no 'text' or 'story' field"),
+        (b'[{"story": "Lily \xff ran."}]', r"bad\.tar\.gz:data01\.json: invalid UTF-8 at byte offset 17"),
+    ],
+)
 def test_bad_member_names_the_archive_and_member(tmp_path, real_stories, member, message):
     path = write_all_data(tmp_path / "bad.tar.gz", all_data_records(real_stories[:4]), per_member=2, damage={1: member})
     with pytest.raises(CorpusError, match=message):
@@ -284,7 +315,9 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
     path.write_bytes(b"PAR1")
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(CorpusError, match=r"train\.parquet: reading \.parquet needs pyarrow: pip install 'tinystories\[parquet\]'"):
+    with pytest.raises(
+        CorpusError, match=r"train\.parquet: reading \.parquet needs pyarrow: pip install 'tinystories\[parquet\]'"
+    ):
         list(iter_stories(path))
 
 

@@ -14,8 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinystories import _core
-from tinystories.data import writer as data_module
-from tinystories.tokenizer import Tokenizer
 from tinystories.data import (
     IGNORE_INDEX,
     DatasetWriter,
@@ -27,17 +25,25 @@ from tinystories.data import (
     story_in_val,
     verify,
 )
+from tinystories.data import writer as data_module
+from tinystories.tokenizer import Tokenizer
 
 # A tiny real tokenizer for datasets written straight from token arrays (ids below its EOT).
 TINY = Tokenizer.train(["the cat sat on the mat. " * 20, "once upon a time there was a dog"], vocab_size=300)
 EOT = TINY.eot_token
 
 
-def write_dataset(out: Path, splits: dict[str, list[np.ndarray]], *, shard_tokens: int = 5000,
-                  block_tokens: int = 700) -> dict:  # fmt: skip
+def write_dataset(
+    out: Path, splits: dict[str, list[np.ndarray]], *, shard_tokens: int = 5000, block_tokens: int = 700
+) -> dict:
     """A dataset written straight from token arrays (each story gets its EOT appended)."""
-    writer = DatasetWriter(out, {"n_vocab": TINY.n_vocab, "eot_token": EOT, "tokenizer_fingerprint": TINY.fingerprint},
-                           shard_tokens=shard_tokens, block_tokens=block_tokens, level=3)  # fmt: skip
+    writer = DatasetWriter(
+        out,
+        {"n_vocab": TINY.n_vocab, "eot_token": EOT, "tokenizer_fingerprint": TINY.fingerprint},
+        shard_tokens=shard_tokens,
+        block_tokens=block_tokens,
+        level=3,
+    )
     for split, stories in splits.items():
         arrays = [np.append(np.asarray(s, dtype=np.uint16), np.uint16(EOT)) for s in stories]
         writer.add(split, arrays, list(range(len(arrays))))
@@ -214,8 +220,13 @@ def test_packed_in_order_equals_stream(dataset):
 
 def test_uint32_tokens_for_large_vocabularies(tmp_path):
     n_vocab, eot = 100_000, 99_999
-    writer = DatasetWriter(tmp_path, {"n_vocab": n_vocab, "eot_token": eot, "tokenizer_fingerprint": "x"},
-                           shard_tokens=3000, block_tokens=500, level=1)  # fmt: skip
+    writer = DatasetWriter(
+        tmp_path,
+        {"n_vocab": n_vocab, "eot_token": eot, "tokenizer_fingerprint": "x"},
+        shard_tokens=3000,
+        block_tokens=500,
+        level=1,
+    )
     stories = [np.append(s, eot).astype(np.uint32) for s in random_stories(np.random.default_rng(4), 40, vocab=eot)]
     writer.add("train", stories, list(range(len(stories))))
     assert writer.finish()["dtype"] == "uint32"
@@ -326,7 +337,9 @@ def test_ranks_are_disjoint_and_cover_the_split(dataset, mode):
     out, _ = dataset
     world = 3
     kw = dict(split="train", batch_size=5, seq_len=32, mode=mode, seed=2, loop=False, world_size=world)
-    per_rank = [{r.tobytes() for r in np.concatenate(drain(TokenLoader(out, rank=r, **kw)), axis=1)} for r in range(world)]
+    per_rank = [
+        {r.tobytes() for r in np.concatenate(drain(TokenLoader(out, rank=r, **kw)), axis=1)} for r in range(world)
+    ]
     everything = {r.tobytes() for r in np.concatenate(drain(TokenLoader(out, **{**kw, "world_size": 1})), axis=1)}
     for i in range(world):
         for j in range(i + 1, world):
@@ -519,7 +532,9 @@ def test_split_is_deterministic_across_order_and_threads(tmp_path, gpt2, real_st
     b = prepare([forward], tmp_path / "b", gpt2, val_fraction=0.1, threads=2, progress=False, level=3)
     prepare([backward], tmp_path / "c", gpt2, val_fraction=0.1, threads=2, progress=False, level=3)
     for split in ("train", "val"):
-        assert [s["sha256"] for s in a["splits"][split]["shards"]] == [s["sha256"] for s in b["splits"][split]["shards"]]
+        assert [s["sha256"] for s in a["splits"][split]["shards"]] == [
+            s["sha256"] for s in b["splits"][split]["shards"]
+        ]
         decoded_a = sorted(gpt2.decode(t[:-1].tolist()) for t in split_tokens(tmp_path / "a", split))
         decoded_c = sorted(gpt2.decode(t[:-1].tolist()) for t in split_tokens(tmp_path / "c", split))
         assert decoded_a == decoded_c
@@ -575,15 +590,33 @@ def test_cli_prepare_top_k_stats_verify(tmp_path, gpt2_files, real_stories):
     from tinystories.data import load_dataset_tokenizer
 
     src = tmp_path / "stories.jsonl.zst"
-    src.write_bytes(zstandard.ZstdCompressor().compress(
-        "".join(json.dumps({"story": s}) + "\n" for s in real_stories[:400]).encode()))  # fmt: skip
+    src.write_bytes(
+        zstandard.ZstdCompressor().compress(
+            "".join(json.dumps({"story": s}) + "\n" for s in real_stories[:400]).encode()
+        )
+    )
     out = tmp_path / "ds"
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tinystories.cli", "data", *args], capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "tinystories.cli", "data", *args], capture_output=True, text=True, timeout=300
+        )
 
-    run = cli("prepare", str(src), "--tokenizer", str(gpt2_files[0].parent), "--out", str(out), "--top-k", "2000",
-              "--val-fraction", "0.1", "--threads", "2", "--no-progress")  # fmt: skip
+    run = cli(
+        "prepare",
+        str(src),
+        "--tokenizer",
+        str(gpt2_files[0].parent),
+        "--out",
+        str(out),
+        "--top-k",
+        "2000",
+        "--val-fraction",
+        "0.1",
+        "--threads",
+        "2",
+        "--no-progress",
+    )
     assert run.returncode == 0, run.stderr + run.stdout
     assert "train: " in run.stdout and "val: " in run.stdout
     index = read_index(out)
@@ -614,6 +647,9 @@ def test_val_inputs_form_the_validation_split(tmp_path, gpt2, real_stories):
     train.write_text("".join(f"{s}\n<|endoftext|>\n" for s in real_stories[:200]))
     held_out.write_text("".join(json.dumps({"text": s}) + "\n" for s in real_stories[200:230]))
     index = prepare([train], tmp_path / "ds", gpt2, val_inputs=[held_out], val_fraction=0.5, progress=False, level=3)
-    decoded = {split: [gpt2.decode(t[:-1].tolist()) for t in split_tokens(tmp_path / "ds", split)] for split in ("train", "val")}
+    decoded = {
+        split: [gpt2.decode(t[:-1].tolist()) for t in split_tokens(tmp_path / "ds", split)]
+        for split in ("train", "val")
+    }
     assert decoded == {"train": real_stories[:200], "val": real_stories[200:230]}
     assert index["prepare_config"]["val_fraction"] == 0.0

@@ -38,8 +38,15 @@ def hub():
 
 
 def cli(hub_url: str, *args: str, offline: bool = False, tmp: Path, wait: bool = True):
-    env = {**os.environ, "HF_ENDPOINT": hub_url, "HF_HOME": str(tmp / "hf_home"), "COLUMNS": "400",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_ETAG_TIMEOUT": "5", "HF_TOKEN": "hf_test_token"}  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub_url,
+        "HF_HOME": str(tmp / "hf_home"),
+        "COLUMNS": "400",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_ETAG_TIMEOUT": "5",
+        "HF_TOKEN": "hf_test_token",
+    }
     env.pop("HF_HUB_OFFLINE", None)
     if offline:
         env["HF_HUB_OFFLINE"] = "1"

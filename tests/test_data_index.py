@@ -19,20 +19,28 @@ TINY = Tokenizer.train(["the cat sat on the mat. " * 20, "once upon a time there
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tinystories.cli", "data", *args], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "tinystories.cli", "data", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
     """Two shards per split of random stories, written by the real writer."""
     out = tmp_path_factory.mktemp("ds")
-    writer = DatasetWriter(out, {"n_vocab": TINY.n_vocab, "eot_token": TINY.eot_token,
-                                 "tokenizer_fingerprint": TINY.fingerprint}, shard_tokens=400, block_tokens=150, level=1)
+    writer = DatasetWriter(
+        out,
+        {"n_vocab": TINY.n_vocab, "eot_token": TINY.eot_token, "tokenizer_fingerprint": TINY.fingerprint},
+        shard_tokens=400,
+        block_tokens=150,
+        level=1,
+    )
     rng = np.random.default_rng(0)
     for split, n in (("train", 20), ("val", 12)):
-        stories = [np.append(rng.integers(0, TINY.eot_token, int(rng.integers(20, 120))), TINY.eot_token).astype(np.uint16)
-                   for _ in range(n)]  # fmt: skip
+        stories = [
+            np.append(rng.integers(0, TINY.eot_token, int(rng.integers(20, 120))), TINY.eot_token).astype(np.uint16)
+            for _ in range(n)
+        ]
         writer.add(split, stories, list(range(n)))
     TINY.save(out / "tokenizer.json")
     index = writer.finish()
@@ -58,26 +66,41 @@ def _dup_shard(i):
 # (what is done to index.json, a text every report must hold: the field it names)
 DAMAGE = {
     "shard removed": (lambda i: i["splits"]["train"]["shards"].pop(), "splits.train.tokens"),
-    "shard removed, totals fixed": (lambda i: [i["splits"]["train"]["shards"].pop()] and [
-        i["splits"]["train"].__setitem__(k, sum(s[k] for s in i["splits"]["train"]["shards"]))
-        for k in ("stories", "tokens", "bytes")], "does not list"),
+    "shard removed, totals fixed": (
+        lambda i: (
+            [i["splits"]["train"]["shards"].pop()]
+            and [
+                i["splits"]["train"].__setitem__(k, sum(s[k] for s in i["splits"]["train"]["shards"]))
+                for k in ("stories", "tokens", "bytes")
+            ]
+        ),
+        "does not list",
+    ),
     "shard duplicated": (_dup_shard, "listed twice"),
     "eot changed": (lambda i: i.__setitem__("eot_token", 5), "eot_token: 5, but tokenizer.json"),
     "eot beyond n_vocab": (lambda i: i.__setitem__("eot_token", 70000), "eot_token: 70000 is not below"),
     "dtype changed": (lambda i: i.__setitem__("dtype", "uint32"), "dtype: uint32"),
     "dtype unknown": (lambda i: i.__setitem__("dtype", "float64"), "dtype: 'float64' is not one of"),
     "split removed": (lambda i: i["splits"].pop("val"), "splits: 'val' is a required property"),
-    "shard tokens a string": (lambda i: i["splits"]["train"]["shards"][0].__setitem__("tokens", "12"),
-                              "splits.train.shards[0].tokens: '12' is not of type 'integer'"),
-    "shard entry a list": (lambda i: i["splits"]["val"]["shards"].__setitem__(1, ["val-00001.tok.zst"]),
-                           "splits.val.shards[1]: "),
+    "shard tokens a string": (
+        lambda i: i["splits"]["train"]["shards"][0].__setitem__("tokens", "12"),
+        "splits.train.shards[0].tokens: '12' is not of type 'integer'",
+    ),
+    "shard entry a list": (
+        lambda i: i["splits"]["val"]["shards"].__setitem__(1, ["val-00001.tok.zst"]),
+        "splits.val.shards[1]: ",
+    ),
     "shard without sha256": (lambda i: i["splits"]["val"]["shards"][0].pop("sha256"), "'sha256' is a required"),
     "splits a list": (lambda i: i.__setitem__("splits", []), "splits: [] is not of type 'object'"),
     "n_vocab missing": (lambda i: i.pop("n_vocab"), "'n_vocab' is a required property"),
-    "file escapes": (lambda i: i["splits"]["train"]["shards"][0].__setitem__("file", "../../../etc/hostname"),
-                     "splits.train.shards[0].file: '../../../etc/hostname' does not match"),
-    "absolute file": (lambda i: i["splits"]["val"]["shards"][0].__setitem__("file", "/etc/hostname"),
-                      "splits.val.shards[0].file: '/etc/hostname' does not match"),
+    "file escapes": (
+        lambda i: i["splits"]["train"]["shards"][0].__setitem__("file", "../../../etc/hostname"),
+        "splits.train.shards[0].file: '../../../etc/hostname' does not match",
+    ),
+    "absolute file": (
+        lambda i: i["splits"]["val"]["shards"][0].__setitem__("file", "/etc/hostname"),
+        "splits.val.shards[0].file: '/etc/hostname' does not match",
+    ),
 }
 
 
@@ -144,9 +167,26 @@ def test_prepare_refuses_an_input_without_stories(corpus, tmp_path, content):
 
 def test_cli_prepare_traps_are_one_line(corpus, tmp_path):
     TINY.save(tmp_path / "tok.json")
-    run = cli("prepare", str(corpus), str(corpus), "--tokenizer", str(tmp_path / "tok.json"), "--out",
-              str(tmp_path / "ds"), "--no-progress")  # fmt: skip
+    run = cli(
+        "prepare",
+        str(corpus),
+        str(corpus),
+        "--tokenizer",
+        str(tmp_path / "tok.json"),
+        "--out",
+        str(tmp_path / "ds"),
+        "--no-progress",
+    )
     assert run.returncode == 1 and "given twice" in run.stdout and "Traceback" not in run.stderr
-    run = cli("prepare", str(corpus), "--val-input", str(corpus), "--tokenizer", str(tmp_path / "tok.json"), "--out",
-              str(tmp_path / "ds"), "--no-progress")  # fmt: skip
+    run = cli(
+        "prepare",
+        str(corpus),
+        "--val-input",
+        str(corpus),
+        "--tokenizer",
+        str(tmp_path / "tok.json"),
+        "--out",
+        str(tmp_path / "ds"),
+        "--no-progress",
+    )
     assert run.returncode == 1 and "--val-input" in run.stdout and "Traceback" not in run.stderr

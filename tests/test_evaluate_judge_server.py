@@ -6,18 +6,16 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from tinystories.evaluate import grading, report
-from tinystories.jsonl import read_jsonl
-
-from _evaluate_fixtures import (  # noqa: F401  (tiny_run is a pytest fixture)
+from _evaluate_fixtures import (
     ScriptedStudent,
     chat_requests,
     expected_grades,
     judge_answer,
     make_judge,
-    tiny_run,
 )
+
+from tinystories.evaluate import grading, report
+from tinystories.jsonl import read_jsonl
 
 pytest.importorskip("openai")
 from tinystories.testing.openai_server import Faults, OpenAIServer  # noqa: E402
@@ -74,14 +72,18 @@ def test_a_torn_grade_record_is_cut_and_only_its_item_graded_again(tmp_path):
     assert len([json.loads(line) for line in path.read_text().splitlines()]) == len(first)
 
 
-@pytest.mark.parametrize("mode, status, failure, requests_per_item", [
-    ("fix_on_follow_up", "ok", None, 3),
-    ("malformed", "failed", "missing", 3),
-    ("out_of_range", "failed", "out_of_range", 3),
-    ("refusal", "failed", "refusal", 3),
-])
-def test_unreadable_grades_get_one_follow_up_then_a_recorded_failure(tmp_path, mode, status, failure,
-                                                                     requests_per_item):
+@pytest.mark.parametrize(
+    "mode, status, failure, requests_per_item",
+    [
+        ("fix_on_follow_up", "ok", None, 3),
+        ("malformed", "failed", "missing", 3),
+        ("out_of_range", "failed", "out_of_range", 3),
+        ("refusal", "failed", "refusal", 3),
+    ],
+)
+def test_unreadable_grades_get_one_follow_up_then_a_recorded_failure(
+    tmp_path, mode, status, failure, requests_per_item
+):
     with OpenAIServer(answer=judge_answer(mode)) as server:
         records = run_grade(server, tmp_path, [ScriptedStudent()], samples=1)
         assert chat_requests(server) == requests_per_item * len(records)
@@ -141,9 +143,25 @@ def test_grade_cli_end_to_end_with_a_tiny_random_model(tmp_path, monkeypatch, ti
     beginnings.write_text("\n".join(BEGINNINGS[:2]) + "\n")
     monkeypatch.setenv("JUDGE_KEY", "test")
     with OpenAIServer(answer=judge_answer("ok")) as server:
-        argv = ["eval", "grade", str(tiny_run[1][0]), "--judge-model", "judge-test", "--base-url", server.url,
-                "--api-key-env", "JUDGE_KEY", "--beginnings", str(beginnings), "--samples", "3",
-                "--max-new-tokens", "12", "--out", str(tmp_path / "eval")]
+        argv = [
+            "eval",
+            "grade",
+            str(tiny_run[1][0]),
+            "--judge-model",
+            "judge-test",
+            "--base-url",
+            server.url,
+            "--api-key-env",
+            "JUDGE_KEY",
+            "--beginnings",
+            str(beginnings),
+            "--samples",
+            "3",
+            "--max-new-tokens",
+            "12",
+            "--out",
+            str(tmp_path / "eval"),
+        ]
         assert main(argv) == 0
         assert chat_requests(server) == 2 * 2 * 3
         assert main(argv) == 0  # cached
@@ -164,12 +182,36 @@ def test_grade_cli_all_checkpoints_of_a_run_give_the_step_curves(tmp_path, monke
     monkeypatch.setenv("JUDGE_KEY", "test")
     out = tmp_path / "eval"
     with OpenAIServer(answer=judge_answer("ok")) as server:
-        assert main(["eval", "grade", str(tiny_run[0]), "--all-checkpoints", "--judge-model", "judge-test",
-                     "--base-url", server.url, "--api-key-env", "JUDGE_KEY", "--beginnings", str(beginnings),
-                     "--samples", "2", "--max-new-tokens", "8", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "grade",
+                    str(tiny_run[0]),
+                    "--all-checkpoints",
+                    "--judge-model",
+                    "judge-test",
+                    "--base-url",
+                    server.url,
+                    "--api-key-env",
+                    "JUDGE_KEY",
+                    "--beginnings",
+                    str(beginnings),
+                    "--samples",
+                    "2",
+                    "--max-new-tokens",
+                    "8",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     records = list(read_jsonl(out / "grades.jsonl"))
-    assert sorted({(r["checkpoint"], r["step"]) for r in records}) == [("tiny/step_00000010", 10),
-                                                                       ("tiny/step_00000020", 20)]
+    assert sorted({(r["checkpoint"], r["step"]) for r in records}) == [
+        ("tiny/step_00000010", 10),
+        ("tiny/step_00000020", 20),
+    ]
     assert (out / "grades_vs_step.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -215,8 +257,10 @@ def test_a_budget_stop_keeps_every_answered_turn_and_the_rerun_pays_for_none_twi
         grading.grade([student], judge, BEGINNINGS, settings, tmp_path / "grades.jsonl", progress=False)
         first_run = server.requested_ids()
     assert judge.stats.stopped == "budget" and first_run
-    assert all(b["max_tokens"] == (grading.ASSESSMENT_MAX_TOKENS if len(b["messages"]) == 1
-                                   else grading.GRADES_MAX_TOKENS) for b in bodies)
+    assert all(
+        b["max_tokens"] == (grading.ASSESSMENT_MAX_TOKENS if len(b["messages"]) == 1 else grading.GRADES_MAX_TOKENS)
+        for b in bodies
+    )
     left = [r for r in read_jsonl(tmp_path / "grades.jsonl") if r["status"] == "error"]
     half_done = [r for r in left if r["turns"]]
     assert half_done, "a budget stop mid-way leaves conversations with paid turns"
@@ -230,4 +274,3 @@ def test_a_budget_stop_keeps_every_answered_turn_and_the_rerun_pays_for_none_twi
     for r in done:  # resumed conversations are whole and graded as if never interrupted
         assert r["status"] == "ok" and r["grades"] == expected_grades(r["completion"]).as_dict()
         assert [m["role"] for m in r["conversation"]] == ["user", "assistant", "user", "assistant"]
-

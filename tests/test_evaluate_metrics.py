@@ -45,7 +45,10 @@ def direct_nll(student: ByteStudent, ids: list[int]) -> float:
     return -sum(float(logp[i, t]) for i, t in enumerate(ids[1:]))
 
 
-TEXT = "Tom saw a big dog. The dog was happy and ran to Tom.\n<|endoftext|>\nSue had a red ball. \u2018Look!\u2019 she said."
+TEXT = (
+    "Tom saw a big dog. The dog was happy and ran to Tom.\n<|endoftext|>\n"
+    "Sue had a red ball. \u2018Look!\u2019 she said."
+)
 
 
 @pytest.mark.parametrize("stride", [None, 1, 5, 16])

@@ -11,8 +11,6 @@ import torch
 from tinystories.evaluate import heldout, probes
 from tinystories.evaluate.students import HFStudent, fingerprint_path
 
-from _evaluate_fixtures import tiny_run  # noqa: F401  (a pytest fixture)
-
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory, gpt2_files):
@@ -22,9 +20,16 @@ def hf_dir(tmp_path_factory, gpt2_files):
     tokenizer = transformers.GPT2TokenizerFast(vocab_file=str(vocab), merges_file=str(merges))
     tokenizer.save_pretrained(directory)
     torch.manual_seed(0)
-    config = transformers.GPTNeoConfig(vocab_size=50257, hidden_size=32, num_layers=2, num_heads=2,
-                                       attention_types=[[["global", "local"], 1]], max_position_embeddings=64,
-                                       window_size=16, intermediate_size=64)
+    config = transformers.GPTNeoConfig(
+        vocab_size=50257,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        attention_types=[[["global", "local"], 1]],
+        max_position_embeddings=64,
+        window_size=16,
+        intermediate_size=64,
+    )
     transformers.GPTNeoForCausalLM(config).save_pretrained(directory)
     return directory
 
@@ -46,8 +51,12 @@ def test_hf_student_bits_per_byte_equals_direct_computation(hf_dir):
     student = HFStudent(hf_dir)
     text = "Lily had a red ball.\n<|endoftext|>\nTom had a blue car. He drove it fast."
     result = heldout.text_loss(student, text)
-    ids = [student.eos] + student.tokenizer.encode("Lily had a red ball.\n", add_special_tokens=False) \
-        + [student.eos] + student.tokenizer.encode("\nTom had a blue car. He drove it fast.", add_special_tokens=False)
+    ids = (
+        [student.eos]
+        + student.tokenizer.encode("Lily had a red ball.\n", add_special_tokens=False)
+        + [student.eos]
+        + student.tokenizer.encode("\nTom had a blue car. He drove it fast.", add_special_tokens=False)
+    )
     with torch.no_grad():
         logits = student.model(torch.tensor([ids[:-1]])).logits[0].float()
     nll = float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum"))
@@ -129,8 +138,25 @@ def test_probes_cli_end_to_end_on_a_checkpoint(tiny_run, tmp_path, capsys):
 
     html = tmp_path / "probes.html"
     jsonl = tmp_path / "probes.jsonl"
-    assert main(["eval", "probes", str(tiny_run[1][0]), str(tiny_run[1][1]), "--suites", "factual,context",
-                 "--max-new-tokens", "4", "--html", str(html), "--jsonl", str(jsonl)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "probes",
+                str(tiny_run[1][0]),
+                str(tiny_run[1][1]),
+                "--suites",
+                "factual,context",
+                "--max-new-tokens",
+                "4",
+                "--html",
+                str(html),
+                "--jsonl",
+                str(jsonl),
+            ]
+        )
+        == 0
+    )
     lines = jsonl.read_text().splitlines()
     n_prompts = len(probes.load_suite("factual")) + len(probes.load_suite("context"))
     assert len(lines) == 2 * n_prompts
@@ -147,8 +173,9 @@ def test_loss_cli_on_a_text_file(tiny_run, tmp_path, capsys):
     out = tmp_path / "loss.json"
     assert main(["eval", "loss", str(tiny_run[1][0]), "--text", str(path), "--json", str(out)]) == 0
     [result] = json.loads(out.read_text())
-    assert result["model"] == "tiny/step_00000010" and result["bytes"] == len(path.read_text().replace(
-        "<|endoftext|>", "").encode())
+    assert result["model"] == "tiny/step_00000010" and result["bytes"] == len(
+        path.read_text().replace("<|endoftext|>", "").encode()
+    )
     assert result["bits_per_byte"] == pytest.approx(result["nll_nats"] / math.log(2) / result["bytes"])
     assert "bits per byte" in capsys.readouterr().out
 
@@ -160,8 +187,24 @@ def test_novelty_cli_end_to_end_on_a_checkpoint(tiny_run, tmp_path):
     stories = tmp_path / "train.txt"
     stories.write_text("".join(f"{s}\n<|endoftext|>\n" for s in generate_stories(60, seed=1)))
     out = tmp_path / "novelty.jsonl"
-    assert main(["eval", "novelty", str(tiny_run[1][0]), "--stories", str(stories), "--n", "6",
-                 "--max-new-tokens", "16", "--jsonl", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "novelty",
+                str(tiny_run[1][0]),
+                "--stories",
+                str(stories),
+                "--n",
+                "6",
+                "--max-new-tokens",
+                "16",
+                "--jsonl",
+                str(out),
+            ]
+        )
+        == 0
+    )
     items = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(items) == 6 and len({i["story_index"] for i in items}) == 6
     for item in items:
@@ -171,8 +214,8 @@ def test_novelty_cli_end_to_end_on_a_checkpoint(tiny_run, tmp_path):
 
 def test_split_loss_on_token_shards_matches_the_packed_stream(tiny_run, tmp_path):
     from tinystories.data import prepare, story_in_val
-    from tinystories.story_templates import generate_stories
     from tinystories.evaluate.students import GPTNeoStudent
+    from tinystories.story_templates import generate_stories
 
     student = GPTNeoStudent.from_checkpoint(tiny_run[1][0])
     tok = student.tokenizer
@@ -188,7 +231,7 @@ def test_split_loss_on_token_shards_matches_the_packed_stream(tiny_run, tmp_path
     assert result.tokens == len(stream) - 1  # every token but the first is a target once, the tail included
     nll, targets = 0.0, []
     for start in range(0, len(stream) - 1, T):
-        x, y = torch.tensor([stream[start:start + T]]), torch.tensor(stream[start + 1:start + T + 1])
+        x, y = torch.tensor([stream[start : start + T]]), torch.tensor(stream[start + 1 : start + T + 1])
         with torch.no_grad():
             logits = student.model(x[:, : len(y)]).logits[0]
         nll += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))

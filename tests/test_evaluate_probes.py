@@ -10,36 +10,49 @@ import pytest
 from tinystories.evaluate import probes
 from tinystories.evaluate.probes import Probe, ProbeResult, score_completion
 
-BED = Probe("factual", "t-bed", "Alice was so tired when she got back home so she went straight to",
-            ("bed",), ("sleep", "room", "bedroom"))
-CAT = Probe("reasoning", "t-cat", "Lily wanted a cat or a dog. She could not get a dog, so she got a",
-            ("cat", "kitten"), ("pet",))
+BED = Probe(
+    "factual",
+    "t-bed",
+    "Alice was so tired when she got back home so she went straight to",
+    ("bed",),
+    ("sleep", "room", "bedroom"),
+)
+CAT = Probe(
+    "reasoning",
+    "t-cat",
+    "Lily wanted a cat or a dog. She could not get a dog, so she got a",
+    ("cat", "kitten"),
+    ("pet",),
+)
 NAME = Probe("context", "t-name", "Sara had a doll. Ben wanted the doll, so he asked", ("sara",), ("her",))
 DOOR = Probe("reasoning", "t-door", "The door was locked, so he could not", ("get in", "open"), ())
 
 
-@pytest.mark.parametrize("probe, completion, verdict", [
-    (BED, " bed and fell asleep.", "correct"),
-    (BED, " her bed.", "correct"),              # leading filler words are skipped
-    (BED, " Bed!", "correct"),
-    (BED, "\nbed", "correct"),
-    (BED, " sleep in her cozy bed.", "partial"),  # a partial answer first, the right one later
-    (BED, " the kitchen to eat. Then bed.", "wrong"),  # only the first sentence counts
-    (BED, " the park with her mom and dad to play.", "wrong"),
-    (BED, "", "wrong"),
-    (CAT, " cat. She loved it.", "correct"),
-    (CAT, " big fluffy kitten.", "correct"),
-    (CAT, " new pet.", "partial"),
-    (CAT, " dog and a big black cat.", "partial"),
-    (CAT, " dog.", "wrong"),
-    (CAT, " category of toys.", "wrong"),       # whole words only
-    (NAME, " Sara if he could play.", "correct"),
-    (NAME, " her if he could play.", "partial"),  # a partial answer that is itself a filler word
-    (NAME, " his mom.", "wrong"),
-    (DOOR, " get in.", "correct"),             # multi-word answers
-    (DOOR, " get out.", "wrong"),
-    (DOOR, " open it.", "correct"),
-])
+@pytest.mark.parametrize(
+    "probe, completion, verdict",
+    [
+        (BED, " bed and fell asleep.", "correct"),
+        (BED, " her bed.", "correct"),  # leading filler words are skipped
+        (BED, " Bed!", "correct"),
+        (BED, "\nbed", "correct"),
+        (BED, " sleep in her cozy bed.", "partial"),  # a partial answer first, the right one later
+        (BED, " the kitchen to eat. Then bed.", "wrong"),  # only the first sentence counts
+        (BED, " the park with her mom and dad to play.", "wrong"),
+        (BED, "", "wrong"),
+        (CAT, " cat. She loved it.", "correct"),
+        (CAT, " big fluffy kitten.", "correct"),
+        (CAT, " new pet.", "partial"),
+        (CAT, " dog and a big black cat.", "partial"),
+        (CAT, " dog.", "wrong"),
+        (CAT, " category of toys.", "wrong"),  # whole words only
+        (NAME, " Sara if he could play.", "correct"),
+        (NAME, " her if he could play.", "partial"),  # a partial answer that is itself a filler word
+        (NAME, " his mom.", "wrong"),
+        (DOOR, " get in.", "correct"),  # multi-word answers
+        (DOOR, " get out.", "wrong"),
+        (DOOR, " open it.", "correct"),
+    ],
+)
 def test_rule_scoring_on_hand_made_completions(probe, completion, verdict):
     assert score_completion(probe, completion).verdict == verdict
 
@@ -130,8 +143,9 @@ def test_judge_pass_settles_only_clear_answers():
 
     from tinystories.evaluate.judge import ChatReply
 
-    results = probes.run_probes(ScriptedStudent("m", {BED.prompt: " sleep.", CAT.prompt: " pet.",
-                                                      NAME.prompt: " Sara."}), [BED, CAT, NAME])
+    results = probes.run_probes(
+        ScriptedStudent("m", {BED.prompt: " sleep.", CAT.prompt: " pet.", NAME.prompt: " Sara."}), [BED, CAT, NAME]
+    )
     asked = []
 
     async def chat(messages, request_id):

@@ -14,27 +14,32 @@ import sys
 
 import pytest
 import torch
-
 from _train_fixtures import TINY, final_state, sigkill_when
 from kernel_checks import assert_same_gradients, plain_reference
+
 from tinystories.model import GPTNeo, GPTNeoConfig
 from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
 from tinystories.train import ConfigError, load_config
 from tinystories.train.device import choose_execution, resolve_execution, torch_builds_for
 
 
-def fake_gpu(monkeypatch, capability: tuple[int, int], arch_list: list[str] | None = None,
-             triton: tuple[bool, str] = (True, "")) -> torch.device:
+def fake_gpu(
+    monkeypatch, capability: tuple[int, int], arch_list: list[str] | None = None, triton: tuple[bool, str] = (True, "")
+) -> torch.device:
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"Fake GPU sm_{capability[0]}{capability[1]}")
+    monkeypatch.setattr(
+        torch.cuda, "get_device_name", lambda device=None: f"Fake GPU sm_{capability[0]}{capability[1]}"
+    )
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: arch_list or ["sm_70", "sm_75", "sm_80", "sm_90"])
     monkeypatch.setattr(torch.version, "cuda", "12.8")  # a CUDA build (the check skips ROCm arch names)
     monkeypatch.setattr("tinystories.kernels.kernels_available", lambda: triton)
     return torch.device("cuda", 0)
 
 
-@pytest.mark.parametrize("capability, dtype, impl", [((7, 0), "fp16", "hybrid"), ((7, 5), "fp16", "hybrid"),
-                                                     ((8, 0), "bf16", "fused"), ((9, 0), "bf16", "fused")])
+@pytest.mark.parametrize(
+    "capability, dtype, impl",
+    [((7, 0), "fp16", "hybrid"), ((7, 5), "fp16", "hybrid"), ((8, 0), "bf16", "fused"), ((9, 0), "bf16", "fused")],
+)
 def test_auto_picks_the_path_for_each_gpu_generation(monkeypatch, capability, dtype, impl):
     path = resolve_execution(fake_gpu(monkeypatch, capability))
     assert (path.dtype, path.impl, path.compile) == (dtype, impl, True)
@@ -45,10 +50,16 @@ def test_auto_picks_the_path_for_each_gpu_generation(monkeypatch, capability, dt
 
 
 def test_cpu_and_mps_take_the_plain_eager_path():
-    assert choose_execution("cpu", None, dtype="auto", impl="auto", compile=None, triton=(True, ""))[:3] == \
-        ("fp32", "torch", False)
-    assert choose_execution("mps", None, dtype="auto", impl="auto", compile=None, triton=(False, "no"))[:3] == \
-        ("fp32", "torch", False)
+    assert choose_execution("cpu", None, dtype="auto", impl="auto", compile=None, triton=(True, ""))[:3] == (
+        "fp32",
+        "torch",
+        False,
+    )
+    assert choose_execution("mps", None, dtype="auto", impl="auto", compile=None, triton=(False, "no"))[:3] == (
+        "fp32",
+        "torch",
+        False,
+    )
     path = resolve_execution(torch.device("cpu"))
     assert (path.dtype, path.impl, path.compile, path.device) == ("fp32", "torch", False, "cpu")
 
@@ -97,12 +108,26 @@ def test_config_accepts_auto_and_the_new_choices():
 
 def test_an_impossible_explicit_choice_stops_the_trainer_before_it_starts(dataset, tmp_path):  # noqa: F811
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # CPU without the interpreter
-    result = subprocess.run([sys.executable, "-m", "tinystories.train", f"--data={dataset}", *TINY, "--impl=fused",
-                             f"--out_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tinystories.train",
+            f"--data={dataset}",
+            *TINY,
+            "--impl=fused",
+            f"--out_dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "tinystories-train: error: impl=fused needs the Triton kernels, which cannot run here: no CUDA device "
-        "(set TRITON_INTERPRET=1 to run the kernels on CPU in Triton's interpreter); use --impl=torch (or auto)"]
+        "(set TRITON_INTERPRET=1 to run the kernels on CPU in Triton's interpreter); use --impl=torch (or auto)"
+    ]
     assert not (tmp_path / "run").exists()
 
 
@@ -114,11 +139,18 @@ def test_hybrid_runs_only_the_kernels_without_tl_dot_and_computes_the_same_funct
     if not ok:
         pytest.skip(reason)
     calls: dict[str, int] = {}
-    for name in ("attention", "fused_mlp", "layer_norm", "linear_cross_entropy"):
-        def spy(*args, _real=getattr(kernels, name), _name=name, **kwargs):
-            calls[_name] = calls.get(_name, 0) + 1
-            return _real(*args, **kwargs)
+
+    def spy_on(name: str) -> None:
+        real = getattr(kernels, name)
+
+        def spy(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return real(*args, **kwargs)
+
         monkeypatch.setattr(kernels, name, spy)
+
+    for name in ("attention", "fused_mlp", "layer_norm", "linear_cross_entropy"):
+        spy_on(name)
     model, x, y, plain, plain_grads = plain_reference()
     model.impl = "hybrid"
     with caplog.at_level(logging.WARNING, logger="tinystories.model"):
@@ -137,56 +169,94 @@ def test_fp16_overflow_steps_are_skipped_and_counted():
 
     c = load_config(None, {"grad_accum": "1"})
     torch.manual_seed(0)
-    model = GPTNeo(GPTNeoConfig(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2,
-                                max_position_embeddings=16, window_size=8))
+    model = GPTNeo(
+        GPTNeoConfig(
+            vocab_size=64, hidden_size=16, num_layers=1, num_heads=2, max_position_embeddings=16, window_size=8
+        )
+    )
     optimizer = make_optimizer(model, c, torch.device("cpu"))
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 30)  # far above fp16's range: the gradients overflow
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**30)  # far above fp16's range: the gradients overflow
     x = torch.randint(0, 64, (2, 8))
-    step = functools.partial(train_step, model, model, optimizer, scaler, lambda: (x, x), c=c, lr=1e-3,
-                             autocast=autocast_context(torch.device("cpu"), "fp16"), dist=Dist())
+    step = functools.partial(
+        train_step,
+        model,
+        model,
+        optimizer,
+        scaler,
+        lambda: (x, x),
+        c=c,
+        lr=1e-3,
+        autocast=autocast_context(torch.device("cpu"), "fp16"),
+        dist=Dist(),
+    )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     first = step()
     assert first.overflow and not first.applied and first.loss == first.loss  # finite loss, inf gradients
-    assert scaler.get_scale() == 2.0 ** 29
+    assert scaler.get_scale() == 2.0**29
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]), f"{name} changed on an overflow step"
     results = [step()]
     while results[-1].overflow and len(results) < 30:
         results.append(step())
     assert results[-1].applied and len(results) > 1  # the scale came down into range, then steps apply
-    assert scaler.get_scale() < 2.0 ** 29 and any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert scaler.get_scale() < 2.0**29 and any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
-FP16_TRAIN = ("import functools, sys, torch; "
-              # A huge initial scale and a short growth interval: overflows, backoffs and growths all happen.
-              "torch.amp.GradScaler.__init__ = functools.partialmethod(torch.amp.GradScaler.__init__, "
-              "init_scale=2.0 ** 30, growth_interval=3); "
-              "from tinystories.train.cli import main; sys.exit(main(sys.argv[1:]))")
+FP16_TRAIN = (
+    "import functools, sys, torch; "
+    # A huge initial scale and a short growth interval: overflows, backoffs and growths all happen.
+    "torch.amp.GradScaler.__init__ = functools.partialmethod(torch.amp.GradScaler.__init__, "
+    "init_scale=2.0 ** 30, growth_interval=3); "
+    "from tinystories.train.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 def test_fp16_scaler_state_survives_sigkill_and_resume_bit_exactly(dataset, tmp_path):  # noqa: F811
-    common = [f"--data={dataset}", *TINY, "--dtype=fp16", "--max_steps=10", "--ckpt_every=3", "--eval_every=100",
-              "--log_every=1", "--keep_last=2"]
+    common = [
+        f"--data={dataset}",
+        *TINY,
+        "--dtype=fp16",
+        "--max_steps=10",
+        "--ckpt_every=3",
+        "--eval_every=100",
+        "--log_every=1",
+        "--keep_last=2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    straight = subprocess.run([sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'straight'}"],
-                              capture_output=True, text=True, env=env, timeout=600)
+    straight = subprocess.run(
+        [sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'straight'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert straight.returncode == 0, straight.stderr[-3000:]
     assert "execution path: fp16, impl=torch, compile=off on cpu (dtype=fp16 as given" in straight.stdout
 
-    proc = subprocess.Popen([sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'killed'}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'killed'}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     sigkill_when(proc, "step 5/")
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert read_checkpoint(list_checkpoints(tmp_path / "killed")[-1])["step"] < 10
-    resumed = subprocess.run([sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'killed'}",
-                              "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'killed'}", "--resume"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     ca = read_checkpoint(list_checkpoints(tmp_path / "straight")[-1])
     cb = read_checkpoint(list_checkpoints(tmp_path / "killed")[-1])
     assert ca["scaler"] == cb["scaler"] and ca["counters"] == cb["counters"]
     assert ca["counters"]["overflow_steps"] >= 1 and ca["counters"]["skipped_steps"] == 0
-    assert ca["scaler"]["scale"] < 2.0 ** 30
+    assert ca["scaler"]["scale"] < 2.0**30
     a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "killed")
     for name in a:
         assert torch.equal(a[name], b[name]), f"{name} differs after resume"
@@ -211,8 +281,11 @@ class FakeClock:
         return "fake-time"
 
 
-def test_tokens_per_s_after_an_eval_or_checkpoint_counts_only_training_time(dataset, tmp_path,  # noqa: F811
-                                                                         monkeypatch):
+def test_tokens_per_s_after_an_eval_or_checkpoint_counts_only_training_time(
+    dataset,
+    tmp_path,  # noqa: F811
+    monkeypatch,
+):
     from tinystories.train import loop
 
     clock = FakeClock()
@@ -223,15 +296,26 @@ def test_tokens_per_s_after_an_eval_or_checkpoint_counts_only_training_time(data
             out = fn(*args, **kwargs)
             clock.now += seconds
             return out
+
         return run
 
     monkeypatch.setattr(loop, "train_step", timed(loop.train_step, 1.0))  # each step: exactly 1 s
     monkeypatch.setattr(loop, "evaluate", timed(loop.evaluate, 50.0))
     monkeypatch.setattr(loop, "save_checkpoint", timed(loop.save_checkpoint, 30.0))
     # eval_every and ckpt_every are not multiples of log_every: the case that read 2-4x too fast
-    config = load_config(None, dict(a.lstrip("-").split("=", 1) for a in TINY) | {
-        "data": str(dataset), "max_steps": "12", "log_every": "4", "eval_every": "3", "ckpt_every": "5",
-        "sample_tokens": "0", "out_dir": str(tmp_path / "run")})
+    config = load_config(
+        None,
+        dict(a.lstrip("-").split("=", 1) for a in TINY)
+        | {
+            "data": str(dataset),
+            "max_steps": "12",
+            "log_every": "4",
+            "eval_every": "3",
+            "ckpt_every": "5",
+            "sample_tokens": "0",
+            "out_dir": str(tmp_path / "run"),
+        },
+    )
     run = loop.train(config)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
@@ -252,8 +336,11 @@ def test_fine_tuning_from_hf_takes_the_papers_defaults_and_min_lr_follows_lr(tmp
     assert load_config(None, {}).seq_len == 128  # the demo preset's own defaults are unchanged
 
 
-def test_eval_loss_windows_default_to_the_trained_length_and_sample_uses_the_resolution(dataset, tmp_path,  # noqa: F811
-                                                                                 capsys):
+def test_eval_loss_windows_default_to_the_trained_length_and_sample_uses_the_resolution(
+    dataset,
+    tmp_path,  # noqa: F811
+    capsys,
+):
     from tinystories.cli import main
     from tinystories.data import load_dataset_tokenizer
     from tinystories.evaluate import heldout
@@ -261,11 +348,25 @@ def test_eval_loss_windows_default_to_the_trained_length_and_sample_uses_the_res
     from tinystories.model.checkpoint import save_checkpoint
 
     tokenizer = load_dataset_tokenizer(dataset)
-    model = GPTNeo(GPTNeoConfig(vocab_size=tokenizer.n_vocab, hidden_size=32, num_layers=2, num_heads=2,
-                                max_position_embeddings=64, window_size=16))
-    ckpt = save_checkpoint({"model": model.state_dict(), "model_config": model.config.to_dict(),
-                            "tokenizer_json": tokenizer.to_json(), "train_config": {"seq_len": 32}},
-                           tmp_path / "run" / "checkpoints" / "step_00000001.pt")
+    model = GPTNeo(
+        GPTNeoConfig(
+            vocab_size=tokenizer.n_vocab,
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            max_position_embeddings=64,
+            window_size=16,
+        )
+    )
+    ckpt = save_checkpoint(
+        {
+            "model": model.state_dict(),
+            "model_config": model.config.to_dict(),
+            "tokenizer_json": tokenizer.to_json(),
+            "train_config": {"seq_len": 32},
+        },
+        tmp_path / "run" / "checkpoints" / "step_00000001.pt",
+    )
     student = GPTNeoStudent.from_checkpoint(ckpt)
     widths = []
     real = student.window_logits
@@ -281,12 +382,15 @@ def test_eval_loss_windows_default_to_the_trained_length_and_sample_uses_the_res
     assert max(widths) == 32
 
     (tmp_path / "held_out.txt").write_text(text)
-    assert main(["eval", "loss", str(ckpt), "--text", str(tmp_path / "held_out.txt"), "--seq-len", "16",
-                 "--dtype", "bf16"]) == 0
+    assert (
+        main(
+            ["eval", "loss", str(ckpt), "--text", str(tmp_path / "held_out.txt"), "--seq-len", "16", "--dtype", "bf16"]
+        )
+        == 0
+    )
     assert "held-out loss" in capsys.readouterr().out
     assert main(["eval", "loss", str(ckpt), "--data", str(dataset), "--seq-len", "65"]) == 2
     assert "seq_len=65 must be between 1 and" in capsys.readouterr().err
-
 
     # `tinystories sample` takes the same resolution and says so on stderr (stories go to stdout).
     assert main(["sample", "--checkpoint", str(ckpt), "--dtype", "bf16", "--greedy", "--max-tokens", "5"]) == 0
@@ -302,19 +406,36 @@ def test_hybrid_compiles_as_one_graph_from_the_first_call():
     if not ok:
         pytest.skip(reason)
     torch.manual_seed(0)
-    model = GPTNeo(GPTNeoConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=2,
-                                max_position_embeddings=32, window_size=8), impl="hybrid")
+    model = GPTNeo(
+        GPTNeoConfig(
+            vocab_size=100, hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=32, window_size=8
+        ),
+        impl="hybrid",
+    )
     x, y = torch.randint(0, 100, (2, 24)), torch.randint(0, 100, (2, 24))
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x, y, return_logits=False).loss, model(x, y, return_logits=False).loss)
 
 
-@pytest.mark.skipif(torch.backends.mps.is_available() or torch.cuda.is_available(), reason="needs a machine without them")
+@pytest.mark.skipif(
+    torch.backends.mps.is_available() or torch.cuda.is_available(), reason="needs a machine without them"
+)
 def test_a_device_this_machine_lacks_is_one_line(dataset, tmp_path):
     for device in ("mps", "cuda:0"):
-        result = subprocess.run([sys.executable, "-m", "tinystories.train", f"--data={dataset}", *TINY,
-                                 f"--device={device}", f"--out_dir={tmp_path / device}"],
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tinystories.train",
+                f"--data={dataset}",
+                *TINY,
+                f"--device={device}",
+                f"--out_dir={tmp_path / device}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         assert f"device='{device}' but" in result.stderr and "not available" in result.stderr, result.stderr
         assert not (tmp_path / device).exists()

@@ -5,16 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinystories.model.hf import export_hf, load_hf_model
 from tinystories.model import GPTNeo, GPTNeoConfig
+from tinystories.model.hf import export_hf, load_hf_model
 
 transformers = pytest.importorskip("transformers")
 
 
 def test_export_loads_in_transformers_with_equal_logits(tmp_path):
     torch.manual_seed(0)
-    model = GPTNeo(GPTNeoConfig(vocab_size=500, hidden_size=64, num_layers=3, num_heads=16,
-                                max_position_embeddings=128, window_size=32)).eval()
+    model = GPTNeo(
+        GPTNeoConfig(
+            vocab_size=500, hidden_size=64, num_layers=3, num_heads=16, max_position_embeddings=128, window_size=32
+        )
+    ).eval()
     out = export_hf(model, tmp_path / "hf")
     assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors"}
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
@@ -31,9 +34,15 @@ def test_export_loads_in_transformers_with_equal_logits(tmp_path):
 
 
 def test_import_of_a_transformers_saved_model(tmp_path):
-    hf_config = transformers.GPTNeoConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=4,
-                                          max_position_embeddings=64, window_size=8,
-                                          attention_types=[[["global", "local"], 1]])
+    hf_config = transformers.GPTNeoConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        max_position_embeddings=64,
+        window_size=8,
+        attention_types=[[["global", "local"], 1]],
+    )
     torch.manual_seed(3)
     hf = transformers.GPTNeoForCausalLM(hf_config).eval()
     hf.save_pretrained(tmp_path / "saved")

@@ -16,9 +16,21 @@ from tinystories.sweep.grid import prepare_data, read_status
 pytestmark = pytest.mark.slow
 
 # Tiny shapes, 12 steps of 16 x 64 tokens, the trainer's offline demo corpus kept small.
-TRAIN = {"batch_size": "16", "seq_len": "64", "eval_every": "6", "eval_batches": "2", "ckpt_every": "6",
-         "log_every": "3", "sample_tokens": "8", "demo_stories": "300", "warmup_steps": "2", "num_heads": "2",
-         "device": "cpu", "tensorboard": "false", "loader_threads": "1"}
+TRAIN = {
+    "batch_size": "16",
+    "seq_len": "64",
+    "eval_every": "6",
+    "eval_batches": "2",
+    "ckpt_every": "6",
+    "log_every": "3",
+    "sample_tokens": "8",
+    "demo_stories": "300",
+    "warmup_steps": "2",
+    "num_heads": "2",
+    "device": "cpu",
+    "tensorboard": "false",
+    "loader_threads": "1",
+}
 TOKENS = 12 * 16 * 64
 
 
@@ -69,8 +81,15 @@ def test_one_run_per_gpu_slot_and_an_interrupted_run_resumes_from_its_checkpoint
     config, _ = sweep
     # Two slots as with --gpus 0,1: each subprocess gets its own CUDA_VISIBLE_DEVICES (the CPU trainer
     # ignores it), and both runs go at once.
-    two = SweepConfig(**{**config.to_dict(), "out_dir": str(Path(config.out_dir) / "resume"), "hidden": [16],
-                         "data": str(prepare_data(config)), "gpus": [0, 1]})  # the shards already prepared
+    two = SweepConfig(
+        **{
+            **config.to_dict(),
+            "out_dir": str(Path(config.out_dir) / "resume"),
+            "hidden": [16],
+            "data": str(prepare_data(config)),
+            "gpus": [0, 1],
+        }
+    )  # the shards already prepared
     rows = run_sweep(two, poll_s=0.1)
     assert [r["status"] for r in rows] == ["done", "done"]
     assert sorted(read_status(Path(two.out_dir) / r.name)["gpu"] for r in two.runs()) == ["0", "1"]
@@ -92,28 +111,42 @@ def test_analyze_writes_table_frontier_and_plot(sweep):
         assert (out / name).is_file(), name
     assert (out / "results.csv").read_text().count("\n") == 5
     frontier = report["frontier"]
-    assert frontier and all(a["compute"] < b["compute"] and a["loss"] > b["loss"]
-                            for a, b in zip(frontier, frontier[1:]))
+    assert frontier and all(
+        a["compute"] < b["compute"] and a["loss"] > b["loss"] for a, b in zip(frontier, frontier[1:])
+    )
 
 
 def test_inspect_neurons_and_heads_on_a_sweep_checkpoint(sweep, tmp_path):
     config, _ = sweep
     run = Path(config.out_dir) / "h32-l2-t12288"
     stories = tmp_path / "stories.txt"
-    stories.write_text("\n<|endoftext|>\n".join([
-        "Once upon a time, there was a little girl named Lily. She liked to play with her red ball.",
-        "Tom had a big dog. The dog was happy. Tom and the dog ran to the park and played all day.",
-        "One day, a cat saw a bird in the tree. The cat wanted to be friends with the bird.",
-    ]) + "\n<|endoftext|>\n", encoding="utf-8")
+    stories.write_text(
+        "\n<|endoftext|>\n".join(
+            [
+                "Once upon a time, there was a little girl named Lily. She liked to play with her red ball.",
+                "Tom had a big dog. The dog was happy. Tom and the dog ran to the park and played all day.",
+                "One day, a cat saw a bird in the tree. The cat wanted to be friends with the bird.",
+            ]
+        )
+        + "\n<|endoftext|>\n",
+        encoding="utf-8",
+    )
     data = str(prepare_data(config))  # the sweep's dataset: heads read its validation split
     for action, source, extra, files in (
         ("neurons", ["--stories", str(stories)], ["--top-k", "3", "--show", "5"], ["neurons-layer0.html"]),
-        ("heads", ["--data", data, "--num-stories", "5"], ["--heatmap-heads", "1.0,1.1"],
-         ["heads.html", "heatmap-L1H0.png", "heatmap-L1H1.png"]),
+        (
+            "heads",
+            ["--data", data, "--num-stories", "5"],
+            ["--heatmap-heads", "1.0,1.1"],
+            ["heads.html", "heatmap-L1H0.png", "heatmap-L1H1.png"],
+        ),
     ):
         out = tmp_path / action
-        proc = subprocess.run([sys.executable, "-m", "tinystories.cli", "inspect", action, str(run), *source,
-                               "--out", str(out), *extra], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tinystories.cli", "inspect", action, str(run), *source, "--out", str(out), *extra],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         for name in files:
             assert (out / name).is_file(), (name, proc.stdout)
@@ -121,15 +154,32 @@ def test_inspect_neurons_and_heads_on_a_sweep_checkpoint(sweep, tmp_path):
     assert page.count("<h2") == 5 and "rgba(255,0,0," in page
     heads_page = (tmp_path / "heads" / "heads.html").read_text()
     assert "data:image/png;base64," in heads_page and "5 from " in heads_page
-    bad = subprocess.run([sys.executable, "-m", "tinystories.cli", "inspect", "neurons", str(run), "--stories",
-                          str(stories), "--neurons", "999"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tinystories.cli",
+            "inspect",
+            "neurons",
+            str(run),
+            "--stories",
+            str(stories),
+            "--neurons",
+            "999",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "out of range" in bad.stdout
 
 
 def test_grade_runs_the_evaluation_probes_over_every_finished_run(sweep):
     config, _ = sweep
-    proc = subprocess.run([sys.executable, "-m", "tinystories.cli", "sweep", "grade", config.out_dir, "--skip-grade"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinystories.cli", "sweep", "grade", config.out_dir, "--skip-grade"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     verdicts = [json.loads(line) for line in (Path(config.out_dir) / "eval" / "probes.jsonl").read_text().splitlines()]
     assert {Path(str(v.get("model", ""))).parent.name for v in verdicts} >= {r.name for r in config.runs()}

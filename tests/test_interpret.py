@@ -151,8 +151,11 @@ def _planted_model(token: int, neuron: int):
     from tinystories.model import GPTNeo, GPTNeoConfig
 
     torch.manual_seed(0)
-    model = GPTNeo(GPTNeoConfig(vocab_size=64, hidden_size=16, num_layers=3, num_heads=2,
-                                max_position_embeddings=64, window_size=8)).eval()
+    model = GPTNeo(
+        GPTNeoConfig(
+            vocab_size=64, hidden_size=16, num_layers=3, num_heads=2, max_position_embeddings=64, window_size=8
+        )
+    ).eval()
     with torch.no_grad():
         model.wpe.weight.zero_()
         model.wte.weight[:, 0] = 0.0
@@ -204,5 +207,5 @@ def test_attention_from_the_model_is_causal_and_feeds_the_head_statistics():
     # layer 1 is "local" with window 8: nothing beyond 8 tokens back
     assert float(maps[1].tril(-8).abs().max()) == 0.0
     heads = analyse_heads(model, [story, story[:20]], window=4)
-    assert [(h.layer, h.head) for h in heads] == [(l, h) for l in range(3) for h in range(2)]
+    assert [(h.layer, h.head) for h in heads] == [(layer, h) for layer in range(3) for h in range(2)]
     assert all(h.queries == (38 - 5) + (20 - 5) for h in heads)

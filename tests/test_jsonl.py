@@ -34,7 +34,7 @@ def test_reader_skips_a_torn_last_line_and_rejects_any_other_bad_line(tmp_path):
     path.write_bytes(b'{"id": "a"}\nnot json\n{"id": "b"}\n')
     with pytest.raises(ValueError, match=r"log\.jsonl:2: not a JSON record"):
         list(read_jsonl(path))
-    path.write_bytes(b'[1, 2]\n')
+    path.write_bytes(b"[1, 2]\n")
     with pytest.raises(ValueError, match=r"log\.jsonl:1: not a JSON object"):
         list(read_jsonl(path))
     assert list(read_jsonl(tmp_path / "missing.jsonl")) == []
@@ -100,8 +100,11 @@ def test_the_test_servers_request_log_follows_the_same_rule(tmp_path):
     log.write_bytes(TORN)
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Summarize"}]}).encode()
     with OpenAIServer(log_path=log) as server:
-        request = urllib.request.Request(f"{server.url}/chat/completions", data=body, headers={
-            "Content-Type": "application/json", "X-Client-Request-Id": "q1"})
+        request = urllib.request.Request(
+            f"{server.url}/chat/completions",
+            data=body,
+            headers={"Content-Type": "application/json", "X-Client-Request-Id": "q1"},
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
     assert [(r["request_id"], r["outcome"]) for r in lines_of(log)] == [("q1", "ok")]

@@ -56,7 +56,9 @@ def test_tiles_inside_the_window_skip_the_mask(window):
     )
     out = attention(*inputs, window=window)
     assert_close_to_gold("out", out, ref, gold)
-    for name, g, rg, gg in zip(("dq", "dk", "dv"), torch.autograd.grad(out, inputs, grad_out.float()), ref_grads, gold_grads):
+    for name, g, rg, gg in zip(
+        ("dq", "dk", "dv"), torch.autograd.grad(out, inputs, grad_out.float()), ref_grads, gold_grads
+    ):
         assert_close_to_gold(name, g, rg, gg)
 
 
@@ -165,5 +167,7 @@ def test_gpu_sized_shapes(head_dim, window, dtype):
     )
     out = attention(*inputs, window=window)
     assert_close_to_gold("out", out, ref, gold)
-    for name, g, rg, gg in zip(("dq", "dk", "dv"), torch.autograd.grad(out, inputs, grad_out.to(dtype)), ref_grads, gold_grads):
+    for name, g, rg, gg in zip(
+        ("dq", "dk", "dv"), torch.autograd.grad(out, inputs, grad_out.to(dtype)), ref_grads, gold_grads
+    ):
         assert_close_to_gold(name, g, rg, gg)

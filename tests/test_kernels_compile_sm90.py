@@ -25,6 +25,8 @@ def _has_nvidia_backend() -> bool:
 def test_every_kernel_compiles_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter replaces @jit
     script = Path(__file__).with_name("sm90_compile.py")
-    proc = subprocess.run([sys.executable, str(script), "--quick"], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert "all kernels compile for sm_90" in proc.stdout

@@ -50,7 +50,9 @@ def test_without_bias_and_with_unused_sum():
     ry, _ = reference.layer_norm(x, weight, None, 1e-5, res)
     torch.testing.assert_close(y, ry, rtol=1e-5, atol=1e-5)
     grad_out = torch.randn_like(y)
-    for g, rg in zip(torch.autograd.grad(y, (x, weight, res), grad_out), torch.autograd.grad(ry, (x, weight, res), grad_out)):
+    for g, rg in zip(
+        torch.autograd.grad(y, (x, weight, res), grad_out), torch.autograd.grad(ry, (x, weight, res), grad_out)
+    ):
         torch.testing.assert_close(g, rg, rtol=1e-4, atol=1e-5)
 
 
@@ -120,5 +122,10 @@ def test_gpu_sized_shapes(n, c):
     (gold, gold_grads), (ref, ref_grads), grad_out = gold_and_lowp(lambda *a: run(reference.layer_norm, *a), inputs)
     out = run(layer_norm, *inputs)
     assert_close_to_gold("out", out, ref, gold)
-    for name, g, rg, gg in zip(("dx", "dweight", "dbias", "dresidual"), torch.autograd.grad(out, inputs, grad_out.to(out.dtype)), ref_grads, gold_grads):
+    for name, g, rg, gg in zip(
+        ("dx", "dweight", "dbias", "dresidual"),
+        torch.autograd.grad(out, inputs, grad_out.to(out.dtype)),
+        ref_grads,
+        gold_grads,
+    ):
         assert_close_to_gold(name, g, rg, gg)

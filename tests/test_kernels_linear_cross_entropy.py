@@ -40,7 +40,9 @@ def test_loss_and_gradients_match_reference(dtype, reduction, small_chunks):
     def run(fn, hidden, weight, *bias):
         return fn(hidden, weight, targets, bias=bias[0] if bias else None, reduction=reduction)
 
-    (gold, gold_grads), (ref, ref_grads), grad_out = gold_and_lowp(lambda *a: run(reference.linear_cross_entropy, *a), inputs)
+    (gold, gold_grads), (ref, ref_grads), grad_out = gold_and_lowp(
+        lambda *a: run(reference.linear_cross_entropy, *a), inputs
+    )
     loss = run(linear_cross_entropy, *inputs)
     assert loss.dtype == torch.float32 and loss.shape == ()
     grads = torch.autograd.grad(loss, inputs, grad_out.float())
@@ -56,7 +58,9 @@ def test_vocab_already_aligned_uses_the_weight_unpadded(small_chunks):
     loss = linear_cross_entropy(hidden, weight, targets, bias=bias)
     expected = reference.linear_cross_entropy(hidden, weight, targets, bias=bias)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
-    for g, e in zip(torch.autograd.grad(loss, (hidden, weight, bias)), torch.autograd.grad(expected, (hidden, weight, bias))):
+    for g, e in zip(
+        torch.autograd.grad(loss, (hidden, weight, bias)), torch.autograd.grad(expected, (hidden, weight, bias))
+    ):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
 
 
@@ -137,5 +141,7 @@ def test_gpu_sized_shapes_gpt2_vocab(chunked, monkeypatch):
     )
     loss = linear_cross_entropy(hidden, weight, targets)
     assert_close_to_gold("loss", loss, ref, gold)
-    for name, g, rg, gg in zip(("dhidden", "dweight"), torch.autograd.grad(loss, (hidden, weight), grad_out.float()), ref_grads, gold_grads):
+    for name, g, rg, gg in zip(
+        ("dhidden", "dweight"), torch.autograd.grad(loss, (hidden, weight), grad_out.float()), ref_grads, gold_grads
+    ):
         assert_close_to_gold(name, g, rg, gg)

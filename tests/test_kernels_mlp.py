@@ -33,7 +33,9 @@ def test_forward_and_gradients_match_reference(dtype):
     grads = torch.autograd.grad(out, inputs, grad_out.to(dtype))
     assert out.dtype == dtype and out.shape == (2, 13, 24)
     assert_close_to_gold("out", out, ref, gold)
-    for name, g, rg, gg in zip(("dx", "dfc_weight", "dfc_bias", "dproj_weight", "dproj_bias"), grads, ref_grads, gold_grads):
+    for name, g, rg, gg in zip(
+        ("dx", "dfc_weight", "dfc_bias", "dproj_weight", "dproj_bias"), grads, ref_grads, gold_grads
+    ):
         assert_close_to_gold(name, g, rg, gg)
 
 
@@ -44,7 +46,9 @@ def test_without_biases_and_partial_gradients():
     expected = reference.fused_mlp(x, frozen_fc, None, proj_w, None)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     grad_out = torch.randn_like(out)
-    for g, rg in zip(torch.autograd.grad(out, (x, proj_w), grad_out), torch.autograd.grad(expected, (x, proj_w), grad_out)):
+    for g, rg in zip(
+        torch.autograd.grad(out, (x, proj_w), grad_out), torch.autograd.grad(expected, (x, proj_w), grad_out)
+    ):
         torch.testing.assert_close(g, rg, rtol=1e-4, atol=1e-5)
 
 
@@ -102,5 +106,10 @@ def test_gpu_sized_shapes(dtype):
     (gold, gold_grads), (ref, ref_grads), grad_out = gold_and_lowp(reference.fused_mlp, inputs)
     out = fused_mlp(*inputs)
     assert_close_to_gold("out", out, ref, gold)
-    for name, g, rg, gg in zip(("dx", "dfc_weight", "dfc_bias", "dproj_weight", "dproj_bias"), torch.autograd.grad(out, inputs, grad_out.to(dtype)), ref_grads, gold_grads):
+    for name, g, rg, gg in zip(
+        ("dx", "dfc_weight", "dfc_bias", "dproj_weight", "dproj_bias"),
+        torch.autograd.grad(out, inputs, grad_out.to(dtype)),
+        ref_grads,
+        gold_grads,
+    ):
         assert_close_to_gold(name, g, rg, gg)

@@ -40,7 +40,9 @@ class MiniGPT(nn.Module):
             q, k, v = self.qkv[layer](h).view(b, t, 3, HEADS, WIDTH // HEADS).unbind(2)
             a = self.ops.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), window=WINDOWS[layer])
             h, x = self._norm(2 * layer + 1, self.out[layer](a.transpose(1, 2).reshape(b, t, WIDTH)), residual=x)
-            m = self.ops.fused_mlp(h, self.fc[layer].weight, self.fc[layer].bias, self.proj[layer].weight, self.proj[layer].bias)
+            m = self.ops.fused_mlp(
+                h, self.fc[layer].weight, self.fc[layer].bias, self.proj[layer].weight, self.proj[layer].bias
+            )
             h, x = self._norm(2 * layer + 2, m, residual=x)
         return self.ops.linear_cross_entropy(h, self.wte.weight, targets)  # tied LM head
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 import tempfile
+import textwrap
 
 
 def test_imports_and_falls_back_without_triton():
@@ -29,8 +29,9 @@ def test_imports_and_falls_back_without_triton():
         print("fallback ok")
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd=tempfile.gettempdir())  # the installed package, not a source tree in the folder
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir()
+    )  # the installed package, not a source tree in the folder
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fallback ok" in proc.stdout
     assert "falls back to the plain PyTorch reference: triton is not installed" in proc.stderr

@@ -102,8 +102,10 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_the_import_walk_sees_lazy_and_relative_imports(tmp_path):
     source = tmp_path / "mod.py"
-    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x.typed\n"
-                      "def f():\n    from x import sub\n    from . import sibling\n    import x.plain\n")
+    source.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x.typed\n"
+        "def f():\n    from x import sub\n    from . import sibling\n    import x.plain\n"
+    )
     modules = {name: source for name in ("x.pkg.mod", "x.sub", "x.pkg.sibling", "x.plain", "x.typed")}
     assert imported_modules("x.pkg.mod", source, modules) == {"x.sub", "x.pkg.sibling", "x.plain"}
 
@@ -122,13 +124,14 @@ def test_no_module_over_the_size_limit():
     assert not too_big, f"modules over {MAX_LINES} lines (split them by concept): {too_big}"
 
 
-@pytest.mark.parametrize("stage", ["synth", "tokenizer", "data", "model", "train", "evaluate", "interpret", "sweep",
-                                   "llm", "testing", "serve"])
+@pytest.mark.parametrize(
+    "stage",
+    ["synth", "tokenizer", "data", "model", "train", "evaluate", "interpret", "sweep", "llm", "testing", "serve"],
+)
 def test_every_stage_says_what_it_does(stage):
     init = PACKAGE / stage / "__init__.py"
     doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
     assert doc and len(doc.split()) >= 12, f"{init}: the docstring must say what the stage does and exposes"
-
 
 
 def test_light_commands_do_not_load_torch_or_openai():
@@ -136,9 +139,11 @@ def test_light_commands_do_not_load_torch_or_openai():
     import subprocess
     import sys
 
-    code = ("import sys\n"
-            "import tinystories.cli, tinystories.tokenizer.cli, tinystories.data.cli, tinystories.synth.cli\n"
-            "import tinystories.evaluate.cli, tinystories.llm\n"
-            "print(sorted(m for m in ('torch', 'openai', 'httpx2', 'matplotlib') if m in sys.modules))\n")
+    code = (
+        "import sys\n"
+        "import tinystories.cli, tinystories.tokenizer.cli, tinystories.data.cli, tinystories.synth.cli\n"
+        "import tinystories.evaluate.cli, tinystories.llm\n"
+        "print(sorted(m for m in ('torch', 'openai', 'httpx2', 'matplotlib') if m in sys.modules))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -12,6 +12,8 @@ import pytest
 
 pytest.importorskip("openai")
 
+from _evaluate_fixtures import ScriptedStudent, make_judge  # noqa: E402
+
 from tinystories.evaluate import cli as eval_cli  # noqa: E402
 from tinystories.evaluate import grading  # noqa: E402
 from tinystories.jsonl import read_jsonl  # noqa: E402
@@ -20,14 +22,22 @@ from tinystories.synth import SynthConfig, synthesize  # noqa: E402
 from tinystories.synth.prompts import story_id  # noqa: E402
 from tinystories.testing import Faults, OpenAIServer  # noqa: E402
 
-from _evaluate_fixtures import ScriptedStudent, make_judge  # noqa: E402
-
 N = 60
 
 
 def fast_client(url: str, **overrides) -> ClientConfig:
-    return ClientConfig(**{"base_url": url, "api_key": "test", "concurrency": 4, "timeout_s": 0.5,
-                           "max_attempts": 3, "backoff_initial_s": 0.01, "backoff_max_s": 0.05, **overrides})
+    return ClientConfig(
+        **{
+            "base_url": url,
+            "api_key": "test",
+            "concurrency": 4,
+            "timeout_s": 0.5,
+            "max_attempts": 3,
+            "backoff_initial_s": 0.01,
+            "backoff_max_s": 0.05,
+            **overrides,
+        }
+    )
 
 
 def dead_port() -> int:
@@ -36,18 +46,24 @@ def dead_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("endpoint, says", [
-    ("refused", "connection"),
-    ("not_found", "http_404: <html><head><title>404 Not Found"),
-    ("html", "malformed: not a chat completion: b'<!DOCTYPE html><html><body><h1>Welcome to the router login"),
-    ("hang", "timeout"),
-])
+@pytest.mark.parametrize(
+    "endpoint, says",
+    [
+        ("refused", "connection"),
+        ("not_found", "http_404: <html><head><title>404 Not Found"),
+        ("html", "malformed: not a chat completion: b'<!DOCTYPE html><html><body><h1>Welcome to the router login"),
+        ("hang", "timeout"),
+    ],
+)
 def test_an_unusable_endpoint_stops_the_job_early_and_names_the_problem(tmp_path, endpoint, says):
     out = tmp_path / "s.jsonl"
     started = time.monotonic()
     if endpoint == "refused":
-        summary = synthesize(SynthConfig(n=N, out=out, model="m", progress=False,
-                                         client=fast_client(f"http://127.0.0.1:{dead_port()}/v1")))
+        summary = synthesize(
+            SynthConfig(
+                n=N, out=out, model="m", progress=False, client=fast_client(f"http://127.0.0.1:{dead_port()}/v1")
+            )
+        )
         requested = None
     else:
         with OpenAIServer(faults=Faults(endpoint=endpoint)) as server:
@@ -64,8 +80,9 @@ def test_an_unusable_endpoint_stops_the_job_early_and_names_the_problem(tmp_path
 
 def test_worker_processes_stop_on_an_unusable_endpoint_too(tmp_path):
     with OpenAIServer(faults=Faults(endpoint="not_found")) as server:
-        requests = [ChatRequest(f"r{i}", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-                    for i in range(400)]
+        requests = [
+            ChatRequest(f"r{i}", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}) for i in range(400)
+        ]
         stats = run_chat(requests, fast_client(server.url, workers=2, concurrency=4), lambda r: None)
         assert "http_404" in stats.stopped and len(server.log) < 100
 
@@ -73,8 +90,15 @@ def test_worker_processes_stop_on_an_unusable_endpoint_too(tmp_path):
 def test_a_run_of_failures_after_answers_stops_the_job(tmp_path):
     doomed = frozenset(story_id(0, i) for i in range(5, N))  # the endpoint breaks after five stories
     with OpenAIServer(faults=Faults(always_fail=doomed)) as server:
-        summary = synthesize(SynthConfig(n=N, out=tmp_path / "s.jsonl", model="m", progress=False,
-                                         client=fast_client(server.url, concurrency=1, max_consecutive_failures=4)))
+        summary = synthesize(
+            SynthConfig(
+                n=N,
+                out=tmp_path / "s.jsonl",
+                model="m",
+                progress=False,
+                client=fast_client(server.url, concurrency=1, max_consecutive_failures=4),
+            )
+        )
     assert summary.written == 5 and summary.failed == 4
     assert summary.stopped.startswith("the endpoint looks unusable: 4 requests in a row failed (the last: http_500")
 
@@ -86,9 +110,13 @@ def test_connect_timeout_is_apart_from_the_answer_timeout():
         filler = socket.create_connection(listener.getsockname())
         results = []
         started = time.monotonic()
-        run_chat([ChatRequest("a", {"model": "m", "messages": []})],
-                 fast_client(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", timeout_s=60, connect_timeout_s=0.2,
-                             max_attempts=2), results.append)  # fmt: skip
+        run_chat(
+            [ChatRequest("a", {"model": "m", "messages": []})],
+            fast_client(
+                f"http://127.0.0.1:{listener.getsockname()[1]}/v1", timeout_s=60, connect_timeout_s=0.2, max_attempts=2
+            ),
+            results.append,
+        )
         filler.close()
     assert time.monotonic() - started < 5 and results[0].error == "timeout" and results[0].attempts == 2
 
@@ -97,8 +125,14 @@ def test_grading_stops_on_an_unusable_judge_and_exits_non_zero(tmp_path):
     with OpenAIServer(faults=Faults(endpoint="html")) as server:
         judge = make_judge(server, attempts=3, concurrency=4)
         settings = grading.GradeSettings(judge_model="judge-test", samples=10, max_new_tokens=8)
-        records = grading.grade([ScriptedStudent()], judge, ["Tom had a red ball and"] * 1, settings,
-                                tmp_path / "grades.jsonl", progress=False)
+        records = grading.grade(
+            [ScriptedStudent()],
+            judge,
+            ["Tom had a red ball and"] * 1,
+            settings,
+            tmp_path / "grades.jsonl",
+            progress=False,
+        )
         assert records == [] and len(server.log) < 10 + 4
     assert "router login page" in judge.stats.stopped
     assert {r["status"] for r in read_jsonl(tmp_path / "grades.jsonl")} == {"error"}
@@ -108,8 +142,26 @@ def test_grading_stops_on_an_unusable_judge_and_exits_non_zero(tmp_path):
 def synth_cli(server: OpenAIServer, out: Path, capsys) -> tuple[int, str, str]:
     from tinystories.cli import main
 
-    status = main(["synth", "--n", "12", "--out", str(out), "--model", "m", "--base-url", server.url, "--max-attempts",
-                   "2", "--backoff-s", "0.01", "--timeout-s", "2", "--no-progress"])  # fmt: skip
+    status = main(
+        [
+            "synth",
+            "--n",
+            "12",
+            "--out",
+            str(out),
+            "--model",
+            "m",
+            "--base-url",
+            server.url,
+            "--max-attempts",
+            "2",
+            "--backoff-s",
+            "0.01",
+            "--timeout-s",
+            "2",
+            "--no-progress",
+        ]
+    )
     return status, *capsys.readouterr()
 
 

@@ -6,22 +6,22 @@ import logging
 
 import pytest
 import torch
-
 from kernel_checks import assert_same_gradients, plain_reference
-from tinystories.model.hf import hf_config_dict, load_hf_state_dict, to_hf_state_dict
+
 from tinystories.model import PRESETS, GPTNeo, GPTNeoConfig, KVCache, config_from_preset, sample_next_token
+from tinystories.model.hf import hf_config_dict, load_hf_state_dict, to_hf_state_dict
 
 transformers = pytest.importorskip("transformers")
 
 # Small but with every feature exercised: a vocab that needs padding (1000 -> 1024), sequences longer
 # than the local window, 16 heads, an intermediate size that is not 4x.
-SMALL = dict(vocab_size=1000, hidden_size=64, num_layers=4, num_heads=16, max_position_embeddings=96,
-             window_size=16)
+SMALL = dict(vocab_size=1000, hidden_size=64, num_layers=4, num_heads=16, max_position_embeddings=96, window_size=16)
 
 
 def hf_twin(model: GPTNeo):
-    hf_config = transformers.GPTNeoConfig(**{k: v for k, v in hf_config_dict(model.config).items()
-                                             if k not in ("architectures", "model_type", "dtype")})
+    hf_config = transformers.GPTNeoConfig(
+        **{k: v for k, v in hf_config_dict(model.config).items() if k not in ("architectures", "model_type", "dtype")}
+    )
     hf = transformers.GPTNeoForCausalLM(hf_config)
     hf.load_state_dict(to_hf_state_dict(model), strict=False)
     hf.tie_weights()
@@ -85,7 +85,7 @@ def test_loss_and_gradients_match_hf(pair):
         hf_name = to_hf_name(name)
         g = p.grad[: model.config.vocab_size] if name == "wte.weight" else p.grad
         torch.testing.assert_close(g, ref_grads[hf_name].grad, atol=1e-5, rtol=1e-4, msg=name)
-    assert model.wte.weight.grad[model.config.vocab_size:].abs().max() == 0  # padding rows never move
+    assert model.wte.weight.grad[model.config.vocab_size :].abs().max() == 0  # padding rows never move
     model.eval(), hf.eval()
 
 
@@ -114,7 +114,7 @@ def test_kv_cache_decoding_equals_full_recomputation(pair):
     cache = KVCache(model.config.num_layers)
     pieces = [model(x[:, :30], kv_cache=cache).logits]
     for t in range(30, 70, 7):
-        pieces.append(model(x[:, t:t + 7], kv_cache=cache).logits)
+        pieces.append(model(x[:, t : t + 7], kv_cache=cache).logits)
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=0)
     assert cache.seq_len == 70
 
@@ -127,16 +127,17 @@ def test_left_padded_batch_equals_each_row_alone(pair):
     batch = torch.zeros(len(rows), T, dtype=torch.long)
     mask = torch.zeros_like(batch)
     for i, r in enumerate(rows):
-        batch[i, T - len(r):], mask[i, T - len(r):] = r, 1
+        batch[i, T - len(r) :], mask[i, T - len(r) :] = r, 1
     greedy = model.generate(batch, 30, temperature=0, attention_mask=mask)
     no_cache = model.generate(batch, 30, temperature=0, attention_mask=mask, use_cache=False)
     assert torch.equal(greedy, no_cache)
     for i, r in enumerate(rows):
         alone = model.generate(r[None], 30, temperature=0)
-        assert torch.equal(greedy[i, T:], alone[0, len(r):])
+        assert torch.equal(greedy[i, T:], alone[0, len(r) :])
         logits_alone = model(alone[:, :-1]).logits
-        logits_batch = model(greedy[i:i + 1, :-1], attention_mask=torch.cat(
-            [mask[i:i + 1], torch.ones(1, 29, dtype=torch.long)], 1)).logits[:, T - len(r):]
+        logits_batch = model(
+            greedy[i : i + 1, :-1], attention_mask=torch.cat([mask[i : i + 1], torch.ones(1, 29, dtype=torch.long)], 1)
+        ).logits[:, T - len(r) :]
         torch.testing.assert_close(logits_batch, logits_alone, atol=1e-5, rtol=0)
 
 
@@ -242,7 +243,6 @@ def test_presets_and_config_errors():
         config_from_preset("7B")
     with pytest.raises(ValueError, match="max_position_embeddings"):
         GPTNeo(GPTNeoConfig(**SMALL))(torch.zeros(1, 97, dtype=torch.long))
-
 
 
 def test_flops_count_exactly_the_keys_each_query_attends_to():

@@ -9,12 +9,12 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 
 from tinystories.cli import main as tinystories
@@ -32,12 +32,20 @@ ROOT = Path(__file__).resolve().parent.parent
 def run(tmp_path_factory):
     """A run folder with one real checkpoint of a tiny model whose tokenizer knows 'é' only as two tokens."""
     tokenizer = Tokenizer.train(generate_stories(100), vocab_size=300)
-    config = config_from_preset("demo", vocab_size=tokenizer.n_vocab, hidden_size=16, num_layers=2,
-                                max_position_embeddings=64)
+    config = config_from_preset(
+        "demo", vocab_size=tokenizer.n_vocab, hidden_size=16, num_layers=2, max_position_embeddings=64
+    )
     folder = tmp_path_factory.mktemp("runs") / "a-long-run-name-that-an-80-column-table-would-cut-short"
     torch.manual_seed(0)
-    save_checkpoint({"model_config": config.to_dict(), "model": GPTNeo(config).state_dict(),
-                     "tokenizer_json": tokenizer.to_json(), "train_config": {}}, checkpoint_path(folder, 20))
+    save_checkpoint(
+        {
+            "model_config": config.to_dict(),
+            "model": GPTNeo(config).state_dict(),
+            "tokenizer_json": tokenizer.to_json(),
+            "train_config": {},
+        },
+        checkpoint_path(folder, 20),
+    )
     return folder, tokenizer
 
 
@@ -54,15 +62,19 @@ def _one_line_error(capsys, code: int, *expected: str) -> str:
 def test_sample_and_export_of_a_missing_checkpoint_are_one_line(tmp_path, capsys):
     missing = tmp_path / "runs" / "nope"
     _one_line_error(capsys, tinystories(["sample", "--checkpoint", str(missing)]), "does not exist", str(missing))
-    _one_line_error(capsys, tinystories(["export", "--checkpoint", str(missing), "--out", str(tmp_path / "hf")]),
-                    "does not exist")
+    _one_line_error(
+        capsys, tinystories(["export", "--checkpoint", str(missing), "--out", str(tmp_path / "hf")]), "does not exist"
+    )
 
 
 def test_sample_of_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, capsys, run):
     _, tokenizer = run
     tokenizer.save(tmp_path / "tok.json")
-    _one_line_error(capsys, tinystories(["sample", "--checkpoint", str(tmp_path / "tok.json")]),
-                    "tok.json: not a readable tinystories checkpoint")
+    _one_line_error(
+        capsys,
+        tinystories(["sample", "--checkpoint", str(tmp_path / "tok.json")]),
+        "tok.json: not a readable tinystories checkpoint",
+    )
 
 
 def test_sample_of_a_run_folder_without_checkpoints_says_so(tmp_path, capsys):
@@ -78,14 +90,20 @@ def test_export_into_a_non_empty_folder_is_one_line(tmp_path, capsys, run):
     out = tmp_path / "hf"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    _one_line_error(capsys, tinystories(["export", "--checkpoint", str(folder), "--out", str(out)]),
-                    "not an empty folder")
+    _one_line_error(
+        capsys, tinystories(["export", "--checkpoint", str(folder), "--out", str(out)]), "not an empty folder"
+    )
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-@pytest.mark.parametrize("entry,argv", [(tinystories_train, ["--max_stepz=3"]),
-                                         (tinystories, ["data", "stats", "--bogus", "x"]),
-                                         (tinystories, ["inspect", "neurons", "ckpt", "--stories", "a", "--bogus"])])
+@pytest.mark.parametrize(
+    "entry,argv",
+    [
+        (tinystories_train, ["--max_stepz=3"]),
+        (tinystories, ["data", "stats", "--bogus", "x"]),
+        (tinystories, ["inspect", "neurons", "ckpt", "--stories", "a", "--bogus"]),
+    ],
+)
 def test_an_unknown_flag_is_a_short_usage_line_and_the_error(capsys, entry, argv):
     with pytest.raises(SystemExit) as exc:
         entry(argv)
@@ -101,20 +119,38 @@ def test_every_module_the_package_imports_is_a_dependency_or_an_extra_it_names()
     `pip install .`; what stays optional is imported lazily behind a message naming its extra."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in project["dependencies"]}
-    optional = {"openai": "synth", "httpx2": "synth", "triton": "kernels", "transformers": "hf",
-                "huggingface_hub": "hub", "pyarrow": "parquet", "submitit": "cluster",
-                "fastapi": "serve", "uvicorn": "serve", "starlette": "serve", "pydantic": "serve", "selenium": None,
-                "orjson": None, "uvloop": None, "pytest": None}  # None: a speed-up or test tool, import guarded
+    optional = {
+        "openai": "synth",
+        "httpx2": "synth",
+        "triton": "kernels",
+        "transformers": "hf",
+        "huggingface_hub": "hub",
+        "pyarrow": "parquet",
+        "submitit": "cluster",
+        "fastapi": "serve",
+        "uvicorn": "serve",
+        "starlette": "serve",
+        "pydantic": "serve",
+        "selenium": None,
+        "orjson": None,
+        "uvloop": None,
+        "pytest": None,
+    }  # None: a speed-up or test tool, import guarded
     imported = set()
     for path in [*(ROOT / "tinystories").rglob("*.py"), *(ROOT / "kernels").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
             imported |= {n.split(".")[0] for n in names}
     third_party = imported - set(sys.stdlib_module_names) - {"tinystories", "kernels"}
     assert {"matplotlib", "safetensors"} <= core
     assert third_party - core - set(optional) == set()
-    for module, extra in optional.items():
+    for extra in optional.values():
         if extra:
             assert extra in project["optional-dependencies"], extra
 
@@ -123,8 +159,12 @@ def test_every_module_the_package_imports_is_a_dependency_or_an_extra_it_names()
 def _sweep_points():
     from tinystories.sweep.analysis import ScalingPoint
 
-    return [ScalingPoint("h16-l1", 1e4, 1.5e12, 3.0), ScalingPoint("h16-l1", 1e4, 1.8e12, 2.9),
-            ScalingPoint("h32-l1", 4e4, 2.1e12, 2.8), ScalingPoint("h32-l1", 4e4, 2.5e12, 2.6)]
+    return [
+        ScalingPoint("h16-l1", 1e4, 1.5e12, 3.0),
+        ScalingPoint("h16-l1", 1e4, 1.8e12, 2.9),
+        ScalingPoint("h32-l1", 4e4, 2.1e12, 2.8),
+        ScalingPoint("h32-l1", 4e4, 2.5e12, 2.6),
+    ]
 
 
 def _overlapping_tick_labels(fig) -> list[str]:
@@ -135,9 +175,13 @@ def _overlapping_tick_labels(fig) -> list[str]:
     renderer, bad = canvas.get_renderer(), []
     for ax in fig.axes:
         lo, hi = sorted(ax.get_xlim())
-        labels = [(loc, lab) for loc, lab in zip([*ax.get_xticks(), *ax.get_xticks(minor=True)],
-                                                 [*ax.get_xticklabels(), *ax.get_xticklabels(minor=True)])
-                  if lo <= loc <= hi and lab.get_text()]
+        labels = [
+            (loc, lab)
+            for loc, lab in zip(
+                [*ax.get_xticks(), *ax.get_xticks(minor=True)], [*ax.get_xticklabels(), *ax.get_xticklabels(minor=True)]
+            )
+            if lo <= loc <= hi and lab.get_text()
+        ]
         boxes = sorted(((lab.get_window_extent(renderer), lab.get_text()) for _, lab in labels), key=lambda b: b[0].x0)
         bad += [f"{a[1]} / {b[1]}" for a, b in zip(boxes, boxes[1:]) if a[0].x1 > b[0].x0]
     return bad
@@ -159,12 +203,13 @@ def test_scaling_png_without_a_shared_budget_says_why(tmp_path, monkeypatch):
 
 def test_scaling_png_tick_labels_do_not_overlap_on_a_narrow_compute_range(tmp_path, monkeypatch):
     from tinystories.sweep import analysis
-
     from tinystories.sweep.analysis import ScalingPoint
 
     c = np.geomspace(1.5e12, 2.5e12, 4)  # under a decade: matplotlib labels its minor ticks, 3.2x10^12...
-    points = [*(ScalingPoint("h32-l1", 1e4, c[i], 3 - 0.1 * i) for i in range(3)),
-              *(ScalingPoint("h64-l1", 4e4, c[i + 1], 3.2 - 0.2 * i) for i in range(3))]
+    points = [
+        *(ScalingPoint("h32-l1", 1e4, c[i], 3 - 0.1 * i) for i in range(3)),
+        *(ScalingPoint("h64-l1", 4e4, c[i + 1], 3.2 - 0.2 * i) for i in range(3)),
+    ]
     optimal = analysis.compute_optimal_sizes(points)
     figures = []
     monkeypatch.setattr(analysis, "atomic_save_png", lambda fig, path: figures.append(fig))
@@ -180,7 +225,7 @@ def test_neuron_stories_without_separators_are_split_at_blank_lines_with_a_warni
     stories = [" ".join(s.split()) for s in generate_stories(5, seed=3)]  # one paragraph each
     (tmp_path / "valid.txt").write_text("\n\n".join(stories) + "\n")
     ids = stories_from_text([tmp_path / "valid.txt"], tokenizer, 100, 64)
-    assert len(ids) == 5 and tokenizer.decode(ids[0]) == stories[0][:len(tokenizer.decode(ids[0]))]
+    assert len(ids) == 5 and tokenizer.decode(ids[0]) == stories[0][: len(tokenizer.decode(ids[0]))]
     assert "no <|endoftext|> separators: split into 5 stories at blank lines" in capsys.readouterr().err
     (tmp_path / "sep.txt").write_text("".join(f"{s}\n\n{EOT}\n" for s in stories))  # separated: left as is
     assert len(stories_from_text([tmp_path / "sep.txt"], tokenizer, 100, 64)) == 5
@@ -191,10 +236,23 @@ def test_neuron_stories_without_separators_are_split_at_blank_lines_with_a_warni
 def test_tables_are_not_cut_when_piped(run, tmp_path):
     folder, _ = run
     (tmp_path / "valid.txt").write_text("".join(f"{s}\n{EOT}\n" for s in generate_stories(3, seed=4)))
-    result = subprocess.run([sys.executable, "-m", "tinystories.cli", "eval", "loss", str(folder),
-                             "--all-checkpoints", "--text", str(tmp_path / "valid.txt")],
-                            capture_output=True, text=True, timeout=300,
-                            env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tinystories.cli",
+            "eval",
+            "loss",
+            str(folder),
+            "--all-checkpoints",
+            "--text",
+            str(tmp_path / "valid.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "COLUMNS"},
+    )
     assert result.returncode == 0, result.stderr
     assert folder.name in result.stdout and "…" not in result.stdout, result.stdout
 

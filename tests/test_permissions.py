@@ -14,11 +14,13 @@ UMASK = 0o002  # a group-shared cluster's usual umask: files 664, folders 775
 
 def run_cli(*args: str) -> None:
     """``tinystories ARGS`` in a fresh process under UMASK."""
-    code = ("import os, sys; os.umask(int(sys.argv[1], 8)); from tinystories.cli import main; "
-            "sys.exit(main(sys.argv[2:]))")
+    code = (
+        "import os, sys; os.umask(int(sys.argv[1], 8)); from tinystories.cli import main; sys.exit(main(sys.argv[2:]))"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", code, oct(UMASK), *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, oct(UMASK), *args], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
@@ -33,8 +35,9 @@ def modes(root: Path) -> dict[str, int]:
 def assert_umask_modes(root: Path, expect: set[str]) -> None:
     found = modes(root)
     assert expect <= set(found), f"missing under {root}: {sorted(expect - set(found))}"
-    wrong = {name: oct(mode) for name, mode in found.items()
-             if mode != (0o777 if (root / name).is_dir() else 0o666) & ~UMASK}
+    wrong = {
+        name: oct(mode) for name, mode in found.items() if mode != (0o777 if (root / name).is_dir() else 0o666) & ~UMASK
+    }
     assert not wrong, f"not 664 / 775 under umask {oct(UMASK)}: {wrong}"
 
 
@@ -47,20 +50,56 @@ def test_prepare_train_export_and_eval_write_with_the_umasks_permissions(tmp_pat
     assert_umask_modes(tmp_path / "tok", {"tok.json"})
 
     data = tmp_path / "data"
-    run_cli("data", "prepare", str(corpus), "--tokenizer", str(tmp_path / "tok" / "tok.json"), "--out", str(data),
-            "--val-fraction", "0.1", "--no-progress")
+    run_cli(
+        "data",
+        "prepare",
+        str(corpus),
+        "--tokenizer",
+        str(tmp_path / "tok" / "tok.json"),
+        "--out",
+        str(data),
+        "--val-fraction",
+        "0.1",
+        "--no-progress",
+    )
     assert_umask_modes(data, {"index.json", "tokenizer.json", "train-00000.tok.zst", "val-00000.tok.zst"})
 
     run = tmp_path / "run"
-    run_cli("train", f"--data={data}", f"--out_dir={run}", "--hidden_size=32", "--num_layers=2", "--num_heads=2",
-            "--context=64", "--seq_len=32", "--batch_size=4", "--max_steps=4", "--eval_every=4", "--ckpt_every=4",
-            "--eval_batches=1", "--sample_tokens=4", "--display=plain", "--tensorboard=false")
+    run_cli(
+        "train",
+        f"--data={data}",
+        f"--out_dir={run}",
+        "--hidden_size=32",
+        "--num_layers=2",
+        "--num_heads=2",
+        "--context=64",
+        "--seq_len=32",
+        "--batch_size=4",
+        "--max_steps=4",
+        "--eval_every=4",
+        "--ckpt_every=4",
+        "--eval_batches=1",
+        "--sample_tokens=4",
+        "--display=plain",
+        "--tensorboard=false",
+    )
     assert_umask_modes(run, {"config.json", "metrics.jsonl", "checkpoints", "checkpoints/step_00000004.pt"})
 
     run_cli("export", "--checkpoint", str(run), "--out", str(tmp_path / "hf"))
     assert_umask_modes(tmp_path / "hf", {"config.json", "model.safetensors", "tokenizer.json"})
 
     report = tmp_path / "eval"
-    run_cli("eval", "probes", str(run), "--suites", "factual", "--max-new-tokens", "4",
-            "--html", str(report / "probes.html"), "--jsonl", str(report / "probes.jsonl"))
+    run_cli(
+        "eval",
+        "probes",
+        str(run),
+        "--suites",
+        "factual",
+        "--max-new-tokens",
+        "4",
+        "--html",
+        str(report / "probes.html"),
+        "--jsonl",
+        str(report / "probes.jsonl"),
+    )
     assert_umask_modes(report, {"probes.html", "probes.jsonl"})

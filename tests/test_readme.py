@@ -42,7 +42,6 @@ from glob import glob
 from importlib.metadata import entry_points
 from pathlib import Path
 
-
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 # (pattern on the command as written, reason): not our program; not run.
@@ -80,15 +79,46 @@ HELP_ONLY: list[tuple[str, str]] = [
 KNOWN_BROKEN: list[tuple[str, str]] = []
 
 # README placeholders for the reader's own models -> tiny artifacts made earlier in the walk.
-ALIASES = {"runs/28M": "runs/33m", "runs/1M": "runs/33m", "home/models/gpt2-xl": "hf/33m",
-           "path/to/TinyStories-33M": "hf/33m"}
+ALIASES = {
+    "runs/28M": "runs/33m",
+    "runs/1M": "runs/33m",
+    "home/models/gpt2-xl": "hf/33m",
+    "path/to/TinyStories-33M": "hf/33m",
+}
 
 # The trainer at toy size: every TrainConfig field is a documented --key=value flag.
-TRAIN_TINY = ["--hidden_size=32", "--num_layers=2", "--context=64", "--seq_len=32", "--batch_size=2",
-              "--max_steps=2", "--eval_every=2", "--eval_batches=1", "--ckpt_every=2", "--sample_tokens=8",
-              "--log_every=1", "--demo_stories=100", "--tensorboard=false", "--vocab_top_k=300"]
-SWEEP_TINY = ["--set", "context=64", "--set", "seq_len=32", "--set", "batch_size=2", "--set", "eval_every=4",
-              "--set", "eval_batches=1", "--set", "sample_tokens=8", "--set", "tensorboard=false"]
+TRAIN_TINY = [
+    "--hidden_size=32",
+    "--num_layers=2",
+    "--context=64",
+    "--seq_len=32",
+    "--batch_size=2",
+    "--max_steps=2",
+    "--eval_every=2",
+    "--eval_batches=1",
+    "--ckpt_every=2",
+    "--sample_tokens=8",
+    "--log_every=1",
+    "--demo_stories=100",
+    "--tensorboard=false",
+    "--vocab_top_k=300",
+]
+SWEEP_TINY = [
+    "--set",
+    "context=64",
+    "--set",
+    "seq_len=32",
+    "--set",
+    "batch_size=2",
+    "--set",
+    "eval_every=4",
+    "--set",
+    "eval_batches=1",
+    "--set",
+    "sample_tokens=8",
+    "--set",
+    "tensorboard=false",
+]
 
 
 @dataclass
@@ -166,9 +196,10 @@ def readme_commands(markdown: str) -> list[Command]:
 
 def _match(rules: list[tuple[str, str]], command: Command) -> str | None:
     """The reason of the first rule matching the command (with or without its leading NAME=value words)."""
-    bare = shlex.join(command.argv[len(assignments(command.argv)):])
-    return next((reason for pattern, reason in rules
-                 if re.search(pattern, command.text) or re.search(pattern, bare)), None)
+    bare = shlex.join(command.argv[len(assignments(command.argv)) :])
+    return next(
+        (reason for pattern, reason in rules if re.search(pattern, command.text) or re.search(pattern, bare)), None
+    )
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -194,7 +225,7 @@ def assignments(argv: list[str]) -> dict[str, str]:
 
 def program(argv: list[str]) -> tuple[Callable[[list[str]], int], list[str]] | None:
     """The entry point and arguments a command runs, or None when it is not one of ours."""
-    argv = argv[len(assignments(argv)):]
+    argv = argv[len(assignments(argv)) :]
     if not argv:
         return None
     if argv[0] == "tinystories":
@@ -207,7 +238,7 @@ def program(argv: list[str]) -> tuple[Callable[[list[str]], int], list[str]] | N
         return _entry_point("tinystories"), argv[3:]
     if argv[0] == "torchrun" and "-m" in argv:
         module = argv[argv.index("-m") + 1]
-        return program(["python", "-m", module] + argv[argv.index("-m") + 2:])
+        return program(["python", "-m", module] + argv[argv.index("-m") + 2 :])
     return None
 
 
@@ -229,7 +260,7 @@ def invoke(main: Callable[[list[str]], int], args: list[str]) -> tuple[int, str]
 
 def help_argv(argv: list[str]) -> list[str]:
     """``PROGRAM [COMMAND [ACTION]] --help`` of a command (its leading lower-case words)."""
-    argv = argv[len(assignments(argv)):]
+    argv = argv[len(assignments(argv)) :]
     if argv[0] == "torchrun":
         return ["tinystories-train", "--help"]
     words = [argv[0]]
@@ -264,7 +295,7 @@ def _without(argv: list[str], flag: str) -> list[str]:
 
 def tiny(argv: list[str]) -> list[str]:
     """The same command at toy size, through documented flags only."""
-    argv = argv[len(assignments(argv)):]
+    argv = argv[len(assignments(argv)) :]
     text = " ".join(argv)
     trainer = argv[0] == "tinystories-train" or argv[:2] == ["tinystories", "train"] or "tinystories.train" in argv
     if trainer and "--resume" in text:  # a resumed run keeps its own (already tiny) configuration
@@ -316,8 +347,10 @@ def _write_gpt2_stand_in(cache: Path, stories: list[str]) -> None:
     folder = cache / "gpt2"
     folder.mkdir(parents=True)
     (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(
-        f"{token_to_str(tok.vocab[a])} {token_to_str(tok.vocab[b])}\n" for a, b, _ in tok.merges))
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n"
+        + "".join(f"{token_to_str(tok.vocab[a])} {token_to_str(tok.vocab[b])}\n" for a, b, _ in tok.merges)
+    )
 
 
 def write_inputs(root: Path) -> None:
@@ -331,8 +364,17 @@ def write_inputs(root: Path) -> None:
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text("".join(f"{s}\n{EOT}\n" for s in generate_stories(n, seed=seed)))
 
-    for seed, path in enumerate(["TinyStories-train.txt", "TinyStoriesV2-GPT4-train.txt", "train.txt",
-                                 "valid.txt", "data/train.txt", "HELD_OUT.txt"], 1):
+    for seed, path in enumerate(
+        [
+            "TinyStories-train.txt",
+            "TinyStoriesV2-GPT4-train.txt",
+            "train.txt",
+            "valid.txt",
+            "data/train.txt",
+            "HELD_OUT.txt",
+        ],
+        1,
+    ):
         txt(path, seed)
     jsonl = "".join(json.dumps({"text": s}) + "\n" for s in generate_stories(40, seed=9))
     (root / "more.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(jsonl.encode()))
@@ -352,16 +394,28 @@ def published_files() -> dict[str, bytes]:
     def txt(stories) -> bytes:
         return "".join(f"{s}\n{EOT}\n" for s in stories).encode()
 
-    files = {name: txt(generate_stories(300, seed=seed)) for seed, name in enumerate(DATASETS["v1"] + DATASETS["v2"], 20)}
-    records = [{"story": s, "instruction": {"prompt:": "Write a short story (3-5 paragraphs)...",
-                                            "words": ["run", "dog", "happy"], "features": ["Dialogue"]},
-                "summary": "A dog runs and plays.", "source": "GPT-4"} for s in generate_stories(300, seed=30)]
+    files = {
+        name: txt(generate_stories(300, seed=seed)) for seed, name in enumerate(DATASETS["v1"] + DATASETS["v2"], 20)
+    }
+    records = [
+        {
+            "story": s,
+            "instruction": {
+                "prompt:": "Write a short story (3-5 paragraphs)...",
+                "words": ["run", "dog", "happy"],
+                "features": ["Dialogue"],
+            },
+            "summary": "A dog runs and plays.",
+            "source": "GPT-4",
+        }
+        for s in generate_stories(300, seed=30)
+    ]
     train, valid = DATASETS["instruct"]
     files[train], files[valid] = txt(map(instruct_text, records[:250])), txt(map(instruct_text, records[250:]))
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w:gz") as tar:
         for m, start in enumerate(range(0, len(records), 150)):
-            data = json.dumps(records[start:start + 150]).encode()
+            data = json.dumps(records[start : start + 150]).encode()
             info = tarfile.TarInfo(f"data{m:02d}.json")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -396,8 +450,11 @@ def test_quick_start_installs_cpu_torch_before_the_package():
     """Issue 17.2: on a CPU box `pip install .` must not pull the 3 GB CUDA build: torch from the CPU index first."""
     quick_start = readme_commands(README.read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0])
     installs = [c.text for c in quick_start if c.argv[:2] == ["pip", "install"]]
-    cpu_torch = [i for i, text in enumerate(installs)
-                 if text.startswith("pip install torch") and "download.pytorch.org/whl/cpu" in text]
+    cpu_torch = [
+        i
+        for i, text in enumerate(installs)
+        if text.startswith("pip install torch") and "download.pytorch.org/whl/cpu" in text
+    ]
     package = [i for i, text in enumerate(installs) if re.search(r"pip install (-e )?['\"]?\.", text)]
     assert cpu_torch and package and cpu_torch[0] < package[0], installs
     section = README.read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
@@ -411,8 +468,9 @@ def classify(command: Command) -> tuple[str, str]:
     if reason := _match(SKIP, command):
         return "skip", reason
     if program(command.argv) is None:
-        return "unknown", (f"no rule for program {command.argv[0]!r}: add a SKIP pattern with the reason it "
-                           f"cannot run here")
+        return "unknown", (
+            f"no rule for program {command.argv[0]!r}: add a SKIP pattern with the reason it cannot run here"
+        )
     if reason := _match(HELP_ONLY, command):
         return "help", reason
     if reason := _match(KNOWN_BROKEN, command):
@@ -435,14 +493,24 @@ tinystories eval grade runs/28M --judge-model gpt-4o
 tinystories synth --n 10 --out s.jsonl --backend template
 mystery-tool --x
 ```"""
-    kinds = [(classify(c)[0], help_argv(c.argv) if classify(c)[0] == "help" else None)
-             for c in readme_commands(markdown)]
+    kinds = [
+        (classify(c)[0], help_argv(c.argv) if classify(c)[0] == "help" else None) for c in readme_commands(markdown)
+    ]
     assert kinds == [
-        ("help", ["tinystories-train", "--help"]), ("run", None), ("skip", None), ("skip", None),
-        ("help", ["tinystories", "serve", "--help"]), ("skip", None), ("skip", None),
-        ("help", ["tinystories-train", "--help"]), ("help", ["tinystories", "sweep", "run", "--help"]),
-        ("run", None), ("help", ["tinystories", "eval", "grade", "--help"]),
-        ("run", None), ("unknown", None)]
+        ("help", ["tinystories-train", "--help"]),
+        ("run", None),
+        ("skip", None),
+        ("skip", None),
+        ("help", ["tinystories", "serve", "--help"]),
+        ("skip", None),
+        ("skip", None),
+        ("help", ["tinystories-train", "--help"]),
+        ("help", ["tinystories", "sweep", "run", "--help"]),
+        ("run", None),
+        ("help", ["tinystories", "eval", "grade", "--help"]),
+        ("run", None),
+        ("unknown", None),
+    ]
     assert assignments(["FOO=1", "tinystories", "X=2"]) == {"FOO": "1"}
     assert tiny(["tinystories-train", "--out_dir=r", "--resume", "--max_steps=30000"])[-1] == "--max_steps=4"
 
@@ -463,8 +531,10 @@ def walk(root: Path) -> dict:
     write_inputs(root)
     hub = FakeHub(published_files()).__enter__()  # ends with the walk's process
     os.environ.update(HF_ENDPOINT=hub.url, HF_HOME=str(root / "hf"))
-    code, output = invoke(_entry_point("tinystories"),  # what the README's API-key synth commands would make
-                          ["synth", "--n", "12", "--out", "stories.jsonl", "--backend", "template"])
+    code, output = invoke(
+        _entry_point("tinystories"),  # what the README's API-key synth commands would make
+        ["synth", "--n", "12", "--out", "stories.jsonl", "--backend", "template"],
+    )
     assert code == 0, output
     for command in readme_commands(README.read_text()):
         kind, reason = classify(command)
@@ -477,8 +547,10 @@ def walk(root: Path) -> dict:
             help_main, help_args = program(help_argv(command.argv))
             code, output = invoke(help_main, help_args)
             if code != 0 or "usage:" not in output:
-                failures.append(f"{command.where()}\n    `{shlex.join(help_argv(command.argv))}` ({reason}) "
-                                f"exited {code}:\n{output[-2000:]}")
+                failures.append(
+                    f"{command.where()}\n    `{shlex.join(help_argv(command.argv))}` ({reason}) "
+                    f"exited {code}:\n{output[-2000:]}"
+                )
             continue
         _link_aliases(root)
         argv = _expand(tiny(command.argv), root / "home")
@@ -494,8 +566,10 @@ def walk(root: Path) -> dict:
         if kind == "broken" and ok:
             failures.append(f"{command.where()}\n    works now ({reason}): remove it from KNOWN_BROKEN")
         elif kind == "run" and not ok:
-            failures.append(f"{command.where()}\n    ran as: {shlex.join(argv)}\n    exit code {code}; "
-                            f"output (last 3000 characters):\n{output[-3000:]}")
+            failures.append(
+                f"{command.where()}\n    ran as: {shlex.join(argv)}\n    exit code {code}; "
+                f"output (last 3000 characters):\n{output[-3000:]}"
+            )
     return {"failures": failures, "ran": ran, "timings": timings}
 
 
@@ -503,17 +577,25 @@ def test_every_readme_command_works(tmp_path):
     """The walk, in a fresh process of its own (one torch import; no state shared with other tests)."""
     root = tmp_path / "walk"
     root.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "COLUMNS", "HTTP_PROXY", "HTTPS_PROXY")}
-    env.update(TINYSTORIES_CACHE=str(root / "cache"), TINYSTORIES_OFFLINE="1", HOME=str(root / "home"),
-               CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, __file__, str(root)], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=850)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "COLUMNS", "HTTP_PROXY", "HTTPS_PROXY")
+    }
+    env.update(
+        TINYSTORIES_CACHE=str(root / "cache"), TINYSTORIES_OFFLINE="1", HOME=str(root / "home"), CUDA_VISIBLE_DEVICES=""
+    )
+    proc = subprocess.run(
+        [sys.executable, __file__, str(root)], cwd=root, env=env, capture_output=True, text=True, timeout=850
+    )
     result_path = root / "walk-result.json"
-    assert result_path.is_file(), f"the walk stopped (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert result_path.is_file(), (
+        f"the walk stopped (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     result = json.loads(result_path.read_text())
-    print("slowest README commands:", *(f"{t:6.1f}s  {text}" for t, text in sorted(result["timings"])[::-1][:6]),
-          sep="\n")
+    print(
+        "slowest README commands:", *(f"{t:6.1f}s  {text}" for t, text in sorted(result["timings"])[::-1][:6]), sep="\n"
+    )
     failures = result["failures"]
     assert not failures, f"{len(failures)} README command(s) failed ({result['ran']} run):\n\n" + "\n\n".join(failures)
     assert result["ran"] >= 15

@@ -15,8 +15,8 @@ import urllib.request
 import openai
 import pytest
 import torch
-
 from _serve_fixtures import make_sweep
+
 from tinystories.corpus import format_instructions
 from tinystories.model import load_checkpoint
 from tinystories.model.generate import generate_texts
@@ -64,16 +64,33 @@ def test_models_are_listed_by_run_and_step_and_load_lazily(server, client):
 
 def test_seeded_completions_equal_tinystories_sample(sweep_dir, client):
     settings = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.95", "--max-tokens", "24", "--seed", "7"]
-    cli = subprocess.run([sys.executable, "-m", "tinystories.cli", "sample", "--checkpoint",
-                          str(sweep_dir / "tiny"), "--prompt", "Once upon a time", "--prompt", "Tom",
-                          "--num-samples", "2", *settings],
-                         capture_output=True, text=True, timeout=300)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tinystories.cli",
+            "sample",
+            "--checkpoint",
+            str(sweep_dir / "tiny"),
+            "--prompt",
+            "Once upon a time",
+            "--prompt",
+            "Tom",
+            "--num-samples",
+            "2",
+            *settings,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cli.returncode == 0, cli.stderr
     stories = [s.strip() for s in cli.stdout.split("--- story ")[1:]]
     stories = [s.split("---\n", 1)[1].strip() for s in stories]
     prompts = ["Once upon a time", "Tom"]
-    answer = client.completions.create(model=TINY, prompt=prompts, n=2, seed=7, temperature=0.9,
-                                       top_p=0.95, max_tokens=24, extra_body={"top_k": 40})
+    answer = client.completions.create(
+        model=TINY, prompt=prompts, n=2, seed=7, temperature=0.9, top_p=0.95, max_tokens=24, extra_body={"top_k": 40}
+    )
     assert [c.index for c in answer.choices] == [0, 1, 2, 3]  # prompt-major, as `sample` orders them
     assert [(prompts[c.index // 2] + c.text).strip() for c in answer.choices] == stories
     assert stories[0] != stories[1]  # each choice has its own generator
@@ -105,14 +122,17 @@ def test_stop_strings_cut_the_story(client):
     assert full.finish_reason == "length"
     stop = full.text[10:13]
     cut = client.completions.create(model=TINY, prompt="Tom", seed=5, max_tokens=40, stop=[stop, "zzzz"]).choices[0]
-    assert cut.text == full.text[:full.text.index(stop)] and cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.index(stop)] and cut.finish_reason == "stop"
 
 
 def test_chat_uses_the_instruct_layout(sweep_dir, client):
     message = "Words: run, dog, happy\nFeatures: Dialogue, bad_ending\nStory: Once upon a time"
-    answer = client.chat.completions.create(model=INSTRUCT, messages=[{"role": "system", "content": "ignored"},
-                                                                      {"role": "user", "content": message}],
-                                            seed=11, max_tokens=20)
+    answer = client.chat.completions.create(
+        model=INSTRUCT,
+        messages=[{"role": "system", "content": "ignored"}, {"role": "user", "content": message}],
+        seed=11,
+        max_tokens=20,
+    )
     model, tokenizer, _ = load_checkpoint(sweep_dir / "tiny-instruct")
     header = format_instructions(words=["run", "dog", "happy"], features=["dialogue", "bad_ending"])
     prompt = header + "Once upon a time"
@@ -120,8 +140,11 @@ def test_chat_uses_the_instruct_layout(sweep_dir, client):
     expected = generate_texts(model, tokenizer, [prompt], max_new_tokens=20, seed=11, include_prompt=False)
     assert answer.choices[0].message.content == expected[0]
     assert answer.usage.prompt_tokens == len(tokenizer.encode(prompt))
-    chunks = list(client.chat.completions.create(model=INSTRUCT, messages=[{"role": "user", "content": message}],
-                                                 seed=11, max_tokens=20, stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model=INSTRUCT, messages=[{"role": "user", "content": message}], seed=11, max_tokens=20, stream=True
+        )
+    )
     assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == expected[0]
     with pytest.raises(openai.BadRequestError, match="not an Instruct model"):
         client.chat.completions.create(model=TINY, messages=[{"role": "user", "content": message}])
@@ -134,8 +157,17 @@ def test_chat_uses_the_instruct_layout(sweep_dir, client):
 def test_32_concurrent_requests_equal_32_sequential_ones(server):
     url, pool = server
     prompts = ["Once upon a time", "Tom", "One day, a little girl named Lily went to the park", ""]
-    requests = [dict(model=TINY, prompt=prompts[i % 4], seed=100 + i, max_tokens=12 + i % 5,
-                     temperature=0.0 if i % 8 == 0 else 1.0, top_p=0.9 if i % 3 == 0 else 1.0) for i in range(32)]
+    requests = [
+        dict(
+            model=TINY,
+            prompt=prompts[i % 4],
+            seed=100 + i,
+            max_tokens=12 + i % 5,
+            temperature=0.0 if i % 8 == 0 else 1.0,
+            top_p=0.9 if i % 3 == 0 else 1.0,
+        )
+        for i in range(32)
+    ]
 
     async def run(concurrent: bool) -> list[str]:
         client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
@@ -217,9 +249,23 @@ def _free_port() -> int:
 def test_the_command_binds_to_loopback_and_checks_the_api_key(sweep_dir):
     port = _free_port()
     env = {**os.environ, "SERVE_TEST_KEY": "sekret"}
-    proc = subprocess.Popen([sys.executable, "-m", "tinystories.cli", "serve", str(sweep_dir / "tiny"), "--port",
-                             str(port), "--api-key-env", "SERVE_TEST_KEY"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tinystories.cli",
+            "serve",
+            str(sweep_dir / "tiny"),
+            "--port",
+            str(port),
+            "--api-key-env",
+            "SERVE_TEST_KEY",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -236,21 +282,25 @@ def test_the_command_binds_to_loopback_and_checks_the_api_key(sweep_dir):
             bad.completions.create(model=TINY, prompt="a")
         assert http("GET", f"http://127.0.0.1:{port}/v1/models")[0] == 401
         with socket.socket() as s:  # 127.0.0.1 only, unless told otherwise
-            assert s.connect_ex((socket.gethostbyname(socket.gethostname()), port)) != 0 or \
-                socket.gethostbyname(socket.gethostname()).startswith("127.")
+            assert s.connect_ex((socket.gethostbyname(socket.gethostname()), port)) != 0 or socket.gethostbyname(
+                socket.gethostname()
+            ).startswith("127.")
     finally:
         proc.terminate()
         proc.wait(30)
 
 
 def test_the_command_names_the_extra_and_bad_paths(sweep_dir, tmp_path):
-    code = ("import sys; sys.modules['uvicorn'] = None\n"
-            "from tinystories.cli import main; sys.exit(main(['serve', sys.argv[1]]))")
+    code = (
+        "import sys; sys.modules['uvicorn'] = None\n"
+        "from tinystories.cli import main; sys.exit(main(['serve', sys.argv[1]]))"
+    )
     out = subprocess.run([sys.executable, "-c", code, str(sweep_dir)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and 'pip install "tinystories[serve]"' in out.stderr
     assert "Traceback" not in out.stderr
-    out = subprocess.run([sys.executable, "-m", "tinystories.cli", "serve", str(tmp_path)], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "tinystories.cli", "serve", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 1 and f"{tmp_path}: no checkpoints" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -259,8 +309,11 @@ def test_generate_rows_gives_each_row_its_own_settings(sweep_dir):
 
     model, tokenizer, _ = load_checkpoint(sweep_dir / "tiny")
     ids = tokenizer.encode("Once upon a time")
-    rows = [Row(ids, 8, 1.0, None, None, torch.Generator().manual_seed(4)), Row(ids, 3, 0.0),
-            Row(tokenizer.encode("Tom"), 5, 0.7, 20, 0.9, torch.Generator().manual_seed(9))]
+    rows = [
+        Row(ids, 8, 1.0, None, None, torch.Generator().manual_seed(4)),
+        Row(ids, 3, 0.0),
+        Row(tokenizer.encode("Tom"), 5, 0.7, 20, 0.9, torch.Generator().manual_seed(9)),
+    ]
     together = generate_rows(model, rows, tokenizer.eot_token)
     assert [len(t) for t in together] == [8, 3, 5]
     for row, tokens in zip(rows, together):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import openai
 import pytest
-
 from _serve_fixtures import make_sweep
+
 from tinystories.serve.app import create_app, serve_in_thread
 from tinystories.serve.browser import find_chromium, write_stories
 from tinystories.serve.models import ModelPool, discover_models
 
-pytestmark = pytest.mark.skipif(find_chromium() is None,
-                                reason="needs chromium + chromium-driver (apt) and selenium (pip)")
+pytestmark = pytest.mark.skipif(
+    find_chromium() is None, reason="needs chromium + chromium-driver (apt) and selenium (pip)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +26,14 @@ def test_the_page_streams_two_models_side_by_side(sweep_dir, tmp_path):
     pool = ModelPool(discover_models([sweep_dir]), max_models=2)
     with serve_in_thread(create_app(pool)) as url:
         shot = tmp_path / "playground.png"
-        stories = write_stories(url, models, beginning, settings={"seed": "5", "max_tokens": "25",
-                                                                   "temperature": "0.9"}, screenshot=shot)
+        stories = write_stories(
+            url, models, beginning, settings={"seed": "5", "max_tokens": "25", "temperature": "0.9"}, screenshot=shot
+        )
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         for model in models:  # what the page shows is what the API gives for the same settings
-            expected = client.completions.create(model=model, prompt=beginning, seed=5, max_tokens=25, temperature=0.9,
-                                                 top_p=1.0)
+            expected = client.completions.create(
+                model=model, prompt=beginning, seed=5, max_tokens=25, temperature=0.9, top_p=1.0
+            )
             assert stories[model] == expected.choices[0].text and stories[model]
     assert stories[models[0]] != stories[models[1]]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000

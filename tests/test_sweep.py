@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tinystories.sweep.analysis import ScalingPoint, compute_optimal_sizes, fit_power_law, loss_frontier
-from tinystories.sweep.timing import makespan
 from tinystories.sweep.grid import SweepConfig, format_count, parse_count
+from tinystories.sweep.timing import makespan
 
 
 def _chinchilla_points(noise: float, seed: int = 0) -> tuple[list[ScalingPoint], float]:
@@ -52,8 +52,13 @@ def test_fit_power_law_exact_and_noisy():
 
 
 def test_frontier_keeps_only_points_nothing_cheaper_beats():
-    pts = [ScalingPoint("a", 1, 1.0, 5.0), ScalingPoint("b", 2, 2.0, 4.0), ScalingPoint("a", 1, 3.0, 4.5),
-           ScalingPoint("b", 2, 4.0, 3.0), ScalingPoint("c", 3, 4.0, 3.5)]
+    pts = [
+        ScalingPoint("a", 1, 1.0, 5.0),
+        ScalingPoint("b", 2, 2.0, 4.0),
+        ScalingPoint("a", 1, 3.0, 4.5),
+        ScalingPoint("b", 2, 4.0, 3.0),
+        ScalingPoint("c", 3, 4.0, 3.5),
+    ]
     assert [(p.compute, p.loss) for p in loss_frontier(pts)] == [(1.0, 5.0), (2.0, 4.0), (4.0, 3.0)]
 
 

@@ -23,19 +23,63 @@ from tinystories.sweep.cluster import local_job_alive
 from tinystories.sweep.grid import SweepConfig, read_status, run_dir
 from tinystories.testing import slurm
 
-needs_submitit = pytest.mark.skipif(importlib.util.find_spec("submitit") is None,
-                                    reason='needs submitit (pip install "tinystories[cluster]")')
+needs_submitit = pytest.mark.skipif(
+    importlib.util.find_spec("submitit") is None, reason='needs submitit (pip install "tinystories[cluster]")'
+)
 
 # 4 x 32 tokens a step (1536 tokens: 12 steps, 8192: 64 steps); a checkpoint every 2 steps.
-TRAIN = ["--set", "num_heads=2", "--set", "context=64", "--set", "window_size=16", "--set", "seq_len=32",
-         "--set", "batch_size=4", "--set", "tensorboard=false", "--set", "eval_batches=2", "--set",
-         "warmup_steps=3", "--set", "lr=3e-3", "--set", "sample_tokens=8", "--set", "ckpt_every=2", "--set",
-         "eval_every=100", "--set", "log_every=1", "--set", "cpu_threads=1", "--set", "keep_last=100"]
+TRAIN = [
+    "--set",
+    "num_heads=2",
+    "--set",
+    "context=64",
+    "--set",
+    "window_size=16",
+    "--set",
+    "seq_len=32",
+    "--set",
+    "batch_size=4",
+    "--set",
+    "tensorboard=false",
+    "--set",
+    "eval_batches=2",
+    "--set",
+    "warmup_steps=3",
+    "--set",
+    "lr=3e-3",
+    "--set",
+    "sample_tokens=8",
+    "--set",
+    "ckpt_every=2",
+    "--set",
+    "eval_every=100",
+    "--set",
+    "log_every=1",
+    "--set",
+    "cpu_threads=1",
+    "--set",
+    "keep_last=100",
+]
 
 
 def sweep_args(out: Path, dataset: Path, hidden: str, layers: str, tokens: str = "1536") -> list[str]:
-    return ["sweep", "run", "--out", str(out), "--hidden", hidden, "--layers", layers, "--tokens", tokens,
-            "--data", str(dataset), *TRAIN, "--poll", "0.5"]
+    return [
+        "sweep",
+        "run",
+        "--out",
+        str(out),
+        "--hidden",
+        hidden,
+        "--layers",
+        layers,
+        "--tokens",
+        tokens,
+        "--data",
+        str(dataset),
+        *TRAIN,
+        "--poll",
+        "0.5",
+    ]
 
 
 def wait_until(condition, timeout_s: float = 300, what: str = "") -> None:
@@ -61,6 +105,7 @@ def freeze_trainer(directory: Path) -> int:
 
 def thaw_when_sigterm_is_pending(trainer: int) -> None:
     """SIGCONT the frozen trainer once the job has sent it SIGTERM (as a real preemption finds it: mid-step)."""
+
     def pending() -> bool:
         fields = dict(line.split(":", 1) for line in Path(f"/proc/{trainer}/status").read_text().splitlines())
         return any(int(fields[k], 16) >> (signal.SIGTERM - 1) & 1 for k in ("SigPnd", "ShdPnd"))
@@ -102,9 +147,21 @@ def _local_executor_sweep(tiny_shards: Path, tmp_path: Path, capsys) -> None:
     # its stdout open, so that goes to a file rather than a pipe this test would wait on).
     log = tmp_path / "submit.log"
     with open(log, "w") as stdout:
-        first = subprocess.run([sys.executable, "-m", "tinystories.cli", *sweep_args(out, tiny_shards, "32", "1,2",
-                                "1536,8192"), "--executor", "local", "--no-wait"], stdout=stdout,
-                               stderr=subprocess.STDOUT, env=env, timeout=300)
+        first = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tinystories.cli",
+                *sweep_args(out, tiny_shards, "32", "1,2", "1536,8192"),
+                "--executor",
+                "local",
+                "--no-wait",
+            ],
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            env=env,
+            timeout=300,
+        )
     assert first.returncode == 0, log.read_text()
     jobs = json.loads((out / "jobs.json").read_text())
     assert len(jobs) == 4 and all(j["executor"] == "local" for j in jobs.values())
@@ -137,8 +194,13 @@ def _local_executor_sweep(tiny_shards: Path, tmp_path: Path, capsys) -> None:
     assert table.count("done") == 4 and table.count("12/12") == 2 and table.count("64/64") == 2
 
     # The requeued run ends with exactly the weights of the same run trained straight through.
-    straight = subprocess.run(status["command"][:-1] + [f"--out_dir={tmp_path / 'straight'}"], env=env,
-                              capture_output=True, text=True, timeout=300)
+    straight = subprocess.run(
+        status["command"][:-1] + [f"--out_dir={tmp_path / 'straight'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert straight.returncode == 0, straight.stderr
     a, b = final_weights(tmp_path / "straight"), final_weights(target)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -181,15 +243,26 @@ def test_scheduler_options_errors(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 @needs_submitit
-@pytest.mark.skipif(bool(slurm.missing_programs()) or os.geteuid() != 0,
-                    reason=f"needs root and SLURM + munge (missing: {slurm.missing_programs()})")
+@pytest.mark.skipif(
+    bool(slurm.missing_programs()) or os.geteuid() != 0,
+    reason=f"needs root and SLURM + munge (missing: {slurm.missing_programs()})",
+)
 def test_slurm_sweep_runs_to_completion_through_a_requeue(tiny_shards, tmp_path, capsys):
     with slurm.slurm_cluster(tmp_path / "slurm"):
         out = tmp_path / "sweep"
         t0 = time.perf_counter()
         args = sweep_args(out, tiny_shards, "32", "1,2", "8192") + [
-            "--executor", "slurm", "--partition", "debug", "--time", "10", "--cpus-per-run", "1",
-            "--slurm-arg", "mem=1G"]
+            "--executor",
+            "slurm",
+            "--partition",
+            "debug",
+            "--time",
+            "10",
+            "--cpus-per-run",
+            "1",
+            "--slurm-arg",
+            "mem=1G",
+        ]
         assert main(args + ["--no-wait"]) == 0
         jobs = json.loads((out / "jobs.json").read_text())
         assert len(jobs) == 2 and all(j["executor"] == "slurm" and "_" in j["job_id"] for j in jobs.values())
@@ -207,13 +280,20 @@ def test_slurm_sweep_runs_to_completion_through_a_requeue(tiny_shards, tmp_path,
         thaw_when_sigterm_is_pending(trainer)
         # SLURM holds a requeued job back for two minutes (its begin time); a test need not wait for that, only
         # until slurmd has finished the first attempt (else its end would be taken for the next one's).
-        raw_id = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%A"], capture_output=True, text=True,
-                                check=True).stdout.strip()
+        raw_id = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%A"], capture_output=True, text=True, check=True
+        ).stdout.strip()
         slurmd_log = tmp_path / "slurm" / "log" / "slurmd.log"
-        wait_until(lambda: read_status(target).get("requeues") == 1 and "PENDING" in subprocess.run(
-            ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
-            and all(f"[{raw_id}.{step}] done with job" in slurmd_log.read_text() for step in ("batch", "0")),
-            timeout_s=120, what="the requeue")
+        wait_until(
+            lambda: (
+                read_status(target).get("requeues") == 1
+                and "PENDING"
+                in subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+                and all(f"[{raw_id}.{step}] done with job" in slurmd_log.read_text() for step in ("batch", "0"))
+            ),
+            timeout_s=120,
+            what="the requeue",
+        )
         time.sleep(1)
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
 

@@ -16,14 +16,21 @@ import pytest
 
 pytest.importorskip("openai")
 
-from tinystories.llm import ClientConfig, PriceTable  # noqa: E402
 from tinystories.jsonl import JsonlLog, read_jsonl  # noqa: E402
-from tinystories.synth import (INSTRUCTION_TYPES, DuplicateIndex, SynthConfig, SynthSummary, parse_prompt,  # noqa: E402
-                               synthesize, validate)
+from tinystories.llm import ClientConfig, PriceTable  # noqa: E402
+from tinystories.synth import (
+    INSTRUCTION_TYPES,
+    DuplicateIndex,
+    SynthConfig,
+    SynthSummary,
+    parse_prompt,  # noqa: E402
+    synthesize,
+    validate,
+)
 from tinystories.synth.prompts import story_id  # noqa: E402
 from tinystories.synth.stats import corpus_stats  # noqa: E402
-from tinystories.vocabulary import FEATURES, NOUNS  # noqa: E402
 from tinystories.testing import Faults, OpenAIServer  # noqa: E402
+from tinystories.vocabulary import FEATURES, NOUNS  # noqa: E402
 
 # Short timeouts and backoffs keep the fault tests fast; stalls outlast the client timeout.
 FAST = dict(timeout_s=0.5, backoff_initial_s=0.01, backoff_max_s=0.05, max_attempts=6)

@@ -16,8 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinystories import _core
-from tinystories.corpus import read_text_chunks
-from tinystories.corpus import EOT
+from tinystories.corpus import EOT, read_text_chunks
 from tinystories.tokenizer import GPT2_PATTERN, Tokenizer, bytes_to_unicode, resolve_tokenizer
 
 # ---- references and fixtures ------------------------------------------------------------------
@@ -35,7 +34,9 @@ def tiktoken_gpt2(gpt2_files):
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
     encoder = json.loads(gpt2_files[0].read_text(encoding="utf-8"))
     ranks = {bytes(byte_of[c] for c in token): i for token, i in encoder.items() if token != EOT}
-    return tiktoken.Encoding(name="gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 50256})
+    return tiktoken.Encoding(
+        name="gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 50256}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -47,15 +48,91 @@ def story_text(real_stories) -> str:
 # code points, U+001C..U+001F which str.isspace() but not \s accepts, zero-width space), digits of
 # several scripts, combining marks, emoji with joiners and skin tones, CJK, letters new in Unicode 16.
 FRAGMENTS = [
-    "'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'LL", "'", "''", "’s", " '", "'x",
-    " ", "  ", "   ", "\n", "\n\n", "\r\n", "\t", " \t ", "\u00a0", "\u1680", "\u2000", "\u200a", "\u2028",
-    "\u2029", "\u202f", "\u205f", "\u3000", "\u0085", "\x0b", "\x0c", "\x1c", "\x1f", "\u200b", "\ufeff",
-    "0", "42", "3.14", "١٢٣", "１２", "Ⅻ", "½", "²",
-    "e\u0301", "\u0301", "a\u0308\u0323", "क्षि", "🎉", "👍🏽", "👩‍👩‍👧", "🇯🇵", "日本語", "한국어", "中文",
-    "Lily", " the", "Hello", "ß", "İ", "ǅ", "\U000105c0", "\U00011f00", "\ufffd", "<|", "|>", "<|endoftext",
-    "!", "?!", "...", "—", "“", "”", "$", "\\", "\x00", "\x7f", "\U0010ffff", "\ue000",
+    "'s",
+    "'t",
+    "'re",
+    "'ve",
+    "'m",
+    "'ll",
+    "'d",
+    "'S",
+    "'LL",
+    "'",
+    "''",
+    "’s",
+    " '",
+    "'x",
+    " ",
+    "  ",
+    "   ",
+    "\n",
+    "\n\n",
+    "\r\n",
+    "\t",
+    " \t ",
+    "\u00a0",
+    "\u1680",
+    "\u2000",
+    "\u200a",
+    "\u2028",
+    "\u2029",
+    "\u202f",
+    "\u205f",
+    "\u3000",
+    "\u0085",
+    "\x0b",
+    "\x0c",
+    "\x1c",
+    "\x1f",
+    "\u200b",
+    "\ufeff",
+    "0",
+    "42",
+    "3.14",
+    "١٢٣",
+    "１２",
+    "Ⅻ",
+    "½",
+    "²",
+    "e\u0301",
+    "\u0301",
+    "a\u0308\u0323",
+    "क्षि",
+    "🎉",
+    "👍🏽",
+    "👩‍👩‍👧",
+    "🇯🇵",
+    "日本語",
+    "한국어",
+    "中文",
+    "Lily",
+    " the",
+    "Hello",
+    "ß",
+    "İ",
+    "ǅ",
+    "\U000105c0",
+    "\U00011f00",
+    "\ufffd",
+    "<|",
+    "|>",
+    "<|endoftext",
+    "!",
+    "?!",
+    "...",
+    "—",
+    "“",
+    "”",
+    "$",
+    "\\",
+    "\x00",
+    "\x7f",
+    "\U0010ffff",
+    "\ue000",
 ]
-unicode_text = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.characters(), st.text(max_size=3)), max_size=40).map("".join)
+unicode_text = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.characters(), st.text(max_size=3)), max_size=40).map(
+    "".join
+)
 
 
 # ---- encoding parity with tiktoken ---------------------------------------------------------------
@@ -67,7 +144,11 @@ def test_real_stories_match_tiktoken(gpt2, tiktoken_gpt2, story_text):
 
 
 def test_other_story_files_match_tiktoken(gpt2, tiktoken_gpt2, shared_data):
-    for name in ["tinystoriesv2_gpt4_train_head", "tinystories_v1_train_continuation_lowercased", "tinystories_v1_valid_head_unsegmented"]:
+    for name in [
+        "tinystoriesv2_gpt4_train_head",
+        "tinystories_v1_train_continuation_lowercased",
+        "tinystories_v1_valid_head_unsegmented",
+    ]:
         text = "".join(read_text_chunks(shared_data / "tinystories" / f"{name}.txt.zst"))
         assert gpt2.encode(text, allowed_special="all") == tiktoken_gpt2.encode(text, allowed_special="all"), name
     fixture = (shared_data / "tinystories" / "cs336_fixture_tinystories_sample.txt").read_text(encoding="utf-8")
@@ -220,8 +301,11 @@ def test_overlapping_special_tokens_prefer_the_longest():
 def test_numpy_dtype_is_uint32_for_large_vocabularies():
     # 256 bytes + every two-byte pair: 65,792 tokens; pair (a, b) gets id 256 + (255-a)*256 + (255-b).
     pairs = [(a, b) for a in range(255, -1, -1) for b in range(255, -1, -1)]
-    big = Tokenizer([bytes([b]) for b in range(256)] + [bytes(p) for p in pairs],
-                    [(a, b, 256 + k) for k, (a, b) in enumerate(pairs)], {})
+    big = Tokenizer(
+        [bytes([b]) for b in range(256)] + [bytes(p) for p in pairs],
+        [(a, b, 256 + k) for k, (a, b) in enumerate(pairs)],
+        {},
+    )
     ids = big.encode_to_numpy("\x00\x00ab")
     assert ids.dtype == np.uint32 and ids.tolist() == [65791, 256 + 158 * 256 + 157]
     assert big.decode(ids) == "\x00\x00ab"
@@ -242,7 +326,7 @@ def test_properties(gpt2):
     assert len(gpt2.fingerprint) == 64
     no_eot = Tokenizer([bytes([b]) for b in range(256)], [], {})
     with pytest.raises(ValueError, match="no <|endoftext|>"):
-        no_eot.eot_token
+        _ = no_eot.eot_token
     assert no_eot.fingerprint != gpt2.fingerprint
 
 
@@ -269,7 +353,9 @@ def test_save_load_round_trip(gpt2, tmp_path):
     gpt2.save(path)
     loaded = Tokenizer.load(path)
     assert loaded == gpt2 and loaded.fingerprint == gpt2.fingerprint
-    assert loaded.encode("Hi there! " + EOT, allowed_special="all") == gpt2.encode("Hi there! " + EOT, allowed_special="all")
+    assert loaded.encode("Hi there! " + EOT, allowed_special="all") == gpt2.encode(
+        "Hi there! " + EOT, allowed_special="all"
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["tok.json"]  # no temporary file left behind
     assert Tokenizer.from_json(gpt2.to_json()) == gpt2 and path.read_text(encoding="utf-8") == gpt2.to_json()
     assert resolve_tokenizer(path) == gpt2
@@ -349,7 +435,9 @@ def test_file_chunks_cut_only_where_pre_tokens_do_not_change(shared_data, monkey
 
 @settings(max_examples=150, deadline=None)
 @given(
-    parts=st.lists(st.one_of(st.sampled_from(FRAGMENTS).map(str.encode), st.binary(max_size=4), st.just(b".\n")), max_size=30),
+    parts=st.lists(
+        st.one_of(st.sampled_from(FRAGMENTS).map(str.encode), st.binary(max_size=4), st.just(b".\n")), max_size=30
+    ),
     chunk=st.integers(1, 16),
 )
 def test_file_reading_with_any_bytes_and_chunk_size(parts, chunk):
@@ -430,7 +518,12 @@ def test_train_matches_reference_on_real_stories(real_stories):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    texts=st.lists(st.lists(st.sampled_from(["a", "b", "ab", " ", "  ", "\n", "'s", "é", "1", "<s>", "😀"]), max_size=30).map("".join), max_size=5),
+    texts=st.lists(
+        st.lists(st.sampled_from(["a", "b", "ab", " ", "  ", "\n", "'s", "é", "1", "<s>", "😀"]), max_size=30).map(
+            "".join
+        ),
+        max_size=5,
+    ),
     merges=st.integers(0, 25),
     threads=st.integers(1, 3),
 )
@@ -581,8 +674,13 @@ def test_hf_export_loads_in_transformers(gpt2, tmp_path):
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tinystories.cli", "tokenizer", *args], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "tinystories.cli", "tokenizer", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_cli_train_encode_restrict_export(shared_data, gpt2_files, tmp_path):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _train_fixtures import TINY, final_state, run_train, sigkill_when, train_env
+
 from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
 from tinystories.train import ConfigError, load_config, main
 
@@ -27,12 +27,19 @@ def test_config_layers_and_errors(tmp_path, capsys):
     assert (c.preset, c.lr, c.batch_size, c.max_steps) == ("3M", 1e-3, 8, 2000)
     assert load_config(None, {}).max_steps == 300  # the demo preset's own training defaults
 
-    bad = [({"bogus": 1}, "unknown config key 'bogus'"), ({"lr": "fast"}, "lr='fast' is not a valid float"),
-           ({"batch_siz": 2}, "did you mean 'batch_size'"), ({"hidden_size": 100, "num_heads": 16}, "divisible"),
-           ({"seq_len": 4096}, "exceeds the model's context"), ({"batch_size": 0}, "batch_size=0 must be positive"),
-           ({"dtype": "fp8"}, "dtype='fp8' must be one of"), ({"preset": "7B"}, "preset='7B' is unknown"),
-           ({"resume": True}, "--resume needs --out_dir"), ({"data": "/nonexistent/x.txt", "preset": "1M"}, "does not exist"),
-           ({"init_from_hf": str(tmp_path)}, "no config.json there")]
+    bad = [
+        ({"bogus": 1}, "unknown config key 'bogus'"),
+        ({"lr": "fast"}, "lr='fast' is not a valid float"),
+        ({"batch_siz": 2}, "did you mean 'batch_size'"),
+        ({"hidden_size": 100, "num_heads": 16}, "divisible"),
+        ({"seq_len": 4096}, "exceeds the model's context"),
+        ({"batch_size": 0}, "batch_size=0 must be positive"),
+        ({"dtype": "fp8"}, "dtype='fp8' must be one of"),
+        ({"preset": "7B"}, "preset='7B' is unknown"),
+        ({"resume": True}, "--resume needs --out_dir"),
+        ({"data": "/nonexistent/x.txt", "preset": "1M"}, "does not exist"),
+        ({"init_from_hf": str(tmp_path)}, "no config.json there"),
+    ]
     for overrides, message in bad:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_config(None, overrides)
@@ -54,14 +61,26 @@ def test_config_layers_and_errors(tmp_path, capsys):
 
 # -- resume after SIGKILL --------------------------------------------------------------------------------
 def test_sigkill_then_resume_is_bit_identical(dataset, tmp_path):
-    common = [f"--data={dataset}", *TINY, "--max_steps=24", "--ckpt_every=3", "--eval_every=100", "--log_every=1",
-              "--keep_last=2"]
+    common = [
+        f"--data={dataset}",
+        *TINY,
+        "--max_steps=24",
+        "--ckpt_every=3",
+        "--eval_every=100",
+        "--log_every=1",
+        "--keep_last=2",
+    ]
     straight = run_train([*common, f"--out_dir={tmp_path / 'straight'}"])
     assert straight.returncode == 0, straight.stderr
 
     # Kill the second run with SIGKILL between checkpoints (after step 10 is logged; ckpt_every=3).
-    proc = subprocess.Popen([sys.executable, "-m", "tinystories.train", *common, f"--out_dir={tmp_path / 'killed'}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=train_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinystories.train", *common, f"--out_dir={tmp_path / 'killed'}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=train_env(),
+    )
     sigkill_when(proc, "step 10/")
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     saved = list_checkpoints(tmp_path / "killed")
@@ -92,17 +111,38 @@ def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(dataset, t
     single = run_train([*common, "--batch_size=8", f"--out_dir={tmp_path / 'one'}"])
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "tinystories.train", *common, "--batch_size=4", f"--out_dir={tmp_path / 'two'}"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "tinystories.train",
+            *common,
+            "--batch_size=4",
+            f"--out_dir={tmp_path / 'two'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "x2" in ddp.stdout  # the run really had two processes
     a, b = final_state(tmp_path / "one"), final_state(tmp_path / "two")
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=2e-5, rtol=1e-4, msg=name)
     # Validation losses agree too (each rank evaluated its share; all-reduced).
-    val = [[r["val_loss"] for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())
-            if "val_loss" in r] for d in ("one", "two")]
+    val = [
+        [
+            r["val_loss"]
+            for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())
+            if "val_loss" in r
+        ]
+        for d in ("one", "two")
+    ]
     assert len(val[0]) == len(val[1]) == 2
     for x, y in zip(*val):
         assert math.isclose(x, y, rel_tol=1e-4)
@@ -124,9 +164,18 @@ def test_a_non_finite_step_is_skipped_and_counted(dataset, tmp_path, monkeypatch
         return out
 
     monkeypatch.setattr(GPTNeo, "forward", forward)
-    config = load_config(None, dict(a.lstrip("-").split("=", 1) for a in TINY) | {
-        "data": str(dataset), "max_steps": "6", "ckpt_every": "6", "eval_every": "6", "log_every": "1",
-        "out_dir": str(tmp_path / "run")})
+    config = load_config(
+        None,
+        dict(a.lstrip("-").split("=", 1) for a in TINY)
+        | {
+            "data": str(dataset),
+            "max_steps": "6",
+            "ckpt_every": "6",
+            "eval_every": "6",
+            "log_every": "1",
+            "out_dir": str(tmp_path / "run"),
+        },
+    )
     run = train_module.train(config)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
@@ -136,8 +185,19 @@ def test_a_non_finite_step_is_skipped_and_counted(dataset, tmp_path, monkeypatch
 
 def test_too_many_non_finite_steps_in_a_row_abort_with_a_clear_message(dataset, tmp_path):
     # An absurd learning rate wrecks the weights at the first update; every later loss is non-finite.
-    result = run_train([f"--data={dataset}", *TINY, "--lr=1e30", "--min_lr=1e30", "--warmup_steps=0",
-                        "--max_steps=50", "--max_bad_steps=3", "--log_every=1", f"--out_dir={tmp_path / 'run'}"])
+    result = run_train(
+        [
+            f"--data={dataset}",
+            *TINY,
+            "--lr=1e30",
+            "--min_lr=1e30",
+            "--warmup_steps=0",
+            "--max_steps=50",
+            "--max_bad_steps=3",
+            "--log_every=1",
+            f"--out_dir={tmp_path / 'run'}",
+        ]
+    )
     assert result.returncode != 0
     assert "aborting: 3 consecutive steps with a non-finite loss or gradients" in result.stderr
     assert "Lower --lr" in result.stderr
@@ -147,15 +207,16 @@ def test_too_many_non_finite_steps_in_a_row_abort_with_a_clear_message(dataset, 
 @pytest.fixture(scope="module")
 def trained_run(dataset, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("trained") / "run"
-    result = run_train([f"--data={dataset}", *TINY, "--max_steps=30", "--ckpt_every=30", "--eval_every=30",
-                        f"--out_dir={run}"])
+    result = run_train(
+        [f"--data={dataset}", *TINY, "--max_steps=30", "--ckpt_every=30", "--eval_every=30", f"--out_dir={run}"]
+    )
     assert result.returncode == 0, result.stderr
     return run
 
 
 def test_sample_batched_prompts_equal_single_prompts_and_cli(trained_run):
-    from tinystories.model.generate import generate_texts
     from tinystories.model import load_checkpoint
+    from tinystories.model.generate import generate_texts
 
     model, tokenizer, config = load_checkpoint(trained_run)
     assert config["max_steps"] == 30 and not model.training
@@ -168,9 +229,26 @@ def test_sample_batched_prompts_equal_single_prompts_and_cli(trained_run):
     sampled = generate_texts(model, tokenizer, prompts, max_new_tokens=25, top_k=20, top_p=0.9, seed=3)
     assert sampled == generate_texts(model, tokenizer, prompts, max_new_tokens=25, top_k=20, top_p=0.9, seed=3)
 
-    cli = subprocess.run([sys.executable, "-m", "tinystories.cli", "sample", "--checkpoint", str(trained_run),
-                          "--prompt", "Once upon a time", "--prompt", "Tom", "--greedy", "--max-tokens", "25"],
-                         capture_output=True, text=True, timeout=300)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tinystories.cli",
+            "sample",
+            "--checkpoint",
+            str(trained_run),
+            "--prompt",
+            "Once upon a time",
+            "--prompt",
+            "Tom",
+            "--greedy",
+            "--max-tokens",
+            "25",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cli.returncode == 0, cli.stderr
     assert batched[0].strip() in cli.stdout and batched[1].strip() in cli.stdout
 
@@ -180,8 +258,23 @@ def test_export_of_a_trained_checkpoint_loads_in_transformers(trained_run, tmp_p
     from tinystories.model import load_checkpoint
 
     out = tmp_path / "hf"
-    cli = subprocess.run([sys.executable, "-m", "tinystories.cli", "export", "--checkpoint", str(trained_run),
-                          "--format", "hf", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tinystories.cli",
+            "export",
+            "--checkpoint",
+            str(trained_run),
+            "--format",
+            "hf",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cli.returncode == 0, cli.stderr
     model, tokenizer, _ = load_checkpoint(trained_run)
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
@@ -202,11 +295,28 @@ def test_export_of_a_trained_checkpoint_loads_in_transformers(trained_run, tmp_p
 
 def test_init_from_hf_trains_from_the_exported_weights(trained_run, dataset, tmp_path):
     out = tmp_path / "hf"
-    assert subprocess.run([sys.executable, "-m", "tinystories.cli", "export", "--checkpoint", str(trained_run),
-                           "--out", str(out)], capture_output=True, timeout=300).returncode == 0
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "tinystories.cli", "export", "--checkpoint", str(trained_run), "--out", str(out)],
+            capture_output=True,
+            timeout=300,
+        ).returncode
+        == 0
+    )
     run = tmp_path / "finetune"
-    result = run_train([f"--data={dataset}", *TINY, f"--init_from_hf={out}", "--max_steps=2", "--ckpt_every=2",
-                        "--eval_every=2", "--lr=1e-9", "--min_lr=0", f"--out_dir={run}"])
+    result = run_train(
+        [
+            f"--data={dataset}",
+            *TINY,
+            f"--init_from_hf={out}",
+            "--max_steps=2",
+            "--ckpt_every=2",
+            "--eval_every=2",
+            "--lr=1e-9",
+            "--min_lr=0",
+            f"--out_dir={run}",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     start, end = final_state(trained_run), final_state(run)
     for name in start:  # lr ~0: the fine-tuned weights are still the exported ones
@@ -218,12 +328,19 @@ def test_init_from_hf_trains_from_the_exported_weights(trained_run, dataset, tmp
 def test_no_argument_demo_trains_saves_and_tells_a_story(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("TINYSTORIES_PEAK_FLOPS", None)
-    result = subprocess.run([sys.executable, "-c", "import sys; from tinystories.train import main; "
-                             "sys.exit(main([]))"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from tinystories.train import main; sys.exit(main([]))"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "DEMO DATA" in result.stdout
-    runs = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("demo-") and p.is_dir()
-            and list_checkpoints(p)]
+    runs = [
+        p for p in (tmp_path / "runs").iterdir() if p.name.startswith("demo-") and p.is_dir() and list_checkpoints(p)
+    ]
     assert len(runs) == 1
     records = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
     val = [r["val_loss"] for r in records if "val_loss" in r]
@@ -234,8 +351,18 @@ def test_no_argument_demo_trains_saves_and_tells_a_story(tmp_path):
 
 def test_text_file_data_is_prepared_automatically_and_bf16_runs(dataset, tmp_path):
     run = tmp_path / "run"
-    result = run_train([f"--data={dataset.parent / 'stories.txt'}", f"--tokenizer={dataset / 'tokenizer.json'}",
-                        *TINY, "--dtype=bf16", "--max_steps=3", "--ckpt_every=3", "--eval_every=3", f"--out_dir={run}"])
+    result = run_train(
+        [
+            f"--data={dataset.parent / 'stories.txt'}",
+            f"--tokenizer={dataset / 'tokenizer.json'}",
+            *TINY,
+            "--dtype=bf16",
+            "--max_steps=3",
+            "--ckpt_every=3",
+            "--eval_every=3",
+            f"--out_dir={run}",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     assert (run / "data" / "index.json").is_file() and "preparing shards" in result.stdout
     assert "cpu bf16" in result.stdout

@@ -15,10 +15,26 @@ import torch
 
 from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
 
-TINY = ["--hidden_size=32", "--num_layers=2", "--num_heads=2", "--context=64", "--window_size=16", "--seq_len=32",
-        "--display=plain", "--tensorboard=false", "--eval_batches=2", "--warmup_steps=3", "--lr=3e-3",
-        "--sample_tokens=8", "--max_steps=6", "--ckpt_every=3", "--eval_every=3", "--log_every=1",
-        "--cpu_threads=1", "--keep_last=10"]
+TINY = [
+    "--hidden_size=32",
+    "--num_layers=2",
+    "--num_heads=2",
+    "--context=64",
+    "--window_size=16",
+    "--seq_len=32",
+    "--display=plain",
+    "--tensorboard=false",
+    "--eval_batches=2",
+    "--warmup_steps=3",
+    "--lr=3e-3",
+    "--sample_tokens=8",
+    "--max_steps=6",
+    "--ckpt_every=3",
+    "--eval_every=3",
+    "--log_every=1",
+    "--cpu_threads=1",
+    "--keep_last=10",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
 
 
@@ -31,11 +47,30 @@ def free_port() -> int:
 def two_nodes(args: list[str]) -> list[subprocess.CompletedProcess]:
     """The same torchrun command on two "nodes" (launchers), one process each, c10d rendezvous on loopback."""
     endpoint = f"127.0.0.1:{free_port()}"
-    launchers = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-                                   "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=test",
-                                   f"--rdzv-conf=is_host={int(node == 0)}", "--local-addr=127.0.0.1",
-                                   "-m", "tinystories.train", *args], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=ENV) for node in range(2)]
+    launchers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={endpoint}",
+                "--rdzv-id=test",
+                f"--rdzv-conf=is_host={int(node == 0)}",
+                "--local-addr=127.0.0.1",
+                "-m",
+                "tinystories.train",
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        for node in range(2)
+    ]
     results = []
     for proc in launchers:
         out, err = proc.communicate(timeout=600)
@@ -50,8 +85,13 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_two_node_torchrun_equals_one_process_and_resumes_exactly(tiny_shards, tmp_path):
     common = [f"--data={tiny_shards}", *TINY]
-    single = subprocess.run([sys.executable, "-m", "tinystories.train", *common, "--batch_size=8",
-                             f"--out_dir={tmp_path / 'one'}"], capture_output=True, text=True, env=ENV, timeout=600)
+    single = subprocess.run(
+        [sys.executable, "-m", "tinystories.train", *common, "--batch_size=8", f"--out_dir={tmp_path / 'one'}"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr
     nodes = two_nodes([*common, "--batch_size=4", f"--out_dir={tmp_path / 'two'}"])
     assert all(r.returncode == 0 for r in nodes), "\n".join(r.stderr[-3000:] for r in nodes)
@@ -70,7 +110,20 @@ def test_two_node_torchrun_equals_one_process_and_resumes_exactly(tiny_shards, t
     assert all(torch.equal(final[k], again[k]) for k in final)
 
     # Another world size reads other windows per rank: refused, one line, no traceback.
-    alone = subprocess.run([sys.executable, "-m", "tinystories.train", *common, "--batch_size=4", "--resume",
-                            f"--out_dir={tmp_path / 'two'}"], capture_output=True, text=True, env=ENV, timeout=600)
+    alone = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tinystories.train",
+            *common,
+            "--batch_size=4",
+            "--resume",
+            f"--out_dir={tmp_path / 'two'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
     assert alone.returncode == 2 and "Traceback" not in alone.stderr
     assert "was trained by 2 process(es) (nnodes x nproc_per_node), this launch has 1" in alone.stderr

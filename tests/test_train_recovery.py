@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 import pytest
-
 from _train_fixtures import TINY, make_dataset, run_train, start_train
+
 from tinystories.model.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint
 from tinystories.train import ConfigError, load_config, main
 
@@ -34,8 +34,17 @@ def metrics(run) -> list[dict]:
 # -- one trainer per run directory (issue 14.1) ---------------------------------------------------------------
 def test_a_second_trainer_on_a_run_directory_stops_at_once_naming_the_holder(dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    first = start_train([f"--data={dataset}", *TINY, "--max_steps=100000", "--ckpt_every=2", "--log_every=1",
-                         "--eval_every=100000", f"--out_dir={run}"])
+    first = start_train(
+        [
+            f"--data={dataset}",
+            *TINY,
+            "--max_steps=100000",
+            "--ckpt_every=2",
+            "--log_every=1",
+            "--eval_every=100000",
+            f"--out_dir={run}",
+        ]
+    )
     try:
         wait_for_line(first, "step 4/")
         first.send_signal(signal.SIGSTOP)  # frozen while holding the lock, so the run cannot end meanwhile
@@ -55,8 +64,17 @@ def test_a_second_trainer_on_a_run_directory_stops_at_once_naming_the_holder(dat
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_writes_a_checkpoint_and_exits_with_128_plus_signum(dataset, tmp_path, signum):
     run = tmp_path / "run"
-    proc = start_train([f"--data={dataset}", *TINY, "--max_steps=100000", "--ckpt_every=100000", "--log_every=1",
-                        "--eval_every=100000", f"--out_dir={run}"])
+    proc = start_train(
+        [
+            f"--data={dataset}",
+            *TINY,
+            "--max_steps=100000",
+            "--ckpt_every=100000",
+            "--log_every=1",
+            "--eval_every=100000",
+            f"--out_dir={run}",
+        ]
+    )
     wait_for_line(proc, "step 3/")
     proc.send_signal(signum)
     proc.send_signal(signum)  # one Ctrl-C reaches a trainer twice when a parent (sweep, torchrun) forwards it
@@ -91,8 +109,15 @@ def test_a_second_ctrl_c_a_second_later_stops_at_once():
 # -- resume restores the run's config; changes are listed, refused or recorded (issues 17.1, 14.4) -------------
 def test_resume_restores_the_run_config_applies_given_flags_and_keeps_the_schedule(dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    first = [f"--data={dataset}", *TINY, "--max_steps=4", "--ckpt_every=2", "--eval_every=100", "--log_every=1",
-             f"--out_dir={run}"]
+    first = [
+        f"--data={dataset}",
+        *TINY,
+        "--max_steps=4",
+        "--ckpt_every=2",
+        "--eval_every=100",
+        "--log_every=1",
+        f"--out_dir={run}",
+    ]
     assert main(first) == 0
     capsys.readouterr()
 
@@ -127,8 +152,20 @@ def test_resume_restores_the_run_config_applies_given_flags_and_keeps_the_schedu
 
 def test_resume_before_the_first_checkpoint_starts_fresh(dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main([f"--data={dataset}", *TINY, "--max_steps=2", "--ckpt_every=2", "--eval_every=100",
-                 f"--out_dir={run}", "--resume"]) == 0
+    assert (
+        main(
+            [
+                f"--data={dataset}",
+                *TINY,
+                "--max_steps=2",
+                "--ckpt_every=2",
+                "--eval_every=100",
+                f"--out_dir={run}",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert f"--resume: {run} has no checkpoint yet; starting the run from step 0" in capsys.readouterr().out
     assert read_checkpoint(list_checkpoints(run)[-1])["step"] == 2
 
@@ -136,8 +173,10 @@ def test_resume_before_the_first_checkpoint_starts_fresh(dataset, tmp_path, caps
 # -- damaged checkpoints, stale temp files, full disks (issue 14.5) ---------------------------------------------
 def test_resume_falls_back_from_a_truncated_checkpoint_and_removes_stale_temp_files(dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main([f"--data={dataset}", *TINY, "--max_steps=4", "--ckpt_every=2", "--eval_every=100",
-                 f"--out_dir={run}"]) == 0
+    assert (
+        main([f"--data={dataset}", *TINY, "--max_steps=4", "--ckpt_every=2", "--eval_every=100", f"--out_dir={run}"])
+        == 0
+    )
     newest = checkpoint_path(run, 4)
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn copy
     stale = [run / "checkpoints" / ".step_00000006.pt.0123456789ab.tmp", run / ".config.json.ba9876543210.tmp"]
@@ -155,10 +194,14 @@ def test_resume_falls_back_from_a_truncated_checkpoint_and_removes_stale_temp_fi
 
 def test_a_full_disk_during_a_checkpoint_stops_with_the_space_needed_and_keeps_the_older_ones(dataset, tmp_path):
     run = tmp_path / "run"
-    assert main([f"--data={dataset}", *TINY, "--max_steps=2", "--ckpt_every=2", "--eval_every=100",
-                 f"--out_dir={run}"]) == 0
+    assert (
+        main([f"--data={dataset}", *TINY, "--max_steps=2", "--ckpt_every=2", "--eval_every=100", f"--out_dir={run}"])
+        == 0
+    )
 
-    def small_files() -> None:  # the child may write no file over 64 kB: a checkpoint is bigger (Python ignores SIGXFSZ)
+    def small_files() -> (
+        None
+    ):  # the child may write no file over 64 kB: a checkpoint is bigger (Python ignores SIGXFSZ)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
 
     result = run_train([f"--out_dir={run}", "--resume", "--max_steps=4"], preexec_fn=small_files)
@@ -174,8 +217,20 @@ def test_a_full_disk_during_a_checkpoint_stops_with_the_space_needed_and_keeps_t
 def test_without_validation_data_the_run_trains_without_evaluation_and_says_so(tmp_path, capsys):
     data = make_dataset(tmp_path, val_fraction=0.0)
     run = tmp_path / "run"
-    assert main([f"--data={data}", *TINY, "--max_steps=4", "--ckpt_every=4", "--eval_every=2", "--log_every=1",
-                 f"--out_dir={run}"]) == 0
+    assert (
+        main(
+            [
+                f"--data={data}",
+                *TINY,
+                "--max_steps=4",
+                "--ckpt_every=4",
+                "--eval_every=2",
+                "--log_every=1",
+                f"--out_dir={run}",
+            ]
+        )
+        == 0
+    )
     assert "training without validation loss" in capsys.readouterr().out
     records = metrics(run)
     assert [r["step"] for r in records if "sample" in r] == [2, 4] and not any("val_loss" in r for r in records)
@@ -198,8 +253,20 @@ def test_a_failing_evaluation_or_metrics_write_is_logged_and_training_goes_on(da
 
     monkeypatch.setattr(loop, "evaluate", failing_evaluate)
     monkeypatch.setattr(JsonlLog, "append", failing_append)
-    assert main([f"--data={dataset}", *TINY, "--max_steps=4", "--ckpt_every=2", "--eval_every=2", "--log_every=1",
-                 f"--out_dir={run}"]) == 0
+    assert (
+        main(
+            [
+                f"--data={dataset}",
+                *TINY,
+                "--max_steps=4",
+                "--ckpt_every=2",
+                "--eval_every=2",
+                "--log_every=1",
+                f"--out_dir={run}",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     assert out.count("evaluation failed (RuntimeError: boom); training goes on") == 2
     assert err.count("could not write metrics") == 1  # reported once, not at every step
@@ -207,16 +274,20 @@ def test_a_failing_evaluation_or_metrics_write_is_logged_and_training_goes_on(da
 
 
 # -- absurd values are refused before anything is allocated (issues 14.3, 17.7) --------------------------------
-@pytest.mark.parametrize("overrides, message", [
-    ({"lr": "nan"}, "lr=nan must be a finite number"), ({"lr": "inf"}, "lr=inf must be a finite number"),
-    ({"min_lr": "nan"}, "min_lr=nan must be a finite number"),
-    ({"weight_decay": "nan"}, "weight_decay=nan must be a finite number"),
-    ({"device": "tpu"}, "device='tpu' must be auto, cpu, cuda, cuda:N or mps"),
-    ({"tokenizer": "missing"}, "tokenizer='missing' is neither a known name"),
-    ({"loader_threads": "1000000"}, "loader_threads=1000000 is more threads than"),
-    ({"cpu_threads": "1000000"}, "cpu_threads=1000000 is more threads than"),
-    ({"lr_decay_steps": "0"}, "lr_decay_steps=0 must be positive"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"lr": "nan"}, "lr=nan must be a finite number"),
+        ({"lr": "inf"}, "lr=inf must be a finite number"),
+        ({"min_lr": "nan"}, "min_lr=nan must be a finite number"),
+        ({"weight_decay": "nan"}, "weight_decay=nan must be a finite number"),
+        ({"device": "tpu"}, "device='tpu' must be auto, cpu, cuda, cuda:N or mps"),
+        ({"tokenizer": "missing"}, "tokenizer='missing' is neither a known name"),
+        ({"loader_threads": "1000000"}, "loader_threads=1000000 is more threads than"),
+        ({"cpu_threads": "1000000"}, "cpu_threads=1000000 is more threads than"),
+        ({"lr_decay_steps": "0"}, "lr_decay_steps=0 must be positive"),
+    ],
+)
 def test_non_finite_and_absurd_values_are_refused_with_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message) as caught:
         load_config(None, overrides)
@@ -224,7 +295,9 @@ def test_non_finite_and_absurd_values_are_refused_with_one_line(overrides, messa
 
 
 def test_data_without_a_preset_is_refused_with_the_preset_list(dataset, tmp_path, capsys):
-    with pytest.raises(ConfigError, match=r"--data needs a model size: --preset=SIZE with SIZE one of 1M, 3M, 8M, 28M, 33M"):
+    with pytest.raises(
+        ConfigError, match=r"--data needs a model size: --preset=SIZE with SIZE one of 1M, 3M, 8M, 28M, 33M"
+    ):
         load_config(None, {"data": str(dataset)})
     assert load_config(None, {"data": str(dataset), "preset": "1M"}).preset == "1M"
     assert load_config(None, {"data": str(dataset), "hidden_size": "32", "num_layers": "2"}).hidden_size == 32
@@ -234,8 +307,10 @@ def test_data_without_a_preset_is_refused_with_the_preset_list(dataset, tmp_path
 
 
 def test_token_loader_refuses_an_absurd_thread_count_instead_of_aborting(dataset):
-    code = ("from tinystories.data import TokenLoader\n"
-            f"TokenLoader({str(dataset)!r}, batch_size=2, seq_len=8, threads=200000)\n")
+    code = (
+        "from tinystories.data import TokenLoader\n"
+        f"TokenLoader({str(dataset)!r}, batch_size=2, seq_len=8, threads=200000)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "threads must be in [1, 1024]" in result.stderr
     assert "terminate called" not in result.stderr

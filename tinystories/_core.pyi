@@ -1,12 +1,13 @@
 """Type stub for the private native module tinystories._core (use the tinystories.* wrappers)."""
 
-def zstd_version() -> str: ...
-
-# ---- tokenizer (tinystories.tokenizer wraps these) ----
 from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
+
+def zstd_version() -> str: ...
+
+# ---- tokenizer (tinystories.tokenizer wraps these) ----
 
 class BpeTokenizer:
     def __init__(
@@ -33,6 +34,7 @@ class BpeTrainer:
     def train(self, max_tokens: int) -> tuple[list[bytes], list[tuple[int, int, int]]]: ...
 
 def pretokenize(text: str) -> list[str]: ...
+
 # ---- shard / loader bindings (issue: token shards and loader) ----
 
 class ShardError(ValueError): ...
@@ -40,8 +42,15 @@ class ShardError(ValueError): ...
 def xxh64(data: bytes | bytearray | memoryview | np.ndarray, seed: int = 0) -> int: ...
 
 class ShardWriter:
-    def __init__(self, path: str, token_bytes: int, block_tokens: int, level: int, threads: int = 1,
-                 zstd_params: dict[str, int] = ...) -> None: ...  # window_log hash_log chain_log search_log min_match target_length strategy
+    def __init__(
+        self,
+        path: str,
+        token_bytes: int,
+        block_tokens: int,
+        level: int,
+        threads: int = 1,
+        zstd_params: dict[str, int] = ...,
+    ) -> None: ...  # window_log hash_log chain_log search_log min_match target_length strategy
     def add_stories(self, tokens: NDArray[np.unsignedinteger], lengths: NDArray[np.int64]) -> None: ...
     def finish(self) -> dict[str, int]: ...  # tokens, stories, blocks, bytes
     @property
@@ -68,8 +77,20 @@ class ShardReader:
 
 class TokenLoaderCore:
     def __init__(
-        self, shard_paths: list[str], batch_size: int, seq_len: int, stories_mode: bool, seed: int, rank: int,
-        world_size: int, prefetch: int, threads: int, shuffle: bool, loop: bool, pad_token: int, mix_blocks: int,
+        self,
+        shard_paths: list[str],
+        batch_size: int,
+        seq_len: int,
+        stories_mode: bool,
+        seed: int,
+        rank: int,
+        world_size: int,
+        prefetch: int,
+        threads: int,
+        shuffle: bool,
+        loop: bool,
+        pad_token: int,
+        mix_blocks: int,
         start_batch: int,
     ) -> None: ...
     def next(self) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None: ...
@@ -86,4 +107,5 @@ class TokenLoaderCore:
     def target_tokens_per_epoch(self) -> int: ...
     @property
     def total_tokens(self) -> int: ...
+
 # ---- end shard / loader bindings ----

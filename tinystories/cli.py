@@ -59,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         name = argv[0]
         module_name, command, help_text = COMMANDS[name]
         module = importlib.import_module(module_name)
-        add, run = ((module.add_cli_arguments, module.run_cli) if command is None
-                    else (getattr(module, f"add_{command}_arguments"), getattr(module, f"run_{command}")))
+        add, run = (
+            (module.add_cli_arguments, module.run_cli)
+            if command is None
+            else (getattr(module, f"add_{command}_arguments"), getattr(module, f"run_{command}"))
+        )
         parser = ArgumentParser(prog=f"tinystories {name}", description=help_text)
         add(parser)
         return int(run(parser.parse_args(argv[1:])) or 0)

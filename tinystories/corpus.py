@@ -64,8 +64,13 @@ def corpus_format(path: str | Path) -> tuple[str, bool]:
 
 
 # ------------------------------------------------------------------------------------------------ Instruct
-def format_instructions(*, words: Mapping[str, str] | Sequence[str] | str | None = None, features: Sequence[str] = (),
-                        summary: str | None = None, sentence: str | None = None) -> str:
+def format_instructions(
+    *,
+    words: Mapping[str, str] | Sequence[str] | str | None = None,
+    features: Sequence[str] = (),
+    summary: str | None = None,
+    sentence: str | None = None,
+) -> str:
     """The Instruct header: the given instructions in the fixed order, each on its own line, then "Story:"
     and a newline, which is where the story (or a model's continuation) begins.
 
@@ -166,8 +171,11 @@ def _safe_cut(buf: bytes | bytearray, lo: int = 0) -> int:
             return pos
 
 
-def read_text_chunks(path: str | os.PathLike, errors: Literal["strict", "replace"] = "strict",
-                     on_read: Callable[[int], None] | None = None) -> Iterator[str]:
+def read_text_chunks(
+    path: str | os.PathLike,
+    errors: Literal["strict", "replace"] = "strict",
+    on_read: Callable[[int], None] | None = None,
+) -> Iterator[str]:
     """Decoded text of a UTF-8 file (zstd-compressed when it ends in ``.zst``) in pieces of about 16 MB,
     cut only where pre-tokenization is unaffected. Invalid UTF-8 raises ValueError naming the file and byte
     offset (of the decompressed stream for .zst), unless ``errors="replace"`` (U+FFFD, as Python does).
@@ -238,11 +246,17 @@ class CorpusReader:
         """The stories in lists as they are read (a piece of text, a JSON member, a parquet batch), each with the
         index of its file in ``paths``: for callers that handle stories in batches, without a Python step per story."""
         done = 0
-        for self.file_index, path in enumerate(self.paths):
+        for file_index, path in enumerate(self.paths):
+            self.file_index = file_index
             kind, _ = corpus_format(path)
             with open(path, "rb") as raw:
-                read = {"txt": self._read_txt, "jsonl": self._read_jsonl, "json": self._read_json_array,
-                        "tar": self._read_tar, "parquet": self._read_parquet}[kind]  # fmt: skip
+                read = {
+                    "txt": self._read_txt,
+                    "jsonl": self._read_jsonl,
+                    "json": self._read_json_array,
+                    "tar": self._read_tar,
+                    "parquet": self._read_parquet,
+                }[kind]
                 for stories in read(path, raw):
                     self.bytes_read = done + raw.tell()
                     self.stories_read += len(stories)
@@ -273,11 +287,11 @@ class CorpusReader:
             while piece := text.read(_TXT_PIECE_CHARS):
                 if EOT not in tail + piece:
                     parts.append(piece)
-                    tail = (tail + piece)[1 - len(EOT):]
+                    tail = (tail + piece)[1 - len(EOT) :]
                     continue
                 stories = ("".join(parts) + piece).split(EOT)
                 parts = [stories.pop()]
-                tail = parts[0][1 - len(EOT):]
+                tail = parts[0][1 - len(EOT) :]
                 lines += sum(map(str.count, stories, itertools.repeat("\n")))
                 if stories := [story for s in stories if (story := s.strip())]:
                     yield stories
@@ -359,7 +373,11 @@ class CorpusReader:
             if column is None:
                 raise CorpusError(f"{path}: no 'text' or 'story' column (columns: {', '.join(columns)})")
             for batch in table.iter_batches(batch_size=4096, columns=[column]):
-                yield [story for value in batch.column(0).to_pylist() if isinstance(value, str) and (story := value.strip())]
+                yield [
+                    story
+                    for value in batch.column(0).to_pylist()
+                    if isinstance(value, str) and (story := value.strip())
+                ]
         except CorpusError:
             raise
         except (ValueError, OSError) as e:

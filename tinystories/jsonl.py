@@ -63,8 +63,10 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
             try:
                 record = json.loads(line)
             except ValueError as e:
-                raise ValueError(f"{path}:{number}: not a JSON record ({e}); only the last line can be torn by a "
-                                 f"crash, so this line was damaged otherwise: fix or delete it") from None
+                raise ValueError(
+                    f"{path}:{number}: not a JSON record ({e}); only the last line can be torn by a "
+                    f"crash, so this line was damaged otherwise: fix or delete it"
+                ) from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{number}: not a JSON object")
             yield record

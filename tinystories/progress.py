@@ -18,19 +18,42 @@ if TYPE_CHECKING:
 
 
 class Progress:
-    def __init__(self, description: str, total: float | None = None, *, unit: str = "items", enabled: bool = True,
-                 completed: float = 0, transient: bool = False) -> None:
+    def __init__(
+        self,
+        description: str,
+        total: float | None = None,
+        *,
+        unit: str = "items",
+        enabled: bool = True,
+        completed: float = 0,
+        transient: bool = False,
+    ) -> None:
         if unit not in ("items", "bytes"):
             raise ValueError(f"unit must be 'items' or 'bytes', got {unit!r}")
         self._bar: rich.progress.Progress | None = None
         if not enabled:
             return
-        from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress as RichProgress,
-                                   TextColumn, TimeRemainingColumn, TransferSpeedColumn)
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import (
+            Progress as RichProgress,
+        )
 
         amount = (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else (MofNCompleteColumn(),)
-        self._bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), *amount,
-                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=transient)
+        self._bar = RichProgress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            *amount,
+            TextColumn("{task.fields[status]}"),
+            TimeRemainingColumn(),
+            transient=transient,
+        )
         self._task = self._bar.add_task(description, total=total, completed=completed, status="")
 
     @property

@@ -7,8 +7,8 @@ import json
 
 from tinystories.data.download import DATASETS, DownloadError, download, list_files
 from tinystories.data.inspect import stats, verify
-from tinystories.data.writer import DEFAULT_LEVEL, DEFAULT_SHARD_TOKENS, prepare
 from tinystories.data.shards import ShardError
+from tinystories.data.writer import DEFAULT_LEVEL, DEFAULT_SHARD_TOKENS, prepare
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,18 +20,39 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--list", action="store_true", help="show the names, their files and sizes")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = sub.add_parser("prepare", help="tokenize corpora into zstd token shards")
-    p.add_argument("inputs", nargs="+", help=".txt / .jsonl (optionally .zst), .json arrays, TinyStories_all_data.tar.gz, .parquet")
-    p.add_argument("--tokenizer", required=True, help="gpt2, gpt-neo, a tokenizer .json, or a dir with vocab.json+merges.txt")
+    p.add_argument(
+        "inputs", nargs="+", help=".txt / .jsonl (optionally .zst), .json arrays, TinyStories_all_data.tar.gz, .parquet"
+    )
+    p.add_argument(
+        "--tokenizer", required=True, help="gpt2, gpt-neo, a tokenizer .json, or a dir with vocab.json+merges.txt"
+    )
     p.add_argument("--out", required=True, help="dataset directory to write")
-    p.add_argument("--top-k", type=int, default=None, help="restrict the vocabulary to the K most frequent tokens (paper: 10000)")
-    p.add_argument("--val-fraction", type=float, default=0.01, help="share of stories (by text hash) held out (default 0.01)")
-    p.add_argument("--val-input", action="append", default=[], metavar="FILE",
-                   help="a held-out file that forms the validation split instead (repeatable; --val-fraction unused)")
+    p.add_argument(
+        "--top-k", type=int, default=None, help="restrict the vocabulary to the K most frequent tokens (paper: 10000)"
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=0.01, help="share of stories (by text hash) held out (default 0.01)"
+    )
+    p.add_argument(
+        "--val-input",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a held-out file that forms the validation split instead (repeatable; --val-fraction unused)",
+    )
     p.add_argument("--threads", type=int, default=None, help="tokenizer threads (default: all cores)")
     p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard")
-    p.add_argument("--level", type=int, default=None,
-                   help=f"a plain zstd level (default: level {DEFAULT_LEVEL} with a shorter search, ~2.05x smaller than uint16)")
-    p.add_argument("--instruct", action="store_true", help="render the records' words/features/summary (JSONL, .json, .tar.gz) in the Instruct layout")
+    p.add_argument(
+        "--level",
+        type=int,
+        default=None,
+        help=f"a plain zstd level (default: level {DEFAULT_LEVEL} with a shorter search, ~2.05x smaller than uint16)",
+    )
+    p.add_argument(
+        "--instruct",
+        action="store_true",
+        help="render the records' words/features/summary (JSONL, .json, .tar.gz) in the Instruct layout",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     s = sub.add_parser("stats", help="counts, tokens-per-story histogram, top tokens")
     s.add_argument("data_dir")
@@ -50,12 +71,24 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.action == "download":
             return _download(args, console)
         if args.action == "prepare":
-            index = prepare(args.inputs, args.out, args.tokenizer, top_k=args.top_k, val_fraction=args.val_fraction,
-                            threads=args.threads, shard_tokens=args.shard_tokens, progress=not args.no_progress,
-                            instruct=args.instruct, val_inputs=args.val_input, level=args.level)  # fmt: skip
+            index = prepare(
+                args.inputs,
+                args.out,
+                args.tokenizer,
+                top_k=args.top_k,
+                val_fraction=args.val_fraction,
+                threads=args.threads,
+                shard_tokens=args.shard_tokens,
+                progress=not args.no_progress,
+                instruct=args.instruct,
+                val_inputs=args.val_input,
+                level=args.level,
+            )
             for split, info in index["splits"].items():
-                console.print(f"{split}: {info['stories']:,} stories, {info['tokens']:,} tokens, "
-                              f"{len(info['shards'])} shards, {info['bytes'] / 1e6:.1f} MB")  # fmt: skip
+                console.print(
+                    f"{split}: {info['stories']:,} stories, {info['tokens']:,} tokens, "
+                    f"{len(info['shards'])} shards, {info['bytes'] / 1e6:.1f} MB"
+                )
             console.print(f"wrote {args.out} in {index.get('prepare_seconds', 0):.1f} s")
             return 0
         if args.action == "verify":
@@ -63,7 +96,9 @@ def run_cli(args: argparse.Namespace) -> int:
             for problem in report["problems"]:
                 console.print(f"[red]FAIL[/red] {problem}", highlight=False, soft_wrap=True)
             verdict = "[green]OK[/green]" if report["ok"] else f"[red]{len(report['problems'])} problem(s)[/red]"
-            console.print(f"{verdict}: {report['shards']} shards, {report['tokens']:,} tokens, {report['bytes'] / 1e6:.1f} MB")
+            console.print(
+                f"{verdict}: {report['shards']} shards, {report['tokens']:,} tokens, {report['bytes'] / 1e6:.1f} MB"
+            )
             return 0 if report["ok"] else 1
         result = stats(args.data_dir, top=args.top)
         if args.json:
@@ -74,8 +109,15 @@ def run_cli(args: argparse.Namespace) -> int:
             table.add_column(col, justify="right")
         for split, s in result["splits"].items():
             q = s.get("tokens_per_story", {})
-            table.add_row(split, f"{s['stories']:,}", f"{s['tokens']:,}", str(s["shards"]), f"{s['bytes'] / 1e6:.2f}",
-                          str(s["compression_vs_raw"]), "/".join(str(q.get(k, "-")) for k in ("p10", "p50", "p90", "max")))  # fmt: skip
+            table.add_row(
+                split,
+                f"{s['stories']:,}",
+                f"{s['tokens']:,}",
+                str(s["shards"]),
+                f"{s['bytes'] / 1e6:.2f}",
+                str(s["compression_vs_raw"]),
+                "/".join(str(q.get(k, "-")) for k in ("p10", "p50", "p90", "max")),
+            )
         console.print(table)
         for split, s in result["splits"].items():
             if s.get("histogram"):
@@ -83,13 +125,15 @@ def run_cli(args: argparse.Namespace) -> int:
                 console.print(f"[bold]{split}[/bold] tokens per story")
                 for lo, hi, c in s["histogram"]:
                     console.print(f"  {lo:>6}-{hi - 1:<6} {'#' * round(40 * c / peak):<40} {c:,}", highlight=False)
-        console.print("[bold]top tokens[/bold]: " + ", ".join(
-            f"{t['text']!r}" if "text" in t else str(t["id"]) for t in result["top_tokens"]) + "")  # fmt: skip
+        console.print(
+            "[bold]top tokens[/bold]: "
+            + ", ".join(f"{t['text']!r}" if "text" in t else str(t["id"]) for t in result["top_tokens"])
+            + ""
+        )
         return 0
     except (ShardError, ValueError, OSError, DownloadError) as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 1
-
 
 
 def _download(args: argparse.Namespace, console) -> int:

@@ -52,8 +52,9 @@ def files_for(names: Sequence[str]) -> list[str]:
     """Repository paths of the given short names, in catalogue order, without repeats."""
     unknown = [n for n in names if n != ALL and n not in DATASETS]
     if unknown or not names:
-        raise ValueError(f"unknown dataset name(s) {', '.join(unknown) or '(none given)'}; "
-                         f"known: {', '.join([*DATASETS, ALL])}")  # fmt: skip
+        raise ValueError(
+            f"unknown dataset name(s) {', '.join(unknown) or '(none given)'}; known: {', '.join([*DATASETS, ALL])}"
+        )
     wanted = set(DATASETS) if ALL in names else set(names)
     return [f for name, files in DATASETS.items() if name in wanted for f in files]
 
@@ -82,7 +83,8 @@ def _unreachable(files: Sequence[str], out: Path, revision: str, reason: str) ->
     return DownloadError(
         f"cannot reach the Hugging Face Hub at {_endpoint()} ({reason}). Fetch these files another way and put "
         f"them at the paths shown, then rerun this command (or pass them straight to `tinystories data prepare`):\n"
-        f"{where}\nA mirror can be set with HF_ENDPOINT; HF_HUB_OFFLINE=1 forbids any network access.")
+        f"{where}\nA mirror can be set with HF_ENDPOINT; HF_HUB_OFFLINE=1 forbids any network access."
+    )
 
 
 def list_files(revision: str = "main") -> list[dict[str, Any]]:
@@ -128,8 +130,13 @@ def download(names: Sequence[str], out: str | Path, *, revision: str = "main", p
     _require_hub()
     import httpx2
     from huggingface_hub import constants, get_hf_file_metadata
-    from huggingface_hub.errors import (HfHubHTTPError, OfflineModeIsEnabled, RemoteEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
     from huggingface_hub.utils import build_hf_headers, disable_progress_bars
 
     disable_progress_bars()  # ours is the rich bar below
@@ -152,19 +159,27 @@ def download(names: Sequence[str], out: str | Path, *, revision: str = "main", p
         except RevisionNotFoundError:
             raise DownloadError(f"{REPO_ID} has no revision {revision!r} ({url})") from None
         except RepositoryNotFoundError:
-            raise DownloadError(f"{REPO_ID}: repository not found at {_endpoint()} (check HF_ENDPOINT / HF_TOKEN)") from None
+            raise DownloadError(
+                f"{REPO_ID}: repository not found at {_endpoint()} (check HF_ENDPOINT / HF_TOKEN)"
+            ) from None
         except HfHubHTTPError as e:
             raise DownloadError(f"{f}: the Hub refused {url} ({e})") from None
         except (httpx2.TransportError, OfflineModeIsEnabled) as e:
-            todo = [g for g in files[files.index(f):] if not (out / g).is_file()]
+            todo = [g for g in files[files.index(f) :] if not (out / g).is_file()]
             if not todo:
-                paths.extend(out / g for g in files[files.index(f):])
+                paths.extend(out / g for g in files[files.index(f) :])
                 break
             raise _unreachable(todo, out, revision, f"{type(e).__name__}: {e}") from None
         sha, size = meta.etag, meta.size
         if sha is None or not _SHA256.fullmatch(sha) or size is None:
-            raise DownloadError(f"{f}: the Hub did not report a sha256 and size for {url} (ETag {sha!r}); not a dataset file?")
-        if dest.is_file() and dest.stat().st_size == size and (record.get(f, {}).get("sha256") == sha or sha256_file(dest) == sha):
+            raise DownloadError(
+                f"{f}: the Hub did not report a sha256 and size for {url} (ETag {sha!r}); not a dataset file?"
+            )
+        if (
+            dest.is_file()
+            and dest.stat().st_size == size
+            and (record.get(f, {}).get("sha256") == sha or sha256_file(dest) == sha)
+        ):
             paths.append(dest)
         else:
             paths.append(_fetch(f, meta.location, dest, sha, size, build_hf_headers(), progress))
@@ -188,18 +203,25 @@ def _fetch(name: str, url: str, dest: Path, sha: str, size: int, headers: dict, 
     if done > size:
         part.unlink()
         done = 0
-    with Progress(f"download {name}", size, unit="bytes", completed=done, enabled=progress) as bar, open(part, "ab") as fh:
+    with (
+        Progress(f"download {name}", size, unit="bytes", completed=done, enabled=progress) as bar,
+        open(part, "ab") as fh,
+    ):
         try:
             http_get(url, _CountingFile(fh, bar), resume_size=done, headers=headers, expected_size=size)
         except (httpx2.TransportError, HfHubHTTPError, OSError) as e:
             fh.flush()
             got = part.stat().st_size
-            raise DownloadError(f"{name}: download interrupted after {got:,} of {size:,} bytes ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0]}); {part} is kept: rerun the same command to resume") from None
+            raise DownloadError(
+                f"{name}: download interrupted after {got:,} of {size:,} bytes ({type(e).__name__}: "
+                f"{str(e).splitlines()[0]}); {part} is kept: rerun the same command to resume"
+            ) from None
     got_size, got_sha = part.stat().st_size, sha256_file(part)
     if got_size != size or got_sha != sha:
         part.unlink()
-        raise DownloadError(f"{name}: the downloaded file does not match the Hub (sha256 {got_sha}, {got_size:,} bytes; "
-                            f"expected {sha}, {size:,} bytes); it was removed: rerun to download it again")
+        raise DownloadError(
+            f"{name}: the downloaded file does not match the Hub (sha256 {got_sha}, {got_size:,} bytes; "
+            f"expected {sha}, {size:,} bytes); it was removed: rerun to download it again"
+        )
     os.replace(part, dest)
     return dest

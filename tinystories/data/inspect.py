@@ -8,8 +8,17 @@ from typing import Any
 import numpy as np
 
 from tinystories import _core
-from tinystories.data.shards import (INDEX_FILE, TOKENIZER_FILE, ShardError, check_shard_file, load_dataset_tokenizer,
-                                     read_index, schema_problems, sha256_file, validate_index)
+from tinystories.data.shards import (
+    INDEX_FILE,
+    TOKENIZER_FILE,
+    ShardError,
+    check_shard_file,
+    load_dataset_tokenizer,
+    read_index,
+    schema_problems,
+    sha256_file,
+    validate_index,
+)
 
 
 def verify(data_dir: str | Path) -> dict[str, Any]:
@@ -34,22 +43,30 @@ def verify(data_dir: str | Path) -> dict[str, Any]:
                 raise ShardError(f"{path}: sha256 mismatch: the file's content is not what {INDEX_FILE} recorded")
             reader = _core.ShardReader(str(path))
             if reader.token_bytes != np.dtype(index["dtype"]).itemsize:
-                raise ShardError(f"{path}: {reader.token_bytes}-byte tokens, but {INDEX_FILE} says "
-                                 f"dtype {index['dtype']}")
+                raise ShardError(
+                    f"{path}: {reader.token_bytes}-byte tokens, but {INDEX_FILE} says dtype {index['dtype']}"
+                )
             if (reader.n_tokens, len(reader.story_lengths)) != (shard["tokens"], shard["stories"]):
-                raise ShardError(f"{path}: {reader.n_tokens} tokens / {len(reader.story_lengths)} stories, "
-                                 f"but {INDEX_FILE} says {shard['tokens']} / {shard['stories']}")  # fmt: skip
+                raise ShardError(
+                    f"{path}: {reader.n_tokens} tokens / {len(reader.story_lengths)} stories, "
+                    f"but {INDEX_FILE} says {shard['tokens']} / {shard['stories']}"
+                )
             for b in range(reader.n_blocks):
                 block = reader.read_block(b)
                 if len(block) and int(block.max()) >= index["n_vocab"]:
-                    raise ShardError(f"{path}: block {b} holds token id {int(block.max())} >= n_vocab {index['n_vocab']}")
+                    raise ShardError(
+                        f"{path}: block {b} holds token id {int(block.max())} >= n_vocab {index['n_vocab']}"
+                    )
             tokens += reader.n_tokens
             size += reader.file_bytes
         except ShardError as e:
             problems.append(str(e))
     listed = {shard["file"] for shard in shards}
-    problems += [f"{path}: a shard file that {INDEX_FILE} does not list" for path in sorted(data_dir.glob("*.tok.zst"))
-                 if path.name not in listed]  # fmt: skip
+    problems += [
+        f"{path}: a shard file that {INDEX_FILE} does not list"
+        for path in sorted(data_dir.glob("*.tok.zst"))
+        if path.name not in listed
+    ]
     if not (data_dir / TOKENIZER_FILE).is_file():
         problems.append(f"{data_dir / TOKENIZER_FILE}: missing")
     else:
@@ -57,8 +74,9 @@ def verify(data_dir: str | Path) -> dict[str, Any]:
             tok = load_dataset_tokenizer(data_dir)
             for key, value in (("n_vocab", tok.n_vocab), ("eot_token", tok.eot_token)):
                 if index.get(key) != value:
-                    problems.append(f"{data_dir / INDEX_FILE}: {key}: {index.get(key)}, "
-                                    f"but {TOKENIZER_FILE} has {value}")
+                    problems.append(
+                        f"{data_dir / INDEX_FILE}: {key}: {index.get(key)}, but {TOKENIZER_FILE} has {value}"
+                    )
         except Exception as e:  # a damaged index or tokenizer file is a problem to report, whatever it raises
             problems.append(f"{data_dir / TOKENIZER_FILE}: {e}")
     return {"ok": not problems, "problems": problems, "shards": len(shards), "tokens": tokens, "bytes": size}
@@ -80,13 +98,18 @@ def stats(data_dir: str | Path, *, top: int = 20) -> dict[str, Any]:
                 counts += np.bincount(reader.read_block(b), minlength=len(counts))
         lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
         split_stats: dict[str, Any] = {
-            "stories": info["stories"], "tokens": info["tokens"], "shards": len(info["shards"]), "bytes": info["bytes"],
+            "stories": info["stories"],
+            "tokens": info["tokens"],
+            "shards": len(info["shards"]),
+            "bytes": info["bytes"],
             "compression_vs_raw": round(info["tokens"] * token_bytes / info["bytes"], 3) if info["bytes"] else None,
-        }  # fmt: skip
+        }
         if len(lengths_all):
             q = np.percentile(lengths_all, [0, 10, 50, 90, 99, 100])
-            split_stats["tokens_per_story"] = {"mean": round(float(lengths_all.mean()), 1),
-                                              **{k: int(v) for k, v in zip(("min", "p10", "p50", "p90", "p99", "max"), q)}}  # fmt: skip
+            split_stats["tokens_per_story"] = {
+                "mean": round(float(lengths_all.mean()), 1),
+                **{k: int(v) for k, v in zip(("min", "p10", "p50", "p90", "p99", "max"), q)},
+            }
             edges = np.unique(np.geomspace(max(1, q[0]), q[-1] + 1, 13).astype(np.int64))
             hist, edges = np.histogram(lengths_all, bins=edges)
             split_stats["histogram"] = [[int(a), int(b), int(c)] for a, b, c in zip(edges[:-1], edges[1:], hist)]
@@ -97,6 +120,9 @@ def stats(data_dir: str | Path, *, top: int = 20) -> dict[str, Any]:
         decode = tok.decode
     except Exception:  # stats still work without a readable tokenizer (ids only)
         decode = None
-    out["top_tokens"] = [{"id": int(i), "count": int(counts[i]), **({"text": decode([int(i)])} if decode else {})}
-                         for i in order if counts[i]]  # fmt: skip
+    out["top_tokens"] = [
+        {"id": int(i), "count": int(counts[i]), **({"text": decode([int(i)])} if decode else {})}
+        for i in order
+        if counts[i]
+    ]
     return out

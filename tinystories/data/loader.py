@@ -1,8 +1,8 @@
 """``TokenLoader``: (x, y) training batches from a prepared split, made by native threads (csrc/loader.h).
 
-    loader = TokenLoader("data/ts", batch_size=32, seq_len=512)
-    x, y = next(loader)                           # (32, 512) int64 numpy arrays
-    state = loader.state()                        # JSON-serialisable; load_state(state) resumes exactly
+loader = TokenLoader("data/ts", batch_size=32, seq_len=512)
+x, y = next(loader)                           # (32, 512) int64 numpy arrays
+state = loader.state()                        # JSON-serialisable; load_state(state) resumes exactly
 """
 
 from __future__ import annotations
@@ -59,8 +59,9 @@ class TokenLoader:
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be positive, got {batch_size} and {seq_len}")
         if not 1 <= threads <= MAX_THREADS or prefetch < 1:
-            raise ValueError(f"threads must be in [1, {MAX_THREADS}] and prefetch >= 1, got threads={threads}, "
-                             f"prefetch={prefetch}")
+            raise ValueError(
+                f"threads must be in [1, {MAX_THREADS}] and prefetch >= 1, got threads={threads}, prefetch={prefetch}"
+            )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank {rank} of world_size {world_size}")
         self.data_dir = Path(data_dir)
@@ -92,10 +93,21 @@ class TokenLoader:
 
     def _start(self, start_batch: int) -> _core.TokenLoaderCore:
         return _core.TokenLoaderCore(
-            self._paths, self.batch_size, self.seq_len, self.mode == "stories", self.seed, self.rank,
-            self.world_size, self.prefetch, self.threads, self.shuffle, self.loop, int(self.index["eot_token"]),
-            MIX_BLOCKS, start_batch,
-        )  # fmt: skip
+            self._paths,
+            self.batch_size,
+            self.seq_len,
+            self.mode == "stories",
+            self.seed,
+            self.rank,
+            self.world_size,
+            self.prefetch,
+            self.threads,
+            self.shuffle,
+            self.loop,
+            int(self.index["eot_token"]),
+            MIX_BLOCKS,
+            start_batch,
+        )
 
     def __iter__(self) -> TokenLoader:
         if self._exhausted:  # a finished single pass (validation) starts over
@@ -137,11 +149,18 @@ class TokenLoader:
 
     def _identity(self) -> dict[str, Any]:
         return {
-            "split": self.split, "mode": self.mode, "batch_size": self.batch_size, "seq_len": self.seq_len,
-            "seed": self.seed, "rank": self.rank, "world_size": self.world_size, "shuffle": self.shuffle,
-            "loop": self.loop, "fingerprint": self.fingerprint,
+            "split": self.split,
+            "mode": self.mode,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "shuffle": self.shuffle,
+            "loop": self.loop,
+            "fingerprint": self.fingerprint,
             "tokens": self.index["splits"][self.split]["tokens"],
-        }  # fmt: skip
+        }
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable position: the next batch to deliver, plus what it depends on."""

@@ -31,13 +31,29 @@ _COUNT = {"type": "integer", "minimum": 0}
 # A shard is named by a plain file name inside the dataset folder: no "/", "\\" or leading "." ("../x").
 SHARD_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _SPLIT = {
-    "type": "object", "required": ["stories", "tokens", "bytes", "shards"],
-    "properties": {"stories": _COUNT, "tokens": _COUNT, "bytes": _COUNT, "shards": {"type": "array", "items": {
-        "type": "object", "required": ["file", "tokens", "stories", "bytes", "sha256"],
-        "properties": {"file": {"type": "string", "pattern": SHARD_NAME}, "tokens": _COUNT, "stories": _COUNT,
-                       "bytes": _COUNT, "blocks": _COUNT, "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
-    }}},
-}  # fmt: skip
+    "type": "object",
+    "required": ["stories", "tokens", "bytes", "shards"],
+    "properties": {
+        "stories": _COUNT,
+        "tokens": _COUNT,
+        "bytes": _COUNT,
+        "shards": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["file", "tokens", "stories", "bytes", "sha256"],
+                "properties": {
+                    "file": {"type": "string", "pattern": SHARD_NAME},
+                    "tokens": _COUNT,
+                    "stories": _COUNT,
+                    "bytes": _COUNT,
+                    "blocks": _COUNT,
+                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                },
+            },
+        },
+    },
+}
 INDEX_SCHEMA = {  # what every reader of index.json relies on (docs/shard_format.md); other keys are information
     "type": "object",
     "required": ["format", "format_version", "dtype", "n_vocab", "eot_token", "tokenizer", "splits"],
@@ -48,7 +64,7 @@ INDEX_SCHEMA = {  # what every reader of index.json relies on (docs/shard_format
         "tokenizer": {"type": "object", "required": ["fingerprint"], "properties": {"fingerprint": {"type": "string"}}},
         "splits": {"type": "object", "required": list(SPLITS), "properties": {s: _SPLIT for s in SPLITS}},
     },
-}  # fmt: skip
+}
 
 
 def token_dtype(n_vocab: int) -> np.dtype:
@@ -97,8 +113,10 @@ def validate_index(index: dict[str, Any], where: Path) -> list[str]:
     if problems:  # the checks below rely on the schema's fields and types
         return problems
     if index["dtype"] != token_dtype(index["n_vocab"]).name:
-        problems.append(f"{where}: dtype: {index['dtype']}, but n_vocab {index['n_vocab']} is stored as "
-                        f"{token_dtype(index['n_vocab']).name}")
+        problems.append(
+            f"{where}: dtype: {index['dtype']}, but n_vocab {index['n_vocab']} is stored as "
+            f"{token_dtype(index['n_vocab']).name}"
+        )
     if index["eot_token"] >= index["n_vocab"]:
         problems.append(f"{where}: eot_token: {index['eot_token']} is not below n_vocab {index['n_vocab']}")
     seen: dict[str, str] = {}
@@ -109,8 +127,10 @@ def validate_index(index: dict[str, Any], where: Path) -> list[str]:
                 problems.append(f"{where}: splits.{split}.{key}: {info[key]}, but its shards add up to {total}")
         for i, shard in enumerate(info["shards"]):
             if shard["file"] in seen:
-                problems.append(f"{where}: splits.{split}.shards[{i}].file: {shard['file']} is listed twice "
-                                f"(also in {seen[shard['file']]})")
+                problems.append(
+                    f"{where}: splits.{split}.shards[{i}].file: {shard['file']} is listed twice "
+                    f"(also in {seen[shard['file']]})"
+                )
             seen.setdefault(shard["file"], f"splits.{split}.shards[{i}]")
     return problems
 
@@ -135,8 +155,9 @@ def load_dataset_tokenizer(data_dir: str | Path) -> Tokenizer:
         raise ShardError(f"{Path(data_dir) / INDEX_FILE}: no tokenizer.fingerprint field")
     tok = Tokenizer.load(path)
     if tok.fingerprint != recorded:
-        raise ShardError(f"{path}: tokenizer fingerprint {tok.fingerprint[:16]}... does not match index.json "
-                         f"({recorded[:16]}...)")
+        raise ShardError(
+            f"{path}: tokenizer fingerprint {tok.fingerprint[:16]}... does not match index.json ({recorded[:16]}...)"
+        )
     return tok
 
 
@@ -159,4 +180,3 @@ def check_shard_file(data_dir: Path, shard: dict) -> Path:
         what = "truncated" if size < shard["bytes"] else "wrong size"
         raise ShardError(f"{path}: {what}: {size} bytes, but {INDEX_FILE} says {shard['bytes']}")
     return path
-

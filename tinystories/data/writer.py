@@ -1,6 +1,6 @@
 """``prepare``: story corpora -> a dataset directory of zstd token shards, restartable after any crash.
 
-    index = prepare(["TinyStories-train.txt"], "data/ts", "gpt2", top_k=10_000)
+index = prepare(["TinyStories-train.txt"], "data/ts", "gpt2", top_k=10_000)
 """
 
 from __future__ import annotations
@@ -22,8 +22,17 @@ import numpy as np
 from tinystories import _core
 from tinystories.atomic import atomic_write_json
 from tinystories.corpus import CorpusError, CorpusReader, input_signature
-from tinystories.data.shards import (FORMAT_NAME, FORMAT_VERSION, INDEX_FILE, SPLITS, TOKENIZER_FILE, ShardError,
-                                     read_index, sha256_file, token_dtype)
+from tinystories.data.shards import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INDEX_FILE,
+    SPLITS,
+    TOKENIZER_FILE,
+    ShardError,
+    read_index,
+    sha256_file,
+    token_dtype,
+)
 from tinystories.progress import Progress
 from tinystories.tokenizer import Tokenizer, resolve_tokenizer
 
@@ -36,8 +45,15 @@ DEFAULT_BLOCK_TOKENS = 1 << 18  # 256K tokens per zstd frame: the unit of random
 # them, a one-block window and a deeper hash chain gives 2.03-2.07x at 50-70 MB/s, about 8x level 17's speed.
 # (Blocks under 512 KB compress less well: 1.98x at 300 KB.)
 DEFAULT_LEVEL = 7  # the lazy family; the parameters below set everything that matters
-DEFAULT_ZSTD_PARAMS = {"strategy": 4, "window_log": 19, "hash_log": 18, "chain_log": 19, "search_log": 6,
-                       "min_match": 4, "target_length": 16}  # strategy 4 = ZSTD_lazy  # fmt: skip
+DEFAULT_ZSTD_PARAMS = {
+    "strategy": 4,
+    "window_log": 19,
+    "hash_log": 18,
+    "chain_log": 19,
+    "search_log": 6,
+    "min_match": 4,
+    "target_length": 16,
+}  # strategy 4 = ZSTD_lazy
 BATCH_STORIES = 4096  # stories tokenized per call
 
 
@@ -76,14 +92,27 @@ class DatasetWriter:
     continues after the last finished shard (``resume_from`` tells the caller which ordinals to skip).
     """
 
-    def __init__(self, out_dir: str | Path, config: dict[str, Any], *, shard_tokens: int = DEFAULT_SHARD_TOKENS,
-                 block_tokens: int = DEFAULT_BLOCK_TOKENS, level: int | None = None, threads: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        out_dir: str | Path,
+        config: dict[str, Any],
+        *,
+        shard_tokens: int = DEFAULT_SHARD_TOKENS,
+        block_tokens: int = DEFAULT_BLOCK_TOKENS,
+        level: int | None = None,
+        threads: int = 1,
+    ):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         zstd_params = dict(DEFAULT_ZSTD_PARAMS) if level is None else {}  # an explicit level is plain zstd
         level = DEFAULT_LEVEL if level is None else level
-        self.config = {**config, "shard_tokens": shard_tokens, "block_tokens": block_tokens, "zstd_level": level,
-                       "zstd_params": zstd_params}  # fmt: skip
+        self.config = {
+            **config,
+            "shard_tokens": shard_tokens,
+            "block_tokens": block_tokens,
+            "zstd_level": level,
+            "zstd_params": zstd_params,
+        }
         self.dtype = token_dtype(int(config["n_vocab"]))
         self.shard_tokens, self.block_tokens, self.level, self.threads = shard_tokens, block_tokens, level, threads
         self.zstd_params = zstd_params
@@ -120,8 +149,14 @@ class DatasetWriter:
         while i < len(lengths):
             if split not in self._writers:
                 name = f"{split}-{len(state.shards):05d}.tok.zst"
-                self._writers[split] = _core.ShardWriter(str(self.out_dir / name), self.dtype.itemsize, self.block_tokens,
-                                                         self.level, self.threads, self.zstd_params)  # fmt: skip
+                self._writers[split] = _core.ShardWriter(
+                    str(self.out_dir / name),
+                    self.dtype.itemsize,
+                    self.block_tokens,
+                    self.level,
+                    self.threads,
+                    self.zstd_params,
+                )
             writer = self._writers[split]
             start = int(ends[i - 1]) if i else 0
             room = self.shard_tokens - writer.n_tokens
@@ -143,8 +178,13 @@ class DatasetWriter:
         name = f"{split}-{len(state.shards):05d}.tok.zst"
         state.shards.append({"file": name, **info, "sha256": sha256_file(self.out_dir / name)})
         state.next_story = self._next_story[split]
-        atomic_write_json(self.out_dir / STATE_FILE, {"config": self.config, "splits": {
-            s: {"shards": st.shards, "next_story": st.next_story} for s, st in self.splits.items()}})  # fmt: skip
+        atomic_write_json(
+            self.out_dir / STATE_FILE,
+            {
+                "config": self.config,
+                "splits": {s: {"shards": st.shards, "next_story": st.next_story} for s, st in self.splits.items()},
+            },
+        )
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict:
         """Closes the open shards and writes index.json (last, atomically); returns the index."""
@@ -172,8 +212,9 @@ class DatasetWriter:
         return index
 
 
-def _batches(reader: CorpusReader, size: int, val_fraction: float, n_train_inputs: int
-             ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:  # fmt: skip
+def _batches(
+    reader: CorpusReader, size: int, val_fraction: float, n_train_inputs: int
+) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
     """(stories, in validation?, ordinals) about ``size`` stories at a time; stories of the inputs after the
     first ``n_train_inputs`` are all validation."""
     stories: list[str] = []
@@ -254,12 +295,18 @@ def prepare(
         index = read_index(out)
         if index.get("prepare_config") == config:
             return index
-        raise ShardError(f"{out / INDEX_FILE}: {out} already holds a different dataset; choose another --out or delete it")
+        raise ShardError(
+            f"{out / INDEX_FILE}: {out} already holds a different dataset; choose another --out or delete it"
+        )
     out.mkdir(parents=True, exist_ok=True)
     saved_tok = out / TOKENIZER_FILE
     if top_k is not None:
         state = out / STATE_FILE
-        resumable = state.is_file() and saved_tok.is_file() and json.loads(state.read_text())["config"].get("prepare_config") == config
+        resumable = (
+            state.is_file()
+            and saved_tok.is_file()
+            and json.loads(state.read_text())["config"].get("prepare_config") == config
+        )
         if resumable:
             tok = Tokenizer.load(saved_tok)
         else:
@@ -267,9 +314,17 @@ def prepare(
     eot = np.array([tok.eot_token], dtype=token_dtype(tok.n_vocab))
     writer = DatasetWriter(
         out,
-        {"prepare_config": config, "n_vocab": tok.n_vocab, "eot_token": tok.eot_token, "tokenizer_fingerprint": tok.fingerprint},
-        shard_tokens=shard_tokens, block_tokens=block_tokens, level=level, threads=threads,
-    )  # fmt: skip
+        {
+            "prepare_config": config,
+            "n_vocab": tok.n_vocab,
+            "eot_token": tok.eot_token,
+            "tokenizer_fingerprint": tok.fingerprint,
+        },
+        shard_tokens=shard_tokens,
+        block_tokens=block_tokens,
+        level=level,
+        threads=threads,
+    )
     skip = {s: writer.resume_from(s) for s in SPLITS}
 
     Routed = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # split -> (tokens, story lengths, ordinals)
@@ -280,7 +335,9 @@ def prepare(
             chosen = np.flatnonzero(mask & (ordinal >= skip[split]))
             arrays = tok.encode_batch_to_numpy([stories[i] for i in chosen], num_threads=threads)
             lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
-            tokens = np.insert(np.concatenate(arrays) if arrays else eot[:0], np.cumsum(lengths), eot[0])  # EOT after each
+            tokens = np.insert(
+                np.concatenate(arrays) if arrays else eot[:0], np.cumsum(lengths), eot[0]
+            )  # EOT after each
             result[split] = (tokens, lengths + 1, ordinal[chosen])
         return result
 
@@ -294,8 +351,11 @@ def prepare(
         # Three stages run at once: reading, splitting and hashing the next batch (Python, in `reading`), tokenizing
         # this one (native threads) and compressing and writing the previous one (native threads, in `writing`).
         batches = _batches(reader, BATCH_STORIES, val_fraction, len(inputs))
-        with Progress("prepare", reader.total_bytes, unit="bytes", enabled=progress) as bar, \
-                concurrent.futures.ThreadPoolExecutor(1) as reading, concurrent.futures.ThreadPoolExecutor(1) as writing:
+        with (
+            Progress("prepare", reader.total_bytes, unit="bytes", enabled=progress) as bar,
+            concurrent.futures.ThreadPoolExecutor(1) as reading,
+            concurrent.futures.ThreadPoolExecutor(1) as writing,
+        ):
             # Saving the tokenizer (Python, ~0.3 s for GPT-2) goes first in `writing`: before any shard or state file,
             # while the first batch is read and tokenized.
             pending: concurrent.futures.Future = writing.submit(tok.save, saved_tok)

@@ -1,4 +1,5 @@
-"""``tinystories eval``: grade checkpoints with a judge LLM, run the capability probes, measure novelty and held-out loss.
+"""``tinystories eval``: grade checkpoints with a judge LLM, run the capability probes, measure novelty and
+held-out loss.
 
     tinystories eval grade runs/a/ckpt.pt runs/b/ckpt.pt --judge-model gpt-4o --out eval/
     tinystories eval probes runs/a/ckpt.pt --hf-model ~/models/gpt2-xl --html eval/probes.html
@@ -36,15 +37,29 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="eval_command", metavar="{grade,probes,novelty,loss,report}", required=True)
 
     def models(p: argparse.ArgumentParser) -> None:
-        p.add_argument("checkpoints", nargs="*", type=Path,
-                       help="our checkpoint files, or run folders (their newest checkpoint)")
-        p.add_argument("--all-checkpoints", action="store_true",
-                       help="a run folder stands for every checkpoint it holds (grades vs training step)")
-        p.add_argument("--hf-model", action="append", default=[], type=Path, metavar="DIR",
-                       help="a Hugging Face causal LM directory (repeatable)")
+        p.add_argument(
+            "checkpoints", nargs="*", type=Path, help="our checkpoint files, or run folders (their newest checkpoint)"
+        )
+        p.add_argument(
+            "--all-checkpoints",
+            action="store_true",
+            help="a run folder stands for every checkpoint it holds (grades vs training step)",
+        )
+        p.add_argument(
+            "--hf-model",
+            action="append",
+            default=[],
+            type=Path,
+            metavar="DIR",
+            help="a Hugging Face causal LM directory (repeatable)",
+        )
         p.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
-        p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                       help="autocast dtype of our checkpoints; auto: as the trainer chooses for the device")
+        p.add_argument(
+            "--dtype",
+            default="auto",
+            choices=["auto", "fp32", "fp16", "bf16"],
+            help="autocast dtype of our checkpoints; auto: as the trainer chooses for the device",
+        )
 
     def judge(p: argparse.ArgumentParser, required: bool) -> None:
         p.add_argument("--judge-model", required=required, help="the judge model name (e.g. gpt-4o)")
@@ -55,8 +70,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     judge(g, required=True)
     g.add_argument("--beginnings", type=Path, help="one beginning per line (default: the shipped set)")
     g.add_argument("--limit-beginnings", type=int, help="use only the first N beginnings (or instruction sets)")
-    g.add_argument("--instruct", action="store_true",
-                   help="Instruct checkpoints: score instruction following (words, summary, features) instead")
+    g.add_argument(
+        "--instruct",
+        action="store_true",
+        help="Instruct checkpoints: score instruction following (words, summary, features) instead",
+    )
     g.add_argument("--instructions", type=Path, help="instruction sets, JSONL (default: the shipped set)")
     g.add_argument("--samples", type=int, default=10, help="completions per beginning")
     g.add_argument("--temperature", type=float, default=1.0)
@@ -73,8 +91,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("probes", help="factual / reasoning / context-tracking prompt suites, greedy, scored")
     models(p)
     judge(p, required=False)
-    p.add_argument("--suites", default=",".join(("factual", "reasoning", "context")),
-                   help="comma-separated shipped suite names or JSON files")
+    p.add_argument(
+        "--suites",
+        default=",".join(("factual", "reasoning", "context")),
+        help="comma-separated shipped suite names or JSON files",
+    )
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.add_argument("--judge", action="store_true", help="ask the judge to settle the partially correct ones")
     p.add_argument("--html", type=Path, help="write a self-contained HTML report here")
@@ -82,9 +103,14 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
     n = sub.add_parser("novelty", help="complete cut training stories; overlap with the true ending and the corpus")
     models(n)
-    n.add_argument("--stories", type=Path, action="append", required=True,
-                   help="the training corpus, read as `tinystories data prepare` reads it (.txt with <|endoftext|> "
-                        "separators, or .jsonl with 'text' or 'story'; optionally .zst)")
+    n.add_argument(
+        "--stories",
+        type=Path,
+        action="append",
+        required=True,
+        help="the training corpus, read as `tinystories data prepare` reads it (.txt with <|endoftext|> "
+        "separators, or .jsonl with 'text' or 'story'; optionally .zst)",
+    )
     n.add_argument("--n", type=int, default=100, help="stories to cut and complete")
     n.add_argument("--ngram", type=int, default=4)
     n.add_argument("--temperature", type=float, default=0.0)
@@ -102,8 +128,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     loss.add_argument("--stride", type=int, help="sliding-window stride in tokens (default: the window, --seq-len)")
     loss.add_argument("--max-bytes", type=int, help="score only the head of the text")
     loss.add_argument("--batch-size", type=int, default=8)
-    loss.add_argument("--seq-len", type=int, help="window in tokens (default: the length each checkpoint was "
-                                                  "trained at; a HF model: its context)")
+    loss.add_argument(
+        "--seq-len",
+        type=int,
+        help="window in tokens (default: the length each checkpoint was trained at; a HF model: its context)",
+    )
     loss.add_argument("--json", type=Path, help="also write the results here")
 
 
@@ -149,13 +178,21 @@ def _run(args: argparse.Namespace) -> int:
 
 def _cli_grade(args: argparse.Namespace) -> int:
     # everything that can be wrong in the arguments is checked before the models are loaded and sampled
-    settings = GradeSettings(judge_model=args.judge_model, samples=args.samples, temperature=args.temperature,
-                             top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    settings = GradeSettings(
+        judge_model=args.judge_model,
+        samples=args.samples,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
     judge = make_judge(args)
     if args.instruct:
         instructions = load_instructions(args.instructions)[: args.limit_beginnings]
-        records = grade_instruction_following(_load_students(args), judge, instructions, settings,
-                                              args.out / "instruct.jsonl")
+        records = grade_instruction_following(
+            _load_students(args), judge, instructions, settings, args.out / "instruct.jsonl"
+        )
         status = _judge_exit_status(judge)
         return _instruct_report(records) or status
     beginnings = load_beginnings(args.beginnings)[: args.limit_beginnings]
@@ -175,8 +212,12 @@ def _instruct_report(records: list[dict[str, Any]]) -> int:
     for column in ("model", "scored", "score", *kinds):
         table.add_column(column, justify="left" if column == "model" else "right")
     for name, s in summaries.items():
-        table.add_row(name, f"{s['n_scored']}/{s['n_items']}", str(s["score"]),
-                      *(f"{s['pass_rates'][k]:.0%}" if k in s["pass_rates"] else "-" for k in kinds))
+        table.add_row(
+            name,
+            f"{s['n_scored']}/{s['n_items']}",
+            str(s["score"]),
+            *(f"{s['pass_rates'][k]:.0%}" if k in s["pass_rates"] else "-" for k in kinds),
+        )
     Console().print(table)
     return 0
 
@@ -215,8 +256,10 @@ def make_judge(args: argparse.Namespace) -> LLMJudge:
 def _print_judge_stats(judge: LLMJudge) -> None:
     stats = judge.stats
     if stats is not None:
-        print(f"judge: {stats.succeeded} requests answered, {stats.failed} failed, ${stats.cost_usd:.4f}"
-              + (f"; stopped early: {stats.stopped}" if stats.stopped else ""))
+        print(
+            f"judge: {stats.succeeded} requests answered, {stats.failed} failed, ${stats.cost_usd:.4f}"
+            + (f"; stopped early: {stats.stopped}" if stats.stopped else "")
+        )
 
 
 def _judge_exit_status(judge: LLMJudge) -> int:
@@ -225,8 +268,10 @@ def _judge_exit_status(judge: LLMJudge) -> int:
     stats = judge.stats
     if stats is None or (not stats.failed and stats.stopped in (None, "budget")):
         return 0
-    print("tinystories eval: some items are not graded (judge requests failed); run the same command again",
-          file=sys.stderr)
+    print(
+        "tinystories eval: some items are not graded (judge requests failed); run the same command again",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -262,10 +307,20 @@ def _cli_novelty(args: argparse.Namespace, students: list[Student]) -> int:
     console = Console()
     lines = []
     for student in students:
-        items = novelty.run_novelty(student, corpus, n_stories=args.n, n=args.ngram, seed=args.seed,
-                                    max_new_tokens=args.max_new_tokens, temperature=args.temperature, index=index)
-        table = Table(title=f"novelty of {student.info.name}: {len(items)} cut stories, "
-                            f"{len(corpus)} training stories, {args.ngram}-grams")
+        items = novelty.run_novelty(
+            student,
+            corpus,
+            n_stories=args.n,
+            n=args.ngram,
+            seed=args.seed,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            index=index,
+        )
+        table = Table(
+            title=f"novelty of {student.info.name}: {len(items)} cut stories, "
+            f"{len(corpus)} training stories, {args.ngram}-grams"
+        )
         for column in ("metric", "mean", "min", "10%", "median", "90%", "max"):
             table.add_column(column, justify="left" if column == "metric" else "right")
         for metric, d in novelty.distribution(items).items():
@@ -273,10 +328,12 @@ def _cli_novelty(args: argparse.Namespace, students: list[Student]) -> int:
         console.print(table)
         closest = sorted(items, key=lambda i: max(i.rouge_l_ending, i.nearest_lcs_precision), reverse=True)
         for item in closest[: args.show]:
-            console.print(f"[bold]story {item.story_index}[/] rouge-L vs ending {item.rouge_l_ending:.2f}, "
-                          f"LCS precision vs story {item.nearest_story} {item.nearest_lcs_precision:.2f}\n"
-                          f"  completion: {item.completion.strip()[:300]!r}\n"
-                          f"  true ending: {item.original_ending.strip()[:300]!r}")
+            console.print(
+                f"[bold]story {item.story_index}[/] rouge-L vs ending {item.rouge_l_ending:.2f}, "
+                f"LCS precision vs story {item.nearest_story} {item.nearest_lcs_precision:.2f}\n"
+                f"  completion: {item.completion.strip()[:300]!r}\n"
+                f"  true ending: {item.original_ending.strip()[:300]!r}"
+            )
             if item.nearest_story is not None:
                 console.print(f"  nearest story: {corpus[item.nearest_story][:300]!r}")
         lines += [json.dumps({"model": student.info.name, **i.as_dict()}, ensure_ascii=False) + "\n" for i in items]
@@ -299,15 +356,29 @@ def _cli_loss(args: argparse.Namespace, students: list[Student]) -> int:
     results = []
     for student in students:
         if text is not None:
-            result = heldout.text_loss(student, text, source=str(args.text), stride=args.stride,
-                                       batch_size=args.batch_size, max_bytes=args.max_bytes, seq_len=args.seq_len)
+            result = heldout.text_loss(
+                student,
+                text,
+                source=str(args.text),
+                stride=args.stride,
+                batch_size=args.batch_size,
+                max_bytes=args.max_bytes,
+                seq_len=args.seq_len,
+            )
         elif isinstance(student, GPTNeoStudent):
-            result = heldout.split_loss(student, args.data, split=args.split, batch_size=args.batch_size,
-                                        seq_len=args.seq_len)
+            result = heldout.split_loss(
+                student, args.data, split=args.split, batch_size=args.batch_size, seq_len=args.seq_len
+            )
         else:
             raise SystemExit(f"{student.info.name}: --data shards hold our tokenizer's ids; use --text for HF models")
-        table.add_row(result.model, f"{result.tokens:,}", f"{result.bytes:,}", f"{result.loss:.4f}",
-                      f"{result.perplexity:.3f}", f"{result.bits_per_byte:.4f}")
+        table.add_row(
+            result.model,
+            f"{result.tokens:,}",
+            f"{result.bytes:,}",
+            f"{result.loss:.4f}",
+            f"{result.perplexity:.3f}",
+            f"{result.bits_per_byte:.4f}",
+        )
         results.append(result.as_dict())
     Console().print(table)
     if args.json:

@@ -120,7 +120,9 @@ _GRADE = re.compile(rf"(?<![\d.]){_RANGE_START}{_NUMBER}\s*(?:/|out\s+of)\s*(\d+
 _LETTER = re.compile(r"(?<![\w'])([A-F])(?![\w'])(?!(?<=A)\s+(?!or\b|and\b)[a-z])")
 _REFUSAL = re.compile(
     r"\b(i'?m sorry|i am sorry|i apologi[sz]e|i can(?:no|')t|i won'?t|i will not|i'?m (?:not )?(?:able|unable)|"
-    r"unable to|as an ai)\b", re.IGNORECASE)
+    r"unable to|as an ai)\b",
+    re.IGNORECASE,
+)
 
 
 def _segments(text: str) -> list[tuple[str, str]]:
@@ -147,7 +149,9 @@ def parse_grades(text: str) -> Grades:
         if name == "age_group":
             letters = sorted(set(_LETTER.findall(segment)))
             if letters:
-                read[name] = letters[0] if len(letters) == 1 else ("ambiguous", f"several age groups ({' or '.join(letters)})")
+                read[name] = (
+                    letters[0] if len(letters) == 1 else ("ambiguous", f"several age groups ({' or '.join(letters)})")
+                )
             continue
         grades = list(_GRADE.finditer(segment))
         if not grades:
@@ -195,8 +199,9 @@ async def judge_completion(chat: Chat, beginning: str, completion: str, *, reque
 
     async def ask(turn: int) -> str:
         nonlocal cost
-        reply = await chat(messages, f"{request_id}-{turn}",
-                           max_tokens=ASSESSMENT_MAX_TOKENS if turn == 1 else GRADES_MAX_TOKENS)
+        reply = await chat(
+            messages, f"{request_id}-{turn}", max_tokens=ASSESSMENT_MAX_TOKENS if turn == 1 else GRADES_MAX_TOKENS
+        )
         for name, value in reply.usage.items():
             usage[name] = usage.get(name, 0) + int(value)
         cost += reply.cost_usd
@@ -216,21 +221,50 @@ async def judge_completion(chat: Chat, beginning: str, completion: str, *, reque
         try:
             grades = parse_grades(answer)
         except GradeParseError as second:
-            failure = {"reason": second.reason, "detail": second.detail, "found": second.found,
-                       "first_attempt": {"reason": first.reason, "detail": first.detail}}
-    return {"status": "ok" if grades else "failed", "grades": grades.as_dict() if grades else None,
-            "failure": failure["reason"] if failure else None, "failure_detail": failure,
-            "follow_up": follow_up, "judge_text": answer, "conversation": messages, "usage": usage,
-            "cost_usd": cost}
+            failure = {
+                "reason": second.reason,
+                "detail": second.detail,
+                "found": second.found,
+                "first_attempt": {"reason": first.reason, "detail": first.detail},
+            }
+    return {
+        "status": "ok" if grades else "failed",
+        "grades": grades.as_dict() if grades else None,
+        "failure": failure["reason"] if failure else None,
+        "failure_detail": failure,
+        "follow_up": follow_up,
+        "judge_text": answer,
+        "conversation": messages,
+        "usage": usage,
+        "cost_usd": cost,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ cache
-def cache_key(*, checkpoint_id: str, beginning: str, seed: int, sample: int, generation: dict[str, Any],
-              judge_model: str, prompt_version: str = PROMPT_VERSION) -> str:
+def cache_key(
+    *,
+    checkpoint_id: str,
+    beginning: str,
+    seed: int,
+    sample: int,
+    generation: dict[str, Any],
+    judge_model: str,
+    prompt_version: str = PROMPT_VERSION,
+) -> str:
     """Stable id of one graded item; any change to what determines the grade gives a new key."""
-    payload = json.dumps({"checkpoint": checkpoint_id, "beginning": beginning, "seed": seed, "sample": sample,
-                          "generation": generation, "judge_model": judge_model, "prompt_version": prompt_version},
-                         sort_keys=True, ensure_ascii=False)
+    payload = json.dumps(
+        {
+            "checkpoint": checkpoint_id,
+            "beginning": beginning,
+            "seed": seed,
+            "sample": sample,
+            "generation": generation,
+            "judge_model": judge_model,
+            "prompt_version": prompt_version,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -276,8 +310,12 @@ class GradeSettings:
             raise ValueError("judge_model must name the judge")
 
     def generation(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                "max_new_tokens": self.max_new_tokens}
+        return {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+        }
 
 
 def beginning_seed(seed: int, beginning: str) -> int:
@@ -287,31 +325,55 @@ def beginning_seed(seed: int, beginning: str) -> int:
 
 def _student_fields(student: Student) -> dict[str, Any]:
     info = student.info
-    return {"checkpoint": info.name, "checkpoint_id": info.identity, "run": info.run, "step": info.step,
-            "hidden_size": info.hidden_size, "num_layers": info.num_layers, "num_parameters": info.num_parameters}
+    return {
+        "checkpoint": info.name,
+        "checkpoint_id": info.identity,
+        "run": info.run,
+        "step": info.step,
+        "hidden_size": info.hidden_size,
+        "num_layers": info.num_layers,
+        "num_parameters": info.num_parameters,
+    }
 
 
 # assess(chat, item) -> the outcome fields of a record (status ok/failed, ...); raises when the API failed.
 Assess = Callable[[Chat, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-def grade(students: Sequence[Student], judge: LLMJudge, beginnings: Sequence[str], settings: GradeSettings,
-          results_path: str | Path, *, progress: bool = True) -> list[dict[str, Any]]:
+def grade(
+    students: Sequence[Student],
+    judge: LLMJudge,
+    beginnings: Sequence[str],
+    settings: GradeSettings,
+    results_path: str | Path,
+    *,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Grade every student's completions of every beginning; returns this plan's final records (cached and new).
 
     ``judge``: an :class:`~tinystories.evaluate.judge.LLMJudge` (or anything with the same ``session()``).
     """
+
     async def assess(chat: Chat, item: dict[str, Any]) -> dict[str, Any]:
         return await judge_completion(chat, item["beginning"], item["completion"], request_id=item["key"][:24])
 
     prompts = [{"prompt": b, "beginning_index": i, "beginning": b} for i, b in enumerate(beginnings)]
-    return run_judged(students, judge, prompts, settings, results_path, assess, prompt_version=PROMPT_VERSION,
-                      progress=progress)
+    return run_judged(
+        students, judge, prompts, settings, results_path, assess, prompt_version=PROMPT_VERSION, progress=progress
+    )
 
 
-def run_judged(students: Sequence[Student], judge: LLMJudge, prompts: Sequence[dict[str, Any]],
-               settings: GradeSettings, results_path: str | Path, assess: Assess, *, prompt_version: str,
-               progress: bool = True) -> list[dict[str, Any]]:
+def run_judged(
+    students: Sequence[Student],
+    judge: LLMJudge,
+    prompts: Sequence[dict[str, Any]],
+    settings: GradeSettings,
+    results_path: str | Path,
+    assess: Assess,
+    *,
+    prompt_version: str,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Sample ``settings.samples`` completions of each prompt (``{"prompt": text, **fields}``) per student
     and ``assess`` each in a session of ``judge``; one JSONL record per completion in ``results_path``.
 
@@ -329,12 +391,25 @@ def run_judged(students: Sequence[Student], judge: LLMJudge, prompts: Sequence[d
         missing: dict[str, list[dict[str, Any]]] = {}
         for fields in prompts:
             for sample in range(settings.samples):
-                key = cache_key(checkpoint_id=student.info.identity, beginning=fields["prompt"], seed=settings.seed,
-                                sample=sample, generation=settings.generation(), judge_model=settings.judge_model,
-                                prompt_version=prompt_version)
-                item = {"key": key, **_student_fields(student), **fields, "sample": sample, "seed": settings.seed,
-                        "generation": settings.generation(), "judge_model": settings.judge_model,
-                        "prompt_version": prompt_version}
+                key = cache_key(
+                    checkpoint_id=student.info.identity,
+                    beginning=fields["prompt"],
+                    seed=settings.seed,
+                    sample=sample,
+                    generation=settings.generation(),
+                    judge_model=settings.judge_model,
+                    prompt_version=prompt_version,
+                )
+                item = {
+                    "key": key,
+                    **_student_fields(student),
+                    **fields,
+                    "sample": sample,
+                    "seed": settings.seed,
+                    "generation": settings.generation(),
+                    "judge_model": settings.judge_model,
+                    "prompt_version": prompt_version,
+                }
                 plan.append(item)
                 if key in final:
                     continue
@@ -351,16 +426,22 @@ def run_judged(students: Sequence[Student], judge: LLMJudge, prompts: Sequence[d
     return [final[item["key"]] for item in plan if item["key"] in final]
 
 
-def _generate(student: Student, missing: dict[str, list[dict[str, Any]]], settings: GradeSettings, *,
-              progress: bool) -> None:
+def _generate(
+    student: Student, missing: dict[str, list[dict[str, Any]]], settings: GradeSettings, *, progress: bool
+) -> None:
     """Fill in the completions of the missing items: one batch of all samples per prompt, seeded per prompt."""
     if not missing:
         return
     with Progress(f"sampling {student.info.name}", len(missing), enabled=progress) as bar:
         for prompt, items in missing.items():
-            completions = student.complete([prompt] * settings.samples, max_new_tokens=settings.max_new_tokens,
-                                           temperature=settings.temperature, top_k=settings.top_k,
-                                           top_p=settings.top_p, seed=beginning_seed(settings.seed, prompt))
+            completions = student.complete(
+                [prompt] * settings.samples,
+                max_new_tokens=settings.max_new_tokens,
+                temperature=settings.temperature,
+                top_k=settings.top_k,
+                top_p=settings.top_p,
+                seed=beginning_seed(settings.seed, prompt),
+            )
             for item in items:
                 item["completion"] = completions[item["sample"]]
             bar.advance()
@@ -376,16 +457,28 @@ def _replaying(chat: Chat, paid: list[dict[str, Any]], turns: list[dict[str, Any
         turn = earlier.get((request_id, digest))
         if turn is None:
             reply = await chat(messages, request_id, **options)
-            turn = {"id": request_id, "prompt_sha256": digest, "text": reply.text, "usage": reply.usage,
-                    "cost_usd": reply.cost_usd}
+            turn = {
+                "id": request_id,
+                "prompt_sha256": digest,
+                "text": reply.text,
+                "usage": reply.usage,
+                "cost_usd": reply.cost_usd,
+            }
         turns.append(turn)
         return ChatReply(turn["text"], dict(turn["usage"]), turn["cost_usd"])
 
     return replaying_chat
 
 
-async def _judge_all(judge: LLMJudge, assess: Assess, items: list[dict[str, Any]],
-                     paid: dict[str, list[dict[str, Any]]], results_path: Path, *, progress: bool) -> None:
+async def _judge_all(
+    judge: LLMJudge,
+    assess: Assess,
+    items: list[dict[str, Any]],
+    paid: dict[str, list[dict[str, Any]]],
+    results_path: Path,
+    *,
+    progress: bool,
+) -> None:
     with JsonlLog(results_path, fsync="always") as log, Progress("judging", len(items), enabled=progress) as bar:
         async with judge.session() as chat:
 
@@ -395,9 +488,14 @@ async def _judge_all(judge: LLMJudge, assess: Assess, items: list[dict[str, Any]
                     outcome = await assess(_replaying(chat, paid.get(item["key"], []), turns), item)
                 except Exception as exc:  # the API failed or the budget stopped: keep the completion and every
                     # answered turn (with its text), so the next run goes on from there
-                    outcome = {"status": "error", "grades": None, "failure": "api_error",
-                               "failure_detail": {"error": f"{type(exc).__name__}: {exc}"}, "turns": turns,
-                               "cost_usd": sum(t["cost_usd"] for t in turns)}
+                    outcome = {
+                        "status": "error",
+                        "grades": None,
+                        "failure": "api_error",
+                        "failure_detail": {"error": f"{type(exc).__name__}: {exc}"},
+                        "turns": turns,
+                        "cost_usd": sum(t["cost_usd"] for t in turns),
+                    }
                 log.append({**item, **outcome, "time": time.time()})
                 bar.advance()
 

@@ -47,8 +47,16 @@ class HeldOutLoss:
         return {**asdict(self), "loss": self.loss, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte}
 
 
-def text_loss(student: Student, text: str, *, source: str = "<text>", stride: int | None = None,
-              batch_size: int = 8, max_bytes: int | None = None, seq_len: int | None = None) -> HeldOutLoss:
+def text_loss(
+    student: Student,
+    text: str,
+    *,
+    source: str = "<text>",
+    stride: int | None = None,
+    batch_size: int = 8,
+    max_bytes: int | None = None,
+    seq_len: int | None = None,
+) -> HeldOutLoss:
     """Loss of ``student`` on ``text`` (``max_bytes`` keeps the head of the text, cut at a line break) in
     windows of ``seq_len`` tokens (default: the length the model was trained at)."""
     if max_bytes is not None and len(text.encode("utf-8")) > max_bytes:
@@ -57,15 +65,17 @@ def text_loss(student: Student, text: str, *, source: str = "<text>", stride: in
     if not text.replace(EOT, "").strip():
         raise ValueError(f"{source}: no text to score")
     ids = student.encode_for_scoring(text)
-    nll, scored = windowed_nll(ids, student.window_logits, context=_window(student, seq_len), stride=stride,
-                               batch_size=batch_size)
+    nll, scored = windowed_nll(
+        ids, student.window_logits, context=_window(student, seq_len), stride=stride, batch_size=batch_size
+    )
     return HeldOutLoss(student.info.name, source, len(scored), len(text.replace(EOT, "").encode("utf-8")), nll)
 
 
 def _window(student: Student, seq_len: int | None) -> int:
     if seq_len is not None and not 1 <= seq_len <= student.context_length:
-        raise ValueError(f"seq_len={seq_len} must be between 1 and {student.info.name}'s context of "
-                         f"{student.context_length} tokens")
+        raise ValueError(
+            f"seq_len={seq_len} must be between 1 and {student.info.name}'s context of {student.context_length} tokens"
+        )
     return seq_len or student.trained_seq_len
 
 
@@ -78,8 +88,15 @@ def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
 
 
 @torch.no_grad()
-def split_loss(student: GPTNeoStudent, data_dir: str | Path, *, split: str = "val", batch_size: int = 8,
-               max_tokens: int | None = None, seq_len: int | None = None) -> HeldOutLoss:
+def split_loss(
+    student: GPTNeoStudent,
+    data_dir: str | Path,
+    *,
+    split: str = "val",
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    seq_len: int | None = None,
+) -> HeldOutLoss:
     """Loss on a split of token shards (``tinystories data prepare``), in the packed layout the trainer uses,
     in windows of ``seq_len`` tokens (default: the length the model was trained at).
 
@@ -87,16 +104,27 @@ def split_loss(student: GPTNeoStudent, data_dir: str | Path, *, split: str = "va
     with other vocabularies use :func:`text_loss` on the raw text instead.
     """
     tokenizer = student.tokenizer
-    loader = TokenLoader(data_dir, split=split, batch_size=batch_size, seq_len=_window(student, seq_len),
-                         mode="packed", shuffle=False, loop=False, expected_fingerprint=tokenizer.fingerprint)
+    loader = TokenLoader(
+        data_dir,
+        split=split,
+        batch_size=batch_size,
+        seq_len=_window(student, seq_len),
+        mode="packed",
+        shuffle=False,
+        loop=False,
+        expected_fingerprint=tokenizer.fingerprint,
+    )
     byte_lengths = torch.from_numpy(token_byte_lengths(tokenizer))
     nll, tokens, n_bytes = 0.0, 0, 0
     for x, y in loader:
         x, y = torch.as_tensor(x), torch.as_tensor(y)
         logits = student.window_logits(x).float()
         y_device = y.to(logits.device)
-        nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_device.reshape(-1),
-                                     ignore_index=IGNORE_INDEX, reduction="sum"))
+        nll += float(
+            F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), y_device.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+        )
         valid = y != IGNORE_INDEX
         tokens += int(valid.sum())
         n_bytes += int(byte_lengths[y[valid]].sum())

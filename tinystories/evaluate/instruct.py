@@ -47,15 +47,22 @@ class Instruction:
     sentence: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "words": self.words, "features": list(self.features), "summary": self.summary,
-                "sentence": self.sentence}
+        return {
+            "id": self.id,
+            "words": self.words,
+            "features": list(self.features),
+            "summary": self.summary,
+            "sentence": self.sentence,
+        }
 
 
 def load_instructions(path: str | Path | None = None) -> list[Instruction]:
     """The shipped instruction sets, or a JSONL file of the same fields."""
     if path is None:
-        text, source = resources.files("tinystories").joinpath("assets/instructions.jsonl").read_text("utf-8"), \
-            "shipped instructions"
+        text, source = (
+            resources.files("tinystories").joinpath("assets/instructions.jsonl").read_text("utf-8"),
+            "shipped instructions",
+        )
     else:
         text, source = Path(path).read_text("utf-8"), str(path)
     out = []
@@ -69,22 +76,31 @@ def load_instructions(path: str | Path | None = None) -> list[Instruction]:
         if "id" not in d:
             raise ValueError(f"{where}: no 'id'")
         if unknown_pos or unknown_features:
-            raise ValueError(f"{where}: unknown part(s) of speech {sorted(unknown_pos)} or feature(s) "
-                             f"{sorted(unknown_features)}; known: {PARTS_OF_SPEECH}, {sorted(FEATURES)}")
+            raise ValueError(
+                f"{where}: unknown part(s) of speech {sorted(unknown_pos)} or feature(s) "
+                f"{sorted(unknown_features)}; known: {PARTS_OF_SPEECH}, {sorted(FEATURES)}"
+            )
         if d.get("words") and set(d["words"]) != set(PARTS_OF_SPEECH):
             raise ValueError(f"{where}: 'words' needs one verb, one noun and one adjective (the Instruct layout)")
         if not (d.get("words") or d.get("features") or d.get("summary") or d.get("sentence")):
             raise ValueError(f"{where}: no instruction at all")
-        out.append(Instruction(d["id"], dict(d.get("words", {})), tuple(d.get("features", ())), d.get("summary"),
-                               d.get("sentence")))
+        out.append(
+            Instruction(
+                d["id"], dict(d.get("words", {})), tuple(d.get("features", ())), d.get("summary"), d.get("sentence")
+            )
+        )
     return out
 
 
 def instruction_prompt(instruction: Instruction) -> str:
     """The instructions in the Instruct corpus layout (:func:`tinystories.corpus.format_instructions`), ending
     with ``Story:`` and a newline."""
-    return format_instructions(words=instruction.words or None, features=instruction.features,
-                               summary=instruction.summary, sentence=instruction.sentence)
+    return format_instructions(
+        words=instruction.words or None,
+        features=instruction.features,
+        summary=instruction.summary,
+        sentence=instruction.sentence,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ rules
@@ -100,8 +116,9 @@ def rule_checks(instruction: Instruction, story: str) -> dict[str, bool]:
     if instruction.sentence:
         checks["sentence"] = _normalise(instruction.sentence) in _normalise(story)
     if "dialogue" in instruction.features:
-        checks["feature:dialogue"] = re.search(r"[\"\u201c][^\"\u201c\u201d]*\w[^\"\u201c\u201d]*[\"\u201d]",
-                                               story) is not None
+        checks["feature:dialogue"] = (
+            re.search(r"[\"\u201c][^\"\u201c\u201d]*\w[^\"\u201c\u201d]*[\"\u201d]", story) is not None
+        )
     return checks
 
 
@@ -148,8 +165,9 @@ def parse_yes_no(text: str, labels: Sequence[str]) -> dict[str, bool]:
     return answers
 
 
-async def judge_instruction_following(chat: Chat, instruction: Instruction, story: str, *,
-                                      request_id: str) -> dict[str, Any]:
+async def judge_instruction_following(
+    chat: Chat, instruction: Instruction, story: str, *, request_id: str
+) -> dict[str, Any]:
     """Rule checks, then (when there is anything to judge) the judge's YES/NO answers; the record's outcome fields."""
     checks = rule_checks(instruction, story)
     questions = judged_questions(instruction)
@@ -158,8 +176,14 @@ async def judge_instruction_following(chat: Chat, instruction: Instruction, stor
     cost, failure = 0.0, None
     if questions:
         lines = "\n".join(f"{label}: YES or NO  ({question})" for label, question in questions.values())
-        messages.append({"role": "user", "content": JUDGE_PROMPT.format(
-            instructions=instruction_prompt(instruction).strip(), story=story.strip(), questions=lines)})
+        messages.append(
+            {
+                "role": "user",
+                "content": JUDGE_PROMPT.format(
+                    instructions=instruction_prompt(instruction).strip(), story=story.strip(), questions=lines
+                ),
+            }
+        )
         labels = [label for label, _ in questions.values()]
         for turn in (1, 2):
             reply = await chat(messages, f"{request_id}-{turn}", max_tokens=GRADES_MAX_TOKENS)
@@ -172,17 +196,38 @@ async def judge_instruction_following(chat: Chat, instruction: Instruction, stor
             except ValueError as exc:
                 failure = str(exc)
                 if turn == 1:
-                    messages.append({"role": "user", "content": FOLLOW_UP.format(
-                        problem=failure, lines="\n".join(f"{label}: YES or NO" for label in labels))})
+                    messages.append(
+                        {
+                            "role": "user",
+                            "content": FOLLOW_UP.format(
+                                problem=failure, lines="\n".join(f"{label}: YES or NO" for label in labels)
+                            ),
+                        }
+                    )
                 continue
             failure = None
             checks.update({name: answers[label] for name, (label, _) in questions.items()})
             break
     if failure:
-        return {"status": "failed", "failure": "missing", "failure_detail": {"detail": failure}, "checks": checks,
-                "score": None, "conversation": messages, "usage": usage, "cost_usd": cost}
-    return {"status": "ok", "failure": None, "checks": checks, "score": sum(checks.values()) / len(checks),
-            "conversation": messages, "usage": usage, "cost_usd": cost}
+        return {
+            "status": "failed",
+            "failure": "missing",
+            "failure_detail": {"detail": failure},
+            "checks": checks,
+            "score": None,
+            "conversation": messages,
+            "usage": usage,
+            "cost_usd": cost,
+        }
+    return {
+        "status": "ok",
+        "failure": None,
+        "checks": checks,
+        "score": sum(checks.values()) / len(checks),
+        "conversation": messages,
+        "usage": usage,
+        "cost_usd": cost,
+    }
 
 
 def summarize_instruct(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -193,18 +238,37 @@ def summarize_instruct(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     for r in ok:
         for name, passed in r["checks"].items():
             kinds.setdefault("word" if name.startswith("word:") else name, []).append(bool(passed))
-    return {"score": mean_ci95([r["score"] for r in ok]), "n_scored": len(ok), "n_items": len(records),
-            "pass_rates": {k: sum(v) / len(v) for k, v in sorted(kinds.items())}}
+    return {
+        "score": mean_ci95([r["score"] for r in ok]),
+        "n_scored": len(ok),
+        "n_items": len(records),
+        "pass_rates": {k: sum(v) / len(v) for k, v in sorted(kinds.items())},
+    }
 
 
-def grade_instruction_following(students: Sequence[Student], judge: LLMJudge, instructions: Sequence[Instruction],
-                                settings: GradeSettings, results_path: str | Path, *,
-                                progress: bool = True) -> list[dict[str, Any]]:
+def grade_instruction_following(
+    students: Sequence[Student],
+    judge: LLMJudge,
+    instructions: Sequence[Instruction],
+    settings: GradeSettings,
+    results_path: str | Path,
+    *,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Instruct checkpoints: stories written to each instruction set, rule-checked and judged."""
+
     async def assess(chat: Chat, item: dict[str, Any]) -> dict[str, Any]:
         instruction = Instruction(**{**item["instruction"], "features": tuple(item["instruction"]["features"])})
         return await judge_instruction_following(chat, instruction, item["completion"], request_id=item["key"][:24])
 
     prompts = [{"prompt": instruction_prompt(ins), "instruction": ins.as_dict()} for ins in instructions]
-    return run_judged(students, judge, prompts, settings, results_path, assess,
-                      prompt_version=INSTRUCT_PROMPT_VERSION, progress=progress)
+    return run_judged(
+        students,
+        judge,
+        prompts,
+        settings,
+        results_path,
+        assess,
+        prompt_version=INSTRUCT_PROMPT_VERSION,
+        progress=progress,
+    )

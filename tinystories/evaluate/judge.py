@@ -43,9 +43,9 @@ class JudgeStopped(RuntimeError):
 class LLMJudge:
     """The judge model behind the client layer (see the module docstring).
 
-        judge = LLMJudge("gpt-4o", ClientConfig(concurrency=32, max_cost_usd=5))
-        async with judge.session() as chat:
-            reply = await chat(messages, "request-id")
+    judge = LLMJudge("gpt-4o", ClientConfig(concurrency=32, max_cost_usd=5))
+    async with judge.session() as chat:
+        reply = await chat(messages, "request-id")
     """
 
     def __init__(self, model: str, config: ClientConfig, *, max_tokens: int = JUDGE_MAX_TOKENS):
@@ -84,14 +84,17 @@ class LLMJudge:
 
             runner.add_done_callback(stop_waiting)
 
-            async def chat(messages: list[dict[str, str]], request_id: str, *,
-                           max_tokens: int | None = None) -> ChatReply:
+            async def chat(
+                messages: list[dict[str, str]], request_id: str, *, max_tokens: int | None = None
+            ) -> ChatReply:
                 if runner.done():
                     raise JudgeStopped(_stop_reason(runner))
                 future = asyncio.get_running_loop().create_future()
                 waiting[request_id] = future
-                request = ChatRequest(id=request_id, body={"model": self.model, "messages": list(messages),
-                                                           "max_tokens": max_tokens or self.max_tokens})
+                request = ChatRequest(
+                    id=request_id,
+                    body={"model": self.model, "messages": list(messages), "max_tokens": max_tokens or self.max_tokens},
+                )
                 await queue.put((-len(messages), next(order), request))
                 result = await future
                 if not result.ok:
@@ -111,4 +114,3 @@ def _stop_reason(task: asyncio.Task) -> str:
     if task.exception() is not None:
         return f"the judge client failed: {task.exception()}"
     return f"the judge client stopped: {task.result().stopped or 'finished'}"
-

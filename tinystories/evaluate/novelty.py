@@ -55,7 +55,7 @@ def rouge_l(candidate: Sequence[str], reference: Sequence[str]) -> float:
 
 
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def ngram_overlap(candidate: Sequence[str], reference_ngrams: set[tuple[str, ...]], n: int) -> float:
@@ -89,9 +89,11 @@ class CorpusIndex:
         grams = ngrams(candidate, self.n)
         return sum(g in self.postings for g in grams) / len(grams) if grams else 0.0
 
-    def nearest(self, candidate: Sequence[str], *, exclude: int | None = None,
-                candidates: int = 20) -> tuple[int | None, float]:
-        """(story id, LCS precision) of the story that best contains the candidate, among the ones sharing most n-grams."""
+    def nearest(
+        self, candidate: Sequence[str], *, exclude: int | None = None, candidates: int = 20
+    ) -> tuple[int | None, float]:
+        """(story id, LCS precision) of the story that best contains the candidate, among the ones sharing most
+        n-grams."""
         shared: Counter[int] = Counter()
         for gram in set(ngrams(candidate, self.n)):
             shared.update(self.postings.get(gram, ()))
@@ -120,9 +122,18 @@ class NoveltyItem:
         return asdict(self)
 
 
-def run_novelty(student: Student, corpus: Sequence[str], *, n_stories: int = 100, n: int = 4, seed: int = 0,
-                max_new_tokens: int = 200, temperature: float = 0.0, batch_size: int = 16,
-                index: CorpusIndex | None = None) -> list[NoveltyItem]:
+def run_novelty(
+    student: Student,
+    corpus: Sequence[str],
+    *,
+    n_stories: int = 100,
+    n: int = 4,
+    seed: int = 0,
+    max_new_tokens: int = 200,
+    temperature: float = 0.0,
+    batch_size: int = 16,
+    index: CorpusIndex | None = None,
+) -> list[NoveltyItem]:
     """Cut ``n_stories`` stories drawn from ``corpus`` (seeded), complete them and measure overlaps.
 
     Greedy decoding by default: it is the decoding most likely to recite memorized text.
@@ -132,19 +143,27 @@ def run_novelty(student: Student, corpus: Sequence[str], *, n_stories: int = 100
     chosen = random.Random(seed).sample(eligible, min(n_stories, len(eligible)))
     items = []
     for first in range(0, len(chosen), batch_size):
-        group = chosen[first:first + batch_size]
+        group = chosen[first : first + batch_size]
         cuts = [cut_story(corpus[i]) for i in group]
-        completions = student.complete([b for b, _ in cuts], max_new_tokens=max_new_tokens,
-                                       temperature=temperature, seed=seed + first)
+        completions = student.complete(
+            [b for b, _ in cuts], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + first
+        )
         for story_id, (beginning, ending), completion in zip(group, cuts, completions):
             done, truth = words(completion), words(ending)
             nearest, precision = index.nearest(done, exclude=story_id) if done else (None, 0.0)
-            items.append(NoveltyItem(
-                story_index=story_id, beginning=beginning, original_ending=ending, completion=completion,
-                rouge_l_ending=rouge_l(done, truth),
-                ngram_overlap_ending=ngram_overlap(done, set(ngrams(truth, n)), n),
-                ngram_overlap_corpus=index.fraction_in_corpus(done),
-                nearest_story=nearest, nearest_lcs_precision=precision))
+            items.append(
+                NoveltyItem(
+                    story_index=story_id,
+                    beginning=beginning,
+                    original_ending=ending,
+                    completion=completion,
+                    rouge_l_ending=rouge_l(done, truth),
+                    ngram_overlap_ending=ngram_overlap(done, set(ngrams(truth, n)), n),
+                    ngram_overlap_corpus=index.fraction_in_corpus(done),
+                    nearest_story=nearest,
+                    nearest_lcs_precision=precision,
+                )
+            )
     return items
 
 

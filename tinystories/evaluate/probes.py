@@ -29,8 +29,9 @@ from tinystories.atomic import atomic_write_text
 from tinystories.evaluate.judge import Chat
 
 if TYPE_CHECKING:
-    from tinystories.evaluate.students import Student
     from rich.console import Console
+
+    from tinystories.evaluate.students import Student
 
 SUITES = ("factual", "reasoning", "context")
 VERDICTS = ("correct", "partial", "wrong")
@@ -67,8 +68,15 @@ def load_suite(name_or_path: str | Path) -> list[Probe]:
                 raise ValueError(f"{source}: prompt #{i} has no {key!r} field")
         if not item["accept"]:
             raise ValueError(f"{source}: prompt {item['id']!r} lists no accepted answer")
-        probes.append(Probe(data.get("suite", Path(str(name_or_path)).stem), item["id"], item["prompt"],
-                            tuple(item["accept"]), tuple(item.get("partial", ()))))
+        probes.append(
+            Probe(
+                data.get("suite", Path(str(name_or_path)).stem),
+                item["id"],
+                item["prompt"],
+                tuple(item["accept"]),
+                tuple(item.get("partial", ())),
+            )
+        )
     if not probes:
         raise ValueError(f"{source}: no prompts")
     return probes
@@ -83,7 +91,7 @@ def _find(words: list[str], phrase: Sequence[str], *, start: int = 0, stop: int 
     """Index of the first occurrence of ``phrase`` in ``words`` starting in [start, stop)."""
     stop = len(words) if stop is None else min(stop, len(words))
     for i in range(start, stop):
-        if words[i:i + len(phrase)] == list(phrase):
+        if words[i : i + len(phrase)] == list(phrase):
             return i
     return None
 
@@ -129,17 +137,21 @@ class ProbeResult:
         return asdict(self)
 
 
-def run_probes(student: Student, probes: Sequence[Probe], *, max_new_tokens: int = 12,
-               batch_size: int = 32) -> list[ProbeResult]:
+def run_probes(
+    student: Student, probes: Sequence[Probe], *, max_new_tokens: int = 12, batch_size: int = 32
+) -> list[ProbeResult]:
     """Greedy completions of every probe by one student, scored by rule."""
     results = []
     for first in range(0, len(probes), batch_size):
-        group = probes[first:first + batch_size]
+        group = probes[first : first + batch_size]
         completions = student.complete([p.prompt for p in group], max_new_tokens=max_new_tokens, temperature=0.0)
         for probe, completion in zip(group, completions):
             verdict = score_completion(probe, completion)
-            results.append(ProbeResult(student.info.name, probe.suite, probe.id, probe.prompt, completion,
-                                       verdict.verdict, verdict.matched))
+            results.append(
+                ProbeResult(
+                    student.info.name, probe.suite, probe.id, probe.prompt, completion, verdict.verdict, verdict.matched
+                )
+            )
     return results
 
 
@@ -160,7 +172,7 @@ def judge_prompt(probe: Probe, completion: str) -> str:
 
 
 def parse_judge_verdict(text: str) -> str | None:
-    """"correct"/"wrong" when the judge answered with exactly one of the two words, else None."""
+    """ "correct"/"wrong" when the judge answered with exactly one of the two words, else None."""
     found = set(_JUDGE_VERDICT.findall(text.upper()))
     return found.pop().lower() if len(found) == 1 else None
 
@@ -226,8 +238,11 @@ def render_terminal(results: Sequence[ProbeResult], *, console: Console | None =
             line = [Text("…" + prompt[-90:] if len(prompt) > 90 else prompt)]
             for model in models:
                 r = cells.get((probe_id, model))
-                line.append(Text(r.completion.strip()[:60] + (" (judged)" if r.judged else ""),
-                                 style=RICH_STYLE[r.verdict]) if r else Text("-"))
+                line.append(
+                    Text(r.completion.strip()[:60] + (" (judged)" if r.judged else ""), style=RICH_STYLE[r.verdict])
+                    if r
+                    else Text("-")
+                )
             table.add_row(*line)
         console.print(table)
     summary = Table(title="probe scores (correct / partial / wrong)")
@@ -253,23 +268,33 @@ def render_html(results: Sequence[ProbeResult], path: str | Path, *, title: str 
     models, rows, cells = _grid(results)
     counts = tally(results)
     esc = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>",
-             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
-             "td,th{border:1px solid #999;padding:4px 8px;vertical-align:top;max-width:28em}"
-             + "".join(f".{v}{{background:{c}}}" for v, c in HTML_COLOURS.items())
-             + "</style></head><body>", f"<h1>{esc(title)}</h1>",
-             "<p>Greedy completions. <span class='correct'>correct</span> "
-             "<span class='partial'>partially correct</span> <span class='wrong'>wrong</span></p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>",
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
+        "td,th{border:1px solid #999;padding:4px 8px;vertical-align:top;max-width:28em}"
+        + "".join(f".{v}{{background:{c}}}" for v, c in HTML_COLOURS.items())
+        + "</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        "<p>Greedy completions. <span class='correct'>correct</span> "
+        "<span class='partial'>partially correct</span> <span class='wrong'>wrong</span></p>",
+    ]
     suites = list(dict.fromkeys(s for s, _, _ in rows))
-    parts.append("<h2>Summary (correct / partial / wrong)</h2><table><tr><th>model</th>"
-                 + "".join(f"<th>{esc(s)}</th>" for s in suites) + "</tr>")
+    parts.append(
+        "<h2>Summary (correct / partial / wrong)</h2><table><tr><th>model</th>"
+        + "".join(f"<th>{esc(s)}</th>" for s in suites)
+        + "</tr>"
+    )
     for model in models:
-        parts.append(f"<tr><td>{esc(model)}</td>"
-                     + "".join(f"<td>{_count_text(counts.get((model, s)))}</td>" for s in suites) + "</tr>")
+        parts.append(
+            f"<tr><td>{esc(model)}</td>"
+            + "".join(f"<td>{_count_text(counts.get((model, s)))}</td>" for s in suites)
+            + "</tr>"
+        )
     parts.append("</table>")
     for suite in suites:
-        parts.append(f"<h2>{esc(suite)}</h2><table><tr><th>prompt</th>"
-                     + "".join(f"<th>{esc(m)}</th>" for m in models) + "</tr>")
+        parts.append(
+            f"<h2>{esc(suite)}</h2><table><tr><th>prompt</th>" + "".join(f"<th>{esc(m)}</th>" for m in models) + "</tr>"
+        )
         for row_suite, probe_id, prompt in rows:
             if row_suite != suite:
                 continue

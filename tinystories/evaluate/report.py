@@ -34,9 +34,38 @@ class ScoreSummary:
 
 
 # Two-sided 95% Student-t quantiles t(0.975, df) for df = 1..30, as in statistical tables.
-_T975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,
-         2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
-         2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272)
+_T975 = (
+    12.706205,
+    4.302653,
+    3.182446,
+    2.776445,
+    2.570582,
+    2.446912,
+    2.364624,
+    2.306004,
+    2.262157,
+    2.228139,
+    2.200985,
+    2.178813,
+    2.160369,
+    2.144787,
+    2.131450,
+    2.119905,
+    2.109816,
+    2.100922,
+    2.093024,
+    2.085963,
+    2.079614,
+    2.073873,
+    2.068658,
+    2.063899,
+    2.059539,
+    2.055529,
+    2.051831,
+    2.048407,
+    2.045230,
+    2.042272,
+)
 
 
 def t975(df: int) -> float:
@@ -44,9 +73,12 @@ def t975(df: int) -> float:
     if df <= len(_T975):
         return _T975[df - 1]
     z = 1.959963984540054
-    terms = ((z**3 + z) / 4, (5 * z**5 + 16 * z**3 + 3 * z) / 96,
-             (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
-             (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
+    terms = (
+        (z**3 + z) / 4,
+        (5 * z**5 + 16 * z**3 + 3 * z) / 96,
+        (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+        (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160,
+    )
     return z + sum(term / df ** (k + 1) for k, term in enumerate(terms))
 
 
@@ -163,8 +195,14 @@ def layout_png(groups: dict[str, list[dict[str, Any]]], path: str | Path) -> Pat
 
     plt = pyplot()
     hidden, layers, cells = layout_grid(groups)
-    fig, axes = plt.subplots(1, len(SCORES), figsize=(3.2 * len(SCORES), 0.6 * len(hidden) + 2.2), squeeze=False,
-                             sharey=True, constrained_layout=True)
+    fig, axes = plt.subplots(
+        1,
+        len(SCORES),
+        figsize=(3.2 * len(SCORES), 0.6 * len(hidden) + 2.2),
+        squeeze=False,
+        sharey=True,
+        constrained_layout=True,
+    )
     for ax, score in zip(axes[0], SCORES):
         grid = np.full((len(hidden), len(layers)), np.nan)
         for (h, n), s in cells.items():
@@ -178,8 +216,15 @@ def layout_png(groups: dict[str, list[dict[str, Any]]], path: str | Path) -> Pat
         for i in range(len(hidden)):
             for j in range(len(layers)):
                 if not math.isnan(grid[i, j]):  # dark text on the light (high) end of viridis
-                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=9,
-                            color="black" if grid[i, j] > 6.5 else "white")
+                    ax.text(
+                        j,
+                        i,
+                        f"{grid[i, j]:.1f}",
+                        ha="center",
+                        va="center",
+                        fontsize=9,
+                        color="black" if grid[i, j] > 6.5 else "white",
+                    )
     axes[0][0].set_ylabel("hidden size")
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="mean grade (out of 10)")
     try:
@@ -214,8 +259,9 @@ def curves_png(groups: dict[str, list[dict[str, Any]]], path: str | Path) -> Pat
             means = [s[score].mean for _, s in points]
             half = [0.0 if math.isnan(s[score].ci95) else s[score].ci95 for _, s in points]
             ax.plot(steps, means, marker="o", label=score)
-            ax.fill_between(steps, [m - h for m, h in zip(means, half)], [m + h for m, h in zip(means, half)],
-                            alpha=0.15)
+            ax.fill_between(
+                steps, [m - h for m, h in zip(means, half)], [m + h for m, h in zip(means, half)], alpha=0.15
+            )
         ax.set_xlabel("training step")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"))

@@ -47,8 +47,16 @@ class Student(Protocol):
     context_length: int
     trained_seq_len: int  # the window held-out loss scores in by default (a HF model: its context)
 
-    def complete(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[str]:
+    def complete(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+    ) -> list[str]:
         """One completion per prompt (temperature 0 = greedy), cut at the end-of-text token."""
         ...
 
@@ -67,8 +75,11 @@ class Student(Protocol):
 def fingerprint_path(path: str | Path, *, suffixes: tuple[str, ...] | None = None) -> str:
     """sha256 of a file, or of a directory's files (names and contents, sorted), as 16 hex digits."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.is_file() and (suffixes is None or p.suffix in suffixes))
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.rglob("*") if p.is_file() and (suffixes is None or p.suffix in suffixes))
+    )
     if not files:
         raise FileNotFoundError(f"{path}: no files to fingerprint")
     digest = hashlib.sha256()
@@ -89,8 +100,15 @@ def step_from_name(path: str | Path) -> int | None:
 class GPTNeoStudent:
     """Our GPT-Neo (``tinystories.model``) with our tokenizer; generation uses the model's KV cache."""
 
-    def __init__(self, model: GPTNeo, tokenizer: Tokenizer, info: StudentInfo, *, dtype: str = "fp32",
-                 trained_seq_len: int | None = None):
+    def __init__(
+        self,
+        model: GPTNeo,
+        tokenizer: Tokenizer,
+        info: StudentInfo,
+        *,
+        dtype: str = "fp32",
+        trained_seq_len: int | None = None,
+    ):
         self.model, self.tokenizer, self.info = model.eval(), tokenizer, info
         self.context_length = model.config.max_position_embeddings
         self.trained_seq_len = trained_seq_len or self.context_length  # what held-out loss scores by default
@@ -102,25 +120,48 @@ class GPTNeoStudent:
         info.num_parameters = info.num_parameters or sum(p.numel() for p in model.parameters())
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, name: str | None = None, device: str = "cpu",
-                        dtype: str = "fp32") -> GPTNeoStudent:
+    def from_checkpoint(
+        cls, path: str | Path, *, name: str | None = None, device: str = "cpu", dtype: str = "fp32"
+    ) -> GPTNeoStudent:
         """A checkpoint file, or the newest checkpoint of a run directory; ``dtype`` is the autocast dtype."""
         if Path(path).is_dir() and (Path(path) / "config.json").is_file() and not (Path(path) / "checkpoints").is_dir():
             raise FileNotFoundError(f"{path} looks like a Hugging Face model directory: pass it as --hf-model {path}")
         file = resolve_checkpoint(path)
         model, tokenizer, train_config = load_checkpoint(file, device=device)
         run, stem = _run_and_stem(file)
-        info = StudentInfo(name=name or f"{run}/{stem}", identity=fingerprint_path(file), step=step_from_name(file),
-                           run=run, extra={"checkpoint": str(file)})
+        info = StudentInfo(
+            name=name or f"{run}/{stem}",
+            identity=fingerprint_path(file),
+            step=step_from_name(file),
+            run=run,
+            extra={"checkpoint": str(file)},
+        )
         return cls(model, tokenizer, info, dtype=dtype, trained_seq_len=train_config.get("seq_len"))
 
-    def complete(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[str]:
+    def complete(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+    ) -> list[str]:
         try:
             with self.autocast:
-                return generate_texts(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                      temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                      include_prompt=False, fit="cut_prompt")
+                return generate_texts(
+                    self.model,
+                    self.tokenizer,
+                    prompts,
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    seed=seed,
+                    include_prompt=False,
+                    fit="cut_prompt",
+                )
         except ValueError as exc:  # several students are graded at once: say which one
             raise ValueError(f"{self.info.name}: {exc}") from None
 
@@ -150,8 +191,9 @@ def _run_and_stem(path: str | Path) -> tuple[str, str]:
 class HFStudent:
     """Any local Hugging Face causal LM directory (config.json + weights + tokenizer files)."""
 
-    def __init__(self, directory: str | Path, *, name: str | None = None, device: str = "cpu",
-                 dtype: torch.dtype | None = None):
+    def __init__(
+        self, directory: str | Path, *, name: str | None = None, device: str = "cpu", dtype: torch.dtype | None = None
+    ):
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:  # the CLIs print ValueErrors as one line
@@ -165,8 +207,11 @@ class HFStudent:
         self.model.to(device).eval()
         self.device = torch.device(device)
         config = self.model.config
-        self.context_length = int(getattr(config, "max_position_embeddings", None)
-                                  or getattr(config, "n_positions", None) or self.tokenizer.model_max_length)
+        self.context_length = int(
+            getattr(config, "max_position_embeddings", None)
+            or getattr(config, "n_positions", None)
+            or self.tokenizer.model_max_length
+        )
         self.trained_seq_len = self.context_length
         eos = self.tokenizer.eos_token_id
         if eos is None:
@@ -178,21 +223,38 @@ class HFStudent:
             hidden_size=getattr(config, "hidden_size", None) or getattr(config, "n_embd", None),
             num_layers=getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", None),
             num_parameters=sum(p.numel() for p in self.model.parameters()),
-            extra={"hf_model": str(directory)})
+            extra={"hf_model": str(directory)},
+        )
 
     @torch.no_grad()
-    def complete(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[str]:
+    def complete(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+    ) -> list[str]:
         room = self.context_length - max_new_tokens
         encoded = [self.tokenizer.encode(p, add_special_tokens=False)[-room:] or [self.eos] for p in prompts]
         idx, mask = left_pad(encoded, self.eos)
         width = idx.shape[1]
         torch.manual_seed(seed)  # HF generate samples from the global generator
-        sampling = dict(do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0) \
-            if temperature > 0 else dict(do_sample=False)
-        out = self.model.generate(input_ids=idx.to(self.device), attention_mask=mask.to(self.device),
-                                  max_new_tokens=max_new_tokens, eos_token_id=self.eos, pad_token_id=self.eos,
-                                  **sampling)
+        sampling = (
+            dict(do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0)
+            if temperature > 0
+            else dict(do_sample=False)
+        )
+        out = self.model.generate(
+            input_ids=idx.to(self.device),
+            attention_mask=mask.to(self.device),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.eos,
+            pad_token_id=self.eos,
+            **sampling,
+        )
         completions = []
         for row in out[:, width:].tolist():
             if self.eos in row:
@@ -224,8 +286,14 @@ def load_student(spec: str | Path, *, hf: bool = False, device: str = "cpu", dty
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-def windowed_nll(ids: Sequence[int], forward: Callable[[torch.Tensor], torch.Tensor], *, context: int,
-                 stride: int | None = None, batch_size: int = 8) -> tuple[float, list[int]]:
+def windowed_nll(
+    ids: Sequence[int],
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    context: int,
+    stride: int | None = None,
+    batch_size: int = 8,
+) -> tuple[float, list[int]]:
     """Summed next-token NLL (nats) of ``ids[1:]`` given everything before, and the ids that were scored.
 
     Windows of ``context`` tokens advance by ``stride`` (default: ``context``, non-overlapping). Each
@@ -246,15 +314,16 @@ def windowed_nll(ids: Sequence[int], forward: Callable[[torch.Tensor], torch.Ten
         begin += stride
     total = 0.0
     for first in range(0, len(windows), batch_size):
-        group = windows[first:first + batch_size]
+        group = windows[first : first + batch_size]
         width = max(end - begin for begin, end, _ in group)
         x = torch.zeros(len(group), width, dtype=torch.long)
         y = torch.full((len(group), width), -100, dtype=torch.long)
         for row, (begin, end, skip) in enumerate(group):
             x[row, : end - begin] = ids[begin:end]
-            y[row, skip: end - begin] = ids[begin + 1 + skip: end + 1]
+            y[row, skip : end - begin] = ids[begin + 1 + skip : end + 1]
         logits = forward(x).float()
         y = y.to(logits.device)
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100,
-                                       reduction="sum"))
+        total += float(
+            F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100, reduction="sum")
+        )
     return total, ids[1:].tolist()

@@ -27,18 +27,24 @@ if TYPE_CHECKING:
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for name, help_text in (("neurons", "top-activating tokens of each MLP neuron of a layer"),
-                            ("heads", "attention distance, entropy and local/semantic class of every head")):
+    for name, help_text in (
+        ("neurons", "top-activating tokens of each MLP neuron of a layer"),
+        ("heads", "attention distance, entropy and local/semantic class of every head"),
+    ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("checkpoint", help="checkpoint file or run directory (anything load_checkpoint accepts)")
         source = p.add_mutually_exclusive_group(required=True)
-        source.add_argument("--stories", action="append", help="a validation story file (.txt with "
-                            "<|endoftext|> separators, .jsonl, optionally .zst); repeatable")
+        source.add_argument(
+            "--stories",
+            action="append",
+            help="a validation story file (.txt with <|endoftext|> separators, .jsonl, optionally .zst); repeatable",
+        )
         source.add_argument("--data", help="a prepared dataset directory: its validation split is used")
         p.add_argument("--split", default="val", help="with --data: the split (default val)")
         p.add_argument("--num-stories", type=int, default=200, help="how many stories to run (default 200)")
-        p.add_argument("--out", default=None, help="output directory (default: inspect-<action> next to "
-                                                   "the checkpoint)")
+        p.add_argument(
+            "--out", default=None, help="output directory (default: inspect-<action> next to the checkpoint)"
+        )
         p.add_argument("--device", default="cpu")
     n = sub.choices["neurons"]
     n.add_argument("--layer", type=int, default=None, help="layer index (default: the one before last)")
@@ -49,11 +55,18 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     h = sub.choices["heads"]
     h.add_argument("--window", type=int, default=4, help="the k of 'share of attention within k tokens'")
     h.add_argument("--heatmap-story", type=int, default=0, help="index of the story drawn in the heat maps")
-    h.add_argument("--heatmap-tokens", type=int, default=64, help="draw the story's first N tokens (labels stay "
-                                                                  "readable up to about 80)")
-    h.add_argument("--heatmap-heads", default="auto",
-                   help="heads to draw as L.H pairs, e.g. '0.3,1.5'; 'auto' draws the most local and the most "
-                        "semantic head of each layer")
+    h.add_argument(
+        "--heatmap-tokens",
+        type=int,
+        default=64,
+        help="draw the story's first N tokens (labels stay readable up to about 80)",
+    )
+    h.add_argument(
+        "--heatmap-heads",
+        default="auto",
+        help="heads to draw as L.H pairs, e.g. '0.3,1.5'; 'auto' draws the most local and the most "
+        "semantic head of each layer",
+    )
 
 
 def _load(args: argparse.Namespace) -> tuple[GPTNeo, Tokenizer, list[list[int]]]:
@@ -107,11 +120,15 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                 raise ValueError(f"--neurons {missing} out of range 0..{len(profiles) - 1}")
             shown = [by_id[n] for n in wanted]
         else:
-            shown = profiles[:args.show]
+            shown = profiles[: args.show]
         meta.update(layer=layer, neurons=len(profiles), k=args.top_k)
         report = out / f"neurons-layer{layer}.html"
-        atomic_write_text(report, neuron_report_html(shown, stories, lambda ids: token_texts(tokenizer, ids),
-                                                     title=f"Neurons of layer {layer}", meta=meta))
+        atomic_write_text(
+            report,
+            neuron_report_html(
+                shown, stories, lambda ids: token_texts(tokenizer, ids), title=f"Neurons of layer {layer}", meta=meta
+            ),
+        )
         table = Table(title=f"layer {layer}: top neurons by peak activation")
         for col in ("rank", "neuron", "peak", "top token", "share", "example"):
             table.add_column(col)
@@ -119,9 +136,10 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             token, share = top_token_share(prof, stories)
             ex = prof.examples[0]
             story = stories[ex.story]
-            snippet = tokenizer.decode(story[max(0, ex.position - 6):ex.position + 1])
-            table.add_row(str(rank), str(prof.neuron), f"{prof.peak:.3f}", repr(token_text(token)), f"{share:.0%}",
-                          repr(snippet))
+            snippet = tokenizer.decode(story[max(0, ex.position - 6) : ex.position + 1])
+            table.add_row(
+                str(rank), str(prof.neuron), f"{prof.peak:.3f}", repr(token_text(token)), f"{share:.0%}", repr(snippet)
+            )
         console.print(table)
         console.print(f"report: {report}")
         return 0
@@ -130,15 +148,16 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         heads = analyse_heads(model, stories, window=args.window, progress=bar.advance)
     if not 0 <= args.heatmap_story < len(stories):
         raise ValueError(f"--heatmap-story {args.heatmap_story} out of range: {len(stories)} stories were read")
-    story = stories[args.heatmap_story][:args.heatmap_tokens]
+    story = stories[args.heatmap_story][: args.heatmap_tokens]
     maps = attention_maps(model, story)
     labels = token_texts(tokenizer, story)
     chosen = _chosen_heads(args.heatmap_heads, heads)
     pngs = []
     for layer, head in chosen:
         if not (0 <= layer < len(maps) and 0 <= head < maps[layer].shape[0]):
-            raise ValueError(f"--heatmap-heads: head {layer}.{head} does not exist ({len(maps)} layers x "
-                             f"{maps[0].shape[0]} heads)")
+            raise ValueError(
+                f"--heatmap-heads: head {layer}.{head} does not exist ({len(maps)} layers x {maps[0].shape[0]} heads)"
+            )
         name = f"L{layer}H{head}"
         kind = next(h.kind for h in heads if (h.layer, h.head) == (layer, head))
         png = heatmap_png(maps[layer][head], labels, f"layer {layer} head {head} ({kind}), story {args.heatmap_story}")
@@ -152,8 +171,15 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     for col in ("head", "kind", "local", "distance", "norm. entropy", "first tok", "pos. fit"):
         table.add_column(col)
     for h in heads:
-        table.add_row(f"L{h.layer}H{h.head}", h.kind, f"{h.local_share:.2f}", f"{h.mean_distance:.1f}",
-                      f"{h.normalized_entropy:.2f}", f"{h.first_token_share:.2f}", f"{h.positional_fit:.2f}")
+        table.add_row(
+            f"L{h.layer}H{h.head}",
+            h.kind,
+            f"{h.local_share:.2f}",
+            f"{h.mean_distance:.1f}",
+            f"{h.normalized_entropy:.2f}",
+            f"{h.first_token_share:.2f}",
+            f"{h.positional_fit:.2f}",
+        )
     console.print(table)
     counts = {kind: sum(h.kind == kind for h in heads) for kind in ("local", "semantic", "first-token", "diffuse")}
     console.print(", ".join(f"{n} {kind}" for kind, n in counts.items()) + f"; report: {report}")
@@ -176,22 +202,27 @@ def _chosen_heads(spec: str, heads: Sequence[HeadStats]) -> list[tuple[int, int]
     return [(h.layer, h.head) for h in chosen]
 
 
-
-
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 
 
-def stories_from_text(paths: Sequence[str | Path], tokenizer: Tokenizer, limit: int, max_tokens: int
-                      ) -> list[list[int]]:
+def stories_from_text(
+    paths: Sequence[str | Path], tokenizer: Tokenizer, limit: int, max_tokens: int
+) -> list[list[int]]:
     """Token ids of the first ``limit`` stories of ``paths``, each cut to ``max_tokens`` (the context)."""
     texts: list[str] = []
     for path in paths:
         found = list(itertools.islice(iter_stories(path), limit - len(texts)))
-        if (len(found) == 1 and corpus_format(path)[0] == "txt" and _BLANK_LINE.search(found[0])
-                and EOT not in read_text(path)):  # one "story" only because the file has no separators
-            found = [t.strip() for t in _BLANK_LINE.split(found[0]) if t.strip()][:limit - len(texts)]
-            print(f"warning: {path} has no {EOT} separators: split into {len(found)} stories at blank lines",
-                  file=sys.stderr)
+        if (
+            len(found) == 1
+            and corpus_format(path)[0] == "txt"
+            and _BLANK_LINE.search(found[0])
+            and EOT not in read_text(path)
+        ):  # one "story" only because the file has no separators
+            found = [t.strip() for t in _BLANK_LINE.split(found[0]) if t.strip()][: limit - len(texts)]
+            print(
+                f"warning: {path} has no {EOT} separators: split into {len(found)} stories at blank lines",
+                file=sys.stderr,
+            )
         texts += found
         if len(texts) >= limit:
             break
@@ -200,16 +231,25 @@ def stories_from_text(paths: Sequence[str | Path], tokenizer: Tokenizer, limit: 
     return [tokenizer.encode_ordinary(text)[:max_tokens] for text in texts]
 
 
-def stories_from_dataset(data_dir: str | Path, tokenizer: Tokenizer, limit: int, max_tokens: int, split: str = "val"
-                         ) -> list[list[int]]:
+def stories_from_dataset(
+    data_dir: str | Path, tokenizer: Tokenizer, limit: int, max_tokens: int, split: str = "val"
+) -> list[list[int]]:
     """The first ``limit`` rows of a prepared dataset's split in story mode (a story longer than the
     context continues in the next row), checked against the checkpoint's tokenizer."""
-    loader = TokenLoader(data_dir, split=split, batch_size=1, seq_len=max_tokens, mode="stories", shuffle=False,
-                         loop=False, threads=1, expected_fingerprint=tokenizer.fingerprint)
+    loader = TokenLoader(
+        data_dir,
+        split=split,
+        batch_size=1,
+        seq_len=max_tokens,
+        mode="stories",
+        shuffle=False,
+        loop=False,
+        threads=1,
+        expected_fingerprint=tokenizer.fingerprint,
+    )
     stories = []
     for x, y in itertools.islice(loader, limit):
         stories.append(x[0, : int((y[0] != IGNORE_INDEX).sum())].tolist())
     if not stories:
         raise ValueError(f"{data_dir}: the {split!r} split is empty")
     return stories
-

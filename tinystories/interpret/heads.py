@@ -51,8 +51,7 @@ class HeadRule:
 METRICS = ("mean_distance", "entropy", "normalized_entropy", "local_share", "first_token_share", "positional_fit")
 
 
-def attention_statistics(attention: Tensor, window: int = 4, attention_window: int | None = None
-                         ) -> dict[str, Tensor]:
+def attention_statistics(attention: Tensor, window: int = 4, attention_window: int | None = None) -> dict[str, Tensor]:
     """Per-head statistics of one story's causal attention probabilities ``(H, T, T)``.
 
     ``attention_window``: the layer's sliding window (a GPT-Neo ``local`` layer: query i sees keys
@@ -67,8 +66,10 @@ def attention_statistics(attention: Tensor, window: int = 4, attention_window: i
     p = attention.detach().double().cpu()
     H, T, _ = p.shape
     if T <= window + 1:
-        raise ValueError(f"a story of {T} tokens has no query farther than window={window} from its start; "
-                         f"use longer stories or a smaller window")
+        raise ValueError(
+            f"a story of {T} tokens has no query farther than window={window} from its start; "
+            f"use longer stories or a smaller window"
+        )
     i = torch.arange(T)[:, None]
     j = torch.arange(T)[None, :]
     distance = (i - j).clamp(min=0)  # (T, T)
@@ -96,8 +97,12 @@ def attention_statistics(attention: Tensor, window: int = 4, attention_window: i
     positional_fit = torch.minimum(rows, predicted).sum(-1)  # 1 - total variation distance
 
     stats = {
-        "mean_distance": mean_distance, "entropy": entropy, "normalized_entropy": normalized_entropy,
-        "local_share": local_share, "first_token_share": first_token_share, "positional_fit": positional_fit,
+        "mean_distance": mean_distance,
+        "entropy": entropy,
+        "normalized_entropy": normalized_entropy,
+        "local_share": local_share,
+        "first_token_share": first_token_share,
+        "positional_fit": positional_fit,
     }
     result = {name: value.mean(-1) for name, value in stats.items()}
     result["queries"] = torch.full((H,), float(n_queries), dtype=p.dtype)
@@ -125,17 +130,23 @@ def classify_head(stats: HeadStats, rule: HeadRule = HeadRule()) -> tuple[str, s
     w = stats.window
     far = f"{1 - stats.local_share:.0%} of attention beyond {w} tokens, mean distance {stats.mean_distance:.1f}"
     if stats.local_share >= rule.local_share:
-        return "local", (f"{stats.local_share:.0%} of attention within {w} tokens (>= {rule.local_share:.0%}), "
-                         f"mean distance {stats.mean_distance:.1f}")
+        return "local", (
+            f"{stats.local_share:.0%} of attention within {w} tokens (>= {rule.local_share:.0%}), "
+            f"mean distance {stats.mean_distance:.1f}"
+        )
     if stats.first_token_share >= rule.first_token_share:
         return "first-token", f"{stats.first_token_share:.0%} of attention on the first token; {far}"
     if stats.normalized_entropy >= rule.diffuse_entropy:
         return "diffuse", f"normalized entropy {stats.normalized_entropy:.2f} >= {rule.diffuse_entropy}; {far}"
     if stats.positional_fit >= rule.positional_fit:
-        return "local", (f"{far}, but a fixed offset profile explains {stats.positional_fit:.0%} of it "
-                         f"(>= {rule.positional_fit:.0%}): distance-based")
-    return "semantic", (f"{far}; focused (normalized entropy {stats.normalized_entropy:.2f}) and content-selected "
-                        f"(an offset profile explains only {stats.positional_fit:.0%})")
+        return "local", (
+            f"{far}, but a fixed offset profile explains {stats.positional_fit:.0%} of it "
+            f"(>= {rule.positional_fit:.0%}): distance-based"
+        )
+    return "semantic", (
+        f"{far}; focused (normalized entropy {stats.normalized_entropy:.2f}) and content-selected "
+        f"(an offset profile explains only {stats.positional_fit:.0%})"
+    )
 
 
 class HeadStatsAccumulator:
@@ -161,8 +172,13 @@ class HeadStatsAccumulator:
             sums = self._sums[layer]
             for h in range(sums["queries"].shape[0]):
                 n = float(sums["queries"][h])
-                stats = HeadStats(layer=layer, head=h, queries=int(n), window=self.window,
-                                  **{name: float(sums[name][h]) / n for name in METRICS})
+                stats = HeadStats(
+                    layer=layer,
+                    head=h,
+                    queries=int(n),
+                    window=self.window,
+                    **{name: float(sums[name][h]) / n for name in METRICS},
+                )
                 stats.kind, stats.reason = classify_head(stats, self.rule)
                 result.append(stats)
         return result
@@ -175,8 +191,14 @@ def attention_maps(model: GPTNeo, ids: Sequence[int]) -> list[Tensor]:
     return [a[0].float().cpu() for a in out.attentions]
 
 
-def analyse_heads(model: GPTNeo, stories: Iterable[Sequence[int]], *, window: int = 4, rule: HeadRule = HeadRule(),
-                  progress: Callable[[], None] | None = None) -> list[HeadStats]:
+def analyse_heads(
+    model: GPTNeo,
+    stories: Iterable[Sequence[int]],
+    *,
+    window: int = 4,
+    rule: HeadRule = HeadRule(),
+    progress: Callable[[], None] | None = None,
+) -> list[HeadStats]:
     """Statistics and class of every attention head, averaged over the stories."""
     acc = HeadStatsAccumulator(window, rule)
     for ids in stories:

@@ -89,10 +89,13 @@ class NeuronTopK:
         result = []
         for neuron in order.tolist():
             examples = [
-                NeuronExample(activation=float(self.values[neuron, e]), story=int(self.stories[neuron, e]),
-                              position=int(self.positions[neuron, e]),
-                              context_start=int(self.positions[neuron, e]) - self.context,
-                              context_activations=self.windows[neuron, e].tolist())
+                NeuronExample(
+                    activation=float(self.values[neuron, e]),
+                    story=int(self.stories[neuron, e]),
+                    position=int(self.positions[neuron, e]),
+                    context_start=int(self.positions[neuron, e]) - self.context,
+                    context_activations=self.windows[neuron, e].tolist(),
+                )
                 for e in range(self.values.shape[1])
             ]
             result.append(NeuronProfile(neuron=neuron, peak=examples[0].activation, examples=examples))
@@ -125,9 +128,16 @@ def mlp_activations(model: GPTNeo, ids: Sequence[int], layer: int) -> Tensor:
     return captured[0][0].float().cpu()
 
 
-def analyse_neurons(model: GPTNeo, stories: Iterable[Sequence[int]], layer: int | None = None, *, k: int = 10,
-                    context: int = 12, per_story: int = 1, progress: Callable[[], None] | None = None
-                    ) -> list[NeuronProfile]:
+def analyse_neurons(
+    model: GPTNeo,
+    stories: Iterable[Sequence[int]],
+    layer: int | None = None,
+    *,
+    k: int = 10,
+    context: int = 12,
+    per_story: int = 1,
+    progress: Callable[[], None] | None = None,
+) -> list[NeuronProfile]:
     """Top-k activating tokens of every MLP neuron of ``layer`` (default: the one before last)."""
     layer = default_layer(model) if layer is None else layer
     top = NeuronTopK(model.config.intermediate_size, k=k, context=context, per_story=per_story)

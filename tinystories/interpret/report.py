@@ -39,35 +39,45 @@ def token_texts(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
 
 
 def _page(title: str, body: str) -> str:
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
+    )
 
 
 def _token_span(text: str, activation: float, scale: float, peak: bool) -> str:
     alpha = 0.0 if math.isnan(activation) or scale <= 0 else max(0.0, min(1.0, activation / scale))
     cls = "tok peak" if peak else "tok"
     title = "" if math.isnan(activation) else f" title='{activation:.3f}'"
-    return (f"<span class='{cls}' style='background:rgba(255,0,0,{alpha:.3f})'{title}>"
-            f"{html.escape(text)}</span>")
+    return f"<span class='{cls}' style='background:rgba(255,0,0,{alpha:.3f})'{title}>{html.escape(text)}</span>"
 
 
-def neuron_report_html(profiles: Sequence[NeuronProfile], stories: Sequence[Sequence[int]],
-                       texts_of: Callable[[Sequence[int]], list[str]], *, title: str,
-                       meta: dict[str, object] | None = None) -> str:
+def neuron_report_html(
+    profiles: Sequence[NeuronProfile],
+    stories: Sequence[Sequence[int]],
+    texts_of: Callable[[Sequence[int]], list[str]],
+    *,
+    title: str,
+    meta: dict[str, object] | None = None,
+) -> str:
     """Self-contained HTML: one section per neuron, each top example's context with red intensity =
     activation (scaled to the neuron's peak), the activating token outlined. ``texts_of(story)`` is the text
     of each token of a story (:func:`token_texts`: whole story, so characters spanning tokens decode)."""
     story_texts: dict[int, list[str]] = {}
     parts = []
     if meta:
-        rows = "".join(f"<tr><th class='l'>{html.escape(str(k))}</th><td class='l'>{html.escape(str(v))}</td></tr>"
-                       for k, v in meta.items())
+        rows = "".join(
+            f"<tr><th class='l'>{html.escape(str(k))}</th><td class='l'>{html.escape(str(v))}</td></tr>"
+            for k, v in meta.items()
+        )
         parts.append(f"<table>{rows}</table>")
     for rank, prof in enumerate(profiles, 1):
         token, share = top_token_share(prof, stories)
-        parts.append(f"<h2 id='n{prof.neuron}'>#{rank} neuron {prof.neuron}: peak {prof.peak:.3f}</h2>"
-                     f"<p>most common top token {html.escape(repr(''.join(texts_of([token]))))} "
-                     f"in {share:.0%} of {len(prof.examples)} examples</p>")
+        parts.append(
+            f"<h2 id='n{prof.neuron}'>#{rank} neuron {prof.neuron}: peak {prof.peak:.3f}</h2>"
+            f"<p>most common top token {html.escape(repr(''.join(texts_of([token]))))} "
+            f"in {share:.0%} of {len(prof.examples)} examples</p>"
+        )
         for ex in prof.examples:
             story = stories[ex.story]
             if ex.story not in story_texts:
@@ -77,19 +87,34 @@ def neuron_report_html(profiles: Sequence[NeuronProfile], stories: Sequence[Sequ
                 pos = ex.context_start + offset
                 if 0 <= pos < len(story):
                     spans.append(_token_span(story_texts[ex.story][pos], act, prof.peak, pos == ex.position))
-            parts.append(f"<div class='ex'><span class='v'>{ex.activation:.3f}</span>"
-                         f"story {ex.story}, token {ex.position}: {''.join(spans)}</div>")
+            parts.append(
+                f"<div class='ex'><span class='v'>{ex.activation:.3f}</span>"
+                f"story {ex.story}, token {ex.position}: {''.join(spans)}</div>"
+            )
     return _page(title, "\n".join(parts))
 
 
 def head_table_html(heads: Sequence[HeadStats]) -> str:
-    head = "".join(f"<th>{h}</th>" for h in ("layer", "head", "kind", "local share", "mean dist.", "entropy",
-                                               "norm. entropy", "first token", "positional fit"))
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "layer",
+            "head",
+            "kind",
+            "local share",
+            "mean dist.",
+            "entropy",
+            "norm. entropy",
+            "first token",
+            "positional fit",
+        )
+    )
     rows = "".join(
         f"<tr><td>{h.layer}</td><td>{h.head}</td><td class='l' title='{html.escape(h.reason)}'>{h.kind}</td>"
         f"<td>{h.local_share:.2f}</td><td>{h.mean_distance:.1f}</td><td>{h.entropy:.2f}</td>"
         f"<td>{h.normalized_entropy:.2f}</td><td>{h.first_token_share:.2f}</td><td>{h.positional_fit:.2f}</td></tr>"
-        for h in heads)
+        for h in heads
+    )
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
@@ -116,14 +141,22 @@ def heatmap_png(attention: Tensor, labels: Sequence[str], title: str) -> bytes:
         plt.close(fig)
 
 
-def heads_report_html(heads: Sequence[HeadStats], heatmaps: Sequence[tuple[str, bytes]], *, title: str,
-                      meta: dict[str, object] | None = None) -> str:
+def heads_report_html(
+    heads: Sequence[HeadStats],
+    heatmaps: Sequence[tuple[str, bytes]],
+    *,
+    title: str,
+    meta: dict[str, object] | None = None,
+) -> str:
     parts = []
     if meta:
-        parts.append("<p>" + "; ".join(f"{html.escape(str(k))}: {html.escape(str(v))}" for k, v in meta.items())
-                     + "</p>")
-    parts.append(f"<p>Classification rule: see <code>tinystories.interpret.heads</code>; hover a kind for the numbers "
-                 f"behind it.</p>{head_table_html(heads)}")
+        parts.append(
+            "<p>" + "; ".join(f"{html.escape(str(k))}: {html.escape(str(v))}" for k, v in meta.items()) + "</p>"
+        )
+    parts.append(
+        f"<p>Classification rule: see <code>tinystories.interpret.heads</code>; hover a kind for the numbers "
+        f"behind it.</p>{head_table_html(heads)}"
+    )
     parts += [f"<h2>{html.escape('Reasons')}</h2><ul>"]
     parts += [f"<li>L{h.layer}H{h.head} <b>{h.kind}</b>: {html.escape(h.reason)}</li>" for h in heads]
     parts.append("</ul>")

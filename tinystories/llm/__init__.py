@@ -7,10 +7,30 @@ failures are returned (never lost), cost accounting and a budget stop. ``client`
 ``pricing`` (``PriceTable``, the budget) and ``workers`` (``run_chat``: one event loop or several processes).
 """
 
-from tinystories.llm.client import (ChatClient, ChatRequest, ChatResult, ClientConfig, FatalAPIError, RunStats,
-                                    add_client_arguments, client_config_from_args, new_event_loop)
+from tinystories.llm.client import (
+    ChatClient,
+    ChatRequest,
+    ChatResult,
+    ClientConfig,
+    FatalAPIError,
+    RunStats,
+    add_client_arguments,
+    client_config_from_args,
+    new_event_loop,
+)
 from tinystories.llm.pricing import PriceTable
 from tinystories.llm.workers import run_chat
 
-__all__ = ["ChatClient", "ChatRequest", "ChatResult", "ClientConfig", "FatalAPIError", "PriceTable", "RunStats",
-           "add_client_arguments", "client_config_from_args", "new_event_loop", "run_chat"]
+__all__ = [
+    "ChatClient",
+    "ChatRequest",
+    "ChatResult",
+    "ClientConfig",
+    "FatalAPIError",
+    "PriceTable",
+    "RunStats",
+    "add_client_arguments",
+    "client_config_from_args",
+    "new_event_loop",
+    "run_chat",
+]

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 # USD per 1M tokens (input, output) at the standard tier, as published by OpenAI when this was written.
 # Prices change: edit this table or pass a JSON/TOML file (`PriceTable.load`, `--prices FILE`).
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
@@ -80,7 +79,6 @@ class PriceTable:
         return usd * self.batch_discount if batch else usd
 
 
-
 class Budget:
     """Admits a request only while spent + (requests in flight + 1) x reserve stays within the limit. The reserve
     is the dearest request so far, or before any has finished an upper bound from the request itself
@@ -114,4 +112,3 @@ class Budget:
         self.in_flight -= 1
         self.spent += cost
         self.dearest = max(self.dearest, cost)
-

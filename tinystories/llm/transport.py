@@ -43,7 +43,6 @@ class _Connection:
         self.writer.close()
 
 
-
 class _StaleConnection(Exception):
     """A reused keep-alive connection was closed by the server before it answered."""
 
@@ -83,9 +82,7 @@ class KeepAliveTransport(httpx2.AsyncBaseTransport):
         try:
             return await self._exchange(connection, payload, request, timeouts, origin)
         except _StaleConnection as e:
-            raise httpx2.RemoteProtocolError(
-                "server closed the connection without answering", request=request
-            ) from e
+            raise httpx2.RemoteProtocolError("server closed the connection without answering", request=request) from e
 
     async def _connect(self, origin: tuple[str, str, int], tls: bool, timeout: float | None) -> _Connection:
         _, host, port = origin
@@ -107,7 +104,11 @@ class KeepAliveTransport(httpx2.AsyncBaseTransport):
         return _Connection(reader, writer)
 
     async def _exchange(
-        self, connection: _Connection, payload: bytes, request: httpx2.Request, timeouts: dict,
+        self,
+        connection: _Connection,
+        payload: bytes,
+        request: httpx2.Request,
+        timeouts: dict,
         origin: tuple[str, str, int],
     ) -> httpx2.Response:
         reader = connection.reader

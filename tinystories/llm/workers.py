@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
+
 from tinystories.llm.client import ChatClient, ChatRequest, ChatResult, ClientConfig, RunStats, new_event_loop
 from tinystories.llm.pricing import Budget
 
@@ -57,8 +58,9 @@ def _run_in_workers(
     # Only this process holds the write end: when it dies, even by SIGKILL, every worker reads EOF and exits.
     parent_alive, parent_alive_writer = context.Pipe(duplex=False)
     processes = [
-        context.Process(target=_worker_main, args=(w, worker_config, inbox, results, parent_alive, os.getpid()),
-                        daemon=True)
+        context.Process(
+            target=_worker_main, args=(w, worker_config, inbox, results, parent_alive, os.getpid()), daemon=True
+        )
         for w, inbox in enumerate(inboxes)
     ]
     for p in processes:
@@ -154,8 +156,14 @@ def _exit_with_parent(parent_alive: Connection, parent_pid: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _worker_main(worker_id: int, config: ClientConfig, inbox: multiprocessing.Queue, results: multiprocessing.Queue,
-                 parent_alive: Connection, parent_pid: int) -> None:
+def _worker_main(
+    worker_id: int,
+    config: ClientConfig,
+    inbox: multiprocessing.Queue,
+    results: multiprocessing.Queue,
+    parent_alive: Connection,
+    parent_pid: int,
+) -> None:
     """A worker process: its own event loop and client; results go back in small batches."""
     _exit_with_parent(parent_alive, parent_pid)
     loop = new_event_loop()
@@ -211,4 +219,3 @@ def _worker_main(worker_id: int, config: ClientConfig, inbox: multiprocessing.Qu
         return stats.stopped or "done"
 
     results.put((worker_id, loop.run_until_complete(main())))
-

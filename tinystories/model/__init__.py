@@ -11,6 +11,18 @@ from tinystories.model.config import PRESETS, GPTNeoConfig, config_from_preset, 
 from tinystories.model.generate import generate_texts
 from tinystories.model.gpt_neo import IMPLS, GPTNeo, GPTNeoOutput, KVCache, model_summary, sample_next_token
 
-__all__ = ["IMPLS", "PRESETS", "GPTNeo", "GPTNeoConfig", "GPTNeoOutput", "KVCache", "config_from_preset",
-           "flops_per_token", "generate_texts", "load_checkpoint", "mean_keys_attended", "model_summary",
-           "sample_next_token"]
+__all__ = [
+    "IMPLS",
+    "PRESETS",
+    "GPTNeo",
+    "GPTNeoConfig",
+    "GPTNeoOutput",
+    "KVCache",
+    "config_from_preset",
+    "flops_per_token",
+    "generate_texts",
+    "load_checkpoint",
+    "mean_keys_attended",
+    "model_summary",
+    "sample_next_token",
+]

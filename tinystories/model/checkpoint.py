@@ -62,8 +62,10 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_last: int | 
             free = f"{shutil.disk_usage(path.parent).free / 1e6:,.1f} MB free there"
         except OSError:
             free = "free space unknown"
-        raise CheckpointWriteError(f"could not write checkpoint {path} ({exc.strerror or exc}): it needs "
-                                   f"{buffer.tell() / 1e6:,.1f} MB ({free}); the older checkpoints are kept") from exc
+        raise CheckpointWriteError(
+            f"could not write checkpoint {path} ({exc.strerror or exc}): it needs "
+            f"{buffer.tell() / 1e6:,.1f} MB ({free}); the older checkpoints are kept"
+        ) from exc
     if keep_last is not None:
         for old in list_checkpoints(path.parent.parent)[:-keep_last]:
             old.unlink(missing_ok=True)
@@ -91,8 +93,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path}: not a readable tinystories checkpoint ({reason[:200]})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a tinystories checkpoint (format {payload.get('format')!r}, "
-                         f"expected {FORMAT!r})" if isinstance(payload, dict) else f"{path}: not a checkpoint")
+        raise ValueError(
+            f"{path}: not a tinystories checkpoint (format {payload.get('format')!r}, expected {FORMAT!r})"
+            if isinstance(payload, dict)
+            else f"{path}: not a checkpoint"
+        )
     payload["path"] = str(path)
     return payload
 
@@ -114,8 +119,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if path.is_dir() and not list_checkpoints(path) and _is_hf_directory(path):
         from tinystories.model.hf import load_hf_model, load_hf_tokenizer
 
-        return (load_hf_model(path).to(device), load_hf_tokenizer(path),
-                json.loads((path / "config.json").read_text()))
+        return (load_hf_model(path).to(device), load_hf_tokenizer(path), json.loads((path / "config.json").read_text()))
     payload = read_checkpoint(path)
     model = GPTNeo(GPTNeoConfig.from_dict(payload["model_config"]))
     model.load_state_dict(payload["model"])

@@ -1,9 +1,9 @@
 """``tinystories sample`` (stories from a checkpoint) and ``tinystories export`` (a Hugging Face directory).
 
-    tinystories sample --checkpoint runs/demo-... --prompt "Once upon a time" --prompt "Lily saw a dog"
-    tinystories sample --checkpoint C --greedy --max-tokens 200
-    tinystories sample --checkpoint C --temperature 0.7 --top-p 0.9 --num-samples 4 --seed 1
-    tinystories export --checkpoint runs/33m --format hf --out hf/33m
+tinystories sample --checkpoint runs/demo-... --prompt "Once upon a time" --prompt "Lily saw a dog"
+tinystories sample --checkpoint C --greedy --max-tokens 200
+tinystories sample --checkpoint C --temperature 0.7 --top-p 0.9 --num-samples 4 --seed 1
+tinystories export --checkpoint runs/33m --format hf --out hf/33m
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def _one_line_errors(command: str) -> Callable:
             except (FileNotFoundError, FileExistsError, ValueError) as exc:
                 print(f"tinystories {command}: error: {exc}", file=sys.stderr)
                 return 2
+
         return guarded
 
     return wrap
@@ -39,8 +40,9 @@ def _one_line_errors(command: str) -> Callable:
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint .pt, run directory or HF model directory")
-    parser.add_argument("--prompt", action="append", default=None,
-                        help="a prompt (repeat for a batch); default: one empty prompt")
+    parser.add_argument(
+        "--prompt", action="append", default=None, help="a prompt (repeat for a batch); default: one empty prompt"
+    )
     parser.add_argument("--num-samples", type=int, default=1, help="stories per prompt")
     parser.add_argument("--max-tokens", type=int, default=200, help="new tokens per story at most")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -49,9 +51,13 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                        help="autocast dtype; auto: as the trainer chooses for this device (bf16 on sm_80+, "
-                             "fp16 on sm_7x, fp32 on CPU)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="autocast dtype; auto: as the trainer chooses for this device (bf16 on sm_80+, "
+        "fp16 on sm_7x, fp32 on CPU)",
+    )
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every token")
 
 
@@ -68,9 +74,17 @@ def run_sample(args: argparse.Namespace) -> int:
     print(execution.describe(), file=sys.stderr)  # once the checkpoint is known good: a bad one is one line
     prompts = [p for p in (args.prompt or [""]) for _ in range(args.num_samples)]
     with autocast_context(device, execution.dtype):
-        texts = generate_texts(model, tokenizer, prompts, max_new_tokens=args.max_tokens,
-                               temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
-                               top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache)
+        texts = generate_texts(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=args.max_tokens,
+            temperature=0.0 if args.greedy else args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            use_cache=not args.no_cache,
+        )
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- story {i + 1} ---")
@@ -79,8 +93,9 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="a checkpoint .pt file or a run directory (its latest checkpoint is used)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="a checkpoint .pt file or a run directory (its latest checkpoint is used)"
+    )
     parser.add_argument("--format", choices=["hf"], default="hf", help="output format (Hugging Face GPTNeoForCausalLM)")
     parser.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
 

@@ -33,17 +33,28 @@ class GPTNeoConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field when the configuration cannot describe a model."""
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "max_position_embeddings",
-                     "window_size", "intermediate_size", "vocab_multiple"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "max_position_embeddings",
+            "window_size",
+            "intermediate_size",
+            "vocab_multiple",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"model config: {name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"model config: hidden_size={self.hidden_size} is not divisible by "
-                             f"num_heads={self.num_heads}")
+            raise ValueError(
+                f"model config: hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
         if len(self.attention_layers) != self.num_layers:
-            raise ValueError(f"model config: attention_layers has {len(self.attention_layers)} entries but "
-                             f"num_layers={self.num_layers}")
+            raise ValueError(
+                f"model config: attention_layers has {len(self.attention_layers)} entries but "
+                f"num_layers={self.num_layers}"
+            )
         bad = [a for a in self.attention_layers if a not in ("global", "local")]
         if bad:
             raise ValueError(f"model config: attention_layers may hold only 'global'/'local', got {bad[0]!r}")
@@ -90,8 +101,9 @@ for _name, _shape in _PAPER.items():
     PRESETS[_name] = dict(vocab_size=50257, num_heads=16, max_position_embeddings=512, window_size=256, **_shape)
     PRESETS[f"{_name}-instruct"] = dict(PRESETS[_name])
 # Small enough to train in minutes on two CPU cores (vocab follows the demo tokenizer).
-PRESETS["demo"] = dict(vocab_size=2048, hidden_size=128, num_layers=4, num_heads=4,
-                       max_position_embeddings=256, window_size=64)
+PRESETS["demo"] = dict(
+    vocab_size=2048, hidden_size=128, num_layers=4, num_heads=4, max_position_embeddings=256, window_size=64
+)
 
 
 def config_from_preset(name: str, **overrides: Any) -> GPTNeoConfig:
@@ -113,7 +125,7 @@ def flops_per_token(config: GPTNeoConfig, seq_len: int) -> float:
     C, L = config.hidden_size, config.num_layers
     per_layer = 4 * C * C + 2 * C * config.intermediate_size
     n = L * per_layer + config.vocab_size * C  # matmul weights, including the tied output head
-    attended = sum(mean_keys_attended(seq_len, config.window_size if t == "local" else None)
-                   for t in config.attention_layers)
+    attended = sum(
+        mean_keys_attended(seq_len, config.window_size if t == "local" else None) for t in config.attention_layers
+    )
     return 6.0 * n + 12.0 * C * attended
-

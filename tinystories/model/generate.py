@@ -27,8 +27,8 @@ def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, tor
     batch = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros_like(batch)
     for row, ids in enumerate(rows):
-        batch[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        mask[row, width - len(ids):] = 1
+        batch[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        mask[row, width - len(ids) :] = 1
     return batch, mask
 
 
@@ -41,6 +41,7 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
 class Row:
     """One story to continue: its prompt tokens, its own sampling settings and random generator, and an
     optional ``on_token(token) -> keep_going`` called with each new token as it is sampled."""
+
     prompt: list[int]
     max_new_tokens: int
     temperature: float = 1.0
@@ -68,8 +69,15 @@ def generate_rows(model: GPTNeo, rows: Sequence[Row], eos: int, *, use_cache: bo
             if done[i]:
                 tokens.append(eos)
                 continue
-            token = int(sample_next_token(logits[i:i + 1], temperature=row.temperature, top_k=row.top_k,
-                                          top_p=row.top_p, generator=row.generator))
+            token = int(
+                sample_next_token(
+                    logits[i : i + 1],
+                    temperature=row.temperature,
+                    top_k=row.top_k,
+                    top_p=row.top_p,
+                    generator=row.generator,
+                )
+            )
             tokens.append(token)
             if token == eos:
                 done[i] = True
@@ -82,24 +90,41 @@ def generate_rows(model: GPTNeo, rows: Sequence[Row], eos: int, *, use_cache: bo
     # Left padding gives every row the longest prompt's width, and finished rows keep moving with the batch.
     width, steps, room = batch.shape[1], max(row.max_new_tokens for row in rows), model.config.max_position_embeddings
     if width + steps > room:
-        raise ValueError(f"the longest prompt ({width} tokens) + the most new tokens ({steps}) exceed the context "
-                         f"of {room} tokens")
+        raise ValueError(
+            f"the longest prompt ({width} tokens) + the most new tokens ({steps}) exceed the context of {room} tokens"
+        )
     if not all(done):
         was_training = model.training
         model.eval()
         try:
             # A row that reaches its own limit before the others is closed by the eos `choose` gives it next.
-            model.generate(batch.to(device), steps, eos_token=eos,
-                           attention_mask=mask.to(device), use_cache=use_cache, choose=choose)
+            model.generate(
+                batch.to(device),
+                steps,
+                eos_token=eos,
+                attention_mask=mask.to(device),
+                use_cache=use_cache,
+                choose=choose,
+            )
         finally:
             model.train(was_training)
     return new
 
 
-def generate_texts(model: GPTNeo, tokenizer: Tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 200,
-                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                   seed: int | None = None, use_cache: bool = True, include_prompt: bool = True,
-                   fit: Literal["shorten_output", "cut_prompt"] = "shorten_output") -> list[str]:
+def generate_texts(
+    model: GPTNeo,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 200,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    include_prompt: bool = True,
+    fit: Literal["shorten_output", "cut_prompt"] = "shorten_output",
+) -> list[str]:
     """The continuation of each prompt (after the prompt's text unless ``include_prompt=False``), cut at the
     first <|endoftext|>. An empty prompt starts a story from <|endoftext|> (what the models saw between
     stories). temperature=0 is greedy; ``seed`` makes sampling repeatable: prompt ``r`` is sampled with its
@@ -116,8 +141,9 @@ def generate_texts(model: GPTNeo, tokenizer: Tokenizer, prompts: Sequence[str], 
     if fit == "cut_prompt":
         room = context - max_new_tokens
         if room < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the {context}-token "
-                             f"context")
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the {context}-token context"
+            )
         encoded = [ids[-room:] for ids in encoded]
     elif fit != "shorten_output":
         raise ValueError(f"fit must be 'shorten_output' or 'cut_prompt', got {fit!r}")
@@ -125,9 +151,19 @@ def generate_texts(model: GPTNeo, tokenizer: Tokenizer, prompts: Sequence[str], 
     if longest >= context:
         raise ValueError(f"a prompt of {longest} tokens fills the model's context of {context} tokens")
     device = next(model.parameters()).device
-    rows = [Row(ids, min(max_new_tokens, context - longest), temperature, top_k, top_p,
-                torch.Generator(device=device).manual_seed(seed + r) if seed is not None else None)
-            for r, ids in enumerate(encoded)]
+    rows = [
+        Row(
+            ids,
+            min(max_new_tokens, context - longest),
+            temperature,
+            top_k,
+            top_p,
+            torch.Generator(device=device).manual_seed(seed + r) if seed is not None else None,
+        )
+        for r, ids in enumerate(encoded)
+    ]
     new = generate_rows(model, rows, eot, use_cache=use_cache)
-    return [tokenizer.decode((ids if include_prompt and prompt else []) + tokens)
-            for prompt, ids, tokens in zip(prompts, encoded, new)]
+    return [
+        tokenizer.decode((ids if include_prompt and prompt else []) + tokens)
+        for prompt, ids, tokens in zip(prompts, encoded, new)
+    ]

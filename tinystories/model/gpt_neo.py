@@ -118,8 +118,15 @@ class SelfAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: Tensor, mask: Tensor | None, kv_cache: KVCache | None, layer: int,
-                fused: ModuleType | None, explicit: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        kv_cache: KVCache | None,
+        layer: int,
+        fused: ModuleType | None,
+        explicit: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         """``explicit``: compute the probabilities in plain PyTorch (returned; needed with padding)."""
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
         if fused is not None and fused.attention is not None:
@@ -140,9 +147,15 @@ class SelfAttention(nn.Module):
                 # fp32 accumulation of the scores), never materialising the (T, S) matrix. Every query
                 # sees at least itself here (no padding), so no row is fully masked.
                 causal = self.window is None and q.shape[2] == k.shape[2]
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
-                                                   dropout_p=self.attn_dropout.p if self.training else 0.0,
-                                                   scale=1.0)
+                y = F.scaled_dot_product_attention(
+                    q,
+                    k,
+                    v,
+                    attn_mask=None if causal else mask,
+                    is_causal=causal,
+                    dropout_p=self.attn_dropout.p if self.training else 0.0,
+                    scale=1.0,
+                )
                 probs = None
         B, _, T, _ = y.shape
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
@@ -174,14 +187,20 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, mask: Tensor | None, kv_cache: KVCache | None, layer: int,
-                fused: ModuleType | None, explicit: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        kv_cache: KVCache | None,
+        layer: int,
+        fused: ModuleType | None,
+        explicit: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         if fused is None:
             a, probs = self.attn(self.ln_1(x), mask, kv_cache, layer, None, explicit)
             x = x + a
             return x + self.mlp(self.ln_2(x), None), probs
-        a, _ = self.attn(fused.layer_norm(x, self.ln_1.weight, self.ln_1.bias, self.ln_1.eps), mask, None, layer,
-                         fused)
+        a, _ = self.attn(fused.layer_norm(x, self.ln_1.weight, self.ln_1.bias, self.ln_1.eps), mask, None, layer, fused)
         # One kernel adds the residual and normalises: returns (ln_2(x + a), x + a).
         normed, x = fused.layer_norm(a, self.ln_2.weight, self.ln_2.bias, self.ln_2.eps, residual=x)
         return x + self.mlp(normed, fused), None
@@ -226,7 +245,7 @@ class GPTNeo(nn.Module):
             nn.init.zeros_(module.bias)
         if module is self.wte:  # padding rows: never looked up, sliced off the logits
             with torch.no_grad():
-                module.weight[self.config.vocab_size:].zero_()
+                module.weight[self.config.vocab_size :].zero_()
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -241,9 +260,14 @@ class GPTNeo(nn.Module):
             self._fallbacks_logged.add(reason)
             log.warning("impl=%r falls back to the plain PyTorch path: %s", self._impl, reason)
 
-    def _fused_kernels(self, idx: Tensor, kv_cache: KVCache | None, output_attentions: bool,
-                       attention_mask: Tensor | None,
-                       position_ids: Tensor | None) -> ModuleType | KernelsWithoutDot | None:
+    def _fused_kernels(
+        self,
+        idx: Tensor,
+        kv_cache: KVCache | None,
+        output_attentions: bool,
+        attention_mask: Tensor | None,
+        position_ids: Tensor | None,
+    ) -> ModuleType | KernelsWithoutDot | None:
         """The kernels this call can use (all for "fused", those without tl.dot for "hybrid"), else None
         (after logging why, once)."""
         if self._impl == "torch":
@@ -265,10 +289,14 @@ class GPTNeo(nn.Module):
             (not idx.is_cuda and not on_cpu, f"the model is on {idx.device.type}, the kernels need CUDA"),
             (kv_cache is not None, "KV-cache decoding runs on the plain path"),
             (output_attentions, "attention probabilities are only returned by the plain path"),
-            (attention_mask is not None or position_ids is not None, "padding masks / custom positions "
-                                                                    "run on the plain path"),
-            (any(b.mlp.act._forward_hooks or b.mlp.act._forward_pre_hooks for b in self.blocks),
-             "a hook on blocks[i].mlp.act needs the plain MLP"),
+            (
+                attention_mask is not None or position_ids is not None,
+                "padding masks / custom positions run on the plain path",
+            ),
+            (
+                any(b.mlp.act._forward_hooks or b.mlp.act._forward_pre_hooks for b in self.blocks),
+                "a hook on blocks[i].mlp.act needs the plain MLP",
+            ),
         ]
         for applies, why in reasons:
             if applies:
@@ -277,10 +305,18 @@ class GPTNeo(nn.Module):
         return KernelsWithoutDot(kernels) if self._impl == "hybrid" else kernels
 
     # -- forward ---------------------------------------------------------------------------------------
-    def forward(self, idx: Tensor, targets: Tensor | None = None, *, kv_cache: KVCache | None = None,
-                attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
-                output_attentions: bool = False, output_hidden_states: bool = False,
-                return_logits: bool = True) -> GPTNeoOutput:
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_logits: bool = True,
+    ) -> GPTNeoOutput:
         """Logits of the next token at every position, and the loss when ``targets`` is given.
 
         idx: (B, T) token ids. targets: (B, T) next-token ids, -100 where ignored.
@@ -295,12 +331,16 @@ class GPTNeo(nn.Module):
         uniform = attention_mask is None and position_ids is None and (kv_cache is None or kv_cache.uniform)
         past = kv_cache.seq_len if kv_cache is not None else 0
 
-        valid = (attention_mask.bool() if attention_mask is not None
-                 else torch.ones(B, T, dtype=torch.bool, device=idx.device))
+        valid = (
+            attention_mask.bool()
+            if attention_mask is not None
+            else torch.ones(B, T, dtype=torch.bool, device=idx.device)
+        )
         if position_ids is None and attention_mask is None and not past:
             if T > self.config.max_position_embeddings:
-                raise ValueError(f"sequence of {T} tokens exceeds max_position_embeddings="
-                                 f"{self.config.max_position_embeddings}")
+                raise ValueError(
+                    f"sequence of {T} tokens exceeds max_position_embeddings={self.config.max_position_embeddings}"
+                )
             position_ids = torch.arange(T, device=idx.device).unsqueeze(0).expand(B, T)
         else:
             if position_ids is None:
@@ -309,8 +349,10 @@ class GPTNeo(nn.Module):
                 if past:
                     position_ids = position_ids + kv_cache.next_positions()
             if int(position_ids.max()) >= self.config.max_position_embeddings:
-                raise ValueError(f"sequence reaches position {int(position_ids.max())} but the model has "
-                                 f"max_position_embeddings={self.config.max_position_embeddings}")
+                raise ValueError(
+                    f"sequence reaches position {int(position_ids.max())} but the model has "
+                    f"max_position_embeddings={self.config.max_position_embeddings}"
+                )
 
         x = self.drop(self.wte(idx) + self.wpe(position_ids))
         masks = None
@@ -343,9 +385,12 @@ class GPTNeo(nn.Module):
             logits = F.linear(x, self.wte.weight)[..., :V].float()
             if targets is not None:
                 loss = F.cross_entropy(logits.reshape(B * T, V), targets.reshape(-1), ignore_index=-100)
-        return GPTNeoOutput(logits if return_logits else None, loss,
-                            tuple(attentions) if output_attentions else None,
-                            tuple(hidden_states) if output_hidden_states else None)
+        return GPTNeoOutput(
+            logits if return_logits else None,
+            loss,
+            tuple(attentions) if output_attentions else None,
+            tuple(hidden_states) if output_hidden_states else None,
+        )
 
     def _mask(self, query_pos: Tensor, key_pos: Tensor, key_valid: Tensor, attention_type: str) -> Tensor:
         """(B, 1, T, S) True where query t may attend to key s: causal, within the window for local layers."""
@@ -357,10 +402,20 @@ class GPTNeo(nn.Module):
 
     # -- generation ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, idx: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, eos_token: int | None = None, attention_mask: Tensor | None = None,
-                 use_cache: bool = True, generator: torch.Generator | None = None,
-                 choose: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token: int | None = None,
+        attention_mask: Tensor | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+        choose: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
         """Continue each row of ``idx`` (B, T) by up to ``max_new_tokens`` tokens; returns (B, T + n).
 
         temperature=0 is greedy. ``choose`` replaces the sampler: last-position logits (B, V) -> next tokens
@@ -376,18 +431,25 @@ class GPTNeo(nn.Module):
         mask = mask.to(device=idx.device, dtype=torch.long)
         longest = int(mask.sum(dim=1).max()) + max_new_tokens
         if longest > self.config.max_position_embeddings:
-            raise ValueError(f"prompt + max_new_tokens = {longest} tokens exceeds the context of "
-                             f"{self.config.max_position_embeddings} tokens")
+            raise ValueError(
+                f"prompt + max_new_tokens = {longest} tokens exceeds the context of "
+                f"{self.config.max_position_embeddings} tokens"
+            )
         cache = KVCache(self.config.num_layers) if use_cache else None
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
         out, step_input = idx, idx
         for _ in range(max_new_tokens):
             if cache is not None:
-                logits = self(step_input, kv_cache=cache, attention_mask=mask[:, -step_input.shape[1]:]).logits
+                logits = self(step_input, kv_cache=cache, attention_mask=mask[:, -step_input.shape[1] :]).logits
             else:
                 logits = self(out, attention_mask=mask).logits
-            next_token = (choose(logits[:, -1, :]) if choose is not None else sample_next_token(
-                logits[:, -1, :], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator))
+            next_token = (
+                choose(logits[:, -1, :])
+                if choose is not None
+                else sample_next_token(
+                    logits[:, -1, :], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+                )
+            )
             if eos_token is not None:
                 next_token = torch.where(finished, torch.full_like(next_token, eos_token), next_token)
                 finished |= next_token == eos_token
@@ -399,8 +461,14 @@ class GPTNeo(nn.Module):
         return out
 
 
-def sample_next_token(logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None,
-                      top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+def sample_next_token(
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """One token id per row of ``logits`` (B, V): greedy at temperature 0, else top-k/top-p sampling."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -428,10 +496,10 @@ def sample_next_token(logits: Tensor, *, temperature: float = 1.0, top_k: int | 
     return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
 
 
-
 def model_summary(model: GPTNeo) -> str:
     c = model.config
-    return (f"GPT-Neo {model.num_parameters() / 1e6:.2f}M params ({model.num_parameters(True) / 1e6:.2f}M "
-            f"non-embedding): {c.num_layers} layers x {c.hidden_size} hidden, {c.num_heads} heads, "
-            f"vocab {c.vocab_size} (padded {c.padded_vocab_size}), context {c.max_position_embeddings}")
-
+    return (
+        f"GPT-Neo {model.num_parameters() / 1e6:.2f}M params ({model.num_parameters(True) / 1e6:.2f}M "
+        f"non-embedding): {c.num_layers} layers x {c.hidden_size} hidden, {c.num_heads} heads, "
+        f"vocab {c.vocab_size} (padded {c.padded_vocab_size}), context {c.max_position_embeddings}"
+    )

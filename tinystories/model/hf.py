@@ -25,7 +25,8 @@ _HF_ARCH = "GPTNeoForCausalLM"
 
 
 def _hf_name(name: str) -> str:
-    """Our parameter name -> HF's (``blocks.0.attn.q_proj.weight`` -> ``transformer.h.0.attn.attention.q_proj.weight``)."""
+    """Our parameter name -> HF's (``blocks.0.attn.q_proj.weight`` ->
+    ``transformer.h.0.attn.attention.q_proj.weight``)."""
     name = name.replace("blocks.", "h.", 1).replace(".attn.", ".attn.attention.")
     return f"transformer.{name}"
 
@@ -70,8 +71,9 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTNeoCon
     if hf.get("model_type") != "gpt_neo":
         raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, only 'gpt_neo' can be imported")
     if hf.get("activation_function", "gelu_new") != "gelu_new":
-        raise ValueError(f"{source}: activation_function {hf['activation_function']!r} is not supported "
-                         "(only gelu_new)")
+        raise ValueError(
+            f"{source}: activation_function {hf['activation_function']!r} is not supported (only gelu_new)"
+        )
     if not hf.get("tie_word_embeddings", True):
         raise ValueError(f"{source}: untied input/output embeddings are not supported")
     dropouts = {hf.get(k, 0.0) for k in ("embed_dropout", "attention_dropout", "resid_dropout")}
@@ -79,11 +81,17 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTNeoCon
     if not layers:
         layers = [t for pattern, repeats in hf["attention_types"] for _ in range(repeats) for t in pattern]
     return GPTNeoConfig(
-        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_layers"],
-        num_heads=hf["num_heads"], max_position_embeddings=hf["max_position_embeddings"],
-        window_size=hf.get("window_size", 256), attention_layers=tuple(layers),
-        intermediate_size=hf.get("intermediate_size"), layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        dropout=float(max(dropouts)), initializer_range=hf.get("initializer_range", 0.02),
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_layers=hf["num_layers"],
+        num_heads=hf["num_heads"],
+        max_position_embeddings=hf["max_position_embeddings"],
+        window_size=hf.get("window_size", 256),
+        attention_layers=tuple(layers),
+        intermediate_size=hf.get("intermediate_size"),
+        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        dropout=float(max(dropouts)),
+        initializer_range=hf.get("initializer_range", 0.02),
     )
 
 
@@ -107,8 +115,9 @@ def load_hf_state_dict(model: GPTNeo, hf_state: dict[str, torch.Tensor], source:
     extra = [k for k in extra if not k.endswith((".attn.attention.bias", ".attn.attention.masked_bias"))]
     missing = sorted(set(expected) - set(hf_state))
     if missing or extra:
-        raise ValueError(f"{source}: tensors do not match a GPT-Neo of this config; missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}")
+        raise ValueError(
+            f"{source}: tensors do not match a GPT-Neo of this config; missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     with torch.no_grad():
         for hf_name, name in expected.items():
             src, dst = hf_state[hf_name], ours[name]
@@ -121,8 +130,9 @@ def load_hf_state_dict(model: GPTNeo, hf_state: dict[str, torch.Tensor], source:
                 if src.shape != dst.shape:
                     raise ValueError(f"{source}: {hf_name} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
                 dst.copy_(src)
-    if "lm_head.weight" in hf_state and not torch.equal(hf_state["lm_head.weight"].float(), hf_state[
-            "transformer.wte.weight"].float()):
+    if "lm_head.weight" in hf_state and not torch.equal(
+        hf_state["lm_head.weight"].float(), hf_state["transformer.wte.weight"].float()
+    ):
         raise ValueError(f"{source}: lm_head.weight differs from transformer.wte.weight (untied head unsupported)")
 
 
@@ -174,10 +184,19 @@ def export_hf(model: GPTNeo, out_dir: str | Path, tokenizer: Tokenizer | None = 
         if tokenizer is not None:
             tokenizer.save_hf(tmp / "tokenizer.json")
             eot = EOT if EOT in tokenizer.special_tokens else None
-            (tmp / "tokenizer_config.json").write_text(json.dumps({
-                "tokenizer_class": "PreTrainedTokenizerFast",
-                "model_max_length": model.config.max_position_embeddings,
-                "bos_token": eot, "eos_token": eot, "unk_token": eot,
-                "add_prefix_space": False, "clean_up_tokenization_spaces": False,
-            }, indent=2) + "\n")
+            (tmp / "tokenizer_config.json").write_text(
+                json.dumps(
+                    {
+                        "tokenizer_class": "PreTrainedTokenizerFast",
+                        "model_max_length": model.config.max_position_embeddings,
+                        "bos_token": eot,
+                        "eos_token": eot,
+                        "unk_token": eot,
+                        "add_prefix_space": False,
+                        "clean_up_tokenization_spaces": False,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
     return out_dir

@@ -23,8 +23,15 @@ MAX_STOPS = 4
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
 
@@ -97,22 +104,30 @@ def instruct_prompt(content: str) -> str:
         name, sep, value = line.partition(":")
         key = name.strip().lower()
         if sep and key == "story":
-            beginning = "\n".join([value.strip(), *lines[i + 1:]]).strip()
+            beginning = "\n".join([value.strip(), *lines[i + 1 :]]).strip()
             break
         if not sep or key not in _INSTRUCTIONS:
-            raise APIError(400, f"messages: unrecognised line {line.strip()[:80]!r}; an Instruct model reads "
-                                "'Features:', 'Words:', 'Summary:' and 'Random sentence:' lines, then an "
-                                "optional 'Story:' beginning", param="messages")
+            raise APIError(
+                400,
+                f"messages: unrecognised line {line.strip()[:80]!r}; an Instruct model reads "
+                "'Features:', 'Words:', 'Summary:' and 'Random sentence:' lines, then an "
+                "optional 'Story:' beginning",
+                param="messages",
+            )
         fields[_INSTRUCTIONS[key]] = value.strip()
     features = []
     for feature in filter(None, (f.strip() for f in fields.get("features", "").split(","))):
         if feature.lower() not in _FEATURES:
-            raise APIError(400, f"messages: unknown feature {feature!r}; known: {', '.join(FEATURE_LABELS.values())}",
-                           param="messages")
+            raise APIError(
+                400,
+                f"messages: unknown feature {feature!r}; known: {', '.join(FEATURE_LABELS.values())}",
+                param="messages",
+            )
         features.append(_FEATURES[feature.lower()])
     words = [w.strip() for w in fields.get("words", "").split(",") if w.strip()]
-    header = format_instructions(words=words, features=features, summary=fields.get("summary") or None,
-                                 sentence=fields.get("sentence") or None)
+    header = format_instructions(
+        words=words, features=features, summary=fields.get("summary") or None, sentence=fields.get("sentence") or None
+    )
     return header + beginning
 
 
@@ -124,8 +139,14 @@ class Choice:
     A delta never ends inside a UTF-8 character or inside what may become a stop string.
     """
 
-    def __init__(self, index: int, tokenizer: Tokenizer, stops: list[str], max_tokens: int,
-                 emit: Callable[[int, str, str | None], None] | None = None):
+    def __init__(
+        self,
+        index: int,
+        tokenizer: Tokenizer,
+        stops: list[str],
+        max_tokens: int,
+        emit: Callable[[int, str, str | None], None] | None = None,
+    ):
         self.index, self.tokenizer, self.stops, self.max_tokens, self.emit = index, tokenizer, stops, max_tokens, emit
         self.tokens: list[int] = []
         self.text, self.sent, self.finish_reason = "", 0, None
@@ -156,7 +177,7 @@ class Choice:
         self._send(len(self.text), self.finish_reason)
 
     def _send(self, upto: int, finish_reason: str | None = None) -> None:
-        delta, self.sent = self.text[self.sent:upto], max(self.sent, upto)
+        delta, self.sent = self.text[self.sent : upto], max(self.sent, upto)
         if self.emit is not None and (delta or finish_reason):
             self.emit(self.index, delta, finish_reason)
 
@@ -176,26 +197,59 @@ def usage(prompt_tokens: int, choices: list[Choice]) -> dict[str, int]:
 
 def completion_body(kind: str, rid: str, model: str, choices: list[Choice], prompt_tokens: int) -> dict[str, Any]:
     if kind == "chat":
-        listed = [{"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
-                   "finish_reason": c.finish_reason} for c in choices]
+        listed = [
+            {
+                "index": c.index,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": None,
+                "finish_reason": c.finish_reason,
+            }
+            for c in choices
+        ]
         obj = "chat.completion"
     else:
-        listed = [{"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
-                  for c in choices]
+        listed = [
+            {"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason} for c in choices
+        ]
         obj = "text_completion"
-    return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": listed,
-            "usage": usage(prompt_tokens, choices)}
+    return {
+        "id": rid,
+        "object": obj,
+        "created": int(time.time()),
+        "model": model,
+        "choices": listed,
+        "usage": usage(prompt_tokens, choices),
+    }
 
 
-def chunk_body(kind: str, rid: str, model: str, index: int | None, delta: str, finish_reason: str | None,
-               usage_: dict[str, int] | None = None) -> dict[str, Any]:
+def chunk_body(
+    kind: str,
+    rid: str,
+    model: str,
+    index: int | None,
+    delta: str,
+    finish_reason: str | None,
+    usage_: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """One server-sent event: a delta of one choice, or (``index=None``) the closing usage chunk."""
     if index is None:
         choices: list[dict[str, Any]] = []
     elif kind == "chat":
-        choices = [{"index": index, "delta": {"role": "assistant", "content": delta}, "logprobs": None,
-                    "finish_reason": finish_reason}]
+        choices = [
+            {
+                "index": index,
+                "delta": {"role": "assistant", "content": delta},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ]
     else:
         choices = [{"index": index, "text": delta, "logprobs": None, "finish_reason": finish_reason}]
-    return {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion", "created":
-            int(time.time()), "model": model, "choices": choices, "usage": usage_}
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage_,
+    }

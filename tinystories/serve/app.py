@@ -29,8 +29,20 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from tinystories.model.generate import Row, prompt_ids
-from tinystories.serve.api import (APIError, ChatRequest, Choice, CompletionRequest, chunk_body, completion_body,
-                                   instruct_prompt, new_id, parse_request, random_seed, stops_of, usage)
+from tinystories.serve.api import (
+    APIError,
+    ChatRequest,
+    Choice,
+    CompletionRequest,
+    chunk_body,
+    completion_body,
+    instruct_prompt,
+    new_id,
+    parse_request,
+    random_seed,
+    stops_of,
+    usage,
+)
 from tinystories.serve.engine import Job
 from tinystories.serve.models import LoadedModel, ModelPool
 from tinystories.serve.run_data import run_data
@@ -39,8 +51,9 @@ DEFAULT_MAX_TOKENS = 200
 MAX_ROWS = 128  # stories per request
 
 
-def create_app(pool: ModelPool, *, api_key: str | None = None, max_body_bytes: int = 1 << 20,
-               eval_dirs: list[Path] | None = None) -> FastAPI:
+def create_app(
+    pool: ModelPool, *, api_key: str | None = None, max_body_bytes: int = 1 << 20, eval_dirs: list[Path] | None = None
+) -> FastAPI:
     app = FastAPI(title="tinystories serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.pool = pool
 
@@ -58,8 +71,9 @@ def create_app(pool: ModelPool, *, api_key: str | None = None, max_body_bytes: i
         if api_key and request.url.path != "/":
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                error = APIError(401, "missing or incorrect API key (send Authorization: Bearer KEY)",
-                                 code="invalid_api_key")
+                error = APIError(
+                    401, "missing or incorrect API key (send Authorization: Bearer KEY)", code="invalid_api_key"
+                )
                 return JSONResponse(error.body(), status_code=401)
         return await call_next(request)
 
@@ -92,8 +106,12 @@ def create_app(pool: ModelPool, *, api_key: str | None = None, max_body_bytes: i
         req = parse_request(ChatRequest, await _read_body(request, max_body_bytes))
         loaded = await _load(pool, req.model)
         if not loaded.entry.instruct:
-            raise APIError(400, f"model {req.model} is not an Instruct model (trained from an -instruct preset): "
-                                "use /v1/completions with a story beginning", param="model")
+            raise APIError(
+                400,
+                f"model {req.model} is not an Instruct model (trained from an -instruct preset): "
+                "use /v1/completions with a story beginning",
+                param="model",
+            )
         user = [m.content for m in req.messages if m.role == "user"]
         if not user:
             raise APIError(400, "messages: no user message", param="messages")
@@ -105,8 +123,12 @@ def create_app(pool: ModelPool, *, api_key: str | None = None, max_body_bytes: i
 
 def _entry(pool: ModelPool, model_id: str) -> Any:
     if model_id not in pool.entries:
-        raise APIError(404, f"the model {model_id!r} does not exist; GET /v1/models lists the served models",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"the model {model_id!r} does not exist; GET /v1/models lists the served models",
+            param="model",
+            code="model_not_found",
+        )
     return pool.entries[model_id]
 
 
@@ -138,14 +160,22 @@ async def _generate(kind: str, req: Any, loaded: LoadedModel, prompts: list[str]
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
     longest = max(len(ids) for ids in encoded)
     if longest >= context:
-        raise APIError(400, f"the prompt is {longest} tokens; {req.model} has a context of {context} tokens",
-                       param="prompt", code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"the prompt is {longest} tokens; {req.model} has a context of {context} tokens",
+            param="prompt",
+            code="context_length_exceeded",
+        )
     if max_tokens is None:
         max_tokens = min(DEFAULT_MAX_TOKENS, context - longest)
     elif longest + max_tokens > context:
-        raise APIError(400, f"{req.model} has a context of {context} tokens, but {longest} prompt tokens + "
-                            f"max_tokens {max_tokens} were requested", param="max_tokens",
-                       code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"{req.model} has a context of {context} tokens, but {longest} prompt tokens + "
+            f"max_tokens {max_tokens} were requested",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
 
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
@@ -161,8 +191,17 @@ async def _generate(kind: str, req: Any, loaded: LoadedModel, prompts: list[str]
             choice = Choice(p * req.n + j, tokenizer, stops, max_tokens, emit if req.stream else None)
             # Row r of a request seeded s draws from its own generator seeded s + r, as `tinystories sample`.
             generator = torch.Generator(device=device).manual_seed(seed + choice.index)
-            rows.append(Row(ids, max_tokens, req.temperature, req.top_k, req.top_p if req.top_p < 1 else None,
-                            generator, choice.on_token))
+            rows.append(
+                Row(
+                    ids,
+                    max_tokens,
+                    req.temperature,
+                    req.top_k,
+                    req.top_p if req.top_p < 1 else None,
+                    generator,
+                    choice.on_token,
+                )
+            )
             choices.append(choice)
 
     def done(_: Any, error: BaseException | None) -> None:  # in the engine thread, after the last token

@@ -16,9 +16,18 @@ import tempfile
 from pathlib import Path
 
 # No network, no first-run dialogs, no GPU: a headless browser that behaves the same on every machine.
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1400,1000")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+)
 
 
 def find_chromium() -> tuple[str, str] | None:
@@ -32,8 +41,15 @@ def find_chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-def write_stories(url: str, models: list[str], beginning: str, *, settings: dict[str, str] | None = None,
-                  screenshot: str | Path | None = None, timeout_s: float = 120) -> dict[str, str]:
+def write_stories(
+    url: str,
+    models: list[str],
+    beginning: str,
+    *,
+    settings: dict[str, str] | None = None,
+    screenshot: str | Path | None = None,
+    timeout_s: float = 120,
+) -> dict[str, str]:
     """model -> the story the page streamed for it (the beginning excluded)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -62,14 +78,21 @@ def write_stories(url: str, models: list[str], beginning: str, *, settings: dict
                 element.send_keys(value)
             driver.find_element(By.ID, "go").click()
             columns = "#columns .column"
-            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, columns)) == len(models) and all(
-                c.get_attribute("data-state") != "streaming" for c in d.find_elements(By.CSS_SELECTOR, columns)))
+            wait.until(
+                lambda d: (
+                    len(d.find_elements(By.CSS_SELECTOR, columns)) == len(models)
+                    and all(
+                        c.get_attribute("data-state") != "streaming" for c in d.find_elements(By.CSS_SELECTOR, columns)
+                    )
+                )
+            )
             wait.until(lambda d: all("loading" not in p.text for p in d.find_elements(By.CSS_SELECTOR, ".panel")))
             stories = {}
             for column in driver.find_elements(By.CSS_SELECTOR, columns):
                 if column.get_attribute("data-state") != "done":
-                    raise RuntimeError(f"{column.get_attribute('data-model')}: "
-                                       f"{column.find_element(By.CSS_SELECTOR, '.status').text}")
+                    raise RuntimeError(
+                        f"{column.get_attribute('data-model')}: {column.find_element(By.CSS_SELECTOR, '.status').text}"
+                    )
                 story = column.find_element(By.CSS_SELECTOR, ".story span:not(.beginning)")
                 stories[column.get_attribute("data-model")] = story.get_attribute("textContent")
             if screenshot is not None:
@@ -91,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tinystories.serve.browser", description=main.__doc__)
     parser.add_argument("paths", nargs="+", help="checkpoints, run or sweep directories (as tinystories serve)")
     parser.add_argument("--out", required=True, help="the PNG to write")
-    parser.add_argument("--models", help="comma-separated model ids (default: the newest checkpoint of the first "
-                                         "two runs)")
+    parser.add_argument(
+        "--models", help="comma-separated model ids (default: the newest checkpoint of the first two runs)"
+    )
     parser.add_argument("--beginning", default="Once upon a time, there was a little dog named Max.")
     parser.add_argument("--seed", default="1")
     parser.add_argument("--max-tokens", default="120")

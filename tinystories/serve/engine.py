@@ -96,5 +96,5 @@ class Engine:
             return
         start = 0
         for job in batch:
-            job.done(tokens[start:start + len(job.rows)], None)
+            job.done(tokens[start : start + len(job.rows)], None)
             start += len(job.rows)

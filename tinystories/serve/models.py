@@ -31,8 +31,15 @@ class ModelEntry:
     instruct: bool  # from the run's config.json; the loaded checkpoint's own config has the last word
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "object": "model", "created": self.created, "owned_by": "tinystories",
-                "run": self.run_dir.name, "step": self.step, "instruct": self.instruct}
+        return {
+            "id": self.id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "tinystories",
+            "run": self.run_dir.name,
+            "step": self.step,
+            "instruct": self.instruct,
+        }
 
 
 def _is_instruct(train_config: dict[str, Any]) -> bool:
@@ -50,9 +57,14 @@ def _entry(file: Path) -> ModelEntry:
     file = file.resolve()
     run_dir = file.parent.parent if file.parent.name == "checkpoints" else file.parent
     digits = "".join(ch for ch in file.stem if ch.isdigit())
-    return ModelEntry(id=f"{run_dir.name}/{file.stem}", path=file, run_dir=run_dir,
-                      step=int(digits) if digits else None, created=int(file.stat().st_mtime),
-                      instruct=_is_instruct(_run_train_config(run_dir)))
+    return ModelEntry(
+        id=f"{run_dir.name}/{file.stem}",
+        path=file,
+        run_dir=run_dir,
+        step=int(digits) if digits else None,
+        created=int(file.stat().st_mtime),
+        instruct=_is_instruct(_run_train_config(run_dir)),
+    )
 
 
 def discover_models(paths: list[str | Path]) -> dict[str, ModelEntry]:
@@ -69,13 +81,15 @@ def discover_models(paths: list[str | Path]) -> dict[str, ModelEntry]:
         else:
             raise FileNotFoundError(f"{path} does not exist")
         if not files:
-            raise FileNotFoundError(f"{path}: no checkpoints (a .pt file, a run directory with checkpoints/, or a "
-                                    f"sweep directory of runs)")
+            raise FileNotFoundError(
+                f"{path}: no checkpoints (a .pt file, a run directory with checkpoints/, or a sweep directory of runs)"
+            )
         for file in files:
             entry = _entry(file)
             if entry.id in found and found[entry.id].path != entry.path:
-                raise ValueError(f"two checkpoints would both be named {entry.id}: {found[entry.id].path} and "
-                                 f"{entry.path}")
+                raise ValueError(
+                    f"two checkpoints would both be named {entry.id}: {found[entry.id].path} and {entry.path}"
+                )
             found[entry.id] = entry
     return found
 
@@ -94,8 +108,15 @@ class LoadedModel:
 class ModelPool:
     """Lazy loading and LRU eviction of the served models; safe to call from many requests at once."""
 
-    def __init__(self, entries: dict[str, ModelEntry], *, max_models: int = 2, device: str = "cpu",
-                 max_batch: int = 32, wait_s: float = 0.01):
+    def __init__(
+        self,
+        entries: dict[str, ModelEntry],
+        *,
+        max_models: int = 2,
+        device: str = "cpu",
+        max_batch: int = 32,
+        wait_s: float = 0.01,
+    ):
         if max_models < 1:
             raise ValueError(f"max_models must be >= 1, got {max_models}")
         self.entries, self.max_models, self.device = entries, max_models, device

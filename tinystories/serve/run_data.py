@@ -32,15 +32,21 @@ def run_data(entry: ModelEntry, eval_dirs: list[Path]) -> dict[str, Any]:
     grades = [r for r in _records([f / "grades.jsonl" for f in folders]) if r.get("checkpoint") == entry.id]
     probes = [r for r in _records([f / "probes.jsonl" for f in folders]) if r.get("model") == entry.id]
     data: dict[str, Any] = {
-        "model": entry.id, "run": entry.run_dir.name, "step": entry.step,
+        "model": entry.id,
+        "run": entry.run_dir.name,
+        "step": entry.step,
         "loss": [[r["step"], r["loss"]] for r in metrics if "loss" in r],
         "val_loss": [[r["step"], r["val_loss"]] for r in metrics if "val_loss" in r],
-        "grades": None, "probes": None,
+        "grades": None,
+        "probes": None,
     }
     if grades:
         summary = summarize(grades)
-        data["grades"] = {name: {"mean": _finite(s.mean), "ci95": _finite(s.ci95), "n": s.n}
-                          for name, s in summary.items() if hasattr(s, "mean")}
+        data["grades"] = {
+            name: {"mean": _finite(s.mean), "ci95": _finite(s.ci95), "n": s.n}
+            for name, s in summary.items()
+            if hasattr(s, "mean")
+        }
     if probes:
         counts: dict[str, Counter] = {}
         for r in probes:

@@ -4,13 +4,12 @@ Eldan & Li (2023) trained a grid of model shapes (hidden {64..1024} x layers {1.
 budgets and found that, even at this scale, the compute-optimal model size follows a power law in compute
 (as Hoffmann et al. 2022 found for large models).
 
-Compute: training FLOPs ``C = flops_per_token * tokens`` with :func:`tinystories.model.flops_per_token`
-(PaLM, Chowdhery et al. 2022, appendix B): ``6 N`` for the matmul weights ``N`` (embedding/output head
-included, as it is a matmul) plus the attention term ``12 * C_hidden * K`` per layer for the QK^T and AV products, with K the mean
-number of keys a query attends to under the causal mask (``(T+1)/2`` for global layers; for local layers each
-query sees ``min(i+1, window)`` keys). The size in the fit is the non-embedding parameter count (Kaplan et
-al. 2020), since with a 50k vocabulary the embedding dominates the small models; ``--params total`` uses
-every parameter.
+Compute: training FLOPs ``C = flops_per_token * tokens`` with :func:`tinystories.model.flops_per_token` (PaLM,
+Chowdhery et al. 2022, appendix B): ``6 N`` for the matmul weights ``N`` (embedding/output head included, as it is a
+matmul) plus the attention term ``12 * C_hidden * K`` per layer for the QK^T and AV products, with K the mean number
+of keys a query attends to under the causal mask (``(T+1)/2`` for global layers; for local layers each query sees
+``min(i+1, window)`` keys). The size in the fit is the non-embedding parameter count (Kaplan et al. 2020), since
+with a 50k vocabulary the embedding dominates the small models; ``--params total`` uses every parameter.
 
 The compute-optimal analysis (Hoffmann et al. approach 1): each model shape gives a loss-vs-compute
 curve -- the final validation loss of its runs (one per token budget), or also every intermediate
@@ -45,9 +44,21 @@ from tinystories.model.gpt_neo import GPTNeo
 from tinystories.plots import pyplot
 from tinystories.sweep.grid import SweepConfig, format_count, read_status, run_dir
 
-
-RESULT_COLUMNS = ("name", "hidden", "layers", "status", "tokens", "steps", "params", "non_embedding_params",
-                  "flops_per_token", "compute", "final_val_loss", "best_val_loss", "wall_s")
+RESULT_COLUMNS = (
+    "name",
+    "hidden",
+    "layers",
+    "status",
+    "tokens",
+    "steps",
+    "params",
+    "non_embedding_params",
+    "flops_per_token",
+    "compute",
+    "final_val_loss",
+    "best_val_loss",
+    "wall_s",
+)
 
 
 def collect_results(sweep: SweepConfig) -> list[dict[str, Any]]:
@@ -57,8 +68,14 @@ def collect_results(sweep: SweepConfig) -> list[dict[str, Any]]:
         directory = run_dir(sweep, run)
         status = read_status(directory)
         row: dict[str, Any] = {c: None for c in RESULT_COLUMNS}
-        row.update(name=run.name, hidden=run.hidden, layers=run.layers, status=status["status"],
-                   wall_s=status.get("wall_s"), curve=[])
+        row.update(
+            name=run.name,
+            hidden=run.hidden,
+            layers=run.layers,
+            status=status["status"],
+            wall_s=status.get("wall_s"),
+            curve=[],
+        )
         config_path = directory / "config.json"
         if config_path.is_file():
             saved = json.loads(config_path.read_text())
@@ -74,9 +91,15 @@ def collect_results(sweep: SweepConfig) -> list[dict[str, Any]]:
             val = {r["step"]: float(r["val_loss"]) for r in records if "val_loss" in r}
             curve = [(step * tokens_per_step, loss) for step, loss in sorted(val.items())]
             steps = max((r["step"] for r in records), default=0)
-            row.update(params=model.num_parameters(), non_embedding_params=model.num_parameters(non_embedding=True),
-                       flops_per_token=fpt, tokens=steps * tokens_per_step, steps=steps,
-                       compute=fpt * steps * tokens_per_step, curve=curve)
+            row.update(
+                params=model.num_parameters(),
+                non_embedding_params=model.num_parameters(non_embedding=True),
+                flops_per_token=fpt,
+                tokens=steps * tokens_per_step,
+                steps=steps,
+                compute=fpt * steps * tokens_per_step,
+                curve=curve,
+            )
             if curve:
                 row.update(final_val_loss=curve[-1][1], best_val_loss=min(loss for _, loss in curve))
         rows.append(row)
@@ -101,9 +124,15 @@ def results_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
         table.add_column(col, justify="left" if col in ("run", "status") else "right")
     fmt = lambda v, f: "-" if v is None else f(v)  # noqa: E731
     for r in rows:
-        table.add_row(r["name"], r["status"], fmt(r["non_embedding_params"], format_count), fmt(r["tokens"], format_count),
-                      fmt(r["compute"], lambda c: f"{c:.2e}"), fmt(r["final_val_loss"], lambda v: f"{v:.4f}"),
-                      fmt(r["wall_s"], lambda s: f"{s:.0f}s"))
+        table.add_row(
+            r["name"],
+            r["status"],
+            fmt(r["non_embedding_params"], format_count),
+            fmt(r["tokens"], format_count),
+            fmt(r["compute"], lambda c: f"{c:.2e}"),
+            fmt(r["final_val_loss"], lambda v: f"{v:.4f}"),
+            fmt(r["wall_s"], lambda s: f"{s:.0f}s"),
+        )
     return table
 
 
@@ -173,14 +202,19 @@ def compute_optimal_sizes(points: Sequence[ScalingPoint], budgets: int = 10) -> 
     """
     env = {s: e for s, e in _envelopes(points).items() if len(e[1]) >= 2}
     if len(env) < 2:
-        raise ValueError("the compute-optimal analysis needs at least two model shapes with two or more "
-                         "(compute, loss) points each; add token budgets, or use trajectory points")
+        raise ValueError(
+            "the compute-optimal analysis needs at least two model shapes with two or more "
+            "(compute, loss) points each; add token budgets, or use trajectory points"
+        )
     lo = min(e[1][0] for e in env.values())
     hi = max(e[1][-1] for e in env.values())
     result = []
     for logc in np.linspace(lo, hi, budgets):
-        covering = {s: (n, float(np.interp(logc, lc, loss))) for s, (n, lc, loss) in env.items()
-                    if lc[0] - 1e-9 <= logc <= lc[-1] + 1e-9}
+        covering = {
+            s: (n, float(np.interp(logc, lc, loss)))
+            for s, (n, lc, loss) in env.items()
+            if lc[0] - 1e-9 <= logc <= lc[-1] + 1e-9
+        }
         if len(covering) >= 2:
             shape, (params, loss) = min(covering.items(), key=lambda kv: kv[1][1])
             sizes = [n for n, _ in covering.values()]
@@ -189,8 +223,9 @@ def compute_optimal_sizes(points: Sequence[ScalingPoint], budgets: int = 10) -> 
     return result
 
 
-def fit_power_law(x: Sequence[float], y: Sequence[float], *, confidence: float = 0.95, bootstrap: int = 2000,
-                  seed: int = 0) -> PowerLawFit:
+def fit_power_law(
+    x: Sequence[float], y: Sequence[float], *, confidence: float = 0.95, bootstrap: int = 2000, seed: int = 0
+) -> PowerLawFit:
     """Least-squares fit of ``log y = a log x + b`` with the exponent's standard error and bootstrap CI."""
     lx, ly = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))
     n = len(lx)
@@ -215,18 +250,23 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], *, confidence: float =
 def fit_optimal_sizes(optimal: Sequence[OptimalSize]) -> PowerLawFit:
     """``N_opt ∝ C^a`` over the budgets whose optimum is inside the grid; ValueError says why there is none."""
     if not optimal:
-        raise ValueError("no compute budget is reached by two or more model shapes (their compute ranges do not "
-                         "overlap), so no sizes compare at equal compute; add token budgets so the ranges overlap")
+        raise ValueError(
+            "no compute budget is reached by two or more model shapes (their compute ranges do not "
+            "overlap), so no sizes compare at equal compute; add token budgets so the ranges overlap"
+        )
     interior = [o for o in optimal if o.interior]
     if len(interior) < 3:
-        raise ValueError(f"only {len(interior)} of {len(optimal)} compute budgets have their optimum inside "
-                         f"the grid (3 needed); elsewhere the best size is the grid's smallest or largest, so "
-                         f"widen the size range or add token budgets")
+        raise ValueError(
+            f"only {len(interior)} of {len(optimal)} compute budgets have their optimum inside "
+            f"the grid (3 needed); elsewhere the best size is the grid's smallest or largest, so "
+            f"widen the size range or add token budgets"
+        )
     return fit_power_law([o.compute for o in interior], [o.params for o in interior])
 
 
-def scaling_points(rows: Sequence[dict[str, Any]], *, trajectory: bool, params: str = "non-embedding"
-                   ) -> list[ScalingPoint]:
+def scaling_points(
+    rows: Sequence[dict[str, Any]], *, trajectory: bool, params: str = "non-embedding"
+) -> list[ScalingPoint]:
     """(shape, N, C, loss) of the sweep's runs: final validation losses, or every validation point."""
     key = {"non-embedding": "non_embedding_params", "total": "params"}[params]
     points = []
@@ -255,8 +295,13 @@ def _log_compute_axis(ax: Any, computes: Sequence[float]) -> None:
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
-def plot_scaling(points: Sequence[ScalingPoint], optimal: Sequence[OptimalSize], fit: PowerLawFit | None,
-                 path: Path, no_fit_reason: str | None = None) -> None:
+def plot_scaling(
+    points: Sequence[ScalingPoint],
+    optimal: Sequence[OptimalSize],
+    fit: PowerLawFit | None,
+    path: Path,
+    no_fit_reason: str | None = None,
+) -> None:
     """Loss vs compute (every shape, the frontier) and the optimal size per budget with the fit; with no
     budget to fit, the right panel says why (``no_fit_reason``) instead."""
     plt = pyplot()
@@ -268,8 +313,13 @@ def plot_scaling(points: Sequence[ScalingPoint], optimal: Sequence[OptimalSize],
             left.plot(np.exp(logc), loss, marker="o", ms=3, lw=1, label=f"{shape} ({format_count(params)})")
         front = loss_frontier(points)
         left.plot([p.compute for p in front], [p.loss for p in front], "k--", lw=1.5, label="frontier")
-        left.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel="validation loss",
-                 title="loss vs compute")
+        left.set(
+            xscale="log",
+            yscale="log",
+            xlabel="training compute C (FLOPs)",
+            ylabel="validation loss",
+            title="loss vs compute",
+        )
         _log_compute_axis(left, [p.compute for p in points])
         left.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         left.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
@@ -277,20 +327,42 @@ def plot_scaling(points: Sequence[ScalingPoint], optimal: Sequence[OptimalSize],
         right.set_title("compute-optimal model size")
         if not optimal:  # nothing to place on log axes: say why in the panel
             right.axis("off")
-            right.text(0.5, 0.5, "no compute-optimal fit:\n" + "\n".join(textwrap.wrap(no_fit_reason or "", 60)),
-                       ha="center", va="center", transform=right.transAxes, fontsize=9)
+            right.text(
+                0.5,
+                0.5,
+                "no compute-optimal fit:\n" + "\n".join(textwrap.wrap(no_fit_reason or "", 60)),
+                ha="center",
+                va="center",
+                transform=right.transAxes,
+                fontsize=9,
+            )
         else:
             inside = [o for o in optimal if o.interior]
             edge = [o for o in optimal if not o.interior]
-            right.scatter([o.compute for o in inside], [o.params for o in inside], color="C3", zorder=3,
-                          label="optimal size per budget")
-            right.scatter([o.compute for o in edge], [o.params for o in edge], facecolors="none", edgecolors="C3",
-                          zorder=3, label="at the grid's edge (not fitted)")
+            right.scatter(
+                [o.compute for o in inside],
+                [o.params for o in inside],
+                color="C3",
+                zorder=3,
+                label="optimal size per budget",
+            )
+            right.scatter(
+                [o.compute for o in edge],
+                [o.params for o in edge],
+                facecolors="none",
+                edgecolors="C3",
+                zorder=3,
+                label="at the grid's edge (not fitted)",
+            )
             if fit is not None:
                 c = np.array([o.compute for o in inside])
                 grid = np.geomspace(c.min(), c.max(), 50)
-                right.plot(grid, fit.predict(grid), "k-", label=f"N_opt ∝ C^{fit.exponent:.3f} "
-                                                                f"[{fit.ci_low:.3f}, {fit.ci_high:.3f}]")
+                right.plot(
+                    grid,
+                    fit.predict(grid),
+                    "k-",
+                    label=f"N_opt ∝ C^{fit.exponent:.3f} [{fit.ci_low:.3f}, {fit.ci_high:.3f}]",
+                )
                 lx0 = np.log(grid).mean()
                 for a in (fit.ci_low, fit.ci_high):  # the CI's slopes through the fit's centre
                     right.plot(grid, fit.predict(np.exp(lx0)) * (grid / np.exp(lx0)) ** a, "k:", lw=1)
@@ -303,8 +375,14 @@ def plot_scaling(points: Sequence[ScalingPoint], optimal: Sequence[OptimalSize],
         plt.close(fig)
 
 
-def analyze(sweep: SweepConfig, *, points_mode: str = "auto", params: str = "non-embedding", budgets: int = 10,
-            console: Console | None = None) -> dict[str, Any]:
+def analyze(
+    sweep: SweepConfig,
+    *,
+    points_mode: str = "auto",
+    params: str = "non-embedding",
+    budgets: int = 10,
+    console: Console | None = None,
+) -> dict[str, Any]:
     """Results table, frontier, N_opt per budget and the power-law fit; writes results.* and scaling.*."""
 
     console = console or Console()
@@ -315,8 +393,11 @@ def analyze(sweep: SweepConfig, *, points_mode: str = "auto", params: str = "non
     if points_mode == "auto":  # finals alone need two budgets per shape
         points_mode = "final" if len(sweep.tokens) >= 2 else "trajectory"
     points = scaling_points(rows, trajectory=points_mode == "trajectory", params=params)
-    report: dict[str, Any] = {"points": points_mode, "params": params, "flops": "tinystories.model.flops_per_token "
-                              "(6N + attention term, PaLM appendix B) x tokens trained"}
+    report: dict[str, Any] = {
+        "points": points_mode,
+        "params": params,
+        "flops": "tinystories.model.flops_per_token (6N + attention term, PaLM appendix B) x tokens trained",
+    }
     report["frontier"] = [asdict(p) for p in loss_frontier(points)]
     optimal: list[OptimalSize] = []
     fit = None
@@ -341,13 +422,23 @@ def analyze(sweep: SweepConfig, *, points_mode: str = "auto", params: str = "non
     for col in ("compute", "optimal shape", "params", "loss", "shapes", "in fit"):
         table.add_column(col, justify="right")
     for o in optimal:
-        table.add_row(f"{o.compute:.2e}", o.shape, format_count(o.params), f"{o.loss:.4f}", str(o.candidates),
-                      "yes" if o.interior else "no (grid edge)")
+        table.add_row(
+            f"{o.compute:.2e}",
+            o.shape,
+            format_count(o.params),
+            f"{o.loss:.4f}",
+            str(o.candidates),
+            "yes" if o.interior else "no (grid edge)",
+        )
     console.print(table)
     if fit:
-        console.print(f"N_opt ∝ C^a: a = {fit.exponent:.3f} ± {fit.stderr:.3f} (s.e.), "
-                      f"{fit.confidence:.0%} bootstrap CI [{fit.ci_low:.3f}, {fit.ci_high:.3f}], "
-                      f"{fit.n_points} budgets")
-    console.print(f"wrote {out / 'results.csv'}, {out / 'scaling.json'}, {out / 'scaling.csv'}"
-                  + (f", {out / 'scaling.png'}" if points else ""))
+        console.print(
+            f"N_opt ∝ C^a: a = {fit.exponent:.3f} ± {fit.stderr:.3f} (s.e.), "
+            f"{fit.confidence:.0%} bootstrap CI [{fit.ci_low:.3f}, {fit.ci_high:.3f}], "
+            f"{fit.n_points} budgets"
+        )
+    console.print(
+        f"wrote {out / 'results.csv'}, {out / 'scaling.json'}, {out / 'scaling.csv'}"
+        + (f", {out / 'scaling.png'}" if points else "")
+    )
     return report

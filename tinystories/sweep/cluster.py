@@ -80,18 +80,27 @@ def make_executor(sweep: SweepConfig, options: ClusterOptions) -> Any:
     folder = Path(sweep.out_dir) / SUBMITIT_DIR
     if options.executor == "local":
         executor = submitit.LocalExecutor(folder, max_num_timeout=options.max_timeouts)
-        executor.update_parameters(timeout_min=options.time_min, gpus_per_node=options.gpus_per_run,
-                                   signal_delay_s=options.signal_delay_s)
+        executor.update_parameters(
+            timeout_min=options.time_min, gpus_per_node=options.gpus_per_run, signal_delay_s=options.signal_delay_s
+        )
         return executor
     try:
         executor = submitit.SlurmExecutor(folder, max_num_timeout=options.max_timeouts)
     except RuntimeError as exc:  # no srun on this machine
         raise ClusterError(f"--executor slurm: {exc}") from None
-    parameters = dict(job_name=f"ts-{Path(sweep.out_dir).resolve().name}", time=options.time_min, nodes=1,
-                      ntasks_per_node=1, gpus_per_node=options.gpus_per_run or None,
-                      cpus_per_task=options.cpus_per_run, partition=options.partition, account=options.account,
-                      qos=options.qos, signal_delay_s=options.signal_delay_s,
-                      additional_parameters=dict(options.slurm_args) or None)
+    parameters = dict(
+        job_name=f"ts-{Path(sweep.out_dir).resolve().name}",
+        time=options.time_min,
+        nodes=1,
+        ntasks_per_node=1,
+        gpus_per_node=options.gpus_per_run or None,
+        cpus_per_task=options.cpus_per_run,
+        partition=options.partition,
+        account=options.account,
+        qos=options.qos,
+        signal_delay_s=options.signal_delay_s,
+        additional_parameters=dict(options.slurm_args) or None,
+    )
     if options.max_parallel:
         parameters["array_parallelism"] = options.max_parallel
     executor.update_parameters(**{k: v for k, v in parameters.items() if v is not None})
@@ -102,8 +111,14 @@ def job_command(base: list[str], gpus_per_run: int) -> list[str]:
     """The trainer command of one job: torchrun on all the job's GPUs when it has more than one."""
     if gpus_per_run <= 1:
         return base
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus_per_run}",
-            *base[1:]]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={gpus_per_run}",
+        *base[1:],
+    ]
 
 
 # -- the record of submitted jobs, and which of them the scheduler still holds -------------------------------
@@ -129,8 +144,12 @@ def live_jobs(jobs: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 def _squeue() -> dict[str, str]:
     try:
-        out = subprocess.run(["squeue", "--noheader", "--array", "--format=%i|%T", f"--user={getpass.getuser()}"],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            ["squeue", "--noheader", "--array", "--format=%i|%T", f"--user={getpass.getuser()}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ClusterError(f"squeue: {exc}") from None
     if out.returncode:
@@ -166,12 +185,21 @@ def submit(sweep: SweepConfig, plans: list[RunPlan], commands: dict[str, list[st
         return
     executor = make_executor(sweep, options)
     with executor.batch():
-        handles = [executor.submit(TrainJob(str(run_dir(sweep, p.run)), job_command(commands[p.run.name],
-                                                                                    options.gpus_per_run),
-                                            p.max_steps)) for p in plans]
+        handles = [
+            executor.submit(
+                TrainJob(
+                    str(run_dir(sweep, p.run)), job_command(commands[p.run.name], options.gpus_per_run), p.max_steps
+                )
+            )
+            for p in plans
+        ]
     jobs = read_jobs(sweep)
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     for plan, handle in zip(plans, handles):
-        jobs[plan.run.name] = {"job_id": handle.job_id, "executor": options.executor, "submitted": now,
-                               "stdout": str(handle.paths.stdout)}
+        jobs[plan.run.name] = {
+            "job_id": handle.job_id,
+            "executor": options.executor,
+            "submitted": now,
+            "stdout": str(handle.paths.stdout),
+        }
     atomic_write_json(Path(sweep.out_dir) / JOBS_FILE, jobs, indent=2)

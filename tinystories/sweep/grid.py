@@ -46,8 +46,10 @@ class SweepConfig:
                 raise ValueError(f"sweep: {name} lists a value twice: {values!r}")
         bad = sorted(set(self.overrides) & set(RESERVED_KEYS))
         if bad:
-            raise ValueError(f"sweep: --set {bad[0]}=... is set by the sweep itself (reserved: "
-                             f"{', '.join(RESERVED_KEYS)}); use --hidden/--layers/--tokens/--preset/--data")
+            raise ValueError(
+                f"sweep: --set {bad[0]}=... is set by the sweep itself (reserved: "
+                f"{', '.join(RESERVED_KEYS)}); use --hidden/--layers/--tokens/--preset/--data"
+            )
 
     def runs(self) -> list[RunSpec]:
         return [RunSpec(h, n, t) for h in self.hidden for n in self.layers for t in self.tokens]
@@ -59,8 +61,10 @@ class SweepConfig:
     def load(cls, out_dir: str | Path) -> SweepConfig:
         path = Path(out_dir) / MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"{out_dir} is not a sweep directory (no {MANIFEST}); start one with "
-                                    f"`tinystories sweep run --out {out_dir} ...`")
+            raise FileNotFoundError(
+                f"{out_dir} is not a sweep directory (no {MANIFEST}); start one with "
+                f"`tinystories sweep run --out {out_dir} ...`"
+            )
         return cls(**json.loads(path.read_text()))
 
 
@@ -110,8 +114,14 @@ def format_count(n: float) -> str:
 
 def train_config_for(sweep: SweepConfig, run: RunSpec, max_steps: int = 1) -> TrainConfig:
     """The trainer's validated :class:`~tinystories.train.TrainConfig` of one run (raises ConfigError)."""
-    overrides = {**sweep.overrides, "preset": sweep.preset, "hidden_size": run.hidden, "num_layers": run.layers,
-                 "max_steps": max_steps, "out_dir": str(run_dir(sweep, run))}
+    overrides = {
+        **sweep.overrides,
+        "preset": sweep.preset,
+        "hidden_size": run.hidden,
+        "num_layers": run.layers,
+        "max_steps": max_steps,
+        "out_dir": str(run_dir(sweep, run)),
+    }
     if sweep.data is not None:
         overrides["data"] = sweep.data
     return load_config(sweep.train_config, overrides)

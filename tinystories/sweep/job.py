@@ -92,14 +92,23 @@ class TrainJob:
             return self.max_steps
         cmd = self.command + (["--resume"] if list_checkpoints(run_dir) else [])
         status = read_status(run_dir)
-        update_status(run_dir, status="running", attempts=status.get("attempts", 0) + 1, job_id=job_id_here(),
-                      host=socket.gethostname(), pid=os.getpid(), max_steps=self.max_steps, command=cmd)
+        update_status(
+            run_dir,
+            status="running",
+            attempts=status.get("attempts", 0) + 1,
+            job_id=job_id_here(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            max_steps=self.max_steps,
+            command=cmd,
+        )
         self._started = t0 = time.perf_counter()
         with open(run_dir / STDOUT, "a", encoding="utf-8") as out, open(run_dir / STDERR, "a", encoding="utf-8") as err:
             out.write(f"\n$ {' '.join(cmd)}\n")
             out.flush()
-            self._proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                          preexec_fn=_trainer_signals)
+            self._proc = subprocess.Popen(
+                cmd, stdout=out, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_trainer_signals
+            )
             while (returncode := self._proc.poll()) is None:
                 time.sleep(0.5)  # not Popen.wait(): it holds a lock that checkpoint(), a signal handler, needs
         wall_s = read_status(run_dir).get("wall_s", 0.0) + time.perf_counter() - t0
@@ -109,12 +118,16 @@ class TrainJob:
         if returncode in INTERRUPTED:  # signalled from outside (a SLURM preemption sends SIGTERM, then USR2)
             update_status(run_dir, status="interrupted", returncode=returncode, wall_s=wall_s)
             time.sleep(REQUEUE_WAIT_S)  # submitit's USR2 handler checkpoints and requeues meanwhile
-            raise RunFailed(f"{run_dir}: the trainer was stopped by a signal (status {returncode}) and the job "
-                            f"was not requeued; `tinystories sweep run` resubmits it")
+            raise RunFailed(
+                f"{run_dir}: the trainer was stopped by a signal (status {returncode}) and the job "
+                f"was not requeued; `tinystories sweep run` resubmits it"
+            )
         tail = log_tail(run_dir)
         update_status(run_dir, status="failed", returncode=returncode, wall_s=wall_s, log_tail=tail)
-        raise RunFailed(f"{run_dir}: the trainer exited with status {returncode} at checkpoint step "
-                        f"{last_step(run_dir)}/{self.max_steps}; not requeued\n{tail}")
+        raise RunFailed(
+            f"{run_dir}: the trainer exited with status {returncode} at checkpoint step "
+            f"{last_step(run_dir)}/{self.max_steps}; not requeued\n{tail}"
+        )
 
     def checkpoint(self) -> Any:
         """submitit's preemption/time-limit hook: stop the trainer (it saves or has saved) and requeue."""
@@ -129,8 +142,12 @@ class TrainJob:
         run_dir = Path(self.run_dir)
         status = read_status(run_dir)
         attempt_s = time.perf_counter() - self._started if self._started is not None else 0.0
-        update_status(run_dir, status="requeued", requeues=status.get("requeues", 0) + 1,
-                      wall_s=status.get("wall_s", 0.0) + attempt_s)
+        update_status(
+            run_dir,
+            status="requeued",
+            requeues=status.get("requeues", 0) + 1,
+            wall_s=status.get("wall_s", 0.0) + attempt_s,
+        )
         return submitit.helpers.DelayedSubmission(replace(self, _proc=None, _started=None))
 
 

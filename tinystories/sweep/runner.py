@@ -21,8 +21,17 @@ from tinystories.atomic import atomic_write_json
 from tinystories.model.checkpoint import list_checkpoints
 from tinystories.sweep.analysis import collect_results
 from tinystories.sweep.cluster import ClusterOptions, live_jobs, read_jobs, unfinished
-from tinystories.sweep.grid import (MANIFEST, STATUS_FILE, RunPlan, SweepConfig, data_vocab_size, plan_runs,
-                                   prepare_data, read_status, run_dir)
+from tinystories.sweep.grid import (
+    MANIFEST,
+    STATUS_FILE,
+    RunPlan,
+    SweepConfig,
+    data_vocab_size,
+    plan_runs,
+    prepare_data,
+    read_status,
+    run_dir,
+)
 from tinystories.sweep.status import follow
 
 
@@ -31,14 +40,26 @@ def train_command(sweep: SweepConfig, plan: RunPlan, data_dir: Path) -> list[str
     cmd = [sys.executable, "-m", "tinystories.train"]
     if sweep.train_config:
         cmd.append(sweep.train_config)
-    cmd += [f"--preset={sweep.preset}", f"--hidden_size={run.hidden}", f"--num_layers={run.layers}",
-            f"--max_steps={plan.max_steps}", f"--out_dir={run_dir(sweep, run)}", f"--data={data_dir}",
-            "--display=plain"]
+    cmd += [
+        f"--preset={sweep.preset}",
+        f"--hidden_size={run.hidden}",
+        f"--num_layers={run.layers}",
+        f"--max_steps={plan.max_steps}",
+        f"--out_dir={run_dir(sweep, run)}",
+        f"--data={data_dir}",
+        "--display=plain",
+    ]
     return cmd + [f"--{k}={v}" for k, v in sweep.overrides.items()]
 
 
-def run_sweep(sweep: SweepConfig, *, console: Console | None = None, poll_s: float = 0.5,
-              cluster: ClusterOptions | None = None, wait: bool = True) -> list[dict[str, Any]]:
+def run_sweep(
+    sweep: SweepConfig,
+    *,
+    console: Console | None = None,
+    poll_s: float = 0.5,
+    cluster: ClusterOptions | None = None,
+    wait: bool = True,
+) -> list[dict[str, Any]]:
     """Run every unfinished grid point; returns the collected results (see :func:`collect_results`).
 
     With ``cluster`` the runs are submitted through submitit instead (see :mod:`.cluster`), skipping those
@@ -48,30 +69,48 @@ def run_sweep(sweep: SweepConfig, *, console: Console | None = None, poll_s: flo
     manifest = out / MANIFEST
     if manifest.is_file():
         previous = json.loads(manifest.read_text())
-        changed = sorted(k for k in ("hidden", "layers", "tokens", "preset", "data", "train_config", "overrides")
-                         if previous.get(k) != sweep.to_dict()[k])
+        changed = sorted(
+            k
+            for k in ("hidden", "layers", "tokens", "preset", "data", "train_config", "overrides")
+            if previous.get(k) != sweep.to_dict()[k]
+        )
         if changed:
-            raise ValueError(f"{out} holds a sweep with different {', '.join(changed)}; resume it with the same "
-                             f"grid or choose another --out")
+            raise ValueError(
+                f"{out} holds a sweep with different {', '.join(changed)}; resume it with the same "
+                f"grid or choose another --out"
+            )
     data_dir = prepare_data(sweep)
     plans = plan_runs(sweep, data_vocab_size(data_dir))
     atomic_write_json(manifest, sweep.to_dict(), indent=2)
     if cluster is not None:
         todo = unfinished(sweep, plans)
-        console.print(f"sweep {out}: {len(plans)} runs, {len(plans) - len(todo)} done or queued, "
-                      f"{len(todo)} to submit ({cluster.executor})")
-        follow(sweep, todo, {p.run.name: train_command(sweep, p, data_dir) for p in todo}, cluster, console,
-               wait=wait, poll_s=cluster.poll_s)
+        console.print(
+            f"sweep {out}: {len(plans)} runs, {len(plans) - len(todo)} done or queued, "
+            f"{len(todo)} to submit ({cluster.executor})"
+        )
+        follow(
+            sweep,
+            todo,
+            {p.run.name: train_command(sweep, p, data_dir) for p in todo},
+            cluster,
+            console,
+            wait=wait,
+            poll_s=cluster.poll_s,
+        )
         return collect_results(sweep)
 
     busy = sorted(live_jobs(read_jobs(sweep)))
     if busy:  # this runner would train them a second time, beside their jobs
-        raise ValueError(f"{len(busy)} run(s) of {out} are queued or running as scheduler jobs ({', '.join(busy)}); "
-                         f"rerun with the same --executor, or see `tinystories sweep status {out}`")
+        raise ValueError(
+            f"{len(busy)} run(s) of {out} are queued or running as scheduler jobs ({', '.join(busy)}); "
+            f"rerun with the same --executor, or see `tinystories sweep status {out}`"
+        )
     pending = [p for p in plans if read_status(run_dir(sweep, p.run))["status"] != "done"]
     slots: list[str | None] = [str(g) for g in sweep.gpus] or [None]
-    console.print(f"sweep {out}: {len(plans)} runs, {len(plans) - len(pending)} already done, "
-                  f"{len(slots)} at a time" + (f" on GPUs {','.join(map(str, sweep.gpus))}" if sweep.gpus else ""))
+    console.print(
+        f"sweep {out}: {len(plans)} runs, {len(plans) - len(pending)} already done, "
+        f"{len(slots)} at a time" + (f" on GPUs {','.join(map(str, sweep.gpus))}" if sweep.gpus else "")
+    )
     active: dict[subprocess.Popen, tuple[RunPlan, str | None, float]] = {}  # process -> (run, GPU, start)
     try:
         while pending or active:
@@ -105,14 +144,18 @@ def _start(sweep: SweepConfig, plan: RunPlan, data_dir: Path, gpu: str | None, c
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    status.update(status="running", attempts=status.get("attempts", 0) + 1, command=cmd, gpu=gpu,
-                  max_steps=plan.max_steps)
+    status.update(
+        status="running", attempts=status.get("attempts", 0) + 1, command=cmd, gpu=gpu, max_steps=plan.max_steps
+    )
     atomic_write_json(directory / STATUS_FILE, status, indent=2)
     log = open(directory / "train.log", "a", encoding="utf-8")
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
-    console.print(f"[bold]start[/bold] {plan.run.name}: {plan.max_steps} steps x {plan.tokens_per_step:,} tokens"
-                  + (f" on GPU {gpu}" if gpu is not None else "") + ("  (resuming)" if "--resume" in cmd else ""))
+    console.print(
+        f"[bold]start[/bold] {plan.run.name}: {plan.max_steps} steps x {plan.tokens_per_step:,} tokens"
+        + (f" on GPU {gpu}" if gpu is not None else "")
+        + ("  (resuming)" if "--resume" in cmd else "")
+    )
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()  # the child holds its own descriptor
     return proc
@@ -122,8 +165,11 @@ def _finish(sweep: SweepConfig, plan: RunPlan, returncode: int | str, wall_s: fl
     directory = run_dir(sweep, plan.run)
     status = read_status(directory)
     ok = returncode == 0
-    status.update(status="done" if ok else ("interrupted" if returncode == "interrupted" else "failed"),
-                  returncode=returncode, wall_s=status.get("wall_s", 0.0) + wall_s)
+    status.update(
+        status="done" if ok else ("interrupted" if returncode == "interrupted" else "failed"),
+        returncode=returncode,
+        wall_s=status.get("wall_s", 0.0) + wall_s,
+    )
     atomic_write_json(directory / STATUS_FILE, status, indent=2)
     style = "green" if ok else "red"
     tail = "" if ok else f" (see {directory / 'train.log'})"
@@ -134,8 +180,9 @@ def finished_runs(sweep: SweepConfig) -> list[Path]:
     return [run_dir(sweep, r) for r in sweep.runs() if read_status(run_dir(sweep, r))["status"] == "done"]
 
 
-def grade_commands(sweep: SweepConfig, *, grade: bool = True, probes: bool = True, device: str = "cpu",
-                   extra: Sequence[str] = ()) -> list[list[str]]:
+def grade_commands(
+    sweep: SweepConfig, *, grade: bool = True, probes: bool = True, device: str = "cpu", extra: Sequence[str] = ()
+) -> list[list[str]]:
     """``tinystories eval grade`` and ``eval probes`` over all finished runs' newest checkpoints at once, so
     the evaluation module lays the scores out by hidden size x layers as in the paper. Results go to
     ``<sweep>/eval``; ``extra`` (judge model, base URL, samples...) goes to ``eval grade``."""
@@ -148,6 +195,17 @@ def grade_commands(sweep: SweepConfig, *, grade: bool = True, probes: bool = Tru
     if grade:
         commands.append([*base, "grade", *runs, "--device", device, "--out", str(out), *extra])
     if probes:
-        commands.append([*base, "probes", *runs, "--device", device, "--html", str(out / "probes.html"),
-                         "--jsonl", str(out / "probes.jsonl")])
+        commands.append(
+            [
+                *base,
+                "probes",
+                *runs,
+                "--device",
+                device,
+                "--html",
+                str(out / "probes.html"),
+                "--jsonl",
+                str(out / "probes.jsonl"),
+            ]
+        )
     return commands

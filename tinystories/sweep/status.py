@@ -55,9 +55,19 @@ def run_states(sweep: SweepConfig) -> list[dict[str, Any]]:
                 loss, step = record["loss"], max(step, record["step"])
         if status.get("requeues"):
             note = (note + "; " if note else "") + f"requeued {status['requeues']}x"
-        rows.append(dict(name=run.name, state=state, step=step, max_steps=status.get("max_steps"), loss=loss,
-                         job_id=(job or {}).get("job_id") or status.get("job_id"), scheduler=scheduler, note=note,
-                         log_tail=status.get("log_tail", "") if state == "failed" else ""))
+        rows.append(
+            dict(
+                name=run.name,
+                state=state,
+                step=step,
+                max_steps=status.get("max_steps"),
+                loss=loss,
+                job_id=(job or {}).get("job_id") or status.get("job_id"),
+                scheduler=scheduler,
+                note=note,
+                log_tail=status.get("log_tail", "") if state == "failed" else "",
+            )
+        )
     return rows
 
 
@@ -69,13 +79,27 @@ def status_table(rows: list[dict[str, Any]], title: str) -> Table:
     for r in rows:
         step = f"{r['step']}/{r['max_steps']}" if r["max_steps"] else str(r["step"])
         job = " ".join(x for x in (r["job_id"], r["scheduler"] and f"({r['scheduler']})") if x) or "-"
-        table.add_row(r["name"], f"[{style[r['state']]}]{r['state']}", step,
-                      "-" if r["loss"] is None else f"{r['loss']:.4f}", job, r["note"])
+        table.add_row(
+            r["name"],
+            f"[{style[r['state']]}]{r['state']}",
+            step,
+            "-" if r["loss"] is None else f"{r['loss']:.4f}",
+            job,
+            r["note"],
+        )
     return table
 
 
-def follow(sweep: SweepConfig, to_submit: list[RunPlan], commands: dict[str, list[str]], options: ClusterOptions,
-           console: Console, *, wait: bool = True, poll_s: float = 10.0) -> list[dict[str, Any]]:
+def follow(
+    sweep: SweepConfig,
+    to_submit: list[RunPlan],
+    commands: dict[str, list[str]],
+    options: ClusterOptions,
+    console: Console,
+    *,
+    wait: bool = True,
+    poll_s: float = 10.0,
+) -> list[dict[str, Any]]:
     """Submit ``to_submit`` (at most ``max_parallel`` live jobs with the local executor, topped up as runs end;
     each run at most once here, so a failing run is not resubmitted in a loop) and, with ``wait``, follow the
     sweep until no job is queued or running. Returns :func:`run_states`."""
@@ -97,16 +121,20 @@ def follow(sweep: SweepConfig, to_submit: list[RunPlan], commands: dict[str, lis
     try:
         return _follow(sweep, queue, top_up, rows, console, poll_s)
     except KeyboardInterrupt:  # stop following; SLURM jobs go on (local ones got the Ctrl-C too)
-        console.print(f"stopped following; `tinystories sweep status {sweep.out_dir}` shows the runs, "
-                      f"`tinystories sweep run --out {sweep.out_dir}` submits what is not queued")
+        console.print(
+            f"stopped following; `tinystories sweep status {sweep.out_dir}` shows the runs, "
+            f"`tinystories sweep run --out {sweep.out_dir}` submits what is not queued"
+        )
         raise
 
 
-def _follow(sweep: SweepConfig, queue: list[RunPlan], top_up, rows: list[dict[str, Any]], console: Console,
-            poll_s: float) -> list[dict[str, Any]]:
+def _follow(
+    sweep: SweepConfig, queue: list[RunPlan], top_up, rows: list[dict[str, Any]], console: Console, poll_s: float
+) -> list[dict[str, Any]]:
     seen = {r["name"]: r["state"] for r in rows}
-    with Progress("runs done", len(rows), completed=sum(r["state"] == "done" for r in rows),
-                  enabled=console.is_terminal) as progress:
+    with Progress(
+        "runs done", len(rows), completed=sum(r["state"] == "done" for r in rows), enabled=console.is_terminal
+    ) as progress:
         while queue or any(r["scheduler"] for r in rows):
             time.sleep(poll_s)
             top_up()
@@ -114,10 +142,15 @@ def _follow(sweep: SweepConfig, queue: list[RunPlan], top_up, rows: list[dict[st
             for r in rows:
                 if seen[r["name"]] != r["state"]:
                     seen[r["name"]] = r["state"]
-                    progress.print(f"{r['name']}: {r['state']}" + (f" ({r['note']})" if r["note"] else "")
-                                   + (f"\n{r['log_tail']}" if r["log_tail"] else ""))
-            progress.update(completed=sum(r["state"] == "done" for r in rows),
-                            status=" ".join(f"{s} {sum(r['state'] == s for r in rows)}" for s in STATES))
+                    progress.print(
+                        f"{r['name']}: {r['state']}"
+                        + (f" ({r['note']})" if r["note"] else "")
+                        + (f"\n{r['log_tail']}" if r["log_tail"] else "")
+                    )
+            progress.update(
+                completed=sum(r["state"] == "done" for r in rows),
+                status=" ".join(f"{s} {sum(r['state'] == s for r in rows)}" for s in STATES),
+            )
     return rows
 
 

@@ -74,8 +74,17 @@ def probe(plan: RunPlan, *, steps: int = 5, warmup: int = 2) -> Probe:
         return (time.perf_counter() - t0) / n
 
     def step() -> None:
-        train_step(train_model, model, optimizer, scaler, lambda: (x, y), c=c, lr=learning_rate(0, c),
-                   autocast=autocast, dist=Dist())
+        train_step(
+            train_model,
+            model,
+            optimizer,
+            scaler,
+            lambda: (x, y),
+            c=c,
+            lr=learning_rate(0, c),
+            autocast=autocast,
+            dist=Dist(),
+        )
 
     @torch.no_grad()
     def eval_batch() -> None:
@@ -97,8 +106,15 @@ def probe(plan: RunPlan, *, steps: int = 5, warmup: int = 2) -> Probe:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
         ckpt_s = timed(lambda: torch.save(state, Path(tmp) / "probe.pt"), 1, 0)
     name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
-    return Probe(plan.run.shape, step_s, eval_s, sample_s, ckpt_s, plan.tokens_per_step,
-                 f"{name} {dtype} impl={execution.impl}{' compiled' if execution.compile else ''}")
+    return Probe(
+        plan.run.shape,
+        step_s,
+        eval_s,
+        sample_s,
+        ckpt_s,
+        plan.tokens_per_step,
+        f"{name} {dtype} impl={execution.impl}{' compiled' if execution.compile else ''}",
+    )
 
 
 def startup_seconds() -> float:
@@ -113,9 +129,13 @@ def projected_seconds(plan: RunPlan, p: Probe, startup_s: float) -> float:
     c, n = plan.train_config, plan.max_steps
     evals = n // c.eval_every + (n % c.eval_every != 0)  # every eval_every steps and at the last step
     checkpoints = n // c.ckpt_every + (n % c.ckpt_every != 0)
-    return (startup_s + n * p.step_s + evals * (c.eval_batches * p.eval_batch_s + p.sample_s)
-            + p.sample_s  # the story printed at the end
-            + checkpoints * p.checkpoint_s)
+    return (
+        startup_s
+        + n * p.step_s
+        + evals * (c.eval_batches * p.eval_batch_s + p.sample_s)
+        + p.sample_s  # the story printed at the end
+        + checkpoints * p.checkpoint_s
+    )
 
 
 def makespan(durations: Sequence[float], workers: int) -> float:
@@ -127,8 +147,9 @@ def makespan(durations: Sequence[float], workers: int) -> float:
     return max(free)
 
 
-def estimate(sweep: SweepConfig, *, steps: int = 5, target_hours: float = 24.0,
-             console: Console | None = None) -> dict[str, Any]:
+def estimate(
+    sweep: SweepConfig, *, steps: int = 5, target_hours: float = 24.0, console: Console | None = None
+) -> dict[str, Any]:
     """Probe every model shape of the grid, project every run and the whole sweep; writes ``estimate.json``."""
 
     console = console or Console()
@@ -143,23 +164,44 @@ def estimate(sweep: SweepConfig, *, steps: int = 5, target_hours: float = 24.0,
     runs = []
     for plan in plans:
         p = probes[plan.run.shape]
-        runs.append({"name": plan.run.name, "steps": plan.max_steps, "tokens": plan.tokens,
-                     "tokens_per_s": p.tokens_per_s, "estimated_s": projected_seconds(plan, p, startup)})
+        runs.append(
+            {
+                "name": plan.run.name,
+                "steps": plan.max_steps,
+                "tokens": plan.tokens,
+                "tokens_per_s": p.tokens_per_s,
+                "estimated_s": projected_seconds(plan, p, startup),
+            }
+        )
     workers = max(1, len(sweep.gpus))
     total = makespan([r["estimated_s"] for r in runs], workers)
     device = next(iter(probes.values())).device
-    report = {"startup_s": startup, "probe_steps": steps, "workers": workers, "device": device,
-              "probes": [asdict(p) for p in probes.values()], "runs": runs, "total_s": total}
+    report = {
+        "startup_s": startup,
+        "probe_steps": steps,
+        "workers": workers,
+        "device": device,
+        "probes": [asdict(p) for p in probes.values()],
+        "runs": runs,
+        "total_s": total,
+    }
     table = Table(title=f"estimated wall time on {device} ({workers} at a time, {steps} probe steps per shape)")
     for col in ("run", "steps", "tokens", "tokens/s", "estimate"):
         table.add_column(col, justify="right")
     for r in runs:
-        table.add_row(r["name"], f"{r['steps']:,}", format_count(r["tokens"]), f"{r['tokens_per_s']:,.0f}",
-                      format_duration(r["estimated_s"]))
+        table.add_row(
+            r["name"],
+            f"{r['steps']:,}",
+            format_count(r["tokens"]),
+            f"{r['tokens_per_s']:,.0f}",
+            format_duration(r["estimated_s"]),
+        )
     console.print(table)
     verdict = "[green]within[/green]" if total <= target_hours * 3600 else "[red]over[/red]"
-    console.print(f"total: {format_duration(total)} ({format_duration(sum(r['estimated_s'] for r in runs))} of "
-                  f"run time; start-up {startup:.1f}s per run measured) -- {verdict} the {target_hours:g} h target")
+    console.print(
+        f"total: {format_duration(total)} ({format_duration(sum(r['estimated_s'] for r in runs))} of "
+        f"run time; start-up {startup:.1f}s per run measured) -- {verdict} the {target_hours:g} h target"
+    )
     Path(sweep.out_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(sweep.out_dir) / "estimate.json", report, indent=2)
     return report

@@ -11,5 +11,14 @@ from tinystories.synth.job import SynthConfig, SynthSummary, synthesize
 from tinystories.synth.prompts import INSTRUCTION_TYPES, build_prompt, parse_prompt, sample_spec
 from tinystories.synth.quality import DuplicateIndex, validate
 
-__all__ = ["INSTRUCTION_TYPES", "DuplicateIndex", "SynthConfig", "SynthSummary", "build_prompt", "parse_prompt",
-           "sample_spec", "synthesize", "validate"]
+__all__ = [
+    "INSTRUCTION_TYPES",
+    "DuplicateIndex",
+    "SynthConfig",
+    "SynthSummary",
+    "build_prompt",
+    "parse_prompt",
+    "sample_spec",
+    "synthesize",
+    "validate",
+]

@@ -1,8 +1,8 @@
 """``tinystories synth``: write a TinyStories-style corpus with any OpenAI-compatible model, and ``synth stats``.
 
-    tinystories synth --n 100000 --out stories.jsonl --model gpt-4o-mini --concurrency 128 --max-cost-usd 50
-    tinystories synth --n 20000 --out instruct.jsonl --instruct --ood-combination words,summary
-    tinystories synth stats stories.jsonl
+tinystories synth --n 100000 --out stories.jsonl --model gpt-4o-mini --concurrency 128 --max-cost-usd 50
+tinystories synth --n 20000 --out instruct.jsonl --instruct --ood-combination words,summary
+tinystories synth stats stories.jsonl
 """
 
 from __future__ import annotations
@@ -62,12 +62,14 @@ def run_cli(args: argparse.Namespace) -> int:
         print("tinystories synth: --n and --out are required (or use: tinystories synth stats FILE)", file=sys.stderr)
         return 2
     try:
-        config = SynthConfig(**{
-            **dataclass_options(SynthConfig, args),
-            "ood_combination": tuple(t.strip() for t in args.ood_combination.split(",") if t.strip()),
-            "progress": not args.no_progress,
-            "client": client_config_from_args(args),
-        })
+        config = SynthConfig(
+            **{
+                **dataclass_options(SynthConfig, args),
+                "ood_combination": tuple(t.strip() for t in args.ood_combination.split(",") if t.strip()),
+                "progress": not args.no_progress,
+                "client": client_config_from_args(args),
+            }
+        )
         summary = synthesize(config)
     except ValueError as e:  # bad options or files: a clear message, not a traceback
         print(f"tinystories synth: {e}", file=sys.stderr)
@@ -79,6 +81,8 @@ def run_cli(args: argparse.Namespace) -> int:
         + (f"; stopped: {summary.stopped}" if summary.stopped else "")
     )
     if summary.failed:  # the job is not done: say so in the exit status, so no script takes it for finished
-        print(f"tinystories synth: {summary.failed} requests failed; run the same command again to retry them",
-              file=sys.stderr)
+        print(
+            f"tinystories synth: {summary.failed} requests failed; run the same command again to retry them",
+            file=sys.stderr,
+        )
     return 0 if summary.stopped in (None, "budget") and not summary.failed else 1

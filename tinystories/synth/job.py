@@ -28,8 +28,16 @@ from tinystories.llm.client import ChatResult, ClientConfig
 from tinystories.story_templates import generate_story
 from tinystories.synth.batch_api import run_batch_api
 from tinystories.synth.online import run_online
-from tinystories.synth.prompts import (DEFAULT_OOD_COMBINATION, INSTRUCTION_TYPES, StorySpec, pick_sentence, sample_spec,
-                                       split_of, story_id, summary_prompt)
+from tinystories.synth.prompts import (
+    DEFAULT_OOD_COMBINATION,
+    INSTRUCTION_TYPES,
+    StorySpec,
+    pick_sentence,
+    sample_spec,
+    split_of,
+    story_id,
+    summary_prompt,
+)
 from tinystories.synth.quality import DuplicateIndex, validate
 
 
@@ -264,5 +272,3 @@ def _run_template(job: SynthJob, specs: list[StorySpec]) -> None:
     for record in list(job.pending.values()):
         first = record["story"].split(".")[0]
         job.on_summary(record, _template_result(f"{first}, and then something happens."))
-
-

@@ -83,4 +83,3 @@ def split_of(instructions: Iterable[str], ood_combination: Iterable[str]) -> str
 def pick_sentence(story: str, spec: StorySpec) -> str:
     sentences = [s.strip() for s in re.findall(r"[^.!?]+[.!?]+[\"']?", story) if len(s.split()) >= 3]
     return random.Random(f"sentence:{spec.id}").choice(sentences) if sentences else story.strip().split("\n")[0]
-

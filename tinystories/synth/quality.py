@@ -64,4 +64,3 @@ class DuplicateIndex:
                 flags.append(f"near_duplicate_of:{other}")
         self._signatures[story_id] = signature
         return flags
-

@@ -11,6 +11,7 @@ from tinystories.plots import pyplot
 from tinystories.synth.job import side_path
 from tinystories.vocabulary import FEATURES, WORDS_BY_PART_OF_SPEECH, letter_words, word_forms
 
+
 def corpus_stats(path: str | Path) -> dict:
     """Counts, lengths, vocabulary coverage, distinct-n and feature frequencies of a synthesis output."""
     records = list(read_jsonl(path))

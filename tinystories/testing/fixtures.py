@@ -58,6 +58,11 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny-shards")
     stories = generate_stories(300, seed=2)
     (root / "stories.txt").write_text("\n<|endoftext|>\n".join(stories) + "\n", encoding="utf-8")
-    prepare([root / "stories.txt"], root / "shards", Tokenizer.train(stories, vocab_size=300), val_fraction=0.1,
-            progress=False)
+    prepare(
+        [root / "stories.txt"],
+        root / "shards",
+        Tokenizer.train(stories, vocab_size=300),
+        val_fraction=0.1,
+        progress=False,
+    )
     return root / "shards"

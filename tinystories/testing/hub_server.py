@@ -66,9 +66,17 @@ class FakeHub:
         return hashlib.sha256(self.files[path]).hexdigest()
 
     def paths_info(self, paths: list[str]) -> list[dict]:
-        return [{"type": "file", "path": p, "size": len(self.files[p]), "oid": git_blob_sha1(self.files[p]),
-                 "lfs": {"oid": self.sha256(p), "size": len(self.files[p]), "pointerSize": 134}}
-                for p in paths if p in self.files]  # fmt: skip
+        return [
+            {
+                "type": "file",
+                "path": p,
+                "size": len(self.files[p]),
+                "oid": git_blob_sha1(self.files[p]),
+                "lfs": {"oid": self.sha256(p), "size": len(self.files[p]), "pointerSize": 134},
+            }
+            for p in paths
+            if p in self.files
+        ]
 
 
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
@@ -87,8 +95,11 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
 
         def _error(self, code: str) -> None:
-            self._send(404, json.dumps({"error": code}).encode(),
-                       {"X-Error-Code": code, "X-Repo-Commit": hub.commit, "Content-Type": "application/json"})
+            self._send(
+                404,
+                json.dumps({"error": code}).encode(),
+                {"X-Error-Code": code, "X-Repo-Commit": hub.commit, "Content-Type": "application/json"},
+            )
 
         def _revision_ok(self, revision: str) -> bool:
             if revision not in ("main", hub.commit):
@@ -105,7 +116,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if not path.startswith(prefix):
                 self._error("RepoNotFound")
                 return None
-            revision, _, filename = path[len(prefix):].partition("/")
+            revision, _, filename = path[len(prefix) :].partition("/")
             if not self._revision_ok(revision):
                 return None
             if filename not in hub.files:
@@ -115,8 +126,13 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
         def _file_headers(self, filename: str) -> dict[str, str]:
             sha = hub.sha256(filename)
-            return {"X-Repo-Commit": hub.commit, "ETag": f'"{sha}"', "X-Linked-Etag": f'"{sha}"',
-                    "X-Linked-Size": str(len(hub.files[filename])), "Accept-Ranges": "bytes"}  # fmt: skip
+            return {
+                "X-Repo-Commit": hub.commit,
+                "ETag": f'"{sha}"',
+                "X-Linked-Etag": f'"{sha}"',
+                "X-Linked-Size": str(len(hub.files[filename])),
+                "Accept-Ranges": "bytes",
+            }
 
         def do_HEAD(self) -> None:
             if (filename := self._resolve()) is not None:
@@ -130,7 +146,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 data = bytes(b ^ 0x20 for b in data[:64]) + data[64:]
             headers, start = self._file_headers(filename), 0
             if (rng := self.headers.get("Range")) and rng.startswith("bytes=") and rng.endswith("-"):
-                start = int(rng[len("bytes="):-1])
+                start = int(rng[len("bytes=") : -1])
                 headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
             body = data[start:]
             cut = hub.drop_after.pop(filename, None)
@@ -156,8 +172,11 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             prefix = f"/api/datasets/{hub.repo_id}/paths-info/"
             if not path.startswith(prefix):
                 self._error("RepoNotFound")
-            elif self._revision_ok(urllib.parse.unquote(path[len(prefix):])):
-                self._send(200, json.dumps(hub.paths_info(form.get("paths", []))).encode(),
-                           {"Content-Type": "application/json"})
+            elif self._revision_ok(urllib.parse.unquote(path[len(prefix) :])):
+                self._send(
+                    200,
+                    json.dumps(hub.paths_info(form.get("paths", []))).encode(),
+                    {"Content-Type": "application/json"},
+                )
 
     return Handler

@@ -43,7 +43,8 @@ _HTML = {"content-type": "text/html"}
 BROKEN_ENDPOINTS = {  # what a wrong --base-url answers to every request (None: never answers)
     "not_found": (404, _HTML, b"<html><head><title>404 Not Found</title></head><body>nginx</body></html>"),
     "html": (200, _HTML, b"<!DOCTYPE html><html><body><h1>Welcome to the router login page</h1></body></html>"),
-    "hang": None}
+    "hang": None,
+}
 
 
 @dataclass
@@ -96,9 +97,7 @@ def default_answer(body: dict) -> Answer:
         return Answer(f"{first} and learns something new.")
     words, features = parse_prompt(prompt)
     rng = random.Random(prompt)
-    return Answer(
-        generate_story(rng, words.get("verb"), words.get("noun"), words.get("adjective"), features)
-    )
+    return Answer(generate_story(rng, words.get("verb"), words.get("noun"), words.get("adjective"), features))
 
 
 def _count_tokens(text: str) -> int:

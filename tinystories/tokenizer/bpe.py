@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 # The pre-tokenization pattern, for reference and for exports; the C++ scanner implements it exactly.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
-AllowedSpecial = Union[Literal["all", "none_raise"], Iterable[str]]
-Corpus = Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]]
+AllowedSpecial = Literal["all", "none_raise"] | Iterable[str]
+Corpus = str | os.PathLike | Iterable[str | os.PathLike]
 
 
 def _replace_surrogates(text: str) -> str:
@@ -154,7 +154,9 @@ class Tokenizer:
         a standard byte-level BPE (lossless); ids are renumbered 0..top_k-1 keeping their order."""
         n_required = 256 + len(self._special_tokens)
         if not n_required <= top_k <= self.n_vocab:
-            raise ValueError(f"top_k must be between {n_required} (bytes + special tokens) and n_vocab {self.n_vocab}, got {top_k}")
+            raise ValueError(
+                f"top_k must be between {n_required} (bytes + special tokens) and n_vocab {self.n_vocab}, got {top_k}"
+            )
         counts = np.zeros(self.n_vocab, dtype=np.int64)
         for batch in _iter_corpus_batches(corpus, errors, "counting tokens" if progress else None):
             for ids in self.encode_batch_to_numpy(batch, num_threads=num_threads, allowed_special="all"):
@@ -190,11 +192,15 @@ class Tokenizer:
         if allowed_special == "all":
             return self._all_special_ids
         if isinstance(allowed_special, str):
-            raise ValueError(f'allowed_special must be "all", "none_raise" or a set of special tokens, got {allowed_special!r}')
+            raise ValueError(
+                f'allowed_special must be "all", "none_raise" or a set of special tokens, got {allowed_special!r}'
+            )
         allowed = set(allowed_special)
         unknown = allowed - self._special_tokens.keys()
         if unknown:
-            raise ValueError(f"unknown special token(s) {sorted(unknown)}; this tokenizer has {sorted(self._special_tokens)}")
+            raise ValueError(
+                f"unknown special token(s) {sorted(unknown)}; this tokenizer has {sorted(self._special_tokens)}"
+            )
         return sorted(self._special_tokens[t] for t in allowed)
 
     def encode(self, text: str, *, allowed_special: AllowedSpecial = "none_raise") -> list[int]:
@@ -213,7 +219,9 @@ class Tokenizer:
         except UnicodeEncodeError:
             return self._core.encode_ordinary(_replace_surrogates(text))
 
-    def encode_to_numpy(self, text: str, *, allowed_special: AllowedSpecial = "none_raise") -> NDArray[np.unsignedinteger]:
+    def encode_to_numpy(
+        self, text: str, *, allowed_special: AllowedSpecial = "none_raise"
+    ) -> NDArray[np.unsignedinteger]:
         """``encode`` into a numpy array: uint16 when n_vocab <= 65536, else uint32."""
         allowed = self._allowed_ids(allowed_special)
         try:
@@ -241,7 +249,9 @@ class Tokenizer:
         try:
             return self._core.encode_batch_to_numpy(texts, allowed, _threads(num_threads))
         except UnicodeEncodeError:
-            return self._core.encode_batch_to_numpy([_replace_surrogates(t) for t in texts], allowed, _threads(num_threads))
+            return self._core.encode_batch_to_numpy(
+                [_replace_surrogates(t) for t in texts], allowed, _threads(num_threads)
+            )
 
     def decode_bytes(self, ids: Sequence[int] | NDArray[np.integer]) -> bytes:
         """The bytes of the tokens (special tokens give their text). ValueError on an unknown id."""
@@ -293,7 +303,8 @@ class Tokenizer:
         return h.hexdigest()
 
     def __repr__(self) -> str:
-        return f"Tokenizer(n_vocab={self.n_vocab}, merges={len(self._core.merges())}, special_tokens={self._special_tokens})"
+        merges = len(self._core.merges())
+        return f"Tokenizer(n_vocab={self.n_vocab}, merges={merges}, special_tokens={self._special_tokens})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Tokenizer) and self.fingerprint == other.fingerprint
@@ -316,7 +327,10 @@ def resolve_tokenizer(spec: str | os.PathLike) -> Tokenizer:
         if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
             return Tokenizer.from_gpt2_files(path / "vocab.json", path / "merges.txt")
         raise ValueError(f"{path}: folder has neither tokenizer.json nor vocab.json + merges.txt")
-    raise ValueError(f"cannot resolve tokenizer {str(spec)!r}: not a known name ({sorted([*files.PRETRAINED, *files.ALIASES])}), file or folder")
+    raise ValueError(
+        f"cannot resolve tokenizer {str(spec)!r}: not a known name "
+        f"({sorted([*files.PRETRAINED, *files.ALIASES])}), file or folder"
+    )
 
 
 def _threads(num_threads: int | None) -> int:
@@ -337,8 +351,9 @@ def _check_special_tokens(specials: Sequence[str]) -> None:
         raise ValueError(f"duplicate special tokens in {list(specials)}")
 
 
-def _iter_corpus_batches(corpus: Corpus, errors: Literal["strict", "replace"], progress: str | None = None,
-                         batch_chars: int = 16 << 20) -> Iterator[list[str]]:
+def _iter_corpus_batches(
+    corpus: Corpus, errors: Literal["strict", "replace"], progress: str | None = None, batch_chars: int = 16 << 20
+) -> Iterator[list[str]]:
     """Lists of texts (about batch_chars each) from a text, a file path or an iterable of them; with
     ``progress`` (a description), a progress bar over the bytes read (sized when the corpus is a list of files)."""
     items: Iterable[str | os.PathLike] = [corpus] if isinstance(corpus, (str, os.PathLike)) else corpus

@@ -56,18 +56,29 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.action == "train":
-        tok = Tokenizer.train(args.files, args.vocab_size, args.special_tokens, num_threads=args.threads,
-                              errors=args.errors, progress=True)
+        tok = Tokenizer.train(
+            args.files,
+            args.vocab_size,
+            args.special_tokens,
+            num_threads=args.threads,
+            errors=args.errors,
+            progress=True,
+        )
         tok.save(args.out)
         print(f"trained {tok!r} -> {args.out}")
     elif args.action == "restrict":
-        tok = resolve_tokenizer(args.tokenizer).restrict(args.top_k, args.corpus, num_threads=args.threads,
-                                                         errors=args.errors, progress=True)
+        tok = resolve_tokenizer(args.tokenizer).restrict(
+            args.top_k, args.corpus, num_threads=args.threads, errors=args.errors, progress=True
+        )
         tok.save(args.out)
         print(f"restricted to {tok!r} -> {args.out}")
     elif args.action == "encode":
         tok = resolve_tokenizer(args.tokenizer)
-        allowed = args.allowed_special if args.allowed_special in ("all", "none_raise") else set(args.allowed_special.split(","))
+        allowed = (
+            args.allowed_special
+            if args.allowed_special in ("all", "none_raise")
+            else set(args.allowed_special.split(","))
+        )
         text = args.text if args.text is not None else "".join(read_text_chunks(args.file, args.errors))
         ids = tok.encode_to_numpy(text, allowed_special=allowed)
         if args.out is not None:

@@ -111,7 +111,9 @@ def read_gpt2_files(vocab_json: str | os.PathLike, merges_txt: str | os.PathLike
         try:
             merges.append((id_of[left], id_of[right], id_of[left + right]))
         except KeyError:
-            raise ValueError(f"{merges_path}:{lineno}: merge {line!r} uses or makes a token not in {vocab_path}") from None
+            raise ValueError(
+                f"{merges_path}:{lineno}: merge {line!r} uses or makes a token not in {vocab_path}"
+            ) from None
     return vocab, merges, specials
 
 
@@ -169,7 +171,9 @@ def parse_tokenizer_json(text: str, source: str) -> Parts:
 
 def _parse_ours(data: dict[str, Any], source: str) -> Parts:
     if data.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{source}: unsupported {FORMAT_NAME} version {data.get('version')!r} (expected {FORMAT_VERSION})")
+        raise ValueError(
+            f"{source}: unsupported {FORMAT_NAME} version {data.get('version')!r} (expected {FORMAT_VERSION})"
+        )
     if data.get("pattern") != "gpt2":
         raise ValueError(f"{source}: unsupported pre-tokenization pattern {data.get('pattern')!r} (expected 'gpt2')")
     try:
@@ -185,8 +189,10 @@ def _parse_ours(data: dict[str, Any], source: str) -> Parts:
 def _parse_hf(data: dict[str, Any], source: str) -> Parts:
     pre = data.get("pre_tokenizer") or {}
     if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True) or pre.get("add_prefix_space"):
-        raise ValueError(f"{source}: only byte-level BPE with GPT-2 pre-tokenization (ByteLevel, use_regex, "
-                         f"no prefix space) is supported, found pre_tokenizer {pre!r}")
+        raise ValueError(
+            f"{source}: only byte-level BPE with GPT-2 pre-tokenization (ByteLevel, use_regex, "
+            f"no prefix space) is supported, found pre_tokenizer {pre!r}"
+        )
     model = data["model"]
     specials = {t["content"]: int(t["id"]) for t in data.get("added_tokens", [])}
     n_vocab = max([*model["vocab"].values(), *specials.values()]) + 1
@@ -203,8 +209,9 @@ def _parse_hf(data: dict[str, Any], source: str) -> Parts:
     return vocab, merges, specials
 
 
-def our_json(vocab: Sequence[bytes], merges: Sequence[tuple[int, int, int]], specials: dict[str, int],
-             fingerprint: str) -> str:
+def our_json(
+    vocab: Sequence[bytes], merges: Sequence[tuple[int, int, int]], specials: dict[str, int], fingerprint: str
+) -> str:
     """Our one-file JSON format (docs/tokenizer.md): token strings by id (null at special ids), merges as
     [left, right] id pairs in rank order."""
     special_ids = set(specials.values())
@@ -231,8 +238,15 @@ def hf_json(vocab: Sequence[bytes], merges: Sequence[tuple[int, int, int]], spec
         "truncation": None,
         "padding": None,
         "added_tokens": [
-            {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True}
+            {
+                "id": i,
+                "content": t,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
             for t, i in sorted(specials.items(), key=lambda kv: kv[1])
         ],
         "normalizer": None,
@@ -240,8 +254,14 @@ def hf_json(vocab: Sequence[bytes], merges: Sequence[tuple[int, int, int]], spec
         "post_processor": {**byte_level, "trim_offsets": False},
         "decoder": byte_level,
         "model": {
-            "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
             "vocab": {(t.decode() if i in special_ids else token_to_str(t)): i for i, t in enumerate(vocab)},
             "merges": [[token_to_str(vocab[a]), token_to_str(vocab[b])] for a, b, _ in merges],
         },

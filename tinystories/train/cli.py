@@ -34,8 +34,14 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         kind, _ = field_types()[f.name]
         names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         extra = dict(nargs="?", const="true") if kind is bool else {}
-        parser.add_argument(*names, dest=f.name, default=argparse.SUPPRESS, metavar=kind.__name__.upper(),
-                            help=f"(default: {f.default!r})", **extra)
+        parser.add_argument(
+            *names,
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            metavar=kind.__name__.upper(),
+            help=f"(default: {f.default!r})",
+            **extra,
+        )
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -72,10 +72,18 @@ class TrainConfig:
     tensorboard: bool = True
 
     def model_config(self, vocab_size: int) -> GPTNeoConfig:
-        overrides = {k: v for k, v in dict(hidden_size=self.hidden_size, num_layers=self.num_layers,
-                                           num_heads=self.num_heads, max_position_embeddings=self.context,
-                                           window_size=self.window_size, dropout=self.dropout).items()
-                     if v is not None}
+        overrides = {
+            k: v
+            for k, v in dict(
+                hidden_size=self.hidden_size,
+                num_layers=self.num_layers,
+                num_heads=self.num_heads,
+                max_position_embeddings=self.context,
+                window_size=self.window_size,
+                dropout=self.dropout,
+            ).items()
+            if v is not None
+        }
         base = dict(PRESETS[self.preset])
         if "num_layers" in overrides:  # the alternating pattern follows the new depth
             base.pop("attention_layers", None)
@@ -86,9 +94,21 @@ class TrainConfig:
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
     # One CPU thread: the demo's 128-wide matmuls gain little from more, and one thread cannot be
     # starved by oversubscription (on a busy 2-core box: 2,200 tokens/s with 1 thread, 190 with 2).
-    "demo": dict(batch_size=8, seq_len=128, max_steps=300, lr=3e-3, min_lr=3e-4, warmup_steps=30,
-                 eval_every=100, eval_batches=8, ckpt_every=100, log_every=10, sample_tokens=100,
-                 cpu_threads=1, loader_threads=1),
+    "demo": dict(
+        batch_size=8,
+        seq_len=128,
+        max_steps=300,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=30,
+        eval_every=100,
+        eval_batches=8,
+        ckpt_every=100,
+        log_every=10,
+        sample_tokens=100,
+        cpu_threads=1,
+        loader_threads=1,
+    ),
 }
 # --data without --preset (or a shape, or --init_from_hf) would silently train the demo's architecture on real data.
 SHAPE_GIVEN_WITHOUT_PRESET = ("hidden_size", "num_layers")
@@ -97,8 +117,12 @@ DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # config says (the TinyStories models were trained at 512 though their config allows 2048).
 FINETUNE_TRAINING: dict[str, Any] = dict(seq_len=512)
 MIN_LR_RATIO = 0.1  # min_lr follows a given lr unless min_lr is given too
-CHOICES = {"impl": ("auto", "torch", "fused", "hybrid"), "data_mode": ("packed", "stories"),
-           "dtype": ("auto", "fp32", "fp16", "bf16"), "display": ("auto", "rich", "plain")}
+CHOICES = {
+    "impl": ("auto", "torch", "fused", "hybrid"),
+    "data_mode": ("packed", "stories"),
+    "dtype": ("auto", "fp32", "fp16", "bf16"),
+    "display": ("auto", "rich", "plain"),
+}
 
 
 class ConfigError(ValueError):
@@ -122,7 +146,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"{source}: unknown config key {key!r}{hint}")
     kind, optional = types[key]
-    if isinstance(value, str) and not (kind is str):
+    if isinstance(value, str) and kind is not str:
         text = value.strip()
         if optional and text.lower() in ("none", "null", "", "auto"):  # None means "chosen for you"
             return None
@@ -159,8 +183,9 @@ def saved_config(run_dir: str | Path) -> dict[str, Any] | None:
         if not isinstance(table, dict):
             raise TypeError
     except (ValueError, KeyError, TypeError):
-        raise ConfigError(f"{path}: not a tinystories-train config.json (no \"train\" table); move it away or "
-                          f"start a new --out_dir") from None
+        raise ConfigError(
+            f'{path}: not a tinystories-train config.json (no "train" table); move it away or start a new --out_dir'
+        ) from None
     return {key: _coerce(key, value, str(path)) for key, value in table.items()}
 
 
@@ -191,11 +216,17 @@ def load_config(toml_path: str | None = None, overrides: dict[str, Any] | None =
     preset = values.get("preset", TrainConfig.preset)
     if preset not in PRESETS:
         raise ConfigError(f"preset={preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-    if (values.get("data") and "preset" not in values and not values.get("init_from_hf")
-            and not all(k in values for k in SHAPE_GIVEN_WITHOUT_PRESET)):
+    if (
+        values.get("data")
+        and "preset" not in values
+        and not values.get("init_from_hf")
+        and not all(k in values for k in SHAPE_GIVEN_WITHOUT_PRESET)
+    ):
         sizes = ", ".join(p for p in PRESETS if p != "demo" and not p.endswith("-instruct"))
-        raise ConfigError(f"--data needs a model size: --preset=SIZE with SIZE one of {sizes} (the paper's; each "
-                          f"also as SIZE-instruct), or --hidden_size and --num_layers (other keys from --preset=demo)")
+        raise ConfigError(
+            f"--data needs a model size: --preset=SIZE with SIZE one of {sizes} (the paper's; each "
+            f"also as SIZE-instruct), or --hidden_size and --num_layers (other keys from --preset=demo)"
+        )
     if "lr" in given and "min_lr" not in given:
         values["min_lr"] = given["lr"] * MIN_LR_RATIO
     defaults = FINETUNE_TRAINING if values.get("init_from_hf") else PRESET_TRAINING.get(preset, {})
@@ -213,26 +244,49 @@ def validate_config(c: TrainConfig) -> None:
     for key, choices in CHOICES.items():
         if getattr(c, key) not in choices:
             raise ConfigError(f"{key}={getattr(c, key)!r} must be one of {', '.join(choices)}")
-    positive = ["batch_size", "grad_accum", "max_steps", "log_every", "eval_every", "eval_batches", "ckpt_every",
-                "keep_last", "max_bad_steps", "loader_threads", "demo_stories"]
+    positive = [
+        "batch_size",
+        "grad_accum",
+        "max_steps",
+        "log_every",
+        "eval_every",
+        "eval_batches",
+        "ckpt_every",
+        "keep_last",
+        "max_bad_steps",
+        "loader_threads",
+        "demo_stories",
+    ]
     for key in positive:
         if getattr(c, key) <= 0:
             raise ConfigError(f"{key}={getattr(c, key)} must be positive")
-    for key in ("hidden_size", "num_layers", "num_heads", "context", "window_size", "seq_len", "vocab_top_k",
-                "cpu_threads", "lr_decay_steps"):
+    for key in (
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "context",
+        "window_size",
+        "seq_len",
+        "vocab_top_k",
+        "cpu_threads",
+        "lr_decay_steps",
+    ):
         if getattr(c, key) is not None and getattr(c, key) <= 0:
             raise ConfigError(f"{key}={getattr(c, key)} must be positive")
     for key in ("loader_threads", "cpu_threads"):
         if (getattr(c, key) or 0) > MAX_THREADS:
-            raise ConfigError(f"{key}={getattr(c, key)} is more threads than any machine runs usefully "
-                              f"(at most {MAX_THREADS})")
+            raise ConfigError(
+                f"{key}={getattr(c, key)} is more threads than any machine runs usefully (at most {MAX_THREADS})"
+            )
     if not DEVICE.match(c.device):
         raise ConfigError(f"device={c.device!r} must be auto, cpu, cuda, cuda:N or mps")
     # Resuming, the weights come from the checkpoint and the data are prepared: a since-moved tokenizer file or
     # Hugging Face folder must not stop the run.
     if not c.resume and not (c.tokenizer in PRETRAINED or c.tokenizer in ALIASES or Path(c.tokenizer).exists()):
-        raise ConfigError(f"tokenizer={c.tokenizer!r} is neither a known name ({', '.join([*PRETRAINED, *ALIASES])}) "
-                          f"nor an existing file or folder")
+        raise ConfigError(
+            f"tokenizer={c.tokenizer!r} is neither a known name ({', '.join([*PRETRAINED, *ALIASES])}) "
+            f"nor an existing file or folder"
+        )
     if c.lr <= 0 or c.min_lr < 0 or c.min_lr > c.lr:
         raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0, got lr={c.lr}, min_lr={c.min_lr}")
     if c.warmup_steps < 0 or c.weight_decay < 0 or c.grad_clip < 0 or c.sample_tokens < 0:
@@ -242,9 +296,10 @@ def validate_config(c: TrainConfig) -> None:
     if c.resume and not c.out_dir:
         raise ConfigError("--resume needs --out_dir=<the run directory to continue>")
     if c.init_from_hf and not c.resume and not (Path(c.init_from_hf) / "config.json").is_file():
-        raise ConfigError(f"init_from_hf={c.init_from_hf}: no config.json there (expected a Hugging Face "
-                          f"GPTNeoForCausalLM directory)")
-    for path in (c.data.split(",") if c.data else []):
+        raise ConfigError(
+            f"init_from_hf={c.init_from_hf}: no config.json there (expected a Hugging Face GPTNeoForCausalLM directory)"
+        )
+    for path in c.data.split(",") if c.data else []:
         if not Path(path).exists():
             raise ConfigError(f"data={c.data}: {path} does not exist")
     # The model shape, with a placeholder vocabulary (the real one comes from the tokenizer).
@@ -254,5 +309,6 @@ def validate_config(c: TrainConfig) -> None:
         raise ConfigError(str(exc)) from None
     seq_len = c.seq_len or model.max_position_embeddings
     if seq_len > model.max_position_embeddings and not c.init_from_hf:  # HF: its own context
-        raise ConfigError(f"seq_len={seq_len} exceeds the model's context of {model.max_position_embeddings} "
-                          f"(set --context)")
+        raise ConfigError(
+            f"seq_len={seq_len} exceeds the model's context of {model.max_position_embeddings} (set --context)"
+        )

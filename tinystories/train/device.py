@@ -89,9 +89,11 @@ def loader_state_for_rank(state: dict, dist: Dist, checkpoint: str) -> dict:
     continue from the same position with their own rank. Resuming with another number of processes
     would change which windows each rank reads (not bit-exact), so it is refused."""
     if state.get("world_size", 1) != dist.world_size:
-        raise ConfigError(f"--resume: {checkpoint} was trained by {state.get('world_size', 1)} process(es) "
-                          f"(nnodes x nproc_per_node), this launch has {dist.world_size}; resume it with "
-                          f"{state.get('world_size', 1)}")
+        raise ConfigError(
+            f"--resume: {checkpoint} was trained by {state.get('world_size', 1)} process(es) "
+            f"(nnodes x nproc_per_node), this launch has {dist.world_size}; resume it with "
+            f"{state.get('world_size', 1)}"
+        )
     return {**state, "rank": dist.rank}
 
 
@@ -125,8 +127,10 @@ class ExecutionPath:
     reason: str
 
     def describe(self) -> str:
-        return (f"execution path: {self.dtype}, impl={self.impl}, compile={'on' if self.compile else 'off'} "
-                f"on {self.device} ({self.reason})")
+        return (
+            f"execution path: {self.dtype}, impl={self.impl}, compile={'on' if self.compile else 'off'} "
+            f"on {self.device} ({self.reason})"
+        )
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -152,8 +156,15 @@ def torch_builds_for(capability: tuple[int, int], arch_list: list[str]) -> bool:
     return False
 
 
-def choose_execution(device_type: str, capability: tuple[int, int] | None, *, dtype: str, impl: str,
-                     compile: bool | None, triton: tuple[bool, str]) -> tuple[str, str, bool, str]:
+def choose_execution(
+    device_type: str,
+    capability: tuple[int, int] | None,
+    *,
+    dtype: str,
+    impl: str,
+    compile: bool | None,
+    triton: tuple[bool, str],
+) -> tuple[str, str, bool, str]:
     """``(dtype, impl, compile, reason)`` for the requested values (``"auto"``/None = choose). Pure: the device
     is described by its type and CUDA compute capability, Triton by ``kernels_available()``. Raises
     :class:`ConfigError` for an explicit choice that cannot work on this device."""
@@ -162,35 +173,55 @@ def choose_execution(device_type: str, capability: tuple[int, int] | None, *, dt
     if device_type != "cuda":
         auto = ("fp32", "torch", False, f"{device_type}: the plain PyTorch path, eager")
     elif capability >= (8, 0):
-        auto = ("bf16", "fused" if triton_ok else "torch", True,
-                f"{cc} >= sm_80: bf16 autocast, the fused Triton kernels, torch.compile"
-                + ("" if triton_ok else f"; plain path because {triton_why}"))
+        auto = (
+            "bf16",
+            "fused" if triton_ok else "torch",
+            True,
+            f"{cc} >= sm_80: bf16 autocast, the fused Triton kernels, torch.compile"
+            + ("" if triton_ok else f"; plain path because {triton_why}"),
+        )
     elif capability >= (7, 0):
-        auto = ("fp16", "hybrid" if triton_ok else "torch", True,
-                f"{cc} < sm_80: no bf16 and Triton's tl.dot has no tensor cores there, so fp16 + GradScaler, "
-                f"cuBLAS/SDPA matmuls with Triton LayerNorm and cross-entropy, torch.compile"
-                + ("" if triton_ok else f"; plain path because {triton_why}"))
+        auto = (
+            "fp16",
+            "hybrid" if triton_ok else "torch",
+            True,
+            f"{cc} < sm_80: no bf16 and Triton's tl.dot has no tensor cores there, so fp16 + GradScaler, "
+            f"cuBLAS/SDPA matmuls with Triton LayerNorm and cross-entropy, torch.compile"
+            + ("" if triton_ok else f"; plain path because {triton_why}"),
+        )
     else:  # Triton (and so torch.compile's GPU code) needs sm_70
         auto = ("fp32", "torch", False, f"{cc} < sm_70: fp32, the plain path, eager (Triton needs sm_70)")
-    chosen = [dtype if dtype != "auto" else auto[0], impl if impl != "auto" else auto[1],
-              compile if compile is not None else auto[2]]
-    explicit = [f"{k}={v}" for k, v, req in zip(("dtype", "impl", "compile"), chosen, (dtype, impl, compile))
-                if req not in ("auto", None)]
+    chosen = [
+        dtype if dtype != "auto" else auto[0],
+        impl if impl != "auto" else auto[1],
+        compile if compile is not None else auto[2],
+    ]
+    explicit = [
+        f"{k}={v}"
+        for k, v, req in zip(("dtype", "impl", "compile"), chosen, (dtype, impl, compile))
+        if req not in ("auto", None)
+    ]
     reason = auto[3] if not explicit else f"{', '.join(explicit)} as given; auto: {auto[3]}"
     if chosen[0] == "bf16" and device_type == "cuda" and capability < (8, 0):
-        raise ConfigError(f"dtype=bf16 needs a GPU of compute capability >= 8.0 (this one is {cc}); "
-                          f"use --dtype=fp16 (or auto)")
+        raise ConfigError(
+            f"dtype=bf16 needs a GPU of compute capability >= 8.0 (this one is {cc}); use --dtype=fp16 (or auto)"
+        )
     if chosen[1] in ("fused", "hybrid") and not triton_ok:
-        raise ConfigError(f"impl={chosen[1]} needs the Triton kernels, which cannot run here: {triton_why}; "
-                          f"use --impl=torch (or auto)")
+        raise ConfigError(
+            f"impl={chosen[1]} needs the Triton kernels, which cannot run here: {triton_why}; "
+            f"use --impl=torch (or auto)"
+        )
     if chosen[2] and device_type == "cuda" and capability < (7, 0):
-        raise ConfigError(f"compile=true needs Triton's GPU compiler, which needs compute capability >= 7.0 "
-                          f"(this GPU is {cc}); use --compile=false (or auto)")
+        raise ConfigError(
+            f"compile=true needs Triton's GPU compiler, which needs compute capability >= 7.0 "
+            f"(this GPU is {cc}); use --compile=false (or auto)"
+        )
     return chosen[0], chosen[1], chosen[2], reason
 
 
-def resolve_execution(device: torch.device, *, dtype: str = "auto", impl: str = "auto",
-                      compile: bool | None = None) -> ExecutionPath:
+def resolve_execution(
+    device: torch.device, *, dtype: str = "auto", impl: str = "auto", compile: bool | None = None
+) -> ExecutionPath:
     """The execution path on ``device`` for the requested values (the trainer, ``sample``, ``eval``, ``sweep``
     all call this, so they take the same path). Stops with a :class:`ConfigError` before anything is
     allocated when an explicit choice cannot work."""
@@ -202,9 +233,12 @@ def resolve_execution(device: torch.device, *, dtype: str = "auto", impl: str = 
         name = f"{device} sm_{capability[0]}{capability[1]} ({torch.cuda.get_device_name(device)})"
         arch_list = torch.cuda.get_arch_list()
         if torch.version.cuda and arch_list and not torch_builds_for(capability, arch_list):  # (ROCm: gfx names)
-            raise ConfigError(f"this PyTorch build ({torch.__version__}, CUDA {torch.version.cuda}) has no kernels "
-                              f"for sm_{capability[0]}{capability[1]} (it has {' '.join(arch_list)}); "
-                              f"install a build that does (CUDA 12.x builds still include sm_70)")
-    chosen = choose_execution(device.type, capability, dtype=dtype, impl=impl, compile=compile,
-                              triton=kernels_available())
+            raise ConfigError(
+                f"this PyTorch build ({torch.__version__}, CUDA {torch.version.cuda}) has no kernels "
+                f"for sm_{capability[0]}{capability[1]} (it has {' '.join(arch_list)}); "
+                f"install a build that does (CUDA 12.x builds still include sm_70)"
+            )
+    chosen = choose_execution(
+        device.type, capability, dtype=dtype, impl=impl, compile=compile, triton=kernels_available()
+    )
     return ExecutionPath(*chosen[:3], device=name, reason=chosen[3])

@@ -14,8 +14,10 @@ from tinystories.tokenizer import Tokenizer
 from tinystories.train.config import ConfigError, TrainConfig
 from tinystories.train.device import Dist, barrier
 
-DEMO_NOTICE = ("DEMO DATA: template-generated stories from tinystories.story_templates, NOT TinyStories. "
-               "Train on real data with --data (see README, Training).")
+DEMO_NOTICE = (
+    "DEMO DATA: template-generated stories from tinystories.story_templates, NOT TinyStories. "
+    "Train on real data with --data (see README, Training)."
+)
 
 
 def prepare_demo_data(cache_dir: Path, n_stories: int, seed: int, progress: bool) -> Path:
@@ -45,8 +47,10 @@ def resolve_data(config: TrainConfig, run_dir: Path, dist: Dist) -> Path:
     paths = [Path(p) for p in config.data.split(",")]
     if len(paths) == 1 and paths[0].is_dir():
         if not (paths[0] / "index.json").is_file():
-            raise ConfigError(f"data={config.data}: directory has no index.json (prepare it with "
-                              f"`tinystories data prepare`, or pass .txt/.jsonl files)")
+            raise ConfigError(
+                f"data={config.data}: directory has no index.json (prepare it with "
+                f"`tinystories data prepare`, or pass .txt/.jsonl files)"
+            )
         return paths[0]
     for p in paths:
         if not p.is_file():

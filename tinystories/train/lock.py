@@ -33,15 +33,23 @@ class RunLock:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise RunLocked(f"{self.path.parent} is in use by another trainer (PID {holder.get('pid', '?')} on host "
-                            f"{holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it to end, stop "
-                            f"it, or choose another --out_dir") from None
+            raise RunLocked(
+                f"{self.path.parent} is in use by another trainer (PID {holder.get('pid', '?')} on host "
+                f"{holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it to end, stop "
+                f"it, or choose another --out_dir"
+            ) from None
         except BaseException:
             os.close(fd)
             raise
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode() + b"\n", 0)
+        os.pwrite(
+            fd,
+            json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            ).encode()
+            + b"\n",
+            0,
+        )
         self._fd = fd
         return self
 

@@ -25,8 +25,13 @@ import torch.nn.functional as F
 
 from tinystories.data import IGNORE_INDEX, ShardError, TokenLoader, load_dataset_tokenizer
 from tinystories.jsonl import JsonlLog
-from tinystories.model.checkpoint import (CheckpointWriteError, checkpoint_path, list_checkpoints, read_checkpoint,
-                                          save_checkpoint)
+from tinystories.model.checkpoint import (
+    CheckpointWriteError,
+    checkpoint_path,
+    list_checkpoints,
+    read_checkpoint,
+    save_checkpoint,
+)
 from tinystories.model.config import GPTNeoConfig, flops_per_token
 from tinystories.model.generate import generate_texts
 from tinystories.model.gpt_neo import GPTNeo, model_summary
@@ -34,12 +39,26 @@ from tinystories.model.hf import load_hf_model
 from tinystories.progress import Progress
 from tinystories.tokenizer import Tokenizer
 from tinystories.train.config import ConfigError, TrainConfig, saved_config
-from tinystories.train.device import (Dist, autocast_context, barrier, init_distributed, loader_state_for_rank,
-                                      peak_flops, resolve_device, resolve_execution, to_device)
+from tinystories.train.device import (
+    Dist,
+    autocast_context,
+    barrier,
+    init_distributed,
+    loader_state_for_rank,
+    peak_flops,
+    resolve_device,
+    resolve_execution,
+    to_device,
+)
 from tinystories.train.inputs import DEMO_NOTICE, resolve_data
 from tinystories.train.lock import RunLock
-from tinystories.train.resume import (history_entry, newest_intact_checkpoint, reconcile, remove_stale_temp_files,
-                                      write_run_config)
+from tinystories.train.resume import (
+    history_entry,
+    newest_intact_checkpoint,
+    reconcile,
+    remove_stale_temp_files,
+    write_run_config,
+)
 from tinystories.train.signals import Interrupted, StopSignals
 from tinystories.train.step import learning_rate, make_optimizer, train_step
 
@@ -73,8 +92,12 @@ class Metrics:
                         self._tb.add_scalar(key, value, record["step"])
         except OSError as exc:
             if not self.failed_writes:
-                print(f"warning: could not write metrics to {self._log.path} ({exc}); training goes on (further "
-                      f"failures are counted, not shown)", file=sys.stderr, flush=True)
+                print(
+                    f"warning: could not write metrics to {self._log.path} ({exc}); training goes on (further "
+                    f"failures are counted, not shown)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self.failed_writes += 1
 
     def close(self) -> None:
@@ -84,8 +107,12 @@ class Metrics:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -99,13 +126,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data_dir: Path, c: TrainConfig, seq_len: int, dist: Dist,
-             device: torch.device, autocast: AbstractContextManager) -> float:
+def evaluate(
+    model: torch.nn.Module,
+    data_dir: Path,
+    c: TrainConfig,
+    seq_len: int,
+    dist: Dist,
+    device: torch.device,
+    autocast: AbstractContextManager,
+) -> float:
     """Mean next-token loss over the first ``eval_batches`` batches of the validation split (all ranks)."""
     model.eval()
-    loader = TokenLoader(data_dir, split="val", batch_size=c.batch_size, seq_len=seq_len, mode=c.data_mode,
-                         seed=c.seed, rank=dist.rank, world_size=dist.world_size, shuffle=False, loop=False,
-                         threads=c.loader_threads)
+    loader = TokenLoader(
+        data_dir,
+        split="val",
+        batch_size=c.batch_size,
+        seq_len=seq_len,
+        mode=c.data_mode,
+        seed=c.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        shuffle=False,
+        loop=False,
+        threads=c.loader_threads,
+    )
     total = torch.zeros(2, dtype=torch.float64, device=device)  # sum of losses, number of targets
     for i, (x, y) in enumerate(loader):
         if i >= c.eval_batches:
@@ -113,8 +157,9 @@ def evaluate(model: torch.nn.Module, data_dir: Path, c: TrainConfig, seq_len: in
         x, y = to_device(x, device), to_device(y, device)
         with autocast:
             logits = model(x).logits
-        total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
-                                    reduction="sum").double()
+        total[0] += F.cross_entropy(
+            logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        ).double()
         total[1] += (y != IGNORE_INDEX).sum()
     if dist.enabled:
         torch.distributed.all_reduce(total)
@@ -127,20 +172,31 @@ def evaluate(model: torch.nn.Module, data_dir: Path, c: TrainConfig, seq_len: in
 def missing_validation(data_dir: Path, c: TrainConfig, seq_len: int) -> str | None:
     """Why the data have no validation batch to evaluate on (None when they have one), decided at start-up."""
     try:
-        loader = TokenLoader(data_dir, split="val", batch_size=c.batch_size, seq_len=seq_len, mode=c.data_mode,
-                             shuffle=False, loop=False, threads=1)
+        loader = TokenLoader(
+            data_dir,
+            split="val",
+            batch_size=c.batch_size,
+            seq_len=seq_len,
+            mode=c.data_mode,
+            shuffle=False,
+            loop=False,
+            threads=1,
+        )
     except ShardError as exc:
         return str(exc)
     if len(loader) == 0:
-        return (f"{data_dir}: the validation split holds {loader.index['splits']['val']['tokens']} tokens, less than "
-                f"one sequence of {seq_len + 1} (prepared with --val-fraction 0?)")
+        return (
+            f"{data_dir}: the validation split holds {loader.index['splits']['val']['tokens']} tokens, less than "
+            f"one sequence of {seq_len + 1} (prepared with --val-fraction 0?)"
+        )
     return None
 
 
 def sample_story(model: GPTNeo, tokenizer: Tokenizer, c: TrainConfig, seed: int) -> str:
     """The story the trainer shows at every evaluation: ``sample_prompt`` continued (temperature 0.8, top-k 50)."""
-    return generate_texts(model, tokenizer, [c.sample_prompt], max_new_tokens=c.sample_tokens, temperature=0.8,
-                          top_k=50, seed=seed)[0]
+    return generate_texts(
+        model, tokenizer, [c.sample_prompt], max_new_tokens=c.sample_tokens, temperature=0.8, top_k=50, seed=seed
+    )[0]
 
 
 def train(c: TrainConfig) -> Path:
@@ -166,7 +222,9 @@ def _train(c: TrainConfig, dist: Dist) -> Path:
             held.enter_context(RunLock(run_dir))
             removed, size = remove_stale_temp_files(run_dir)
             if removed:
-                print(f"removed {removed} temp file(s) ({size / 1e6:,.1f} MB) left by an interrupted write in {run_dir}")
+                print(
+                    f"removed {removed} temp file(s) ({size / 1e6:,.1f} MB) left by an interrupted write in {run_dir}"
+                )
         barrier(dist)
         return _run(c, dist, device, run_dir)
 
@@ -175,8 +233,9 @@ def _start_point(c: TrainConfig, run_dir: Path, dist: Dist) -> tuple[TrainConfig
     """(the config to run, the checkpoint to continue or None, the changes a resume applies)."""
     if not c.resume:
         if list_checkpoints(run_dir):
-            raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new "
-                              f"--out_dir")
+            raise ConfigError(
+                f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new --out_dir"
+            )
         return c, None, []
     warn = (lambda text: print(text, file=sys.stderr)) if dist.main else (lambda text: None)
     ckpt = newest_intact_checkpoint(run_dir, warn) if dist.main else None
@@ -206,8 +265,10 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, run_dir: Path) -> Pat
     elif c.init_from_hf:
         model = load_hf_model(c.init_from_hf)
         if model.config.vocab_size != tokenizer.n_vocab:
-            raise ConfigError(f"init_from_hf={c.init_from_hf}: the model's vocab_size {model.config.vocab_size} "
-                              f"differs from the data's tokenizer ({tokenizer.n_vocab} tokens)")
+            raise ConfigError(
+                f"init_from_hf={c.init_from_hf}: the model's vocab_size {model.config.vocab_size} "
+                f"differs from the data's tokenizer ({tokenizer.n_vocab} tokens)"
+            )
     else:
         model = GPTNeo(c.model_config(tokenizer.n_vocab))
     mc = model.config
@@ -219,9 +280,19 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, run_dir: Path) -> Pat
     optimizer = make_optimizer(model, c, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
     autocast = autocast_context(device, dtype)
-    loader = TokenLoader(data_dir, split="train", batch_size=c.batch_size, seq_len=seq_len, mode=c.data_mode,
-                         seed=c.seed, rank=dist.rank, world_size=dist.world_size, threads=c.loader_threads,
-                         pin_memory=device.type == "cuda", expected_fingerprint=tokenizer.fingerprint)
+    loader = TokenLoader(
+        data_dir,
+        split="train",
+        batch_size=c.batch_size,
+        seq_len=seq_len,
+        mode=c.data_mode,
+        seed=c.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        threads=c.loader_threads,
+        pin_memory=device.type == "cuda",
+        expected_fingerprint=tokenizer.fingerprint,
+    )
     no_eval = missing_validation(data_dir, c, seq_len)
 
     step, counters = 0, {"skipped_steps": 0, "bad_in_a_row": 0, "tokens": 0}
@@ -246,12 +317,23 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, run_dir: Path) -> Pat
     peak = peak_flops(device, dtype)
     tokenizer_json = tokenizer.to_json()
     if dist.main:
-        write_run_config(run_dir, {"train": dataclasses.asdict(c), "model": mc.to_dict(), "data": str(data_dir),
-                                   "dtype": dtype, "execution": execution.as_dict(), "world_size": dist.world_size},
-                         history_entry("resume" if ckpt else "start", step, changes))
+        write_run_config(
+            run_dir,
+            {
+                "train": dataclasses.asdict(c),
+                "model": mc.to_dict(),
+                "data": str(data_dir),
+                "dtype": dtype,
+                "execution": execution.as_dict(),
+                "world_size": dist.world_size,
+            },
+            history_entry("resume" if ckpt else "start", step, changes),
+        )
         say(execution.describe())
-        say(f"{model_summary(model)}\ndata {data_dir} | {tokens_per_step:,} tokens/step | device {device} "
-            f"{dtype} x{dist.world_size} | run dir {run_dir}")
+        say(
+            f"{model_summary(model)}\ndata {data_dir} | {tokens_per_step:,} tokens/step | device {device} "
+            f"{dtype} x{dist.world_size} | run dir {run_dir}"
+        )
         if c.data is None:
             say(f"[demo] {DEMO_NOTICE}")
         if no_eval:
@@ -280,15 +362,24 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, run_dir: Path) -> Pat
     def save(at_step: int) -> None:
         if not dist.main:
             return
-        payload = {"step": at_step, "model": model.state_dict(), "model_config": mc.to_dict(),
-                   "train_config": dataclasses.asdict(c), "tokenizer_json": tokenizer_json,
-                   "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-                   "loader": loader.state(), "counters": dict(counters)}
+        payload = {
+            "step": at_step,
+            "model": model.state_dict(),
+            "model_config": mc.to_dict(),
+            "train_config": dataclasses.asdict(c),
+            "tokenizer_json": tokenizer_json,
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+            "loader": loader.state(),
+            "counters": dict(counters),
+        }
         try:
             save_checkpoint(payload, checkpoint_path(run_dir, at_step), keep_last=c.keep_last)
         except CheckpointWriteError as exc:
-            raise TrainingAborted(f"{exc}. Free space (or fix the folder's permissions), then resume with: "
-                                  f"{resume_command(run_dir)}") from None
+            raise TrainingAborted(
+                f"{exc}. Free space (or fix the folder's permissions), then resume with: {resume_command(run_dir)}"
+            ) from None
 
     def evaluate_and_sample(at_step: int) -> None:
         record: dict[str, Any] = {"step": at_step}
@@ -308,8 +399,9 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, run_dir: Path) -> Pat
         try:
             while step < c.max_steps:
                 lr = learning_rate(step, c)
-                result = train_step(train_model, model, optimizer, scaler, next_batch, c=c, lr=lr,
-                                    autocast=autocast, dist=dist)
+                result = train_step(
+                    train_model, model, optimizer, scaler, next_batch, c=c, lr=lr, autocast=autocast, dist=dist
+                )
                 loss_value = result.loss
                 if result.applied:
                     counters["bad_in_a_row"] = 0
@@ -318,13 +410,17 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, run_dir: Path) -> Pat
                 else:
                     counters["skipped_steps"] += 1
                     counters["bad_in_a_row"] += 1
-                    message(f"step {step + 1}: non-finite loss ({loss_value}) or gradient norm ({result.grad_norm}); "
-                            f"step skipped ({counters['bad_in_a_row']} in a row)")
+                    message(
+                        f"step {step + 1}: non-finite loss ({loss_value}) or gradient norm ({result.grad_norm}); "
+                        f"step skipped ({counters['bad_in_a_row']} in a row)"
+                    )
                     if counters["bad_in_a_row"] >= c.max_bad_steps:
                         raise TrainingAborted(
                             f"aborting: {counters['bad_in_a_row']} consecutive steps with a non-finite loss or "
-                            f"gradients (last loss {loss_value}, step {step + 1}). Lower --lr, use --dtype=bf16/fp32, or "
-                            f"check the data; the last good checkpoint is in {run_dir / 'checkpoints'}")
+                            f"gradients (last loss {loss_value}, step {step + 1}). Lower --lr, use --dtype=bf16/fp32, "
+                            f"or "
+                            f"check the data; the last good checkpoint is in {run_dir / 'checkpoints'}"
+                        )
                 step += 1
                 counters["tokens"] += tokens_per_step
                 steps_since += 1
@@ -337,9 +433,16 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, run_dir: Path) -> Pat
                     tok_s = tokens_per_step / dt
                     mfu = flops_step / dt / (peak * dist.world_size) if peak else None
                     eta = dt * (c.max_steps - step)
-                    record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": result.grad_norm,
-                              "tokens_per_s": tok_s, "tokens": counters["tokens"], "skipped_steps": counters["skipped_steps"],
-                              "overflow_steps": counters.get("overflow_steps", 0)}
+                    record = {
+                        "step": step,
+                        "loss": loss_value,
+                        "lr": lr,
+                        "grad_norm": result.grad_norm,
+                        "tokens_per_s": tok_s,
+                        "tokens": counters["tokens"],
+                        "skipped_steps": counters["skipped_steps"],
+                        "overflow_steps": counters.get("overflow_steps", 0),
+                    }
                     if mfu is not None:
                         record["mfu"] = mfu
                     if metrics is not None:
@@ -360,9 +463,12 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, run_dir: Path) -> Pat
                 if signum:
                     if not saved:
                         save(step)
-                    raise Interrupted(signum, f"stopped by {signal.Signals(signum).name} at step {step} of "
-                                              f"{c.max_steps}; checkpoint {checkpoint_path(run_dir, step)} written. "
-                                              f"Resume with: {resume_command(run_dir)}")
+                    raise Interrupted(
+                        signum,
+                        f"stopped by {signal.Signals(signum).name} at step {step} of "
+                        f"{c.max_steps}; checkpoint {checkpoint_path(run_dir, step)} written. "
+                        f"Resume with: {resume_command(run_dir)}",
+                    )
                 if step % c.eval_every == 0 or step == c.max_steps:
                     try:
                         evaluate_and_sample(step)

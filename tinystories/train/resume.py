@@ -27,8 +27,22 @@ from tinystories.train.config import ConfigError, TrainConfig
 
 # Keys a checkpoint cannot follow: the weights' shapes, the vocabulary, the batches the loader's state
 # counts (batch_size, seq_len, data_mode, seed) and the data a run prepared for itself.
-FIXED_ON_RESUME = ("preset", "hidden_size", "num_layers", "num_heads", "context", "window_size", "init_from_hf",
-                   "tokenizer", "vocab_top_k", "demo_stories", "data_mode", "seq_len", "batch_size", "seed")
+FIXED_ON_RESUME = (
+    "preset",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "context",
+    "window_size",
+    "init_from_hf",
+    "tokenizer",
+    "vocab_top_k",
+    "demo_stories",
+    "data_mode",
+    "seq_len",
+    "batch_size",
+    "seed",
+)
 NOT_COMPARED = ("resume", "out_dir")
 _TEMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # tinystories.atomic's temp names
 
@@ -37,7 +51,7 @@ def remove_stale_temp_files(run_dir: Path) -> tuple[int, int]:
     """Delete the temp files of interrupted atomic writes (call with the run's lock held); (files, bytes)."""
     count = size = 0
     for folder in (run_dir, checkpoint_dir(run_dir)):
-        for path in (folder.iterdir() if folder.is_dir() else ()):
+        for path in folder.iterdir() if folder.is_dir() else ():
             if _TEMP.match(path.name) and path.is_file():
                 size += path.stat().st_size
                 path.unlink()
@@ -57,8 +71,10 @@ def reconcile(config: TrainConfig, saved: dict[str, Any], step: int) -> tuple[Tr
     fixed = {k: v for k, v in changes.items() if k in FIXED_ON_RESUME}
     if fixed:
         listed = "; ".join(f"{k}: run has {a!r}, requested {b!r}" for k, (a, b) in fixed.items())
-        raise ConfigError(f"--resume cannot change {', '.join(fixed)} ({listed}): these fix the model's shape or "
-                          f"the data; start a new --out_dir (or --init_from_hf from an export) to change them")
+        raise ConfigError(
+            f"--resume cannot change {', '.join(fixed)} ({listed}): these fix the model's shape or "
+            f"the data; start a new --out_dir (or --init_from_hf from an export) to change them"
+        )
     if config.max_steps < step:
         raise ConfigError(f"--resume: max_steps={config.max_steps} but the checkpoint is already at step {step}")
     lines = []
@@ -66,9 +82,11 @@ def reconcile(config: TrainConfig, saved: dict[str, Any], step: int) -> tuple[Tr
     if "max_steps" in changes and "lr_decay_steps" not in changes:
         config = dataclasses.replace(config, lr_decay_steps=old_decay)  # keep the schedule (module docstring)
         changes["lr_decay_steps"] = (saved.get("lr_decay_steps"), old_decay)
-        lines.append(f"max_steps {saved['max_steps']} -> {config.max_steps}: the learning-rate schedule is kept "
-                     f"(cosine to min_lr by step {old_decay}, then min_lr); --lr_decay_steps={config.max_steps} "
-                     f"stretches it over the longer run instead")
+        lines.append(
+            f"max_steps {saved['max_steps']} -> {config.max_steps}: the learning-rate schedule is kept "
+            f"(cosine to min_lr by step {old_decay}, then min_lr); --lr_decay_steps={config.max_steps} "
+            f"stretches it over the longer run instead"
+        )
         del changes["max_steps"]
     lines += [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()]
     return config, lines

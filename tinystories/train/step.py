@@ -48,9 +48,18 @@ class StepResult:
     overflow: bool = False  # fp16: not applied because the scaled gradients overflowed (the scale was lowered)
 
 
-def train_step(train_model: torch.nn.Module, model: GPTNeo, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], *,
-               c: TrainConfig, lr: float, autocast: AbstractContextManager, dist: Dist) -> StepResult:
+def train_step(
+    train_model: torch.nn.Module,
+    model: GPTNeo,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    *,
+    c: TrainConfig,
+    lr: float,
+    autocast: AbstractContextManager,
+    dist: Dist,
+) -> StepResult:
     """One optimiser step of ``model`` (``train_model`` is the model as trained: compiled, DDP-wrapped...)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
