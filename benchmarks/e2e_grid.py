@@ -1,6 +1,6 @@
 """The end-to-end table of ``gpu_report.py``: training-step tokens/s and peak memory of every paper preset.
 
-Paths: ``auto`` (what ``tinystories-train`` picks on this GPU: :func:`tinystories.train.device.resolve_execution`),
+Paths: ``auto`` (what ``tinystories-train`` picks on this GPU: :func:`tinystories.runtime.device.resolve_execution`),
 ``torch+compile`` (the plain model under ``torch.compile``), ``hf-eager`` and ``hf-compiled`` (Hugging Face's
 ``GPTNeoForCausalLM``), each in bf16 and fp16 (fp16 always with the GradScaler), at V=50257 for every preset and at
 V=10000 for 33M (HF eager in fp16 only, as it is used), plus ``hybrid+compile`` at 33M: the sm_7x path (fp16,
@@ -63,7 +63,7 @@ def plan_cells(capability: tuple[int, int], presets: tuple[str, ...] = PRESETS) 
 
 def execution_for(cell: Cell, device):
     """The trainer's resolution for our model's cells (``auto``: only the dtype is fixed)."""
-    from tinystories.train.device import resolve_execution
+    from tinystories.runtime.device import resolve_execution
 
     if cell.path == "auto":
         return resolve_execution(device, dtype=cell.dtype)
@@ -76,8 +76,8 @@ def measure(cell: Cell, batch: int, steps: int) -> dict:
     """tokens/s and peak memory of ``steps`` training steps after 2 warm-up steps (which include compilation)."""
     import torch
 
+    from tinystories.runtime.device import Dist, autocast_context
     from tinystories.train.config import load_config
-    from tinystories.train.device import Dist, autocast_context
     from tinystories.train.step import make_optimizer, train_step
 
     device = torch.device("cuda", 0)

@@ -379,7 +379,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def dry_run(args: argparse.Namespace) -> int:
     """Everything but the GPU work: the plan, the path `auto` takes on the assumed GPU, the report skeleton."""
     from tinystories.kernels import kernels_available
-    from tinystories.train.device import choose_execution
+    from tinystories.runtime.device import choose_execution
 
     capability = args.assume_capability or (9, 0)
     dtype, impl, compiled, reason = choose_execution(
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         log("gpu_report.py needs a CUDA device (or --dry-run); on CPU run `pytest benchmarks/bench_kernels.py`.")
         return 2
     from tinystories.kernels import kernels_available
-    from tinystories.train.device import resolve_execution
+    from tinystories.runtime.device import resolve_execution
 
     report = {
         "environment": environment(),

@@ -19,8 +19,8 @@ from kernel_checks import assert_same_gradients, plain_reference
 
 from tinystories.model import GPTNeo, GPTNeoConfig
 from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
+from tinystories.runtime.device import choose_execution, resolve_execution, torch_builds_for
 from tinystories.train import ConfigError, load_config
-from tinystories.train.device import choose_execution, resolve_execution, torch_builds_for
 
 
 def fake_gpu(
@@ -164,7 +164,7 @@ def test_hybrid_runs_only_the_kernels_without_tl_dot_and_computes_the_same_funct
 
 # -- fp16 with the GradScaler, on CPU ----------------------------------------------------------------------
 def test_fp16_overflow_steps_are_skipped_and_counted():
-    from tinystories.train.device import Dist, autocast_context
+    from tinystories.runtime.device import Dist, autocast_context
     from tinystories.train.step import make_optimizer, train_step
 
     c = load_config(None, {"grad_accum": "1"})

@@ -126,7 +126,20 @@ def test_no_module_over_the_size_limit():
 
 @pytest.mark.parametrize(
     "stage",
-    ["synth", "tokenizer", "data", "model", "train", "evaluate", "interpret", "sweep", "llm", "testing", "serve"],
+    [
+        "synth",
+        "tokenizer",
+        "data",
+        "model",
+        "train",
+        "evaluate",
+        "interpret",
+        "sweep",
+        "llm",
+        "testing",
+        "serve",
+        "runtime",
+    ],
 )
 def test_every_stage_says_what_it_does(stage):
     init = PACKAGE / stage / "__init__.py"

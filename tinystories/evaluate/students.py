@@ -22,8 +22,8 @@ from tinystories.corpus import EOT
 from tinystories.model.checkpoint import load_checkpoint, resolve_checkpoint
 from tinystories.model.generate import generate_texts, left_pad
 from tinystories.model.gpt_neo import GPTNeo
+from tinystories.runtime.device import autocast_context, resolve_device, resolve_execution
 from tinystories.tokenizer import Tokenizer
-from tinystories.train.device import autocast_context, resolve_device, resolve_execution
 
 
 @dataclass

@@ -45,9 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinystories.cli import dataclass_options
 from tinystories.llm.pricing import Budget, PriceTable
 from tinystories.llm.wire import dumps, loads
+from tinystories.runtime.arguments import dataclass_options
 
 
 @dataclass

@@ -17,8 +17,8 @@ from pathlib import Path
 from tinystories.model.checkpoint import load_checkpoint
 from tinystories.model.generate import generate_texts
 from tinystories.model.hf import export_hf
-from tinystories.train.config import ConfigError
-from tinystories.train.device import autocast_context, resolve_device, resolve_execution
+from tinystories.runtime.device import autocast_context, resolve_device, resolve_execution
+from tinystories.runtime.errors import ConfigError
 
 
 def _one_line_errors(command: str) -> Callable:

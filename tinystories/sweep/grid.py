@@ -15,8 +15,8 @@ from typing import Any
 
 from tinystories.data import load_dataset_tokenizer
 from tinystories.model.config import GPTNeoConfig
+from tinystories.runtime.device import Dist
 from tinystories.train.config import TrainConfig, load_config
-from tinystories.train.device import Dist
 from tinystories.train.inputs import resolve_data
 
 STATUS_FILE = "sweep-status.json"

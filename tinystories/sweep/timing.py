@@ -18,8 +18,8 @@ from rich.table import Table
 
 from tinystories.atomic import atomic_write_json
 from tinystories.model.gpt_neo import GPTNeo
+from tinystories.runtime.device import Dist, autocast_context, resolve_device, resolve_execution
 from tinystories.sweep.grid import RunPlan, SweepConfig, data_vocab_size, format_count, plan_runs, prepare_data
-from tinystories.train.device import Dist, autocast_context, resolve_device, resolve_execution
 from tinystories.train.step import learning_rate, make_optimizer, train_step
 
 

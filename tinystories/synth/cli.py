@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinystories.cli import dataclass_options
 from tinystories.llm.client import add_client_arguments, client_config_from_args
+from tinystories.runtime.arguments import dataclass_options
 from tinystories.synth.job import SynthConfig, side_path, synthesize
 from tinystories.synth.prompts import DEFAULT_OOD_COMBINATION, INSTRUCTION_TYPES
 from tinystories.synth.stats import corpus_stats, plot_stats, print_stats

@@ -18,9 +18,10 @@ import dataclasses
 import signal
 import sys
 
-from tinystories.cli import ArgumentParser, dataclass_options, wide_output_when_piped
 from tinystories.data import ShardError
-from tinystories.train.config import ConfigError, TrainConfig, field_types, load_config
+from tinystories.runtime.arguments import ArgumentParser, dataclass_options, wide_output_when_piped
+from tinystories.runtime.errors import ConfigError
+from tinystories.train.config import TrainConfig, field_types, load_config
 from tinystories.train.lock import RunLocked
 from tinystories.train.loop import TrainingAborted, train
 from tinystories.train.signals import Interrupted

@@ -17,6 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from tinystories.data.loader import MAX_THREADS
 from tinystories.model.config import PRESETS, GPTNeoConfig
+from tinystories.runtime.errors import ConfigError
 from tinystories.tokenizer.files import ALIASES, PRETRAINED
 
 
@@ -31,7 +32,7 @@ class TrainConfig:
     window_size: int | None = None
     dropout: float | None = None
     init_from_hf: str | None = None  # a GPTNeoForCausalLM directory to start from
-    impl: str = "auto"  # "auto" (from the GPU, see train.device) | "torch" | "fused" | "hybrid"
+    impl: str = "auto"  # "auto" (from the GPU, see tinystories.runtime.device) | "torch" | "fused" | "hybrid"
     # data
     data: str | None = None  # a prepared shard directory, or .txt/.jsonl file(s) (comma-separated) to prepare
     tokenizer: str = "gpt2"  # for --data files: a tokenizer spec (see tinystories.tokenizer.resolve_tokenizer)
@@ -123,10 +124,6 @@ CHOICES = {
     "dtype": ("auto", "fp32", "fp16", "bf16"),
     "display": ("auto", "rich", "plain"),
 }
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the key, the value and where it came from."""
 
 
 def field_types() -> dict[str, tuple[type, bool]]:

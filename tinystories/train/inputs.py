@@ -9,10 +9,11 @@ from pathlib import Path
 from tinystories.atomic import atomic_directory
 from tinystories.corpus import EOT
 from tinystories.data import prepare
+from tinystories.runtime.device import Dist, barrier
+from tinystories.runtime.errors import ConfigError
 from tinystories.story_templates import generate_stories
 from tinystories.tokenizer import Tokenizer
-from tinystories.train.config import ConfigError, TrainConfig
-from tinystories.train.device import Dist, barrier
+from tinystories.train.config import TrainConfig
 
 DEMO_NOTICE = (
     "DEMO DATA: template-generated stories from tinystories.story_templates, NOT TinyStories. "

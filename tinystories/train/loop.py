@@ -37,23 +37,24 @@ from tinystories.model.generate import generate_texts
 from tinystories.model.gpt_neo import GPTNeo, model_summary
 from tinystories.model.hf import load_hf_model
 from tinystories.progress import Progress
-from tinystories.tokenizer import Tokenizer
-from tinystories.train.config import ConfigError, TrainConfig, saved_config
-from tinystories.train.device import (
+from tinystories.runtime.device import (
     Dist,
     autocast_context,
     barrier,
     init_distributed,
-    loader_state_for_rank,
     peak_flops,
     resolve_device,
     resolve_execution,
     to_device,
 )
+from tinystories.runtime.errors import ConfigError
+from tinystories.tokenizer import Tokenizer
+from tinystories.train.config import TrainConfig, saved_config
 from tinystories.train.inputs import DEMO_NOTICE, resolve_data
 from tinystories.train.lock import RunLock
 from tinystories.train.resume import (
     history_entry,
+    loader_state_for_rank,
     newest_intact_checkpoint,
     reconcile,
     remove_stale_temp_files,

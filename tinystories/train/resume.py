@@ -23,7 +23,9 @@ from typing import Any
 
 from tinystories.atomic import atomic_write_json
 from tinystories.model.checkpoint import checkpoint_dir, list_checkpoints, read_checkpoint
-from tinystories.train.config import ConfigError, TrainConfig
+from tinystories.runtime.device import Dist
+from tinystories.runtime.errors import ConfigError
+from tinystories.train.config import TrainConfig
 
 # Keys a checkpoint cannot follow: the weights' shapes, the vocabulary, the batches the loader's state
 # counts (batch_size, seq_len, data_mode, seed) and the data a run prepared for itself.
@@ -118,3 +120,18 @@ def write_run_config(run_dir: Path, record: dict[str, Any], entry: dict[str, Any
         except ValueError:
             pass  # an unreadable old file: its history is lost, the new config is still written
     atomic_write_json(path, {**record, "history": [*history, entry]}, indent=2)
+
+
+def loader_state_for_rank(state: dict, dist: Dist, checkpoint: str) -> dict:
+    """The training loader's state of a checkpoint, for this rank.
+
+    Rank 0 saves its loader's state; every rank has delivered the same number of batches, so the others
+    continue from the same position with their own rank. Resuming with another number of processes
+    would change which windows each rank reads (not bit-exact), so it is refused."""
+    if state.get("world_size", 1) != dist.world_size:
+        raise ConfigError(
+            f"--resume: {checkpoint} was trained by {state.get('world_size', 1)} process(es) "
+            f"(nnodes x nproc_per_node), this launch has {dist.world_size}; resume it with "
+            f"{state.get('world_size', 1)}"
+        )
+    return {**state, "rank": dist.rank}

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from tinystories.model.gpt_neo import GPTNeo
+from tinystories.runtime.device import Dist
 from tinystories.train.config import TrainConfig
-from tinystories.train.device import Dist
 
 
 def learning_rate(step: int, c: TrainConfig) -> float:

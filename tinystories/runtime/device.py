@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from tinystories.train.config import ConfigError
+from tinystories.runtime.errors import ConfigError
 
 # Dense peak FLOP/s per device and dtype, for MFU. Matched by substring of the device name, first hit wins.
 PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
@@ -80,21 +80,6 @@ def init_distributed(device_spec: str) -> Dist:
     use_cuda = device_spec.startswith("cuda") or (device_spec == "auto" and torch.cuda.is_available())
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return d
-
-
-def loader_state_for_rank(state: dict, dist: Dist, checkpoint: str) -> dict:
-    """The training loader's state of a checkpoint, for this rank.
-
-    Rank 0 saves its loader's state; every rank has delivered the same number of batches, so the others
-    continue from the same position with their own rank. Resuming with another number of processes
-    would change which windows each rank reads (not bit-exact), so it is refused."""
-    if state.get("world_size", 1) != dist.world_size:
-        raise ConfigError(
-            f"--resume: {checkpoint} was trained by {state.get('world_size', 1)} process(es) "
-            f"(nnodes x nproc_per_node), this launch has {dist.world_size}; resume it with "
-            f"{state.get('world_size', 1)}"
-        )
-    return {**state, "rank": dist.rank}
 
 
 def barrier(dist: Dist) -> None:
