@@ -116,7 +116,7 @@ def test_an_impossible_explicit_choice_stops_the_trainer_before_it_starts(datase
             f"--data={dataset}",
             *TINY,
             "--impl=fused",
-            f"--out_dir={tmp_path / 'run'}",
+            f"--out={tmp_path / 'run'}",
         ],
         capture_output=True,
         text=True,
@@ -224,7 +224,7 @@ def test_fp16_scaler_state_survives_sigkill_and_resume_bit_exactly(dataset, tmp_
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     straight = subprocess.run(
-        [sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'straight'}"],
+        [sys.executable, "-c", FP16_TRAIN, *common, f"--out={tmp_path / 'straight'}"],
         capture_output=True,
         text=True,
         env=env,
@@ -234,7 +234,7 @@ def test_fp16_scaler_state_survives_sigkill_and_resume_bit_exactly(dataset, tmp_
     assert "execution path: fp16, impl=torch, compile=off on cpu (dtype=fp16 as given" in straight.stdout
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'killed'}"],
+        [sys.executable, "-c", FP16_TRAIN, *common, f"--out={tmp_path / 'killed'}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -244,7 +244,7 @@ def test_fp16_scaler_state_survives_sigkill_and_resume_bit_exactly(dataset, tmp_
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert read_checkpoint(list_checkpoints(tmp_path / "killed")[-1])["step"] < 10
     resumed = subprocess.run(
-        [sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'killed'}", "--resume"],
+        [sys.executable, "-c", FP16_TRAIN, *common, f"--out={tmp_path / 'killed'}", "--resume"],
         capture_output=True,
         text=True,
         env=env,
@@ -312,8 +312,8 @@ def test_tokens_per_s_after_an_eval_or_checkpoint_counts_only_training_time(
             "log_every": "4",
             "eval_every": "3",
             "ckpt_every": "5",
-            "sample_tokens": "0",
-            "out_dir": str(tmp_path / "run"),
+            "sample_max_new_tokens": "0",
+            "out": str(tmp_path / "run"),
         },
     )
     run = loop.train(config)
@@ -430,7 +430,7 @@ def test_a_device_this_machine_lacks_is_one_line(dataset, tmp_path):
                 f"--data={dataset}",
                 *TINY,
                 f"--device={device}",
-                f"--out_dir={tmp_path / device}",
+                f"--out={tmp_path / device}",
             ],
             capture_output=True,
             text=True,

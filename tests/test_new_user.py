@@ -118,7 +118,7 @@ def test_every_module_the_package_imports_is_a_dependency_or_an_extra_it_names()
     """matplotlib (synth stats, eval report, sweep analyze PNGs) and safetensors (export) come with
     `pip install .`; what stays optional is imported lazily behind a message naming its extra."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    core = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in project["dependencies"]}
+    core = {re.split(r"[<>=\[ ;]", d)[0].lower().replace("-", "_") for d in project["dependencies"]}
     optional = {
         "openai": "synth",
         "httpx2": "synth",
@@ -130,7 +130,6 @@ def test_every_module_the_package_imports_is_a_dependency_or_an_extra_it_names()
         "fastapi": "serve",
         "uvicorn": "serve",
         "starlette": "serve",
-        "pydantic": "serve",
         "selenium": None,
         "orjson": None,
         "uvloop": None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import sys
 from typing import Any, NoReturn
@@ -14,7 +15,20 @@ class ArgumentParser(argparse.ArgumentParser):
     one prints the whole usage first, which for ``tinystories-train`` (every config field) is 30 lines."""
 
     def error(self, message: str) -> NoReturn:
+        message += self._suggestion(message)
         self.exit(2, f"usage: {self.prog} [options] (see {self.prog} --help)\n{self.prog}: error: {message}\n")
+
+    def _suggestion(self, message: str) -> str:
+        """`` (did you mean --max-steps?)`` for the first unrecognized option close to one shown in --help."""
+        prefix = "unrecognized arguments: "
+        if not message.startswith(prefix):
+            return ""
+        shown = [s for a in self._actions if a.help != argparse.SUPPRESS for s in a.option_strings]
+        for token in message.removeprefix(prefix).split():
+            close = difflib.get_close_matches(token.split("=", 1)[0].replace("_", "-"), shown, n=1)
+            if token.startswith("--") and close:
+                return f" (did you mean {close[0]}?)"
+        return ""
 
 
 def wide_output_when_piped() -> None:

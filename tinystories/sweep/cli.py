@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 from rich.console import Console
 
 from tinystories.sweep.analysis import analyze, results_table, write_results
 from tinystories.sweep.cluster import ClusterOptions, parse_time
-from tinystories.sweep.grid import MANIFEST, SweepConfig, parse_count
+from tinystories.sweep.grid import MANIFEST, SweepConfig, parse_count, trainer_overrides
 from tinystories.sweep.runner import grade_commands, run_sweep
 from tinystories.sweep.status import print_status
 from tinystories.sweep.timing import estimate
@@ -186,7 +187,9 @@ def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
     missing = [n for n, g in zip(("--hidden", "--layers", "--tokens"), grid) if g is None]
     if missing:
         raise ValueError(f"missing {', '.join(missing)} (or point --out at an existing sweep directory)")
-    overrides = {k.replace("-", "_"): v for k, v in _key_values(args.set, "--set").items()}
+    overrides = trainer_overrides(
+        _key_values(args.set, "--set"), warn=lambda text: print(f"tinystories sweep: warning: {text}", file=sys.stderr)
+    )
     return SweepConfig(
         out_dir=args.out,
         hidden=args.hidden,

@@ -9,7 +9,6 @@ not finite is skipped and counted; ``max_bad_steps`` in a row abort the run.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import shlex
@@ -196,7 +195,13 @@ def missing_validation(data_dir: Path, c: TrainConfig, seq_len: int) -> str | No
 def sample_story(model: GPTNeo, tokenizer: Tokenizer, c: TrainConfig, seed: int) -> str:
     """The story the trainer shows at every evaluation: ``sample_prompt`` continued (temperature 0.8, top-k 50)."""
     return generate_texts(
-        model, tokenizer, [c.sample_prompt], max_new_tokens=c.sample_tokens, temperature=0.8, top_k=50, seed=seed
+        model,
+        tokenizer,
+        [c.sample_prompt],
+        max_new_tokens=c.sample_max_new_tokens,
+        temperature=0.8,
+        top_k=50,
+        seed=seed,
     )[0]
 
 
@@ -216,7 +221,7 @@ def _train(c: TrainConfig, dist: Dist) -> Path:
     resolve_execution(device, dtype=c.dtype, impl=c.impl, compile=c.compile)  # an impossible choice stops here, first
     if c.cpu_threads is not None:
         torch.set_num_threads(c.cpu_threads)
-    run_dir = Path(c.out_dir or f"runs/{c.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(c.out or f"runs/{c.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     with ExitStack() as held:
         if dist.main:  # rank 0 holds the lock for all ranks; it is released however the process ends
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -235,7 +240,7 @@ def _start_point(c: TrainConfig, run_dir: Path, dist: Dist) -> tuple[TrainConfig
     if not c.resume:
         if list_checkpoints(run_dir):
             raise ConfigError(
-                f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new --out_dir"
+                f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new --out"
             )
         return c, None, []
     warn = (lambda text: print(text, file=sys.stderr)) if dist.main else (lambda text: None)
@@ -271,7 +276,7 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, run_dir: Path) -> Pat
                 f"differs from the data's tokenizer ({tokenizer.n_vocab} tokens)"
             )
     else:
-        model = GPTNeo(c.model_config(tokenizer.n_vocab))
+        model = GPTNeo(c.gpt_neo_config(tokenizer.n_vocab))
     mc = model.config
     seq_len = c.seq_len or mc.max_position_embeddings
     if seq_len > mc.max_position_embeddings:
@@ -321,7 +326,7 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, run_dir: Path) -> Pat
         write_run_config(
             run_dir,
             {
-                "train": dataclasses.asdict(c),
+                "train": c.model_dump(),
                 "model": mc.to_dict(),
                 "data": str(data_dir),
                 "dtype": dtype,
@@ -367,7 +372,7 @@ def _run(c: TrainConfig, dist: Dist, device: torch.device, run_dir: Path) -> Pat
             "step": at_step,
             "model": model.state_dict(),
             "model_config": mc.to_dict(),
-            "train_config": dataclasses.asdict(c),
+            "train_config": c.model_dump(),
             "tokenizer_json": tokenizer_json,
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
@@ -496,4 +501,4 @@ def agreed_signal(signum: int | None, dist: Dist, device: torch.device) -> int:
 
 
 def resume_command(run_dir: Path) -> str:
-    return f"tinystories-train --out_dir={shlex.quote(str(run_dir))} --resume"
+    return f"tinystories-train --out={shlex.quote(str(run_dir))} --resume"
