@@ -96,6 +96,19 @@ def test_which_builds_run_on_which_gpu():
     assert torch_builds_for((12, 0), ["sm_90", "compute_90"])  # PTX is JIT-compiled for newer GPUs
 
 
+def test_the_execution_path_says_as_given_only_for_what_the_user_gave():
+    reason = choose_execution(
+        "cpu", None, dtype="auto", impl="torch", compile=False, triton=(True, ""), given=("dtype",)
+    )[3]
+    assert reason == "cpu: the plain PyTorch path, eager"  # `sample`'s own plain path: nothing to say
+    reason = choose_execution("cuda", (9, 0), dtype="auto", impl="torch", compile=False, triton=(True, ""), given=())[3]
+    assert (
+        reason.startswith("impl=torch, compile=False for this command; auto: sm_90 >= sm_80") and "given" not in reason
+    )
+    reason = choose_execution("cpu", None, dtype="fp16", impl="auto", compile=False, triton=(True, ""))[3]
+    assert reason.startswith("dtype=fp16, compile=False as given; auto:")
+
+
 def test_config_accepts_auto_and_the_new_choices():
     c = load_config(None, {})
     assert (c.impl, c.compile, c.dtype) == ("auto", None, "auto")
@@ -395,7 +408,7 @@ def test_eval_loss_windows_default_to_the_trained_length_and_sample_uses_the_res
     # `tinystories sample` takes the same resolution and says so on stderr (stories go to stdout).
     assert main(["sample", "--checkpoint", str(ckpt), "--dtype", "bf16", "--greedy", "--max-tokens", "5"]) == 0
     err = capsys.readouterr().err
-    assert "execution path: bf16, impl=torch, compile=off on cpu (dtype=bf16, impl=torch, compile=False as given" in err
+    assert "execution path: bf16, impl=torch, compile=off on cpu (dtype=bf16 as given; auto: cpu:" in err  # only dtype
 
 
 def test_hybrid_compiles_as_one_graph_from_the_first_call():

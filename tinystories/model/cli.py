@@ -66,7 +66,7 @@ def run_sample(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device, 0)
         # The trainer's resolution; decoding with the KV cache runs the plain path, eager.
-        execution = resolve_execution(device, dtype=args.dtype, impl="torch", compile=False)
+        execution = resolve_execution(device, dtype=args.dtype, impl="torch", compile=False, given=("dtype",))
     except ConfigError as exc:
         print(f"tinystories sample: error: {exc}", file=sys.stderr)
         return 2
