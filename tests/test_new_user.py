@@ -3,18 +3,14 @@ sweep plot without a fit, story files without separators, piped tables, HF confi
 
 from __future__ import annotations
 
-import ast
 import json
 import os
-import re
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 import torch
 
 from tinystories.cli import main as tinystories
@@ -24,8 +20,6 @@ from tinystories.model.checkpoint import checkpoint_path, save_checkpoint
 from tinystories.story_templates import generate_stories
 from tinystories.tokenizer import Tokenizer
 from tinystories.train.cli import main as tinystories_train
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -113,45 +107,7 @@ def test_an_unknown_flag_is_a_short_usage_line_and_the_error(capsys, entry, argv
     assert "unrecognized arguments" in err[1] and ("--max_stepz" in err[1] or "--bogus" in err[1])
 
 
-# ------------------------------------------------------------------------------------------------ item 3
-def test_every_module_the_package_imports_is_a_dependency_or_an_extra_it_names():
-    """matplotlib (synth stats, eval report, sweep analyze PNGs) and safetensors (export) come with
-    `pip install .`; what stays optional is imported lazily behind a message naming its extra."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    core = {re.split(r"[<>=\[ ;]", d)[0].lower().replace("-", "_") for d in project["dependencies"]}
-    optional = {
-        "openai": "synth",
-        "httpx2": "synth",
-        "triton": "kernels",
-        "transformers": "hf",
-        "huggingface_hub": "hub",
-        "pyarrow": "parquet",
-        "submitit": "cluster",
-        "fastapi": "serve",
-        "uvicorn": "serve",
-        "starlette": "serve",
-        "selenium": None,
-        "orjson": None,
-        "uvloop": None,
-        "pytest": None,
-    }  # None: a speed-up or test tool, import guarded
-    imported = set()
-    for path in [*(ROOT / "tinystories").rglob("*.py"), *(ROOT / "kernels").rglob("*.py")]:
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module]
-                if isinstance(node, ast.ImportFrom) and node.level == 0
-                else []
-            )
-            imported |= {n.split(".")[0] for n in names}
-    third_party = imported - set(sys.stdlib_module_names) - {"tinystories", "kernels"}
-    assert {"matplotlib", "safetensors"} <= core
-    assert third_party - core - set(optional) == set()
-    for extra in optional.values():
-        if extra:
-            assert extra in project["optional-dependencies"], extra
+# item 3 (matplotlib and safetensors in the core, every import declared): tests/test_packaging.py
 
 
 # ------------------------------------------------------------------------------------------------ item 6

@@ -3,6 +3,7 @@
 loader = TokenLoader("data/ts", batch_size=32, seq_len=512)
 x, y = next(loader)                           # (32, 512) int64 numpy arrays
 state = loader.state()                        # JSON-serialisable; load_state(state) resumes exactly
+pickle.loads(pickle.dumps(loader))            # a fresh loader, same arguments, same next batch
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class TokenLoader:
 
     def __iter__(self) -> TokenLoader:
         if self._exhausted:  # a finished single pass (validation) starts over
-            self._core = None  # joins the old workers first
+            del self._core  # joins the old workers first
             self._core = self._start(0)
             self._exhausted = False
         return self
@@ -172,10 +173,44 @@ class TokenLoader:
         if state.get("version") != 1 or mismatched:
             details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in mismatched.items())
             raise ValueError(f"loader state does not match this loader ({details or 'unknown state version'})")
-        self._core = None  # stop the old workers before starting new ones
+        del self._core  # stop the old workers before starting new ones
         self._core = self._start(int(state["next_batch"]))
         self._exhausted = False
+
+    def _arguments(self) -> dict[str, Any]:
+        """The keyword arguments that make this loader again; ``expected_fingerprint`` pins its tokenizer, so a
+        copy made where ``data_dir`` now holds other shards refuses them instead of training on them."""
+        return {
+            "data_dir": self.data_dir,
+            "split": self.split,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "mode": self.mode,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "prefetch": self.prefetch,
+            "threads": self.threads,
+            "shuffle": self.shuffle,
+            "loop": self.loop,
+            "pin_memory": self.pin_memory,
+            "expected_fingerprint": self.fingerprint,
+        }
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any], dict[str, Any]]]:
+        """Pickled as its arguments and its position (``state()``): the native threads and their buffers stay
+        here, and unpickling (in a ``multiprocessing`` or ``DataLoader`` worker, or ``copy.deepcopy``) starts a
+        fresh loader on the same shards whose next batch is this one's next batch. Batches this loader has
+        already prefetched are not carried; they are made again. A relative ``data_dir`` is read from the
+        unpickling process's working directory."""
+        return _unpickle_loader, (self._arguments(), self.state())
 
     def read_tokens(self, start: int, count: int) -> np.ndarray:
         """Tokens [start, start + count) of the split's concatenated stream, as int64."""
         return self._core.read_tokens(start, count)
+
+
+def _unpickle_loader(arguments: dict[str, Any], state: dict[str, Any]) -> TokenLoader:
+    loader = TokenLoader(**arguments)
+    loader.load_state(state)
+    return loader

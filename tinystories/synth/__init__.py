@@ -3,8 +3,8 @@
 Each story's prompt injects randomness (a verb, noun and adjective a 3-4-year-old knows, and a random
 subset of story features); the Instruct variant prefixes each story with its instructions and holds one
 combination of instruction types out. ``prompts`` (what is sampled and asked), ``quality`` (validation
-flags, duplicates), ``job`` (the resumable job and its files), ``online`` / ``batch_api`` (the backends),
-``stats`` and ``cli`` (``tinystories synth``).
+flags, duplicates), ``job`` (the resumable job and its files), ``online`` / ``batch_api`` (the backends;
+``backend``: what they need from a job), ``stats`` and ``cli`` (``tinystories synth``).
 """
 
 from tinystories.synth.job import SynthConfig, SynthSummary, synthesize

@@ -6,19 +6,30 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tinystories.jsonl import JsonlLog, read_jsonl
 from tinystories.llm.client import ChatResult, ClientConfig
+from tinystories.synth.backend import SynthRequests
 from tinystories.synth.prompts import StorySpec
 
 if TYPE_CHECKING:
     import openai
 
-    from tinystories.synth.job import SynthJob
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Where this backend records its batches and how it sizes and polls them."""
+
+    log_path: Path  # ``stories.jsonl.batches``: every submitted batch, written before any wait
+    upload_prefix: str  # uploaded request files are named ``{upload_prefix}-{phase}-{start}.jsonl``
+    max_requests: int  # per batch (the Batch API's limit is 50,000)
+    poll_s: float  # between status checks of a submitted batch
 
 
-def run_batch_api(job: SynthJob, specs: list[StorySpec]) -> None:
+def run_batch_api(job: SynthRequests, specs: list[StorySpec], settings: BatchSettings) -> None:
     """Submit (or resume) Batch API jobs for the stories, then for Instruct summaries."""
     import openai
 
@@ -28,11 +39,11 @@ def run_batch_api(job: SynthJob, specs: list[StorySpec]) -> None:
     )
     by_id = {spec.id: spec for spec in specs}
     stories = {spec.id: job.story_body(spec) for spec in specs}
-    _batch_phase(job, client, "stories", stories, lambda sid, r: job.on_story(by_id[sid], r, "batch"), client_cfg)
+    _batch_phase(settings, client, "stories", stories, lambda sid, r: job.on_story(by_id[sid], r, "batch"), client_cfg)
     pending = dict(job.pending)
     summaries = {f"{sid}/summary": job.summary_body(r) for sid, r in pending.items()}
     _batch_phase(
-        job,
+        settings,
         client,
         "summaries",
         summaries,
@@ -42,21 +53,21 @@ def run_batch_api(job: SynthJob, specs: list[StorySpec]) -> None:
 
 
 def _batch_phase(
-    job: SynthJob,
+    settings: BatchSettings,
     client: openai.OpenAI,
     phase: str,
     bodies: dict[str, dict],
     handle: Callable[[str, ChatResult], None],
     client_cfg: ClientConfig,
 ) -> None:
-    entries = [b for b in read_jsonl(job.batches_path) if b["phase"] == phase]
+    entries = [b for b in read_jsonl(settings.log_path) if b["phase"] == phase]
     merged = {b["batch_id"] for b in entries if b.get("merged")}
     submitted = [b for b in entries if b["batch_id"] not in merged]  # submitted, results not yet merged
     already = {cid for b in submitted for cid in b["custom_ids"]}
     todo = [cid for cid in bodies if cid not in already]
-    with JsonlLog(job.batches_path, fsync="always") as batches_log:
-        for start in range(0, len(todo), job.cfg.batch_max_requests):
-            ids = todo[start : start + job.cfg.batch_max_requests]
+    with JsonlLog(settings.log_path, fsync="always") as batches_log:
+        for start in range(0, len(todo), settings.max_requests):
+            ids = todo[start : start + settings.max_requests]
             lines = b"".join(
                 json.dumps(
                     {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": bodies[cid]}
@@ -64,7 +75,9 @@ def _batch_phase(
                 + b"\n"
                 for cid in ids
             )
-            upload = client.files.create(file=(f"{job.out.stem}-{phase}-{start}.jsonl", lines), purpose="batch")
+            upload = client.files.create(
+                file=(f"{settings.upload_prefix}-{phase}-{start}.jsonl", lines), purpose="batch"
+            )
             batch = client.batches.create(
                 input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
             )
@@ -72,12 +85,12 @@ def _batch_phase(
             batches_log.append(entry)  # durable before we wait: a restart polls this batch, never resubmits
             submitted.append(entry)
         for entry in submitted:
-            _collect_batch(job, client, entry, bodies, handle, client_cfg)
+            _collect_batch(settings, client, entry, bodies, handle, client_cfg)
             batches_log.append({**entry, "custom_ids": [], "merged": True})
 
 
 def _collect_batch(
-    job: SynthJob,
+    settings: BatchSettings,
     client: openai.OpenAI,
     entry: dict,
     bodies: dict[str, dict],
@@ -88,7 +101,7 @@ def _collect_batch(
         batch = client.batches.retrieve(entry["batch_id"])
         if batch.status in ("completed", "failed", "expired", "cancelled"):
             break
-        time.sleep(job.cfg.batch_poll_s)
+        time.sleep(settings.poll_s)
     answered: set[str] = set()
     for file_id in (batch.output_file_id, batch.error_file_id):
         if not file_id:

@@ -26,7 +26,7 @@ from tinystories.corpus import instruct_text
 from tinystories.jsonl import JsonlLog, read_jsonl, repair_torn_tail
 from tinystories.llm.client import ChatResult, ClientConfig
 from tinystories.story_templates import generate_story
-from tinystories.synth.batch_api import run_batch_api
+from tinystories.synth.batch_api import BatchSettings, run_batch_api
 from tinystories.synth.online import run_online
 from tinystories.synth.prompts import (
     DEFAULT_OOD_COMBINATION,
@@ -251,9 +251,10 @@ def synthesize(config: SynthConfig) -> SynthSummary:
         if config.backend == "template":
             _run_template(job, specs)
         elif config.batch_api:
-            run_batch_api(job, specs)
+            settings = BatchSettings(job.batches_path, job.out.stem, config.batch_max_requests, config.batch_poll_s)
+            run_batch_api(job, specs, settings)
         else:
-            run_online(job, specs)
+            job.summary.stopped = run_online(job, specs, progress=config.progress)
     finally:
         job.close()
     return job.summary
