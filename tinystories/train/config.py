@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -90,8 +90,7 @@ def field_name(key: str, source: str, *, warn: bool = True) -> str:
 @functools.cache
 def _adapter(name: str) -> TypeAdapter:
     """One field's own validation (its type, range and before/after validators), without the other fields."""
-    info = TrainConfig.model_fields[name]
-    return TypeAdapter(Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation)
+    return TypeAdapter(TrainConfig.model_fields[name].rebuild_annotation())
 
 
 def checked(name: str, value: Any, source: str) -> Any:
