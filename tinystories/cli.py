@@ -3,7 +3,9 @@
 Each subcommand is served by a ``cli`` module that exposes ``add_cli_arguments(parser)`` and
 ``run_cli(args) -> int`` (``tinystories.model.cli`` serves two commands, so its functions carry the
 command's name: ``add_sample_arguments`` / ``run_sample``). Modules are imported only when their
-subcommand runs, so ``tinystories tokenizer ...`` never pays for torch or openai.
+subcommand runs, so ``tinystories tokenizer ...`` never pays for torch or openai. The options come from the
+shared vocabulary of :mod:`tinystories.runtime.arguments` (``docs/cli.md``), and every ``run_cli`` is wrapped
+in its ``one_line_errors``.
 """
 
 from __future__ import annotations

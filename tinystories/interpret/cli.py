@@ -58,15 +58,23 @@ def add_cli_arguments(parser: ArgumentParser) -> None:
         add_no_progress_argument(p)
     n = sub.choices["neurons"]
     n.add_argument("--layer", type=int, default=None, help="layer index (default: the one before last)")
-    n.add_argument("--examples", type=int, default=10, help="top-activating examples per neuron (one per story)")
+    n.add_argument(
+        "--examples", type=int, default=10, metavar="N", help="top-activating examples per neuron (one per story)"
+    )
     n.deprecate("--top-k", "--examples")
-    n.add_argument("--snippet-tokens", type=int, default=12, help="tokens shown on each side of an example")
+    n.add_argument(
+        "--snippet-tokens", type=int, default=12, metavar="N", help="tokens shown on each side of an example"
+    )
     n.deprecate("--context", "--snippet-tokens")
     add_show_argument(n, default=64, note="default 64 here (neurons in the report, by peak activation)")
     n.add_argument("--neurons", default=None, help="comma-separated neuron ids to report instead of the top ones")
     h = sub.choices["heads"]
     h.add_argument(
-        "--local-tokens", type=int, default=4, help="the k of 'share of attention within k tokens' (local heads)"
+        "--local-tokens",
+        type=int,
+        default=4,
+        metavar="K",
+        help="the k of 'share of attention within k tokens' (local heads)",
     )
     h.deprecate("--window", "--local-tokens")
     h.add_argument("--heatmap-story", type=int, default=0, help="index of the story drawn in the heat maps")

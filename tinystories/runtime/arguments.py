@@ -20,8 +20,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from tinystories.runtime.errors import WorkFailed
-
 # What the helpers add options to: a parser, or one of its (mutually exclusive) groups.
 Container = argparse._ActionsContainer
 
@@ -104,11 +102,16 @@ class ArgumentParser(argparse.ArgumentParser):
         return options
 
 
+# What exits 2: the user can fix it and run the same command again (a PermissionError: an unreadable input or a
+# folder that cannot be written). Other OSErrors and RuntimeErrors (WorkFailed among them) exit 1.
+BAD_INPUT = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
 def one_line_errors(prog: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
     """What every command's ``run_cli`` is wrapped in: an error is one line on stderr, ``PROG: error: MESSAGE``
     (PROG with the subcommand, ``args.action``), never a traceback. Exit status 2 for bad input (a bad value, a
-    missing, unreadable or occupied file), 1 when the work itself failed (:class:`WorkFailed`, a failed request
-    or write), 130 on Ctrl-C."""
+    missing, unreadable or occupied file), 1 when the work itself failed
+    (:class:`~tinystories.runtime.errors.WorkFailed`, a failed request or write), 130 on Ctrl-C."""
 
     def wrap(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
         @functools.wraps(run)
@@ -117,11 +120,9 @@ def one_line_errors(prog: str) -> Callable[[Callable[[argparse.Namespace], int]]
             name = f"{prog} {action}" if action else prog
             try:
                 return run(args)
-            except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
+            except BAD_INPUT as exc:
                 return _failed(name, exc, 2)
-            except PermissionError as exc:  # an unreadable input or a folder that cannot be written: fix and rerun
-                return _failed(name, exc, 2)
-            except (WorkFailed, OSError, RuntimeError) as exc:
+            except (OSError, RuntimeError) as exc:  # WorkFailed, a failed download, write or request
                 return _failed(name, exc, 1)
             except KeyboardInterrupt:
                 print(f"{name}: interrupted", file=sys.stderr)
