@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace, console: Console, device: torch.device) -> in
     out = _out_dir(args)
     token_text = lambda t: tokenizer.decode([t])  # noqa: E731
     source = f"{args.data} ({args.split})" if args.data else ", ".join(map(str, args.stories))
-    meta = {"checkpoint": str(args.checkpoint), "stories": f"{len(stories)} from {source}"}
+    meta: dict[str, object] = {"checkpoint": str(args.checkpoint), "stories": f"{len(stories)} from {source}"}
     progress = not args.no_progress
 
     if args.action == "neurons":

@@ -73,7 +73,7 @@ def _add_grid_arguments(p: ArgumentParser) -> None:
     p.add_argument("--gpus", type=_int_list, default=[], help="run one config per GPU on these ids, e.g. 0,1,2,3")
 
 
-def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+def _add_cluster_arguments(p: ArgumentParser) -> None:
     g = p.add_argument_group('scheduler (submitit; pip install "tinystories[cluster]")')
     g.add_argument(
         "--executor",
@@ -152,7 +152,7 @@ def cluster_from_args(args: argparse.Namespace) -> ClusterOptions | None:
     )
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+def add_cli_arguments(parser: ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     run = sub.add_parser("run", help="run (or resume) every grid point as a tinystories-train subprocess")
     _add_grid_arguments(run)
