@@ -609,7 +609,7 @@ def test_cli_prepare_top_k_stats_verify(tmp_path, gpt2_files, real_stories):
         str(gpt2_files[0].parent),
         "--out",
         str(out),
-        "--top-k",
+        "--vocab-size",
         "2000",
         "--val-fraction",
         "0.1",
@@ -626,7 +626,7 @@ def test_cli_prepare_top_k_stats_verify(tmp_path, gpt2_files, real_stories):
     stories = [tok.decode(t[:-1].tolist()) for t in split_tokens(out, "train") + split_tokens(out, "val")]
     assert sorted(stories) == sorted(real_stories[:400])  # the restricted vocabulary is still lossless
 
-    run = cli("stats", str(out), "--json", "--top", "5")
+    run = cli("stats", str(out), "--json", "--top-tokens", "5")
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["splits"]["train"]["stories"] + report["splits"]["val"]["stories"] == 400

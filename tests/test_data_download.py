@@ -114,7 +114,7 @@ def test_corrupted_file_is_an_error_and_removed(hub, tmp_path):
     hub.corrupt.add(VALID)
     r = cli(hub.url, "v1", "--out", str(out), tmp=tmp_path)
     assert r.returncode == 1
-    assert f"{VALID}: the downloaded file does not match the Hub (sha256" in r.stdout and "Traceback" not in r.stderr
+    assert f"{VALID}: the downloaded file does not match the Hub (sha256" in r.stderr and "Traceback" not in r.stderr
     assert (out / TRAIN).read_bytes() == hub.files[TRAIN]  # the good file stays
     assert not (out / VALID).exists() and not list(out.glob("*.incomplete"))
     hub.corrupt.clear()
@@ -126,9 +126,9 @@ def test_missing_file_names_it(hub, tmp_path):
     del hub.files[VALID]
     r = cli(hub.url, "v1", "--out", str(tmp_path / "raw"), tmp=tmp_path)
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert f"{VALID}: no such file in roneneldan/TinyStories at revision main" in r.stdout
+    assert f"{VALID}: no such file in roneneldan/TinyStories at revision main" in r.stderr
     r = cli(hub.url, "v1", "--out", str(tmp_path / "raw"), "--revision", "v9", tmp=tmp_path)
-    assert r.returncode == 1 and "has no revision 'v9'" in r.stdout
+    assert r.returncode == 1 and "has no revision 'v9'" in r.stderr
 
 
 def free_port() -> int:
@@ -145,9 +145,9 @@ def test_offline_or_unreachable_names_the_urls_and_where_to_put_them(tmp_path, h
     r = cli(url, "v1", "--out", str(out), tmp=tmp_path, offline=how == "offline")
     assert time.perf_counter() - start < 60  # no retry loop with back-off
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert "cannot reach the Hugging Face Hub" in r.stdout
+    assert "cannot reach the Hugging Face Hub" in r.stderr and len(r.stderr.splitlines()) == 1
     for f in (TRAIN, VALID):
-        assert f"{url}/datasets/roneneldan/TinyStories/resolve/main/{f}  ->  {out / f}" in r.stdout
+        assert f"{url}/datasets/roneneldan/TinyStories/resolve/main/{f}  ->  {out / f}" in r.stderr
     # files put there by hand are then taken as they are, even offline
     out.mkdir()
     for i, f in enumerate((TRAIN, VALID)):

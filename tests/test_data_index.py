@@ -177,7 +177,7 @@ def test_cli_prepare_traps_are_one_line(corpus, tmp_path):
         str(tmp_path / "ds"),
         "--no-progress",
     )
-    assert run.returncode == 1 and "given twice" in run.stdout and "Traceback" not in run.stderr
+    assert run.returncode == 2 and "given twice" in run.stderr and "Traceback" not in run.stderr
     run = cli(
         "prepare",
         str(corpus),
@@ -189,4 +189,4 @@ def test_cli_prepare_traps_are_one_line(corpus, tmp_path):
         str(tmp_path / "ds"),
         "--no-progress",
     )
-    assert run.returncode == 1 and "--val-input" in run.stdout and "Traceback" not in run.stderr
+    assert run.returncode == 2 and "--val-input" in run.stderr and "Traceback" not in run.stderr

@@ -253,10 +253,9 @@ def test_report_from_records_writes_layout_and_curves(tmp_path):
 
 
 def _parse(argv):
-    import argparse
+    from tinystories.cli import build_parser
 
-    parser = argparse.ArgumentParser()
-    eval_cli.add_cli_arguments(parser)
+    parser, _ = build_parser("eval")
     return parser.parse_args(argv)
 
 
@@ -276,22 +275,23 @@ def test_cli_input_errors_are_one_clear_line(tmp_path, monkeypatch, capsys):
     from tinystories.cli import main
 
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
-    with pytest.raises(SystemExit, match="set the environment variable NO_SUCH_KEY_VAR"):
-        main(
-            [
-                "eval",
-                "grade",
-                str(tmp_path / "missing.pt"),
-                "--judge-model",
-                "gpt-4o",
-                "--api-key-env",
-                "NO_SUCH_KEY_VAR",
-            ]
-        )
-    assert main(["eval", "loss", str(tmp_path / "missing.pt"), "--text", str(tmp_path / "v.txt")]) == 2
+    argv = [
+        "eval",
+        "grade",
+        str(tmp_path / "missing.pt"),
+        "--judge-model",
+        "gpt-4o",
+        "--api-key-env",
+        "NO_SUCH_KEY_VAR",
+    ]
+    assert main(argv) == 2
+    assert "error: no API key: set the environment variable NO_SUCH_KEY_VAR" in capsys.readouterr().err
+    assert main(["eval", "loss", str(tmp_path / "missing.pt"), "--stories", str(tmp_path / "v.txt")]) == 2
     assert "missing.pt does not exist" in capsys.readouterr().err
     assert (
-        main(["eval", "grade", "x.pt", "--judge-model", "m", "--base-url", "http://127.0.0.1:9/v1", "--samples", "0"])
+        main(
+            ["eval", "grade", "x.pt", "--judge-model", "m", "--base-url", "http://127.0.0.1:9/v1", "--num-samples", "0"]
+        )
         == 2
     )
     assert "samples (0)" in capsys.readouterr().err

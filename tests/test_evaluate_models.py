@@ -134,35 +134,24 @@ def test_checkpoint_student_bits_per_byte_equals_direct_computation(tiny_run):
 
 
 def test_probes_cli_end_to_end_on_a_checkpoint(tiny_run, tmp_path, capsys):
+    """Two runs into one --out folder: the second keeps the first one's model; a rerun replaces its own."""
     from tinystories.cli import main
 
-    html = tmp_path / "probes.html"
-    jsonl = tmp_path / "probes.jsonl"
-    assert (
-        main(
-            [
-                "eval",
-                "probes",
-                str(tiny_run[1][0]),
-                str(tiny_run[1][1]),
-                "--suites",
-                "factual,context",
-                "--max-new-tokens",
-                "4",
-                "--html",
-                str(html),
-                "--jsonl",
-                str(jsonl),
-            ]
-        )
-        == 0
-    )
-    lines = jsonl.read_text().splitlines()
+    def probe(checkpoint) -> str:
+        argv = ["eval", "probes", str(checkpoint), "--suites", "factual,context", "--max-new-tokens", "4"]
+        assert main([*argv, "--out", str(tmp_path)]) == 0
+        return capsys.readouterr().out
+
+    probe(tiny_run[1][0])
     n_prompts = len(probes.load_suite("factual")) + len(probes.load_suite("context"))
+    assert f"{n_prompts} records, {n_prompts} of other models kept" in probe(tiny_run[1][1])
+    printed = probe(tiny_run[1][1])
+    assert f"{n_prompts} of other models kept, {n_prompts} earlier of these models replaced" in printed
+    lines = (tmp_path / "probes.jsonl").read_text().splitlines()
     assert len(lines) == 2 * n_prompts
-    page = html.read_text()
+    page = (tmp_path / "probes.html").read_text()
     assert "tiny/step_00000010" in page and "tiny/step_00000020" in page
-    assert "probe scores" in capsys.readouterr().out
+    assert "probe scores" in printed
 
 
 def test_loss_cli_on_a_text_file(tiny_run, tmp_path, capsys):
@@ -170,11 +159,11 @@ def test_loss_cli_on_a_text_file(tiny_run, tmp_path, capsys):
 
     path = tmp_path / "valid.txt"
     path.write_text("Sue had a cat.\n<|endoftext|>\nThe cat was soft and warm.\n")
-    out = tmp_path / "loss.json"
-    assert main(["eval", "loss", str(tiny_run[1][0]), "--text", str(path), "--json", str(out)]) == 0
-    [result] = json.loads(out.read_text())
+    assert main(["eval", "loss", str(tiny_run[1][0]), "--stories", str(path), "--out", str(tmp_path)]) == 0
+    [result] = json.loads((tmp_path / "loss.json").read_text())
+    # the stories' own bytes: the separators and the line breaks around them are the file's layout
     assert result["model"] == "tiny/step_00000010" and result["bytes"] == len(
-        path.read_text().replace("<|endoftext|>", "").encode()
+        b"Sue had a cat.The cat was soft and warm."
     )
     assert result["bits_per_byte"] == pytest.approx(result["nll_nats"] / math.log(2) / result["bytes"])
     assert "bits per byte" in capsys.readouterr().out
@@ -186,7 +175,6 @@ def test_novelty_cli_end_to_end_on_a_checkpoint(tiny_run, tmp_path):
 
     stories = tmp_path / "train.txt"
     stories.write_text("".join(f"{s}\n<|endoftext|>\n" for s in generate_stories(60, seed=1)))
-    out = tmp_path / "novelty.jsonl"
     assert (
         main(
             [
@@ -195,17 +183,17 @@ def test_novelty_cli_end_to_end_on_a_checkpoint(tiny_run, tmp_path):
                 str(tiny_run[1][0]),
                 "--stories",
                 str(stories),
-                "--n",
+                "--num-stories",
                 "6",
                 "--max-new-tokens",
                 "16",
-                "--jsonl",
-                str(out),
+                "--out",
+                str(tmp_path),
             ]
         )
         == 0
     )
-    items = [json.loads(line) for line in out.read_text().splitlines()]
+    items = [json.loads(line) for line in (tmp_path / "novelty.jsonl").read_text().splitlines()]
     assert len(items) == 6 and len({i["story_index"] for i in items}) == 6
     for item in items:
         assert 0 <= item["rouge_l_ending"] <= 1 and 0 <= item["ngram_overlap_corpus"] <= 1

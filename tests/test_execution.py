@@ -397,7 +397,17 @@ def test_eval_loss_windows_default_to_the_trained_length_and_sample_uses_the_res
     (tmp_path / "held_out.txt").write_text(text)
     assert (
         main(
-            ["eval", "loss", str(ckpt), "--text", str(tmp_path / "held_out.txt"), "--seq-len", "16", "--dtype", "bf16"]
+            [
+                "eval",
+                "loss",
+                str(ckpt),
+                "--stories",
+                str(tmp_path / "held_out.txt"),
+                "--seq-len",
+                "16",
+                "--dtype",
+                "bf16",
+            ]
         )
         == 0
     )
@@ -406,7 +416,7 @@ def test_eval_loss_windows_default_to_the_trained_length_and_sample_uses_the_res
     assert "seq_len=65 must be between 1 and" in capsys.readouterr().err
 
     # `tinystories sample` takes the same resolution and says so on stderr (stories go to stdout).
-    assert main(["sample", "--checkpoint", str(ckpt), "--dtype", "bf16", "--greedy", "--max-tokens", "5"]) == 0
+    assert main(["sample", str(ckpt), "--dtype", "bf16", "--greedy", "--max-new-tokens", "5"]) == 0
     err = capsys.readouterr().err
     assert "execution path: bf16, impl=torch, compile=off on cpu (dtype=bf16 as given; auto: cpu:" in err  # only dtype
 

@@ -133,7 +133,7 @@ def test_inspect_neurons_and_heads_on_a_sweep_checkpoint(sweep, tmp_path):
     )
     data = str(prepare_data(config))  # the sweep's dataset: heads read its validation split
     for action, source, extra, files in (
-        ("neurons", ["--stories", str(stories)], ["--top-k", "3", "--show", "5"], ["neurons-layer0.html"]),
+        ("neurons", ["--stories", str(stories)], ["--examples", "3", "--show", "5"], ["neurons-layer0.html"]),
         (
             "heads",
             ["--data", data, "--num-stories", "5"],
@@ -170,7 +170,7 @@ def test_inspect_neurons_and_heads_on_a_sweep_checkpoint(sweep, tmp_path):
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 2 and "out of range" in bad.stdout
+    assert bad.returncode == 2 and "out of range" in bad.stderr
 
 
 def test_grade_runs_the_evaluation_probes_over_every_finished_run(sweep):

@@ -145,7 +145,7 @@ def synth_cli(server: OpenAIServer, out: Path, capsys) -> tuple[int, str, str]:
     status = main(
         [
             "synth",
-            "--n",
+            "--num-stories",
             "12",
             "--out",
             str(out),

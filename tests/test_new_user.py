@@ -55,10 +55,8 @@ def _one_line_error(capsys, code: int, *expected: str) -> str:
 # ------------------------------------------------------------------------------------------------ item 4
 def test_sample_and_export_of_a_missing_checkpoint_are_one_line(tmp_path, capsys):
     missing = tmp_path / "runs" / "nope"
-    _one_line_error(capsys, tinystories(["sample", "--checkpoint", str(missing)]), "does not exist", str(missing))
-    _one_line_error(
-        capsys, tinystories(["export", "--checkpoint", str(missing), "--out", str(tmp_path / "hf")]), "does not exist"
-    )
+    _one_line_error(capsys, tinystories(["sample", str(missing)]), "does not exist", str(missing))
+    _one_line_error(capsys, tinystories(["export", str(missing), "--out", str(tmp_path / "hf")]), "does not exist")
 
 
 def test_sample_of_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, capsys, run):
@@ -66,7 +64,7 @@ def test_sample_of_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, capsys,
     tokenizer.save(tmp_path / "tok.json")
     _one_line_error(
         capsys,
-        tinystories(["sample", "--checkpoint", str(tmp_path / "tok.json")]),
+        tinystories(["sample", str(tmp_path / "tok.json")]),
         "tok.json: not a readable tinystories checkpoint",
     )
 
@@ -75,7 +73,7 @@ def test_sample_of_a_run_folder_without_checkpoints_says_so(tmp_path, capsys):
     folder = tmp_path / "runs" / "fresh"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"train": {"preset": "demo"}, "model": {}}))  # a run's config
-    err = _one_line_error(capsys, tinystories(["sample", "--checkpoint", str(folder)]), "no checkpoint yet")
+    err = _one_line_error(capsys, tinystories(["sample", str(folder)]), "no checkpoint yet")
     assert "model_type" not in err
 
 
@@ -84,9 +82,7 @@ def test_export_into_a_non_empty_folder_is_one_line(tmp_path, capsys, run):
     out = tmp_path / "hf"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    _one_line_error(
-        capsys, tinystories(["export", "--checkpoint", str(folder), "--out", str(out)]), "not an empty folder"
-    )
+    _one_line_error(capsys, tinystories(["export", str(folder), "--out", str(out)]), "not an empty folder")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
@@ -200,7 +196,7 @@ def test_tables_are_not_cut_when_piped(run, tmp_path):
             "loss",
             str(folder),
             "--all-checkpoints",
-            "--text",
+            "--stories",
             str(tmp_path / "valid.txt"),
         ],
         capture_output=True,
@@ -215,7 +211,7 @@ def test_tables_are_not_cut_when_piped(run, tmp_path):
 def test_exported_config_uses_dtype_and_transformers_loads_it_without_warnings(run, tmp_path, capfd):
     transformers = pytest.importorskip("transformers")
     folder, _ = run
-    assert tinystories(["export", "--checkpoint", str(folder), "--out", str(tmp_path / "hf")]) == 0
+    assert tinystories(["export", str(folder), "--out", str(tmp_path / "hf")]) == 0
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["dtype"] == "float32" and "torch_dtype" not in config
     transformers.logging.set_verbosity_warning()

@@ -85,7 +85,7 @@ def test_prepare_train_export_and_eval_write_with_the_umasks_permissions(tmp_pat
     )
     assert_umask_modes(run, {"config.json", "metrics.jsonl", "checkpoints", "checkpoints/step_00000004.pt"})
 
-    run_cli("export", "--checkpoint", str(run), "--out", str(tmp_path / "hf"))
+    run_cli("export", str(run), "--out", str(tmp_path / "hf"))
     assert_umask_modes(tmp_path / "hf", {"config.json", "model.safetensors", "tokenizer.json"})
 
     report = tmp_path / "eval"
@@ -97,9 +97,7 @@ def test_prepare_train_export_and_eval_write_with_the_umasks_permissions(tmp_pat
         "factual",
         "--max-new-tokens",
         "4",
-        "--html",
-        str(report / "probes.html"),
-        "--jsonl",
-        str(report / "probes.jsonl"),
+        "--out",
+        str(report),
     )
     assert_umask_modes(report, {"probes.html", "probes.jsonl"})

@@ -13,7 +13,7 @@ exactly one treatment, chosen by pattern:
   (called in one process of the walk's own: one torch import for the whole walk), in one temporary folder
   that holds the inputs the README takes for granted (``write_inputs``; ``data download`` fetches stand-ins
 from a fake Hub on loopback, ``published_files``). Sizes become tiny only through documented flags and environment
-  variables (``tiny()``: trainer ``--key=value`` flags, smaller ``--n``/``--vocab-size``/sweep grids;
+  variables (``tiny()``: trainer ``--key=value`` flags, smaller ``--num-stories``/``--vocab-size``/sweep grids;
   ``TINYSTORIES_CACHE`` holds a 512-token BPE in GPT-2's file format, so ``--tokenizer gpt2`` works offline;
   ``TINYSTORIES_OFFLINE=1`` forbids downloads). Paths that stand for the reader's own models
   (``runs/28M``, ``~/models/gpt2-xl``) are links to the tiny ones trained earlier in the walk (``ALIASES``).
@@ -305,21 +305,21 @@ def tiny(argv: list[str]) -> list[str]:
     if argv[:3] == ["tinystories", "tokenizer", "train"]:
         return _set_value(argv, "--vocab-size", lambda v: "300")
     if argv[:3] == ["tinystories", "tokenizer", "restrict"]:
-        return _set_value(argv, "--top-k", lambda v: "300")
+        return _set_value(argv, "--vocab-size", lambda v: "300")
     if argv[:3] == ["tinystories", "data", "prepare"]:
-        return _set_value(argv, "--top-k", lambda v: "300")
+        return _set_value(argv, "--vocab-size", lambda v: "300")
     if argv[:2] == ["tinystories", "synth"]:
-        return _set_value(argv, "--n", lambda v: "12")
+        return _set_value(argv, "--num-stories", lambda v: "12")
     if argv[:3] == ["tinystories", "eval", "novelty"]:
-        return _set_value(argv, "--n", lambda v: "3") + ["--max-new-tokens", "16"]
+        return _set_value(argv, "--num-stories", lambda v: "3") + ["--max-new-tokens", "16"]
     if argv[:3] == ["tinystories", "eval", "probes"]:
         return argv + ["--max-new-tokens", "4"]
     if argv[:2] == ["tinystories", "sweep"] and argv[2] in ("run", "estimate"):
         argv = _without(argv, "--gpus")  # runs go one at a time on the current device (README, Sweeps)
-        if "--hidden" not in argv:  # `sweep run --out DIR` again: the saved grid
+        if "--hidden-size" not in argv:  # `sweep run --out DIR` again: the saved grid
             return argv
-        argv = _set_value(argv, "--hidden", lambda v: "16,32")
-        argv = _set_value(argv, "--layers", lambda v: "1")
+        argv = _set_value(argv, "--hidden-size", lambda v: "16,32")
+        argv = _set_value(argv, "--num-layers", lambda v: "1")
         argv = _set_value(argv, "--tokens", lambda v: "512")  # one budget: analyze uses every val point
         return argv + SWEEP_TINY + (["--probe-steps", "2"] if argv[2] == "estimate" else [])
     return argv
@@ -487,10 +487,10 @@ curl http://localhost:8000/v1/completions -d '{"prompt": "x"}'
 tinystories serve runs/33m --port 8000
 sbatch sweep.sbatch && srun --nodes=2 tinystories-train
 torchrun --nnodes=2 --nproc_per_node=8 -m tinystories.train --preset=33M
-tinystories sweep run --out runs/s --executor slurm --hidden 64
+tinystories sweep run --out runs/s --executor slurm --hidden-size 64
 tinystories data download --out data/
 tinystories eval grade runs/28M --judge-model gpt-4o
-tinystories synth --n 10 --out s.jsonl --backend template
+tinystories synth --num-stories 10 --out s.jsonl --backend template
 mystery-tool --x
 ```"""
     kinds = [
@@ -533,7 +533,7 @@ def walk(root: Path) -> dict:
     os.environ.update(HF_ENDPOINT=hub.url, HF_HOME=str(root / "hf"))
     code, output = invoke(
         _entry_point("tinystories"),  # what the README's API-key synth commands would make
-        ["synth", "--n", "12", "--out", "stories.jsonl", "--backend", "template"],
+        ["synth", "--num-stories", "12", "--out", "stories.jsonl", "--backend", "template"],
     )
     assert code == 0, output
     for command in readme_commands(README.read_text()):

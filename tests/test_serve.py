@@ -63,14 +63,13 @@ def test_models_are_listed_by_run_and_step_and_load_lazily(server, client):
 
 
 def test_seeded_completions_equal_tinystories_sample(sweep_dir, client):
-    settings = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.95", "--max-tokens", "24", "--seed", "7"]
+    settings = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.95", "--max-new-tokens", "24", "--seed", "7"]
     cli = subprocess.run(
         [
             sys.executable,
             "-m",
             "tinystories.cli",
             "sample",
-            "--checkpoint",
             str(sweep_dir / "tiny"),
             "--prompt",
             "Once upon a time",
@@ -301,7 +300,7 @@ def test_the_command_names_the_extra_and_bad_paths(sweep_dir, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "tinystories.cli", "serve", str(tmp_path)], capture_output=True, text=True, timeout=120
     )
-    assert out.returncode == 1 and f"{tmp_path}: no checkpoints" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and f"{tmp_path}: no checkpoints" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_generate_rows_gives_each_row_its_own_settings(sweep_dir):

@@ -68,9 +68,9 @@ def sweep_args(out: Path, dataset: Path, hidden: str, layers: str, tokens: str =
         "run",
         "--out",
         str(out),
-        "--hidden",
+        "--hidden-size",
         hidden,
-        "--layers",
+        "--num-layers",
         layers,
         "--tokens",
         tokens,
@@ -166,7 +166,7 @@ def _local_executor_sweep(tiny_shards: Path, tmp_path: Path, capsys) -> None:
     jobs = json.loads((out / "jobs.json").read_text())
     assert len(jobs) == 4 and all(j["executor"] == "local" for j in jobs.values())
     assert main(sweep_args(out, tiny_shards, "32", "1,2", "1536,8192")) == 2  # the plain runner would duplicate them
-    assert "queued or running as scheduler jobs" in " ".join(capsys.readouterr().out.split())
+    assert "queued or running as scheduler jobs" in capsys.readouterr().err
 
     # Signal one run as SLURM does before a time limit (SIGUSR2 to the job) once it is past a checkpoint.
     sweep = SweepConfig.load(out)
@@ -225,13 +225,13 @@ def test_a_failing_run_fails_once_with_its_log_tail(tiny_shards, tmp_path, capsy
 
 
 def test_scheduler_options_errors(tmp_path, capsys, monkeypatch):
-    base = ["sweep", "run", "--out", str(tmp_path / "s"), "--hidden", "32", "--layers", "1", "--tokens", "1k"]
+    base = ["sweep", "run", "--out", str(tmp_path / "s"), "--hidden-size", "32", "--num-layers", "1", "--tokens", "1k"]
     assert main(base + ["--executor", "local", "--partition", "gpu"]) == 2
-    assert "are SLURM options" in capsys.readouterr().out
+    assert "are SLURM options" in capsys.readouterr().err
     assert main(base + ["--executor", "slurm", "--time", "soon"]) == 2
-    assert "--time 'soon'" in capsys.readouterr().out
+    assert "--time 'soon'" in capsys.readouterr().err
     assert main(base + ["--executor", "slurm", "--slurm-arg", "mem"]) == 2
-    assert "--slurm-arg expects KEY=VALUE, got 'mem'" in capsys.readouterr().out
+    assert "--slurm-arg expects KEY=VALUE, got 'mem'" in capsys.readouterr().err
     from tinystories.sweep.cluster import ClusterError, import_submitit, parse_time
 
     assert [parse_time(t) for t in ("90", "30:10", "1:30:00", "2-00:00:00", "1-2")] == [90, 31, 90, 2880, 1560]

@@ -94,7 +94,7 @@ def test_sigkill_mid_run_then_resume_gives_exactly_n_and_no_recorded_id_is_reque
             "-m",
             "tinystories.cli",
             "synth",
-            "--n",
+            "--num-stories",
             str(n),
             "--out",
             str(out),
@@ -218,7 +218,7 @@ def test_template_backend_and_stats(tmp_path):
         synthesize(SynthConfig(n=120, out=out, backend="template", instruct=True, progress=False))
     from tinystories.cli import main
 
-    assert main(["synth", "stats", str(out), "--png", str(tmp_path / "s.png")]) == 0
+    assert main(["synth", "stats", str(out), "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 

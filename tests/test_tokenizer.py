@@ -695,7 +695,9 @@ def test_cli_train_encode_restrict_export(shared_data, gpt2_files, tmp_path):
     assert [int(i) for i in run.stdout.split()] == tok.encode("Once upon a time" + EOT, allowed_special="all")
 
     gpt2_dir = Path(gpt2_files[0]).parent
-    run = cli("restrict", "--tokenizer", str(gpt2_dir), "--top-k", "1000", corpus, "--out", str(tmp_path / "r.json"))
+    run = cli(
+        "restrict", "--tokenizer", str(gpt2_dir), "--vocab-size", "1000", corpus, "--out", str(tmp_path / "r.json")
+    )
     assert run.returncode == 0, run.stderr
     assert Tokenizer.load(tmp_path / "r.json").n_vocab == 1000
     run = cli("export-hf", "--tokenizer", str(tmp_path / "r.json"), "--out", str(tmp_path / "hf"))
@@ -712,11 +714,11 @@ def test_cli_reports_bad_utf8_and_can_replace(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine line\n\x80oops\n" * 3)
     run = cli("train", str(bad), "--vocab-size", "300", "--out", str(tmp_path / "t.json"))
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert f"{bad}: invalid UTF-8 at byte offset 10" in run.stderr
     assert not (tmp_path / "t.json").exists()
     run = cli("train", str(bad), "--vocab-size", "300", "--out", str(tmp_path / "t.json"), "--errors", "replace")
     assert run.returncode == 0, run.stderr
     assert Tokenizer.load(tmp_path / "t.json").n_vocab <= 300
     run = cli("encode", "--tokenizer", str(tmp_path / "missing.json"), "--text", "x")
-    assert run.returncode == 1 and "cannot resolve tokenizer" in run.stderr
+    assert run.returncode == 2 and "cannot resolve tokenizer" in run.stderr

@@ -235,14 +235,13 @@ def test_sample_batched_prompts_equal_single_prompts_and_cli(trained_run):
             "-m",
             "tinystories.cli",
             "sample",
-            "--checkpoint",
             str(trained_run),
             "--prompt",
             "Once upon a time",
             "--prompt",
             "Tom",
             "--greedy",
-            "--max-tokens",
+            "--max-new-tokens",
             "25",
         ],
         capture_output=True,
@@ -264,7 +263,6 @@ def test_export_of_a_trained_checkpoint_loads_in_transformers(trained_run, tmp_p
             "-m",
             "tinystories.cli",
             "export",
-            "--checkpoint",
             str(trained_run),
             "--format",
             "hf",
@@ -297,7 +295,7 @@ def test_init_from_hf_trains_from_the_exported_weights(trained_run, dataset, tmp
     out = tmp_path / "hf"
     assert (
         subprocess.run(
-            [sys.executable, "-m", "tinystories.cli", "export", "--checkpoint", str(trained_run), "--out", str(out)],
+            [sys.executable, "-m", "tinystories.cli", "export", str(trained_run), "--out", str(out)],
             capture_output=True,
             timeout=300,
         ).returncode

@@ -3,13 +3,17 @@
 Each subcommand is served by a ``cli`` module that exposes ``add_cli_arguments(parser)`` and
 ``run_cli(args) -> int`` (``tinystories.model.cli`` serves two commands, so its functions carry the
 command's name: ``add_sample_arguments`` / ``run_sample``). Modules are imported only when their
-subcommand runs, so ``tinystories tokenizer ...`` never pays for torch or openai.
+subcommand runs, so ``tinystories tokenizer ...`` never pays for torch or openai. The options come from the
+shared vocabulary of :mod:`tinystories.runtime.arguments` (``docs/cli.md``), and every ``run_cli`` is wrapped
+in its ``one_line_errors``.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
 from tinystories.runtime.arguments import ArgumentParser, wide_output_when_piped
 
@@ -28,20 +32,25 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
 }
 
 
+def build_parser(name: str) -> tuple[ArgumentParser, Callable[[argparse.Namespace], int]]:
+    """The parser of command ``name`` and the function that runs it (``tests/test_cli.py`` walks them all)."""
+    module_name, command, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    add, run = (
+        (module.add_cli_arguments, module.run_cli)
+        if command is None
+        else (getattr(module, f"add_{command}_arguments"), getattr(module, f"run_{command}"))
+    )
+    parser = ArgumentParser(prog=f"tinystories {name}", description=help_text)
+    add(parser)
+    return parser, run
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     wide_output_when_piped()
     if argv and argv[0] in COMMANDS:
-        name = argv[0]
-        module_name, command, help_text = COMMANDS[name]
-        module = importlib.import_module(module_name)
-        add, run = (
-            (module.add_cli_arguments, module.run_cli)
-            if command is None
-            else (getattr(module, f"add_{command}_arguments"), getattr(module, f"run_{command}"))
-        )
-        parser = ArgumentParser(prog=f"tinystories {name}", description=help_text)
-        add(parser)
+        parser, run = build_parser(argv[0])
         return int(run(parser.parse_args(argv[1:])) or 0)
 
     parser = ArgumentParser(

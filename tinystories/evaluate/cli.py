@@ -2,13 +2,14 @@
 held-out loss.
 
     tinystories eval grade runs/a/ckpt.pt runs/b/ckpt.pt --judge-model gpt-4o --out eval/
-    tinystories eval probes runs/a/ckpt.pt --hf-model ~/models/gpt2-xl --html eval/probes.html
+    tinystories eval probes runs/a/ckpt.pt --hf-model ~/models/gpt2-xl --out eval/
     tinystories eval novelty runs/a/ckpt.pt --stories train.txt
-    tinystories eval loss runs/a/ckpt.pt --text valid.txt
+    tinystories eval loss runs/a/ckpt.pt --stories valid.txt
 
 Grading (see :mod:`tinystories.evaluate.grading` for the judge conversation) writes one JSONL record per
 completion to ``<out>/grades.jsonl``; records are keyed by (checkpoint content, beginning, sample seed,
-generation settings, judge model, prompt version), so a rerun only generates and pays for new items.
+generation settings, judge model, prompt version), so a rerun only generates and pays for new items. Probes,
+novelty and loss write to ``--out DIR`` only when given (see :mod:`tinystories.evaluate.outputs`).
 """
 
 from __future__ import annotations
@@ -16,124 +17,146 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinystories.atomic import atomic_write_text
-from tinystories.corpus import iter_stories, read_text
+from tinystories.corpus import EOT, iter_stories
 from tinystories.evaluate import novelty, probes, report
 from tinystories.evaluate.grading import GradeSettings, grade, load_beginnings
 from tinystories.evaluate.instruct import grade_instruction_following, load_instructions, summarize_instruct
 from tinystories.evaluate.judge import LLMJudge
+from tinystories.evaluate.outputs import jsonl_text, save_results
 from tinystories.jsonl import read_jsonl
-from tinystories.llm.client import add_client_arguments, client_config_from_args
+from tinystories.llm.client import client_config_from_args
+from tinystories.runtime.arguments import (
+    ArgumentParser,
+    add_checkpoint_arguments,
+    add_data_argument,
+    add_device_arguments,
+    add_instruct_argument,
+    add_judge_model_argument,
+    add_llm_client_arguments,
+    add_max_new_tokens_argument,
+    add_no_progress_argument,
+    add_num_samples_argument,
+    add_num_stories_argument,
+    add_out_argument,
+    add_sampling_arguments,
+    add_show_argument,
+    add_split_argument,
+    add_stories_argument,
+    one_line_errors,
+)
+from tinystories.runtime.errors import WorkFailed
 
 if TYPE_CHECKING:
     from tinystories.evaluate.students import Student
 
+_NOT_WITHOUT_OUT = "nothing is written without it; other models' results there are kept"
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="eval_command", metavar="{grade,probes,novelty,loss,report}", required=True)
 
-    def models(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "checkpoints", nargs="*", type=Path, help="our checkpoint files, or run folders (their newest checkpoint)"
-        )
-        p.add_argument(
-            "--all-checkpoints",
-            action="store_true",
-            help="a run folder stands for every checkpoint it holds (grades vs training step)",
-        )
-        p.add_argument(
-            "--hf-model",
-            action="append",
-            default=[],
-            type=Path,
-            metavar="DIR",
-            help="a Hugging Face causal LM directory (repeatable)",
-        )
-        p.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
-        p.add_argument(
-            "--dtype",
-            default="auto",
-            choices=["auto", "fp32", "fp16", "bf16"],
-            help="autocast dtype of our checkpoints; auto: as the trainer chooses for the device",
-        )
+def _add_model_arguments(p: ArgumentParser) -> None:
+    add_checkpoint_arguments(p, nargs="*", note="with --all-checkpoints, every checkpoint it holds")
+    p.add_argument(
+        "--all-checkpoints",
+        action="store_true",
+        help="a run folder stands for every checkpoint it holds (grades vs training step)",
+    )
+    p.add_argument(
+        "--hf-model",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="a Hugging Face causal LM directory (repeatable)",
+    )
+    add_device_arguments(p)
 
-    def judge(p: argparse.ArgumentParser, required: bool) -> None:
-        p.add_argument("--judge-model", required=required, help="the judge model name (e.g. gpt-4o)")
-        add_client_arguments(p, concurrency=32, cost_help="stop cleanly once the judge has cost this much")
+
+def _add_judge_arguments(p: ArgumentParser, *, required: bool) -> None:
+    add_judge_model_argument(p, required=required, note=None if required else "for --judge")
+    add_llm_client_arguments(
+        p, cost_note="the judge's", concurrency=32, concurrency_note="default 32 here (two requests per item)"
+    )
+
+
+def add_cli_arguments(parser: ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="{grade,probes,novelty,loss,report}", required=True)
 
     g = sub.add_parser("grade", help="complete story beginnings and grade them with a judge LLM")
-    models(g)
-    judge(g, required=True)
+    _add_model_arguments(g)
+    _add_judge_arguments(g, required=True)
     g.add_argument("--beginnings", type=Path, help="one beginning per line (default: the shipped set)")
     g.add_argument("--limit-beginnings", type=int, help="use only the first N beginnings (or instruction sets)")
-    g.add_argument(
-        "--instruct",
-        action="store_true",
-        help="Instruct checkpoints: score instruction following (words, summary, features) instead",
-    )
+    add_instruct_argument(g, note="score instruction following (words, summary, features) instead of grades")
     g.add_argument("--instructions", type=Path, help="instruction sets, JSONL (default: the shipped set)")
-    g.add_argument("--samples", type=int, default=10, help="completions per beginning")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--max-new-tokens", type=int, default=200)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out", type=Path, default=Path("eval"), help="results folder (grades.jsonl, PNGs)")
+    add_num_samples_argument(g, default=10, note="default 10 here (a mean grade needs several)")
+    g.deprecate("--samples", "--num-samples")
+    add_sampling_arguments(g)
+    add_max_new_tokens_argument(g)
+    add_out_argument(g, "the results folder (grades.jsonl, PNGs); default eval here", default="eval")
+    add_no_progress_argument(g)
 
     r = sub.add_parser("report", help="tables and plots from a grades.jsonl, without any request")
-    r.add_argument("results", type=Path)
-    r.add_argument("--out", type=Path, help="folder for the PNGs (default: beside the results)")
+    r.add_argument("results", type=Path, metavar="FILE", help="a grades.jsonl or instruct.jsonl that grade wrote")
+    add_out_argument(r, "the folder for the PNGs (default: beside FILE)")
 
     p = sub.add_parser("probes", help="factual / reasoning / context-tracking prompt suites, greedy, scored")
-    models(p)
-    judge(p, required=False)
+    _add_model_arguments(p)
+    _add_judge_arguments(p, required=False)
     p.add_argument(
         "--suites",
         default=",".join(("factual", "reasoning", "context")),
         help="comma-separated shipped suite names or JSON files",
     )
-    p.add_argument("--max-new-tokens", type=int, default=12)
+    add_max_new_tokens_argument(p, default=12, note="default 12 here (an answer is a word or two)")
     p.add_argument("--judge", action="store_true", help="ask the judge to settle the partially correct ones")
-    p.add_argument("--html", type=Path, help="write a self-contained HTML report here")
-    p.add_argument("--jsonl", type=Path, help="write every completion and verdict here")
+    add_out_argument(p, f"a folder for probes.html and probes.jsonl; {_NOT_WITHOUT_OUT}")
+    for old in ("--html", "--jsonl"):  # the old meaning for one more release: exactly this file, this run only
+        p.add_argument(old, type=Path, help=argparse.SUPPRESS)
+        p.deprecate(old, "--out")
 
     n = sub.add_parser("novelty", help="complete cut training stories; overlap with the true ending and the corpus")
-    models(n)
-    n.add_argument(
-        "--stories",
-        type=Path,
-        action="append",
-        required=True,
-        help="the training corpus, read as `tinystories data prepare` reads it (.txt with <|endoftext|> "
-        "separators, or .jsonl with 'text' or 'story'; optionally .zst)",
-    )
-    n.add_argument("--n", type=int, default=100, help="stories to cut and complete")
-    n.add_argument("--ngram", type=int, default=4)
-    n.add_argument("--temperature", type=float, default=0.0)
-    n.add_argument("--max-new-tokens", type=int, default=200)
-    n.add_argument("--seed", type=int, default=0)
-    n.add_argument("--show", type=int, default=5, help="closest matches to print")
-    n.add_argument("--jsonl", type=Path, help="write every item here")
+    _add_model_arguments(n)
+    add_stories_argument(n, required=True, note="the training corpus")
+    add_num_stories_argument(n, default=100, note="default 100 here (stories cut and completed)")
+    n.deprecate("--n", "--num-stories")
+    n.add_argument("--ngram", type=int, default=4, help="n of the n-grams compared with the corpus")
+    add_sampling_arguments(n, temperature=0.0, note="default 0 here (greedy: the decoding most likely to recite)")
+    add_max_new_tokens_argument(n)
+    add_show_argument(n, default=5, note="default 5 here (the completions closest to a training story)")
+    add_out_argument(n, f"a folder for novelty.jsonl; {_NOT_WITHOUT_OUT}")
+    n.add_argument("--jsonl", type=Path, help=argparse.SUPPRESS)  # the old meaning for one more release
+    n.deprecate("--jsonl", "--out")
 
     loss = sub.add_parser("loss", help="held-out loss, perplexity and bits per byte")
-    models(loss)
+    _add_model_arguments(loss)
     source = loss.add_mutually_exclusive_group(required=True)
-    source.add_argument("--text", type=Path, help="a .txt/.txt.zst file (<|endoftext|> separates documents)")
-    source.add_argument("--data", type=Path, help="a token-shard folder (tinystories data prepare)")
-    loss.add_argument("--split", default="val")
+    add_stories_argument(source, note="held-out stories, scored with <|endoftext|> between them")
+    loss.deprecate("--text", "--stories")
+    add_data_argument(source, note="scores its --split in the trainer's packed layout (our checkpoints only)")
+    add_split_argument(loss)
     loss.add_argument("--stride", type=int, help="sliding-window stride in tokens (default: the window, --seq-len)")
     loss.add_argument("--max-bytes", type=int, help="score only the head of the text")
-    loss.add_argument("--batch-size", type=int, default=8)
+    loss.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     loss.add_argument(
         "--seq-len",
         type=int,
         help="window in tokens (default: the length each checkpoint was trained at; a HF model: its context)",
     )
-    loss.add_argument("--json", type=Path, help="also write the results here")
+    add_out_argument(loss, f"a folder for loss.json; {_NOT_WITHOUT_OUT}")
+    loss.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # the old meaning for one more release
+    loss.deprecate("--json", "--out")
+
+
+def _check_models(args: argparse.Namespace) -> None:
+    """The models named exist: said before anything is loaded."""
+    if not args.checkpoints and not args.hf_model:
+        raise ValueError("give at least one CHECKPOINT or --hf-model DIR")
+    for path in [*args.checkpoints, *args.hf_model]:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
 
 
 def _load_students(args: argparse.Namespace) -> list[Student]:
@@ -145,33 +168,25 @@ def _load_students(args: argparse.Namespace) -> list[Student]:
         found = list_checkpoints(path) if args.all_checkpoints and path.is_dir() else []
         paths += found or [path]
     students = [load_student(c, device=args.device, dtype=args.dtype) for c in paths]
-    students += [load_student(d, hf=True, device=args.device) for d in args.hf_model]
-    if not students:
-        raise SystemExit("tinystories eval: give at least one checkpoint or --hf-model DIR")
-    return students
+    return students + [load_student(d, hf=True, device=args.device) for d in args.hf_model]
 
 
+@one_line_errors("tinystories eval")
 def run_cli(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except (FileNotFoundError, ValueError) as exc:  # bad input: one clear line, not a traceback
-        print(f"tinystories eval {args.eval_command}: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
-    command = args.eval_command
-    if command == "report":
+    if args.action == "report":
+        if not args.results.is_file():  # read_jsonl reads a missing log as empty
+            raise FileNotFoundError(f"{args.results}: no such file")
         records = list(read_jsonl(args.results))
         if any("checks" in r for r in records):
             return _instruct_report(records)
         return _report(records, args.out or args.results.parent)
-    if command == "grade":
+    if args.action == "grade":
         return _cli_grade(args)
+    _check_models(args)
     students = _load_students(args)
-    if command == "probes":
+    if args.action == "probes":
         return _cli_probes(args, students)
-    if command == "novelty":
+    if args.action == "novelty":
         return _cli_novelty(args, students)
     return _cli_loss(args, students)
 
@@ -180,25 +195,29 @@ def _cli_grade(args: argparse.Namespace) -> int:
     # everything that can be wrong in the arguments is checked before the models are loaded and sampled
     settings = GradeSettings(
         judge_model=args.judge_model,
-        samples=args.samples,
-        temperature=args.temperature,
+        samples=args.num_samples,
+        temperature=0.0 if args.greedy else args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
     )
     judge = make_judge(args)
+    _check_models(args)
+    progress = not args.no_progress
     if args.instruct:
         instructions = load_instructions(args.instructions)[: args.limit_beginnings]
         records = grade_instruction_following(
-            _load_students(args), judge, instructions, settings, args.out / "instruct.jsonl"
+            _load_students(args), judge, instructions, settings, args.out / "instruct.jsonl", progress=progress
         )
-        status = _judge_exit_status(judge)
-        return _instruct_report(records) or status
-    beginnings = load_beginnings(args.beginnings)[: args.limit_beginnings]
-    records = grade(_load_students(args), judge, beginnings, settings, args.out / "grades.jsonl")
-    status = _judge_exit_status(judge)
-    return _report(records, args.out) or status
+        _instruct_report(records)
+    else:
+        beginnings = load_beginnings(args.beginnings)[: args.limit_beginnings]
+        records = grade(_load_students(args), judge, beginnings, settings, args.out / "grades.jsonl", progress=progress)
+        _report(records, args.out)
+    if _judge_exit_status(judge):
+        raise WorkFailed("some items are not graded (judge requests failed); run the same command again")
+    return 0
 
 
 def _instruct_report(records: list[dict[str, Any]]) -> int:
@@ -228,8 +247,7 @@ def _report(records: list[dict[str, Any]], out: Path) -> int:
     console = Console()
     groups = report.group_by_model(records)
     if not groups:
-        console.print("no graded records")
-        return 1
+        raise WorkFailed("no graded records")
     console.print(report.summary_table(groups))
     hidden, layers, _ = report.layout_grid(groups)
     if len(hidden) * len(layers) > 1:
@@ -246,10 +264,7 @@ def make_judge(args: argparse.Namespace) -> LLMJudge:
     config = client_config_from_args(args)
     if not config.prices.has_price(args.judge_model):
         print(f"note: no price known for {args.judge_model}; its cost is counted as 0 (see --prices)")
-    try:
-        config.resolve_api_key()  # before any completion is generated, not after
-    except ValueError as exc:
-        raise SystemExit(f"tinystories eval: {exc}") from None
+    config.resolve_api_key()  # before any completion is generated, not after
     return LLMJudge(args.judge_model, config)
 
 
@@ -266,21 +281,15 @@ def _judge_exit_status(judge: LLMJudge) -> int:
     """1 when judge requests failed or the judge stopped for anything but the budget (items are left to grade)."""
     _print_judge_stats(judge)
     stats = judge.stats
-    if stats is None or (not stats.failed and stats.stopped in (None, "budget")):
-        return 0
-    print(
-        "tinystories eval: some items are not graded (judge requests failed); run the same command again",
-        file=sys.stderr,
-    )
-    return 1
+    return 0 if stats is None or (not stats.failed and stats.stopped in (None, "budget")) else 1
 
 
 def _cli_probes(args: argparse.Namespace, students: list[Student]) -> int:
+    if args.judge and not args.judge_model:
+        raise ValueError("--judge needs --judge-model")
     suite_probes = [p for name in args.suites.split(",") if name for p in probes.load_suite(name)]
     results = [r for s in students for r in probes.run_probes(s, suite_probes, max_new_tokens=args.max_new_tokens)]
     if args.judge:
-        if not args.judge_model:
-            raise SystemExit("tinystories eval probes: --judge needs --judge-model")
         judge = make_judge(args)
 
         async def judge_pass() -> int:
@@ -291,10 +300,14 @@ def _cli_probes(args: argparse.Namespace, students: list[Student]) -> int:
         print(f"the judge settled {settled} of the partially correct completions")
         _print_judge_stats(judge)
     probes.render_terminal(results)
+    records = [r.as_dict() for r in results]
+    if args.out:
+        everyone = save_results(args.out / "probes.jsonl", records, key=lambda r: r.get("model"))
+        print(f"wrote {probes.render_html([probes.ProbeResult(**r) for r in everyone], args.out / 'probes.html')}")
     if args.html:
         print(f"wrote {probes.render_html(results, args.html)}")
     if args.jsonl:
-        atomic_write_text(args.jsonl, "".join(json.dumps(r.as_dict(), ensure_ascii=False) + "\n" for r in results))
+        atomic_write_text(args.jsonl, jsonl_text(records))
     return 0
 
 
@@ -305,16 +318,18 @@ def _cli_novelty(args: argparse.Namespace, students: list[Student]) -> int:
     corpus = list(iter_stories(args.stories))
     index = novelty.CorpusIndex(corpus, args.ngram)
     console = Console()
-    lines = []
+    records = []
     for student in students:
         items = novelty.run_novelty(
             student,
             corpus,
-            n_stories=args.n,
+            n_stories=args.num_stories,
             n=args.ngram,
             seed=args.seed,
             max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
+            temperature=0.0 if args.greedy else args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
             index=index,
         )
         table = Table(
@@ -336,9 +351,11 @@ def _cli_novelty(args: argparse.Namespace, students: list[Student]) -> int:
             )
             if item.nearest_story is not None:
                 console.print(f"  nearest story: {corpus[item.nearest_story][:300]!r}")
-        lines += [json.dumps({"model": student.info.name, **i.as_dict()}, ensure_ascii=False) + "\n" for i in items]
+        records += [{"model": student.info.name, **i.as_dict()} for i in items]
+    if args.out:
+        save_results(args.out / "novelty.jsonl", records, key=lambda r: r.get("model"))
     if args.jsonl:
-        atomic_write_text(args.jsonl, "".join(lines))
+        atomic_write_text(args.jsonl, jsonl_text(records))
     return 0
 
 
@@ -349,8 +366,9 @@ def _cli_loss(args: argparse.Namespace, students: list[Student]) -> int:
     from tinystories.evaluate import heldout
     from tinystories.evaluate.students import GPTNeoStudent
 
-    text = read_text(args.text) if args.text else None
-    table = Table(title=f"held-out loss on {args.text or f'{args.data}:{args.split}'}")
+    source = ", ".join(map(str, args.stories)) if args.stories else f"{args.data}:{args.split}"
+    text = EOT.join(iter_stories(args.stories)) if args.stories else None
+    table = Table(title=f"held-out loss on {source}")
     for column in ("model", "tokens", "bytes", "loss (nats/token)", "perplexity", "bits per byte"):
         table.add_column(column, justify="left" if column == "model" else "right")
     results = []
@@ -359,7 +377,7 @@ def _cli_loss(args: argparse.Namespace, students: list[Student]) -> int:
             result = heldout.text_loss(
                 student,
                 text,
-                source=str(args.text),
+                source=source,
                 stride=args.stride,
                 batch_size=args.batch_size,
                 max_bytes=args.max_bytes,
@@ -370,7 +388,9 @@ def _cli_loss(args: argparse.Namespace, students: list[Student]) -> int:
                 student, args.data, split=args.split, batch_size=args.batch_size, seq_len=args.seq_len
             )
         else:
-            raise SystemExit(f"{student.info.name}: --data shards hold our tokenizer's ids; use --text for HF models")
+            raise ValueError(
+                f"{student.info.name}: --data shards hold our tokenizer's ids; use --stories for HF models"
+            )
         table.add_row(
             result.model,
             f"{result.tokens:,}",
@@ -381,6 +401,8 @@ def _cli_loss(args: argparse.Namespace, students: list[Student]) -> int:
         )
         results.append(result.as_dict())
     Console().print(table)
+    if args.out:
+        save_results(args.out / "loss.json", results, key=lambda r: (r.get("model"), r.get("source")))
     if args.json:
         atomic_write_text(args.json, json.dumps(results, indent=1) + "\n")
     return 0

@@ -131,6 +131,8 @@ def run_novelty(
     seed: int = 0,
     max_new_tokens: int = 200,
     temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
     batch_size: int = 16,
     index: CorpusIndex | None = None,
 ) -> list[NoveltyItem]:
@@ -146,7 +148,12 @@ def run_novelty(
         group = chosen[first : first + batch_size]
         cuts = [cut_story(corpus[i]) for i in group]
         completions = student.complete(
-            [b for b, _ in cuts], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + first
+            [b for b, _ in cuts],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed + first,
         )
         for story_id, (beginning, ending), completion in zip(group, cuts, completions):
             done, truth = words(completion), words(ending)

@@ -19,41 +19,64 @@ from tinystories.interpret.report import heads_report_html, heatmap_png, neuron_
 from tinystories.model.checkpoint import load_checkpoint
 from tinystories.model.gpt_neo import GPTNeo
 from tinystories.progress import Progress
+from tinystories.runtime.arguments import (
+    ArgumentParser,
+    add_checkpoint_arguments,
+    add_data_argument,
+    add_device_arguments,
+    add_no_progress_argument,
+    add_num_stories_argument,
+    add_out_argument,
+    add_show_argument,
+    add_split_argument,
+    add_stories_argument,
+    one_line_errors,
+)
+from tinystories.runtime.device import autocast_context, resolve_device, resolve_execution
 from tinystories.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
+    import torch
     from rich.console import Console
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+def add_cli_arguments(parser: ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, help_text in (
         ("neurons", "top-activating tokens of each MLP neuron of a layer"),
         ("heads", "attention distance, entropy and local/semantic class of every head"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("checkpoint", help="checkpoint file or run directory (anything load_checkpoint accepts)")
+        add_checkpoint_arguments(p)
         source = p.add_mutually_exclusive_group(required=True)
-        source.add_argument(
-            "--stories",
-            action="append",
-            help="a validation story file (.txt with <|endoftext|> separators, .jsonl, optionally .zst); repeatable",
-        )
-        source.add_argument("--data", help="a prepared dataset directory: its validation split is used")
-        p.add_argument("--split", default="val", help="with --data: the split (default val)")
-        p.add_argument("--num-stories", type=int, default=200, help="how many stories to run (default 200)")
-        p.add_argument(
-            "--out", default=None, help="output directory (default: inspect-<action> next to the checkpoint)"
-        )
-        p.add_argument("--device", default="cpu")
+        add_stories_argument(source, note="validation stories (a .txt without separators is split at blank lines)")
+        add_data_argument(source, note="its --split is read")
+        add_split_argument(p)
+        add_num_stories_argument(p, default=200, note="default 200 here (stories run through the model)")
+        add_out_argument(p, f"the report folder (default: inspect-{name} next to the checkpoint)")
+        add_device_arguments(p)
+        add_no_progress_argument(p)
     n = sub.choices["neurons"]
     n.add_argument("--layer", type=int, default=None, help="layer index (default: the one before last)")
-    n.add_argument("--top-k", type=int, default=10, help="examples per neuron")
-    n.add_argument("--context", type=int, default=12, help="tokens of context on each side")
-    n.add_argument("--show", type=int, default=64, help="neurons in the report, ranked by peak activation")
+    n.add_argument(
+        "--examples", type=int, default=10, metavar="N", help="top-activating examples per neuron (one per story)"
+    )
+    n.deprecate("--top-k", "--examples")
+    n.add_argument(
+        "--snippet-tokens", type=int, default=12, metavar="N", help="tokens shown on each side of an example"
+    )
+    n.deprecate("--context", "--snippet-tokens")
+    add_show_argument(n, default=64, note="default 64 here (neurons in the report, by peak activation)")
     n.add_argument("--neurons", default=None, help="comma-separated neuron ids to report instead of the top ones")
     h = sub.choices["heads"]
-    h.add_argument("--window", type=int, default=4, help="the k of 'share of attention within k tokens'")
+    h.add_argument(
+        "--local-tokens",
+        type=int,
+        default=4,
+        metavar="K",
+        help="the k of 'share of attention within k tokens' (local heads)",
+    )
+    h.deprecate("--window", "--local-tokens")
     h.add_argument("--heatmap-story", type=int, default=0, help="index of the story drawn in the heat maps")
     h.add_argument(
         "--heatmap-tokens",
@@ -69,10 +92,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace) -> tuple[GPTNeo, Tokenizer, list[list[int]]]:
+def _load(args: argparse.Namespace, device: torch.device) -> tuple[GPTNeo, Tokenizer, list[list[int]]]:
     if args.num_stories <= 0:
         raise ValueError(f"--num-stories must be positive, got {args.num_stories}")
-    model, tokenizer, _ = load_checkpoint(args.checkpoint, args.device)
+    model, tokenizer, _ = load_checkpoint(args.checkpoint, device)
     context = model.config.max_position_embeddings
     if args.data:
         stories = stories_from_dataset(args.data, tokenizer, args.num_stories, context, args.split)
@@ -83,35 +106,37 @@ def _load(args: argparse.Namespace) -> tuple[GPTNeo, Tokenizer, list[list[int]]]
 
 def _out_dir(args: argparse.Namespace) -> Path:
     if args.out:
-        return Path(args.out)
-    ckpt = Path(args.checkpoint)
+        return args.out
+    ckpt = args.checkpoint
     return (ckpt if ckpt.is_dir() else ckpt.parent) / f"inspect-{args.action}"
 
 
+@one_line_errors("tinystories inspect")
 def run_cli(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    console = Console()
-    try:
-        return _run(args, console)
-    except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+    device = resolve_device(args.device, 0)
+    execution = resolve_execution(device, dtype=args.dtype, impl="torch", compile=False)
+    with autocast_context(device, execution.dtype):
+        return _run(args, Console(), device)
 
 
-def _run(args: argparse.Namespace, console: Console) -> int:
+def _run(args: argparse.Namespace, console: Console, device: torch.device) -> int:
     from rich.table import Table
 
-    model, tokenizer, stories = _load(args)
+    model, tokenizer, stories = _load(args, device)
     out = _out_dir(args)
     token_text = lambda t: tokenizer.decode([t])  # noqa: E731
-    source = f"{args.data} ({args.split})" if args.data else ", ".join(args.stories)
-    meta = {"checkpoint": args.checkpoint, "stories": f"{len(stories)} from {source}"}
+    source = f"{args.data} ({args.split})" if args.data else ", ".join(map(str, args.stories))
+    meta: dict[str, object] = {"checkpoint": str(args.checkpoint), "stories": f"{len(stories)} from {source}"}
+    progress = not args.no_progress
 
     if args.action == "neurons":
         layer = default_layer(model) if args.layer is None else args.layer
-        with Progress(f"layer {layer} neurons", len(stories), transient=True) as bar:
-            profiles = analyse_neurons(model, stories, layer, k=args.top_k, context=args.context, progress=bar.advance)
+        with Progress(f"layer {layer} neurons", len(stories), transient=True, enabled=progress) as bar:
+            profiles = analyse_neurons(
+                model, stories, layer, k=args.examples, context=args.snippet_tokens, progress=bar.advance
+            )
         if args.neurons:
             wanted = [int(x) for x in args.neurons.split(",")]
             by_id = {p.neuron: p for p in profiles}
@@ -121,7 +146,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             shown = [by_id[n] for n in wanted]
         else:
             shown = profiles[: args.show]
-        meta.update(layer=layer, neurons=len(profiles), k=args.top_k)
+        meta.update(layer=layer, neurons=len(profiles), k=args.examples)
         report = out / f"neurons-layer{layer}.html"
         atomic_write_text(
             report,
@@ -144,8 +169,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"report: {report}")
         return 0
 
-    with Progress("attention heads", len(stories), transient=True) as bar:
-        heads = analyse_heads(model, stories, window=args.window, progress=bar.advance)
+    with Progress("attention heads", len(stories), transient=True, enabled=progress) as bar:
+        heads = analyse_heads(model, stories, window=args.local_tokens, progress=bar.advance)
     if not 0 <= args.heatmap_story < len(stories):
         raise ValueError(f"--heatmap-story {args.heatmap_story} out of range: {len(stories)} stories were read")
     story = stories[args.heatmap_story][: args.heatmap_tokens]
@@ -164,10 +189,10 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         atomic_write_bytes(out / f"heatmap-{name}.png", png)
         pngs.append((f"{name} ({kind}) on story {args.heatmap_story}", png))
     report = out / "heads.html"
-    meta.update(window=args.window)
+    meta.update(window=args.local_tokens)
     atomic_write_text(report, heads_report_html(heads, pngs, title="Attention heads", meta=meta))
 
-    table = Table(title=f"attention heads (share within {args.window} tokens, over {len(stories)} stories)")
+    table = Table(title=f"attention heads (share within {args.local_tokens} tokens, over {len(stories)} stories)")
     for col in ("head", "kind", "local", "distance", "norm. entropy", "first tok", "pos. fit"):
         table.add_column(col)
     for h in heads:

@@ -14,7 +14,6 @@ from tinystories.llm.client import (
     ClientConfig,
     FatalAPIError,
     RunStats,
-    add_client_arguments,
     client_config_from_args,
     new_event_loop,
 )
@@ -29,7 +28,6 @@ __all__ = [
     "FatalAPIError",
     "PriceTable",
     "RunStats",
-    "add_client_arguments",
     "client_config_from_args",
     "new_event_loop",
     "run_chat",

@@ -42,7 +42,6 @@ import ssl
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tinystories.llm.pricing import Budget, PriceTable
@@ -117,39 +116,8 @@ class ClientConfig:
         raise ValueError(f"no API key: set the environment variable {self.api_key_env} (or pass --api-key-env)")
 
 
-def add_client_arguments(
-    parser: argparse.ArgumentParser,
-    *,
-    concurrency: int = 64,
-    cost_help: str = "stop cleanly before spending more than this",
-) -> None:
-    """The command-line options of the client, shared by every command that talks to an LLM."""
-    parser.add_argument(
-        "--base-url", help="any OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default: OpenAI)"
-    )
-    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    parser.add_argument("--concurrency", type=int, default=concurrency, help="requests in flight")
-    parser.add_argument("--workers", type=int, default=1, help="client processes (scale with cores)")
-    parser.add_argument("--timeout-s", type=float, default=120.0, help="seconds to wait for an answer")
-    parser.add_argument("--connect-timeout-s", type=float, default=10.0, help="seconds to wait for a connection")
-    parser.add_argument(
-        "--max-consecutive-failures",
-        type=int,
-        default=10,
-        metavar="K",
-        help="stop when the first K attempts all fail, or K requests in a row fail (0: never)",
-    )
-    parser.add_argument("--max-attempts", type=int, default=6)
-    parser.add_argument(
-        "--backoff-s", dest="backoff_initial_s", type=float, default=1.0, help="first retry delay (doubles each retry)"
-    )
-    parser.add_argument("--backoff-max-s", type=float, default=60.0)
-    parser.add_argument("--max-cost-usd", type=float, help=cost_help)
-    parser.add_argument("--prices", type=Path, help="JSON/TOML price overrides (USD per 1M tokens)")
-
-
 def client_config_from_args(args: argparse.Namespace) -> ClientConfig:
-    """The ClientConfig of the options added by :func:`add_client_arguments`."""
+    """The ClientConfig of the options added by :func:`tinystories.runtime.arguments.add_llm_client_arguments`."""
     return ClientConfig(
         **{
             **dataclass_options(ClientConfig, args),

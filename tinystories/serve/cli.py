@@ -10,22 +10,28 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
+from tinystories.runtime.arguments import (
+    ArgumentParser,
+    add_api_key_env_argument,
+    add_checkpoint_arguments,
+    add_device_arguments,
+    one_line_errors,
+)
+from tinystories.runtime.errors import WorkFailed
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "paths",
+
+def add_cli_arguments(parser: ArgumentParser) -> None:
+    add_checkpoint_arguments(
+        parser,
         nargs="+",
-        type=Path,
-        metavar="CKPT_OR_RUN_OR_SWEEP_DIR",
-        help="checkpoint files, run directories (each checkpoint) or sweep directories (each run)",
+        note="here a run folder serves each of its checkpoints, and a sweep folder (sweep run --out) each of its runs",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument(
-        "--api-key-env", metavar="VAR", help="require this environment variable's value as the API key (401 without it)"
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    add_api_key_env_argument(
+        parser, default=None, note="callers must send its value (401 without it); default none here (no key needed)"
     )
     parser.add_argument(
         "--max-models",
@@ -40,45 +46,50 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="how long the first waiting request waits for others to batch with",
     )
-    parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies are refused (413)")
     parser.add_argument(
         "--eval-dir",
         type=Path,
         action="append",
         default=[],
-        help="also read grades.jsonl / probes.jsonl from here for the playground",
+        metavar="DIR",
+        help="also read grades.jsonl / probes.jsonl from here for the playground (eval --out DIR)",
     )
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    add_device_arguments(parser)
 
 
+@one_line_errors("tinystories serve")
 def run_cli(args: argparse.Namespace) -> int:
     try:
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError as exc:
-        sys.exit(
-            f"tinystories serve: {exc.name or exc} is not installed; install the serve extra: "
-            f'pip install "tinystories[serve]"'
-        )
+        raise WorkFailed(
+            f'{exc.name or exc} is not installed; install the serve extra: pip install "tinystories[serve]"'
+        ) from None
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
-            sys.exit(f"tinystories serve: --api-key-env {args.api_key_env}: that environment variable is not set")
+            raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
     if args.max_models < 1 or args.max_batch < 1:
-        sys.exit(f"tinystories serve: --max-models ({args.max_models}) and --max-batch ({args.max_batch}) must be >= 1")
-    import torch
+        raise ValueError(f"--max-models ({args.max_models}) and --max-batch ({args.max_batch}) must be >= 1")
 
+    from tinystories.runtime.device import resolve_device, resolve_execution
     from tinystories.serve.app import create_app
     from tinystories.serve.models import ModelPool, discover_models
 
-    try:
-        entries = discover_models(args.paths)
-    except (OSError, ValueError) as exc:
-        sys.exit(f"tinystories serve: {exc}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    entries = discover_models(args.checkpoints)
+    device = resolve_device(args.device, 0)
+    # decoding with the KV cache runs the plain path, eager, as `tinystories sample` does
+    dtype = resolve_execution(device, dtype=args.dtype, impl="torch", compile=False).dtype
     pool = ModelPool(
-        entries, max_models=args.max_models, device=device, max_batch=args.max_batch, wait_s=args.batch_wait_ms / 1000
+        entries,
+        max_models=args.max_models,
+        device=str(device),
+        dtype=dtype,
+        max_batch=args.max_batch,
+        wait_s=args.batch_wait_ms / 1000,
     )
     app = create_app(pool, api_key=api_key, max_body_bytes=args.max_body_bytes, eval_dirs=args.eval_dir)
     print(

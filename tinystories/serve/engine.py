@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from tinystories.model.generate import Row, generate_rows
@@ -35,8 +36,17 @@ class Job:
 
 
 class Engine:
-    def __init__(self, model: GPTNeo, eos: int, *, max_batch: int = 32, wait_s: float = 0.01, name: str = "model"):
-        self.model, self.eos, self.max_batch, self.wait_s = model, eos, max_batch, wait_s
+    def __init__(
+        self,
+        model: GPTNeo,
+        eos: int,
+        *,
+        max_batch: int = 32,
+        wait_s: float = 0.01,
+        name: str = "model",
+        autocast: AbstractContextManager = nullcontext(),  # noqa: B008 (stateless, shared safely)
+    ):
+        self.model, self.eos, self.max_batch, self.wait_s, self.autocast = model, eos, max_batch, wait_s, autocast
         self.context = model.config.max_position_embeddings
         self.batches: list[int] = []  # rows per forward batch run (for tests and the benchmark)
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -89,7 +99,8 @@ class Engine:
         rows = [row for job in batch for row in job.rows]
         self.batches.append(len(rows))
         try:
-            tokens = generate_rows(self.model, rows, self.eos)
+            with self.autocast:  # entered in this thread: autocast state is per thread
+                tokens = generate_rows(self.model, rows, self.eos)
         except Exception as exc:  # a failed batch fails its requests, never the server
             for job in batch:
                 job.done(None, exc)

@@ -114,12 +114,13 @@ class ModelPool:
         *,
         max_models: int = 2,
         device: str = "cpu",
+        dtype: str = "fp32",
         max_batch: int = 32,
         wait_s: float = 0.01,
     ):
         if max_models < 1:
             raise ValueError(f"max_models must be >= 1, got {max_models}")
-        self.entries, self.max_models, self.device = entries, max_models, device
+        self.entries, self.max_models, self.device, self.dtype = entries, max_models, device, dtype
         self.max_batch, self.wait_s = max_batch, wait_s
         self.loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self.loads = 0  # how many times a checkpoint was read (tests check the laziness)
@@ -139,11 +140,21 @@ class ModelPool:
             return self.loaded[model_id]
 
     def _load(self, entry: ModelEntry) -> LoadedModel:
+        import torch
+
         from tinystories.model.checkpoint import load_checkpoint
+        from tinystories.runtime.device import autocast_context
 
         model, tokenizer, train_config = load_checkpoint(entry.path, device=self.device)
         entry.instruct = _is_instruct(train_config or {}) or entry.instruct
-        engine = Engine(model, tokenizer.eot_token, max_batch=self.max_batch, wait_s=self.wait_s, name=entry.id)
+        engine = Engine(
+            model,
+            tokenizer.eot_token,
+            max_batch=self.max_batch,
+            wait_s=self.wait_s,
+            name=entry.id,
+            autocast=autocast_context(torch.device(self.device), self.dtype),
+        )
         return LoadedModel(entry, tokenizer, engine)
 
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """``tinystories sweep run|status|estimate|analyze|grade``.
 
-tinystories sweep estimate --out runs/sweep --hidden 64,128,256 --layers 1,2,4 --tokens 50M,200M
-tinystories sweep run      --out runs/sweep --hidden 64,128,256 --layers 1,2,4 --tokens 50M,200M --gpus 0,1,2,3
+tinystories sweep estimate --out runs/sweep --hidden-size 64,128,256 --num-layers 1,2,4 --tokens 50M,200M
+tinystories sweep run      --out runs/sweep --hidden-size 64,128,256 --num-layers 1,2,4 --tokens 50M,200M --gpus 0,1
 tinystories sweep run      --out runs/sweep ... --executor slurm --partition gpu --gpus-per-run 1 --time 4:00:00
 tinystories sweep status   runs/sweep          # pending/running/done/failed, step, last loss, job id
 tinystories sweep analyze  runs/sweep          # table, frontier, N_opt ~ C^a with its CI, scaling.png
@@ -18,9 +18,20 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tinystories.runtime.arguments import (
+    ArgumentParser,
+    add_base_url_argument,
+    add_data_argument,
+    add_device_arguments,
+    add_judge_model_argument,
+    add_num_samples_argument,
+    add_out_argument,
+    one_line_errors,
+)
+from tinystories.runtime.errors import WorkFailed
 from tinystories.sweep.analysis import analyze, results_table, write_results
 from tinystories.sweep.cluster import ClusterOptions, parse_time
-from tinystories.sweep.grid import MANIFEST, SweepConfig, parse_count, trainer_overrides
+from tinystories.sweep.grid import SweepConfig, parse_count, trainer_overrides
 from tinystories.sweep.runner import grade_commands, run_sweep
 from tinystories.sweep.status import print_status
 from tinystories.sweep.timing import estimate
@@ -40,16 +51,17 @@ def _count_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _add_grid_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="sweep directory (one run directory per grid point)")
-    p.add_argument("--hidden", type=_int_list, help="hidden sizes, e.g. 64,128,256")
-    p.add_argument("--layers", type=_int_list, help="layer counts, e.g. 1,2,4,8")
-    p.add_argument("--tokens", type=_count_list, help="training token budgets, e.g. 50M,200M")
-    p.add_argument("--preset", default="demo", help="trainer preset every run starts from (default demo)")
-    p.add_argument(
-        "--data",
-        default=None,
-        help="the trainer's --data (shard dir or text files); default: the trainer's offline demo corpus",
+def _add_grid_arguments(p: ArgumentParser) -> None:
+    add_out_argument(p, "the sweep folder (one run folder per grid point)", required=True)
+    p.add_argument("--hidden-size", type=_int_list, metavar="N,N,...", help="hidden sizes, e.g. 64,128,256")
+    p.deprecate("--hidden", "--hidden-size")
+    p.add_argument("--num-layers", type=_int_list, metavar="N,N,...", help="layer counts, e.g. 1,2,4,8")
+    p.deprecate("--layers", "--num-layers")
+    p.add_argument("--tokens", type=_count_list, metavar="N,N,...", help="training token budgets, e.g. 50M,200M")
+    p.add_argument("--preset", default="demo", help="the trainer preset every run starts from")
+    add_data_argument(
+        p,
+        note="every run's trainer --data (text files too, prepared by the trainer); default: its demo corpus",
     )
     p.add_argument("--config", default=None, help="a trainer TOML file given to every run")
     p.add_argument(
@@ -57,12 +69,12 @@ def _add_grid_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a trainer --key=value for every run (repeatable), e.g. --set batch_size=64",
+        help="a trainer field for every run, KEY kebab- or snake-case (repeatable), e.g. --set batch-size=64",
     )
     p.add_argument("--gpus", type=_int_list, default=[], help="run one config per GPU on these ids, e.g. 0,1,2,3")
 
 
-def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+def _add_cluster_arguments(p: ArgumentParser) -> None:
     g = p.add_argument_group('scheduler (submitit; pip install "tinystories[cluster]")')
     g.add_argument(
         "--executor",
@@ -92,7 +104,16 @@ def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--no-wait", dest="wait", action="store_false", help="submit and return (follow with `sweep status`)"
     )
-    g.add_argument("--poll", type=float, default=10.0, help=argparse.SUPPRESS)
+    g.add_argument("--poll", type=float, default=10.0, help="seconds between two looks at the scheduler's jobs")
+
+
+def _add_estimate_arguments(p: ArgumentParser) -> None:
+    p.add_argument("--probe-steps", type=int, default=5, help="timed training steps per model shape")
+    p.add_argument("--target-hours", type=float, default=24.0, help="say whether the sweep fits in this")
+
+
+def _add_sweep_argument(p: ArgumentParser) -> None:
+    p.add_argument("sweep", type=Path, metavar="SWEEP", help="a sweep folder (sweep run --out)")
 
 
 def _key_values(items: list[str], flag: str) -> dict[str, str]:
@@ -132,20 +153,18 @@ def cluster_from_args(args: argparse.Namespace) -> ClusterOptions | None:
     )
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+def add_cli_arguments(parser: ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     run = sub.add_parser("run", help="run (or resume) every grid point as a tinystories-train subprocess")
     _add_grid_arguments(run)
     run.add_argument("--estimate", action="store_true", help="only print the projected wall time (as `estimate`)")
     _add_cluster_arguments(run)
-    run.add_argument("--probe-steps", type=int, default=5, help=argparse.SUPPRESS)
-    run.add_argument("--target-hours", type=float, default=24.0, help=argparse.SUPPRESS)
+    _add_estimate_arguments(run)
     est = sub.add_parser("estimate", help="projected wall time per run and in total from a throughput probe")
     _add_grid_arguments(est)
-    est.add_argument("--probe-steps", type=int, default=5, help="timed training steps per model shape")
-    est.add_argument("--target-hours", type=float, default=24.0, help="say whether the sweep fits in this")
+    _add_estimate_arguments(est)
     ana = sub.add_parser("analyze", help="results table, loss-vs-compute frontier and the N_opt ~ C^a fit")
-    ana.add_argument("out", help="sweep directory")
+    _add_sweep_argument(ana)
     ana.add_argument(
         "--points",
         choices=("auto", "final", "trajectory"),
@@ -153,20 +172,26 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         help="final validation loss per run, or every validation point (auto: final when the "
         "grid has two or more token budgets)",
     )
-    ana.add_argument("--params", choices=("non-embedding", "total"), default="non-embedding")
+    ana.add_argument(
+        "--params",
+        choices=("non-embedding", "total"),
+        default="non-embedding",
+        help="which parameter count N is (the paper's: non-embedding)",
+    )
     ana.add_argument("--budgets", type=int, default=10, help="log-spaced compute budgets for N_opt")
     status = sub.add_parser("status", help="every grid point: pending/running/done/failed, step, last loss, job")
-    status.add_argument("out", help="sweep directory")
+    _add_sweep_argument(status)
     grade = sub.add_parser("grade", help="tinystories eval grade and probes over the sweep's finished runs")
-    grade.add_argument("out", help="sweep directory")
+    _add_sweep_argument(grade)
     grade.add_argument(
         "--skip-grade", dest="grade", action="store_false", help="capability probes only (no judge needed)"
     )
     grade.add_argument("--skip-probes", dest="probes", action="store_false", help="judge grading only")
-    grade.add_argument("--device", default="cpu")
-    grade.add_argument("--judge-model", help="for `eval grade`: the judge model (e.g. gpt-4o)")
-    grade.add_argument("--base-url", help="for `eval grade`: an OpenAI-compatible endpoint")
-    grade.add_argument("--samples", type=int, help="for `eval grade`: completions per beginning")
+    add_device_arguments(grade)
+    add_judge_model_argument(grade, note="for `eval grade`")
+    add_base_url_argument(grade)
+    add_num_samples_argument(grade, default=10, note="default 10 here (as `eval grade`)")
+    grade.deprecate("--samples", "--num-samples")
     grade.add_argument(
         "--eval-args",
         default="",
@@ -178,22 +203,23 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
     """The grid of the command line, or the manifest of an existing sweep directory when none is given."""
-    grid = (args.hidden, args.layers, args.tokens)
-    if all(g is None for g in grid) and (Path(args.out) / MANIFEST).is_file():
+    grid = (args.hidden_size, args.num_layers, args.tokens)
+    if all(g is None for g in grid):  # the grid of an existing sweep
         sweep = SweepConfig.load(args.out)
         if args.gpus:
             sweep.gpus = args.gpus
         return sweep
-    missing = [n for n, g in zip(("--hidden", "--layers", "--tokens"), grid) if g is None]
+    missing = [n for n, g in zip(("--hidden-size", "--num-layers", "--tokens"), grid) if g is None]
     if missing:
-        raise ValueError(f"missing {', '.join(missing)} (or point --out at an existing sweep directory)")
+        raise ValueError(f"missing {', '.join(missing)} (or point --out at an existing sweep folder)")
     overrides = trainer_overrides(
-        _key_values(args.set, "--set"), warn=lambda text: print(f"tinystories sweep: warning: {text}", file=sys.stderr)
+        _key_values(args.set, "--set"),
+        warn=lambda text: print(f"tinystories sweep {args.action}: warning: {text}", file=sys.stderr),
     )
     return SweepConfig(
-        out_dir=args.out,
-        hidden=args.hidden,
-        layers=args.layers,
+        out_dir=str(args.out),
+        hidden=args.hidden_size,
+        layers=args.num_layers,
         tokens=args.tokens,
         preset=args.preset,
         data=args.data,
@@ -203,54 +229,54 @@ def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
     )
 
 
+@one_line_errors("tinystories sweep")
 def run_cli(args: argparse.Namespace) -> int:
     console = Console()
-    try:  # the trainer's ConfigError is a ValueError
-        if args.action in ("run", "estimate"):
-            sweep = sweep_from_args(args)
-            if args.action == "estimate" or args.estimate:
-                estimate(sweep, steps=args.probe_steps, target_hours=args.target_hours, console=console)
-                return 0
-            cluster = cluster_from_args(args)
-            if cluster is not None and sweep.gpus:
-                raise ValueError("--gpus is for --executor process; with a scheduler use --gpus-per-run")
-            rows = run_sweep(sweep, console=console, cluster=cluster, wait=args.wait)
-            if not args.wait:
-                console.print(f"`tinystories sweep status {sweep.out_dir}` follows the sweep")
-                return 0
-            write_results(rows, Path(sweep.out_dir))
-            console.print(results_table(rows, f"sweep {sweep.out_dir}"))
-            failed = [r["name"] for r in rows if r["status"] != "done"]
-            if failed:
-                console.print(
-                    f"[red]{len(failed)} run(s) not finished:[/red] {', '.join(failed)}; "
-                    f"`tinystories sweep run --out {sweep.out_dir}` resumes them"
-                )
-                return 1
+    if args.action in ("run", "estimate"):
+        sweep = sweep_from_args(args)
+        if args.action == "estimate" or args.estimate:
+            estimate(sweep, steps=args.probe_steps, target_hours=args.target_hours, console=console)
             return 0
-        if args.action == "status":
-            rows = print_status(args.out, console)
-            return 1 if any(r["state"] == "failed" for r in rows) else 0
-        sweep = SweepConfig.load(args.out)
-        if args.action == "analyze":
-            analyze(sweep, points_mode=args.points, params=args.params, budgets=args.budgets, console=console)
-            return 0
-        extra = shlex.split(args.eval_args)
-        for flag, value in (
-            ("--judge-model", args.judge_model),
-            ("--base-url", args.base_url),
-            ("--samples", args.samples),
-        ):
-            if value is not None:
-                extra += [flag, str(value)]
-        for cmd in grade_commands(sweep, grade=args.grade, probes=args.probes, device=args.device, extra=extra):
-            console.print(f"$ {' '.join(cmd)}")
-            code = subprocess.run(cmd).returncode
-            if code:
-                return code
+        return _run(args, sweep, console)
+    if args.action == "status":
+        rows = print_status(args.sweep, console)
+        failed = [r["name"] for r in rows if r["state"] == "failed"]
+        if failed:
+            raise WorkFailed(f"{len(failed)} run(s) failed: {', '.join(failed)} (the end of each log is above)")
         return 0
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
-    except KeyboardInterrupt:  # what was done is kept; `sweep run` again continues
-        return 130
+    sweep = SweepConfig.load(args.sweep)
+    if args.action == "analyze":
+        analyze(sweep, points_mode=args.points, params=args.params, budgets=args.budgets, console=console)
+        return 0
+    extra = [*shlex.split(args.eval_args), "--num-samples", str(args.num_samples)]
+    for flag, value in (("--judge-model", args.judge_model), ("--base-url", args.base_url)):
+        if value is not None:
+            extra += [flag, str(value)]
+    commands = grade_commands(
+        sweep, grade=args.grade, probes=args.probes, device=args.device, dtype=args.dtype, extra=extra
+    )
+    for cmd in commands:
+        console.print(f"$ {' '.join(cmd)}")
+        code = subprocess.run(cmd).returncode
+        if code:
+            return code
+    return 0
+
+
+def _run(args: argparse.Namespace, sweep: SweepConfig, console: Console) -> int:
+    cluster = cluster_from_args(args)
+    if cluster is not None and sweep.gpus:
+        raise ValueError("--gpus is for --executor process; with a scheduler use --gpus-per-run")
+    rows = run_sweep(sweep, console=console, cluster=cluster, wait=args.wait)
+    if not args.wait:
+        console.print(f"`tinystories sweep status {sweep.out_dir}` follows the sweep")
+        return 0
+    write_results(rows, Path(sweep.out_dir))
+    console.print(results_table(rows, f"sweep {sweep.out_dir}"))
+    failed = [r["name"] for r in rows if r["status"] != "done"]
+    if failed:  # what was done is kept; `sweep run` again continues
+        raise WorkFailed(
+            f"{len(failed)} run(s) not finished: {', '.join(failed)}; "
+            f"`tinystories sweep run --out {sweep.out_dir}` resumes them"
+        )
+    return 0

@@ -51,7 +51,7 @@ class SweepConfig:
         if bad:
             raise ValueError(
                 f"sweep: --set {bad[0]}=... is set by the sweep itself (reserved: "
-                f"{', '.join(RESERVED_KEYS)}); use --hidden/--layers/--tokens/--preset/--data"
+                f"{', '.join(RESERVED_KEYS)}); use --hidden-size/--num-layers/--tokens/--preset/--data"
             )
 
     def runs(self) -> list[RunSpec]:

@@ -180,7 +180,13 @@ def finished_runs(sweep: SweepConfig) -> list[Path]:
 
 
 def grade_commands(
-    sweep: SweepConfig, *, grade: bool = True, probes: bool = True, device: str = "cpu", extra: Sequence[str] = ()
+    sweep: SweepConfig,
+    *,
+    grade: bool = True,
+    probes: bool = True,
+    device: str = "auto",
+    dtype: str = "auto",
+    extra: Sequence[str] = (),
 ) -> list[list[str]]:
     """``tinystories eval grade`` and ``eval probes`` over all finished runs' newest checkpoints at once, so
     the evaluation module lays the scores out by hidden size x layers as in the paper. Results go to
@@ -190,21 +196,10 @@ def grade_commands(
         raise ValueError(f"{sweep.out_dir}: no finished runs to grade yet")
     out = Path(sweep.out_dir) / "eval"
     base = [sys.executable, "-m", "tinystories.cli", "eval"]
+    where = ["--device", device, "--dtype", dtype, "--out", str(out)]
     commands = []
     if grade:
-        commands.append([*base, "grade", *runs, "--device", device, "--out", str(out), *extra])
+        commands.append([*base, "grade", *runs, *where, *extra])
     if probes:
-        commands.append(
-            [
-                *base,
-                "probes",
-                *runs,
-                "--device",
-                device,
-                "--html",
-                str(out / "probes.html"),
-                "--jsonl",
-                str(out / "probes.jsonl"),
-            ]
-        )
+        commands.append([*base, "probes", *runs, *where])  # --out: out/probes.html and out/probes.jsonl
     return commands

@@ -64,7 +64,7 @@ class SynthConfig:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.n < 0:
-            raise ValueError(f"--n must be >= 0, got {self.n}")
+            raise ValueError(f"--num-stories must be >= 0, got {self.n}")
         if self.backend not in ("openai", "template"):
             raise ValueError(f"--backend must be 'openai' or 'template', got {self.backend!r}")
         unknown = set(self.ood_combination) - set(INSTRUCTION_TYPES)

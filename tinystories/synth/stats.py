@@ -14,6 +14,8 @@ from tinystories.vocabulary import FEATURES, WORDS_BY_PART_OF_SPEECH, letter_wor
 
 def corpus_stats(path: str | Path) -> dict:
     """Counts, lengths, vocabulary coverage, distinct-n and feature frequencies of a synthesis output."""
+    if not Path(path).is_file():  # read_jsonl reads a missing log as empty
+        raise FileNotFoundError(f"{path}: no such file")
     records = list(read_jsonl(path))
     if not records:
         raise ValueError(f"{path}: no records")
