@@ -66,12 +66,15 @@ def test_help_is_each_fields_docstring_under_its_kebab_case_option():
     for name, info in TrainConfig.model_fields.items():
         assert info.description, f"{name} has no docstring"
         action = shown[name]
-        assert action.option_strings == [f"--{name.replace('_', '-')}"]
+        assert action.option_strings == [f"--{name.replace('_', '-')}", *([f"--{name}"] if "_" in name else [])]
         assert action.help.startswith(" ".join(info.description.split()))
         if info.default is None:
             assert name in NONE_MEANS and NONE_MEANS[name] in action.help
     assert "(default: 10000; preset demo: 300)" in shown["max_steps"].help
     assert set(shown) - set(TrainConfig.model_fields) == {"help", "print_config"}
+    assert {old: new for old, new in parser.deprecated.items() if "_" in old} == {
+        f"--{old}": f"--{new.replace('_', '-')}" for old, new in RENAMED.items()
+    }
 
 
 # -- --print-config ------------------------------------------------------------------------------------------
@@ -145,18 +148,18 @@ def test_errors_name_the_source_key_and_value_in_one_line(tmp_path, capsys):
 
 def test_an_unknown_option_suggests_the_one_meant(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["--max_stepz=3"])
+        main(["--max-stepz=3"])
     assert exc.value.code == 2
-    assert "unrecognized arguments: --max_stepz=3 (did you mean --max-steps?)" in capsys.readouterr().err
+    assert "unrecognized arguments: --max-stepz=3; did you mean --max-steps?" in capsys.readouterr().err
 
 
 # -- renamed fields -----------------------------------------------------------------------------------------------
 def test_old_names_work_for_one_release_with_one_warning_each(tmp_path, capsys):
-    assert main(["--out_dir=a", "--out-dir=b", "--out_dir=c", "--sample_tokens=5", "--print-config"]) == 0
+    assert main(["--out-dir=a", "--sample_tokens", "5", "--print-config"]) == 0  # (every old spelling: test_cli.py)
     out, err = capsys.readouterr()
-    assert (tomllib.loads(out)["out"], tomllib.loads(out)["sample_max_new_tokens"]) == ("c", 5)
+    assert (tomllib.loads(out)["out"], tomllib.loads(out)["sample_max_new_tokens"]) == ("a", 5)
     assert err.splitlines() == [
-        "tinystories-train: warning: --out_dir is deprecated, use --out (the old name goes in the next release)",
+        "tinystories-train: warning: --out-dir is deprecated, use --out (the old name goes in the next release)",
         "tinystories-train: warning: --sample_tokens is deprecated, use --sample-max-new-tokens "
         "(the old name goes in the next release)",
     ]
@@ -175,15 +178,14 @@ def test_old_names_work_for_one_release_with_one_warning_each(tmp_path, capsys):
 
 
 def test_sweep_set_takes_kebab_or_snake_keys_and_old_names(tmp_path, capsys):
-    from tinystories.sweep.cli import add_cli_arguments as add_sweep_arguments
+    from tinystories.cli import build_parser
     from tinystories.sweep.cli import sweep_from_args
     from tinystories.sweep.grid import SweepConfig, trainer_overrides
     from tinystories.sweep.runner import train_command
 
-    parser = ArgumentParser(prog="tinystories sweep")
-    add_sweep_arguments(parser)
+    parser, _ = build_parser("sweep")
     args = parser.parse_args(
-        ["run", "--out", str(tmp_path / "s"), "--hidden", "16", "--layers", "1", "--tokens", "1k"]
+        ["run", "--out", str(tmp_path / "s"), "--hidden-size", "16", "--num-layers", "1", "--tokens", "1k"]
         + ["--set", "batch-size=2", "--set", "eval_every=4", "--set", "sample_tokens=8", "--set", "demo-stories=9"]
     )
     sweep = sweep_from_args(args)
@@ -194,9 +196,9 @@ def test_sweep_set_takes_kebab_or_snake_keys_and_old_names(tmp_path, capsys):
         "demo_num_stories": "9",
     }
     assert capsys.readouterr().err.splitlines() == [
-        "tinystories sweep: warning: --set sample_tokens is deprecated, use --set sample-max-new-tokens "
+        "tinystories sweep run: warning: --set sample_tokens is deprecated, use --set sample-max-new-tokens "
         "(the old name goes in the next release)",
-        "tinystories sweep: warning: --set demo-stories is deprecated, use --set demo-num-stories "
+        "tinystories sweep run: warning: --set demo-stories is deprecated, use --set demo-num-stories "
         "(the old name goes in the next release)",
     ]
     with pytest.raises(ValueError, match=r"--set out=\.\.\. is set by the sweep"):

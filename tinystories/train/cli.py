@@ -21,6 +21,7 @@ after signal N (SIGINT 130, SIGTERM 143, SIGUSR1 138) once the checkpoint is wri
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 from typing import Any, Literal, get_args, get_origin
@@ -31,7 +32,6 @@ from tinystories.data import ShardError
 from tinystories.runtime.arguments import ArgumentParser, wide_output_when_piped
 from tinystories.runtime.errors import ConfigError
 from tinystories.train.config import (
-    NEXT_RELEASE,
     PRESET_TRAINING,
     TrainConfig,
     config_toml,
@@ -46,23 +46,15 @@ from tinystories.train.signals import Interrupted
 
 class _Option(argparse.Action):
     """Stores a config value as text (pydantic reads it). A switch given alone is true, and a TOML file after it
-    (``--resume run.toml``) is the positional config file. A deprecated spelling (``use``: the option to use
-    instead) warns once; ``warned`` is shared by an old name's spellings."""
+    (``--resume run.toml``) is the positional config file."""
 
-    def __init__(
-        self, *args: Any, switch: bool = False, use: str | None = None, warned: set[str] | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, *args: Any, switch: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.switch, self.use, self.warned = switch, use, warned if warned is not None else set()
+        self.switch = switch
 
     def __call__(
         self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: Any = None
     ) -> None:
-        if self.use is not None and self.use not in self.warned:
-            self.warned.add(self.use)
-            print(
-                f"{parser.prog}: warning: {option_string} is deprecated, use {self.use} {NEXT_RELEASE}", file=sys.stderr
-            )
         if self.switch and str(values).endswith(".toml"):
             _set_config_file(parser, namespace, values)
             values = "true"
@@ -105,26 +97,22 @@ def _metavar(name: str) -> str:
     return "{" + ",".join(get_args(annotation)) + "}" if get_origin(annotation) is Literal else field_kind(annotation)
 
 
-def _add_option(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> argparse.Action:
-    """CliSettingsSource's add_argument: the kebab-case option it names, with our help, switches that work alone,
-    and hidden spellings: snake_case (nanoGPT's ``--max_steps``) and the deprecated old names."""
+def _add_option(parser: ArgumentParser, *names: str, **kwargs: Any) -> argparse.Action:
+    """CliSettingsSource's add_argument: the kebab-case option it names and, beside it, nanoGPT's snake_case
+    (``--max_steps``); our help; switches that work alone; the old names of renamed fields, deprecated."""
     name = kwargs["dest"]
     switch = field_kind(TrainConfig.model_fields[name].annotation) == "BOOL"
     kwargs.update(help=option_help(name), action=_Option, switch=switch, metavar=_metavar(name))
     if switch:
         kwargs.update(nargs="?", const="true")
-    action = parser.add_argument(*names, **kwargs)
-    hidden = {**kwargs, "help": argparse.SUPPRESS}
-    if "_" in name:
-        parser.add_argument(f"--{name}", **hidden)
-    warned: set[str] = set()  # one warning, however often and however spelled the old name is given
+    action = parser.add_argument(*names, *([f"--{name}"] if "_" in name else []), **kwargs)
     for old in (old for old, new in RENAMED.items() if new == name):
-        for spelling in (f"--{old}", f"--{old.replace('_', '-')}"):
-            parser.add_argument(spelling, **hidden, use=names[0], warned=warned)
+        parser.deprecate(f"--{old}", names[0])
+        parser.deprecate(f"--{old.replace('_', '-')}", names[0])
     return action
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+def add_cli_arguments(parser: ArgumentParser) -> None:
     parser.allow_abbrev = False  # a mistyped key must be an error, not a silent prefix match
     parser.usage = "%(prog)s [CONFIG.toml] [--print-config] [--FIELD=VALUE ...]"  # not 45 fields
     parser.description = (parser.description or "") + (
@@ -144,34 +132,52 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the resolved config as TOML and exit without training (tinystories-train FILE reads it back)",
     )
-    # A BaseModel, not the BaseSettings the source is typed for: BaseSettings would also read environment variables.
-    source: CliSettingsSource[argparse.ArgumentParser] = CliSettingsSource(
-        TrainConfig,  # type: ignore[arg-type]
+    _settings_source(parser)
+    parser.set_defaults(command=parser.prog)  # run_cli says which command failed
+
+
+def _settings_source(parser: ArgumentParser) -> CliSettingsSource[ArgumentParser]:
+    """pydantic-settings' command line for TrainConfig on ``parser``: it adds one option per field."""
+    return CliSettingsSource(
+        TrainConfig,  # type: ignore[arg-type]  # a BaseModel: BaseSettings would also read environment variables
         root_parser=parser,
         cli_kebab_case=True,
         add_argument_method=_add_option,
     )
-    parser.set_defaults(settings_source=source)  # run_cli reads the given options back through it
+
+
+@functools.cache
+def _reader() -> CliSettingsSource[ArgumentParser]:
+    """A source that reads parsed options back: only the given ones (the others are SUPPRESSed, so absent).
+    Reading depends on the fields alone, so one source serves every parser; keeping it out of the namespace
+    keeps two parses of the same command line equal."""
+    return _settings_source(ArgumentParser(prog="tinystories-train"))
+
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields given on the command line, as text (load_config checks them)."""
+    return _reader()(parsed_args=args)()
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    prog = args.command  # tinystories-train or tinystories train
     try:
-        config = load_config(getattr(args, "config", None), args.settings_source(parsed_args=args)())
+        config = load_config(getattr(args, "config", None), given_options(args))
         if args.print_config:
             print(config_toml(config), end="")
             return 0
         train(config)
     except ConfigError as exc:
-        print(f"tinystories-train: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except (TrainingAborted, RunLocked, ShardError, OSError) as exc:
-        print(f"tinystories-train: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     except Interrupted as exc:
-        print(f"tinystories-train: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
-        print("tinystories-train: interrupted; nothing was saved since the last checkpoint", file=sys.stderr)
+        print(f"{prog}: interrupted; nothing was saved since the last checkpoint", file=sys.stderr)
         return 128 + signal.SIGINT
     return 0
 
