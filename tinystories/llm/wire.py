@@ -1,5 +1,5 @@
-"""Bytes on the wire, shared by the client's transport and the test server (no third-party dependency):
-compact JSON (orjson when installed: it halves the JSON cost of a busy client or server) and HTTP/1.1
+"""Bytes on the wire for the client's transport (no third-party dependency): compact JSON (orjson when installed:
+it halves the JSON cost of a busy client or server; the test server reads request bodies with it too) and HTTP/1.1
 chunked bodies."""
 
 from __future__ import annotations
