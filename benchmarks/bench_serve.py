@@ -1,7 +1,7 @@
 """Serving throughput: `tinystories serve` batching concurrent requests vs the same number of sequential
 `generate` calls, on CPU, for the `demo` and `1M` presets.
 
-    pytest -s benchmarks/bench_serve.py          # or: python benchmarks/bench_serve.py
+    pytest -s benchmarks/bench_serve.py
     TINYSTORIES_BENCH_TOKENS=100 pytest -s benchmarks/bench_serve.py
 
 For each concurrency c in (1, 8, 32), c completion requests (distinct seeds, `max_tokens` new tokens each)
@@ -33,10 +33,10 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from tinystories.model import GPTNeo, config_from_preset  # noqa: E402
-from tinystories.model.checkpoint import checkpoint_path, save_checkpoint  # noqa: E402
+from _fixtures import save_random_checkpoint, shared_data_dir  # noqa: E402
+
+from tinystories.model import GPTNeo, load_checkpoint  # noqa: E402
 from tinystories.model.generate import generate_texts  # noqa: E402
-from tinystories.testing.fixtures import shared_data_dir  # noqa: E402
 from tinystories.tokenizer import Tokenizer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -64,26 +64,16 @@ def tokenizer_for(preset: str) -> Tokenizer | None:
         from tinystories.story_templates import generate_stories
 
         return Tokenizer.train(generate_stories(2000), vocab_size=2048)
-    gpt2 = shared_data_dir(REPO_ROOT) / "gpt2"
+    gpt2 = shared_data_dir() / "gpt2"
     if not (gpt2 / "vocab.json").is_file():
         return None
     return Tokenizer.from_gpt2_files(gpt2 / "vocab.json", gpt2 / "merges.txt")
 
 
 def make_checkpoint(preset: str, tokenizer: Tokenizer, root: Path) -> tuple[Path, GPTNeo]:
-    config = config_from_preset(preset, vocab_size=tokenizer.n_vocab)
-    torch.manual_seed(0)
-    model = GPTNeo(config).eval()
-    path = save_checkpoint(
-        {
-            "model_config": config.to_dict(),
-            "model": model.state_dict(),
-            "tokenizer_json": tokenizer.to_json(),
-            "train_config": {"preset": preset},
-        },
-        checkpoint_path(root / preset, 1),
-    )
-    return path, model
+    """The preset's randomly initialised model as a checkpoint, and that model as the server will load it."""
+    path = save_random_checkpoint(root / preset, 1, tokenizer, preset=preset, train_config={"preset": preset})
+    return path, load_checkpoint(path, device="cpu")[0]
 
 
 def start_server(checkpoint: Path) -> tuple[subprocess.Popen, str]:
@@ -188,8 +178,3 @@ def save(lines: list[str]) -> Path:
 def test_served_throughput_vs_sequential_generate():
     lines = report()
     print("\n" + "\n".join(lines) + f"\nsaved to {save(lines)}")
-
-
-if __name__ == "__main__":
-    lines = report()
-    print("\n".join(lines) + f"\nsaved to {save(lines)}")

@@ -3,8 +3,9 @@
     pytest -s benchmarks/bench_synth.py          # or: python benchmarks/bench_synth.py
     TINYSTORIES_BENCH_N=5000 pytest -s benchmarks/bench_synth.py
 
-The OpenAI-compatible test server (`tinystories.testing.openai_server`) runs in its own process and
-answers at once, so the client is the only thing measured. The peer is the loop everyone writes: one
+The OpenAI-compatible test server (`tinystories.testing.openai_server`, FastAPI under uvicorn) runs in its
+own process and answers at once; the table ends with its CPU per request: above 1000 / (those ms) requests/s
+on its core, the server, not the client, is the limit. The peer is the loop everyone writes: one
 `AsyncOpenAI` client, an `asyncio.Semaphore(concurrency)` and `await client.chat.completions.create(...)`.
 For each we report completed requests/s (wall) and CPU-milliseconds per request of the client process
 (plus its worker processes), both from the same run. On a shared machine wall time depends on other

@@ -157,12 +157,5 @@ def test_training_speed(request, shared_data):
     _report(request, training_table(shared_data))
 
 
-if __name__ == "__main__":
-    import tempfile
-
-    from tinystories.testing.fixtures import shared_data_dir
-
-    data = shared_data_dir(Path(__file__).resolve().parent.parent)
-    with tempfile.TemporaryDirectory() as tmp:
-        print("\n".join(encoding_table(data, data / "gpt2" / "vocab.json", data / "gpt2" / "merges.txt", Path(tmp))))
-    print("\n".join(training_table(data)))
+if __name__ == "__main__":  # the same run through pytest, which brings the shared fixtures (conftest.py)
+    raise SystemExit(pytest.main(["-q", __file__]))

@@ -214,7 +214,7 @@ class LayerNormFunction(torch.autograd.Function):
         has_res = residual is not None
         ctx.save_for_backward(summed if has_res else x, weight, mean, rstd)
         ctx.has_res, ctx.has_bias = has_res, bias is not None
-        ctx.x_dtype, ctx.res_dtype = x.dtype, residual.dtype if has_res else None
+        ctx.x_dtype, ctx.res_dtype = x.dtype, residual.dtype if residual is not None else None
         ctx.set_materialize_grads(False)  # an unused sum output then costs no zero-filled gradient
         if has_res:
             return y, summed

@@ -191,7 +191,7 @@ def _linear_cross_entropy_fwd(
         )
         if need_hidden_grad:
             torch.mm(logits, weight_pad, out=d_hidden[start:end])
-        if need_weight_grad:
+        if d_weight32 is not None:  # need_weight_grad
             _accumulate_fp32(d_weight32, logits.t(), h)
             if d_bias32 is not None:
                 d_bias32 += logits.sum(0, dtype=torch.float32)
@@ -200,7 +200,7 @@ def _linear_cross_entropy_fwd(
     if reduction == "mean":
         loss = loss / valid
     d_weight = d_weight32[:v].to(weight.dtype) if d_weight32 is not None else weight.new_empty(0)
-    d_bias = d_bias32[:v].to(bias.dtype) if d_bias32 is not None else weight.new_empty(0)
+    d_bias = d_bias32[:v].to(bias.dtype) if d_bias32 is not None and bias is not None else weight.new_empty(0)
     return loss, d_hidden, d_weight, d_bias
 
 

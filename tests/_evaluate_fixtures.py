@@ -1,11 +1,12 @@
-"""Fixtures shared by the evaluation tests (imported by name into the test modules that use them)."""
+"""What the evaluation tests share: the ``tiny_run`` fixture (a plugin that ``conftest.py`` loads), a judge that
+answers on the test server, a scripted student."""
 
 from __future__ import annotations
 
 import hashlib
 
 import pytest
-import torch
+from _fixtures import save_random_checkpoint
 
 from tinystories.evaluate import grading, judge
 from tinystories.evaluate.students import StudentInfo
@@ -14,31 +15,12 @@ from tinystories.evaluate.students import StudentInfo
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A randomly initialised demo-shaped GPT-Neo with a small BPE, saved as a real checkpoint of a run."""
-    from tinystories.model import GPTNeo, config_from_preset
-    from tinystories.model.checkpoint import checkpoint_path, save_checkpoint
     from tinystories.story_templates import generate_stories
     from tinystories.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.train(generate_stories(200), vocab_size=384)
-    config = config_from_preset(
-        "demo", vocab_size=tokenizer.n_vocab, hidden_size=32, num_layers=2, max_position_embeddings=128
-    )
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    paths = []
-    for step in (10, 20):
-        torch.manual_seed(step)
-        model = GPTNeo(config)
-        paths.append(
-            save_checkpoint(
-                {
-                    "model_config": config.to_dict(),
-                    "model": model.state_dict(),
-                    "tokenizer_json": tokenizer.to_json(),
-                    "train_config": {},
-                },
-                checkpoint_path(run, step),
-            )
-        )
+    paths = [save_random_checkpoint(run, step, tokenizer, seed=step) for step in (10, 20)]
     return run, paths
 
 

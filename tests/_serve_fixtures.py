@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from _fixtures import save_random_checkpoint
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -15,28 +15,14 @@ pytest.importorskip("uvicorn")
 def make_sweep(root: Path) -> Path:
     """``root/sweep`` with two runs of randomly initialised tiny GPT-Neos (a story model and an Instruct one,
     two checkpoints each), each run with a metrics.jsonl, and eval results beside them as `sweep grade` puts them."""
-    from tinystories.model import GPTNeo, config_from_preset
-    from tinystories.model.checkpoint import checkpoint_path, save_checkpoint
     from tinystories.story_templates import generate_stories
     from tinystories.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.train(generate_stories(200), vocab_size=384)
     sweep = root / "sweep"
     for run, preset in (("tiny", "1M"), ("tiny-instruct", "1M-instruct")):
-        config = config_from_preset(
-            "demo", vocab_size=tokenizer.n_vocab, hidden_size=32, num_layers=2, max_position_embeddings=128
-        )
         for step in (10, 20):
-            torch.manual_seed(step + len(run))
-            save_checkpoint(
-                {
-                    "model_config": config.to_dict(),
-                    "model": GPTNeo(config).state_dict(),
-                    "tokenizer_json": tokenizer.to_json(),
-                    "train_config": {"preset": preset},
-                },
-                checkpoint_path(sweep / run, step),
-            )
+            save_random_checkpoint(sweep / run, step, tokenizer, seed=step + len(run), train_config={"preset": preset})
         (sweep / run / "config.json").write_text(json.dumps({"train": {"preset": preset}}))
         with open(sweep / run / "metrics.jsonl", "w") as f:
             for step in range(1, 21):

@@ -1,12 +1,17 @@
-"""The project's shared fixtures (data locations, Triton's CPU interpreter): :mod:`tinystories.testing.fixtures`."""
+"""Every test's fixtures: the shared data and the checkpoint builder (``_fixtures``, shared with ``benchmarks/``),
+the evaluation tests' tiny checkpoints (``_evaluate_fixtures``) and the trainer tests' dataset (``_train_fixtures``),
+all loaded as plugins; and Triton's CPU interpreter when there is no GPU."""
 
 import os
 
 import pytest
-from _evaluate_fixtures import tiny_run  # noqa: F401 (the evaluation tests' tiny checkpoints, a pytest fixture)
-from _train_fixtures import dataset  # noqa: F401 (the trainer tests' tiny dataset, a pytest fixture)
+import torch
 
-from tinystories.testing.fixtures import gpt2_files, real_stories, shared_data, tiny_shards  # noqa: F401 (fixtures)
+# Triton reads TRITON_INTERPRET when first imported: set it before the plugins and test modules import anything.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest_plugins = ["_fixtures", "_evaluate_fixtures", "_train_fixtures"]
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from _fixtures import save_random_checkpoint
 from _train_fixtures import TINY, final_state, sigkill_when
 from kernel_checks import assert_same_gradients, plain_reference
 
@@ -119,7 +120,7 @@ def test_config_accepts_auto_and_the_new_choices():
         load_config(None, {"impl": "triton"})
 
 
-def test_an_impossible_explicit_choice_stops_the_trainer_before_it_starts(dataset, tmp_path):  # noqa: F811
+def test_an_impossible_explicit_choice_stops_the_trainer_before_it_starts(dataset, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # CPU without the interpreter
     result = subprocess.run(
         [
@@ -224,7 +225,7 @@ FP16_TRAIN = (
 )
 
 
-def test_fp16_scaler_state_survives_sigkill_and_resume_bit_exactly(dataset, tmp_path):  # noqa: F811
+def test_fp16_scaler_state_survives_sigkill_and_resume_bit_exactly(dataset, tmp_path):
     common = [
         f"--data={dataset}",
         *TINY,
@@ -296,7 +297,7 @@ class FakeClock:
 
 def test_tokens_per_s_after_an_eval_or_checkpoint_counts_only_training_time(
     dataset,
-    tmp_path,  # noqa: F811
+    tmp_path,
     monkeypatch,
 ):
     from tinystories.train import loop
@@ -351,34 +352,23 @@ def test_fine_tuning_from_hf_takes_the_papers_defaults_and_min_lr_follows_lr(tmp
 
 def test_eval_loss_windows_default_to_the_trained_length_and_sample_uses_the_resolution(
     dataset,
-    tmp_path,  # noqa: F811
+    tmp_path,
     capsys,
 ):
     from tinystories.cli import main
     from tinystories.data import load_dataset_tokenizer
     from tinystories.evaluate import heldout
     from tinystories.evaluate.students import GPTNeoStudent
-    from tinystories.model.checkpoint import save_checkpoint
 
     tokenizer = load_dataset_tokenizer(dataset)
-    model = GPTNeo(
-        GPTNeoConfig(
-            vocab_size=tokenizer.n_vocab,
-            hidden_size=32,
-            num_layers=2,
-            num_heads=2,
-            max_position_embeddings=64,
-            window_size=16,
-        )
-    )
-    ckpt = save_checkpoint(
-        {
-            "model": model.state_dict(),
-            "model_config": model.config.to_dict(),
-            "tokenizer_json": tokenizer.to_json(),
-            "train_config": {"seq_len": 32},
-        },
-        tmp_path / "run" / "checkpoints" / "step_00000001.pt",
+    ckpt = save_random_checkpoint(
+        tmp_path / "run",
+        1,
+        tokenizer,
+        train_config={"seq_len": 32},
+        num_heads=2,
+        max_position_embeddings=64,
+        window_size=16,
     )
     student = GPTNeoStudent.from_checkpoint(ckpt)
     widths = []

@@ -12,11 +12,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _fixtures import save_random_checkpoint
 
 from tinystories.cli import main as tinystories
 from tinystories.corpus import EOT
-from tinystories.model import GPTNeo, config_from_preset
-from tinystories.model.checkpoint import checkpoint_path, save_checkpoint
 from tinystories.story_templates import generate_stories
 from tinystories.tokenizer import Tokenizer
 from tinystories.train.cli import main as tinystories_train
@@ -26,20 +25,8 @@ from tinystories.train.cli import main as tinystories_train
 def run(tmp_path_factory):
     """A run folder with one real checkpoint of a tiny model whose tokenizer knows 'é' only as two tokens."""
     tokenizer = Tokenizer.train(generate_stories(100), vocab_size=300)
-    config = config_from_preset(
-        "demo", vocab_size=tokenizer.n_vocab, hidden_size=16, num_layers=2, max_position_embeddings=64
-    )
     folder = tmp_path_factory.mktemp("runs") / "a-long-run-name-that-an-80-column-table-would-cut-short"
-    torch.manual_seed(0)
-    save_checkpoint(
-        {
-            "model_config": config.to_dict(),
-            "model": GPTNeo(config).state_dict(),
-            "tokenizer_json": tokenizer.to_json(),
-            "train_config": {},
-        },
-        checkpoint_path(folder, 20),
-    )
+    save_random_checkpoint(folder, 20, tokenizer, hidden_size=16, max_position_embeddings=64)
     return folder, tokenizer
 
 

@@ -20,8 +20,9 @@ from _serve_fixtures import make_sweep
 from tinystories.corpus import format_instructions
 from tinystories.model import load_checkpoint
 from tinystories.model.generate import generate_texts
-from tinystories.serve.app import create_app, serve_in_thread
+from tinystories.serve.app import create_app
 from tinystories.serve.models import ModelPool, discover_models
+from tinystories.serve.server import serve_in_thread
 
 TINY, INSTRUCT = "tiny/step_00000020", "tiny-instruct/step_00000020"
 

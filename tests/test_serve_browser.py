@@ -5,10 +5,11 @@ from __future__ import annotations
 import openai
 import pytest
 from _serve_fixtures import make_sweep
+from playground_browser import find_chromium, write_stories
 
-from tinystories.serve.app import create_app, serve_in_thread
-from tinystories.serve.browser import find_chromium, write_stories
+from tinystories.serve.app import create_app
 from tinystories.serve.models import ModelPool, discover_models
+from tinystories.serve.server import serve_in_thread
 
 pytestmark = pytest.mark.skipif(
     find_chromium() is None, reason="needs chromium + chromium-driver (apt) and selenium (pip)"

@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from tinystories.atomic import atomic_write_json
 from tinystories.data.shards import sha256_file
@@ -100,7 +100,7 @@ def list_files(revision: str = "main") -> list[dict[str, Any]]:
     """The catalogue with each file's size on the Hub: [{name, file, bytes}]."""
     _require_hub()
     import httpx2
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi, RepoFile, constants
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     everything = files_for([ALL])
@@ -112,7 +112,7 @@ def list_files(revision: str = "main") -> list[dict[str, Any]]:
         raise DownloadError(f"{REPO_ID} at revision {revision}: the Hub refused the file listing ({e})") from None
     except (httpx2.TransportError, OfflineModeIsEnabled) as e:
         raise _unreachable(everything, Path("."), revision, f"{type(e).__name__}: {e}") from None
-    sizes = {i.path: i.size for i in infos}
+    sizes = {i.path: i.size for i in infos if isinstance(i, RepoFile)}  # all are: every path asked for is a file
     return [{"name": name, "file": f, "bytes": sizes.get(f)} for name, files in DATASETS.items() for f in files]
 
 
@@ -158,7 +158,7 @@ def download(names: Sequence[str], out: str | Path, *, revision: str = "main", p
         if missing:
             raise _unreachable(missing, out, revision, "HF_HUB_OFFLINE is set")
         return [out / f for f in files]  # placed by hand or downloaded before: nothing to compare against
-    paths = []
+    paths: list[Path] = []
     for f in files:
         url, dest = file_url(f, revision), out / f
         try:
@@ -217,7 +217,8 @@ def _fetch(name: str, url: str, dest: Path, sha: str, size: int, headers: dict, 
         open(part, "ab") as fh,
     ):
         try:
-            http_get(url, _CountingFile(fh, bar), resume_size=done, headers=headers, expected_size=size)
+            counting = cast(BinaryIO, _CountingFile(fh, bar))  # a BinaryIO by delegation (__getattr__)
+            http_get(url, counting, resume_size=done, headers=headers, expected_size=size)
         except (httpx2.TransportError, HfHubHTTPError, OSError) as e:
             fh.flush()
             got = part.stat().st_size

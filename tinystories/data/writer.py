@@ -140,7 +140,9 @@ class DatasetWriter:
         lengths = np.fromiter((len(s) for s in stories), dtype=np.int64, count=len(stories))
         self.add_flat(split, np.concatenate(stories) if stories else np.zeros(0, self.dtype), lengths, ordinals)
 
-    def add_flat(self, split: str, tokens: np.ndarray, lengths: np.ndarray, ordinals: Sequence[int]) -> None:
+    def add_flat(
+        self, split: str, tokens: np.ndarray, lengths: np.ndarray, ordinals: Sequence[int] | np.ndarray
+    ) -> None:
         """``add`` with the stories given as one array of tokens and the length of each story."""
         state = self.splits[split]
         tokens = tokens.astype(self.dtype, copy=False)

@@ -116,8 +116,8 @@ def split_loss(
     )
     byte_lengths = torch.from_numpy(token_byte_lengths(tokenizer))
     nll, tokens, n_bytes = 0.0, 0, 0
-    for x, y in loader:
-        x, y = torch.as_tensor(x), torch.as_tensor(y)
+    for x_array, y_array in loader:
+        x, y = torch.as_tensor(x_array), torch.as_tensor(y_array)
         logits = student.window_logits(x).float()
         y_device = y.to(logits.device)
         nll += float(

@@ -105,7 +105,7 @@ def instruction_prompt(instruction: Instruction) -> str:
 
 # ------------------------------------------------------------------------------------------------ rules
 def _normalise(text: str) -> str:
-    text = text.lower().translate(str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"}))
+    text = text.lower().translate(str.maketrans("\u201c\u201d\u2018\u2019", "\"\"''"))
     return " ".join(text.split())
 
 

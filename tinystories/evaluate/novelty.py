@@ -97,7 +97,8 @@ class CorpusIndex:
         shared: Counter[int] = Counter()
         for gram in set(ngrams(candidate, self.n)):
             shared.update(self.postings.get(gram, ()))
-        shared.pop(exclude, None)
+        if exclude is not None:
+            shared.pop(exclude, None)
         best, best_score = None, 0.0
         for story_id, _ in shared.most_common(candidates):
             score = lcs_length(candidate, self.tokens[story_id]) / len(candidate)

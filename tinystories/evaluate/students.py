@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -121,7 +121,7 @@ class GPTNeoStudent:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, *, name: str | None = None, device: str = "cpu", dtype: str = "fp32"
+        cls, path: str | Path, *, name: str | None = None, device: str | torch.device = "cpu", dtype: str = "fp32"
     ) -> GPTNeoStudent:
         """A checkpoint file, or the newest checkpoint of a run directory; ``dtype`` is the autocast dtype."""
         if Path(path).is_dir() and (Path(path) / "config.json").is_file() and not (Path(path) / "checkpoints").is_dir():
@@ -204,7 +204,8 @@ class HFStudent:
             raise FileNotFoundError(f"{directory}: not a Hugging Face model directory (no config.json)")
         self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         self.model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
-        self.model.to(device).eval()
+        # transformers declares `to` through @wraps(nn.Module.to), which types it as unbound (self not applied)
+        self.model.to(device).eval()  # type: ignore[arg-type]
         self.device = torch.device(device)
         config = self.model.config
         self.context_length = int(
@@ -259,7 +260,8 @@ class HFStudent:
         for row in out[:, width:].tolist():
             if self.eos in row:
                 row = row[: row.index(self.eos)]
-            completions.append(self.tokenizer.decode(row))
+            # decode is typed str | list[str]: a list only for a batch of rows, not for this one row of ids
+            completions.append(cast(str, self.tokenizer.decode(row)))
         return completions
 
     def encode_for_scoring(self, text: str) -> list[int]:
@@ -305,8 +307,8 @@ def windowed_nll(
     stride = stride or context
     if not 1 <= stride <= context:
         raise ValueError(f"stride must be in 1..{context}, got {stride}")
-    ids = torch.as_tensor(list(ids), dtype=torch.long)
-    n = len(ids)
+    tokens = torch.as_tensor(list(ids), dtype=torch.long)
+    n = len(tokens)
     windows: list[tuple[int, int, int]] = []  # (begin, end, first scored input position within the window)
     scored_until, begin = 1, 0  # targets ids[1:scored_until] are done
     while scored_until < n:
@@ -321,11 +323,11 @@ def windowed_nll(
         x = torch.zeros(len(group), width, dtype=torch.long)
         y = torch.full((len(group), width), -100, dtype=torch.long)
         for row, (begin, end, skip) in enumerate(group):
-            x[row, : end - begin] = ids[begin:end]
-            y[row, skip : end - begin] = ids[begin + 1 + skip : end + 1]
+            x[row, : end - begin] = tokens[begin:end]
+            y[row, skip : end - begin] = tokens[begin + 1 + skip : end + 1]
         logits = forward(x).float()
         y = y.to(logits.device)
         total += float(
             F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100, reduction="sum")
         )
-    return total, ids[1:].tolist()
+    return total, tokens[1:].tolist()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -172,13 +173,9 @@ class HeadStatsAccumulator:
             sums = self._sums[layer]
             for h in range(sums["queries"].shape[0]):
                 n = float(sums["queries"][h])
-                stats = HeadStats(
-                    layer=layer,
-                    head=h,
-                    queries=int(n),
-                    window=self.window,
-                    **{name: float(sums[name][h]) / n for name in METRICS},
-                )
+                # keyword arguments: mypy cannot tell that the METRICS are HeadStats' float fields
+                metrics: dict[str, Any] = {name: float(sums[name][h]) / n for name in METRICS}
+                stats = HeadStats(layer=layer, head=h, queries=int(n), window=self.window, **metrics)
                 stats.kind, stats.reason = classify_head(stats, self.rule)
                 result.append(stats)
         return result

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tinystories.model.gpt_neo import GPTNeo
+from tinystories.model.gpt_neo import Block, GPTNeo
 
 
 @dataclass
@@ -120,7 +121,8 @@ def mlp_activations(model: GPTNeo, ids: Sequence[int], layer: int) -> Tensor:
     if not -len(model.blocks) <= layer < len(model.blocks):
         raise ValueError(f"layer {layer} does not exist: the model has {len(model.blocks)} layers")
     captured: list[Tensor] = []
-    handle = model.blocks[layer].mlp.act.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    block = cast(Block, model.blocks[layer])  # an nn.ModuleList gives its items as plain Modules
+    handle = block.mlp.act.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
         model(as_batch(model, ids))
     finally:
@@ -140,6 +142,7 @@ def analyse_neurons(
 ) -> list[NeuronProfile]:
     """Top-k activating tokens of every MLP neuron of ``layer`` (default: the one before last)."""
     layer = default_layer(model) if layer is None else layer
+    assert model.config.intermediate_size is not None  # GPTNeoConfig.__post_init__ fills in the default
     top = NeuronTopK(model.config.intermediate_size, k=k, context=context, per_story=per_story)
     for index, ids in enumerate(stories):
         top.add(index, mlp_activations(model, ids, layer))

@@ -11,7 +11,8 @@ why kernels cannot run, and every call takes the reference path.
 
 from __future__ import annotations
 
-from . import reference
+import importlib
+
 from ._triton import kernels_available
 
 # The functions share their files' names: these imports rebind the package attributes from the submodules to them.
@@ -19,6 +20,10 @@ from .attention import FusedAttention, attention
 from .layer_norm import FusedLayerNorm, layer_norm
 from .linear_cross_entropy import LinearCrossEntropy, linear_cross_entropy
 from .mlp import FusedMLP, fused_mlp
+
+# `from . import reference`, spelled so that mypy knows it for a module: mypy sees this package without its
+# submodules (they are kernels/*.py, checked as `kernels.*`: see pyproject.toml), so it would look for an attribute.
+reference = importlib.import_module(".reference", __name__)
 
 __all__ = [
     "FusedAttention",

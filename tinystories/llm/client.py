@@ -198,7 +198,7 @@ class ChatClient:
         verify = ssl.create_default_context()  # one context: building one per pool costs ~50 ms each
         url = config.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         if config.http_transport == "keepalive" and proxy_for(url) is None:
-            pools = [dict(transport=KeepAliveTransport(verify))]
+            pools: list[dict[str, Any]] = [dict(transport=KeepAliveTransport(verify))]  # httpx2.AsyncClient kwargs
         else:  # the SDK's own transport (it honours HTTPS_PROXY etc.), its pool bookkeeping kept small by sharding
             size = config.pool_size
             limits = httpx2.Limits(max_connections=size, max_keepalive_connections=size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,14 @@ class PriceTable:
         optional top-level "batch_discount"."""
         path = Path(path)
         try:
-            if path.suffix == ".toml":
+            if path.suffix != ".toml":
+                data = json.loads(path.read_text())
+            elif sys.version_info >= (3, 11):
                 import tomllib
 
                 data = tomllib.loads(path.read_text())
             else:
-                data = json.loads(path.read_text())
+                raise ValueError("TOML needs Python >= 3.11 (tomllib); write the prices as JSON")
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot read price table {path}: {e}") from e
         table = PriceTable(dict((base or cls()).prices), (base or cls()).batch_discount)

@@ -25,7 +25,8 @@ def proxy_for(url: str) -> str | None:
     parts = urllib.parse.urlsplit(url)
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass_environment(parts.netloc, proxies):
+    # typeshed lacks the undocumented (but long-standing) urllib.request.proxy_bypass_environment
+    if not proxy or urllib.request.proxy_bypass_environment(parts.netloc, proxies):  # type: ignore[attr-defined]
         return None
     return proxy
 
@@ -122,8 +123,8 @@ class KeepAliveTransport(httpx2.AsyncBaseTransport):
                 raise
             lines = head[:-4].split(b"\r\n")
             status = int(lines[0].split(b" ", 2)[1])
-            headers = [tuple(line.split(b":", 1)) for line in lines[1:] if b":" in line]
-            headers = [(k.strip(), v.strip()) for k, v in headers]
+            pairs = [line.split(b":", 1) for line in lines[1:] if b":" in line]
+            headers = [(k.strip(), v.strip()) for k, v in pairs]
             fields = {k.lower(): v for k, v in headers}
             if request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
                 content = b""

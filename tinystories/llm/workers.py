@@ -70,8 +70,10 @@ def _run_in_workers(
     budget = Budget(config.max_cost_usd, config.prices, spent)
     outstanding = [0] * config.workers
     chunks = _chunks(iter(requests), _CHUNK)
-    feeding, told_to_finish, finished = True, False, set()
+    feeding, told_to_finish = True, False
+    finished: set[int] = set()  # workers that said they are done
     held: list[ChatRequest] = []  # requests taken from the iterator that the budget cannot start yet
+    chunk: list[ChatRequest] | None  # declared: `held or next(chunks, None)` may be None
     try:
         while len(finished) < config.workers:
             for w in range(config.workers):  # keep every worker about 2x its concurrency ahead

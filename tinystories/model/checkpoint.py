@@ -56,7 +56,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_last: int | 
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **payload}, buffer)
     try:
-        atomic_write_bytes(path, buffer.getbuffer())
+        atomic_write_bytes(path, buffer.getvalue())  # the bytes are BytesIO's own buffer, not a copy
     except OSError as exc:
         try:
             free = f"{shutil.disk_usage(path.parent).free / 1e6:,.1f} MB free there"

@@ -123,6 +123,7 @@ def flops_per_token(config: GPTNeoConfig, seq_len: int) -> float:
     where K_attended is the mean number of keys a query sees in that layer (causal, and windowed for local
     layers), so masked-out scores are not counted."""
     C, L = config.hidden_size, config.num_layers
+    assert config.intermediate_size is not None  # __post_init__ fills in the default
     per_layer = 4 * C * C + 2 * C * config.intermediate_size
     n = L * per_layer + config.vocab_size * C  # matmul weights, including the tied output head
     attended = sum(

@@ -4,8 +4,9 @@
 finds the checkpoints and loads them lazily, evicting the least recently used beyond ``--max-models``;
 ``engine`` runs one model in a thread that batches concurrent requests into one KV-cache forward pass
 (:func:`tinystories.model.generate.generate_rows`, each row with its own seeded generator, so batching
-never changes a story); ``api`` holds the OpenAI request/response shapes and the Instruct chat layout;
-``app`` the routes (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``, the playground at
-``/`` and its run data); ``browser`` drives the page in headless Chromium (tests, the README screenshot);
-``cli`` the command.
+never changes a story); ``protocol`` holds the OpenAI request/response shapes (pydantic models, which the test
+server :mod:`tinystories.testing.openai_server` uses too) and ``api`` the Instruct chat layout and the choices as they
+stream; ``app`` the routes (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``, the playground at ``/``
+and its run data); ``server`` the FastAPI app with OpenAI-shaped errors and uvicorn in a thread; ``cli`` the
+command.
 """

@@ -1,81 +1,31 @@
-"""The OpenAI wire format: request fields, the error shape, the Instruct chat layout and the choices.
-
-Requests are validated here (unknown fields are ignored, as OpenAI-compatible servers do; ``top_k`` is
-accepted as an extension, like vLLM). Every failure is an :class:`APIError` that the app answers as
-``{"error": {"message", "type", "param", "code"}}`` with its HTTP status.
+"""Serving OpenAI requests with our models: ``stop`` strings, the Instruct chat layout and the choices as they
+stream (the request and answer shapes themselves are :mod:`tinystories.serve.protocol`'s).
 """
 
 from __future__ import annotations
 
 import os
-import time
-import uuid
 from collections.abc import Callable
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any
 
 from tinystories.corpus import format_instructions
+from tinystories.serve.protocol import (
+    APIError,
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChunkChoice,
+    Delta,
+    Sampling,
+    TextChoice,
+    TextCompletion,
+    Usage,
+)
 from tinystories.tokenizer import Tokenizer
 from tinystories.vocabulary import FEATURE_LABELS
 
 MAX_STOPS = 4
-
-
-class APIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        type: str = "invalid_request_error",
-    ):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-class Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1, le=32)
-    seed: int | None = Field(None, ge=0, lt=2**63 - 1024)  # torch seeds; choice r uses seed + r
-    stop: str | list[str] | None = None
-    stream: bool = False
-
-
-class CompletionRequest(Sampling):
-    prompt: str | list[str] = ""
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str
-
-
-class ChatRequest(Sampling):
-    messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-
-
-def parse_request(cls: type[Sampling], body: bytes) -> Any:
-    try:
-        return cls.model_validate_json(body)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        if error["type"] == "json_invalid":
-            raise APIError(400, f"the request body is not valid JSON ({error['msg']})", code="invalid_json") from None
-        param = ".".join(str(p) for p in error["loc"]) or None
-        raise APIError(400, f"{param}: {error['msg']}" if param else error["msg"], param=param) from None
 
 
 def stops_of(request: Sampling) -> list[str]:
@@ -182,44 +132,33 @@ class Choice:
             self.emit(self.index, delta, finish_reason)
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
-
-
 def random_seed() -> int:
     return int.from_bytes(os.urandom(6), "little")
 
 
-def usage(prompt_tokens: int, choices: list[Choice]) -> dict[str, int]:
-    completion = sum(len(c.tokens) for c in choices)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+def usage(prompt_tokens: int, choices: list[Choice]) -> Usage:
+    return Usage.of(prompt_tokens, sum(len(c.tokens) for c in choices))
 
 
-def completion_body(kind: str, rid: str, model: str, choices: list[Choice], prompt_tokens: int) -> dict[str, Any]:
+def completion_body(
+    kind: str, rid: str, model: str, choices: list[Choice], prompt_tokens: int
+) -> ChatCompletion | TextCompletion:
     if kind == "chat":
-        listed = [
-            {
-                "index": c.index,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": None,
-                "finish_reason": c.finish_reason,
-            }
-            for c in choices
-        ]
-        obj = "chat.completion"
-    else:
-        listed = [
-            {"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason} for c in choices
-        ]
-        obj = "text_completion"
-    return {
-        "id": rid,
-        "object": obj,
-        "created": int(time.time()),
-        "model": model,
-        "choices": listed,
-        "usage": usage(prompt_tokens, choices),
-    }
+        return ChatCompletion(
+            id=rid,
+            model=model,
+            choices=[
+                ChatChoice(index=c.index, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason)
+                for c in choices
+            ],
+            usage=usage(prompt_tokens, choices),
+        )
+    return TextCompletion(
+        id=rid,
+        model=model,
+        choices=[TextChoice(index=c.index, text=c.text, finish_reason=c.finish_reason) for c in choices],
+        usage=usage(prompt_tokens, choices),
+    )
 
 
 def chunk_body(
@@ -229,27 +168,13 @@ def chunk_body(
     index: int | None,
     delta: str,
     finish_reason: str | None,
-    usage_: dict[str, int] | None = None,
-) -> dict[str, Any]:
+    usage_: Usage | None = None,
+) -> ChatCompletionChunk | TextCompletion:
     """One server-sent event: a delta of one choice, or (``index=None``) the closing usage chunk."""
-    if index is None:
-        choices: list[dict[str, Any]] = []
-    elif kind == "chat":
-        choices = [
-            {
-                "index": index,
-                "delta": {"role": "assistant", "content": delta},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-        ]
-    else:
-        choices = [{"index": index, "text": delta, "logprobs": None, "finish_reason": finish_reason}]
-    return {
-        "id": rid,
-        "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": usage_,
-    }
+    if kind == "text":
+        text = [] if index is None else [TextChoice(index=index, text=delta, finish_reason=finish_reason)]
+        return TextCompletion(id=rid, model=model, choices=text, usage=usage_)
+    chat = []
+    if index is not None:
+        chat.append(ChunkChoice(index=index, delta=Delta(content=delta), finish_reason=finish_reason))
+    return ChatCompletionChunk(id=rid, model=model, choices=chat, usage=usage_)

@@ -15,10 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,26 +23,31 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException
+from pydantic import BaseModel
 
 from tinystories.model.generate import Row, prompt_ids
 from tinystories.serve.api import (
-    APIError,
-    ChatRequest,
     Choice,
-    CompletionRequest,
     chunk_body,
     completion_body,
     instruct_prompt,
-    new_id,
-    parse_request,
     random_seed,
     stops_of,
     usage,
 )
 from tinystories.serve.engine import Job
 from tinystories.serve.models import LoadedModel, ModelPool
+from tinystories.serve.protocol import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    Model,
+    ModelList,
+    new_id,
+    parse_request,
+)
 from tinystories.serve.run_data import run_data
+from tinystories.serve.server import openai_app
 
 DEFAULT_MAX_TOKENS = 200
 MAX_ROWS = 128  # stories per request
@@ -54,17 +56,12 @@ MAX_ROWS = 128  # stories per request
 def create_app(
     pool: ModelPool, *, api_key: str | None = None, max_body_bytes: int = 1 << 20, eval_dirs: list[Path] | None = None
 ) -> FastAPI:
-    app = FastAPI(title="tinystories serve", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.pool = pool
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        pool.close()  # the server stopped: stop the models' engine threads
 
-    @app.exception_handler(APIError)
-    async def api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        message = f"{request.method} {request.url.path}: {exc.detail}"
-        return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
+    app = openai_app("tinystories serve", lifespan=lifespan)
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next: Any) -> Any:
@@ -82,11 +79,11 @@ def create_app(
         return resources.files("tinystories").joinpath("assets/playground.html").read_text("utf-8")
 
     @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [e.describe() for e in pool.entries.values()]}
+    async def list_models() -> ModelList:
+        return ModelList(data=[e.describe() for e in pool.entries.values()])
 
     @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str) -> dict[str, Any]:
+    async def get_model(model_id: str) -> Model:
         return _entry(pool, model_id).describe()
 
     @app.get("/playground/run/{model_id:path}")
@@ -112,7 +109,7 @@ def create_app(
                 "use /v1/completions with a story beginning",
                 param="model",
             )
-        user = [m.content for m in req.messages if m.role == "user"]
+        user = [m.text for m in req.messages if m.role == "user"]
         if not user:
             raise APIError(400, "messages: no user message", param="messages")
         prompt = instruct_prompt(user[-1])
@@ -211,7 +208,7 @@ async def _generate(kind: str, req: Any, loaded: LoadedModel, prompts: list[str]
         loop.call_soon_threadsafe(events.put_nowait, ("done", error))
 
     loaded.engine.submit(Job(rows, done))
-    rid = new_id("chatcmpl" if kind == "chat" else "cmpl")
+    rid = new_id("chatcmpl-" if kind == "chat" else "cmpl-")
     prompt_tokens = sum(len(ids) for ids in encoded)
     if not req.stream:
         while (event := await events.get())[0] != "done":
@@ -226,7 +223,7 @@ async def _generate(kind: str, req: Any, loaded: LoadedModel, prompts: list[str]
                 _, index, delta, finish_reason = event
                 yield _sse(chunk_body(kind, rid, req.model, index, delta, finish_reason))
             if event[1] is not None:
-                yield _sse(APIError(500, f"generation failed: {event[1]}", type="server_error").body())
+                yield _sse(APIError(500, f"generation failed: {event[1]}", type="server_error").response())
             else:
                 yield _sse(chunk_body(kind, rid, req.model, None, "", None, usage(prompt_tokens, choices)))
             yield "data: [DONE]\n\n"
@@ -237,27 +234,5 @@ async def _generate(kind: str, req: Any, loaded: LoadedModel, prompts: list[str]
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-
-@contextlib.contextmanager
-def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Run ``app`` with uvicorn in a background thread (port 0: any free port); yields its base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the server did not start on {host}:{port}")
-        time.sleep(0.02)
-    bound = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{host}:{bound}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        app.state.pool.close()
+def _sse(event: BaseModel) -> str:
+    return f"data: {event.model_dump_json()}\n\n"

@@ -86,7 +86,8 @@ class Engine:
 
     def _take_batch(self, waiting: deque[Job]) -> list[Job]:
         """The oldest jobs that fit together; the first job always runs (the API checked it fits alone)."""
-        batch, kept = [waiting.popleft()], deque()
+        batch = [waiting.popleft()]
+        kept: deque[Job] = deque()
         while waiting:
             job = waiting.popleft()
             rows = sum(len(j.rows) for j in batch) + len(job.rows)

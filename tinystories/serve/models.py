@@ -18,6 +18,7 @@ from typing import Any
 
 from tinystories.model.checkpoint import list_checkpoints
 from tinystories.serve.engine import Engine
+from tinystories.serve.protocol import Model
 from tinystories.tokenizer import Tokenizer
 
 
@@ -30,16 +31,8 @@ class ModelEntry:
     created: int  # the file's modification time (OpenAI's "created")
     instruct: bool  # from the run's config.json; the loaded checkpoint's own config has the last word
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "model",
-            "created": self.created,
-            "owned_by": "tinystories",
-            "run": self.run_dir.name,
-            "step": self.step,
-            "instruct": self.instruct,
-        }
+    def describe(self) -> Model:
+        return Model(id=self.id, created=self.created, run=self.run_dir.name, step=self.step, instruct=self.instruct)
 
 
 def _is_instruct(train_config: dict[str, Any]) -> bool:

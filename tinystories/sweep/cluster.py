@@ -53,10 +53,11 @@ def parse_time(text: str) -> int:
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
     if not m:
         raise ValueError(f"--time {text!r}: expected minutes, HH:MM:SS or D-HH:MM:SS")
-    days, a, b, c = (int(g) if g else None for g in m.groups())
+    a = int(m.group(2))  # the one group the pattern always matches
+    days, b, c = (int(g) if g else None for g in m.group(1, 3, 4))
     if days is not None:  # D-HH[:MM[:SS]]
         minutes = days * 1440 + a * 60 + (b or 0) + (1 if c else 0)
-    elif c is not None:  # HH:MM:SS
+    elif b is not None and c is not None:  # HH:MM:SS (the pattern fills c only after b)
         minutes = a * 60 + b + (1 if c else 0)
     elif b is not None:  # MM:SS
         minutes = a + (1 if b else 0)

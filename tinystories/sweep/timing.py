@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from rich.console import Console
@@ -52,7 +52,8 @@ def probe(plan: RunPlan, *, steps: int = 5, warmup: int = 2) -> Probe:
     model = GPTNeo(plan.model_config)
     model.impl = execution.impl
     model.to(device).train()
-    train_model = torch.compile(model) if execution.compile else model
+    # torch.compile of a module returns a module (OptimizedModule); its annotation says only Callable
+    train_model = cast(torch.nn.Module, torch.compile(model)) if execution.compile else model
     optimizer = make_optimizer(model, c, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
     vocab = plan.model_config.vocab_size
@@ -161,7 +162,7 @@ def estimate(
         if plan.run.shape not in probes:
             console.print(f"probing {plan.run.shape} ({steps} steps)...")
             probes[plan.run.shape] = probe(plan, steps=steps)
-    runs = []
+    runs: list[dict[str, Any]] = []
     for plan in plans:
         p = probes[plan.run.shape]
         runs.append(

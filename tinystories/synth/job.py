@@ -21,6 +21,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tinystories.corpus import instruct_text
 from tinystories.jsonl import JsonlLog, read_jsonl, repair_torn_tail
@@ -173,7 +174,7 @@ class SynthJob:
 
     def on_story(self, spec: StorySpec, result: ChatResult, backend: str) -> None:
         """A story answer arrived."""
-        base = {
+        base: dict[str, Any] = {
             "id": spec.id,
             "seed": spec.seed,
             "index": spec.index,
@@ -193,12 +194,14 @@ class SynthJob:
             self.failed_log.append({**base, "error": result.error, "finish_reason": result.finish_reason})
             self.summary.failed += 1
             return
+        assert result.text is not None  # an answer without text is an error (the client's retry_empty)
         record = {**base, "story": result.text.strip(), "finish_reason": result.finish_reason}
         if spec.instructions:
             record["instructions"] = list(spec.instructions)
             record["split"] = split_of(spec.instructions, self.cfg.ood_combination)
             record["random_sentence"] = pick_sentence(record["story"], spec)
             if "summary" in spec.instructions:
+                assert self.pending_log is not None  # instructions come only with --instruct, which opens it
                 self.pending_log.append(record)
                 self.pending[spec.id] = record
                 return
@@ -223,6 +226,7 @@ class SynthJob:
             )
             self.summary.failed += 1
             return
+        assert result.text is not None  # an answer without text is an error (the client's retry_empty)
         record["summary"] = " ".join(result.text.split())
         self.finish(record)
 

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import sys
+import threading
 from pathlib import Path
 
 from tinystories.atomic import atomic_write_text
-from tinystories.testing.openai_server import Faults, OpenAIServer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,15 +18,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--log", type=Path, help="append one JSON line per request")
     args = parser.parse_args(argv)
-    server = OpenAIServer(faults=Faults(rate=args.fault_rate), port=args.port, log_path=args.log)
-
-    async def run() -> None:
-        await server.serve()
-        if args.port_file:
-            atomic_write_text(args.port_file, str(server.port))
-        await asyncio.Event().wait()
-
-    asyncio.run(run())
+    try:
+        from tinystories.testing.openai_server import Faults, OpenAIServer
+    except ModuleNotFoundError as exc:
+        sys.exit(f"python -m tinystories.testing: {exc}")
+    server = OpenAIServer(faults=Faults(rate=args.fault_rate), port=args.port, log_path=args.log).start()
+    if args.port_file:
+        atomic_write_text(args.port_file, str(server.port))
+    try:
+        threading.Event().wait()  # the server runs in its own thread until the process is killed
+    except KeyboardInterrupt:
+        server.stop()
     return 0
 
 

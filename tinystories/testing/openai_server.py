@@ -1,50 +1,87 @@
-"""An OpenAI-compatible HTTP server on 127.0.0.1 for tests and benchmarks, with fault injection.
+"""An OpenAI-compatible HTTP server on 127.0.0.1 with fault injection: test a pipeline that calls an OpenAI-compatible
+API (synthesis, an LLM judge, your own) offline, with the real ``openai`` client, as this project's tests and
+benchmarks do.
 
-It speaks just enough of the API for the real `openai` client: `POST /v1/chat/completions`, the
-Files endpoints (`POST /v1/files`, `GET /v1/files/{id}`, `GET /v1/files/{id}/content`) and the
-Batches endpoints (`POST /v1/batches`, `GET /v1/batches/{id}`): a plain asyncio HTTP/1.1 server (keep-alive,
-no dependencies), never the bottleneck of a client benchmark.
-
-What it answers is pluggable: `answer(body) -> str | Answer` gets the parsed request body. The
-default writes a template story that uses the words the synthesis prompt asks for (and a one-sentence
-summary when asked to summarize); evaluation tests plug in a function that answers like a judge.
-
-Faults are injected on demand (`Faults`): 429 with Retry-After, 500, a stall longer than the client's
-timeout, malformed JSON, `finish_reason="length"` and empty content; `Faults.endpoint` makes the whole server
-unusable (404 everywhere, HTML with status 200, never answering). A request is identified by the
-`X-Client-Request-Id` header when sent (synthesis sends the story id), and every request is logged (`log`).
+    from tinystories.testing import Faults, OpenAIServer
 
     with OpenAIServer(faults=Faults(rate=0.3)) as server:
         client = AsyncOpenAI(base_url=server.url, api_key="test")
 
-``python -m tinystories.testing --port-file F`` serves in its own process (benchmarks).
+It serves ``POST /v1/chat/completions``, the Files endpoints (``POST /v1/files``, ``GET /v1/files/{id}``,
+``GET /v1/files/{id}/content``) and the Batches endpoints (``POST /v1/batches``, ``GET /v1/batches/{id}``), with
+the request and answer models of ``tinystories serve`` (:mod:`tinystories.serve.protocol`): a FastAPI app run by
+uvicorn in a background thread, with keep-alive. It needs the ``serve`` extra (``pip install
+"tinystories[serve]"``). ``python -m tinystories.testing --port-file F`` serves in a process of its own, so that a
+client benchmark (``benchmarks/bench_synth.py``) has its process's CPU to itself.
+
+What it answers is pluggable: ``answer(body) -> str | Answer`` gets the request body as parsed JSON. The default
+writes a template story that uses the words the synthesis prompt asks for (and a one-sentence summary when asked
+to summarize); evaluation tests plug in a function that answers like a judge.
+
+Faults are injected on demand (:class:`Faults`): 429 with ``retry-after-ms`` and ``Retry-After``, 500, a stall
+longer than the client's timeout, malformed JSON, ``finish_reason="length"`` and empty content; ``Faults.endpoint``
+makes the whole server unusable (404 everywhere, HTML with status 200, never answering). A request is identified
+by the ``X-Client-Request-Id`` header when sent (synthesis sends the story id), and every request is logged
+(``log``, and one JSON line each in ``log_path``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import random
-import threading
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tinystories.jsonl import JsonlLog
-from tinystories.llm.wire import dumps, loads, read_chunked_body
+from tinystories.llm.wire import loads
+from tinystories.serve.protocol import (
+    APIError,
+    AssistantMessage,
+    Batch,
+    BatchCreateRequest,
+    BatchInputLine,
+    BatchOutputLine,
+    BatchResponse,
+    ChatChoice,
+    ChatCompletion,
+    ChatRequest,
+    ErrorDetail,
+    ErrorResponse,
+    FileObject,
+    Usage,
+    new_id,
+    now,
+    parse_request,
+)
 from tinystories.story_templates import generate_story
 from tinystories.synth.prompts import SUMMARY_MARKER, parse_prompt
 
+try:
+    from fastapi import FastAPI, Request, Response
+
+    from tinystories.serve.server import openai_app, serve_in_thread
+except ModuleNotFoundError as exc:  # one line that names the extra, not a traceback into FastAPI
+    if exc.name not in ("fastapi", "starlette", "uvicorn"):
+        raise
+    raise ModuleNotFoundError(
+        f"the OpenAI-compatible test server needs FastAPI and uvicorn ({exc.name} is not installed): "
+        'pip install "tinystories[serve]"',
+        name=exc.name,
+    ) from None
+
 FAULT_KINDS = ("rate_limit", "server_error", "stall", "malformed", "length", "empty")
-_HTML = {"content-type": "text/html"}
 BROKEN_ENDPOINTS = {  # what a wrong --base-url answers to every request (None: never answers)
-    "not_found": (404, _HTML, b"<html><head><title>404 Not Found</title></head><body>nginx</body></html>"),
-    "html": (200, _HTML, b"<!DOCTYPE html><html><body><h1>Welcome to the router login page</h1></body></html>"),
+    "not_found": (404, b"<html><head><title>404 Not Found</title></head><body>nginx</body></html>"),
+    "html": (200, b"<!DOCTYPE html><html><body><h1>Welcome to the router login page</h1></body></html>"),
     "hang": None,
 }
+MALFORMED = b'{"id": "chatcmpl-broken", "choices": [{"message": {"content": "Once'
 
 
 @dataclass
@@ -104,6 +141,10 @@ def _count_tokens(text: str) -> int:
     return max(1, len(text) // 4)  # the usual 4-characters-per-token rule; exact counts do not matter here
 
 
+def _json(answer: Any) -> Response:
+    return Response(answer.model_dump_json(), media_type="application/json")
+
+
 class OpenAIServer:
     """The server, run in a background thread (`start`/`stop` or a `with` block)."""
 
@@ -126,12 +167,14 @@ class OpenAIServer:
         self._log_file = JsonlLog(log_path, fsync="never") if log_path else None
         self._attempts: collections.Counter[str] = collections.Counter()
         self._faults_given: collections.Counter[str] = collections.Counter()
-        self._files: dict[str, tuple[dict, bytes]] = {}
-        self._batches: dict[str, dict] = {}
+        self._files: dict[str, tuple[FileObject, bytes]] = {}
+        self._batches: dict[str, Batch] = {}
+        self._batch_runs: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+        self._app = self._create_app()
+        self._running: contextlib.ExitStack | None = None
+        # Set by the app's startup in the server's event loop: `_closing` cuts every wait short when it stops.
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.base_events.Server | None = None
-        self._ready = threading.Event()
+        self._closing: asyncio.Event | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     @property
@@ -139,17 +182,25 @@ class OpenAIServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> OpenAIServer:
-        self._thread = threading.Thread(target=self._run_thread, name="openai-test-server", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the test OpenAI server did not start within 10 s")
+        running = contextlib.ExitStack()
+        options: dict[str, Any] = {
+            "interface": "asgi3",  # uvicorn cannot tell that a bound method is an ASGI 3 app
+            "backlog": 4096,  # a benchmark opens hundreds of connections at once
+            "timeout_keep_alive": 3600,  # idle connections stay open: a test never races a keep-alive timeout
+            "timeout_graceful_shutdown": 5,  # `stop` ends the waits; this caps an `answer` that never returns
+            "proxy_headers": False,  # no X-Forwarded-For to read on loopback
+        }
+        url = running.enter_context(serve_in_thread(self._asgi, port=self.port, **options))
+        self.port = int(url.rsplit(":", 1)[1])
+        self._running = running
         return self
 
     def stop(self) -> None:
-        if self._loop and self._thread and self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
+        if self._running:
+            if self._loop and self._closing:
+                self._loop.call_soon_threadsafe(self._closing.set)
+            self._running.close()
+            self._running = None
         if self._log_file:
             self._log_file.close()
 
@@ -159,86 +210,52 @@ class OpenAIServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _run_thread(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self.serve())
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            self._loop.close()
-
-    async def _shutdown(self) -> None:
-        if self._server:
-            self._server.close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def serve(self) -> None:
-        """Start listening on the current event loop (sets `port`)."""
-        self._server = await asyncio.start_server(self._handle_connection, "127.0.0.1", self.port, backlog=4096)
-        self.port = self._server.sockets[0].getsockname()[1]
-
     def requested_ids(self, path: str = "/v1/chat/completions") -> list[str]:
         return [e.request_id for e in self.log if e.path == path and e.request_id is not None]
 
-    # -- HTTP --------------------------------------------------------------------------------------
-    async def _handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = lines[0].split(" ", 2)
-                headers = {}
-                for line in lines[1:]:
-                    if line:
-                        name, _, value = line.partition(":")
-                        headers[name.strip().lower()] = value.strip()
-                if "chunked" in headers.get("transfer-encoding", ""):
-                    body = await read_chunked_body(reader)
-                else:
-                    body = await reader.readexactly(int(headers.get("content-length", 0) or 0))
-                if "://" in target:  # absolute-form, as a forward proxy sends it (RFC 9112 3.2.2)
-                    target = "/" + target.split("://", 1)[1].partition("/")[2]
-                status, extra_headers, payload = await self._dispatch(method, target.split("?")[0], headers, body)
-                writer.write(_response(status, extra_headers, payload))
-                if headers.get("connection", "").lower() == "close":
-                    await writer.drain()
-                    return
-                if writer.transport.get_write_buffer_size() > 65536:
-                    await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            return
-        finally:
-            writer.close()
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        self._loop, self._closing = asyncio.get_running_loop(), asyncio.Event()
+        yield
 
-    async def _dispatch(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
-        if self.faults.endpoint:
-            self._record(path, headers.get("x-client-request-id"), self.faults.endpoint)
-            while BROKEN_ENDPOINTS[self.faults.endpoint] is None:
-                await asyncio.sleep(3600)  # accepted, never answered
-            return BROKEN_ENDPOINTS[self.faults.endpoint]
-        try:
-            if method == "POST" and path == "/v1/chat/completions":
-                return await self._chat(headers, body)
-            if method == "POST" and path == "/v1/files":
-                return self._upload(headers, body)
-            if method == "GET" and path.startswith("/v1/files/"):
-                return self._get_file(path.removeprefix("/v1/files/"))
-            if method == "POST" and path == "/v1/batches":
-                return self._create_batch(loads(body))
-            if method == "GET" and path.startswith("/v1/batches/"):
-                batch = self._batches.get(path.removeprefix("/v1/batches/"))
-                return (200, {}, dumps(batch)) if batch else _error(404, f"no batch {path}")
-            return _error(404, f"{method} {path} is not served by the test server")
-        except (ValueError, KeyError) as e:
-            return _error(400, f"bad request: {e}")
+    async def _pause(self, seconds: float | None) -> None:
+        """Wait ``seconds`` (None: for ever), or until the server stops."""
+        assert self._closing is not None  # set at startup, before the first request
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+
+    # -- HTTP --------------------------------------------------------------------------------------
+    def _create_app(self) -> FastAPI:
+        app = openai_app("tinystories test server", lifespan=self._lifespan)
+        app.add_api_route("/v1/chat/completions", self._chat, methods=["POST"])
+        app.add_api_route("/v1/files", self._upload, methods=["POST"])
+        app.add_api_route("/v1/files/{file_id}", self._get_file, methods=["GET"])
+        app.add_api_route("/v1/files/{file_id}/content", self._get_file_content, methods=["GET"])
+        app.add_api_route("/v1/batches", self._create_batch, methods=["POST"])
+        app.add_api_route("/v1/batches/{batch_id}", self._get_batch, methods=["GET"])
+        return app
+
+    async def _asgi(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        """What uvicorn runs: the FastAPI app, once absolute-form targets are made origin-form and unless a broken
+        endpoint answers every request."""
+        if scope["type"] == "http":
+            if "://" in scope["path"]:  # absolute-form, as a forward proxy sends it (RFC 9112 3.2.2)
+                path = "/" + scope["path"].split("://", 1)[1].partition("/")[2]
+                scope = {**scope, "path": path, "raw_path": path.encode()}
+            if endpoint := self.faults.endpoint:
+                request_id = dict(scope["headers"]).get(b"x-client-request-id")
+                response = await self._broken(endpoint, scope["path"], request_id)
+                await response(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+    async def _broken(self, endpoint: str, path: str, request_id: bytes | None) -> Response:
+        self._record(path, request_id.decode("latin-1") if request_id else None, endpoint)
+        answer = BROKEN_ENDPOINTS[endpoint]
+        if answer is None:  # accepted, never answered (until the server stops)
+            await self._pause(None)
+            return Response(status_code=503)
+        return Response(answer[1], status_code=answer[0], media_type="text/html")
 
     def _record(self, path: str, request_id: str | None, outcome: str) -> None:
         entry = LogEntry(path, request_id, outcome, time.time())
@@ -259,29 +276,28 @@ class OpenAIServer:
         self._faults_given[key] += 1
         return rng.choice(self.faults.kinds)
 
-    async def _chat(self, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
-        request_id = headers.get("x-client-request-id")
+    async def _chat(self, request: Request) -> Response:
+        body = await request.body()  # before any wait: a client that timed out meanwhile has gone
+        request_id = request.headers.get("x-client-request-id")
         fault = self._pick_fault(request_id)
         self._record("/v1/chat/completions", request_id, fault or "ok")
         if fault == "rate_limit":
             wait = self.faults.retry_after_s
             retry = {"retry-after-ms": str(int(wait * 1000)), "retry-after": str(max(1, round(wait + 0.5)))}
-            return _error(429, "Rate limit reached (injected)", retry)
+            raise APIError(429, "Rate limit reached (injected)", type="rate_limit_exceeded", headers=retry)
         if fault == "server_error":
-            return _error(500, "The server had an error (injected)")
+            raise APIError(500, "The server had an error (injected)", type="server_error")
         if fault == "malformed":
-            return 200, {}, b'{"id": "chatcmpl-broken", "choices": [{"message": {"content": "Once'
+            return Response(MALFORMED, media_type="application/json")
         if fault == "stall":
-            await asyncio.sleep(self.faults.stall_s)
+            await self._pause(self.faults.stall_s)
         elif self.latency_s:
-            await asyncio.sleep(self.latency_s)
-        request = loads(body)
-        if not request.get("model") or not isinstance(request.get("messages"), list):
-            return _error(400, "'model' and 'messages' are required")
-        return 200, {}, dumps(self.chat_completion(request, fault))
+            await self._pause(self.latency_s)
+        parse_request(ChatRequest, body)  # a 400 for what OpenAI would refuse; `answer` gets the JSON as sent
+        return _json(self.chat_completion(loads(body), fault))
 
-    def chat_completion(self, request: dict, fault: str | None = None) -> dict:
-        """The chat.completion object for a request (also used for Batch lines)."""
+    def chat_completion(self, request: dict, fault: str | None = None) -> ChatCompletion:
+        """The chat completion for a request (also used for Batch lines)."""
         answer = self.answer(request)
         if isinstance(answer, str):
             answer = Answer(answer)
@@ -291,149 +307,98 @@ class OpenAIServer:
         elif fault == "empty":
             text = ""
         prompt_tokens = sum(_count_tokens(str(m.get("content", ""))) for m in request.get("messages", []))
-        completion_tokens = _count_tokens(text) if text else 0
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": request.get("model", "test-model"),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "finish_reason": finish_reason,
-                    "logprobs": None,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
+        return ChatCompletion(
+            id=new_id("chatcmpl-"),
+            model=request.get("model", "test-model"),
+            choices=[ChatChoice(index=0, message=AssistantMessage(content=text), finish_reason=finish_reason)],
+            usage=Usage.of(prompt_tokens, _count_tokens(text) if text else 0),
+        )
 
     # -- Files and Batches -------------------------------------------------------------------------
-    def _store_file(self, content: bytes, filename: str, purpose: str) -> dict:
-        obj = {
-            "id": f"file-{uuid.uuid4().hex[:24]}",
-            "object": "file",
-            "bytes": len(content),
-            "created_at": int(time.time()),
-            "filename": filename,
-            "purpose": purpose,
-            "status": "processed",
-        }
-        self._files[obj["id"]] = (obj, content)
-        return obj
+    def _store_file(self, content: bytes, filename: str, purpose: str) -> FileObject:
+        stored = FileObject(bytes=len(content), filename=filename, purpose=purpose)
+        self._files[stored.id] = (stored, content)
+        return stored
 
-    def _upload(self, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
-        fields = _parse_multipart(headers.get("content-type", ""), body)
-        if "file" not in fields:
-            return _error(400, "multipart upload without a 'file' field")
-        filename, content = fields["file"]
-        purpose = fields.get("purpose", ("", b"batch"))[1].decode()
-        return 200, {}, dumps(self._store_file(content, filename or "upload.jsonl", purpose))
-
-    def _get_file(self, rest: str) -> tuple[int, dict, bytes]:
-        file_id, _, suffix = rest.partition("/")
+    def _stored(self, file_id: str) -> tuple[FileObject, bytes]:
         if file_id not in self._files:
-            return _error(404, f"no file {file_id}")
-        obj, content = self._files[file_id]
-        if suffix == "content":
-            return 200, {"content-type": "application/octet-stream"}, content
-        return 200, {}, dumps(obj)
+            raise APIError(404, f"no file {file_id}")
+        return self._files[file_id]
 
-    def _create_batch(self, request: dict) -> tuple[int, dict, bytes]:
-        input_file_id = request["input_file_id"]
-        if input_file_id not in self._files:
-            return _error(400, f"input_file_id {input_file_id} does not exist")
-        now = int(time.time())
-        batch = {
-            "id": f"batch_{uuid.uuid4().hex[:24]}",
-            "object": "batch",
-            "endpoint": request.get("endpoint", "/v1/chat/completions"),
-            "input_file_id": input_file_id,
-            "completion_window": request.get("completion_window", "24h"),
-            "status": "validating",
-            "created_at": now,
-            "expires_at": now + 86400,
-            "output_file_id": None,
-            "error_file_id": None,
-            "metadata": request.get("metadata"),
-            "request_counts": {"total": 0, "completed": 0, "failed": 0},
-        }
-        self._batches[batch["id"]] = batch
-        asyncio.get_running_loop().create_task(self._run_batch(batch))
-        return 200, {}, dumps(batch)
+    async def _upload(self, request: Request) -> Response:
+        try:
+            fields = _parse_multipart(request.headers.get("content-type", ""), await request.body())
+        except (ValueError, IndexError) as exc:
+            raise APIError(400, f"bad multipart upload: {exc}") from None
+        if "file" not in fields:
+            raise APIError(400, "multipart upload without a 'file' field")
+        filename, content = fields["file"]
+        purpose = fields.get("purpose", (None, b"batch"))[1].decode()
+        return _json(self._store_file(content, filename or "upload.jsonl", purpose))
 
-    async def _run_batch(self, batch: dict) -> None:
+    async def _get_file(self, file_id: str) -> Response:
+        return _json(self._stored(file_id)[0])
+
+    async def _get_file_content(self, file_id: str) -> Response:
+        return Response(self._stored(file_id)[1], media_type="application/octet-stream")
+
+    async def _get_batch(self, batch_id: str) -> Response:
+        if batch_id not in self._batches:
+            raise APIError(404, f"no batch {batch_id}")
+        return _json(self._batches[batch_id])
+
+    async def _create_batch(self, request: Request) -> Response:
+        create = parse_request(BatchCreateRequest, await request.body())
+        if create.input_file_id not in self._files:
+            raise APIError(400, f"input_file_id {create.input_file_id} does not exist", param="input_file_id")
+        batch = Batch(
+            endpoint=create.endpoint,
+            input_file_id=create.input_file_id,
+            completion_window=create.completion_window,
+            status="validating",
+            expires_at=now() + 86400,
+            metadata=create.metadata,
+        )
+        self._batches[batch.id] = batch
+        run = asyncio.get_running_loop().create_task(self._run_batch(batch))
+        self._batch_runs.add(run)
+        run.add_done_callback(self._batch_runs.discard)
+        return _json(batch)
+
+    async def _run_batch(self, batch: Batch) -> None:
         await asyncio.sleep(self.batch_delay_s)
-        lines = self._files[batch["input_file_id"]][1].decode().splitlines()
-        batch.update(status="in_progress", in_progress_at=int(time.time()))
-        batch["request_counts"]["total"] = len(lines)
+        lines = [line for line in self._files[batch.input_file_id][1].decode().splitlines() if line.strip()]
+        batch.status, batch.in_progress_at, batch.request_counts.total = "in_progress", now(), len(lines)
         outputs, errors = [], []
         for line in lines:
-            if not line.strip():
-                continue
-            item = loads(line)
-            custom_id = item["custom_id"]
-            fault = self._pick_fault(f"batch:{custom_id}")
-            self._record("/v1/batches", custom_id, fault or "ok")
+            item = BatchInputLine.model_validate_json(line)
+            fault = self._pick_fault(f"batch:{item.custom_id}")
+            self._record("/v1/batches", item.custom_id, fault or "ok")
             if fault == "server_error":
-                errors.append(
-                    {
-                        "id": f"batch_req_{uuid.uuid4().hex[:16]}",
-                        "custom_id": custom_id,
-                        "error": None,
-                        "response": {
-                            "status_code": 500,
-                            "request_id": "",
-                            "body": {"error": {"message": "injected", "type": "server_error"}},
-                        },
-                    }
-                )
-                batch["request_counts"]["failed"] += 1
+                error = ErrorResponse(error=ErrorDetail(message="injected", type="server_error"))
+                response = BatchResponse(status_code=500, request_id="", body=error)
+                errors.append(BatchOutputLine(custom_id=item.custom_id, response=response))
+                batch.request_counts.failed += 1
                 continue
-            body = self.chat_completion(item["body"], fault if fault in ("length", "empty") else None)
-            outputs.append(
-                {
-                    "id": f"batch_req_{uuid.uuid4().hex[:16]}",
-                    "custom_id": custom_id,
-                    "error": None,
-                    "response": {"status_code": 200, "request_id": uuid.uuid4().hex, "body": body},
-                }
-            )
-            batch["request_counts"]["completed"] += 1
+            body = self.chat_completion(item.body, fault if fault in ("length", "empty") else None)
+            response = BatchResponse(status_code=200, request_id=new_id(""), body=body)
+            outputs.append(BatchOutputLine(custom_id=item.custom_id, response=response))
+            batch.request_counts.completed += 1
             await asyncio.sleep(0)
         await asyncio.sleep(self.batch_delay_s)
-        batch.update(status="finalizing", finalizing_at=int(time.time()))
-        if outputs:
-            content = b"".join(dumps(o) + b"\n" for o in reversed(outputs))  # batch output order is not input order
-            batch["output_file_id"] = self._store_file(content, "batch_output.jsonl", "batch_output")["id"]
+        batch.status, batch.finalizing_at = "finalizing", now()
+        if outputs:  # batch output order is not input order
+            content = b"".join(o.model_dump_json().encode() + b"\n" for o in reversed(outputs))
+            batch.output_file_id = self._store_file(content, "batch_output.jsonl", "batch_output").id
         if errors:
-            content = b"".join(dumps(e) + b"\n" for e in errors)
-            batch["error_file_id"] = self._store_file(content, "batch_errors.jsonl", "batch_output")["id"]
-        batch.update(status="completed", completed_at=int(time.time()))
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
-
-
-def _response(status: int, headers: dict, payload: bytes) -> bytes:
-    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", f"content-length: {len(payload)}"]
-    if "content-type" not in headers:
-        head.append("content-type: application/json")
-    head.extend(f"{k}: {v}" for k, v in headers.items())
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
-
-
-def _error(status: int, message: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    kind = {429: "rate_limit_exceeded", 500: "server_error"}.get(status, "invalid_request_error")
-    return status, headers or {}, dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
+            content = b"".join(e.model_dump_json().encode() + b"\n" for e in errors)
+            batch.error_file_id = self._store_file(content, "batch_errors.jsonl", "batch_output").id
+        batch.status, batch.completed_at = "completed", now()
 
 
 def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
-    """name -> (filename, content) of a multipart/form-data body."""
+    """name -> (filename, content) of a multipart/form-data body (FastAPI's own form parsing needs another
+    package, python-multipart)."""
     if "boundary=" not in content_type:
         raise ValueError(f"multipart body without a boundary (content-type {content_type!r})")
     boundary = b"--" + content_type.split("boundary=", 1)[1].split(";")[0].strip('"').encode()

@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 
@@ -50,7 +50,9 @@ class Tokenizer:
     def __init__(self, vocab: Sequence[bytes], merges: Sequence[tuple[int, int, int]], special_tokens: dict[str, int]):
         """Build from token bytes (index = id; entries at special ids are ignored), merges in rank order
         as (left, right, result) ids, and special token ids. Raises ValueError on an inconsistent model."""
-        self._core = _core.BpeTokenizer(list(vocab), [tuple(m) for m in merges], sorted(special_tokens.items()))
+        # tuple() of a tuple[int, int, int] is typed tuple[int, ...]: mypy loses the length, the values keep it
+        merge_tuples = cast(list[tuple[int, int, int]], [tuple(m) for m in merges])
+        self._core = _core.BpeTokenizer(list(vocab), merge_tuples, sorted(special_tokens.items()))
         self._special_tokens = dict(special_tokens)
         self._all_special_ids = sorted(self._special_tokens.values())
 

@@ -1,11 +1,12 @@
-"""The playground in a real browser: headless Chromium driven by selenium (tests, the README screenshot).
+"""The playground in a real browser: headless Chromium driven by selenium (``test_serve_browser.py``, the README
+screenshot).
 
 :func:`write_stories` opens the page, picks models, types a beginning, sets the sampling fields, clicks
 "Write stories", waits for every column's stream to end and returns the stories it reads from the page;
 with ``screenshot`` it saves a PNG of the page. Needs Debian's ``chromium`` and ``chromium-driver`` and
 ``pip install selenium``; :func:`find_chromium` says when they are missing.
 
-    python -m tinystories.serve.browser runs/8m runs/28M --out docs/playground.png
+    python tests/playground_browser.py runs/8m runs/28M --out docs/playground.png
 """
 
 from __future__ import annotations
@@ -108,10 +109,11 @@ def write_stories(
 
 def main(argv: list[str] | None = None) -> int:
     """Serve checkpoints on loopback, write stories with two of them in the browser, save the screenshot."""
-    from tinystories.serve.app import create_app, serve_in_thread
+    from tinystories.serve.app import create_app
     from tinystories.serve.models import ModelPool, discover_models
+    from tinystories.serve.server import serve_in_thread
 
-    parser = argparse.ArgumentParser(prog="python -m tinystories.serve.browser", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python tests/playground_browser.py", description=main.__doc__)
     parser.add_argument("paths", nargs="+", help="checkpoints, run or sweep directories (as tinystories serve)")
     parser.add_argument("--out", required=True, help="the PNG to write")
     parser.add_argument(
