@@ -134,19 +134,19 @@ def field_message(name: str, error: Mapping[str, Any]) -> str:
 
 
 def read_toml(path: str) -> dict[str, Any]:
-    try:
+    if sys.version_info >= (3, 11):  # (this test, not try/except ImportError: mypy checks for Python 3.10 too)
         import tomllib
-    except ImportError:  # Python 3.10
-        raise ConfigError(f"reading {path} needs Python >= 3.11 (tomllib); pass --key=value flags") from None
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a folder, not a TOML file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+
+        try:
+            with open(path, "rb") as f:
+                return tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a folder, not a TOML file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    raise ConfigError(f"reading {path} needs Python >= 3.11 (tomllib); pass --key=value flags")
 
 
 def saved_config(run_dir: str | Path) -> dict[str, Any] | None:
