@@ -1,11 +1,11 @@
 """The trainer's training step, throughput and peak memory: our GPT-Neo vs Hugging Face ``GPTNeoForCausalLM``.
 
 Every contender runs the step ``tinystories-train`` runs, :func:`tinystories.train.step.train_step`, set up as the
-trainer sets it up: the ``TrainConfig`` of the preset, batch and dtype, the execution path ``resolve_execution``
-gives it, the trainer's AdamW (weight decay on matrices only), gradient clipping, GradScaler, autocast and
-learning-rate schedule. Only the model differs: ours, or Hugging Face's behind the same call
-(``model(x, y, return_logits=False).loss``). Each contender runs in its own subprocess so peak memory (CUDA
-allocator peak, or the process's max RSS on CPU) is its own.
+trainer sets it up: the ``TrainConfig`` of the preset, batch and dtype (with the preset's CPU threads), the
+execution path ``resolve_execution`` gives it, the trainer's AdamW (weight decay on matrices only), gradient
+clipping, GradScaler, autocast and learning-rate schedule. Only the model differs: ours, or Hugging Face's behind
+the same call (``model(x, y, return_logits=False).loss``). Each contender runs in its own subprocess so peak memory
+(CUDA allocator peak, or the process's max RSS on CPU) is its own.
 
     pytest benchmarks/bench_train.py -s                      # CPU: small preset, eager (what CI can afford)
     python benchmarks/bench_train.py --device cuda --preset 33M --batch 64 --seq 512 --dtype bf16 --budget 420
@@ -53,6 +53,8 @@ def _worker(args: argparse.Namespace) -> dict:
         },
     )
     execution = resolve_execution(device, dtype=c.dtype, impl=c.impl, compile=c.compile)
+    if c.cpu_threads is not None:  # the preset's CPU threads (the demo's: 1), as the trainer sets them
+        torch.set_num_threads(c.cpu_threads)
     torch.manual_seed(0)
     config = config_from_preset(args.preset, **({"vocab_size": args.vocab} if args.vocab else {}))
     if name.startswith("hf"):
