@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import rich.progress
@@ -117,7 +117,7 @@ class Progress:
     ) -> None:
         """``remaining``: the text of the last column (e.g. ``ETA 5 h 07 min``) in place of rich's estimate."""
         if self._bar is not None:
-            fields = {} if status is None else {"status": status}
+            fields: dict[str, Any] = {} if status is None else {"status": status}
             if remaining is not None:
                 fields["remaining"] = remaining
             self._bar.update(self._task, completed=completed, total=total, **fields)

@@ -61,6 +61,7 @@ from tinystories.train.resume import (
     remove_stale_temp_files,
     write_run_config,
 )
+from tinystories.train.rng import rng_state, set_rng_state
 from tinystories.train.signals import Interrupted, StopSignals, agreed_signal
 from tinystories.train.step import StepResult, learning_rate, make_optimizer, train_step
 from tinystories.train.validation import missing_validation, sample_story, validation_loss
@@ -68,25 +69,6 @@ from tinystories.train.validation import missing_validation, sample_story, valid
 
 class TrainingAborted(RuntimeError):
     """The run cannot usefully continue (e.g. too many non-finite steps in a row)."""
-
-
-def rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-        "python_gauss": random.getstate()[2],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def train(c: TrainConfig) -> Path:
@@ -419,7 +401,8 @@ class Trainer:
     def evaluate(self) -> None:
         """The validation loss (every rank takes part) and a sampled story (rank 0), shown and recorded. A failed
         evaluation is reported and training goes on."""
-        step, record = self.step, {"step": self.step}
+        step = self.step
+        record: dict[str, Any] = {"step": step}
         try:
             if not self.no_eval:
                 started = time.perf_counter()

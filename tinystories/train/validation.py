@@ -51,13 +51,13 @@ def validation_loss(
         for i, (x, y) in enumerate(loader):
             if i >= c.eval_batches:
                 break
-            x, y = to_device(x, device), to_device(y, device)
+            inputs, targets = to_device(x, device), to_device(y, device)
             with autocast:
-                logits = model(x).logits
+                logits = model(inputs).logits
             total[0] += F.cross_entropy(
-                logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
             ).double()
-            total[1] += (y != IGNORE_INDEX).sum()
+            total[1] += (targets != IGNORE_INDEX).sum()
             advance()
     if dist.enabled:
         torch.distributed.all_reduce(total)
