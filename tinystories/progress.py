@@ -87,7 +87,9 @@ class Progress:
             RemainingColumn(),
             transient=transient,
         )
-        self._task = self._bar.add_task(description, total=total, completed=completed, status="")
+        self._task = self._bar.add_task(description, total=total, status="")
+        if completed:  # rich types add_task's `completed` as int; update takes the float a byte count can be
+            self._bar.update(self._task, completed=completed)
 
     @property
     def live(self) -> bool:

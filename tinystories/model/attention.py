@@ -41,16 +41,17 @@ class KVCache:
 
     def append_positions(self, positions: Tensor, valid: Tensor, uniform: bool) -> tuple[Tensor, Tensor]:
         self.uniform = self.uniform and uniform
-        if self.positions is not None:
+        if self.positions is not None and self.valid is not None:  # set together
             positions = torch.cat([self.positions.expand(positions.shape[0], -1), positions], dim=1)
             valid = torch.cat([self.valid.expand(valid.shape[0], -1), valid], dim=1)
         self.positions, self.valid = positions, valid
         return positions, valid
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
+        cached_k, cached_v = self.keys[layer], self.values[layer]
+        if cached_k is not None and cached_v is not None:  # set together
+            k = torch.cat([cached_k, k], dim=2)
+            v = torch.cat([cached_v, v], dim=2)
         self.keys[layer], self.values[layer] = k, v
         return k, v
 
@@ -86,6 +87,7 @@ class SelfAttention(nn.Module):
             y = fused.attention(q, k, v, causal=True, window=self.window, scale=1.0)
             probs = None
         else:
+            assert mask is not None, "the model builds the masks whenever attention takes the plain path"
             if kv_cache is not None:
                 k, v = kv_cache.update(layer, k, v)
             if explicit:

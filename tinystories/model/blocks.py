@@ -24,6 +24,7 @@ class NewGELU(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTNeoConfig) -> None:
         super().__init__()
+        assert config.intermediate_size is not None  # GPTNeoConfig.__post_init__ fills it in (4 x hidden)
         self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = NewGELU()
         self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size)

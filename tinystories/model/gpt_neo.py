@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from types import ModuleType
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -127,13 +127,13 @@ class GPTNeo(nn.Module):
             return None
         if self._kernels_status is None:
             try:
-                from tinystories import kernels
+                from tinystories import kernels as kernel_module
                 from tinystories.kernels import kernels_available
                 from tinystories.kernels._triton import interpreter_active
 
                 ok, reason = kernels_available()
                 # Triton's CPU interpreter (TRITON_INTERPRET=1, for tests) runs the kernels on CPU tensors.
-                self._kernels_status = (kernels if ok else None, reason, interpreter_active())
+                self._kernels_status = (kernel_module if ok else None, reason, interpreter_active())
             except ImportError as exc:
                 self._kernels_status = (None, f"tinystories.kernels is not usable ({exc})", False)
         kernels, reason, on_cpu = self._kernels_status
@@ -147,7 +147,7 @@ class GPTNeo(nn.Module):
                 "padding masks / custom positions run on the plain path",
             ),
             (
-                any(b.mlp.act._forward_hooks or b.mlp.act._forward_pre_hooks for b in self.blocks),
+                any(b.mlp.act._forward_hooks or b.mlp.act._forward_pre_hooks for b in cast("list[Block]", self.blocks)),
                 "a hook on blocks[i].mlp.act needs the plain MLP",
             ),
         ]
@@ -155,6 +155,7 @@ class GPTNeo(nn.Module):
             if applies:
                 self._fallback(why)
                 return None
+        assert kernels is not None  # the first reason returned otherwise
         return KernelsWithoutDot(kernels) if self._impl == "hybrid" else kernels
 
     # -- forward ---------------------------------------------------------------------------------------
@@ -199,8 +200,9 @@ class GPTNeo(nn.Module):
             if position_ids is None:
                 # Padding does not advance the position: row b's first real token is at position 0.
                 position_ids = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
-                if past:
-                    position_ids = position_ids + kv_cache.next_positions()
+                next_positions = kv_cache.next_positions() if kv_cache is not None else None
+                if next_positions is not None:  # a cache that holds tokens already
+                    position_ids = position_ids + next_positions
             if int(position_ids.max()) >= self.config.max_position_embeddings:
                 raise ValueError(
                     f"sequence reaches position {int(position_ids.max())} but the model has "
@@ -219,7 +221,7 @@ class GPTNeo(nn.Module):
             masks = {t: self._mask(query_pos, key_pos, key_valid, t) for t in set(self.config.attention_layers)}
 
         attentions, hidden_states = [], []
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(cast("list[Block]", self.blocks)):  # ModuleList items type as Module
             if output_hidden_states:
                 hidden_states.append(x)
             x, probs = block(x, masks[block.attention_type] if masks else None, kv_cache, i, fused, explicit)

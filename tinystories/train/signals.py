@@ -11,7 +11,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import torch
 
@@ -38,7 +40,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._since = 0.0
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         # Ctrl-C twice: the user does not want to wait for the checkpoint. Copies of one Ctrl-C arrive within
