@@ -1,7 +1,11 @@
-"""Training-step throughput and peak memory: our GPT-Neo vs Hugging Face ``GPTNeoForCausalLM``.
+"""The trainer's training step, throughput and peak memory: our GPT-Neo vs Hugging Face ``GPTNeoForCausalLM``.
 
-Same config, device, dtype, batch and optimizer (AdamW, clipping) for every contender; each runs in its own
-subprocess so peak memory (CUDA allocator peak, or the process's max RSS on CPU) is its own.
+Every contender runs the step ``tinystories-train`` runs, :func:`tinystories.train.step.train_step`, set up as the
+trainer sets it up: the ``TrainConfig`` of the preset, batch and dtype (with the preset's CPU threads), the
+execution path ``resolve_execution`` gives it, the trainer's AdamW (weight decay on matrices only), gradient
+clipping, GradScaler, autocast and learning-rate schedule. Only the model differs: ours, or Hugging Face's behind
+the same call (``model(x, y, return_logits=False).loss``). Each contender runs in its own subprocess so peak memory
+(CUDA allocator peak, or the process's max RSS on CPU) is its own.
 
     pytest benchmarks/bench_train.py -s                      # CPU: small preset, eager (what CI can afford)
     python benchmarks/bench_train.py --device cuda --preset 33M --batch 64 --seq 512 --dtype bf16 --budget 420
@@ -21,72 +25,68 @@ import subprocess
 import sys
 import time
 
+import torch
+import torch.nn.functional as F
+
+from tinystories.model import GPTNeo, GPTNeoConfig, GPTNeoOutput, config_from_preset
+from tinystories.model.hf import hf_config_dict
+from tinystories.runtime.device import Dist, autocast_context, resolve_execution
+from tinystories.train.config import load_config
+from tinystories.train.step import learning_rate, make_optimizer, train_step
+
 CONTENDERS = ("ours", "ours-compiled", "ours-fused", "hf-eager", "hf-compiled")
 
 
 def _worker(args: argparse.Namespace) -> dict:
     """Time one contender's training steps in this process; returns tokens/s and peak memory."""
-    import torch
-
-    from tinystories.model import GPTNeo, config_from_preset
-    from tinystories.model.hf import hf_config_dict
-
-    device = torch.device(args.device)
+    name, device = args.worker, torch.device(args.device)
+    c = load_config(
+        None,
+        {
+            "preset": args.preset,
+            "batch_size": args.batch,
+            "seq_len": args.seq,
+            "dtype": args.dtype,
+            "device": args.device,
+            "impl": "fused" if name == "ours-fused" else "torch",
+            "compile": name.endswith("compiled"),
+        },
+    )
+    execution = resolve_execution(device, dtype=c.dtype, impl=c.impl, compile=c.compile)
+    if c.cpu_threads is not None:  # the preset's CPU threads (the demo's: 1), as the trainer sets them
+        torch.set_num_threads(c.cpu_threads)
     torch.manual_seed(0)
     config = config_from_preset(args.preset, **({"vocab_size": args.vocab} if args.vocab else {}))
-    name = args.worker
     if name.startswith("hf"):
-        import transformers
-
-        hf_config = transformers.GPTNeoConfig(
-            **{
-                k: v
-                for k, v in hf_config_dict(config).items()
-                if k not in ("architectures", "model_type", "torch_dtype")
-            }
-        )
-        hf_config._attn_implementation = "eager"
-        model = transformers.GPTNeoForCausalLM(hf_config).to(device)
-
-        def loss_of(module, tokens):  # HF shifts the labels itself
-            return module(input_ids=tokens, labels=tokens).loss
+        model: torch.nn.Module = HFAsOurs(config)
     else:
-        model = GPTNeo(config, impl="fused" if name == "ours-fused" else "torch").to(device)
-
-        def loss_of(module, tokens):
-            return module(tokens[:, :-1], tokens[:, 1:], return_logits=False).loss
-
-    module = torch.compile(model) if name.endswith("compiled") else model
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
-    # T+1 tokens: ours takes T inputs and T targets, HF takes all and predicts the last T: the same work.
+        model = GPTNeo(config, impl=execution.impl)
+    model.to(device).train()
+    train_model = torch.compile(model) if execution.compile else model  # as the trainer wraps it
+    optimizer = make_optimizer(model, c, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=execution.dtype == "fp16")
+    autocast = autocast_context(device, execution.dtype)
     tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), device=device)
+    batch = (tokens[:, :-1], tokens[:, 1:])
 
-    def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = loss_of(module, tokens)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
+    def step(i: int) -> float:
+        lr = learning_rate(i, c)
+        return train_step(
+            train_model, model, optimizer, scaler, lambda: batch, c=c, lr=lr, autocast=autocast, dist=Dist()
+        ).loss
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(args.warmup):
-        step()
+    for i in range(args.warmup):
+        step(i)
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     steps, start = 0, time.perf_counter()
     while steps < args.min_steps or (time.perf_counter() - start < args.seconds and steps < args.max_steps):
-        loss = step()
+        loss = step(args.warmup + steps)
         steps += 1
     sync()
     elapsed = time.perf_counter() - start
@@ -97,11 +97,34 @@ def _worker(args: argparse.Namespace) -> dict:
     )
     return {
         "contender": name,
+        "execution": execution.as_dict(),
         "tokens_per_s": args.batch * args.seq * steps / elapsed,
         "peak_bytes": peak,
         "steps": steps,
-        "loss": float(loss),
+        "loss": loss,
     }
+
+
+class HFAsOurs(torch.nn.Module):
+    """Hugging Face ``GPTNeoForCausalLM`` of ``config`` (eager attention) behind our model's call, the one the
+    trainer's step makes: ``model(x, y, return_logits=False).loss``, the next-token loss of ``y`` from fp32 logits
+    as HF's own ``labels=`` loss computes it (without its shift: ``x`` and ``y`` come aligned)."""
+
+    def __init__(self, config: GPTNeoConfig) -> None:
+        import transformers  # the HF workers alone need it
+
+        super().__init__()
+        fields = hf_config_dict(config).items()
+        hf_config = transformers.GPTNeoConfig(
+            **{k: v for k, v in fields if k not in ("architectures", "model_type", "torch_dtype")}
+        )
+        hf_config._attn_implementation = "eager"
+        self.hf = transformers.GPTNeoForCausalLM(hf_config)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, return_logits: bool = True) -> GPTNeoOutput:
+        logits = self.hf(input_ids=x).logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        return GPTNeoOutput(logits if return_logits else None, loss, None, None)
 
 
 def run_contender(name: str, args: argparse.Namespace, timeout: float) -> dict:
@@ -141,8 +164,6 @@ def run_contender(name: str, args: argparse.Namespace, timeout: float) -> dict:
 
 
 def compare(args: argparse.Namespace) -> list[dict]:
-    import torch
-
     names = list(args.contenders or CONTENDERS)
     skipped = []
     if args.device == "cpu":
@@ -166,7 +187,8 @@ def compare(args: argparse.Namespace) -> list[dict]:
 def print_table(results: list[dict], args: argparse.Namespace) -> None:
     base = next((r for r in results if r["contender"] == "hf-eager" and "error" not in r), None)
     print(
-        f"\ntraining step, preset {args.preset}, batch {args.batch} x seq {args.seq}, {args.dtype}, "
+        f"\nthe trainer's step (tinystories.train.step.train_step), preset {args.preset}, batch {args.batch} x seq "
+        f"{args.seq}, {args.dtype}, "
         f"device {args.device}" + (f" ({_device_name(args.device)})" if args.device != "cpu" else "")
     )
     print(f"{'contender':<15}{'tokens/s':>12}{'vs HF eager':>13}{'peak memory':>14}{'mem vs HF':>11}")
@@ -184,8 +206,6 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
 
 
 def _device_name(device: str) -> str:
-    import torch
-
     return torch.cuda.get_device_name(torch.device(device))
 
 

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from _fixtures import save_random_checkpoint
 
-from tinystories.evaluate import grading, judge
+from tinystories.evaluate import conversation, judge
 from tinystories.evaluate.students import StudentInfo
 
 
@@ -25,13 +25,13 @@ def tiny_run(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------------ judge
-def expected_grades(completion: str) -> grading.Grades:
+def expected_grades(completion: str) -> conversation.Grades:
     """What the test judge gives a completion: a function of its text, so a test can recompute it."""
     h = hashlib.sha256(completion.encode()).digest()
-    return grading.Grades(1 + h[0] % 10, 1 + h[1] % 10, 1 + h[2] % 10, 1 + h[3] % 10, "ABCDEF"[h[4] % 6])
+    return conversation.Grades(1 + h[0] % 10, 1 + h[1] % 10, 1 + h[2] % 10, 1 + h[3] % 10, "ABCDEF"[h[4] % 6])
 
 
-def grades_text(g: grading.Grades) -> str:
+def grades_text(g: conversation.Grades) -> str:
     return (
         f"Grammar: {g.grammar:g}/10\nCreativity: {g.creativity:g}/10\nConsistency: {g.consistency:g}/10\n"
         f"Plot: {g.plot:g}/10\nAge group: {g.age_group}"

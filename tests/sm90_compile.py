@@ -44,7 +44,8 @@ def _i32(*names: str) -> dict:
 
 
 def compile_all(quick: bool) -> list[str]:
-    attention = importlib.import_module("tinystories.kernels.attention")
+    attention_fwd = importlib.import_module("tinystories.kernels.attention_fwd")
+    attention_bwd = importlib.import_module("tinystories.kernels.attention_bwd")
     layer_norm = importlib.import_module("tinystories.kernels.layer_norm")
     cross_entropy = importlib.import_module("tinystories.kernels.linear_cross_entropy")
     mlp = importlib.import_module("tinystories.kernels.mlp")
@@ -65,9 +66,9 @@ def compile_all(quick: bool) -> list[str]:
             types = {**_i32(*strides, "H", "T", "window"), "scale_log2": "fp32", "scale": "fp32"}
             types |= {n: f"*{dtype}" for n in "Q K V O DO DK DV DQ".split()} | {"LSE": "*fp32", "DELTA": "*fp32"}
             for space, kernel in [
-                (attention._FWD_CONFIGS, attention._attn_fwd_kernel),
-                (attention._DKDV_CONFIGS, attention._attn_bwd_dkdv_kernel),
-                (attention._DQ_CONFIGS, attention._attn_bwd_dq_kernel),
+                (attention_fwd._FWD_CONFIGS, attention_fwd._attn_fwd_kernel),
+                (attention_bwd._DKDV_CONFIGS, attention_bwd._attn_bwd_dkdv_kernel),
+                (attention_bwd._DQ_CONFIGS, attention_bwd._attn_bwd_dq_kernel),
             ]:
                 for cfg in configs(space if dtype != "fp32" else space[:1]):
                     constexprs = {
@@ -84,7 +85,7 @@ def compile_all(quick: bool) -> list[str]:
                     failures.append(_compile(kernel, types, constexprs, cfg.num_warps, cfg.num_stages, label))
             failures.append(
                 _compile(
-                    attention._attn_bwd_delta_kernel,
+                    attention_bwd._attn_bwd_delta_kernel,
                     types,
                     {"HEAD_DIM": head_dim, "BLOCK_M": 64, "BLOCK_D": block_d},
                     4,

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from tinystories.evaluate import cli as eval_cli
-from tinystories.evaluate import grading, report
-from tinystories.evaluate.grading import GradeParseError, Grades, parse_grades
+from tinystories.evaluate import conversation, grading, report
+from tinystories.evaluate.conversation import GradeParseError, Grades, parse_grades
 
 WELL_FORMED = [
     ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\nAge group: C", Grades(8, 7, 9, 6, "C")),
@@ -136,11 +136,11 @@ def test_partial_grades_are_kept_as_found_but_never_completed():
 
 
 def test_assessment_prompt_has_the_papers_structure():
-    prompt = grading.assessment_prompt("Tom saw a big", " dog in the park.")
+    prompt = conversation.assessment_prompt("Tom saw a big", " dog in the park.")
     assert "Tom saw a big*** dog in the park." in prompt
     assert "general assessment" in prompt and "split in the middle by the separator ***" in prompt
     for word in ("grammar", "creativity", "consistency", "plot", "A: 3 or under", "F: 13-16"):
-        assert word in grading.GRADING_REQUEST
+        assert word in conversation.GRADING_REQUEST
 
 
 def test_cache_key_changes_with_every_input():
@@ -190,7 +190,7 @@ def test_summarize_counts_failures_and_averages_only_graded_records():
     s = report.summarize(records)
     assert (s["n_graded"], s["n_items"]) == (2, 4)
     assert s["failures"] == {"refusal": 1, "missing": 1}
-    assert [s[k].mean for k in grading.SCORES] == [7, 5, 8, 6]
+    assert [s[k].mean for k in conversation.SCORES] == [7, 5, 8, 6]
     assert s["grammar"].ci95 == pytest.approx(12.706205 * math.sqrt(2) / math.sqrt(2), rel=1e-6)
     assert s["age"].mean == 3 and report.age_letter(s["age"].mean) == "C"
 

@@ -14,7 +14,7 @@ from _evaluate_fixtures import (
     make_judge,
 )
 
-from tinystories.evaluate import grading, report
+from tinystories.evaluate import conversation, grading, report
 from tinystories.jsonl import read_jsonl
 
 pytest.importorskip("openai")
@@ -258,7 +258,8 @@ def test_a_budget_stop_keeps_every_answered_turn_and_the_rerun_pays_for_none_twi
         first_run = server.requested_ids()
     assert judge.stats.stopped == "budget" and first_run
     assert all(
-        b["max_tokens"] == (grading.ASSESSMENT_MAX_TOKENS if len(b["messages"]) == 1 else grading.GRADES_MAX_TOKENS)
+        b["max_tokens"]
+        == (conversation.ASSESSMENT_MAX_TOKENS if len(b["messages"]) == 1 else conversation.GRADES_MAX_TOKENS)
         for b in bodies
     )
     left = [r for r in read_jsonl(tmp_path / "grades.jsonl") if r["status"] == "error"]

@@ -300,10 +300,11 @@ def test_tokens_per_s_after_an_eval_or_checkpoint_counts_only_training_time(
     tmp_path,
     monkeypatch,
 ):
-    from tinystories.train import loop
+    from tinystories.train import loop, metrics
 
     clock = FakeClock()
     monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(metrics, "time", clock)  # the step clock
 
     def timed(fn, seconds):
         def run(*args, **kwargs):
@@ -314,7 +315,7 @@ def test_tokens_per_s_after_an_eval_or_checkpoint_counts_only_training_time(
         return run
 
     monkeypatch.setattr(loop, "train_step", timed(loop.train_step, 1.0))  # each step: exactly 1 s
-    monkeypatch.setattr(loop, "evaluate", timed(loop.evaluate, 50.0))
+    monkeypatch.setattr(loop, "validation_loss", timed(loop.validation_loss, 50.0))
     monkeypatch.setattr(loop, "save_checkpoint", timed(loop.save_checkpoint, 30.0))
     # eval_every and ckpt_every are not multiples of log_every: the case that read 2-4x too fast
     config = load_config(

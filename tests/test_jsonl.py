@@ -76,7 +76,7 @@ def test_synthesis_resumes_after_a_torn_record(tmp_path):
 
 
 def test_training_metrics_and_the_sweep_reader_follow_the_same_rule(tmp_path):
-    from tinystories.train.loop import Metrics
+    from tinystories.train.metrics import Metrics
 
     run = tmp_path / "run"
     run.mkdir()

@@ -249,7 +249,7 @@ def test_a_failing_evaluation_or_metrics_write_is_logged_and_training_goes_on(da
     def failing_append(self, record):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(loop, "evaluate", failing_evaluate)
+    monkeypatch.setattr(loop, "validation_loss", failing_evaluate)
     monkeypatch.setattr(JsonlLog, "append", failing_append)
     assert (
         main(

@@ -6,7 +6,7 @@ held-out loss.
     tinystories eval novelty runs/a/ckpt.pt --stories train.txt
     tinystories eval loss runs/a/ckpt.pt --stories valid.txt
 
-Grading (see :mod:`tinystories.evaluate.grading` for the judge conversation) writes one JSONL record per
+Grading (see :mod:`tinystories.evaluate.conversation` for the judge conversation) writes one JSONL record per
 completion to ``<out>/grades.jsonl``; records are keyed by (checkpoint content, beginning, sample seed,
 generation settings, judge model, prompt version), so a rerun only generates and pays for new items. Probes,
 novelty and loss write to ``--out DIR`` only when given (see :mod:`tinystories.evaluate.outputs`).

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinystories.corpus import format_instructions
-from tinystories.evaluate.grading import GRADES_MAX_TOKENS, GradeSettings, run_judged
+from tinystories.evaluate.conversation import GRADES_MAX_TOKENS
+from tinystories.evaluate.grading import GradeSettings, run_judged
 from tinystories.evaluate.judge import Chat, LLMJudge
 from tinystories.evaluate.report import mean_ci95
 from tinystories.vocabulary import FEATURE_LABELS, FEATURES, PARTS_OF_SPEECH, missing_words

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinystories.atomic import atomic_save_png
-from tinystories.evaluate.grading import AGE_GROUPS, SCORES
+from tinystories.evaluate.conversation import AGE_GROUPS, SCORES
 from tinystories.plots import pyplot
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""GPT-Neo, exactly as Hugging Face ``GPTNeoForCausalLM`` computes it, in one readable file.
+"""GPT-Neo, exactly as Hugging Face ``GPTNeoForCausalLM`` computes it: the model, read top to bottom here, with its
+layers in :mod:`tinystories.model.attention` (self-attention, the KV cache) and :mod:`tinystories.model.blocks`.
 
 The architecture of the TinyStories models (Eldan & Li 2023):
 
@@ -24,15 +25,16 @@ never looked up, and sliced off the logits, so results equal the unpadded model'
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from types import ModuleType
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tinystories.model.attention import KVCache
+from tinystories.model.blocks import Block
 from tinystories.model.config import GPTNeoConfig
 
 log = logging.getLogger(__name__)
@@ -47,44 +49,6 @@ class GPTNeoOutput(NamedTuple):
     hidden_states: tuple[Tensor, ...] | None  # as HF: the input of every block, then ln_f's output
 
 
-class KVCache:
-    """Keys and values of the tokens seen so far, per layer, plus each key's position and validity.
-
-    Positions and validity make the masks of batched, left-padded prompts exact: a row attends to its
-    own real tokens by their own positions, so batching never changes a row's result.
-    """
-
-    def __init__(self, num_layers: int) -> None:
-        self.keys: list[Tensor | None] = [None] * num_layers
-        self.values: list[Tensor | None] = [None] * num_layers
-        self.positions: Tensor | None = None  # (B, S) int64
-        self.valid: Tensor | None = None  # (B, S) bool
-        self.uniform = True  # every row has the same positions and no padding
-
-    @property
-    def seq_len(self) -> int:
-        return 0 if self.positions is None else self.positions.shape[1]
-
-    def next_positions(self) -> Tensor | None:
-        """(B, 1) the position right after each row's last cached token."""
-        return None if self.positions is None else self.positions[:, -1:] + 1
-
-    def append_positions(self, positions: Tensor, valid: Tensor, uniform: bool) -> tuple[Tensor, Tensor]:
-        self.uniform = self.uniform and uniform
-        if self.positions is not None:
-            positions = torch.cat([self.positions.expand(positions.shape[0], -1), positions], dim=1)
-            valid = torch.cat([self.valid.expand(valid.shape[0], -1), valid], dim=1)
-        self.positions, self.valid = positions, valid
-        return positions, valid
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
-
-
 class KernelsWithoutDot:
     """The hybrid path's kernels: LayerNorm and linear-CE (cuBLAS matmuls around a Triton cross-entropy); no
     attention or MLP kernel (their tl.dot lacks tensor cores below sm_80), so those run cuBLAS / SDPA."""
@@ -93,117 +57,6 @@ class KernelsWithoutDot:
 
     def __init__(self, kernels: ModuleType) -> None:
         self.layer_norm, self.linear_cross_entropy = kernels.layer_norm, kernels.linear_cross_entropy
-
-
-class NewGELU(nn.Module):
-    """``gelu_new``: GELU with the tanh approximation (GPT-2/GPT-Neo). A module so it can be hooked."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, config: GPTNeoConfig, attention_type: str) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim = config.num_heads, config.head_dim
-        self.window = config.window_size if attention_type == "local" else None
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
-        self.attn_dropout = nn.Dropout(config.dropout)
-        self.resid_dropout = nn.Dropout(config.dropout)
-
-    def _heads(self, x: Tensor) -> Tensor:  # (B, T, C) -> (B, H, T, D)
-        B, T, _ = x.shape
-        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-
-    def forward(
-        self,
-        x: Tensor,
-        mask: Tensor | None,
-        kv_cache: KVCache | None,
-        layer: int,
-        fused: ModuleType | None,
-        explicit: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        """``explicit``: compute the probabilities in plain PyTorch (returned; needed with padding)."""
-        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
-        if fused is not None and fused.attention is not None:
-            y = fused.attention(q, k, v, causal=True, window=self.window, scale=1.0)
-            probs = None
-        else:
-            if kv_cache is not None:
-                k, v = kv_cache.update(layer, k, v)
-            if explicit:
-                # fp32 scores (no 1/sqrt(d) scaling in GPT-Neo); masked entries get the most negative float,
-                # like HF, so a row with no visible key (a padding query) stays finite.
-                scores = torch.matmul(q.float(), k.float().transpose(-1, -2))
-                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-                probs = F.softmax(scores, dim=-1).to(v.dtype)
-                y = torch.matmul(self.attn_dropout(probs), v)
-            else:
-                # The same function through PyTorch's fused attention (flash / memory-efficient kernels,
-                # fp32 accumulation of the scores), never materialising the (T, S) matrix. Every query
-                # sees at least itself here (no padding), so no row is fully masked.
-                causal = self.window is None and q.shape[2] == k.shape[2]
-                y = F.scaled_dot_product_attention(
-                    q,
-                    k,
-                    v,
-                    attn_mask=None if causal else mask,
-                    is_causal=causal,
-                    dropout_p=self.attn_dropout.p if self.training else 0.0,
-                    scale=1.0,
-                )
-                probs = None
-        B, _, T, _ = y.shape
-        y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
-        return self.resid_dropout(self.out_proj(y)), probs
-
-
-class MLP(nn.Module):
-    def __init__(self, config: GPTNeoConfig) -> None:
-        super().__init__()
-        self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = NewGELU()
-        self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: Tensor, fused: ModuleType | None) -> Tensor:
-        if fused is not None and fused.fused_mlp is not None:
-            y = fused.fused_mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias)
-        else:
-            y = self.c_proj(self.act(self.c_fc(x)))
-        return self.dropout(y)
-
-
-class Block(nn.Module):
-    def __init__(self, config: GPTNeoConfig, attention_type: str) -> None:
-        super().__init__()
-        self.attention_type = attention_type
-        self.ln_1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attn = SelfAttention(config, attention_type)
-        self.ln_2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = MLP(config)
-
-    def forward(
-        self,
-        x: Tensor,
-        mask: Tensor | None,
-        kv_cache: KVCache | None,
-        layer: int,
-        fused: ModuleType | None,
-        explicit: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        if fused is None:
-            a, probs = self.attn(self.ln_1(x), mask, kv_cache, layer, None, explicit)
-            x = x + a
-            return x + self.mlp(self.ln_2(x), None), probs
-        a, _ = self.attn(fused.layer_norm(x, self.ln_1.weight, self.ln_1.bias, self.ln_1.eps), mask, None, layer, fused)
-        # One kernel adds the residual and normalises: returns (ln_2(x + a), x + a).
-        normed, x = fused.layer_norm(a, self.ln_2.weight, self.ln_2.bias, self.ln_2.eps, residual=x)
-        return x + self.mlp(normed, fused), None
 
 
 class GPTNeo(nn.Module):
@@ -274,13 +127,13 @@ class GPTNeo(nn.Module):
             return None
         if self._kernels_status is None:
             try:
-                from tinystories import kernels
+                from tinystories import kernels as kernel_module
                 from tinystories.kernels import kernels_available
                 from tinystories.kernels._triton import interpreter_active
 
                 ok, reason = kernels_available()
                 # Triton's CPU interpreter (TRITON_INTERPRET=1, for tests) runs the kernels on CPU tensors.
-                self._kernels_status = (kernels if ok else None, reason, interpreter_active())
+                self._kernels_status = (kernel_module if ok else None, reason, interpreter_active())
             except ImportError as exc:
                 self._kernels_status = (None, f"tinystories.kernels is not usable ({exc})", False)
         kernels, reason, on_cpu = self._kernels_status
@@ -294,7 +147,7 @@ class GPTNeo(nn.Module):
                 "padding masks / custom positions run on the plain path",
             ),
             (
-                any(b.mlp.act._forward_hooks or b.mlp.act._forward_pre_hooks for b in self.blocks),
+                any(b.mlp.act._forward_hooks or b.mlp.act._forward_pre_hooks for b in cast("list[Block]", self.blocks)),
                 "a hook on blocks[i].mlp.act needs the plain MLP",
             ),
         ]
@@ -302,6 +155,7 @@ class GPTNeo(nn.Module):
             if applies:
                 self._fallback(why)
                 return None
+        assert kernels is not None  # the first reason returned otherwise
         return KernelsWithoutDot(kernels) if self._impl == "hybrid" else kernels
 
     # -- forward ---------------------------------------------------------------------------------------
@@ -346,8 +200,9 @@ class GPTNeo(nn.Module):
             if position_ids is None:
                 # Padding does not advance the position: row b's first real token is at position 0.
                 position_ids = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
-                if past:
-                    position_ids = position_ids + kv_cache.next_positions()
+                next_positions = kv_cache.next_positions() if kv_cache is not None else None
+                if next_positions is not None:  # a cache that holds tokens already
+                    position_ids = position_ids + next_positions
             if int(position_ids.max()) >= self.config.max_position_embeddings:
                 raise ValueError(
                     f"sequence reaches position {int(position_ids.max())} but the model has "
@@ -366,7 +221,7 @@ class GPTNeo(nn.Module):
             masks = {t: self._mask(query_pos, key_pos, key_valid, t) for t in set(self.config.attention_layers)}
 
         attentions, hidden_states = [], []
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(cast("list[Block]", self.blocks)):  # ModuleList items type as Module
             if output_hidden_states:
                 hidden_states.append(x)
             x, probs = block(x, masks[block.attention_type] if masks else None, kv_cache, i, fused, explicit)

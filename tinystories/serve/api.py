@@ -99,7 +99,8 @@ class Choice:
     ):
         self.index, self.tokenizer, self.stops, self.max_tokens, self.emit = index, tokenizer, stops, max_tokens, emit
         self.tokens: list[int] = []
-        self.text, self.sent, self.finish_reason = "", 0, None
+        self.text, self.sent = "", 0
+        self.finish_reason: str | None = None
         self.cancelled = False  # the client went away: stop generating
 
     def on_token(self, token: int) -> bool:

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from tinystories.atomic import atomic_write_json
 from tinystories.model.gpt_neo import GPTNeo
+from tinystories.progress import format_duration
 from tinystories.runtime.device import Dist, autocast_context, resolve_device, resolve_execution
 from tinystories.sweep.grid import RunPlan, SweepConfig, data_vocab_size, format_count, plan_runs, prepare_data
 from tinystories.train.step import learning_rate, make_optimizer, train_step
@@ -206,11 +207,3 @@ def estimate(
     Path(sweep.out_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(sweep.out_dir) / "estimate.json", report, indent=2)
     return report
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}min"
-    return f"{seconds / 3600:.2f}h"

@@ -2,10 +2,12 @@
 
 ``config`` (``TrainConfig``: preset, then TOML, then ``--key=value`` flags, validated before anything is
 allocated), ``inputs`` (shards, text files or the offline demo corpus), ``step`` (the one training step, also
-timed by ``sweep estimate``), ``loop`` (the resumable run: metrics, evaluation, checkpoints), ``resume`` (what
-a resume may change, which checkpoint it continues, the run's config.json history), ``lock`` (one trainer per
-run directory), ``signals`` (SIGINT/SIGTERM/SIGUSR1: checkpoint, then exit 128 + N) and ``cli``. The device and
-execution path come from :mod:`tinystories.runtime`.
+timed by ``sweep estimate``), ``loop`` (the ``Trainer``: the resumable run, read one method at a time),
+``metrics`` (metrics.jsonl, TensorBoard, the display and its ETA), ``validation`` (the validation loss and the
+sampled story), ``rng`` (the random state a checkpoint carries), ``resume`` (what a resume may change, which
+checkpoint it continues, the run's config.json history), ``lock`` (one trainer per run directory), ``signals``
+(SIGINT/SIGTERM/SIGUSR1: checkpoint, then exit 128 + N) and ``cli``. The device and execution path come from
+:mod:`tinystories.runtime`.
 """
 
 from tinystories.runtime.errors import ConfigError

@@ -1,10 +1,14 @@
 """The training run: a run directory, resumable bit-exactly from its newest checkpoint.
 
-Each step is :func:`tinystories.train.step.train_step`; every ``log_every`` steps a metrics record (loss,
-lr, tokens/s, MFU) goes to ``metrics.jsonl`` (and TensorBoard when installed), every ``eval_every`` steps
-the validation loss and a sampled story, every ``ckpt_every`` steps an atomic checkpoint holding everything
-needed to continue (model, optimizer, scaler, RNG and loader states). A step whose loss or gradients are
-not finite is skipped and counted; ``max_bad_steps`` in a row abort the run.
+:func:`train` takes the run directory's lock and hands the run to a :class:`Trainer`, whose methods read one at a
+time: ``__init__`` builds the model, optimizer and data, fresh or from the newest checkpoint; :meth:`~Trainer.fit`
+is the loop; :meth:`~Trainer.train_one_step` runs :func:`tinystories.train.step.train_step` and skips and counts
+a step whose loss or gradients are not finite (``max_bad_steps`` in a row abort the run); :meth:`~Trainer.log`
+shows every step (:mod:`tinystories.train.metrics`) and every ``log_every`` steps writes a metrics record (loss,
+lr, tokens/s, MFU) to ``metrics.jsonl`` and TensorBoard; :meth:`~Trainer.save` writes every ``ckpt_every`` steps
+an atomic checkpoint of everything needed to continue (model, optimizer, scaler, RNG and loader states);
+:meth:`~Trainer.evaluate` measures every ``eval_every`` steps the validation loss and samples a story. A stop
+signal finishes the step, writes a checkpoint and raises :class:`Interrupted`.
 """
 
 from __future__ import annotations
@@ -15,15 +19,13 @@ import shlex
 import signal
 import sys
 import time
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from tinystories.data import IGNORE_INDEX, ShardError, TokenLoader, load_dataset_tokenizer
-from tinystories.jsonl import JsonlLog
+from tinystories.data import TokenLoader, load_dataset_tokenizer
 from tinystories.model.checkpoint import (
     CheckpointWriteError,
     checkpoint_path,
@@ -32,10 +34,9 @@ from tinystories.model.checkpoint import (
     save_checkpoint,
 )
 from tinystories.model.config import GPTNeoConfig, flops_per_token
-from tinystories.model.generate import generate_texts
 from tinystories.model.gpt_neo import GPTNeo, model_summary
 from tinystories.model.hf import load_hf_model
-from tinystories.progress import Progress
+from tinystories.progress import format_duration
 from tinystories.runtime.device import (
     Dist,
     autocast_context,
@@ -47,10 +48,10 @@ from tinystories.runtime.device import (
     to_device,
 )
 from tinystories.runtime.errors import ConfigError
-from tinystories.tokenizer import Tokenizer
 from tinystories.train.config import TrainConfig, saved_config
 from tinystories.train.inputs import DEMO_NOTICE, resolve_data
 from tinystories.train.lock import RunLock
+from tinystories.train.metrics import Metrics, StepClock, TrainDisplay
 from tinystories.train.resume import (
     history_entry,
     loader_state_for_rank,
@@ -59,150 +60,14 @@ from tinystories.train.resume import (
     remove_stale_temp_files,
     write_run_config,
 )
-from tinystories.train.signals import Interrupted, StopSignals
-from tinystories.train.step import learning_rate, make_optimizer, train_step
+from tinystories.train.rng import rng_state, set_rng_state
+from tinystories.train.signals import Interrupted, StopSignals, agreed_signal
+from tinystories.train.step import StepResult, learning_rate, make_optimizer, train_step
+from tinystories.train.validation import missing_validation, sample_story, validation_loss
 
 
 class TrainingAborted(RuntimeError):
     """The run cannot usefully continue (e.g. too many non-finite steps in a row)."""
-
-
-class Metrics:
-    """metrics.jsonl (see :mod:`tinystories.jsonl`) and TensorBoard scalars when tensorboard is installed."""
-
-    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
-        self._log = JsonlLog(run_dir / "metrics.jsonl")
-        self.failed_writes = 0
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                pass  # tensorboard is optional; metrics.jsonl has everything
-
-    def write(self, record: dict[str, Any]) -> None:
-        """Append ``record``; a failed write (full disk...) is reported once and training goes on."""
-        try:
-            self._log.append(record)
-            if self._tb is not None:
-                for key, value in record.items():
-                    if key != "step" and isinstance(value, (int, float)):
-                        self._tb.add_scalar(key, value, record["step"])
-        except OSError as exc:
-            if not self.failed_writes:
-                print(
-                    f"warning: could not write metrics to {self._log.path} ({exc}); training goes on (further "
-                    f"failures are counted, not shown)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            self.failed_writes += 1
-
-    def close(self) -> None:
-        self._log.close()
-        if self._tb is not None:
-            self._tb.close()
-
-
-def rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-        "python_gauss": random.getstate()[2],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    data_dir: Path,
-    c: TrainConfig,
-    seq_len: int,
-    dist: Dist,
-    device: torch.device,
-    autocast: AbstractContextManager,
-) -> float:
-    """Mean next-token loss over the first ``eval_batches`` batches of the validation split (all ranks)."""
-    model.eval()
-    loader = TokenLoader(
-        data_dir,
-        split="val",
-        batch_size=c.batch_size,
-        seq_len=seq_len,
-        mode=c.data_mode,
-        seed=c.seed,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        shuffle=False,
-        loop=False,
-        threads=c.loader_threads,
-    )
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # sum of losses, number of targets
-    for i, (x, y) in enumerate(loader):
-        if i >= c.eval_batches:
-            break
-        x, y = to_device(x, device), to_device(y, device)
-        with autocast:
-            logits = model(x).logits
-        total[0] += F.cross_entropy(
-            logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        ).double()
-        total[1] += (y != IGNORE_INDEX).sum()
-    if dist.enabled:
-        torch.distributed.all_reduce(total)
-    model.train()
-    if total[1] == 0:
-        raise RuntimeError(f"{data_dir}: the validation split is empty; prepare the data with val_fraction > 0")
-    return float(total[0] / total[1])
-
-
-def missing_validation(data_dir: Path, c: TrainConfig, seq_len: int) -> str | None:
-    """Why the data have no validation batch to evaluate on (None when they have one), decided at start-up."""
-    try:
-        loader = TokenLoader(
-            data_dir,
-            split="val",
-            batch_size=c.batch_size,
-            seq_len=seq_len,
-            mode=c.data_mode,
-            shuffle=False,
-            loop=False,
-            threads=1,
-        )
-    except ShardError as exc:
-        return str(exc)
-    if len(loader) == 0:
-        return (
-            f"{data_dir}: the validation split holds {loader.index['splits']['val']['tokens']} tokens, less than "
-            f"one sequence of {seq_len + 1} (prepared with --val-fraction 0?)"
-        )
-    return None
-
-
-def sample_story(model: GPTNeo, tokenizer: Tokenizer, c: TrainConfig, seed: int) -> str:
-    """The story the trainer shows at every evaluation: ``sample_prompt`` continued (temperature 0.8, top-k 50)."""
-    return generate_texts(
-        model,
-        tokenizer,
-        [c.sample_prompt],
-        max_new_tokens=c.sample_max_new_tokens,
-        temperature=0.8,
-        top_k=50,
-        seed=seed,
-    )[0]
 
 
 def train(c: TrainConfig) -> Path:
@@ -232,7 +97,7 @@ def _train(c: TrainConfig, dist: Dist) -> Path:
                     f"removed {removed} temp file(s) ({size / 1e6:,.1f} MB) left by an interrupted write in {run_dir}"
                 )
         barrier(dist)
-        return _run(c, dist, device, run_dir)
+        return Trainer(c, dist, device, run_dir).fit()
 
 
 def _start_point(c: TrainConfig, run_dir: Path, dist: Dist) -> tuple[TrainConfig, dict[str, Any] | None, list[str]]:
@@ -256,248 +121,309 @@ def _start_point(c: TrainConfig, run_dir: Path, dist: Dist) -> tuple[TrainConfig
     return c, ckpt, changes
 
 
-def _run(c: TrainConfig, dist: Dist, device: torch.device, run_dir: Path) -> Path:
-    c, ckpt, changes = _start_point(c, run_dir, dist)
-    execution = resolve_execution(device, dtype=c.dtype, impl=c.impl, compile=c.compile)  # of the restored config
-    dtype = execution.dtype
-    say = print if dist.main else (lambda *a, **k: None)
-    data_dir = resolve_data(c, run_dir, dist)
-    tokenizer = load_dataset_tokenizer(data_dir)
-    torch.manual_seed(c.seed)  # the same initial weights on every rank and every run of this config
-    random.seed(c.seed)
-    if ckpt is not None:  # the checkpoint's own shape (resume refuses shape changes; dropout may change)
-        dropout = {} if c.dropout is None else {"dropout": c.dropout}
-        model = GPTNeo(GPTNeoConfig.from_dict({**ckpt["model_config"], **dropout}))
-    elif c.init_from_hf:
-        model = load_hf_model(c.init_from_hf)
-        if model.config.vocab_size != tokenizer.n_vocab:
-            raise ConfigError(
-                f"init_from_hf={c.init_from_hf}: the model's vocab_size {model.config.vocab_size} "
-                f"differs from the data's tokenizer ({tokenizer.n_vocab} tokens)"
-            )
-    else:
-        model = GPTNeo(c.gpt_neo_config(tokenizer.n_vocab))
-    mc = model.config
-    seq_len = c.seq_len or mc.max_position_embeddings
-    if seq_len > mc.max_position_embeddings:
-        raise ConfigError(f"seq_len={seq_len} exceeds the model's context of {mc.max_position_embeddings}")
-    model.impl = execution.impl
-    model.to(device).train()
-    optimizer = make_optimizer(model, c, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
-    autocast = autocast_context(device, dtype)
-    loader = TokenLoader(
-        data_dir,
-        split="train",
-        batch_size=c.batch_size,
-        seq_len=seq_len,
-        mode=c.data_mode,
-        seed=c.seed,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        threads=c.loader_threads,
-        pin_memory=device.type == "cuda",
-        expected_fingerprint=tokenizer.fingerprint,
-    )
-    no_eval = missing_validation(data_dir, c, seq_len)
+class Trainer:
+    """One training run in ``run_dir``, on this process's ``device`` (one rank of ``dist``)."""
 
-    step, counters = 0, {"skipped_steps": 0, "bad_in_a_row": 0, "tokens": 0}
-    if ckpt is not None:
-        loader_state = loader_state_for_rank(ckpt["loader"], dist, str(ckpt["path"]))  # refuses another world size
+    def __init__(self, c: TrainConfig, dist: Dist, device: torch.device, run_dir: Path) -> None:
+        """The model, optimizer and data of a fresh run, or restored from the newest checkpoint (``resume``)."""
+        c, ckpt, changes = _start_point(c, run_dir, dist)
+        self.c, self.dist, self.device, self.run_dir = c, dist, device, run_dir
+        self.execution = resolve_execution(device, dtype=c.dtype, impl=c.impl, compile=c.compile)  # restored config's
+        self.data_dir = resolve_data(c, run_dir, dist)
+        self.tokenizer = load_dataset_tokenizer(self.data_dir)
+        torch.manual_seed(c.seed)  # the same initial weights on every rank and every run of this config
+        random.seed(c.seed)
+        self.model = self._build_model(ckpt)
+        self.seq_len = c.seq_len or self.model.config.max_position_embeddings
+        if self.seq_len > self.model.config.max_position_embeddings:
+            raise ConfigError(
+                f"seq_len={self.seq_len} exceeds the model's context of {self.model.config.max_position_embeddings}"
+            )
+        self.model.impl = self.execution.impl
+        self.model.to(device).train()
+        self.optimizer = make_optimizer(self.model, c, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.execution.dtype == "fp16")
+        self.autocast = autocast_context(device, self.execution.dtype)
+        self.loader = TokenLoader(
+            self.data_dir,
+            split="train",
+            batch_size=c.batch_size,
+            seq_len=self.seq_len,
+            mode=c.data_mode,
+            seed=c.seed,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            threads=c.loader_threads,
+            pin_memory=device.type == "cuda",
+            expected_fingerprint=self.tokenizer.fingerprint,
+        )
+        self.no_eval = missing_validation(self.data_dir, c, self.seq_len)
+        self.step, self.counters = 0, {"skipped_steps": 0, "bad_in_a_row": 0, "tokens": 0}
+        if ckpt is not None:
+            self._restore(ckpt, changes)
+        self.tokens_per_step = c.batch_size * self.seq_len * c.grad_accum * dist.world_size
+        self.flops_per_step = flops_per_token(self.model.config, self.seq_len) * self.tokens_per_step
+        self.peak_flops = peak_flops(device, self.execution.dtype)
+        self.tokenizer_json = self.tokenizer.to_json()
+        if dist.main:
+            self._describe("resume" if ckpt else "start", changes)
+        self.train_model = self._wrap(self.model)
+        self.metrics = Metrics(run_dir, c.tensorboard) if dist.main else None
+        self.display = TrainDisplay(c.max_steps, self.step, mode=c.display, enabled=dist.main)
+        self.clock = StepClock()
+
+    # -- setup -------------------------------------------------------------------------------------------------
+    def _build_model(self, ckpt: dict[str, Any] | None) -> GPTNeo:
+        """The checkpoint's own shape (resume refuses shape changes; dropout may change), a Hugging Face model
+        (``init_from_hf``) or the configured preset."""
+        c = self.c
+        if ckpt is not None:
+            dropout = {} if c.dropout is None else {"dropout": c.dropout}
+            return GPTNeo(GPTNeoConfig.from_dict({**ckpt["model_config"], **dropout}))
+        if c.init_from_hf:
+            model = load_hf_model(c.init_from_hf)
+            if model.config.vocab_size != self.tokenizer.n_vocab:
+                raise ConfigError(
+                    f"init_from_hf={c.init_from_hf}: the model's vocab_size {model.config.vocab_size} "
+                    f"differs from the data's tokenizer ({self.tokenizer.n_vocab} tokens)"
+                )
+            return model
+        return GPTNeo(c.gpt_neo_config(self.tokenizer.n_vocab))
+
+    def _restore(self, ckpt: dict[str, Any], changes: list[str]) -> None:
+        """Continue exactly where ``ckpt`` stopped: loader position, weights, optimizer, scaler, RNG, counters."""
+        state = loader_state_for_rank(ckpt["loader"], self.dist, str(ckpt["path"]))  # refuses another world size
         try:
-            loader.load_state(loader_state)
+            self.loader.load_state(state)
         except ValueError as exc:
-            raise ConfigError(f"--resume: {data_dir} is not the data {ckpt['path']} was trained on ({exc})") from None
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        for group, fresh in zip(optimizer.param_groups, make_optimizer(model, c, device).param_groups):
+            raise ConfigError(
+                f"--resume: {self.data_dir} is not the data {ckpt['path']} was trained on ({exc})"
+            ) from None
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        fresh_groups = make_optimizer(self.model, self.c, self.device).param_groups
+        for group, fresh in zip(self.optimizer.param_groups, fresh_groups):
             group.update(weight_decay=fresh["weight_decay"], betas=fresh["betas"])  # the config's, not the saved
         if ckpt["scaler"]:  # empty when saved without fp16: a run switched to fp16 starts a fresh scale
-            scaler.load_state_dict(ckpt["scaler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
-        step, counters = ckpt["step"], ckpt["counters"]
-        say(f"resumed {ckpt['path']} at step {step}" + "".join(f"\n  changed: {line}" for line in changes))
+        self.step, self.counters = ckpt["step"], ckpt["counters"]
+        if self.dist.main:
+            print(f"resumed {ckpt['path']} at step {self.step}" + "".join(f"\n  changed: {line}" for line in changes))
 
-    tokens_per_step = c.batch_size * seq_len * c.grad_accum * dist.world_size
-    flops_step = flops_per_token(mc, seq_len) * tokens_per_step
-    peak = peak_flops(device, dtype)
-    tokenizer_json = tokenizer.to_json()
-    if dist.main:
-        write_run_config(
-            run_dir,
-            {
-                "train": c.model_dump(),
-                "model": mc.to_dict(),
-                "data": str(data_dir),
-                "dtype": dtype,
-                "execution": execution.as_dict(),
-                "world_size": dist.world_size,
-            },
-            history_entry("resume" if ckpt else "start", step, changes),
-        )
-        say(execution.describe())
-        say(
-            f"{model_summary(model)}\ndata {data_dir} | {tokens_per_step:,} tokens/step | device {device} "
-            f"{dtype} x{dist.world_size} | run dir {run_dir}"
+    def _describe(self, event: str, changes: list[str]) -> None:
+        """config.json (the config in force and its history), then what is trained, on what, where."""
+        c, dist = self.c, self.dist
+        record = {
+            "train": c.model_dump(),
+            "model": self.model.config.to_dict(),
+            "data": str(self.data_dir),
+            "dtype": self.execution.dtype,
+            "execution": self.execution.as_dict(),
+            "world_size": dist.world_size,
+        }
+        write_run_config(self.run_dir, record, history_entry(event, self.step, changes))
+        print(self.execution.describe())
+        print(
+            f"{model_summary(self.model)}\ndata {self.data_dir} | {self.tokens_per_step:,} tokens/step | device "
+            f"{self.device} {self.execution.dtype} x{dist.world_size} | run dir {self.run_dir}"
         )
         if c.data is None:
-            say(f"[demo] {DEMO_NOTICE}")
-        if no_eval:
-            say(f"{no_eval}: training without validation loss (stories are still sampled every eval_every steps)")
+            print(f"[demo] {DEMO_NOTICE}")
+        if self.no_eval:
+            print(
+                f"{self.no_eval}: training without validation loss (stories are still sampled every eval_every steps)"
+            )
 
-    train_model: torch.nn.Module = model
-    if execution.compile:
-        train_model = torch.compile(model)
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
+    def _wrap(self, model: GPTNeo) -> torch.nn.Module:
+        """The model as trained: compiled and/or DDP-wrapped (``self.model`` stays the plain one for saving)."""
+        train_model: torch.nn.Module = torch.compile(model) if self.execution.compile else model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            train_model = DistributedDataParallel(train_model, device_ids=device_ids)
+        return train_model
 
-    metrics = Metrics(run_dir, c.tensorboard) if dist.main else None
-    rich_display = dist.main and (c.display == "rich" or (c.display == "auto" and sys.stdout.isatty()))
-    progress = Progress("train", c.max_steps, completed=step, enabled=rich_display)
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def fit(self) -> Path:
+        """Train to ``max_steps`` (checkpoint, then evaluate, where due), then tell a story; returns the run dir."""
+        c = self.c
+        if self.step >= c.max_steps:
+            self.display.print(
+                f"{self.run_dir} is already at step {self.step} of max_steps={c.max_steps}; raise --max_steps to "
+                f"train further"
+            )
+        with self.display, StopSignals() as stop:
+            try:
+                self.clock.restart()
+                while self.step < c.max_steps:
+                    result, lr = self.train_one_step()
+                    self.log(result, lr)
+                    saved = self.step % c.ckpt_every == 0 or self.step == c.max_steps
+                    if saved:  # before evaluation: a failing or interrupted evaluation costs no training
+                        self.save()
+                        self.clock.restart()  # checkpoints are not training throughput
+                    self.stop_if_signalled(stop.signum, saved)
+                    if self.step % c.eval_every == 0 or self.step == c.max_steps:
+                        self.evaluate()
+                        self.clock.restart()  # evaluation time is not training throughput
+            finally:
+                if self.metrics is not None:
+                    self.metrics.close()
+        if self.dist.main:
+            story = sample_story(self.model, self.tokenizer, c, seed=c.seed)
+            print(f"\nA story by the model ({self.run_dir}):\n\n{story}\n")
+            print(f"checkpoint: {checkpoint_path(self.run_dir, self.step)}")
+        return self.run_dir
 
-    def message(text: str) -> None:
-        if dist.main:
-            progress.print(text)
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = next(self.loader)
+        return to_device(x, self.device), to_device(y, self.device)
 
-    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = next(loader)
-        return to_device(x, device), to_device(y, device)
+    def train_one_step(self) -> tuple[StepResult, float]:
+        """One optimizer step at the schedule's learning rate; returns its result and the learning rate. A step
+        whose loss or gradients are not finite is skipped and counted; ``max_bad_steps`` in a row abort the run."""
+        c, counters = self.c, self.counters
+        lr = learning_rate(self.step, c)
+        result = train_step(
+            self.train_model,
+            self.model,
+            self.optimizer,
+            self.scaler,
+            self._next_batch,
+            c=c,
+            lr=lr,
+            autocast=self.autocast,
+            dist=self.dist,
+        )
+        if result.applied:
+            counters["bad_in_a_row"] = 0
+        elif result.overflow:  # fp16: the GradScaler lowered its scale; not a sign of a broken run
+            counters["overflow_steps"] = counters.get("overflow_steps", 0) + 1
+        else:
+            counters["skipped_steps"] += 1
+            counters["bad_in_a_row"] += 1
+            self.display.print(
+                f"step {self.step + 1}: non-finite loss ({result.loss}) or gradient norm ({result.grad_norm}); "
+                f"step skipped ({counters['bad_in_a_row']} in a row)"
+            )
+            if counters["bad_in_a_row"] >= c.max_bad_steps:
+                raise TrainingAborted(
+                    f"aborting: {counters['bad_in_a_row']} consecutive steps with a non-finite loss or gradients "
+                    f"(last loss {result.loss}, step {self.step + 1}). Lower --lr, use --dtype=bf16/fp32, or check "
+                    f"the data; the last good checkpoint is in {self.run_dir / 'checkpoints'}"
+                )
+        self.step += 1
+        counters["tokens"] += self.tokens_per_step
+        return result, lr
 
-    def save(at_step: int) -> None:
-        if not dist.main:
+    # -- logging -----------------------------------------------------------------------------------------------
+    def log(self, result: StepResult, lr: float) -> None:
+        """Time the step and show it; every ``log_every`` steps (and at the last) write a metrics record too.
+
+        The display shows the pace of the recent steps, the record that of the steps since the previous record.
+        The process's first step is shown at once (a plain line too), its ETA marked "(warm-up)" until the step
+        times settle; then one line projects the run's wall time."""
+        c, step = self.c, self.step
+        record_due = step % c.log_every == 0 or step == c.max_steps
+        if record_due and self.device.type == "cuda":
+            torch.cuda.synchronize()  # the record's tokens/s includes the work still queued on the GPU
+        self.clock.tick()
+        window_seconds = self.clock.take_window() if record_due else None
+        if window_seconds is not None and self.metrics is not None:
+            tok_s, mfu = self._rates(window_seconds)
+            record = {
+                "step": step,
+                "loss": result.loss,
+                "lr": lr,
+                "grad_norm": result.grad_norm,
+                "tokens_per_s": tok_s,
+                "tokens": self.counters["tokens"],
+                "skipped_steps": self.counters["skipped_steps"],
+                "overflow_steps": self.counters.get("overflow_steps", 0),
+            }
+            self.metrics.write(record if mfu is None else {**record, "mfu": mfu})
+        tok_s, mfu = self._rates(self.clock.seconds_per_step())
+        mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
+        stats = f"loss {result.loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | MFU {mfu_text}"
+        self.display.step(step, stats, self.clock.eta(c.max_steps - step), line=record_due or self.clock.steps == 1)
+        if self.clock.just_settled:
+            where = f"{self.device}" + (f" x{self.dist.world_size}" if self.dist.world_size > 1 else "")
+            self.display.print(self.clock.projection(step, c.max_steps, self.tokens_per_step, where))
+        if record_due:
+            self.clock.restart()  # logging is not training throughput
+
+    def _rates(self, seconds_per_step: float) -> tuple[float, float | None]:
+        """(tokens/s, model FLOPs utilisation or None where the device's peak is unknown) at this pace."""
+        peak = self.peak_flops * self.dist.world_size if self.peak_flops else None
+        return self.tokens_per_step / seconds_per_step, self.flops_per_step / seconds_per_step / peak if peak else None
+
+    # -- checkpoints and signals -------------------------------------------------------------------------------
+    def save(self) -> None:
+        """An atomic checkpoint of everything needed to continue bit-exactly (rank 0 writes it)."""
+        if not self.dist.main:
             return
         payload = {
-            "step": at_step,
-            "model": model.state_dict(),
-            "model_config": mc.to_dict(),
-            "train_config": c.model_dump(),
-            "tokenizer_json": tokenizer_json,
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "model_config": self.model.config.to_dict(),
+            "train_config": self.c.model_dump(),
+            "tokenizer_json": self.tokenizer_json,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
-            "loader": loader.state(),
-            "counters": dict(counters),
+            "loader": self.loader.state(),
+            "counters": dict(self.counters),
         }
         try:
-            save_checkpoint(payload, checkpoint_path(run_dir, at_step), keep_last=c.keep_last)
+            save_checkpoint(payload, checkpoint_path(self.run_dir, self.step), keep_last=self.c.keep_last)
         except CheckpointWriteError as exc:
             raise TrainingAborted(
-                f"{exc}. Free space (or fix the folder's permissions), then resume with: {resume_command(run_dir)}"
+                f"{exc}. Free space (or fix the folder's permissions), then resume with: {resume_command(self.run_dir)}"
             ) from None
 
-    def evaluate_and_sample(at_step: int) -> None:
-        record: dict[str, Any] = {"step": at_step}
-        if not no_eval:
-            val = evaluate(train_model, data_dir, c, seq_len, dist, device, autocast)
-            record.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)))
-        if metrics is not None:
-            record["sample"] = sample_story(model, tokenizer, c, seed=c.seed + at_step)
-            val_text = f"val loss {record['val_loss']:.4f} | ppl {record['val_ppl']:.2f} | " if not no_eval else ""
-            message(f"step {at_step}: {val_text}sample: {' '.join(record['sample'].split())}")
-            metrics.write(record)
+    def stop_if_signalled(self, signum: int | None, saved: bool) -> None:
+        """After a stop signal on any rank: checkpoint this step (unless just done) and raise :class:`Interrupted`."""
+        agreed = agreed_signal(signum, self.dist, self.device)
+        if not agreed:
+            return
+        if not saved:
+            self.save()
+        raise Interrupted(
+            agreed,
+            f"stopped by {signal.Signals(agreed).name} at step {self.step} of {self.c.max_steps}; checkpoint "
+            f"{checkpoint_path(self.run_dir, self.step)} written. Resume with: {resume_command(self.run_dir)}",
+        )
 
-    t_last, steps_since = time.perf_counter(), 0
-    if step >= c.max_steps:
-        message(f"{run_dir} is already at step {step} of max_steps={c.max_steps}; raise --max_steps to train further")
-    with progress, StopSignals() as stop:
+    # -- evaluation --------------------------------------------------------------------------------------------
+    def evaluate(self) -> None:
+        """The validation loss (every rank takes part) and a sampled story (rank 0), shown and recorded. A failed
+        evaluation is reported and training goes on."""
+        step = self.step
+        record: dict[str, Any] = {"step": step}
         try:
-            while step < c.max_steps:
-                lr = learning_rate(step, c)
-                result = train_step(
-                    train_model, model, optimizer, scaler, next_batch, c=c, lr=lr, autocast=autocast, dist=dist
+            if not self.no_eval:
+                started = time.perf_counter()
+                val = validation_loss(
+                    self.train_model,
+                    self.data_dir,
+                    self.c,
+                    self.seq_len,
+                    self.dist,
+                    self.device,
+                    self.autocast,
+                    progress=lambda batches: self.display.validation(step, batches),
                 )
-                loss_value = result.loss
-                if result.applied:
-                    counters["bad_in_a_row"] = 0
-                elif result.overflow:  # fp16: the GradScaler lowered its scale; not a sign of a broken run
-                    counters["overflow_steps"] = counters.get("overflow_steps", 0) + 1
-                else:
-                    counters["skipped_steps"] += 1
-                    counters["bad_in_a_row"] += 1
-                    message(
-                        f"step {step + 1}: non-finite loss ({loss_value}) or gradient norm ({result.grad_norm}); "
-                        f"step skipped ({counters['bad_in_a_row']} in a row)"
-                    )
-                    if counters["bad_in_a_row"] >= c.max_bad_steps:
-                        raise TrainingAborted(
-                            f"aborting: {counters['bad_in_a_row']} consecutive steps with a non-finite loss or "
-                            f"gradients (last loss {loss_value}, step {step + 1}). Lower --lr, use --dtype=bf16/fp32, "
-                            f"or "
-                            f"check the data; the last good checkpoint is in {run_dir / 'checkpoints'}"
-                        )
-                step += 1
-                counters["tokens"] += tokens_per_step
-                steps_since += 1
-
-                if step % c.log_every == 0 or step == c.max_steps:
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    now = time.perf_counter()
-                    dt = (now - t_last) / steps_since
-                    tok_s = tokens_per_step / dt
-                    mfu = flops_step / dt / (peak * dist.world_size) if peak else None
-                    eta = dt * (c.max_steps - step)
-                    record = {
-                        "step": step,
-                        "loss": loss_value,
-                        "lr": lr,
-                        "grad_norm": result.grad_norm,
-                        "tokens_per_s": tok_s,
-                        "tokens": counters["tokens"],
-                        "skipped_steps": counters["skipped_steps"],
-                        "overflow_steps": counters.get("overflow_steps", 0),
-                    }
-                    if mfu is not None:
-                        record["mfu"] = mfu
-                    if metrics is not None:
-                        metrics.write(record)
-                    mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
-                    stats = f"loss {loss_value:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | MFU {mfu_text}"
-                    if progress.live:
-                        progress.update(completed=step, status=stats)
-                    else:
-                        message(f"step {step}/{c.max_steps} | {stats} | ETA {eta:.0f}s")
-                    t_last, steps_since = time.perf_counter(), 0
-
-                saved = step % c.ckpt_every == 0 or step == c.max_steps
-                if saved:  # before evaluation: a failing or interrupted evaluation costs no training
-                    save(step)
-                    t_last, steps_since = time.perf_counter(), 0  # checkpoints are not training throughput
-                signum = agreed_signal(stop.signum, dist, device)
-                if signum:
-                    if not saved:
-                        save(step)
-                    raise Interrupted(
-                        signum,
-                        f"stopped by {signal.Signals(signum).name} at step {step} of "
-                        f"{c.max_steps}; checkpoint {checkpoint_path(run_dir, step)} written. "
-                        f"Resume with: {resume_command(run_dir)}",
-                    )
-                if step % c.eval_every == 0 or step == c.max_steps:
-                    try:
-                        evaluate_and_sample(step)
-                    except Exception as exc:  # noqa: BLE001 (a failed evaluation must not end the run)
-                        message(f"step {step}: evaluation failed ({type(exc).__name__}: {exc}); training goes on")
-                    t_last, steps_since = time.perf_counter(), 0  # evaluation time is not training throughput
-        finally:
-            if metrics is not None:
-                metrics.close()
-    if dist.main:
-        story = sample_story(model, tokenizer, c, seed=c.seed)
-        say(f"\nA story by the model ({run_dir}):\n\n{story}\n")
-        say(f"checkpoint: {checkpoint_path(run_dir, step)}")
-    return run_dir
-
-
-def agreed_signal(signum: int | None, dist: Dist, device: torch.device) -> int:
-    """The stop signal any rank received (0: none); under DDP all ranks stop at the same step."""
-    if not dist.enabled:
-        return signum or 0
-    flag = torch.tensor([signum or 0], device=device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return int(flag.item())
+                record.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)))
+                took = format_duration(time.perf_counter() - started)
+                self.display.print(f"step {step}: val loss {val:.4f} | ppl {record['val_ppl']:.2f} ({took})")
+            if self.metrics is not None:
+                record["sample"] = sample_story(self.model, self.tokenizer, self.c, seed=self.c.seed + step)
+                self.display.print(f"step {step}: sample: {' '.join(record['sample'].split())}")
+                self.metrics.write(record)
+        except Exception as exc:  # noqa: BLE001 (a failed evaluation must not end the run)
+            self.display.print(f"step {step}: evaluation failed ({type(exc).__name__}: {exc}); training goes on")
 
 
 def resume_command(run_dir: Path) -> str:

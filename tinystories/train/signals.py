@@ -2,7 +2,7 @@
 ``--signal=USR1@<seconds>`` warning) ask the loop to write a checkpoint at the next step boundary and exit
 with status 128 + the signal's number (130, 143, 138), so a scheduler sees that the run did not finish and
 can requeue it with ``--resume``. A second Ctrl-C (a second or more after the first) stops at once, without a
-checkpoint.
+checkpoint. Under DDP the ranks agree on the signal (:func:`agreed_signal`), so all stop at the same step.
 """
 
 from __future__ import annotations
@@ -11,7 +11,13 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
+
+import torch
+
+from tinystories.runtime.device import Dist
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
@@ -34,7 +40,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._since = 0.0
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         # Ctrl-C twice: the user does not want to wait for the checkpoint. Copies of one Ctrl-C arrive within
@@ -58,3 +64,12 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+def agreed_signal(signum: int | None, dist: Dist, device: torch.device) -> int:
+    """The stop signal any rank received (0: none); under DDP all ranks stop at the same step."""
+    if not dist.enabled:
+        return signum or 0
+    flag = torch.tensor([signum or 0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag.item())

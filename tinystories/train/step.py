@@ -13,8 +13,10 @@ import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import cast
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from tinystories.model.gpt_neo import GPTNeo
 from tinystories.runtime.device import Dist
@@ -67,7 +69,8 @@ def train_step(
     for micro in range(c.grad_accum):
         x, y = next_batch()
         last = micro == c.grad_accum - 1
-        sync = train_model.no_sync() if dist.enabled and not last else nullcontext()  # one all-reduce per step
+        # Under DDP (dist.enabled), train_model is the DistributedDataParallel wrapper: one all-reduce per step.
+        sync = cast(DistributedDataParallel, train_model).no_sync() if dist.enabled and not last else nullcontext()
         with sync, autocast:
             loss = train_model(x, y, return_logits=False).loss / c.grad_accum
         scaler.scale(loss).backward()
