@@ -84,7 +84,7 @@ def measure(cell: Cell, batch: int, steps: int) -> dict:
     torch._dynamo.reset()  # a fresh compile per cell, never the recompile limit's silent fall-back to eager
     torch.manual_seed(0)
     c = load_config(None, {"preset": cell.preset, "batch_size": batch, "seq_len": SEQ_LEN, "max_steps": 10})
-    config = c.model_config(cell.vocab)
+    config = c.gpt_neo_config(cell.vocab)
     gen = torch.Generator(device=device).manual_seed(0)
     idx = torch.randint(0, cell.vocab, (batch, SEQ_LEN + 1), generator=gen, device=device)
     x, y = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()

@@ -92,6 +92,32 @@ def serve_without_models() -> None:
         assert status == 400 and body["error"]["param"] == "messages", body
 
 
+def train_config_from_the_command_line(tmp: Path) -> None:
+    """pydantic (docstrings as help, validation) and pydantic-settings (the trainer's options): the spellings
+    tinystories-train accepts, one-line errors, and --print-config read back."""
+    import contextlib
+    import io
+
+    from tinystories.train import load_config, main
+
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+        return code, out.getvalue(), err.getvalue()
+
+    code, printed, _ = run(["--max_steps", "1e4", "--compile", "--seq-len=none", "--resume=false", "--print-config"])
+    assert code == 0 and "max_steps = 10000" in printed and "compile = true" in printed, printed
+    (tmp / "printed.toml").write_text(printed)
+    assert load_config(str(tmp / "printed.toml")) == load_config(
+        None, {"max_steps": "1e4", "compile": "true"} | {"seq_len": "none"}
+    )
+    code, _, err = run(["--hidden-size=30", "--num-heads=4"])
+    assert (
+        code == 2 and err == "tinystories-train: error: command line: hidden_size=30 is not divisible by num_heads=4\n"
+    )
+
+
 def files_and_formats(tmp: Path) -> None:
     """zstandard (corpus), jsonschema (index.json), safetensors (HF export), submitit (the local executor)."""
     import torch
@@ -127,6 +153,7 @@ def main() -> None:
         run_imports(spec["imports"])
         synthesize_online_and_batch(tmp)
         serve_without_models()
+        train_config_from_the_command_line(tmp)
         files_and_formats(tmp)
     print("floors ok")
 

@@ -28,7 +28,7 @@ TINY = [
     "--warmup_steps=3",
     "--lr=3e-3",
     "--min_lr=3e-4",
-    "--sample_tokens=20",
+    "--sample-max-new-tokens=20",
 ]
 
 

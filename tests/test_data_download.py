@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import socket
@@ -161,3 +162,12 @@ def test_list_shows_sizes(hub, tmp_path):
     assert any(TRAIN in line and "12.6" in line and "v1" in line for line in r.stdout.splitlines())
     assert any("TinyStories_all_data.tar.gz" in line and "missing" in line for line in r.stdout.splitlines())
     assert ("POST", "/api/datasets/roneneldan/TinyStories/paths-info/main", None) in hub.log
+
+
+def test_a_missing_extra_is_installed_from_the_checkout_or_the_index(monkeypatch, tmp_path):
+    download = importlib.import_module("tinystories.data.download")  # (tinystories.data.download is a function)
+
+    assert download.install_command("hub").startswith('pip install -e ".[hub]" (in ')  # this source checkout
+    installed = tmp_path / "site-packages" / "tinystories" / "data" / "download.py"
+    monkeypatch.setattr(download, "__file__", str(installed))
+    assert download.install_command("hub") == "pip install 'tinystories[hub]'"

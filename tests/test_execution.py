@@ -97,6 +97,19 @@ def test_which_builds_run_on_which_gpu():
     assert torch_builds_for((12, 0), ["sm_90", "compute_90"])  # PTX is JIT-compiled for newer GPUs
 
 
+def test_the_execution_path_says_as_given_only_for_what_the_user_gave():
+    reason = choose_execution(
+        "cpu", None, dtype="auto", impl="torch", compile=False, triton=(True, ""), given=("dtype",)
+    )[3]
+    assert reason == "cpu: the plain PyTorch path, eager"  # `sample`'s own plain path: nothing to say
+    reason = choose_execution("cuda", (9, 0), dtype="auto", impl="torch", compile=False, triton=(True, ""), given=())[3]
+    assert (
+        reason.startswith("impl=torch, compile=False for this command; auto: sm_90 >= sm_80") and "given" not in reason
+    )
+    reason = choose_execution("cpu", None, dtype="fp16", impl="auto", compile=False, triton=(True, ""))[3]
+    assert reason.startswith("dtype=fp16, compile=False as given; auto:")
+
+
 def test_config_accepts_auto_and_the_new_choices():
     c = load_config(None, {})
     assert (c.impl, c.compile, c.dtype) == ("auto", None, "auto")
@@ -117,7 +130,7 @@ def test_an_impossible_explicit_choice_stops_the_trainer_before_it_starts(datase
             f"--data={dataset}",
             *TINY,
             "--impl=fused",
-            f"--out_dir={tmp_path / 'run'}",
+            f"--out={tmp_path / 'run'}",
         ],
         capture_output=True,
         text=True,
@@ -225,7 +238,7 @@ def test_fp16_scaler_state_survives_sigkill_and_resume_bit_exactly(dataset, tmp_
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     straight = subprocess.run(
-        [sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'straight'}"],
+        [sys.executable, "-c", FP16_TRAIN, *common, f"--out={tmp_path / 'straight'}"],
         capture_output=True,
         text=True,
         env=env,
@@ -235,7 +248,7 @@ def test_fp16_scaler_state_survives_sigkill_and_resume_bit_exactly(dataset, tmp_
     assert "execution path: fp16, impl=torch, compile=off on cpu (dtype=fp16 as given" in straight.stdout
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'killed'}"],
+        [sys.executable, "-c", FP16_TRAIN, *common, f"--out={tmp_path / 'killed'}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -245,7 +258,7 @@ def test_fp16_scaler_state_survives_sigkill_and_resume_bit_exactly(dataset, tmp_
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert read_checkpoint(list_checkpoints(tmp_path / "killed")[-1])["step"] < 10
     resumed = subprocess.run(
-        [sys.executable, "-c", FP16_TRAIN, *common, f"--out_dir={tmp_path / 'killed'}", "--resume"],
+        [sys.executable, "-c", FP16_TRAIN, *common, f"--out={tmp_path / 'killed'}", "--resume"],
         capture_output=True,
         text=True,
         env=env,
@@ -314,8 +327,8 @@ def test_tokens_per_s_after_an_eval_or_checkpoint_counts_only_training_time(
             "log_every": "4",
             "eval_every": "3",
             "ckpt_every": "5",
-            "sample_tokens": "0",
-            "out_dir": str(tmp_path / "run"),
+            "sample_max_new_tokens": "0",
+            "out": str(tmp_path / "run"),
         },
     )
     run = loop.train(config)
@@ -396,7 +409,7 @@ def test_eval_loss_windows_default_to_the_trained_length_and_sample_uses_the_res
     # `tinystories sample` takes the same resolution and says so on stderr (stories go to stdout).
     assert main(["sample", str(ckpt), "--dtype", "bf16", "--greedy", "--max-new-tokens", "5"]) == 0
     err = capsys.readouterr().err
-    assert "execution path: bf16, impl=torch, compile=off on cpu (dtype=bf16, impl=torch, compile=False as given" in err
+    assert "execution path: bf16, impl=torch, compile=off on cpu (dtype=bf16 as given; auto: cpu:" in err  # only dtype
 
 
 def test_hybrid_compiles_as_one_graph_from_the_first_call():
@@ -431,7 +444,7 @@ def test_a_device_this_machine_lacks_is_one_line(dataset, tmp_path):
                 f"--data={dataset}",
                 *TINY,
                 f"--device={device}",
-                f"--out_dir={tmp_path / device}",
+                f"--out={tmp_path / device}",
             ],
             capture_output=True,
             text=True,

@@ -36,7 +36,6 @@ OPTIONAL: dict[str, dict[str, str]] = {
     "fastapi": {"tinystories.serve": "serve"},
     "uvicorn": {"tinystories.serve": "serve"},
     "starlette": {"tinystories.serve": "serve"},
-    "pydantic": {"tinystories.serve": "serve"},
     "pytest": {"tinystories.testing": "dev"},
     "selenium": {"tinystories.serve.browser": "dev"},
 }
@@ -51,6 +50,7 @@ LIGHT = [
     "uvicorn",
     "starlette",
     "pydantic",
+    "pydantic-settings",
     "submitit",
     "rich",
     "zstandard",

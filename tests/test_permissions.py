@@ -68,7 +68,7 @@ def test_prepare_train_export_and_eval_write_with_the_umasks_permissions(tmp_pat
     run_cli(
         "train",
         f"--data={data}",
-        f"--out_dir={run}",
+        f"--out={run}",
         "--hidden_size=32",
         "--num_layers=2",
         "--num_heads=2",
@@ -79,7 +79,7 @@ def test_prepare_train_export_and_eval_write_with_the_umasks_permissions(tmp_pat
         "--eval_every=4",
         "--ckpt_every=4",
         "--eval_batches=1",
-        "--sample_tokens=4",
+        "--sample-max-new-tokens=4",
         "--display=plain",
         "--tensorboard=false",
     )

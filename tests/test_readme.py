@@ -88,34 +88,34 @@ ALIASES = {
 
 # The trainer at toy size: every TrainConfig field is a documented --key=value flag.
 TRAIN_TINY = [
-    "--hidden_size=32",
-    "--num_layers=2",
+    "--hidden-size=32",
+    "--num-layers=2",
     "--context=64",
-    "--seq_len=32",
-    "--batch_size=2",
-    "--max_steps=2",
-    "--eval_every=2",
-    "--eval_batches=1",
-    "--ckpt_every=2",
-    "--sample_tokens=8",
-    "--log_every=1",
-    "--demo_stories=100",
+    "--seq-len=32",
+    "--batch-size=2",
+    "--max-steps=2",
+    "--eval-every=2",
+    "--eval-batches=1",
+    "--ckpt-every=2",
+    "--sample-max-new-tokens=8",
+    "--log-every=1",
+    "--demo-num-stories=100",
     "--tensorboard=false",
-    "--vocab_top_k=300",
+    "--vocab-size=300",
 ]
 SWEEP_TINY = [
     "--set",
     "context=64",
     "--set",
-    "seq_len=32",
+    "seq-len=32",
     "--set",
-    "batch_size=2",
+    "batch-size=2",
     "--set",
-    "eval_every=4",
+    "eval-every=4",
     "--set",
-    "eval_batches=1",
+    "eval-batches=1",
     "--set",
-    "sample_tokens=8",
+    "sample-max-new-tokens=8",
     "--set",
     "tensorboard=false",
 ]
@@ -299,9 +299,9 @@ def tiny(argv: list[str]) -> list[str]:
     text = " ".join(argv)
     trainer = argv[0] == "tinystories-train" or argv[:2] == ["tinystories", "train"] or "tinystories.train" in argv
     if trainer and "--resume" in text:  # a resumed run keeps its own (already tiny) configuration
-        return _set_value(argv, "--max_steps", lambda v: "4")
+        return _set_value(argv, "--max-steps", lambda v: "4")
     if trainer:
-        return _set_value(argv, "--vocab_top_k", lambda v: "300") + TRAIN_TINY
+        return _set_value(argv, "--vocab-size", lambda v: "300") + TRAIN_TINY
     if argv[:3] == ["tinystories", "tokenizer", "train"]:
         return _set_value(argv, "--vocab-size", lambda v: "300")
     if argv[:3] == ["tinystories", "tokenizer", "restrict"]:
@@ -512,7 +512,7 @@ mystery-tool --x
         ("unknown", None),
     ]
     assert assignments(["FOO=1", "tinystories", "X=2"]) == {"FOO": "1"}
-    assert tiny(["tinystories-train", "--out_dir=r", "--resume", "--max_steps=30000"])[-1] == "--max_steps=4"
+    assert tiny(["tinystories-train", "--out=r", "--resume", "--max-steps=30000"])[-1] == "--max-steps=4"
 
 
 def test_listing_of_commands_the_walk_does_not_run():

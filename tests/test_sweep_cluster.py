@@ -48,7 +48,7 @@ TRAIN = [
     "--set",
     "lr=3e-3",
     "--set",
-    "sample_tokens=8",
+    "sample-max-new-tokens=8",
     "--set",
     "ckpt_every=2",
     "--set",
@@ -195,7 +195,7 @@ def _local_executor_sweep(tiny_shards: Path, tmp_path: Path, capsys) -> None:
 
     # The requeued run ends with exactly the weights of the same run trained straight through.
     straight = subprocess.run(
-        status["command"][:-1] + [f"--out_dir={tmp_path / 'straight'}"],
+        status["command"][:-1] + [f"--out={tmp_path / 'straight'}"],
         env=env,
         capture_output=True,
         text=True,

@@ -36,7 +36,7 @@ def test_config_layers_and_errors(tmp_path, capsys):
         ({"batch_size": 0}, "batch_size=0 must be positive"),
         ({"dtype": "fp8"}, "dtype='fp8' must be one of"),
         ({"preset": "7B"}, "preset='7B' is unknown"),
-        ({"resume": True}, "--resume needs --out_dir"),
+        ({"resume": True}, "--resume needs --out"),
         ({"data": "/nonexistent/x.txt", "preset": "1M"}, "does not exist"),
         ({"init_from_hf": str(tmp_path)}, "no config.json there"),
     ]
@@ -52,7 +52,7 @@ def test_config_layers_and_errors(tmp_path, capsys):
 
     # The command line reports one clear error and allocates nothing (no run directory appears).
     out = tmp_path / "never"
-    assert main([f"--out_dir={out}", "--hidden_size=30", "--num_heads=4"]) == 2
+    assert main([f"--out={out}", "--hidden_size=30", "--num_heads=4"]) == 2
     assert "hidden_size=30 is not divisible by num_heads=4" in capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(SystemExit):
@@ -70,12 +70,12 @@ def test_sigkill_then_resume_is_bit_identical(dataset, tmp_path):
         "--log_every=1",
         "--keep_last=2",
     ]
-    straight = run_train([*common, f"--out_dir={tmp_path / 'straight'}"])
+    straight = run_train([*common, f"--out={tmp_path / 'straight'}"])
     assert straight.returncode == 0, straight.stderr
 
     # Kill the second run with SIGKILL between checkpoints (after step 10 is logged; ckpt_every=3).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tinystories.train", *common, f"--out_dir={tmp_path / 'killed'}"],
+        [sys.executable, "-m", "tinystories.train", *common, f"--out={tmp_path / 'killed'}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -87,7 +87,7 @@ def test_sigkill_then_resume_is_bit_identical(dataset, tmp_path):
     assert saved and read_checkpoint(saved[-1])["step"] < 24
     assert len(saved) <= 2  # keep_last
 
-    resumed = run_train([*common, f"--out_dir={tmp_path / 'killed'}", "--resume"])
+    resumed = run_train([*common, f"--out={tmp_path / 'killed'}", "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed {saved[-1]}" in resumed.stdout
     a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "killed")
@@ -100,7 +100,7 @@ def test_sigkill_then_resume_is_bit_identical(dataset, tmp_path):
     for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
 
-    again = run_train([*common, f"--out_dir={tmp_path / 'killed'}"])  # no --resume: refuses, keeps the run
+    again = run_train([*common, f"--out={tmp_path / 'killed'}"])  # no --resume: refuses, keeps the run
     assert again.returncode == 2 and "already holds checkpoints" in again.stderr
 
 
@@ -108,7 +108,7 @@ def test_sigkill_then_resume_is_bit_identical(dataset, tmp_path):
 @pytest.mark.slow
 def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(dataset, tmp_path):
     common = [f"--data={dataset}", *TINY, "--max_steps=6", "--ckpt_every=6", "--eval_every=3", "--log_every=1"]
-    single = run_train([*common, "--batch_size=8", f"--out_dir={tmp_path / 'one'}"])
+    single = run_train([*common, "--batch_size=8", f"--out={tmp_path / 'one'}"])
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
@@ -122,7 +122,7 @@ def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(dataset, t
             "tinystories.train",
             *common,
             "--batch_size=4",
-            f"--out_dir={tmp_path / 'two'}",
+            f"--out={tmp_path / 'two'}",
         ],
         capture_output=True,
         text=True,
@@ -173,7 +173,7 @@ def test_a_non_finite_step_is_skipped_and_counted(dataset, tmp_path, monkeypatch
             "ckpt_every": "6",
             "eval_every": "6",
             "log_every": "1",
-            "out_dir": str(tmp_path / "run"),
+            "out": str(tmp_path / "run"),
         },
     )
     run = train_module.train(config)
@@ -195,7 +195,7 @@ def test_too_many_non_finite_steps_in_a_row_abort_with_a_clear_message(dataset, 
             "--max_steps=50",
             "--max_bad_steps=3",
             "--log_every=1",
-            f"--out_dir={tmp_path / 'run'}",
+            f"--out={tmp_path / 'run'}",
         ]
     )
     assert result.returncode != 0
@@ -208,7 +208,7 @@ def test_too_many_non_finite_steps_in_a_row_abort_with_a_clear_message(dataset, 
 def trained_run(dataset, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("trained") / "run"
     result = run_train(
-        [f"--data={dataset}", *TINY, "--max_steps=30", "--ckpt_every=30", "--eval_every=30", f"--out_dir={run}"]
+        [f"--data={dataset}", *TINY, "--max_steps=30", "--ckpt_every=30", "--eval_every=30", f"--out={run}"]
     )
     assert result.returncode == 0, result.stderr
     return run
@@ -312,7 +312,7 @@ def test_init_from_hf_trains_from_the_exported_weights(trained_run, dataset, tmp
             "--eval_every=2",
             "--lr=1e-9",
             "--min_lr=0",
-            f"--out_dir={run}",
+            f"--out={run}",
         ]
     )
     assert result.returncode == 0, result.stderr
@@ -358,7 +358,7 @@ def test_text_file_data_is_prepared_automatically_and_bf16_runs(dataset, tmp_pat
             "--max_steps=3",
             "--ckpt_every=3",
             "--eval_every=3",
-            f"--out_dir={run}",
+            f"--out={run}",
         ]
     )
     assert result.returncode == 0, result.stderr
@@ -373,8 +373,8 @@ def test_text_file_data_is_prepared_automatically_and_bf16_runs(dataset, tmp_pat
 @pytest.mark.slow
 def test_compiled_training_matches_eager_training(dataset, tmp_path):
     common = [f"--data={dataset}", *TINY, "--max_steps=4", "--ckpt_every=4", "--eval_every=4"]
-    eager = run_train([*common, f"--out_dir={tmp_path / 'eager'}"])
-    compiled = run_train([*common, "--compile", f"--out_dir={tmp_path / 'compiled'}"])
+    eager = run_train([*common, f"--out={tmp_path / 'eager'}"])
+    compiled = run_train([*common, "--compile", f"--out={tmp_path / 'compiled'}"])
     assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr[-3000:]
     a, b = final_state(tmp_path / "eager"), final_state(tmp_path / "compiled")
     assert not any(k.startswith("_orig_mod") for k in b)  # the plain state dict is saved

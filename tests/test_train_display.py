@@ -33,7 +33,7 @@ def expect_validation(proc: subprocess.Popen, step: int, seen: list[str]) -> Non
 
 def test_plain_mode_shows_step_one_the_projection_and_every_validation_pass(dataset, tmp_path):
     run = tmp_path / "run"
-    common = [f"--data={dataset}", *TINY, "--log_every=100", "--eval_every=3", f"--out_dir={run}"]
+    common = [f"--data={dataset}", *TINY, "--log_every=100", "--eval_every=3", f"--out={run}"]
     proc, seen = start_train([*common, "--max_steps=6", "--ckpt_every=6"]), []
     first = STEP_LINE.match(next_line(proc, STEP_LINE, seen))
     assert first.group(1, 2) == ("1", "6") and first[3].endswith(" (warm-up)")  # step 1, though log_every is 100

@@ -27,7 +27,7 @@ TINY = [
     "--eval_batches=2",
     "--warmup_steps=3",
     "--lr=3e-3",
-    "--sample_tokens=8",
+    "--sample-max-new-tokens=8",
     "--max_steps=6",
     "--ckpt_every=3",
     "--eval_every=3",
@@ -86,14 +86,14 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_two_node_torchrun_equals_one_process_and_resumes_exactly(tiny_shards, tmp_path):
     common = [f"--data={tiny_shards}", *TINY]
     single = subprocess.run(
-        [sys.executable, "-m", "tinystories.train", *common, "--batch_size=8", f"--out_dir={tmp_path / 'one'}"],
+        [sys.executable, "-m", "tinystories.train", *common, "--batch_size=8", f"--out={tmp_path / 'one'}"],
         capture_output=True,
         text=True,
         env=ENV,
         timeout=600,
     )
     assert single.returncode == 0, single.stderr
-    nodes = two_nodes([*common, "--batch_size=4", f"--out_dir={tmp_path / 'two'}"])
+    nodes = two_nodes([*common, "--batch_size=4", f"--out={tmp_path / 'two'}"])
     assert all(r.returncode == 0 for r in nodes), "\n".join(r.stderr[-3000:] for r in nodes)
     assert "x2" in nodes[0].stdout + nodes[1].stdout  # one run of two processes, rank 0 prints
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
@@ -103,7 +103,7 @@ def test_two_node_torchrun_equals_one_process_and_resumes_exactly(tiny_shards, t
     # Both ranks resume from rank 0's checkpoint at step 3 and end bit-identical to the uninterrupted run.
     final = weights(tmp_path / "two")
     list_checkpoints(tmp_path / "two")[-1].unlink()
-    resumed = two_nodes([*common, "--batch_size=4", f"--out_dir={tmp_path / 'two'}", "--resume"])
+    resumed = two_nodes([*common, "--batch_size=4", f"--out={tmp_path / 'two'}", "--resume"])
     assert all(r.returncode == 0 for r in resumed), "\n".join(r.stderr[-3000:] for r in resumed)
     assert "at step 3" in resumed[0].stdout + resumed[1].stdout
     again = weights(tmp_path / "two")
@@ -118,7 +118,7 @@ def test_two_node_torchrun_equals_one_process_and_resumes_exactly(tiny_shards, t
             *common,
             "--batch_size=4",
             "--resume",
-            f"--out_dir={tmp_path / 'two'}",
+            f"--out={tmp_path / 'two'}",
         ],
         capture_output=True,
         text=True,

@@ -42,13 +42,13 @@ def test_a_second_trainer_on_a_run_directory_stops_at_once_naming_the_holder(dat
             "--ckpt_every=2",
             "--log_every=1",
             "--eval_every=100000",
-            f"--out_dir={run}",
+            f"--out={run}",
         ]
     )
     try:
         wait_for_line(first, "step 4/")
         first.send_signal(signal.SIGSTOP)  # frozen while holding the lock, so the run cannot end meanwhile
-        second = run_train([f"--data={dataset}", *TINY, "--max_steps=10", f"--out_dir={run}", "--resume"])
+        second = run_train([f"--data={dataset}", *TINY, "--max_steps=10", f"--out={run}", "--resume"])
         assert second.returncode == 1
         assert f"in use by another trainer (PID {first.pid} on host {socket.gethostname()}" in second.stderr
         assert "Traceback" not in second.stderr
@@ -56,7 +56,7 @@ def test_a_second_trainer_on_a_run_directory_stops_at_once_naming_the_holder(dat
         first.kill()  # SIGKILL: the kernel drops the lock with the process
         first.wait(timeout=60)
     step = read_checkpoint(list_checkpoints(run)[-1])["step"]
-    assert main([f"--out_dir={run}", "--resume", f"--max_steps={step + 1}"]) == 0  # no stale lock is left
+    assert main([f"--out={run}", "--resume", f"--max_steps={step + 1}"]) == 0  # no stale lock is left
     assert f"resumed {checkpoint_path(run, step)} at step {step}" in capsys.readouterr().out
 
 
@@ -72,7 +72,7 @@ def test_a_stop_signal_writes_a_checkpoint_and_exits_with_128_plus_signum(datase
             "--ckpt_every=100000",
             "--log_every=1",
             "--eval_every=100000",
-            f"--out_dir={run}",
+            f"--out={run}",
         ]
     )
     wait_for_line(proc, "step 3/")
@@ -86,7 +86,7 @@ def test_a_stop_signal_writes_a_checkpoint_and_exits_with_128_plus_signum(datase
     step = read_checkpoint(saved[0])["step"]
     assert step >= 3
     assert f"stopped by {signal.Signals(signum).name} at step {step}" in output
-    assert f"Resume with: tinystories-train --out_dir={run} --resume" in output
+    assert f"Resume with: tinystories-train --out={run} --resume" in output
 
 
 def test_a_second_ctrl_c_a_second_later_stops_at_once():
@@ -116,13 +116,13 @@ def test_resume_restores_the_run_config_applies_given_flags_and_keeps_the_schedu
         "--ckpt_every=2",
         "--eval_every=100",
         "--log_every=1",
-        f"--out_dir={run}",
+        f"--out={run}",
     ]
     assert main(first) == 0
     capsys.readouterr()
 
     # Only the run directory and the changed keys: the model, data and optimizer come from config.json.
-    assert main([f"--out_dir={run}", "--resume", "--max_steps=8", "--weight_decay=0.05", "--log_every=2"]) == 0
+    assert main([f"--out={run}", "--resume", "--max_steps=8", "--weight_decay=0.05", "--log_every=2"]) == 0
     out = capsys.readouterr().out
     assert f"resumed {checkpoint_path(run, 4)} at step 4" in out
     assert "max_steps 4 -> 8: the learning-rate schedule is kept (cosine to min_lr by step 4" in out
@@ -137,13 +137,13 @@ def test_resume_restores_the_run_config_applies_given_flags_and_keeps_the_schedu
     assert any(line.startswith("weight_decay: 0.1 -> 0.05") for line in history[1]["changes"])
 
     # Stretching the cosine over a longer run is explicit: --lr_decay_steps.
-    assert main([f"--out_dir={run}", "--resume", "--max_steps=10", "--lr_decay_steps=10"]) == 0
+    assert main([f"--out={run}", "--resume", "--max_steps=10", "--lr_decay_steps=10"]) == 0
     assert "changed: lr_decay_steps: 4 -> 10" in capsys.readouterr().out
     assert [r for r in metrics(run) if "lr" in r][-1]["lr"] > 3e-4
 
     # Keys that fix the model's shape or the batches are refused, all differences listed, nothing written.
     before = (run / "config.json").read_text()
-    assert main([f"--out_dir={run}", "--resume", "--max_steps=12", "--batch_size=8", "--num_layers=3"]) == 2
+    assert main([f"--out={run}", "--resume", "--max_steps=12", "--batch_size=8", "--num_layers=3"]) == 2
     err = capsys.readouterr().err
     assert "--resume cannot change num_layers, batch_size" in err
     assert "num_layers: run has 2, requested 3; batch_size: run has 4, requested 8" in err
@@ -160,7 +160,7 @@ def test_resume_before_the_first_checkpoint_starts_fresh(dataset, tmp_path, caps
                 "--max_steps=2",
                 "--ckpt_every=2",
                 "--eval_every=100",
-                f"--out_dir={run}",
+                f"--out={run}",
                 "--resume",
             ]
         )
@@ -174,8 +174,7 @@ def test_resume_before_the_first_checkpoint_starts_fresh(dataset, tmp_path, caps
 def test_resume_falls_back_from_a_truncated_checkpoint_and_removes_stale_temp_files(dataset, tmp_path, capsys):
     run = tmp_path / "run"
     assert (
-        main([f"--data={dataset}", *TINY, "--max_steps=4", "--ckpt_every=2", "--eval_every=100", f"--out_dir={run}"])
-        == 0
+        main([f"--data={dataset}", *TINY, "--max_steps=4", "--ckpt_every=2", "--eval_every=100", f"--out={run}"]) == 0
     )
     newest = checkpoint_path(run, 4)
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn copy
@@ -183,7 +182,7 @@ def test_resume_falls_back_from_a_truncated_checkpoint_and_removes_stale_temp_fi
     for path in stale:
         path.write_bytes(b"x" * 1000)
     capsys.readouterr()
-    assert main([f"--out_dir={run}", "--resume", "--max_steps=6"]) == 0
+    assert main([f"--out={run}", "--resume", "--max_steps=6"]) == 0
     out, err = capsys.readouterr()
     assert "removed 2 temp file(s)" in out and not any(p.exists() for p in stale)
     assert f"{newest}: not a readable tinystories checkpoint" in err and "falling back" in err
@@ -195,8 +194,7 @@ def test_resume_falls_back_from_a_truncated_checkpoint_and_removes_stale_temp_fi
 def test_a_full_disk_during_a_checkpoint_stops_with_the_space_needed_and_keeps_the_older_ones(dataset, tmp_path):
     run = tmp_path / "run"
     assert (
-        main([f"--data={dataset}", *TINY, "--max_steps=2", "--ckpt_every=2", "--eval_every=100", f"--out_dir={run}"])
-        == 0
+        main([f"--data={dataset}", *TINY, "--max_steps=2", "--ckpt_every=2", "--eval_every=100", f"--out={run}"]) == 0
     )
 
     def small_files() -> (
@@ -204,7 +202,7 @@ def test_a_full_disk_during_a_checkpoint_stops_with_the_space_needed_and_keeps_t
     ):  # the child may write no file over 64 kB: a checkpoint is bigger (Python ignores SIGXFSZ)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
 
-    result = run_train([f"--out_dir={run}", "--resume", "--max_steps=4"], preexec_fn=small_files)
+    result = run_train([f"--out={run}", "--resume", "--max_steps=4"], preexec_fn=small_files)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"could not write checkpoint {checkpoint_path(run, 4)} (File too large): it needs" in result.stderr
@@ -226,7 +224,7 @@ def test_without_validation_data_the_run_trains_without_evaluation_and_says_so(t
                 "--ckpt_every=4",
                 "--eval_every=2",
                 "--log_every=1",
-                f"--out_dir={run}",
+                f"--out={run}",
             ]
         )
         == 0
@@ -262,7 +260,7 @@ def test_a_failing_evaluation_or_metrics_write_is_logged_and_training_goes_on(da
                 "--ckpt_every=2",
                 "--eval_every=2",
                 "--log_every=1",
-                f"--out_dir={run}",
+                f"--out={run}",
             ]
         )
         == 0
@@ -301,7 +299,7 @@ def test_data_without_a_preset_is_refused_with_the_preset_list(dataset, tmp_path
         load_config(None, {"data": str(dataset)})
     assert load_config(None, {"data": str(dataset), "preset": "1M"}).preset == "1M"
     assert load_config(None, {"data": str(dataset), "hidden_size": "32", "num_layers": "2"}).hidden_size == 32
-    assert main([f"--data={dataset}", f"--out_dir={tmp_path / 'run'}"]) == 2
+    assert main([f"--data={dataset}", f"--out={tmp_path / 'run'}"]) == 2
     assert "--data needs a model size" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing allocated or created
 

@@ -59,11 +59,20 @@ def files_for(names: Sequence[str]) -> list[str]:
     return [f for name, files in DATASETS.items() if name in wanted for f in files]
 
 
+def install_command(extra: str) -> str:
+    """How to add an extra: into a source checkout (a pyproject.toml beside the package) editable, from the
+    checkout; otherwise from the package index."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file():
+        return f'pip install -e ".[{extra}]" (in {root})'
+    return f"pip install 'tinystories[{extra}]'"
+
+
 def _require_hub() -> None:
     try:
         import huggingface_hub  # noqa: F401
     except ImportError:
-        raise DownloadError("downloading needs huggingface_hub: pip install 'tinystories[hub]'") from None
+        raise DownloadError(f"downloading needs huggingface_hub: {install_command('hub')}") from None
 
 
 def _endpoint() -> str:

@@ -283,7 +283,9 @@ def load_student(spec: str | Path, *, hf: bool = False, device: str = "cpu", dty
     if hf:
         return HFStudent(spec, device=str(resolve_device(device, 0)))
     resolved = resolve_device(device, 0)
-    execution = resolve_execution(resolved, dtype=dtype, impl="torch", compile=False)  # KV-cache decoding: plain
+    execution = resolve_execution(
+        resolved, dtype=dtype, impl="torch", compile=False, given=("dtype",)
+    )  # KV cache: plain
     return GPTNeoStudent.from_checkpoint(spec, device=resolved, dtype=execution.dtype)
 
 

@@ -45,7 +45,7 @@ def add_sample_arguments(parser: ArgumentParser) -> None:
 def run_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, 0)
     # The trainer's resolution; decoding with the KV cache runs the plain path, eager.
-    execution = resolve_execution(device, dtype=args.dtype, impl="torch", compile=False)
+    execution = resolve_execution(device, dtype=args.dtype, impl="torch", compile=False, given=("dtype",))
     model, tokenizer, _ = load_checkpoint(args.checkpoint, device=device)
     print(execution.describe(), file=sys.stderr)  # once the checkpoint is known good: a bad one is one line
     prompts = [p for p in (args.prompt or [""]) for _ in range(args.num_samples)]

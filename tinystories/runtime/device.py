@@ -4,6 +4,7 @@ from the device once at start-up), the torchrun process group, and the peak FLOP
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 
@@ -149,10 +150,12 @@ def choose_execution(
     impl: str,
     compile: bool | None,
     triton: tuple[bool, str],
+    given: Collection[str] = ("dtype", "impl", "compile"),
 ) -> tuple[str, str, bool, str]:
     """``(dtype, impl, compile, reason)`` for the requested values (``"auto"``/None = choose). Pure: the device
     is described by its type and CUDA compute capability, Triton by ``kernels_available()``. Raises
-    :class:`ConfigError` for an explicit choice that cannot work on this device."""
+    :class:`ConfigError` for an explicit choice that cannot work on this device. ``given`` names the values the
+    user chose (the reason says "as given"); the others are the command's own (said only where auto differs)."""
     triton_ok, triton_why = triton
     cc = f"sm_{capability[0]}{capability[1]}" if capability else device_type
     if device_type != "cuda":
@@ -181,12 +184,17 @@ def choose_execution(
         impl if impl != "auto" else auto[1],
         compile if compile is not None else auto[2],
     ]
-    explicit = [
-        f"{k}={v}"
-        for k, v, req in zip(("dtype", "impl", "compile"), chosen, (dtype, impl, compile))
+    requested = [
+        (k, v, a)
+        for k, v, a, req in zip(("dtype", "impl", "compile"), chosen, auto[:3], (dtype, impl, compile))
         if req not in ("auto", None)
     ]
-    reason = auto[3] if not explicit else f"{', '.join(explicit)} as given; auto: {auto[3]}"
+    as_given = [f"{k}={v}" for k, v, _ in requested if k in given]
+    commands = [f"{k}={v}" for k, v, a in requested if k not in given and v != a]
+    said = ([f"{', '.join(as_given)} as given"] if as_given else []) + (
+        [f"{', '.join(commands)} for this command"] if commands else []
+    )
+    reason = f"{'; '.join(said)}; auto: {auto[3]}" if said else auto[3]
     if chosen[0] == "bf16" and device_type == "cuda" and capability < (8, 0):
         raise ConfigError(
             f"dtype=bf16 needs a GPU of compute capability >= 8.0 (this one is {cc}); use --dtype=fp16 (or auto)"
@@ -205,7 +213,12 @@ def choose_execution(
 
 
 def resolve_execution(
-    device: torch.device, *, dtype: str = "auto", impl: str = "auto", compile: bool | None = None
+    device: torch.device,
+    *,
+    dtype: str = "auto",
+    impl: str = "auto",
+    compile: bool | None = None,
+    given: Collection[str] = ("dtype", "impl", "compile"),
 ) -> ExecutionPath:
     """The execution path on ``device`` for the requested values (the trainer, ``sample``, ``eval``, ``sweep``
     all call this, so they take the same path). Stops with a :class:`ConfigError` before anything is
@@ -224,6 +237,6 @@ def resolve_execution(
                 f"install a build that does (CUDA 12.x builds still include sm_70)"
             )
     chosen = choose_execution(
-        device.type, capability, dtype=dtype, impl=impl, compile=compile, triton=kernels_available()
+        device.type, capability, dtype=dtype, impl=impl, compile=compile, triton=kernels_available(), given=given
     )
     return ExecutionPath(*chosen[:3], device=name, reason=chosen[3])

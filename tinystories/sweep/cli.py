@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -30,7 +31,7 @@ from tinystories.runtime.arguments import (
 from tinystories.runtime.errors import WorkFailed
 from tinystories.sweep.analysis import analyze, results_table, write_results
 from tinystories.sweep.cluster import ClusterOptions, parse_time
-from tinystories.sweep.grid import SweepConfig, parse_count
+from tinystories.sweep.grid import SweepConfig, parse_count, trainer_overrides
 from tinystories.sweep.runner import grade_commands, run_sweep
 from tinystories.sweep.status import print_status
 from tinystories.sweep.timing import estimate
@@ -68,7 +69,7 @@ def _add_grid_arguments(p: ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a trainer --key=value for every run (repeatable), e.g. --set batch_size=64",
+        help="a trainer field for every run, KEY kebab- or snake-case (repeatable), e.g. --set batch-size=64",
     )
     p.add_argument("--gpus", type=_int_list, default=[], help="run one config per GPU on these ids, e.g. 0,1,2,3")
 
@@ -211,7 +212,10 @@ def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
     missing = [n for n, g in zip(("--hidden-size", "--num-layers", "--tokens"), grid) if g is None]
     if missing:
         raise ValueError(f"missing {', '.join(missing)} (or point --out at an existing sweep folder)")
-    overrides = {k.replace("-", "_"): v for k, v in _key_values(args.set, "--set").items()}
+    overrides = trainer_overrides(
+        _key_values(args.set, "--set"),
+        warn=lambda text: print(f"tinystories sweep {args.action}: warning: {text}", file=sys.stderr),
+    )
     return SweepConfig(
         out_dir=str(args.out),
         hidden=args.hidden_size,

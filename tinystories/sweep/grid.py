@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,14 @@ from typing import Any
 from tinystories.data import load_dataset_tokenizer
 from tinystories.model.config import GPTNeoConfig
 from tinystories.runtime.device import Dist
-from tinystories.train.config import TrainConfig, load_config
+from tinystories.train.config import NEXT_RELEASE, TrainConfig, load_config
+from tinystories.train.fields import RENAMED
 from tinystories.train.inputs import resolve_data
 
 STATUS_FILE = "sweep-status.json"
 MANIFEST = "sweep.json"
 # Keys the sweep itself sets for every run; passing them with --set would silently break the grid.
-RESERVED_KEYS = ("hidden_size", "num_layers", "max_steps", "out_dir", "resume", "preset", "data")
+RESERVED_KEYS = ("hidden_size", "num_layers", "max_steps", "out", "resume", "preset", "data")
 
 
 @dataclass
@@ -38,6 +40,7 @@ class SweepConfig:
     gpus: list[int] = field(default_factory=list)  # empty: one run at a time, the environment's device
 
     def __post_init__(self) -> None:
+        self.overrides = trainer_overrides(self.overrides)  # a sweep.json of an older release: old names, silently
         for name in ("hidden", "layers", "tokens"):
             values = getattr(self, name)
             if not values or any(not isinstance(v, int) or v <= 0 for v in values):
@@ -83,6 +86,20 @@ class RunSpec:
         return f"h{self.hidden}-l{self.layers}"
 
 
+def trainer_overrides(pairs: dict[str, str], warn: Callable[[str], None] | None = None) -> dict[str, str]:
+    """``--set KEY=VALUE`` pairs as trainer fields: KEY kebab- or snake-case; an old name of a renamed field is
+    read as the new one, with a ``warn`` (``--set`` on the command line; a saved sweep.json: silently)."""
+    fields = {}
+    for key, value in pairs.items():
+        name = key.replace("-", "_")
+        if name in RENAMED:
+            if warn is not None:
+                warn(f"--set {key} is deprecated, use --set {RENAMED[name].replace('_', '-')} {NEXT_RELEASE}")
+            name = RENAMED[name]
+        fields[name] = value
+    return fields
+
+
 def parse_count(text: str) -> int:
     """``"50M"`` -> 50_000_000; also ``2.5k``, ``1B``, ``1e6`` and plain integers."""
     text = text.strip()
@@ -120,7 +137,7 @@ def train_config_for(sweep: SweepConfig, run: RunSpec, max_steps: int = 1) -> Tr
         "hidden_size": run.hidden,
         "num_layers": run.layers,
         "max_steps": max_steps,
-        "out_dir": str(run_dir(sweep, run)),
+        "out": str(run_dir(sweep, run)),
     }
     if sweep.data is not None:
         overrides["data"] = sweep.data
@@ -147,7 +164,7 @@ def plan_runs(sweep: SweepConfig, vocab_size: int) -> list[RunPlan]:
     plans = []
     for run in sweep.runs():
         c = train_config_for(sweep, run)
-        mc = c.model_config(vocab_size)
+        mc = c.gpt_neo_config(vocab_size)
         seq_len = c.seq_len or mc.max_position_embeddings
         tokens_per_step = c.batch_size * seq_len * c.grad_accum
         max_steps = math.ceil(run.tokens / tokens_per_step)

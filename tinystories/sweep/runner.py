@@ -5,7 +5,6 @@ device or one per GPU (``CUDA_VISIBLE_DEVICES``), or as submitit jobs (``--execu
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -42,14 +41,14 @@ def train_command(sweep: SweepConfig, plan: RunPlan, data_dir: Path) -> list[str
         cmd.append(sweep.train_config)
     cmd += [
         f"--preset={sweep.preset}",
-        f"--hidden_size={run.hidden}",
-        f"--num_layers={run.layers}",
-        f"--max_steps={plan.max_steps}",
-        f"--out_dir={run_dir(sweep, run)}",
+        f"--hidden-size={run.hidden}",
+        f"--num-layers={run.layers}",
+        f"--max-steps={plan.max_steps}",
+        f"--out={run_dir(sweep, run)}",
         f"--data={data_dir}",
         "--display=plain",
     ]
-    return cmd + [f"--{k}={v}" for k, v in sweep.overrides.items()]
+    return cmd + [f"--{k.replace('_', '-')}={v}" for k, v in sweep.overrides.items()]
 
 
 def run_sweep(
@@ -68,11 +67,11 @@ def run_sweep(
     out = Path(sweep.out_dir)
     manifest = out / MANIFEST
     if manifest.is_file():
-        previous = json.loads(manifest.read_text())
+        previous = SweepConfig.load(out).to_dict()  # (an older sweep.json's old trainer names read as the new)
         changed = sorted(
             k
             for k in ("hidden", "layers", "tokens", "preset", "data", "train_config", "overrides")
-            if previous.get(k) != sweep.to_dict()[k]
+            if previous[k] != sweep.to_dict()[k]
         )
         if changed:
             raise ValueError(

@@ -97,13 +97,13 @@ def probe(plan: RunPlan, *, steps: int = 5, warmup: int = 2) -> Probe:
     def sample() -> None:
         model.eval()
         prompt = x[:1, :4]
-        n = max(0, min(c.sample_tokens, plan.model_config.max_position_embeddings - prompt.shape[1]))
+        n = max(0, min(c.sample_max_new_tokens, plan.model_config.max_position_embeddings - prompt.shape[1]))
         model.generate(prompt, n, temperature=0.8, top_k=50)
         model.train()
 
     step_s = timed(step, steps, warmup)
     eval_s = timed(eval_batch, max(1, steps // 2), 1)
-    sample_s = timed(sample, 1, 0) if c.sample_tokens else 0.0
+    sample_s = timed(sample, 1, 0) if c.sample_max_new_tokens else 0.0
     with tempfile.TemporaryDirectory() as tmp:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
         ckpt_s = timed(lambda: torch.save(state, Path(tmp) / "probe.pt"), 1, 0)

@@ -42,9 +42,9 @@ def resolve_data(config: TrainConfig, run_dir: Path, dist: Dist) -> Path:
     if config.data is None:
         cache = run_dir.parent
         if dist.main:
-            prepare_demo_data(cache, config.demo_stories, config.seed, progress=False)
+            prepare_demo_data(cache, config.demo_num_stories, config.seed, progress=False)
         barrier(dist)
-        return cache / f"demo-data-{config.demo_stories}-{config.seed}"
+        return cache / f"demo-data-{config.demo_num_stories}-{config.seed}"
     paths = [Path(p) for p in config.data.split(",")]
     if len(paths) == 1 and paths[0].is_dir():
         if not (paths[0] / "index.json").is_file():
@@ -59,6 +59,6 @@ def resolve_data(config: TrainConfig, run_dir: Path, dist: Dist) -> Path:
     out = run_dir / "data"
     if dist.main and not (out / "index.json").is_file():
         print(f"preparing shards of {', '.join(map(str, paths))} in {out} (tokenizer {config.tokenizer})", flush=True)
-        prepare(paths, out, config.tokenizer, top_k=config.vocab_top_k, instruct=config.preset.endswith("-instruct"))
+        prepare(paths, out, config.tokenizer, top_k=config.vocab_size, instruct=config.preset.endswith("-instruct"))
     barrier(dist)
     return out

@@ -36,7 +36,7 @@ class RunLock:
             raise RunLocked(
                 f"{self.path.parent} is in use by another trainer (PID {holder.get('pid', '?')} on host "
                 f"{holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it to end, stop "
-                f"it, or choose another --out_dir"
+                f"it, or choose another --out"
             ) from None
         except BaseException:
             os.close(fd)

@@ -13,7 +13,6 @@ signal finishes the step, writes a checkpoint and raises :class:`Interrupted`.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import shlex
@@ -87,7 +86,7 @@ def _train(c: TrainConfig, dist: Dist) -> Path:
     resolve_execution(device, dtype=c.dtype, impl=c.impl, compile=c.compile)  # an impossible choice stops here, first
     if c.cpu_threads is not None:
         torch.set_num_threads(c.cpu_threads)
-    run_dir = Path(c.out_dir or f"runs/{c.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(c.out or f"runs/{c.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     with ExitStack() as held:
         if dist.main:  # rank 0 holds the lock for all ranks; it is released however the process ends
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +105,7 @@ def _start_point(c: TrainConfig, run_dir: Path, dist: Dist) -> tuple[TrainConfig
     if not c.resume:
         if list_checkpoints(run_dir):
             raise ConfigError(
-                f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new --out_dir"
+                f"{run_dir} already holds checkpoints; pass --resume to continue it or choose a new --out"
             )
         return c, None, []
     warn = (lambda text: print(text, file=sys.stderr)) if dist.main else (lambda text: None)
@@ -189,7 +188,7 @@ class Trainer:
                     f"differs from the data's tokenizer ({self.tokenizer.n_vocab} tokens)"
                 )
             return model
-        return GPTNeo(c.model_config(self.tokenizer.n_vocab))
+        return GPTNeo(c.gpt_neo_config(self.tokenizer.n_vocab))
 
     def _restore(self, ckpt: dict[str, Any], changes: list[str]) -> None:
         """Continue exactly where ``ckpt`` stopped: loader position, weights, optimizer, scaler, RNG, counters."""
@@ -216,7 +215,7 @@ class Trainer:
         """config.json (the config in force and its history), then what is trained, on what, where."""
         c, dist = self.c, self.dist
         record = {
-            "train": dataclasses.asdict(c),
+            "train": c.model_dump(),
             "model": self.model.config.to_dict(),
             "data": str(self.data_dir),
             "dtype": self.execution.dtype,
@@ -369,7 +368,7 @@ class Trainer:
             "step": self.step,
             "model": self.model.state_dict(),
             "model_config": self.model.config.to_dict(),
-            "train_config": dataclasses.asdict(self.c),
+            "train_config": self.c.model_dump(),
             "tokenizer_json": self.tokenizer_json,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -428,4 +427,4 @@ class Trainer:
 
 
 def resume_command(run_dir: Path) -> str:
-    return f"tinystories-train --out_dir={shlex.quote(str(run_dir))} --resume"
+    return f"tinystories-train --out={shlex.quote(str(run_dir))} --resume"

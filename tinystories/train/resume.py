@@ -6,14 +6,15 @@
   recorded in ``config.json``'s ``history``.
 * Raising ``max_steps`` extends the run on its *old* schedule: the cosine still reaches ``min_lr`` where it
   did and the new steps run at ``min_lr``. Stretching the cosine over the longer run (so the learning rate
-  jumps back up) has to be asked for with ``--lr_decay_steps``.
+  jumps back up) has to be asked for with ``--lr-decay-steps``. Lowering it ends the run early on the same
+  schedule (above ``min_lr`` if the cosine had not reached it yet).
+* A run trained before a field was renamed saved the old name; it is read as the new one, silently.
 * The newest checkpoint that reads back whole is continued; a damaged newer one (a torn copy, a full disk)
   is renamed ``*.damaged`` with a warning. Temp files of killed checkpoint writes are removed at start-up.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import time
@@ -25,7 +26,7 @@ from tinystories.atomic import atomic_write_json
 from tinystories.model.checkpoint import checkpoint_dir, list_checkpoints, read_checkpoint
 from tinystories.runtime.device import Dist
 from tinystories.runtime.errors import ConfigError
-from tinystories.train.config import TrainConfig
+from tinystories.train.fields import NONE_MEANS, TrainConfig, current_names
 
 # Keys a checkpoint cannot follow: the weights' shapes, the vocabulary, the batches the loader's state
 # counts (batch_size, seq_len, data_mode, seed) and the data a run prepared for itself.
@@ -38,14 +39,14 @@ FIXED_ON_RESUME = (
     "window_size",
     "init_from_hf",
     "tokenizer",
-    "vocab_top_k",
-    "demo_stories",
+    "vocab_size",
+    "demo_num_stories",
     "data_mode",
     "seq_len",
     "batch_size",
     "seed",
 )
-NOT_COMPARED = ("resume", "out_dir")
+NOT_COMPARED = ("resume", "out")
 _TEMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # tinystories.atomic's temp names
 
 
@@ -62,35 +63,57 @@ def remove_stale_temp_files(run_dir: Path) -> tuple[int, int]:
 
 
 def config_changes(saved: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """key -> (saved value, new value) for every key that differs."""
-    new = dataclasses.asdict(config)
+    """key -> (saved value, new value) for every key that differs (a key given its saved value is no change)."""
+    new = config.model_dump()
     return {k: (saved.get(k), v) for k, v in new.items() if k not in NOT_COMPARED and saved.get(k, v) != v}
 
 
+def described(key: str, value: Any, saved: dict[str, Any]) -> str:
+    """A value as the messages show it; None in words (``seq_len``: the run's context, with its length)."""
+    if value is not None or key not in NONE_MEANS:
+        return repr(value)
+    if key == "seq_len":  # the saved config was checked when read: its shape is valid
+        context = TrainConfig.model_construct(**saved).gpt_neo_config(vocab_size=64).max_position_embeddings
+        return f"auto ({NONE_MEANS[key]}, {context})"
+    return f"auto ({NONE_MEANS[key]})"
+
+
+def schedule_kept(old: int, new: int, decay: int) -> str:
+    """What keeping the learning-rate schedule means when ``max_steps`` goes from ``old`` to ``new``."""
+    kept = f"max_steps {old} -> {new}: the learning-rate schedule is kept (cosine to min_lr by step {decay}"
+    if new > old:
+        return f"{kept}, then min_lr); --lr-decay-steps={new} stretches it over the longer run instead"
+    if decay > new:
+        return (
+            f"{kept}), so the run ends before the learning rate reaches min_lr; --lr-decay-steps={new} "
+            f"ends the cosine at the new last step instead"
+        )
+    return f"{kept}, then min_lr)"
+
+
 def reconcile(config: TrainConfig, saved: dict[str, Any], step: int) -> tuple[TrainConfig, list[str]]:
-    """The config to continue with and one log line per change; raises ConfigError for a forbidden change."""
+    """The config to continue with and one log line per change; raises ConfigError for a forbidden change.
+    ``saved`` is the run's config (config.json or the checkpoint's), old field names included."""
+    saved = current_names(saved)
     changes = config_changes(saved, config)
     fixed = {k: v for k, v in changes.items() if k in FIXED_ON_RESUME}
     if fixed:
-        listed = "; ".join(f"{k}: run has {a!r}, requested {b!r}" for k, (a, b) in fixed.items())
+        listed = "; ".join(
+            f"{k}: run has {described(k, a, saved)}, requested {described(k, b, saved)}" for k, (a, b) in fixed.items()
+        )
         raise ConfigError(
             f"--resume cannot change {', '.join(fixed)} ({listed}): these fix the model's shape or "
-            f"the data; start a new --out_dir (or --init_from_hf from an export) to change them"
+            f"the data; start a new --out (or --init-from-hf from an export) to change them"
         )
     if config.max_steps < step:
         raise ConfigError(f"--resume: max_steps={config.max_steps} but the checkpoint is already at step {step}")
     lines = []
-    old_decay = saved.get("lr_decay_steps") or saved["max_steps"]
     if "max_steps" in changes and "lr_decay_steps" not in changes:
-        config = dataclasses.replace(config, lr_decay_steps=old_decay)  # keep the schedule (module docstring)
-        changes["lr_decay_steps"] = (saved.get("lr_decay_steps"), old_decay)
-        lines.append(
-            f"max_steps {saved['max_steps']} -> {config.max_steps}: the learning-rate schedule is kept "
-            f"(cosine to min_lr by step {old_decay}, then min_lr); --lr_decay_steps={config.max_steps} "
-            f"stretches it over the longer run instead"
-        )
+        decay = saved.get("lr_decay_steps") or saved["max_steps"]
+        config = config.model_copy(update={"lr_decay_steps": decay})  # keep the schedule (module docstring)
+        lines.append(schedule_kept(saved["max_steps"], config.max_steps, decay))
         del changes["max_steps"]
-    lines += [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()]
+    lines += [f"{k}: {described(k, a, saved)} -> {described(k, b, saved)}" for k, (a, b) in changes.items()]
     return config, lines
 
 

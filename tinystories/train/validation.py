@@ -93,5 +93,11 @@ def missing_validation(data_dir: Path, c: TrainConfig, seq_len: int) -> str | No
 def sample_story(model: GPTNeo, tokenizer: Tokenizer, c: TrainConfig, seed: int) -> str:
     """The story the trainer shows at every evaluation: ``sample_prompt`` continued (temperature 0.8, top-k 50)."""
     return generate_texts(
-        model, tokenizer, [c.sample_prompt], max_new_tokens=c.sample_tokens, temperature=0.8, top_k=50, seed=seed
+        model,
+        tokenizer,
+        [c.sample_prompt],
+        max_new_tokens=c.sample_max_new_tokens,
+        temperature=0.8,
+        top_k=50,
+        seed=seed,
     )[0]
