@@ -72,8 +72,9 @@ def download_from_the_hub(tmp: Path) -> None:
 
 def serve_without_models() -> None:
     """fastapi, starlette, pydantic and uvicorn: the app answers, and a bad request is a 400 in OpenAI's shape."""
-    from tinystories.serve.app import create_app, serve_in_thread
+    from tinystories.serve.app import create_app
     from tinystories.serve.models import ModelPool
+    from tinystories.serve.server import serve_in_thread
 
     def post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
         request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})

@@ -33,11 +33,10 @@ OPTIONAL: dict[str, dict[str, str]] = {
     "transformers": {"tinystories.evaluate.students": "hf"},
     "triton": {"tinystories.kernels": "kernels"},
     "submitit": {"tinystories.sweep": "cluster"},
-    "fastapi": {"tinystories.serve": "serve"},
-    "uvicorn": {"tinystories.serve": "serve"},
-    "starlette": {"tinystories.serve": "serve"},
-    "pytest": {"tinystories.testing": "dev"},
-    "selenium": {"tinystories.serve.browser": "dev"},
+    # the OpenAI-compatible test server (tinystories.testing) runs on serve's FastAPI app
+    "fastapi": {"tinystories.serve": "serve", "tinystories.testing": "serve"},
+    "uvicorn": {"tinystories.serve": "serve", "tinystories.testing": "serve"},
+    "starlette": {"tinystories.serve": "serve", "tinystories.testing": "serve"},
 }
 # Speed-ups used when installed and never required: each of their imports sits in a `try` that catches ImportError.
 GUARDED = {"orjson", "uvloop"}

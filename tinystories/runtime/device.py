@@ -123,7 +123,10 @@ class ExecutionPath:
 
 
 def cuda_capability(device: torch.device) -> tuple[int, int] | None:
-    return tuple(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return major, minor
 
 
 def torch_builds_for(capability: tuple[int, int], arch_list: list[str]) -> bool:
@@ -158,9 +161,11 @@ def choose_execution(
     user chose (the reason says "as given"); the others are the command's own (said only where auto differs)."""
     triton_ok, triton_why = triton
     cc = f"sm_{capability[0]}{capability[1]}" if capability else device_type
+    cap = capability or (0, 0)  # compared only for CUDA devices, which always have one
+    auto: tuple[str, str, bool, str]
     if device_type != "cuda":
         auto = ("fp32", "torch", False, f"{device_type}: the plain PyTorch path, eager")
-    elif capability >= (8, 0):
+    elif cap >= (8, 0):
         auto = (
             "bf16",
             "fused" if triton_ok else "torch",
@@ -168,7 +173,7 @@ def choose_execution(
             f"{cc} >= sm_80: bf16 autocast, the fused Triton kernels, torch.compile"
             + ("" if triton_ok else f"; plain path because {triton_why}"),
         )
-    elif capability >= (7, 0):
+    elif cap >= (7, 0):
         auto = (
             "fp16",
             "hybrid" if triton_ok else "torch",
@@ -179,11 +184,11 @@ def choose_execution(
         )
     else:  # Triton (and so torch.compile's GPU code) needs sm_70
         auto = ("fp32", "torch", False, f"{cc} < sm_70: fp32, the plain path, eager (Triton needs sm_70)")
-    chosen = [
+    chosen: tuple[str, str, bool] = (
         dtype if dtype != "auto" else auto[0],
         impl if impl != "auto" else auto[1],
         compile if compile is not None else auto[2],
-    ]
+    )
     requested = [
         (k, v, a)
         for k, v, a, req in zip(("dtype", "impl", "compile"), chosen, auto[:3], (dtype, impl, compile))
@@ -195,7 +200,7 @@ def choose_execution(
         [f"{', '.join(commands)} for this command"] if commands else []
     )
     reason = f"{'; '.join(said)}; auto: {auto[3]}" if said else auto[3]
-    if chosen[0] == "bf16" and device_type == "cuda" and capability < (8, 0):
+    if chosen[0] == "bf16" and device_type == "cuda" and cap < (8, 0):
         raise ConfigError(
             f"dtype=bf16 needs a GPU of compute capability >= 8.0 (this one is {cc}); use --dtype=fp16 (or auto)"
         )
@@ -204,7 +209,7 @@ def choose_execution(
             f"impl={chosen[1]} needs the Triton kernels, which cannot run here: {triton_why}; "
             f"use --impl=torch (or auto)"
         )
-    if chosen[2] and device_type == "cuda" and capability < (7, 0):
+    if chosen[2] and device_type == "cuda" and cap < (7, 0):
         raise ConfigError(
             f"compile=true needs Triton's GPU compiler, which needs compute capability >= 7.0 "
             f"(this GPU is {cc}); use --compile=false (or auto)"

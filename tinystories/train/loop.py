@@ -21,7 +21,7 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -237,7 +237,8 @@ class Trainer:
 
     def _wrap(self, model: GPTNeo) -> torch.nn.Module:
         """The model as trained: compiled and/or DDP-wrapped (``self.model`` stays the plain one for saving)."""
-        train_model: torch.nn.Module = torch.compile(model) if self.execution.compile else model
+        # torch.compile of a module returns a module; its annotation only says Callable.
+        train_model = cast(torch.nn.Module, torch.compile(model)) if self.execution.compile else model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
