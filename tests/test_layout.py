@@ -44,6 +44,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE, KERNELS = REPO_ROOT / "tinystories", REPO_ROOT / "kernels"
 MAX_LINES = 450
+MAX_TRAINER_FUNCTION_LINES = 80  # the trainer reads one method at a time (torchtitan's Trainer)
 
 
 def module_files() -> dict[str, Path]:
@@ -234,6 +235,19 @@ def test_no_module_over_the_size_limit():
     assert sizes["tinystories.model.gpt_neo"] > 100  # the walk reads real files
     too_big = {name: n for name, n in sizes.items() if n > MAX_LINES}
     assert not too_big, f"modules over {MAX_LINES} lines (split them by concept): {too_big}"
+
+
+def test_no_trainer_function_over_the_size_limit():
+    """tinystories/train/ is read top to bottom by people changing how a run trains: no function or method there
+    is longer than a screen (docstring and comments included)."""
+    lengths = {}
+    for path in sorted((PACKAGE / "train").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lengths[f"{path.name}:{node.lineno} {node.name}"] = node.end_lineno - node.lineno + 1
+    assert any(name.startswith("loop.py") for name in lengths)  # the walk reads real files
+    too_long = {name: n for name, n in lengths.items() if n > MAX_TRAINER_FUNCTION_LINES}
+    assert not too_long, f"functions over {MAX_TRAINER_FUNCTION_LINES} lines in train/ (split them): {too_long}"
 
 
 @pytest.mark.parametrize(
