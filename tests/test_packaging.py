@@ -47,6 +47,7 @@ LIGHT = [
     "huggingface-hub",
     "fastapi",
     "uvicorn",
+    "httptools",
     "starlette",
     "pydantic",
     "pydantic-settings",
