@@ -15,19 +15,19 @@ from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
 
 # A model small enough that a step takes milliseconds, with both attention types and a window < seq_len.
 TINY = [
-    "--hidden_size=32",
-    "--num_layers=2",
-    "--num_heads=2",
+    "--hidden-size=32",
+    "--num-layers=2",
+    "--num-heads=2",
     "--context=64",
-    "--window_size=16",
-    "--seq_len=32",
-    "--batch_size=4",
+    "--window-size=16",
+    "--seq-len=32",
+    "--batch-size=4",
     "--display=plain",
     "--tensorboard=false",
-    "--eval_batches=2",
-    "--warmup_steps=3",
+    "--eval-batches=2",
+    "--warmup-steps=3",
     "--lr=3e-3",
-    "--min_lr=3e-4",
+    "--min-lr=3e-4",
     "--sample-max-new-tokens=20",
 ]
 

@@ -230,11 +230,11 @@ def test_fp16_scaler_state_survives_sigkill_and_resume_bit_exactly(dataset, tmp_
         f"--data={dataset}",
         *TINY,
         "--dtype=fp16",
-        "--max_steps=10",
-        "--ckpt_every=3",
-        "--eval_every=100",
-        "--log_every=1",
-        "--keep_last=2",
+        "--max-steps=10",
+        "--ckpt-every=3",
+        "--eval-every=100",
+        "--log-every=1",
+        "--keep-last=2",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     straight = subprocess.run(

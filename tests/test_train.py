@@ -52,7 +52,7 @@ def test_config_layers_and_errors(tmp_path, capsys):
 
     # The command line reports one clear error and allocates nothing (no run directory appears).
     out = tmp_path / "never"
-    assert main([f"--out={out}", "--hidden_size=30", "--num_heads=4"]) == 2
+    assert main([f"--out={out}", "--hidden-size=30", "--num-heads=4"]) == 2
     assert "hidden_size=30 is not divisible by num_heads=4" in capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(SystemExit):
@@ -64,11 +64,11 @@ def test_sigkill_then_resume_is_bit_identical(dataset, tmp_path):
     common = [
         f"--data={dataset}",
         *TINY,
-        "--max_steps=24",
-        "--ckpt_every=3",
-        "--eval_every=100",
-        "--log_every=1",
-        "--keep_last=2",
+        "--max-steps=24",
+        "--ckpt-every=3",
+        "--eval-every=100",
+        "--log-every=1",
+        "--keep-last=2",
     ]
     straight = run_train([*common, f"--out={tmp_path / 'straight'}"])
     assert straight.returncode == 0, straight.stderr
@@ -107,8 +107,8 @@ def test_sigkill_then_resume_is_bit_identical(dataset, tmp_path):
 # -- distributed -----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(dataset, tmp_path):
-    common = [f"--data={dataset}", *TINY, "--max_steps=6", "--ckpt_every=6", "--eval_every=3", "--log_every=1"]
-    single = run_train([*common, "--batch_size=8", f"--out={tmp_path / 'one'}"])
+    common = [f"--data={dataset}", *TINY, "--max-steps=6", "--ckpt-every=6", "--eval-every=3", "--log-every=1"]
+    single = run_train([*common, "--batch-size=8", f"--out={tmp_path / 'one'}"])
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
@@ -121,7 +121,7 @@ def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(dataset, t
             "-m",
             "tinystories.train",
             *common,
-            "--batch_size=4",
+            "--batch-size=4",
             f"--out={tmp_path / 'two'}",
         ],
         capture_output=True,
@@ -190,11 +190,11 @@ def test_too_many_non_finite_steps_in_a_row_abort_with_a_clear_message(dataset, 
             f"--data={dataset}",
             *TINY,
             "--lr=1e30",
-            "--min_lr=1e30",
-            "--warmup_steps=0",
-            "--max_steps=50",
-            "--max_bad_steps=3",
-            "--log_every=1",
+            "--min-lr=1e30",
+            "--warmup-steps=0",
+            "--max-steps=50",
+            "--max-bad-steps=3",
+            "--log-every=1",
             f"--out={tmp_path / 'run'}",
         ]
     )
@@ -208,7 +208,7 @@ def test_too_many_non_finite_steps_in_a_row_abort_with_a_clear_message(dataset, 
 def trained_run(dataset, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("trained") / "run"
     result = run_train(
-        [f"--data={dataset}", *TINY, "--max_steps=30", "--ckpt_every=30", "--eval_every=30", f"--out={run}"]
+        [f"--data={dataset}", *TINY, "--max-steps=30", "--ckpt-every=30", "--eval-every=30", f"--out={run}"]
     )
     assert result.returncode == 0, result.stderr
     return run
@@ -306,12 +306,12 @@ def test_init_from_hf_trains_from_the_exported_weights(trained_run, dataset, tmp
         [
             f"--data={dataset}",
             *TINY,
-            f"--init_from_hf={out}",
-            "--max_steps=2",
-            "--ckpt_every=2",
-            "--eval_every=2",
+            f"--init-from-hf={out}",
+            "--max-steps=2",
+            "--ckpt-every=2",
+            "--eval-every=2",
             "--lr=1e-9",
-            "--min_lr=0",
+            "--min-lr=0",
             f"--out={run}",
         ]
     )
@@ -355,9 +355,9 @@ def test_text_file_data_is_prepared_automatically_and_bf16_runs(dataset, tmp_pat
             f"--tokenizer={dataset / 'tokenizer.json'}",
             *TINY,
             "--dtype=bf16",
-            "--max_steps=3",
-            "--ckpt_every=3",
-            "--eval_every=3",
+            "--max-steps=3",
+            "--ckpt-every=3",
+            "--eval-every=3",
             f"--out={run}",
         ]
     )
@@ -372,7 +372,7 @@ def test_text_file_data_is_prepared_automatically_and_bf16_runs(dataset, tmp_pat
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager_training(dataset, tmp_path):
-    common = [f"--data={dataset}", *TINY, "--max_steps=4", "--ckpt_every=4", "--eval_every=4"]
+    common = [f"--data={dataset}", *TINY, "--max-steps=4", "--ckpt-every=4", "--eval-every=4"]
     eager = run_train([*common, f"--out={tmp_path / 'eager'}"])
     compiled = run_train([*common, "--compile", f"--out={tmp_path / 'compiled'}"])
     assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr[-3000:]

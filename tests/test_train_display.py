@@ -33,8 +33,8 @@ def expect_validation(proc: subprocess.Popen, step: int, seen: list[str]) -> Non
 
 def test_plain_mode_shows_step_one_the_projection_and_every_validation_pass(dataset, tmp_path):
     run = tmp_path / "run"
-    common = [f"--data={dataset}", *TINY, "--log_every=100", "--eval_every=3", f"--out={run}"]
-    proc, seen = start_train([*common, "--max_steps=6", "--ckpt_every=6"]), []
+    common = [f"--data={dataset}", *TINY, "--log-every=100", "--eval-every=3", f"--out={run}"]
+    proc, seen = start_train([*common, "--max-steps=6", "--ckpt-every=6"]), []
     first = STEP_LINE.match(next_line(proc, STEP_LINE, seen))
     assert first.group(1, 2) == ("1", "6") and first[3].endswith(" (warm-up)")  # step 1, though log_every is 100
     assert PROJECTED.match(next_line(proc, "projected:", seen))[1] == "6 steps"
@@ -47,7 +47,7 @@ def test_plain_mode_shows_step_one_the_projection_and_every_validation_pass(data
     assert not any(line.startswith("step 2/") for line in seen)  # then only every log_every steps (and the last)
 
     # A resumed process talks from its own first step and projects the steps still to go.
-    proc, seen = start_train([*common, "--resume", "--max_steps=12", "--ckpt_every=12"]), []
+    proc, seen = start_train([*common, "--resume", "--max-steps=12", "--ckpt-every=12"]), []
     assert STEP_LINE.match(next_line(proc, STEP_LINE, seen)).group(1, 2) == ("7", "12")
     assert PROJECTED.match(next_line(proc, "projected:", seen))[1] == "steps 6 to 12"
     seen.extend(proc.stdout)

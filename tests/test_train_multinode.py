@@ -16,24 +16,24 @@ import torch
 from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
 
 TINY = [
-    "--hidden_size=32",
-    "--num_layers=2",
-    "--num_heads=2",
+    "--hidden-size=32",
+    "--num-layers=2",
+    "--num-heads=2",
     "--context=64",
-    "--window_size=16",
-    "--seq_len=32",
+    "--window-size=16",
+    "--seq-len=32",
     "--display=plain",
     "--tensorboard=false",
-    "--eval_batches=2",
-    "--warmup_steps=3",
+    "--eval-batches=2",
+    "--warmup-steps=3",
     "--lr=3e-3",
     "--sample-max-new-tokens=8",
-    "--max_steps=6",
-    "--ckpt_every=3",
-    "--eval_every=3",
-    "--log_every=1",
-    "--cpu_threads=1",
-    "--keep_last=10",
+    "--max-steps=6",
+    "--ckpt-every=3",
+    "--eval-every=3",
+    "--log-every=1",
+    "--cpu-threads=1",
+    "--keep-last=10",
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
 
@@ -86,14 +86,14 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_two_node_torchrun_equals_one_process_and_resumes_exactly(tiny_shards, tmp_path):
     common = [f"--data={tiny_shards}", *TINY]
     single = subprocess.run(
-        [sys.executable, "-m", "tinystories.train", *common, "--batch_size=8", f"--out={tmp_path / 'one'}"],
+        [sys.executable, "-m", "tinystories.train", *common, "--batch-size=8", f"--out={tmp_path / 'one'}"],
         capture_output=True,
         text=True,
         env=ENV,
         timeout=600,
     )
     assert single.returncode == 0, single.stderr
-    nodes = two_nodes([*common, "--batch_size=4", f"--out={tmp_path / 'two'}"])
+    nodes = two_nodes([*common, "--batch-size=4", f"--out={tmp_path / 'two'}"])
     assert all(r.returncode == 0 for r in nodes), "\n".join(r.stderr[-3000:] for r in nodes)
     assert "x2" in nodes[0].stdout + nodes[1].stdout  # one run of two processes, rank 0 prints
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
@@ -103,7 +103,7 @@ def test_two_node_torchrun_equals_one_process_and_resumes_exactly(tiny_shards, t
     # Both ranks resume from rank 0's checkpoint at step 3 and end bit-identical to the uninterrupted run.
     final = weights(tmp_path / "two")
     list_checkpoints(tmp_path / "two")[-1].unlink()
-    resumed = two_nodes([*common, "--batch_size=4", f"--out={tmp_path / 'two'}", "--resume"])
+    resumed = two_nodes([*common, "--batch-size=4", f"--out={tmp_path / 'two'}", "--resume"])
     assert all(r.returncode == 0 for r in resumed), "\n".join(r.stderr[-3000:] for r in resumed)
     assert "at step 3" in resumed[0].stdout + resumed[1].stdout
     again = weights(tmp_path / "two")
@@ -116,7 +116,7 @@ def test_two_node_torchrun_equals_one_process_and_resumes_exactly(tiny_shards, t
             "-m",
             "tinystories.train",
             *common,
-            "--batch_size=4",
+            "--batch-size=4",
             "--resume",
             f"--out={tmp_path / 'two'}",
         ],

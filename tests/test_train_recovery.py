@@ -38,17 +38,17 @@ def test_a_second_trainer_on_a_run_directory_stops_at_once_naming_the_holder(dat
         [
             f"--data={dataset}",
             *TINY,
-            "--max_steps=100000",
-            "--ckpt_every=2",
-            "--log_every=1",
-            "--eval_every=100000",
+            "--max-steps=100000",
+            "--ckpt-every=2",
+            "--log-every=1",
+            "--eval-every=100000",
             f"--out={run}",
         ]
     )
     try:
         wait_for_line(first, "step 4/")
         first.send_signal(signal.SIGSTOP)  # frozen while holding the lock, so the run cannot end meanwhile
-        second = run_train([f"--data={dataset}", *TINY, "--max_steps=10", f"--out={run}", "--resume"])
+        second = run_train([f"--data={dataset}", *TINY, "--max-steps=10", f"--out={run}", "--resume"])
         assert second.returncode == 1
         assert f"in use by another trainer (PID {first.pid} on host {socket.gethostname()}" in second.stderr
         assert "Traceback" not in second.stderr
@@ -56,7 +56,7 @@ def test_a_second_trainer_on_a_run_directory_stops_at_once_naming_the_holder(dat
         first.kill()  # SIGKILL: the kernel drops the lock with the process
         first.wait(timeout=60)
     step = read_checkpoint(list_checkpoints(run)[-1])["step"]
-    assert main([f"--out={run}", "--resume", f"--max_steps={step + 1}"]) == 0  # no stale lock is left
+    assert main([f"--out={run}", "--resume", f"--max-steps={step + 1}"]) == 0  # no stale lock is left
     assert f"resumed {checkpoint_path(run, step)} at step {step}" in capsys.readouterr().out
 
 
@@ -68,10 +68,10 @@ def test_a_stop_signal_writes_a_checkpoint_and_exits_with_128_plus_signum(datase
         [
             f"--data={dataset}",
             *TINY,
-            "--max_steps=100000",
-            "--ckpt_every=100000",
-            "--log_every=1",
-            "--eval_every=100000",
+            "--max-steps=100000",
+            "--ckpt-every=100000",
+            "--log-every=1",
+            "--eval-every=100000",
             f"--out={run}",
         ]
     )
@@ -112,17 +112,17 @@ def test_resume_restores_the_run_config_applies_given_flags_and_keeps_the_schedu
     first = [
         f"--data={dataset}",
         *TINY,
-        "--max_steps=4",
-        "--ckpt_every=2",
-        "--eval_every=100",
-        "--log_every=1",
+        "--max-steps=4",
+        "--ckpt-every=2",
+        "--eval-every=100",
+        "--log-every=1",
         f"--out={run}",
     ]
     assert main(first) == 0
     capsys.readouterr()
 
     # Only the run directory and the changed keys: the model, data and optimizer come from config.json.
-    assert main([f"--out={run}", "--resume", "--max_steps=8", "--weight_decay=0.05", "--log_every=2"]) == 0
+    assert main([f"--out={run}", "--resume", "--max-steps=8", "--weight-decay=0.05", "--log-every=2"]) == 0
     out = capsys.readouterr().out
     assert f"resumed {checkpoint_path(run, 4)} at step 4" in out
     assert "max_steps 4 -> 8: the learning-rate schedule is kept (cosine to min_lr by step 4" in out
@@ -137,13 +137,13 @@ def test_resume_restores_the_run_config_applies_given_flags_and_keeps_the_schedu
     assert any(line.startswith("weight_decay: 0.1 -> 0.05") for line in history[1]["changes"])
 
     # Stretching the cosine over a longer run is explicit: --lr_decay_steps.
-    assert main([f"--out={run}", "--resume", "--max_steps=10", "--lr_decay_steps=10"]) == 0
+    assert main([f"--out={run}", "--resume", "--max-steps=10", "--lr-decay-steps=10"]) == 0
     assert "changed: lr_decay_steps: 4 -> 10" in capsys.readouterr().out
     assert [r for r in metrics(run) if "lr" in r][-1]["lr"] > 3e-4
 
     # Keys that fix the model's shape or the batches are refused, all differences listed, nothing written.
     before = (run / "config.json").read_text()
-    assert main([f"--out={run}", "--resume", "--max_steps=12", "--batch_size=8", "--num_layers=3"]) == 2
+    assert main([f"--out={run}", "--resume", "--max-steps=12", "--batch-size=8", "--num-layers=3"]) == 2
     err = capsys.readouterr().err
     assert "--resume cannot change num_layers, batch_size" in err
     assert "num_layers: run has 2, requested 3; batch_size: run has 4, requested 8" in err
@@ -157,9 +157,9 @@ def test_resume_before_the_first_checkpoint_starts_fresh(dataset, tmp_path, caps
             [
                 f"--data={dataset}",
                 *TINY,
-                "--max_steps=2",
-                "--ckpt_every=2",
-                "--eval_every=100",
+                "--max-steps=2",
+                "--ckpt-every=2",
+                "--eval-every=100",
                 f"--out={run}",
                 "--resume",
             ]
@@ -174,7 +174,7 @@ def test_resume_before_the_first_checkpoint_starts_fresh(dataset, tmp_path, caps
 def test_resume_falls_back_from_a_truncated_checkpoint_and_removes_stale_temp_files(dataset, tmp_path, capsys):
     run = tmp_path / "run"
     assert (
-        main([f"--data={dataset}", *TINY, "--max_steps=4", "--ckpt_every=2", "--eval_every=100", f"--out={run}"]) == 0
+        main([f"--data={dataset}", *TINY, "--max-steps=4", "--ckpt-every=2", "--eval-every=100", f"--out={run}"]) == 0
     )
     newest = checkpoint_path(run, 4)
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn copy
@@ -182,7 +182,7 @@ def test_resume_falls_back_from_a_truncated_checkpoint_and_removes_stale_temp_fi
     for path in stale:
         path.write_bytes(b"x" * 1000)
     capsys.readouterr()
-    assert main([f"--out={run}", "--resume", "--max_steps=6"]) == 0
+    assert main([f"--out={run}", "--resume", "--max-steps=6"]) == 0
     out, err = capsys.readouterr()
     assert "removed 2 temp file(s)" in out and not any(p.exists() for p in stale)
     assert f"{newest}: not a readable tinystories checkpoint" in err and "falling back" in err
@@ -194,7 +194,7 @@ def test_resume_falls_back_from_a_truncated_checkpoint_and_removes_stale_temp_fi
 def test_a_full_disk_during_a_checkpoint_stops_with_the_space_needed_and_keeps_the_older_ones(dataset, tmp_path):
     run = tmp_path / "run"
     assert (
-        main([f"--data={dataset}", *TINY, "--max_steps=2", "--ckpt_every=2", "--eval_every=100", f"--out={run}"]) == 0
+        main([f"--data={dataset}", *TINY, "--max-steps=2", "--ckpt-every=2", "--eval-every=100", f"--out={run}"]) == 0
     )
 
     def small_files() -> (
@@ -202,7 +202,7 @@ def test_a_full_disk_during_a_checkpoint_stops_with_the_space_needed_and_keeps_t
     ):  # the child may write no file over 64 kB: a checkpoint is bigger (Python ignores SIGXFSZ)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
 
-    result = run_train([f"--out={run}", "--resume", "--max_steps=4"], preexec_fn=small_files)
+    result = run_train([f"--out={run}", "--resume", "--max-steps=4"], preexec_fn=small_files)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"could not write checkpoint {checkpoint_path(run, 4)} (File too large): it needs" in result.stderr
@@ -220,10 +220,10 @@ def test_without_validation_data_the_run_trains_without_evaluation_and_says_so(t
             [
                 f"--data={data}",
                 *TINY,
-                "--max_steps=4",
-                "--ckpt_every=4",
-                "--eval_every=2",
-                "--log_every=1",
+                "--max-steps=4",
+                "--ckpt-every=4",
+                "--eval-every=2",
+                "--log-every=1",
                 f"--out={run}",
             ]
         )
@@ -256,10 +256,10 @@ def test_a_failing_evaluation_or_metrics_write_is_logged_and_training_goes_on(da
             [
                 f"--data={dataset}",
                 *TINY,
-                "--max_steps=4",
-                "--ckpt_every=2",
-                "--eval_every=2",
-                "--log_every=1",
+                "--max-steps=4",
+                "--ckpt-every=2",
+                "--eval-every=2",
+                "--log-every=1",
                 f"--out={run}",
             ]
         )

@@ -252,7 +252,7 @@ class Trainer:
         c = self.c
         if self.step >= c.max_steps:
             self.display.print(
-                f"{self.run_dir} is already at step {self.step} of max_steps={c.max_steps}; raise --max_steps to "
+                f"{self.run_dir} is already at step {self.step} of max_steps={c.max_steps}; raise --max-steps to "
                 f"train further"
             )
         with self.display, StopSignals() as stop:
