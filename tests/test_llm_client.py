@@ -85,6 +85,29 @@ def test_price_table_overrides(tmp_path):
         PriceTable.load(tmp_path / "bad.json")
 
 
+def test_a_stop_wakes_the_workers_waiting_for_a_request_from_a_lazy_source():
+    """A source that yields only when its callers are answered (the judge's queue) must not keep ``run`` from
+    returning after a stop: workers blocked on it are woken, else every caller waits on the run for ever."""
+
+    async def main():
+        never = asyncio.Event()
+
+        async def source():  # one request, then nothing until someone reacts to the stop (nobody does)
+            await asyncio.sleep(0)  # the other workers start and queue up behind this one
+            yield ChatRequest("q0", {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]})
+            await never.wait()
+
+        # the first request alone is over the budget: it is dropped unsent and the run stops for "budget"
+        config = ClientConfig(
+            base_url="http://127.0.0.1:9/v1", api_key="t", concurrency=4, max_cost_usd=1e-9, prices=PRICES
+        )
+        async with ChatClient(config) as client:
+            return await asyncio.wait_for(client.run(source(), lambda result: None), timeout=120)
+
+    stats = asyncio.run(main())
+    assert stats.stopped == "budget" and stats.attempts == 0
+
+
 ANSWER = {
     "id": "x",
     "object": "chat.completion",

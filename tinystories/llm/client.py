@@ -40,7 +40,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -335,32 +335,60 @@ class ChatClient:
                 return next(iterator, None)
 
         finished = asyncio.Condition()
+        # Workers waiting for a request (a lazy source such as the judge's queue may not yield another until its
+        # callers see this run end) or for budget to free up: a stop must wake them, or the run never returns.
+        idle: set[asyncio.Task] = set()
+
+        def halt(reason: str) -> None:
+            if not stop:
+                stop.append(reason)
+            for task in idle:
+                task.cancel()
+
+        async def wait_idle(waiting: Awaitable[Any]) -> Any:
+            task = asyncio.current_task()
+            assert task is not None
+            idle.add(task)
+            try:
+                return await waiting
+            finally:
+                idle.discard(task)
+
+        async def wait_for_budget() -> None:
+            async with finished:
+                await finished.wait()
 
         async def worker() -> None:
+            try:
+                await work()
+            except asyncio.CancelledError:
+                if not stop:  # cancelled from outside: not ours to swallow
+                    raise
+
+        async def work() -> None:
             while not stop:
-                request = await next_request()
+                request = await wait_idle(next_request())
                 if request is None:
                     return
                 while not stop and budget.affordable(request.body) < 1:
                     if budget.in_flight == 0:  # nothing will free budget: this request is dropped unsent
-                        stop.append("budget")
+                        halt("budget")
                     else:  # requests in flight may cost less than reserved: wait for one to finish
-                        async with finished:
-                            await finished.wait()
+                        await wait_idle(wait_for_budget())
                 if stop:
                     return
                 budget.start()
                 try:
                     result = await self.complete(request)
                 except FatalAPIError as e:
-                    stop.append(str(e))
+                    halt(str(e))
                     return
                 budget.finish(result.cost_usd)
                 stats.add(result)
                 on_result(result)
                 self.breaker.result(result)
                 if self.breaker.tripped and not stop:
-                    stop.append(self.breaker.tripped)
+                    halt(self.breaker.tripped)
                 if budget.max is not None:
                     async with finished:
                         finished.notify_all()

@@ -42,6 +42,7 @@ from tinystories.jsonl import read_jsonl
 from tinystories.model.config import GPTNeoConfig, flops_per_token
 from tinystories.model.gpt_neo import GPTNeo
 from tinystories.plots import pyplot
+from tinystories.progress import format_duration
 from tinystories.sweep.grid import SweepConfig, format_count, read_status, run_dir
 
 RESULT_COLUMNS = (
@@ -131,7 +132,7 @@ def results_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
             fmt(r["tokens"], format_count),
             fmt(r["compute"], lambda c: f"{c:.2e}"),
             fmt(r["final_val_loss"], lambda v: f"{v:.4f}"),
-            fmt(r["wall_s"], lambda s: f"{s:.0f}s"),
+            fmt(r["wall_s"], format_duration),
         )
     return table
 

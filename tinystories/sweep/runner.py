@@ -18,6 +18,7 @@ from rich.console import Console
 
 from tinystories.atomic import atomic_write_json
 from tinystories.model.checkpoint import list_checkpoints
+from tinystories.progress import format_duration
 from tinystories.sweep.analysis import collect_results
 from tinystories.sweep.cluster import ClusterOptions, live_jobs, read_jobs, unfinished
 from tinystories.sweep.grid import (
@@ -172,7 +173,7 @@ def _finish(sweep: SweepConfig, plan: RunPlan, returncode: int | str, wall_s: fl
     atomic_write_json(directory / STATUS_FILE, status, indent=2)
     style = "green" if ok else "red"
     tail = "" if ok else f" (see {directory / 'train.log'})"
-    console.print(f"[{style}]{status['status']}[/{style}] {plan.run.name} in {wall_s:.1f}s{tail}")
+    console.print(f"[{style}]{status['status']}[/{style}] {plan.run.name} in {format_duration(wall_s)}{tail}")
 
 
 def finished_runs(sweep: SweepConfig) -> list[Path]:
