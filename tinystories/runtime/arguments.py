@@ -24,6 +24,11 @@ from typing import Any, NoReturn
 Container = argparse._ActionsContainer
 
 
+def deprecated(old: str, new: str) -> str:
+    """The one wording of an old spelling's warning (options, TOML keys, ``sweep --set``): kept for one release."""
+    return f"{old} is deprecated, use {new} (the old name goes in the next release)"
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with a short error: ``usage: PROG [options]``, the error, and where the full help is. The stock
     one prints the whole usage first, which for ``tinystories-train`` (every config field) is 30 lines. A
@@ -68,10 +73,7 @@ class ArgumentParser(argparse.ArgumentParser):
                 out.append(arg)
                 continue
             shown = new if new.startswith("-") else f"a positional {new}"
-            print(
-                f"{self.prog}: warning: {flag} is deprecated, use {shown} (the old name goes in the next release)",
-                file=sys.stderr,
-            )
+            print(f"{self.prog}: warning: {deprecated(flag, shown)}", file=sys.stderr)
             if flag in self._option_string_actions:  # kept with its old meaning
                 out.append(arg)
             elif new.startswith("-"):

@@ -16,8 +16,9 @@ from typing import Any
 
 from tinystories.data import load_dataset_tokenizer
 from tinystories.model.config import GPTNeoConfig
+from tinystories.runtime.arguments import deprecated
 from tinystories.runtime.device import Dist
-from tinystories.train.config import NEXT_RELEASE, TrainConfig, load_config
+from tinystories.train.config import TrainConfig, load_config
 from tinystories.train.fields import RENAMED
 from tinystories.train.inputs import resolve_data
 
@@ -94,7 +95,7 @@ def trainer_overrides(pairs: dict[str, str], warn: Callable[[str], None] | None 
         name = key.replace("-", "_")
         if name in RENAMED:
             if warn is not None:
-                warn(f"--set {key} is deprecated, use --set {RENAMED[name].replace('_', '-')} {NEXT_RELEASE}")
+                warn(deprecated(f"--set {key}", f"--set {RENAMED[name].replace('_', '-')}"))
             name = RENAMED[name]
         fields[name] = value
     return fields

@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import TypeAdapter, ValidationError
 
 from tinystories.model.config import PRESETS
+from tinystories.runtime.arguments import deprecated
 from tinystories.runtime.errors import ConfigError
 from tinystories.train.fields import NONE_MEANS, RENAMED, Conflict, TrainConfig, current_names, none_word
 
@@ -54,7 +55,6 @@ SHAPE_GIVEN_WITHOUT_PRESET = ("hidden_size", "num_layers")
 FINETUNE_TRAINING: dict[str, Any] = dict(seq_len=512)
 MIN_LR_RATIO = 0.1  # min_lr follows a given lr unless min_lr is given too
 COMMAND_LINE = "command line"
-NEXT_RELEASE = "(the old name goes in the next release)"
 _warned: set[str] = set()
 
 
@@ -68,8 +68,8 @@ def warn_once(text: str) -> None:
 def deprecation(old: str, new: str, source: str) -> str:
     """The warning for an old name: ``--out_dir is deprecated, use --out (...)``; in a file ``FILE: out_dir ...``."""
     if source == COMMAND_LINE:
-        return f"--{old} is deprecated, use --{new.replace('_', '-')} {NEXT_RELEASE}"
-    return f"{source}: {old} is deprecated, use {new} {NEXT_RELEASE}"
+        return deprecated(f"--{old}", f"--{new.replace('_', '-')}")
+    return f"{source}: {deprecated(old, new)}"
 
 
 def field_name(key: str, source: str, *, warn: bool = True) -> str:
