@@ -170,8 +170,8 @@ def run_cli(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    except (TrainingAborted, RunLocked, ShardError, OSError) as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+    except (TrainingAborted, RunLocked, ShardError, OSError) as exc:  # the work failed (docs/cli.md: exit 1)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except Interrupted as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
