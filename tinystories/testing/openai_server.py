@@ -54,6 +54,7 @@ from tinystories.serve.protocol import (
     ErrorDetail,
     ErrorResponse,
     FileObject,
+    Message,
     Usage,
     new_id,
     now,
@@ -125,9 +126,8 @@ class LogEntry:
 
 def default_answer(body: dict) -> Answer:
     """A template story honouring the synthesis prompt's words and features, or a one-sentence summary."""
-    prompt = next((m.get("content") for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
-    if not isinstance(prompt, str):
-        prompt = " ".join(part.get("text", "") for part in prompt if isinstance(part, dict))
+    user = next((m for m in reversed(body.get("messages", [])) if m.get("role") == "user"), None)
+    prompt = Message.model_validate(user).text if user is not None else ""  # a string or its text parts
     if SUMMARY_MARKER in prompt:
         story = prompt.split(SUMMARY_MARKER, 1)[1].strip()
         first = story.split(".")[0].strip() or "A child has a day"
