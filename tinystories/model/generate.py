@@ -51,6 +51,16 @@ class Row:
     on_token: Callable[[int], bool] | None = None
 
 
+def choose_token(row: Row, logits: torch.Tensor) -> int:
+    """The next token of ``row`` from its next-position ``logits`` (1, V), sampled with the row's own settings
+    and generator. Everything done per row per step lives here, whichever loop drives the batch."""
+    return int(
+        sample_next_token(
+            logits, temperature=row.temperature, top_k=row.top_k, top_p=row.top_p, generator=row.generator
+        )
+    )
+
+
 def generate_rows(model: GPTNeo, rows: Sequence[Row], eos: int, *, use_cache: bool = True) -> list[list[int]]:
     """The new tokens of each row (without the <|endoftext|> that ends it), all rows in one batch.
 
@@ -69,15 +79,7 @@ def generate_rows(model: GPTNeo, rows: Sequence[Row], eos: int, *, use_cache: bo
             if done[i]:
                 tokens.append(eos)
                 continue
-            token = int(
-                sample_next_token(
-                    logits[i : i + 1],
-                    temperature=row.temperature,
-                    top_k=row.top_k,
-                    top_p=row.top_p,
-                    generator=row.generator,
-                )
-            )
+            token = choose_token(row, logits[i : i + 1])
             tokens.append(token)
             if token == eos:
                 done[i] = True
