@@ -303,9 +303,13 @@ class Answer:
     def chat(self, choice: Choice) -> ChatChoice:
         logprobs = None
         if self.settings.logprobs is not None:
+            generated = self._generated(choice)[: len(choice.tokens)]
+            if choice.cut:  # a stop string ended the text: the tokens after it are not part of it
+                offsets = _offsets(self.tokenizer, choice.tokens)
+                generated = [g for g, o in zip(generated, offsets) if o < len(choice.text)]
             content = [
                 TokenLogprob(**self._top_logprob(t, lp).model_dump(), top_logprobs=[self._top_logprob(*x) for x in top])
-                for t, lp, top in self._generated(choice)[: len(choice.tokens)]
+                for t, lp, top in generated
             ]
             logprobs = ChatLogprobs(content=content)
         return ChatChoice(
