@@ -165,6 +165,19 @@ def test_sampling_filters():
         sample_next_token(logits, top_p=0)
 
 
+def test_near_zero_temperature_and_top_p_sample_greedily():
+    """Issue 22 item 12: temperature 1e-40 overflowed the scores (NaN) and top_p 1e-300 dropped every token."""
+    logits = torch.randn(64, 2048, generator=torch.Generator().manual_seed(3)) * 5
+    greedy = logits.argmax(dim=-1)
+    g = torch.Generator().manual_seed(0)
+    for temperature in (1e-40, 1e-300, 5e-324):
+        assert torch.equal(sample_next_token(logits, temperature=temperature, generator=g), greedy)
+    for top_p in (1e-300, 1e-40, 1e-9):
+        assert torch.equal(sample_next_token(logits, top_p=top_p, generator=g), greedy)
+    tied = torch.tensor([[1.0, 3.0, 3.0, 2.0]])  # the limit of a vanishing temperature: the best tokens, evenly
+    assert {sample_next_token(tied, temperature=1e-30, generator=g).item() for _ in range(100)} == {1, 2}
+
+
 def test_sampling_draws_each_token_with_its_probability():
     """Rows sampled together follow their own softmax; masked (-inf) tokens, first and last included, never come."""
     logits = torch.tensor([[-float("inf"), 1.0, 0.5, 0.0, -float("inf")], [2.0, 0.0, -float("inf"), 1.0, -1.0]])

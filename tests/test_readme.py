@@ -56,6 +56,7 @@ SKIP: list[tuple[str, str]] = [
     (r"^(sbatch|srun|salloc|squeue|scancel|ssh)\b", "a cluster command"),
     (r"^(curl|wget|http|huggingface-cli|hf) ", "talks to a server or downloads (network)"),
     (r"^(nvidia-smi|tensorboard|docker)\b", "a GPU tool, viewer or container (not this package)"),
+    (r"^lm_eval\b", "lm-evaluation-harness against a running server (tests/test_serve_lm_eval.py runs it both ways)"),
     (r"^(git|cd|ls|cat|head|tail|mkdir|zstd|kill|pkill|sleep|watch)\b", "a shell utility"),
 ]
 

@@ -106,7 +106,7 @@ def test_streaming_gives_the_same_text_and_usage(client):
     whole = client.completions.create(**kwargs)
     parts, usage = {0: "", 1: ""}, None
     finish = {}
-    for chunk in client.completions.create(stream=True, **kwargs):
+    for chunk in client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs):
         for c in chunk.choices:
             parts[c.index] += c.text
             if c.finish_reason:
@@ -115,6 +115,10 @@ def test_streaming_gives_the_same_text_and_usage(client):
     assert [parts[0], parts[1]] == [c.text for c in whole.choices]
     assert finish == {c.index: c.finish_reason for c in whole.choices}
     assert usage.completion_tokens == whole.usage.completion_tokens > 0
+    # Without stream_options.include_usage, as OpenAI: no usage chunk, so every chunk has a choice.
+    chunks = list(client.completions.create(stream=True, **kwargs))
+    assert all(chunk.choices and chunk.usage is None for chunk in chunks)
+    assert "".join(c.choices[0].text for c in chunks if c.choices[0].index == 0) == whole.choices[0].text
 
 
 def test_stop_strings_cut_the_story(client):
@@ -127,9 +131,19 @@ def test_stop_strings_cut_the_story(client):
 
 def test_chat_uses_the_instruct_layout(sweep_dir, client):
     message = "Words: run, dog, happy\nFeatures: Dialogue, bad_ending\nStory: Once upon a time"
+    # The system and user messages' lines are read together; content may come as text parts.
     answer = client.chat.completions.create(
         model=INSTRUCT,
-        messages=[{"role": "system", "content": "ignored"}, {"role": "user", "content": message}],
+        messages=[
+            {"role": "system", "content": "Words: run, dog, happy"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Features: Dialogue, bad_ending"},
+                    {"type": "text", "text": "Story: Once upon a time"},
+                ],
+            },
+        ],
         seed=11,
         max_tokens=20,
     )
@@ -146,6 +160,24 @@ def test_chat_uses_the_instruct_layout(sweep_dir, client):
         )
     )
     assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == expected[0]
+    with pytest.raises(openai.BadRequestError, match="earlier turns") as err:
+        client.chat.completions.create(
+            model=INSTRUCT,
+            messages=[
+                {"role": "user", "content": message},
+                {"role": "assistant", "content": "Once upon a time"},
+                {"role": "user", "content": message},
+            ],
+        )
+    assert err.value.body["param"] == "messages.1.role"
+    with pytest.raises(openai.BadRequestError, match="unrecognised line 'You are a helpful assistant.'"):
+        client.chat.completions.create(
+            model=INSTRUCT,
+            messages=[
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": message},
+            ],
+        )
     with pytest.raises(openai.BadRequestError, match="not an Instruct model"):
         client.chat.completions.create(model=TINY, messages=[{"role": "user", "content": message}])
     with pytest.raises(openai.BadRequestError, match="unknown feature 'Sadness'"):

@@ -11,7 +11,7 @@ The trainer's sampled stories, ``tinystories sample`` and the evaluation's stude
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -40,7 +40,14 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
 @dataclass
 class Row:
     """One story to continue: its prompt tokens, its own sampling settings and random generator, and an
-    optional ``on_token(token) -> keep_going`` called with each new token as it is sampled."""
+    optional ``on_token(token) -> keep_going`` called with each new token as it is sampled.
+
+    ``presence_penalty``, ``frequency_penalty`` and ``logit_bias`` (token id -> added score) change the scores
+    before sampling as OpenAI's API defines them, from the tokens this row chose so far (``counts``). With
+    ``logprobs=k`` each choice also records the chosen token's log-probability (``chosen_logprobs``) and the
+    ``k`` most likely tokens with theirs (``top_logprobs``), both read from the model's own distribution
+    (before temperature, penalties and bias).
+    """
 
     prompt: list[int]
     max_new_tokens: int
@@ -49,16 +56,85 @@ class Row:
     top_p: float | None = None
     generator: torch.Generator | None = None
     on_token: Callable[[int], bool] | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    logprobs: int | None = None
+    counts: dict[int, int] = field(default_factory=dict)
+    chosen_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+
+
+def _adjusted(row: Row, logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` (1, V) with the row's penalties and bias: ``score[j] -= count[j] * frequency_penalty +
+    (count[j] > 0) * presence_penalty``, then ``score[j] += logit_bias[j]``."""
+    penalised = row.counts and (row.presence_penalty or row.frequency_penalty)
+    if not penalised and not row.logit_bias:
+        return logits
+    logits = logits.float().clone()
+    if penalised:
+        ids = torch.tensor(list(row.counts), dtype=torch.long, device=logits.device)
+        counts = torch.tensor(list(row.counts.values()), dtype=logits.dtype, device=logits.device)
+        logits[0, ids] -= counts * row.frequency_penalty + row.presence_penalty
+    if row.logit_bias:
+        ids = torch.tensor(list(row.logit_bias), dtype=torch.long, device=logits.device)
+        logits[0, ids] += torch.tensor(list(row.logit_bias.values()), dtype=logits.dtype, device=logits.device)
+    return logits
 
 
 def choose_token(row: Row, logits: torch.Tensor) -> int:
     """The next token of ``row`` from its next-position ``logits`` (1, V), sampled with the row's own settings
     and generator. Everything done per row per step lives here, whichever loop drives the batch."""
-    return int(
+    token = int(
         sample_next_token(
-            logits, temperature=row.temperature, top_k=row.top_k, top_p=row.top_p, generator=row.generator
+            _adjusted(row, logits),
+            temperature=row.temperature,
+            top_k=row.top_k,
+            top_p=row.top_p,
+            generator=row.generator,
         )
     )
+    row.counts[token] = row.counts.get(token, 0) + 1
+    if row.logprobs is not None:
+        logprobs = torch.log_softmax(logits[0].float(), dim=-1)
+        row.chosen_logprobs.append(float(logprobs[token]))
+        row.top_logprobs.append(_top(logprobs, row.logprobs))
+    return token
+
+
+def _top(logprobs: torch.Tensor, k: int) -> list[tuple[int, float]]:
+    if k <= 0:
+        return []
+    values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]))
+    return list(zip(ids.tolist(), values.tolist()))
+
+
+@dataclass
+class PromptScore:
+    """Each prompt token's log-probability given the tokens before it (``None`` for the first, which has
+    nothing before it) and the ``k`` most likely tokens at its position (``None`` for the first)."""
+
+    token_logprobs: list[float | None]
+    top_logprobs: list[list[tuple[int, float]] | None]
+
+
+@torch.no_grad()
+def score_prompt(model: GPTNeo, prompt: Sequence[int], k: int = 0) -> PromptScore:
+    """The log-probabilities of ``prompt``'s tokens under ``model`` (one forward pass over the prompt, in eval
+    mode, no dropout), as OpenAI's ``echo`` + ``logprobs`` report them. The prompt must fit in the context."""
+    if model.training:
+        raise ValueError("score_prompt needs the model in eval mode (model.eval())")
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)
+    logits = model(ids).logits
+    assert logits is not None
+    logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1)  # position t predicts token t + 1
+    chosen = logprobs.gather(-1, ids[0, 1:, None])[:, 0].tolist()
+    top: list[list[tuple[int, float]]] = [[] for _ in chosen]
+    if k > 0:
+        values, best = torch.topk(logprobs, min(k, logprobs.shape[-1]), dim=-1)
+        top = [list(zip(i, v)) for i, v in zip(best.tolist(), values.tolist())]
+    return PromptScore([None, *chosen], [None, *top])
 
 
 def generate_rows(model: GPTNeo, rows: Sequence[Row], eos: int, *, use_cache: bool = True) -> list[list[int]]:

@@ -324,12 +324,18 @@ def sample_next_token(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """One token id per row of ``logits`` (B, V): greedy at temperature 0, else top-k/top-p sampling."""
+    """One token id per row of ``logits`` (B, V): greedy at temperature 0, else top-k/top-p sampling.
+
+    Any positive temperature and top_p work, however small: the scores are shifted so the best token scores 0
+    before the division (in float64), so a temperature near 0 leaves only the best token(s) instead of
+    overflowing, and top-p always keeps the most likely token. Both limits therefore behave as greedy.
+    """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.double()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k is not None:
         if top_k <= 0:
             raise ValueError(f"top_k must be positive, got {top_k}")
@@ -342,6 +348,7 @@ def sample_next_token(
         cumulative = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         # Drop a token when the tokens ranked above it already reach top_p (the top token always stays).
         drop_sorted = cumulative - F.softmax(sorted_logits, dim=-1) >= top_p
+        drop_sorted[:, 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     # Inverse-CDF sampling, one uniform draw per row: ~10x cheaper than torch.multinomial over a 50K vocabulary

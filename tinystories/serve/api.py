@@ -9,14 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 from tinystories.corpus import format_instructions
+from tinystories.model.generate import Row
 from tinystories.serve.protocol import (
     APIError,
-    AssistantMessage,
-    ChatChoice,
-    ChatCompletion,
     ChatCompletionChunk,
     ChunkChoice,
     Delta,
+    Message,
     Sampling,
     TextChoice,
     TextCompletion,
@@ -81,6 +80,23 @@ def instruct_prompt(content: str) -> str:
     return header + beginning
 
 
+def chat_instruction(messages: list[Message]) -> str:
+    """The Instruct prompt of a chat: the text of every system, developer and user message, in order, each on its
+    own lines, read as one set of instruction lines (:func:`instruct_prompt`). An assistant or tool message (an
+    earlier turn) is refused: an Instruct model writes one story from one instruction, with no conversation."""
+    for i, message in enumerate(messages):
+        if message.role not in ("system", "developer", "user"):
+            raise APIError(
+                400,
+                f"messages.{i}.role: {message.role!r} messages (earlier turns) are not supported; an Instruct "
+                "model writes one story from the instruction lines of the system and user messages",
+                param=f"messages.{i}.role",
+            )
+    if not any(m.role == "user" for m in messages):
+        raise APIError(400, "messages: no user message", param="messages")
+    return instruct_prompt("\n".join(m.text for m in messages))
+
+
 # ------------------------------------------------------------------------------------------------ choices
 class Choice:
     """One generated story as it streams: turns tokens into text deltas, applies ``stop`` strings.
@@ -88,6 +104,8 @@ class Choice:
     ``on_token`` runs in the engine thread; ``emit(index, delta, finish_reason)`` must be thread-safe.
     A delta never ends inside a UTF-8 character or inside what may become a stop string.
     """
+
+    row: Row  # the engine's row for this choice (its log-probabilities when recorded), set by its creator
 
     def __init__(
         self,
@@ -101,6 +119,7 @@ class Choice:
         self.tokens: list[int] = []
         self.text, self.sent = "", 0
         self.finish_reason: str | None = None
+        self.cut = False  # a stop string ended the text
         self.cancelled = False  # the client went away: stop generating
 
     def on_token(self, token: int) -> bool:
@@ -110,7 +129,7 @@ class Choice:
         self.text = self.tokenizer.decode(self.tokens)
         cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
-            self.text, self.finish_reason = self.text[:cut], "stop"
+            self.text, self.finish_reason, self.cut = self.text[:cut], "stop", True
             self._send(len(self.text))
             return False
         hold = max((len(s) - 1 for s in self.stops), default=0)
@@ -139,27 +158,6 @@ def random_seed() -> int:
 
 def usage(prompt_tokens: int, choices: list[Choice]) -> Usage:
     return Usage.of(prompt_tokens, sum(len(c.tokens) for c in choices))
-
-
-def completion_body(
-    kind: str, rid: str, model: str, choices: list[Choice], prompt_tokens: int
-) -> ChatCompletion | TextCompletion:
-    if kind == "chat":
-        return ChatCompletion(
-            id=rid,
-            model=model,
-            choices=[
-                ChatChoice(index=c.index, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason)
-                for c in choices
-            ],
-            usage=usage(prompt_tokens, choices),
-        )
-    return TextCompletion(
-        id=rid,
-        model=model,
-        choices=[TextChoice(index=c.index, text=c.text, finish_reason=c.finish_reason) for c in choices],
-        usage=usage(prompt_tokens, choices),
-    )
 
 
 def chunk_body(

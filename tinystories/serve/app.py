@@ -2,12 +2,14 @@
 
     GET  /                      the playground (plain HTML + JavaScript, tinystories/assets/playground.html)
     GET  /v1/models             one model per checkpoint
-    POST /v1/completions        prompt (or a list of prompts) -> story continuations
-    POST /v1/chat/completions   Instruct models: the last user message in the Instruct layout
+    POST /v1/completions        prompt(s), as text or token ids -> story continuations (echo, logprobs, best_of...)
+    POST /v1/chat/completions   Instruct models: the system and user messages' lines in the Instruct layout
+    GET  /health                200 when the server runs (vLLM's)
+    POST /tokenize, /detokenize vLLM's shapes; GET /tokenizer_info as lm-eval's remote tokenizer reads it
     GET  /playground/run/{id}   the model's loss curve, grades and probe results (JSON)
 
-Every error is answered in the OpenAI error shape. With an API key, everything but ``/`` needs
-``Authorization: Bearer KEY`` (the page asks for it).
+Every error is answered in the OpenAI error shape; a field the server does not honour is a 400 naming it.
+With an API key, everything but ``/`` needs ``Authorization: Bearer KEY`` (the page asks for it).
 """
 
 from __future__ import annotations
@@ -18,39 +20,34 @@ import hmac
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import torch
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
-from tinystories.model.generate import Row, prompt_ids
-from tinystories.serve.api import (
-    Choice,
-    chunk_body,
-    completion_body,
-    instruct_prompt,
-    random_seed,
-    stops_of,
-    usage,
-)
-from tinystories.serve.engine import Job
+from tinystories.model.generate import prompt_ids
+from tinystories.serve.api import chat_instruction
+from tinystories.serve.completions import Prompt, complete, text_prompts
 from tinystories.serve.models import LoadedModel, ModelPool
 from tinystories.serve.protocol import (
     APIError,
     ChatRequest,
     CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
     Model,
     ModelList,
-    new_id,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenizerInfo,
     parse_request,
+    unknown_fields,
 )
 from tinystories.serve.run_data import run_data
 from tinystories.serve.server import openai_app
 
-DEFAULT_MAX_TOKENS = 200
-MAX_ROWS = 128  # stories per request
+T = TypeVar("T", bound=BaseModel)
 
 
 def create_app(
@@ -92,15 +89,13 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        req = parse_request(CompletionRequest, await _read_body(request, max_body_bytes))
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if not prompts:
-            raise APIError(400, "prompt: an empty list", param="prompt")
-        return await _generate("text", req, await _load(pool, req.model), prompts, req.max_tokens)
+        req = _checked(CompletionRequest, await _read_body(request, max_body_bytes))
+        loaded = await _load(pool, req.model)
+        return await complete(req, loaded, text_prompts(req, loaded.tokenizer, loaded.vocab_size))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        req = parse_request(ChatRequest, await _read_body(request, max_body_bytes))
+        req = _checked(ChatRequest, await _read_body(request, max_body_bytes))
         loaded = await _load(pool, req.model)
         if not loaded.entry.instruct:
             raise APIError(
@@ -109,13 +104,52 @@ def create_app(
                 "use /v1/completions with a story beginning",
                 param="model",
             )
-        user = [m.text for m in req.messages if m.role == "user"]
-        if not user:
-            raise APIError(400, "messages: no user message", param="messages")
-        prompt = instruct_prompt(user[-1])
-        return await _generate("chat", req, loaded, [prompt], req.max_completion_tokens or req.max_tokens)
+        prompt = chat_instruction(req.messages)
+        return await complete(req, loaded, [Prompt(prompt_ids(loaded.tokenizer, prompt), prompt)])
+
+    # vLLM's routes that tools and evaluation harnesses probe; without a model named, the first served model's
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> TokenizeResponse:
+        req = _checked(TokenizeRequest, await _read_body(request, max_body_bytes))
+        loaded = await _load(pool, req.model or next(iter(pool.entries)))
+        ids = loaded.tokenizer.encode(req.prompt, allowed_special="all")
+        strs = [loaded.tokenizer.decode([t]) for t in ids] if req.return_token_strs else None
+        return TokenizeResponse(count=len(ids), max_model_len=loaded.context, tokens=ids, token_strs=strs)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> DetokenizeResponse:
+        req = _checked(DetokenizeRequest, await _read_body(request, max_body_bytes))
+        loaded = await _load(pool, req.model or next(iter(pool.entries)))
+        bad = [t for t in req.tokens if not 0 <= t < loaded.tokenizer.n_vocab]
+        if bad:
+            message = f"tokens: token id {bad[0]} is outside the vocabulary (0..{loaded.tokenizer.n_vocab - 1})"
+            raise APIError(400, message, param="tokens")
+        return DetokenizeResponse(prompt=loaded.tokenizer.decode(req.tokens))
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info(model: str | None = None) -> TokenizerInfo:
+        loaded = await _load(pool, model or next(iter(pool.entries)))
+        eot = loaded.tokenizer.decode([loaded.tokenizer.eot_token])
+        return TokenizerInfo(eos_token=eot, bos_token=eot, pad_token=eot, model_max_length=loaded.context)
 
     return app
+
+
+def _checked(cls: type[T], body: bytes) -> T:
+    """``body`` as ``cls``; a 400 naming the first field this server does not honour (OpenAI's or not)."""
+    req = parse_request(cls, body)
+    unknown = unknown_fields(req)
+    if unknown:
+        raise APIError(
+            400,
+            f"{unknown[0]}: not supported by tinystories serve (the README lists the fields it honours)",
+            param=unknown[0],
+        )
+    return req
 
 
 def _entry(pool: ModelPool, model_id: str) -> Any:
@@ -147,92 +181,3 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise APIError(413, f"the request body is over the limit of {limit} bytes")
     return bytes(body)
-
-
-async def _generate(kind: str, req: Any, loaded: LoadedModel, prompts: list[str], max_tokens: int | None) -> Any:
-    tokenizer, context = loaded.tokenizer, loaded.context
-    stops = stops_of(req)
-    if len(prompts) * req.n > MAX_ROWS:
-        raise APIError(400, f"{len(prompts)} prompts x n={req.n} is over {MAX_ROWS} stories per request", param="n")
-    encoded = [prompt_ids(tokenizer, p) for p in prompts]
-    longest = max(len(ids) for ids in encoded)
-    if longest >= context:
-        raise APIError(
-            400,
-            f"the prompt is {longest} tokens; {req.model} has a context of {context} tokens",
-            param="prompt",
-            code="context_length_exceeded",
-        )
-    if max_tokens is None:
-        max_tokens = min(DEFAULT_MAX_TOKENS, context - longest)
-    elif longest + max_tokens > context:
-        raise APIError(
-            400,
-            f"{req.model} has a context of {context} tokens, but {longest} prompt tokens + "
-            f"max_tokens {max_tokens} were requested",
-            param="max_tokens",
-            code="context_length_exceeded",
-        )
-
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-
-    def emit(index: int, delta: str, finish_reason: str | None) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, ("delta", index, delta, finish_reason))
-
-    seed = req.seed if req.seed is not None else random_seed()
-    device = next(loaded.engine.model.parameters()).device
-    choices, rows = [], []
-    for p, ids in enumerate(encoded):
-        for j in range(req.n):
-            choice = Choice(p * req.n + j, tokenizer, stops, max_tokens, emit if req.stream else None)
-            # Row r of a request seeded s draws from its own generator seeded s + r, as `tinystories sample`.
-            generator = torch.Generator(device=device).manual_seed(seed + choice.index)
-            rows.append(
-                Row(
-                    ids,
-                    max_tokens,
-                    req.temperature,
-                    req.top_k,
-                    req.top_p if req.top_p < 1 else None,
-                    generator,
-                    choice.on_token,
-                )
-            )
-            choices.append(choice)
-
-    def done(_: Any, error: BaseException | None) -> None:  # in the engine thread, after the last token
-        if error is None:
-            for choice in choices:
-                choice.finish()
-        loop.call_soon_threadsafe(events.put_nowait, ("done", error))
-
-    loaded.engine.submit(Job(rows, done))
-    rid = new_id("chatcmpl-" if kind == "chat" else "cmpl-")
-    prompt_tokens = sum(len(ids) for ids in encoded)
-    if not req.stream:
-        while (event := await events.get())[0] != "done":
-            pass
-        if event[1] is not None:
-            raise APIError(500, f"generation failed: {event[1]}", type="server_error")
-        return completion_body(kind, rid, req.model, choices, prompt_tokens)
-
-    async def stream() -> AsyncIterator[str]:
-        try:
-            while (event := await events.get())[0] != "done":
-                _, index, delta, finish_reason = event
-                yield _sse(chunk_body(kind, rid, req.model, index, delta, finish_reason))
-            if event[1] is not None:
-                yield _sse(APIError(500, f"generation failed: {event[1]}", type="server_error").response())
-            else:
-                yield _sse(chunk_body(kind, rid, req.model, None, "", None, usage(prompt_tokens, choices)))
-            yield "data: [DONE]\n\n"
-        finally:  # the client went away (or the stream ended): stop generating for it
-            for choice in choices:
-                choice.cancelled = True
-
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def _sse(event: BaseModel) -> str:
-    return f"data: {event.model_dump_json()}\n\n"

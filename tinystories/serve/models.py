@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,25 @@ class LoadedModel:
     entry: ModelEntry
     tokenizer: Tokenizer
     engine: Engine
+    device: str = "cpu"
+    dtype: str = "fp32"
 
     @property
     def context(self) -> int:
         return self.engine.context
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids below this are ones both the tokenizer and the model know."""
+        return min(self.tokenizer.n_vocab, self.engine.model.config.vocab_size)
+
+    def autocast(self) -> AbstractContextManager:
+        """A new autocast context for a forward pass outside the engine (one per use: its state is per thread)."""
+        import torch
+
+        from tinystories.runtime.device import autocast_context
+
+        return autocast_context(torch.device(self.device), self.dtype)
 
 
 class ModelPool:
@@ -148,7 +164,7 @@ class ModelPool:
             name=entry.id,
             autocast=autocast_context(torch.device(self.device), self.dtype),
         )
-        return LoadedModel(entry, tokenizer, engine)
+        return LoadedModel(entry, tokenizer, engine, self.device, self.dtype)
 
     def close(self) -> None:
         for loaded in self.loaded.values():

@@ -1,10 +1,11 @@
 """The OpenAI API's shapes as pydantic models: one definition for ``tinystories serve`` (:mod:`.app`) and the
 OpenAI-compatible test server (:mod:`tinystories.testing.openai_server`).
 
-Requests are validated with these models (unknown fields are ignored, as OpenAI-compatible servers do; ``top_k`` is
-accepted as an extension, like vLLM); every failure is an :class:`APIError`, answered as ``{"error": {"message",
-"type", "param", "code"}}`` with its HTTP status. Answers are built as these models and sent as their JSON. Shapes:
-chat and text completions (whole and streamed), models, errors, and the Files and Batches objects of the Batch API.
+Requests are validated with these models (fields they do not declare are kept aside: the test server ignores them,
+``tinystories serve`` refuses them, :func:`unknown_fields`; ``top_k`` is accepted as an extension, like vLLM); every
+failure is an :class:`APIError`, answered as ``{"error": {"message", "type", "param", "code"}}`` with its HTTP status.
+Answers are built as these models and sent as their JSON. Shapes: chat and text completions (whole and streamed,
+with log-probabilities), vLLM's tokenizer routes, models, errors, and the Files and Batches objects of the Batch API.
 Only pydantic is needed here (no torch, no FastAPI).
 """
 
@@ -67,46 +68,94 @@ class APIError(Exception):
 
 # ------------------------------------------------------------------------------------------------ requests
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Fields a model does not declare are kept in ``model_extra``: the test server ignores them, as OpenAI-compatible
+    # servers often do; ``tinystories serve`` answers each with a 400 naming it (:func:`unknown_fields`).
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
 
 
 class Sampling(_Request):
     """The fields both completion requests share, with ``tinystories serve``'s limits (``n``, torch seeds)."""
 
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=0)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)
+    top_k: int | None = Field(None, ge=1)  # an extension, as vLLM's
     n: int = Field(1, ge=1, le=32)
     seed: int | None = Field(None, ge=0, lt=2**63 - 1024)  # torch seeds; choice r uses seed + r
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> -100..100, added to its score
+    user: str | None = None  # an end-user id for the provider's abuse monitoring: accepted, no effect here
+    safety_identifier: str | None = None  # the same, by its newer name
+
+
+MAX_LOGPROBS = 5  # logprobs (completions) and top_logprobs (chat) at most
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str] = ""
+    # a text, texts, one prompt's token ids, or several prompts' token ids
+    prompt: str | list[str] | list[int] | list[list[int]] = ""
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    best_of: int | None = Field(None, ge=1, le=32)
 
 
 class ContentPart(_Request):
-    type: str = "text"
+    type: Literal["text"] = "text"
     text: str = ""
 
 
 class Message(_Request):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[ContentPart]  # a string, or content parts as OpenAI's API takes them
+    content: str | list[ContentPart]  # a string, or text parts as OpenAI's API takes them
 
     @property
     def text(self) -> str:
+        """The content's text; text parts are joined by newlines, as vLLM joins them."""
         if isinstance(self.content, str):
             return self.content
-        return " ".join(part.text for part in self.content if part.type == "text")
+        return "\n".join(part.text for part in self.content)
 
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+
+def unknown_fields(model: BaseModel, where: str = "") -> list[str]:
+    """The fields sent but not declared by ``model`` or the models inside it, as dotted paths
+    (``suffix``, ``messages.0.name``)."""
+    found = [f"{where}{name}" for name in model.model_extra or {}]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        for i, item in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(item, BaseModel):
+                found += unknown_fields(item, f"{where}{name}.{i}." if isinstance(value, list) else f"{where}{name}.")
+    return found
+
+
+class TokenizeRequest(_Request):
+    """vLLM's ``POST /tokenize`` (the text form); ``model`` picks the served model (default: the first)."""
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True  # this tokenizer adds no special tokens either way
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(_Request):
+    model: str | None = None
+    tokens: list[int]
 
 
 class BatchCreateRequest(_Request):
@@ -158,10 +207,25 @@ class AssistantMessage(BaseModel):
     refusal: str | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None
 
 
@@ -197,10 +261,20 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+class CompletionLogprobs(BaseModel):
+    """Per token of a text choice (the prompt's first when echoed): its text, log-probability (``None`` for the
+    prompt's first token), the most likely tokens there with theirs, and where it starts in the choice's text."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class TextChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
 
 
@@ -214,6 +288,29 @@ class TextCompletion(BaseModel):
     model: str
     choices: list[TextChoice]
     usage: Usage | None = None
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class TokenizerInfo(BaseModel):
+    """``GET /tokenizer_info`` as vLLM answers it and lm-eval's ``tokenizer_backend="remote"`` reads it."""
+
+    tokenizer_class: str = "PreTrainedTokenizerFast"
+    eos_token: str
+    bos_token: str
+    pad_token: str
+    unk_token: None = None
+    model_max_length: int
+    chat_template: None = None
 
 
 class Model(BaseModel):
