@@ -86,7 +86,8 @@ def tinystories(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "COLUMNS": "400", **(env or {})},
+        # never the developer's own token: each test gives the one it means
+        env={**{k: v for k, v in os.environ.items() if k != "HF_TOKEN"}, "COLUMNS": "400", **(env or {})},
     )
 
 
@@ -177,4 +178,61 @@ def test_the_export_reads_right_at_the_hf_floor_and_through_onnx(export_spec, tm
     assert install.returncode == 0, install.stdout + install.stderr
     check = run_export_check(python, {**export_spec, "onnx": True}, tmp_path)
     out = check.stdout + check.stderr
-    assert check.returncode == 0 and f"export ok (transformers {lowest})" in check.stdout and "onnx ok" in out, out
+    assert check.returncode == 0 and f"export ok (transformers {lowest}" in check.stdout and "onnx ok" in out, out
+
+
+# ------------------------------------------------------------------------------------ `export --push-to-hub`
+def hub_env(hub_url: str, tmp_path: Path, token: str | None) -> dict[str, str]:
+    env = {"HF_ENDPOINT": hub_url, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    return {**env, "HF_TOKEN": token} if token else env
+
+
+def test_push_to_hub_uploads_the_export(run_dir, tmp_path):
+    from tinystories.testing import FakeHub
+
+    with FakeHub({}) as hub:
+        hub.write_token = "hf_good"
+        done = tinystories(
+            "export", str(run_dir), "--out", str(tmp_path / "hf"), "--push-to-hub", "me/tiny-story",
+            env=hub_env(hub.url, tmp_path, "hf_good"),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert f"pushed to {hub.url}/me/tiny-story/commit/" in done.stdout
+        local = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
+        assert hub.pushed == {"me/tiny-story": local}
+        assert "README.md" in local and "model.safetensors" in local
+        assert b'pipeline("text-generation", model="me/tiny-story")' in local["README.md"]
+        assert hub.authorization == {"Bearer hf_good"}
+
+
+@pytest.mark.parametrize("fault", ["bad token", "unreachable"])
+def test_push_to_hub_fails_in_one_line_and_keeps_the_export(run_dir, tmp_path, fault):
+    from tinystories.testing import FakeHub
+
+    with FakeHub({}) as hub:
+        hub.write_token = "hf_good"
+        url = hub.url
+        if fault == "unreachable":
+            hub.__exit__()  # nothing listens on the port any more
+        out = tmp_path / "hf"
+        done = tinystories(
+            "export", str(run_dir), "--out", str(out), "--push-to-hub", "me/tiny-story",
+            env=hub_env(url, tmp_path, "hf_bad"),
+        )  # fmt: skip
+        assert done.returncode == 1, done.stdout + done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith("tinystories export: error: pushing") and "me/tiny-story" in line
+        assert ("token was refused" if fault == "bad token" else "cannot reach the Hugging Face Hub") in line
+        assert hub.pushed.get("me/tiny-story", {}) == {}
+    assert {p.name for p in out.iterdir()} >= {"README.md", "config.json", "model.safetensors", "tokenizer.json"}
+    assert load_hf_model(out).config.hidden_size == 32  # the local export is whole
+
+
+def test_push_to_hub_without_a_token_or_with_a_bad_repo_id_is_bad_input(run_dir, tmp_path):
+    for repo, token, expected in (("me/tiny", None, "no Hugging Face token"), ("tiny", "t", "OWNER/NAME")):
+        done = tinystories(
+            "export", str(run_dir), "--out", str(tmp_path / "hf"), "--push-to-hub", repo,
+            env=hub_env("http://127.0.0.1:9", tmp_path, token),
+        )  # fmt: skip
+        assert done.returncode == 2 and expected in done.stderr, done.stderr
+        assert not (tmp_path / "hf").exists()  # refused before any work
