@@ -106,10 +106,9 @@ def model_card(
     ]
     table = "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
     made_by = shlex.join(["tinystories", *command])
+    trained = json.dumps(facts.train_config, indent=1, default=str)
     config_block = (
-        f"\n\nTraining configuration (`tinystories-train`):\n\n```json\n{json.dumps(facts.train_config, indent=1, default=str)}\n```"
-        if facts.train_config
-        else ""
+        f"\n\nTraining configuration (`tinystories-train`):\n\n```json\n{trained}\n```" if facts.train_config else ""
     )
     use = (
         "from transformers import pipeline\n\n"
