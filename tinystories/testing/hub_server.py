@@ -195,7 +195,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return False
             hub.authorization.add(self.headers.get("Authorization"))
             if hub.write_token is not None and self.headers.get("Authorization") != f"Bearer {hub.write_token}":
-                self._send(401, b'{"error": "Invalid credentials in Authorization header"}', {"X-Error-Code": ""})
+                self._json(401, {"error": "Invalid credentials in Authorization header"})
                 return True
             if create:
                 spec = json.loads(body)
