@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -228,3 +231,66 @@ def test_split_loss_on_token_shards_matches_the_packed_stream(tiny_run, tmp_path
     assert result.bytes == n_bytes
     assert result.nll_nats == pytest.approx(nll, rel=1e-4)
     assert result.bits_per_byte == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-4)
+
+
+def test_loss_without_eot_equals_lm_eval_on_the_export(tmp_path, real_stories):
+    """`eval loss --no-eot` gives lm-eval's bits_per_byte and word_perplexity (`--model hf` on the export, a local
+    loglikelihood_rolling task of the same stories); the checkpoint and its export agree at the same window, and
+    stories longer than the window (128 tokens here) are scored in lm-eval's rolling windows."""
+    pytest.importorskip("lm_eval")
+    from _fixtures import save_random_checkpoint
+
+    from tinystories.tokenizer import Tokenizer, resolve_tokenizer
+
+    run = tmp_path / "run"
+    save_random_checkpoint(run, 10, Tokenizer.train(real_stories[:300], vocab_size=512), train_config={"seq_len": 64})
+    export = tmp_path / "hf"
+    stories = real_stories[1000:1040]
+    valid = tmp_path / "valid.txt"
+    valid.write_text("".join(f"{s}\n<|endoftext|>\n" for s in stories))
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "docs.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in stories))
+    (task / "ts_rolling.yaml").write_text(
+        "task: ts_rolling\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {task / 'docs.jsonl'}\n"
+        "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
+    )
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+
+    def run_cli(*argv: str) -> subprocess.CompletedProcess:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    tinystories = [sys.executable, "-m", "tinystories.cli"]
+    run_cli(*tinystories, "export", str(run), "--out", str(export))
+    assert max(len(resolve_tokenizer(export).encode_ordinary(s)) for s in stories) > 128  # some need 2 windows
+    run_cli(
+        sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={export},dtype=float32",
+        "--tasks", "ts_rolling", "--include_path", str(task), "--device", "cpu", "--batch_size", "4",
+        "--output_path", str(tmp_path / "lm_eval"),
+    )  # fmt: skip
+    (results_file,) = (tmp_path / "lm_eval").rglob("results_*.json")
+    lm_eval = json.loads(results_file.read_text())["results"]["ts_rolling"]
+    printed = run_cli(
+        *tinystories, "eval", "loss", str(run), "--hf-model", str(export), "--stories", str(valid),
+        "--no-eot", "--seq-len", "128", "--out", str(tmp_path / "ours"),
+    ).stdout  # fmt: skip
+    ours = json.loads((tmp_path / "ours" / "loss.json").read_text())
+    assert len(ours) == 2 and {r["window"] for r in ours} == {128} and {r["scored"] for r in ours} == {"stories"}
+    for result in ours:
+        assert result["bits_per_byte"] == pytest.approx(lm_eval["bits_per_byte,none"], rel=1e-4)
+        assert result["word_perplexity"] == pytest.approx(lm_eval["word_perplexity,none"], rel=1e-4)
+        assert result["bytes"] == sum(len(s.encode()) for s in stories)
+    assert "lm-eval's loglikelihood_rolling" in printed and "window" in printed
+
+    # the default convention scores the separators too, at the checkpoint's own window: it differs and says so
+    printed = run_cli(
+        *tinystories, "eval", "loss", str(run), "--stories", str(valid), "--out", str(tmp_path / "d")
+    ).stdout
+    (default,) = json.loads((tmp_path / "d" / "loss.json").read_text())
+    assert (default["window"], default["scored"]) == (64, "stream")
+    assert default["tokens"] == ours[0]["tokens"] + len(stories) - 1  # the separators between the stories
+    assert "separators scored too" in printed

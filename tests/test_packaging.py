@@ -27,8 +27,8 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["
 # Imports that only some code paths make: {import name: {module (or package) of ours: the extra that declares it}}.
 OPTIONAL: dict[str, dict[str, str]] = {
     "openai": {"tinystories.llm": "synth", "tinystories.synth": "synth"},
-    "httpx2": {"tinystories.llm": "synth", "tinystories.data.download": "hub"},
-    "huggingface_hub": {"tinystories.data.download": "hub"},
+    "httpx2": {"tinystories.llm": "synth", "tinystories.data.download": "hub", "tinystories.model.hub": "hub"},
+    "huggingface_hub": {"tinystories.data.download": "hub", "tinystories.model.hub": "hub"},
     "pyarrow": {"tinystories.corpus": "parquet"},
     "transformers": {"tinystories.evaluate.students": "hf"},
     "triton": {"tinystories.kernels": "kernels"},

@@ -141,6 +141,12 @@ def add_cli_arguments(parser: ArgumentParser) -> None:
     loss.add_argument("--max-bytes", type=int, help="score only the head of the text")
     loss.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     loss.add_argument(
+        "--no-eot",
+        action="store_true",
+        help="with --stories: score each story alone after an <|endoftext|> prefix, no separator scored "
+        "(lm-eval's loglikelihood_rolling: its bits_per_byte and word_perplexity)",
+    )
+    loss.add_argument(
         "--seq-len",
         type=int,
         help="window in tokens (default: the length each checkpoint was trained at; a HF model: its context)",
@@ -359,6 +365,16 @@ def _cli_novelty(args: argparse.Namespace, students: list[Student]) -> int:
     return 0
 
 
+# What each convention of `eval loss` counts (tinystories.evaluate.heldout), printed under its table.
+_LOSS_CAPTIONS = {
+    "stream": "tokens: the stories joined by <|endoftext|>, separators scored too, in consecutive windows of 'window' "
+    "tokens (--data: the trainer's packed split); bytes: the stories' UTF-8 (separators count 0). "
+    "--no-eot: lm-eval's convention",
+    "stories": "tokens: each story alone after an unscored <|endoftext|> prefix, no separator scored, in windows of "
+    "'window' tokens (lm-eval's loglikelihood_rolling); bytes: the stories' UTF-8; words: lm-eval's count",
+}
+
+
 def _cli_loss(args: argparse.Namespace, students: list[Student]) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -366,23 +382,21 @@ def _cli_loss(args: argparse.Namespace, students: list[Student]) -> int:
     from tinystories.evaluate import heldout
     from tinystories.evaluate.students import GPTNeoStudent
 
+    if args.no_eot and not args.stories:
+        raise ValueError("--no-eot scores stories one by one: give them with --stories")
     source = ", ".join(map(str, args.stories)) if args.stories else f"{args.data}:{args.split}"
-    text = EOT.join(iter_stories(args.stories)) if args.stories else None
-    table = Table(title=f"held-out loss on {source}")
-    for column in ("model", "tokens", "bytes", "loss (nats/token)", "perplexity", "bits per byte"):
+    stories = list(iter_stories(args.stories)) if args.stories else []
+    table = Table(title=f"held-out loss on {source}", caption=_LOSS_CAPTIONS["stories" if args.no_eot else "stream"])
+    columns = ("model", "window", "tokens", "bytes", "loss (nats/token)", "perplexity", "bits per byte", "word ppl")
+    for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     results = []
     for student in students:
-        if text is not None:
-            result = heldout.text_loss(
-                student,
-                text,
-                source=source,
-                stride=args.stride,
-                batch_size=args.batch_size,
-                max_bytes=args.max_bytes,
-                seq_len=args.seq_len,
-            )
+        scoring = dict(stride=args.stride, batch_size=args.batch_size, max_bytes=args.max_bytes, seq_len=args.seq_len)
+        if args.no_eot:
+            result = heldout.stories_loss(student, stories, source=source, **scoring)
+        elif args.stories:
+            result = heldout.text_loss(student, EOT.join(stories), source=source, **scoring)
         elif isinstance(student, GPTNeoStudent):
             result = heldout.split_loss(
                 student, args.data, split=args.split, batch_size=args.batch_size, seq_len=args.seq_len
@@ -391,13 +405,16 @@ def _cli_loss(args: argparse.Namespace, students: list[Student]) -> int:
             raise ValueError(
                 f"{student.info.name}: --data shards hold our tokenizer's ids; use --stories for HF models"
             )
+        word_ppl = result.word_perplexity
         table.add_row(
             result.model,
+            f"{result.window:,}",
             f"{result.tokens:,}",
             f"{result.bytes:,}",
             f"{result.loss:.4f}",
             f"{result.perplexity:.3f}",
             f"{result.bits_per_byte:.4f}",
+            f"{word_ppl:.3f}" if word_ppl is not None else "-",
         )
         results.append(result.as_dict())
     Console().print(table)

@@ -1,14 +1,27 @@
-"""Held-out loss: nats per token, perplexity, and bits per byte.
+r"""Held-out loss: nats per token, perplexity, bits per byte and word perplexity.
 
 Bits per byte divides the summed negative log-likelihood (in bits) by the UTF-8 bytes of the text that
 was predicted, so models with different tokenizers (GPT-Neo's 50K vocabulary, a restricted 10K one, a
 Hugging Face model) are compared on the same footing; loss per token and perplexity are not comparable
-across vocabularies. ``<|endoftext|>`` separators are predicted like any token but carry no bytes.
+across vocabularies. Word perplexity is ``exp(nll / words)``, words counted as lm-eval counts them
+(``len(re.split(r"\s+", story))`` per story).
+
+Two conventions (``HeldOutLoss.scored``):
+
+* ``"stream"`` (:func:`text_loss`, the default of ``eval loss --stories``): the stories joined by
+  ``<|endoftext|>`` into one stream, scored in consecutive windows; the separators are predicted like any
+  token (and carry no bytes), and a story's first tokens see the story before it.
+* ``"stories"`` (:func:`stories_loss`, ``eval loss --no-eot``): lm-eval's ``loglikelihood_rolling``; each
+  story alone, after an ``<|endoftext|>`` prefix that is not scored, in disjoint windows whose last one
+  reaches back a whole window; no separator is scored. ``bits_per_byte`` and ``word_perplexity`` then equal
+  lm-eval's metrics of the same name on a task whose documents are the stories.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +32,7 @@ import torch.nn.functional as F
 
 from tinystories.corpus import EOT
 from tinystories.data import IGNORE_INDEX, TokenLoader
-from tinystories.evaluate.students import GPTNeoStudent, Student, windowed_nll
+from tinystories.evaluate.students import GPTNeoStudent, Student, documents_nll, windowed_nll
 from tinystories.tokenizer import Tokenizer
 
 
@@ -30,6 +43,9 @@ class HeldOutLoss:
     tokens: int  # predicted tokens
     bytes: int  # UTF-8 bytes of the predicted text
     nll_nats: float  # summed negative log-likelihood
+    window: int = 0  # tokens per scoring window
+    words: int = 0  # lm-eval's word count of the stories (0: not counted)
+    scored: str = "stream"  # "stream" (separators scored, stories in sequence), "stories" (lm-eval's), "packed"
 
     @property
     def loss(self) -> float:
@@ -43,8 +59,23 @@ class HeldOutLoss:
     def bits_per_byte(self) -> float:
         return self.nll_nats / math.log(2) / self.bytes
 
+    @property
+    def word_perplexity(self) -> float | None:
+        return math.exp(self.nll_nats / self.words) if self.words else None
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "loss": self.loss, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte}
+        return {
+            **asdict(self),
+            "loss": self.loss,
+            "perplexity": self.perplexity,
+            "bits_per_byte": self.bits_per_byte,
+            "word_perplexity": self.word_perplexity,
+        }
+
+
+def count_words(story: str) -> int:
+    """Words as lm-eval's ``loglikelihood_rolling`` tasks count them."""
+    return len(re.split(r"\s+", story))
 
 
 def text_loss(
@@ -65,10 +96,47 @@ def text_loss(
     if not text.replace(EOT, "").strip():
         raise ValueError(f"{source}: no text to score")
     ids = student.encode_for_scoring(text)
-    nll, scored = windowed_nll(
-        ids, student.window_logits, context=_window(student, seq_len), stride=stride, batch_size=batch_size
+    window = _window(student, seq_len)
+    nll, scored = windowed_nll(ids, student.window_logits, context=window, stride=stride, batch_size=batch_size)
+    n_bytes = len(text.replace(EOT, "").encode("utf-8"))
+    words = sum(count_words(story) for story in text.split(EOT) if story.strip())
+    return HeldOutLoss(student.info.name, source, len(scored), n_bytes, nll, window, words, "stream")
+
+
+def stories_loss(
+    student: Student,
+    stories: Sequence[str],
+    *,
+    source: str = "<stories>",
+    stride: int | None = None,
+    batch_size: int = 8,
+    max_bytes: int | None = None,
+    seq_len: int | None = None,
+) -> HeldOutLoss:
+    """Loss of ``student`` on each story alone, lm-eval's ``loglikelihood_rolling`` convention (module docstring);
+    ``max_bytes`` keeps the first stories that fit (at least one)."""
+    kept: list[str] = []
+    for story in stories:
+        if kept and max_bytes is not None and sum(len(s.encode("utf-8")) for s in [*kept, story]) > max_bytes:
+            break
+        kept.append(story)
+    if not any(story.strip() for story in kept):
+        raise ValueError(f"{source}: no text to score")
+    window = _window(student, seq_len)
+    documents = [student.encode_for_scoring(story) for story in kept]  # [<|endoftext|>, the story's tokens]
+    nll = documents_nll(
+        documents, student.window_logits, context=window, stride=stride, batch_size=batch_size, full_last_window=True
     )
-    return HeldOutLoss(student.info.name, source, len(scored), len(text.replace(EOT, "").encode("utf-8")), nll)
+    return HeldOutLoss(
+        student.info.name,
+        source,
+        sum(len(ids) - 1 for ids in documents),
+        sum(len(story.encode("utf-8")) for story in kept),
+        sum(nll),
+        window,
+        sum(count_words(story) for story in kept),
+        "stories",
+    )
 
 
 def _window(student: Student, seq_len: int | None) -> int:
@@ -132,4 +200,4 @@ def split_loss(
             break
     if tokens == 0:
         raise ValueError(f"{data_dir}: split {split!r} holds no tokens")
-    return HeldOutLoss(student.info.name, f"{data_dir}:{split}", tokens, n_bytes, nll)
+    return HeldOutLoss(student.info.name, f"{data_dir}:{split}", tokens, n_bytes, nll, loader.seq_len, 0, "packed")

@@ -304,30 +304,52 @@ def windowed_nll(
     target is scored exactly once, in the first window that predicts it; with a smaller stride the later
     targets of a window see at least ``context - stride`` tokens of history.
     """
+    (total,) = documents_nll([ids], forward, context=context, stride=stride, batch_size=batch_size)
+    return total, list(ids[1:])
+
+
+def documents_nll(
+    documents: Sequence[Sequence[int]],
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    context: int,
+    stride: int | None = None,
+    batch_size: int = 8,
+    full_last_window: bool = False,
+) -> list[float]:
+    """:func:`windowed_nll` of each document (its ``ids[1:]``), the windows of all documents batched together.
+
+    ``full_last_window``: a document's last window reaches back a whole ``context`` (its targets see all the history
+    that fits), as lm-eval's ``loglikelihood_rolling`` windows do, instead of starting a stride after the one before.
+    """
     stride = stride or context
     if not 1 <= stride <= context:
         raise ValueError(f"stride must be in 1..{context}, got {stride}")
-    tokens = torch.as_tensor(list(ids), dtype=torch.long)
-    n = len(tokens)
-    windows: list[tuple[int, int, int]] = []  # (begin, end, first scored input position within the window)
-    scored_until, begin = 1, 0  # targets ids[1:scored_until] are done
-    while scored_until < n:
-        end = min(begin + context, n - 1)  # inputs ids[begin:end] predict ids[begin+1:end+1]
-        windows.append((begin, end, scored_until - 1 - begin))
-        scored_until = end + 1
-        begin += stride
-    total = 0.0
+    docs = [torch.as_tensor(list(ids), dtype=torch.long) for ids in documents]
+    # (document, begin, end, first scored input position within the window)
+    windows: list[tuple[int, int, int, int]] = []
+    for d, tokens in enumerate(docs):
+        n = len(tokens)
+        scored_until, begin = 1, 0  # targets ids[1:scored_until] are done
+        while scored_until < n:
+            end = min(begin + context, n - 1)  # inputs ids[begin:end] predict ids[begin+1:end+1]
+            if full_last_window and end == n - 1:
+                begin = max(0, end - context)
+            windows.append((d, begin, end, scored_until - 1 - begin))
+            scored_until = end + 1
+            begin += stride
+    totals = [0.0] * len(docs)
     for first in range(0, len(windows), batch_size):
         group = windows[first : first + batch_size]
-        width = max(end - begin for begin, end, _ in group)
+        width = max(end - begin for _, begin, end, _ in group)
         x = torch.zeros(len(group), width, dtype=torch.long)
         y = torch.full((len(group), width), -100, dtype=torch.long)
-        for row, (begin, end, skip) in enumerate(group):
-            x[row, : end - begin] = tokens[begin:end]
-            y[row, skip : end - begin] = tokens[begin + 1 + skip : end + 1]
+        for row, (d, begin, end, skip) in enumerate(group):
+            x[row, : end - begin] = docs[d][begin:end]
+            y[row, skip : end - begin] = docs[d][begin + 1 + skip : end + 1]
         logits = forward(x).float()
         y = y.to(logits.device)
-        total += float(
-            F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100, reduction="sum")
-        )
-    return total, tokens[1:].tolist()
+        nll = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=-100, reduction="none").sum(dim=1)
+        for (d, *_), row_nll in zip(group, nll.tolist()):
+            totals[d] += row_nll
+    return totals

@@ -102,7 +102,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
-def _is_hf_directory(path: Path) -> bool:
+def is_hf_directory(path: Path) -> bool:
     """A Hugging Face model directory (its config.json names a model_type), not a run folder, whose
     config.json is the training configuration."""
     try:
@@ -116,11 +116,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     Hugging Face GPTNeoForCausalLM directory. The model is in eval mode on ``device``; ``config`` is the
     saved training config (for a HF directory: its config.json)."""
     path = Path(path)
-    if path.is_dir() and not list_checkpoints(path) and _is_hf_directory(path):
+    if path.is_dir() and not list_checkpoints(path) and is_hf_directory(path):
         from tinystories.model.hf import load_hf_model, load_hf_tokenizer
 
         return (load_hf_model(path).to(device), load_hf_tokenizer(path), json.loads((path / "config.json").read_text()))
     payload = read_checkpoint(path)
+    model, tokenizer = checkpoint_model(payload)
+    return model.to(device).eval(), tokenizer, payload["train_config"]
+
+
+def checkpoint_model(payload: dict[str, Any]) -> tuple[GPTNeo, Tokenizer]:
+    """The model (eval mode, on the CPU) and tokenizer of a checkpoint payload (:func:`read_checkpoint`)."""
     model = GPTNeo(GPTNeoConfig.from_dict(payload["model_config"]))
     model.load_state_dict(payload["model"])
-    return model.to(device).eval(), Tokenizer.from_json(payload["tokenizer_json"]), payload["train_config"]
+    return model.eval(), Tokenizer.from_json(payload["tokenizer_json"])

@@ -3,17 +3,26 @@
 tinystories sample runs/demo-... --prompt "Once upon a time" --prompt "Lily saw a dog"
 tinystories sample C --greedy --max-new-tokens 200
 tinystories sample C --temperature 0.7 --top-p 0.9 --num-samples 4 --seed 1
-tinystories export runs/33m --format hf --out hf/33m
+tinystories export runs/33m --format hf --out hf/33m [--push-to-hub me/tinystories-33m]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from tinystories.model.checkpoint import load_checkpoint
+from tinystories.model.card import DEFAULT_LICENSE, TrainingFacts, model_card, training_facts
+from tinystories.model.checkpoint import (
+    checkpoint_model,
+    is_hf_directory,
+    list_checkpoints,
+    load_checkpoint,
+    read_checkpoint,
+)
 from tinystories.model.generate import generate_texts
 from tinystories.model.hf import export_hf
+from tinystories.model.hub import check_push, push_to_hub
 from tinystories.runtime.arguments import (
     ArgumentParser,
     add_checkpoint_arguments,
@@ -73,6 +82,17 @@ def add_export_arguments(parser: ArgumentParser) -> None:
     parser.deprecate("--checkpoint", "CHECKPOINT")
     parser.add_argument("--format", choices=["hf"], default="hf", help="output format (Hugging Face GPTNeoForCausalLM)")
     add_out_argument(parser, "the model folder (must not exist or be empty)", required=True)
+    parser.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="then upload the folder to this Hub model repository, OWNER/NAME (token: HF_TOKEN; Hub: HF_ENDPOINT)",
+    )
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
+    parser.add_argument(
+        "--license",
+        default=DEFAULT_LICENSE,
+        help=f"the model card's licence id (default {DEFAULT_LICENSE}, the data's)",
+    )
 
 
 @one_line_errors("tinystories export")
@@ -80,7 +100,21 @@ def run_export(args: argparse.Namespace) -> int:
     out = args.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):  # say so before loading the model
         raise FileExistsError(f"--out {out} exists and is not an empty folder; choose a new one")
-    model, tokenizer, _ = load_checkpoint(args.checkpoint)
-    out = export_hf(model, args.out, tokenizer)
+    if args.push_to_hub:
+        check_push(args.push_to_hub)
+    source = Path(args.checkpoint)
+    if source.is_dir() and not list_checkpoints(source) and is_hf_directory(source):
+        model, tokenizer, _ = load_checkpoint(source)
+        facts = TrainingFacts()
+    else:
+        payload = read_checkpoint(source)
+        model, tokenizer = checkpoint_model(payload)
+        facts = training_facts(payload)
+    card = model_card(
+        args.push_to_hub or str(out), model.config, model.num_parameters(), facts, sys.argv[1:], license=args.license
+    )
+    out = export_hf(model, out, tokenizer, card=card)
     print(f"exported {args.checkpoint} to {out} (GPTNeoForCausalLM, {model.num_parameters() / 1e6:.2f}M params)")
+    if args.push_to_hub:
+        print(f"pushed to {push_to_hub(out, args.push_to_hub, private=args.private)}")
     return 0

@@ -166,9 +166,31 @@ def load_hf_tokenizer(directory: str | Path) -> Tokenizer:
     return resolve_tokenizer(directory)
 
 
-def export_hf(model: GPTNeo, out_dir: str | Path, tokenizer: Tokenizer | None = None) -> Path:
-    """Write ``model`` (and ``tokenizer``) as a GPTNeoForCausalLM directory, atomically (it appears whole or
-    not at all); ``out_dir`` must not exist or be empty."""
+def hf_tokenizer_config(tokenizer: Tokenizer, context: int) -> dict[str, Any]:
+    """tokenizer_config.json that every transformers version reads the same way (4.x and 5.x, optimum, lm-eval).
+
+    ``model_input_names`` keeps ``token_type_ids`` out of ``tok(text)`` (transformers 4.x would return them and
+    GPT-Neo would add their embeddings); the pad token is the end-of-text token, as in the published
+    ``roneneldan/TinyStories-*`` models, so batches pad; prompts pad on the left, so a batch generates what each
+    prompt alone does."""
+    eot = EOT if EOT in tokenizer.special_tokens else None
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_input_names": ["input_ids", "attention_mask"],
+        "model_max_length": context,
+        "bos_token": eot,
+        "eos_token": eot,
+        "unk_token": eot,
+        "pad_token": eot,
+        "padding_side": "left",
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+    }
+
+
+def export_hf(model: GPTNeo, out_dir: str | Path, tokenizer: Tokenizer | None = None, card: str | None = None) -> Path:
+    """Write ``model`` (and ``tokenizer``, and the model card ``README.md``) as a GPTNeoForCausalLM directory,
+    atomically (it appears whole or not at all); ``out_dir`` must not exist or be empty."""
     from safetensors.torch import save
 
     out_dir = Path(out_dir)
@@ -178,25 +200,15 @@ def export_hf(model: GPTNeo, out_dir: str | Path, tokenizer: Tokenizer | None = 
     with atomic_directory(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
+        if tokenizer is not None:
+            generation["pad_token_id"] = config["eos_token_id"]
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
         # bytes written by us: safetensors' own file writer creates mode 0600, unreadable by colleagues
         (tmp / "model.safetensors").write_bytes(save(to_hf_state_dict(model), metadata={"format": "pt"}))
         if tokenizer is not None:
             tokenizer.save_hf(tmp / "tokenizer.json")
-            eot = EOT if EOT in tokenizer.special_tokens else None
-            (tmp / "tokenizer_config.json").write_text(
-                json.dumps(
-                    {
-                        "tokenizer_class": "PreTrainedTokenizerFast",
-                        "model_max_length": model.config.max_position_embeddings,
-                        "bos_token": eot,
-                        "eos_token": eot,
-                        "unk_token": eot,
-                        "add_prefix_space": False,
-                        "clean_up_tokenization_spaces": False,
-                    },
-                    indent=2,
-                )
-                + "\n"
-            )
+            tokenizer_config = hf_tokenizer_config(tokenizer, model.config.max_position_embeddings)
+            (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+        if card is not None:
+            (tmp / "README.md").write_text(card)
     return out_dir

@@ -14,6 +14,19 @@ What ``huggingface_hub`` asks and what it gets (as read from huggingface_hub 2.4
   ``path``, ``size``, git ``oid`` and ``lfs`` (``oid`` = sha256, ``size``), what ``HfApi.get_paths_info``
   reads.
 
+Uploads (what ``HfApi.create_repo`` and ``upload_folder`` send, as read from huggingface_hub 2.4's ``hf_api``,
+``_commit_api`` and ``_upload_pipeline``), kept per repository in ``pushed[repo_id][path] = bytes``:
+
+* ``POST /api/repos/create`` (JSON ``name``, ``organization``, ``type``): 200 with the repository's ``url``,
+  409 when it exists (``exist_ok=True`` takes that as done).
+* ``POST /api/validate-yaml`` (a README.md's front matter): 200.
+* ``POST /api/{type}s/{repo}/preupload/{revision}`` (JSON ``files``: ``path``, ``sample``, ``size``): every
+  file's ``uploadMode`` is ``regular``, so its bytes come inline in the commit (no LFS or Xet storage here).
+* ``POST /api/{type}s/{repo}/commit/{revision}`` (NDJSON: a ``header``, then ``file`` lines with base64
+  ``content``): the files are stored and ``commitUrl`` and ``commitOid`` answered.
+
+With ``write_token`` set, an upload request whose ``Authorization`` is not ``Bearer <write_token>`` is a 401.
+
 Faults, per file path: ``corrupt`` (serve bytes that differ from the advertised hash, same size),
 ``drop_after[path] = n`` (send n bytes then close the connection, once), ``stall_after[path] = n`` (send n
 bytes then hang until ``released`` is set). Every request is logged as ``(method, path, Range header)``,
@@ -25,6 +38,7 @@ and the ``Authorization`` headers seen are kept.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -47,6 +61,8 @@ class FakeHub:
         self.stall_after: dict[str, int] = {}
         self.log: list[tuple[str, str, str | None]] = []
         self.authorization: set[str | None] = set()  # the Authorization headers seen (HF_TOKEN)
+        self.write_token: str | None = None  # uploads need `Authorization: Bearer <write_token>` when set
+        self.pushed: dict[str, dict[str, bytes]] = {}  # repo id -> path -> bytes, what commits uploaded
         self.released = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -165,10 +181,55 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 hub.released.wait()
             self.close_connection = True
 
+        def _json(self, status: int, body: object) -> None:
+            self._send(status, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+        def _upload(self, path: str, body: bytes) -> bool:
+            """Answer an upload request (create, validate, preupload, commit); False when ``path`` is none."""
+            if path == "/api/validate-yaml":
+                self._json(200, {"errors": [], "warnings": []})
+                return True
+            create = path == "/api/repos/create"
+            parts = path.split("/")  # "", "api", "models", owner, name, "preupload"|"commit", revision
+            if not create and not (len(parts) == 7 and parts[1] == "api" and parts[5] in ("preupload", "commit")):
+                return False
+            hub.authorization.add(self.headers.get("Authorization"))
+            if hub.write_token is not None and self.headers.get("Authorization") != f"Bearer {hub.write_token}":
+                self._json(401, {"error": "Invalid credentials in Authorization header"})
+                return True
+            if create:
+                spec = json.loads(body)
+                repo = f"{spec['organization']}/{spec['name']}" if spec.get("organization") else spec["name"]
+                if repo in hub.pushed:
+                    self._json(409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo}"})
+                else:
+                    hub.pushed[repo] = {}
+                    self._json(200, {"url": f"{hub.url}/{repo}", "name": repo})
+                return True
+            repo = f"{parts[3]}/{parts[4]}"
+            if repo not in hub.pushed:
+                self._send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
+            elif parts[5] == "preupload":
+                files = json.loads(body)["files"]
+                self._json(
+                    200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+                )
+            else:
+                lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+                for line in lines:
+                    if line["key"] == "file":
+                        hub.pushed[repo][line["value"]["path"]] = base64.b64decode(line["value"]["content"])
+                oid = hashlib.sha1(body).hexdigest()
+                self._json(200, {"commitUrl": f"{hub.url}/{repo}/commit/{oid}", "commitOid": oid})
+            return True
+
         def do_POST(self) -> None:
             path = urllib.parse.urlsplit(self.path).path
             hub.log.append(("POST", path, None))
-            form = urllib.parse.parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self._upload(urllib.parse.unquote(path), body):
+                return
+            form = urllib.parse.parse_qs(body.decode())
             prefix = f"/api/datasets/{hub.repo_id}/paths-info/"
             if not path.startswith(prefix):
                 self._error("RepoNotFound")
