@@ -211,6 +211,36 @@ def test_a_full_disk_during_a_checkpoint_stops_with_the_space_needed_and_keeps_t
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_disk_full_for_some_metrics_records_leaves_a_readable_log(dataset, tmp_path, monkeypatch, capsys):
+    """Issue 22.1: each failed write (half a line in, then ENOSPC) is cut back, so the log stays whole."""
+    import errno
+    import os
+
+    from tinystories.jsonl import read_jsonl
+
+    real_write, pending = os.write, []
+    full = tuple(f'{{"step":{step},'.encode() for step in (3, 4, 5))
+
+    def write(fd: int, data) -> int:
+        if pending:  # the rest of a line after the disk filled
+            pending.clear()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if bytes(data[:16]).startswith(full):
+            pending.append(fd)
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    run = tmp_path / "run"
+    args = [f"--data={dataset}", *TINY, "--max-steps=8", "--ckpt-every=8", "--eval-every=100", "--log-every=1"]
+    assert main([*args, f"--out={run}"]) == 0
+    assert capsys.readouterr().err.count("could not write metrics") == 1
+    damaged: list[str] = []
+    logged = [r["step"] for r in read_jsonl(run / "metrics.jsonl", on_damaged=damaged.append) if "loss" in r]
+    assert damaged == [] and logged == [1, 2, 6, 7, 8]
+    assert [r["step"] for r in metrics(run) if "loss" in r] == logged  # every line of the file is a whole record
+
+
 # -- evaluation never ends a run (issue 14.2) --------------------------------------------------------------------
 def test_without_validation_data_the_run_trains_without_evaluation_and_says_so(tmp_path, capsys):
     data = make_dataset(tmp_path, val_fraction=0.0)
