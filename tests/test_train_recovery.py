@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from _train_fixtures import TINY, make_dataset, run_train, start_train
 
 from tinystories.model.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint
@@ -188,6 +189,31 @@ def test_resume_falls_back_from_a_truncated_checkpoint_and_removes_stale_temp_fi
     assert f"{newest}: not a readable tinystories checkpoint" in err and "falling back" in err
     assert f"resumed {checkpoint_path(run, 2)} at step 2" in out
     assert newest.with_name(newest.name + ".damaged").is_file()  # set aside, not deleted
+    assert [read_checkpoint(p)["step"] for p in list_checkpoints(run)] == [2, 4, 6]
+
+
+def test_resume_sets_aside_a_checkpoint_whose_weights_were_overwritten(dataset, tmp_path, capsys):
+    """Issue 22.2: 100 weight values overwritten inside the file (torch.load reads it without a word)."""
+    run = tmp_path / "run"
+    args = [f"--data={dataset}", *TINY, "--ckpt-every=2", "--eval-every=100", f"--out={run}"]
+    assert main([*args, "--max-steps=4"]) == 0
+    newest = checkpoint_path(run, 4)
+    weights = read_checkpoint(newest)["model"]
+    name = max(weights, key=lambda k: weights[k].numel())
+    raw = bytearray(newest.read_bytes())
+    at = raw.find(weights[name].numpy().tobytes()[:400])
+    assert at > 0 and weights[name].numel() >= 100
+    raw[at : at + 400] = torch.full((100,), float("nan")).numpy().tobytes()
+    newest.write_bytes(bytes(raw))
+    assert torch.load(newest, weights_only=True)["model"][name].isnan().sum() == 100  # torch reads it as it is
+    with pytest.raises(ValueError, match=r"step_00000004\.pt: damaged checkpoint \(its tensors do not match"):
+        read_checkpoint(newest)
+    capsys.readouterr()
+    assert main([f"--out={run}", "--resume", "--max-steps=6"]) == 0
+    out, err = capsys.readouterr()
+    assert f"{newest}: damaged checkpoint" in err and "falling back" in err
+    assert f"resumed {checkpoint_path(run, 2)} at step 2" in out and "non-finite" not in out
+    assert newest.with_name(newest.name + ".damaged").is_file()
     assert [read_checkpoint(p)["step"] for p in list_checkpoints(run)] == [2, 4, 6]
 
 
