@@ -5,6 +5,7 @@ Signals, locks and disk limits use real trainer subprocesses; the rest runs the 
 from __future__ import annotations
 
 import json
+import re
 import resource
 import signal
 import socket
@@ -340,12 +341,50 @@ def test_a_failing_evaluation_or_metrics_write_is_logged_and_training_goes_on(da
         ({"loader_threads": "1000000"}, "loader_threads=1000000 is more threads than"),
         ({"cpu_threads": "1000000"}, "cpu_threads=1000000 is more threads than"),
         ({"lr_decay_steps": "0"}, "lr_decay_steps=0 must be positive"),
+        ({"lr": "1e308"}, "lr=1e308 must be <= 1"),  # finite, but AdamW overflows float32 with it (issue 22.11)
+        ({"lr": "0.5", "weight_decay": "3"}, r"lr=0.5 x weight_decay=3.0 must be <= 1: AdamW's decay step"),
     ],
 )
 def test_non_finite_and_absurd_values_are_refused_with_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message) as caught:
         load_config(None, overrides)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size=1e12"], r"batch_size=1000000000000 x seq_len=\d+: training needs about [\d.e+]+ GB"),
+        (["--hidden-size=100000000", "--num-layers=100"], r"hidden_size=100000000, num_layers=100 \([\d,]+ param"),
+    ],
+)
+def test_a_configuration_beyond_the_devices_memory_is_refused_before_the_run_folder_exists(
+    tmp_path, capsys, args, message
+):
+    """Issue 22.11: finite but absurd sizes are refused in one line (exit 2), not a bad_alloc after setup."""
+    run = tmp_path / "run"
+    assert main([*args, "--device=cpu", f"--out={run}"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "available on cpu" in err and len(err.strip().splitlines()) == 1, err
+    assert not run.exists()
+
+
+def test_the_memory_estimate_counts_the_models_parameters_and_is_the_refusals_threshold():
+    from tinystories.model.config import GPTNeoConfig
+    from tinystories.model.gpt_neo import GPTNeo
+    from tinystories.train.fields import TrainConfig
+    from tinystories.train.memory import check_memory, parameter_count, training_memory
+
+    mc = GPTNeoConfig(vocab_size=1000, hidden_size=48, num_layers=3, num_heads=4, max_position_embeddings=64)
+    assert parameter_count(mc) == sum(p.numel() for p in GPTNeo(mc).parameters())  # from the shape alone
+    c = TrainConfig(hidden_size=48, num_layers=3, num_heads=4, context=64, vocab_size=1000, batch_size=8)
+    need = training_memory(c.gpt_neo_config(1000), 8, 64, "fp32")
+    assert need.states_bytes == 16 * parameter_count(c.gpt_neo_config(1000))
+    assert need.activation_bytes > training_memory(c.gpt_neo_config(1000), 4, 64, "fp32").activation_bytes
+    assert training_memory(c.gpt_neo_config(1000), 8, 64, "bf16").activation_bytes < need.activation_bytes
+    check_memory(c, torch.device("cpu"), "fp32", available=need.total_bytes)  # exactly enough: accepted
+    with pytest.raises(ConfigError, match=r"batch_size=8 x seq_len=64: training needs about .* available on cpu"):
+        check_memory(c, torch.device("cpu"), "fp32", available=need.total_bytes - 1)
 
 
 def test_data_without_a_preset_is_refused_with_the_preset_list(dataset, tmp_path, capsys):
