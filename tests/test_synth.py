@@ -103,18 +103,19 @@ def test_an_unreadable_or_endless_retry_after_is_bounded_and_the_job_finishes(tm
 def test_retry_after_is_read_in_seconds_milliseconds_or_a_date_and_bounded():
     from email.utils import formatdate
 
-    from tinystories.llm.client import _retry_after
+    from tinystories.llm.wire import retry_after_seconds
 
-    assert _retry_after({"retry-after": "2"}, 300) == 2.0
-    assert _retry_after({"retry-after-ms": "1500", "retry-after": "9"}, 300) == 1.5
-    assert _retry_after({"retry-after": "inf"}, 300) == _retry_after({"retry-after": "1e12"}, 300) == 300
-    assert _retry_after({"retry-after": "-3"}, 300) == 0.0
-    assert _retry_after({"retry-after": formatdate(0, usegmt=True)}, 300) == 0.0  # a date long past
-    assert 250 < _retry_after({"retry-after": formatdate(__import__("time").time() + 3600, usegmt=True)}, 300) <= 300
+    assert retry_after_seconds({"retry-after": "2"}, 300) == 2.0
+    assert retry_after_seconds({"retry-after-ms": "1500", "retry-after": "9"}, 300) == 1.5
+    assert retry_after_seconds({"retry-after": "inf"}, 300) == retry_after_seconds({"retry-after": "1e12"}, 300) == 300
+    assert retry_after_seconds({"retry-after": "-3"}, 300) == 0.0
+    assert retry_after_seconds({"retry-after": formatdate(0, usegmt=True)}, 300) == 0.0  # a date long past
+    in_an_hour = formatdate(time.time() + 3600, usegmt=True)
+    assert retry_after_seconds({"retry-after": in_an_hour}, 300) == 300
     for unreadable in ("soon", "nan", "", "Mon, 99 Foo 2025"):
-        assert _retry_after({"retry-after": unreadable}, 300) is None
-    assert _retry_after({"retry-after-ms": "soon", "retry-after": "1"}, 300) == 1.0
-    assert _retry_after({}, 300) is None
+        assert retry_after_seconds({"retry-after": unreadable}, 300) is None
+    assert retry_after_seconds({"retry-after-ms": "soon", "retry-after": "1"}, 300) == 1.0
+    assert retry_after_seconds({}, 300) is None
     with pytest.raises(ValueError, match="max_retry_after_s must be finite"):
         ClientConfig(max_retry_after_s=float("inf"))
 

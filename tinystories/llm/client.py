@@ -40,12 +40,12 @@ import os
 import random
 import ssl
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tinystories.llm.pricing import Budget, PriceTable
-from tinystories.llm.wire import dumps, loads
+from tinystories.llm.wire import dumps, loads, retry_after_seconds
 from tinystories.runtime.arguments import dataclass_options
 
 
@@ -274,7 +274,7 @@ class ChatClient:
             except openai.RateLimitError as e:
                 if _error_code(e) == "insufficient_quota":
                     raise FatalAPIError(f"the API refused: insufficient quota ({e})") from e
-                problem, delay = "rate_limit", _retry_after(e.response.headers, cfg.max_retry_after_s)
+                problem, delay = "rate_limit", retry_after_seconds(e.response.headers, cfg.max_retry_after_s)
                 if delay is not None:
                     self._paused_until = max(self._paused_until, time.monotonic() + delay)
             except openai.APIStatusError as e:
@@ -421,30 +421,6 @@ def _error_code(error: Exception) -> str | None:
     if isinstance(body, dict):
         inner = body.get("error", body)
         return inner.get("code") if isinstance(inner, dict) else None
-    return None
-
-
-def _retry_after(headers: Mapping[str, str], limit: float) -> float | None:
-    """Seconds to wait from `retry-after-ms` (OpenAI) or `Retry-After` (seconds or an HTTP date), at most `limit`
-    (`inf` or `1e12` is the server's mistake, not a reason to wait forever); None, so the request backs off as
-    after any failure, when the headers are absent or unreadable (`soon`, `nan`)."""
-    import email.utils
-
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) * scale
-        except ValueError:
-            if name != "retry-after":
-                continue
-            try:
-                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-            except (TypeError, ValueError, IndexError, OverflowError):
-                continue
-        if not math.isnan(seconds):
-            return min(limit, max(0.0, seconds))
     return None
 
 
