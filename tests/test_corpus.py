@@ -100,9 +100,43 @@ def test_bad_input_names_file_and_problem(tmp_path, name, content, message):
         list(iter_stories(write(tmp_path / name, content)))
 
 
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".txt.zst"])
+def test_invalid_utf8_far_into_a_file_names_its_line_and_byte_offset(tmp_path, suffix):
+    """Issue 22.15: the error named the first line of the decoder's buffer and no offset."""
+    jsonl = suffix == ".jsonl"
+    lines = [(json.dumps({"text": f"Story {i} is fine."}) if jsonl else f"Story {i} is fine.") for i in range(3000)]
+    raw = "".join(f"{line}\n" + ("" if jsonl else "<|endoftext|>\n") for line in lines).encode()
+    bad_line = 1 + (2000 if jsonl else 4000)  # a separator line follows each .txt story
+    at = raw.index(b"Story 2000 is") + len("Story 2000 is")
+    raw = raw[:at] + b"\xe9t\xc3" + raw[at:]  # Latin-1, not UTF-8; then a character cut short
+    path = tmp_path / f"bad{suffix}"
+    path.write_bytes(zstandard.ZstdCompressor().compress(raw) if suffix.endswith(".zst") else raw)
+    with pytest.raises(CorpusError) as caught:
+        list(iter_stories(path))
+    assert str(caught.value) == f"{path}:{bad_line}: invalid UTF-8 at byte offset {at} (invalid continuation byte)"
+
+
+def test_a_character_cut_between_two_pieces_is_read_whole(tmp_path, monkeypatch):
+    from tinystories import corpus
+
+    monkeypatch.setattr(corpus, "_TXT_PIECE_BYTES", 7)  # "é" (2 bytes) and "😀" (4) fall across pieces
+    write(tmp_path / "s.txt", "Lily said é😀 twice.\n<|endoftext|>\né😀 again\n")
+    assert list(iter_stories(tmp_path / "s.txt")) == ["Lily said é😀 twice.", "é😀 again"]
+
+
+def test_a_txt_without_separators_is_split_at_blank_lines_with_a_warning(tmp_path, capsys):
+    write(tmp_path / "a.txt", "One story.\nStill one.\n\n  \nTwo.\n\nThree.\n")
+    assert list(iter_stories(tmp_path / "a.txt")) == ["One story.\nStill one.", "Two.", "Three."]
+    assert "a.txt has no <|endoftext|> separators: split into 3 stories at blank lines" in capsys.readouterr().err
+    write(tmp_path / "b.txt", "One story.\n\nIts second paragraph.\n<|endoftext|>\nTwo.\n")  # separated: kept whole
+    assert list(iter_stories(tmp_path / "b.txt")) == ["One story.\n\nIts second paragraph.", "Two."]
+    write(tmp_path / "c.txt", "A single story.\n")
+    assert list(iter_stories(tmp_path / "c.txt")) == ["A single story."] and capsys.readouterr().err == ""
+
+
 def test_invalid_utf8_and_corrupt_zstd(tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"fine\n<|endoftext|>\nbad \xff byte\n")
-    with pytest.raises(CorpusError, match=r"bin\.txt: invalid UTF-8 near line"):
+    with pytest.raises(CorpusError, match=r"bin\.txt:3: invalid UTF-8 at byte offset 23 \(invalid start byte\)"):
         list(iter_stories(tmp_path / "bin.txt"))
     frame = zstandard.ZstdCompressor(write_checksum=True).compress(b"Some story text here.\n" * 50)
     (tmp_path / "t.txt.zst").write_bytes(frame + frame[:-6])  # a second frame cut short
@@ -329,5 +363,5 @@ def test_txt_pieces_split_anywhere_read_the_same(tmp_path, monkeypatch, piece):
     path = write(tmp_path / "p.txt", text)
     expected = list(iter_stories(path))  # one piece: the whole file
     assert expected[:4] == ["One.\nTwo", "Three é", "Four\nOne.\nTwo", "Three é"] and expected[-1] == "Four\ntail"
-    monkeypatch.setattr(corpus, "_TXT_PIECE_CHARS", piece)  # every place an EOT can be cut between pieces
+    monkeypatch.setattr(corpus, "_TXT_PIECE_BYTES", piece)  # every place an EOT can be cut between pieces
     assert list(iter_stories(path)) == [s.strip() for s in text.split("<|endoftext|>") if s.strip()] == expected

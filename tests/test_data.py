@@ -444,6 +444,23 @@ def test_verify_clean_and_sha256_mismatch(damaged):
     assert not report["ok"] and any("train-00000.tok.zst" in p and "sha256" in p for p in report["problems"])
 
 
+@pytest.mark.parametrize("field", ["blocks", "block_tokens"])
+def test_verify_checks_a_shards_blocks_and_the_index_block_tokens(damaged, field):
+    """Issue 22.15: wrong `blocks` (per shard) and `block_tokens` (the index) passed verify."""
+    index = json.loads((damaged / "index.json").read_text())
+    shard = index["splits"]["val"]["shards"][0]
+    assert _core.ShardReader(str(damaged / shard["file"])).n_blocks > 1  # more than one block: the rule applies
+    if field == "blocks":
+        shard["blocks"] += 1
+        expected = f"val-00000.tok.zst: {shard['blocks'] - 1} blocks, but index.json says {shard['blocks']}"
+    else:
+        index["block_tokens"] += 1
+        expected = f"block 0 holds {index['block_tokens'] - 1} tokens, but index.json says block_tokens"
+    (damaged / "index.json").write_text(json.dumps(index))
+    report = verify(damaged)
+    assert not report["ok"] and any(expected in p for p in report["problems"]), report["problems"]
+
+
 def test_verify_reports_an_index_without_its_tokenizer_entry(damaged):
     index = json.loads((damaged / "index.json").read_text())
     del index["tokenizer"]
@@ -653,3 +670,30 @@ def test_val_inputs_form_the_validation_split(tmp_path, gpt2, real_stories):
     }
     assert decoded == {"train": real_stories[:200], "val": real_stories[200:230]}
     assert index["prepare_config"]["val_fraction"] == 0.0
+
+
+def test_a_val_input_without_separators_is_split_at_blank_lines_as_everywhere(tmp_path, gpt2, real_stories, capsys):
+    """Issue 22.20: prepare took such a file as one story without a word; the corpus reader's one rule splits it
+    at blank lines, with a warning (as the interpret commands always did)."""
+    train, held_out = tmp_path / "train.txt", tmp_path / "held_out.txt"
+    train.write_text("".join(f"{s}\n<|endoftext|>\n" for s in real_stories[:50]))
+    held = [" ".join(s.split()) for s in real_stories[50:70]]  # one paragraph each
+    held_out.write_text("\n\n".join(held) + "\n")
+    prepare([train], tmp_path / "ds", gpt2, val_inputs=[held_out], progress=False, level=3)
+    assert [gpt2.decode(t[:-1].tolist()) for t in split_tokens(tmp_path / "ds", "val")] == held
+    assert f"warning: {held_out} has no <|endoftext|> separators: split into 20 stories at blank lines" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_prepare_failing_on_a_later_line_leaves_no_folder_behind(tmp_path, gpt2):
+    """Issue 22.15: a .jsonl whose first story is fine but a later line is not left a folder with tokenizer.json."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "Once upon a time."}\n{"txt": "Tom"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: no 'text' or 'story' field"):
+        prepare([bad], tmp_path / "ds", gpt2, progress=False)
+    assert not (tmp_path / "ds").exists()
+    (tmp_path / "kept").mkdir()  # a folder the user made is kept (empty, as it was)
+    with pytest.raises(ValueError):
+        prepare([bad], tmp_path / "kept", gpt2, progress=False)
+    assert list((tmp_path / "kept").iterdir()) == []

@@ -82,6 +82,23 @@ def test_full_download_then_nothing_to_do(hub, tmp_path):
     assert [m for m, p, _ in hub.log if p.endswith(TRAIN)] == ["HEAD", "GET", "HEAD"]
 
 
+def test_a_file_damaged_after_its_download_is_hashed_again_and_fetched_again(hub, tmp_path):
+    """Issue 22.3: a flipped byte (same size, so the record alone would pass it) is found on the next run."""
+    out = tmp_path / "raw"
+    assert cli(hub.url, "v1", "--out", str(out), tmp=tmp_path).returncode == 0
+    damaged = bytearray((out / VALID).read_bytes())
+    damaged[1000] ^= 0x01
+    (out / VALID).write_bytes(bytes(damaged))
+    r = cli(hub.url, "v1", "--out", str(out), tmp=tmp_path, offline=True)  # offline: checked against the record
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"{out / VALID}: no longer matches the sha256 and size recorded when it was downloaded" in r.stderr
+    r = cli(hub.url, "v1", "--out", str(out), tmp=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{out / VALID}: does not match the Hub's sha256 and size; downloading it again" in r.stderr
+    assert (out / VALID).read_bytes() == hub.files[VALID] and len(gets(hub, VALID)) == 2
+    assert len(gets(hub, TRAIN)) == 1  # the intact file is kept
+
+
 def test_dropped_connection_resumes_with_a_range_request(hub, tmp_path):
     hub.drop_after[TRAIN] = CHUNK + 100_000
     r = cli(hub.url, "v1", "--out", str(tmp_path / "raw"), tmp=tmp_path)
@@ -162,6 +179,20 @@ def test_list_shows_sizes(hub, tmp_path):
     assert any(TRAIN in line and "12.6" in line and "v1" in line for line in r.stdout.splitlines())
     assert any("TinyStories_all_data.tar.gz" in line and "missing" in line for line in r.stdout.splitlines())
     assert ("POST", "/api/datasets/roneneldan/TinyStories/paths-info/main", None) in hub.log
+
+
+@pytest.mark.parametrize("how", ["offline", "unreachable"])
+def test_list_without_the_hub_still_shows_the_names_and_files(tmp_path, how):
+    """Issue 22.22: the catalogue is known without the network; only the sizes need it."""
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    r = cli(url, "--list", tmp=tmp_path, offline=how == "offline")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = r.stdout.splitlines()
+    for name, files in DATASETS.items():
+        for f in files:
+            assert any(name in line and f in line and "offline" in line for line in rows), (f, r.stdout)
+    reason = "HF_HUB_OFFLINE is set" if how == "offline" else f"cannot reach the Hugging Face Hub at {url}"
+    assert f"sizes: offline ({reason}" in r.stdout
 
 
 def test_a_missing_extra_is_installed_from_the_checkout_or_the_index(monkeypatch, tmp_path):

@@ -52,6 +52,9 @@ JUDGE_ANSWERS = [
     ),
     ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10\nAge group: C/D", "ambiguous"),
     ("Grammar: 8/10 (maybe 9/10)\n" + G, "ambiguous"),
+    ("Grammar: 1e1/10\n" + G, "ambiguous"),  # issue 22.16: was read as 1/10
+    ("Grammar: 2E-1/10\n" + G, "ambiguous"),
+    ("Grammar: x1/10\n" + G, "missing"),  # part of a word, not a grade
     ("Grammar: 8\n" + G, "missing"),  # no "/10": not read
     ("Grammar is very good, I would say eight.\n" + G, "missing"),
     ("Grammar: 8/10\nCreativity: 7/10\nConsistency: 9/10\nPlot: 6/10", "missing"),

@@ -78,6 +78,19 @@ def test_an_unusable_endpoint_stops_the_job_early_and_names_the_problem(tmp_path
         assert len(requested) < 10 + 4 and requested <= failed
 
 
+@pytest.mark.parametrize("kind", ["server_error", "malformed"])
+def test_a_burst_that_fails_every_first_attempt_does_not_trip_the_breaker(tmp_path, kind):
+    """Issue 22.10: every request's first attempt fails and its retry succeeds; with more requests in flight than
+    the breaker's K, counting those first attempts stopped the job at 9 of 20."""
+    n = 20
+    with OpenAIServer(faults=Faults(rate=1.0, kinds=(kind,), max_per_request=1)) as server:
+        client = fast_client(server.url, concurrency=16)
+        summary = synthesize(SynthConfig(n=n, out=tmp_path / "s.jsonl", model="m", progress=False, client=client))
+        outcomes = [e.outcome for e in server.log]
+    assert summary.stopped is None and summary.written == n and summary.failed == 0
+    assert outcomes.count(kind) == n and outcomes.count("ok") == n
+
+
 def test_worker_processes_stop_on_an_unusable_endpoint_too(tmp_path):
     with OpenAIServer(faults=Faults(endpoint="not_found")) as server:
         requests = [

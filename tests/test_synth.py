@@ -86,6 +86,40 @@ def test_requests_that_always_fail_are_recorded_and_retried_next_run(tmp_path):
     assert len({r["id"] for r in records(out)}) == 10
 
 
+@pytest.mark.parametrize("retry_after", ["soon", "nan", "inf", "1e12", "-3"])
+def test_an_unreadable_or_endless_retry_after_is_bounded_and_the_job_finishes(tmp_path, retry_after):
+    """Issue 22.9: `soon` crashed synth; `inf` or `1e12` waited forever. Unreadable: back off as after any
+    failure; too long: wait at most max_retry_after_s (tiny here, so the test ends either way)."""
+    n = 6
+    faults = Faults(rate=1.0, kinds=("rate_limit",), max_per_request=1, retry_after=retry_after)
+    with OpenAIServer(faults=faults) as server:
+        summary = run(server, tmp_path / "s.jsonl", n, client=client_config(server, max_retry_after_s=0.05))
+        outcomes = Counter(e.outcome for e in server.log)
+    assert summary.written == n and summary.failed == 0 and summary.stopped is None
+    assert outcomes == {"rate_limit": n, "ok": n}
+    assert all(r["attempt_errors"] == ["rate_limit"] for r in records(tmp_path / "s.jsonl"))
+
+
+def test_retry_after_is_read_in_seconds_milliseconds_or_a_date_and_bounded():
+    from email.utils import formatdate
+
+    from tinystories.llm.wire import retry_after_seconds
+
+    assert retry_after_seconds({"retry-after": "2"}, 300) == 2.0
+    assert retry_after_seconds({"retry-after-ms": "1500", "retry-after": "9"}, 300) == 1.5
+    assert retry_after_seconds({"retry-after": "inf"}, 300) == retry_after_seconds({"retry-after": "1e12"}, 300) == 300
+    assert retry_after_seconds({"retry-after": "-3"}, 300) == 0.0
+    assert retry_after_seconds({"retry-after": formatdate(0, usegmt=True)}, 300) == 0.0  # a date long past
+    in_an_hour = formatdate(time.time() + 3600, usegmt=True)
+    assert retry_after_seconds({"retry-after": in_an_hour}, 300) == 300
+    for unreadable in ("soon", "nan", "", "Mon, 99 Foo 2025"):
+        assert retry_after_seconds({"retry-after": unreadable}, 300) is None
+    assert retry_after_seconds({"retry-after-ms": "soon", "retry-after": "1"}, 300) == 1.0
+    assert retry_after_seconds({}, 300) is None
+    with pytest.raises(ValueError, match="max_retry_after_s must be finite"):
+        ClientConfig(max_retry_after_s=float("inf"))
+
+
 def test_sigkill_mid_run_then_resume_gives_exactly_n_and_no_recorded_id_is_requested_again(tmp_path):
     n, out = 150, tmp_path / "s.jsonl"
     with OpenAIServer(faults=Faults(rate=0.2, kinds=("rate_limit", "server_error")), latency_s=0.05) as server:
@@ -222,6 +256,16 @@ def test_template_backend_and_stats(tmp_path):
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_stats_of_a_missing_file_names_it(tmp_path, capsys):
+    """Issue 22.19: one line naming the file, exit 2, not a traceback saying "no records"."""
+    from tinystories.cli import main
+
+    missing = tmp_path / "MISSING.jsonl"
+    assert main(["synth", "stats", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: no such file" in err and "no records" not in err and "Traceback" not in err
+
+
 def test_jsonl_log_repairs_a_torn_tail(tmp_path):
     path = tmp_path / "log.jsonl"
     with JsonlLog(path) as log:
@@ -232,9 +276,10 @@ def test_jsonl_log_repairs_a_torn_tail(tmp_path):
     with JsonlLog(path) as log:
         log.append({"id": "d"})
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["a", "b", "d"]
-    path.write_text('{"id": "a"}\nnot json\n')
-    with pytest.raises(ValueError, match="log.jsonl:2"):
-        list(read_jsonl(path))
+    path.write_text('{"id": "a"}\nnot json\n{"id": "e"}\n')
+    damaged: list[str] = []
+    assert [r["id"] for r in read_jsonl(path, on_damaged=damaged.append)] == ["a", "e"]  # the rest stays readable
+    assert len(damaged) == 1 and damaged[0].startswith(f"{path}:2: skipped a damaged line")
 
 
 def test_validation_flags_and_duplicates():

@@ -5,6 +5,7 @@ Signals, locks and disk limits use real trainer subprocesses; the rest runs the 
 from __future__ import annotations
 
 import json
+import re
 import resource
 import signal
 import socket
@@ -12,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from _train_fixtures import TINY, make_dataset, run_train, start_train
 
 from tinystories.model.checkpoint import checkpoint_path, list_checkpoints, read_checkpoint
@@ -191,6 +193,31 @@ def test_resume_falls_back_from_a_truncated_checkpoint_and_removes_stale_temp_fi
     assert [read_checkpoint(p)["step"] for p in list_checkpoints(run)] == [2, 4, 6]
 
 
+def test_resume_sets_aside_a_checkpoint_whose_weights_were_overwritten(dataset, tmp_path, capsys):
+    """Issue 22.2: 100 weight values overwritten inside the file (torch.load reads it without a word)."""
+    run = tmp_path / "run"
+    args = [f"--data={dataset}", *TINY, "--ckpt-every=2", "--eval-every=100", f"--out={run}"]
+    assert main([*args, "--max-steps=4"]) == 0
+    newest = checkpoint_path(run, 4)
+    weights = read_checkpoint(newest)["model"]
+    name = max(weights, key=lambda k: weights[k].numel())
+    raw = bytearray(newest.read_bytes())
+    at = raw.find(weights[name].numpy().tobytes()[:400])
+    assert at > 0 and weights[name].numel() >= 100
+    raw[at : at + 400] = torch.full((100,), float("nan")).numpy().tobytes()
+    newest.write_bytes(bytes(raw))
+    assert torch.load(newest, weights_only=True)["model"][name].isnan().sum() == 100  # torch reads it as it is
+    with pytest.raises(ValueError, match=r"step_00000004\.pt: damaged checkpoint \(its tensors do not match"):
+        read_checkpoint(newest)
+    capsys.readouterr()
+    assert main([f"--out={run}", "--resume", "--max-steps=6"]) == 0
+    out, err = capsys.readouterr()
+    assert f"{newest}: damaged checkpoint" in err and "falling back" in err
+    assert f"resumed {checkpoint_path(run, 2)} at step 2" in out and "non-finite" not in out
+    assert newest.with_name(newest.name + ".damaged").is_file()
+    assert [read_checkpoint(p)["step"] for p in list_checkpoints(run)] == [2, 4, 6]
+
+
 def test_a_full_disk_during_a_checkpoint_stops_with_the_space_needed_and_keeps_the_older_ones(dataset, tmp_path):
     run = tmp_path / "run"
     assert (
@@ -209,6 +236,36 @@ def test_a_full_disk_during_a_checkpoint_stops_with_the_space_needed_and_keeps_t
     assert "the older checkpoints are kept" in result.stderr and "then resume with:" in result.stderr
     assert [read_checkpoint(p)["step"] for p in list_checkpoints(run)] == [2]
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_disk_full_for_some_metrics_records_leaves_a_readable_log(dataset, tmp_path, monkeypatch, capsys):
+    """Issue 22.1: each failed write (half a line in, then ENOSPC) is cut back, so the log stays whole."""
+    import errno
+    import os
+
+    from tinystories.jsonl import read_jsonl
+
+    real_write, pending = os.write, []
+    full = tuple(f'{{"step":{step},'.encode() for step in (3, 4, 5))
+
+    def write(fd: int, data) -> int:
+        if pending:  # the rest of a line after the disk filled
+            pending.clear()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if bytes(data[:16]).startswith(full):
+            pending.append(fd)
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    run = tmp_path / "run"
+    args = [f"--data={dataset}", *TINY, "--max-steps=8", "--ckpt-every=8", "--eval-every=100", "--log-every=1"]
+    assert main([*args, f"--out={run}"]) == 0
+    assert capsys.readouterr().err.count("could not write metrics") == 1
+    damaged: list[str] = []
+    logged = [r["step"] for r in read_jsonl(run / "metrics.jsonl", on_damaged=damaged.append) if "loss" in r]
+    assert damaged == [] and logged == [1, 2, 6, 7, 8]
+    assert [r["step"] for r in metrics(run) if "loss" in r] == logged  # every line of the file is a whole record
 
 
 # -- evaluation never ends a run (issue 14.2) --------------------------------------------------------------------
@@ -284,12 +341,50 @@ def test_a_failing_evaluation_or_metrics_write_is_logged_and_training_goes_on(da
         ({"loader_threads": "1000000"}, "loader_threads=1000000 is more threads than"),
         ({"cpu_threads": "1000000"}, "cpu_threads=1000000 is more threads than"),
         ({"lr_decay_steps": "0"}, "lr_decay_steps=0 must be positive"),
+        ({"lr": "1e308"}, "lr=1e308 must be <= 1"),  # finite, but AdamW overflows float32 with it (issue 22.11)
+        ({"lr": "0.5", "weight_decay": "3"}, r"lr=0.5 x weight_decay=3.0 must be <= 1: AdamW's decay step"),
     ],
 )
 def test_non_finite_and_absurd_values_are_refused_with_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message) as caught:
         load_config(None, overrides)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size=1e12"], r"batch_size=1000000000000 x seq_len=\d+: training needs about [\d.e+]+ GB"),
+        (["--hidden-size=100000000", "--num-layers=100"], r"hidden_size=100000000, num_layers=100 \([\d,]+ param"),
+    ],
+)
+def test_a_configuration_beyond_the_devices_memory_is_refused_before_the_run_folder_exists(
+    tmp_path, capsys, args, message
+):
+    """Issue 22.11: finite but absurd sizes are refused in one line (exit 2), not a bad_alloc after setup."""
+    run = tmp_path / "run"
+    assert main([*args, "--device=cpu", f"--out={run}"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "available on cpu" in err and len(err.strip().splitlines()) == 1, err
+    assert not run.exists()
+
+
+def test_the_memory_estimate_counts_the_models_parameters_and_is_the_refusals_threshold():
+    from tinystories.model.config import GPTNeoConfig
+    from tinystories.model.gpt_neo import GPTNeo
+    from tinystories.train.fields import TrainConfig
+    from tinystories.train.memory import check_memory, parameter_count, training_memory
+
+    mc = GPTNeoConfig(vocab_size=1000, hidden_size=48, num_layers=3, num_heads=4, max_position_embeddings=64)
+    assert parameter_count(mc) == sum(p.numel() for p in GPTNeo(mc).parameters())  # from the shape alone
+    c = TrainConfig(hidden_size=48, num_layers=3, num_heads=4, context=64, vocab_size=1000, batch_size=8)
+    need = training_memory(c.gpt_neo_config(1000), 8, 64, "fp32")
+    assert need.states_bytes == 16 * parameter_count(c.gpt_neo_config(1000))
+    assert need.activation_bytes > training_memory(c.gpt_neo_config(1000), 4, 64, "fp32").activation_bytes
+    assert training_memory(c.gpt_neo_config(1000), 8, 64, "bf16").activation_bytes < need.activation_bytes
+    check_memory(c, torch.device("cpu"), "fp32", available=need.total_bytes)  # exactly enough: accepted
+    with pytest.raises(ConfigError, match=r"batch_size=8 x seq_len=64: training needs about .* available on cpu"):
+        check_memory(c, torch.device("cpu"), "fp32", available=need.total_bytes - 1)
 
 
 def test_data_without_a_preset_is_refused_with_the_preset_list(dataset, tmp_path, capsys):

@@ -4,7 +4,8 @@ Formats read, streamed so memory stays flat whatever the corpus size:
 
 * ``.txt``: TinyStories as published, stories separated by ``<|endoftext|>`` (normally on a line of
   its own). TinyStoriesInstruct files use the same separator, so their records (``Features: ...``,
-  ``Words: ...``, ``Summary: ...``, ``Story:``) are read whole, instructions included.
+  ``Words: ...``, ``Summary: ...``, ``Story:``) are read whole, instructions included. A file without any
+  separator is split at blank lines, with a warning on stderr (one rule for every command that reads it).
 * ``.jsonl``: one JSON object per line with a ``text`` or ``story`` field (``text`` wins). With
   ``instruct=True`` a record without ``text`` is rendered in the Instruct layout (:func:`instruct_text`)
   from its ``features`` / ``words`` / ``summary`` / ``random_sentence`` fields (also read from a nested
@@ -17,7 +18,8 @@ Formats read, streamed so memory stays flat whatever the corpus size:
 * ``.parquet`` with a ``text`` (or ``story``) column, the Hub's converted splits, read in record batches
   through ``pyarrow`` (the ``parquet`` extra).
 
-Stories are stripped of surrounding whitespace and empty ones are skipped. :func:`read_text_chunks`
+Stories are stripped of surrounding whitespace and empty ones are skipped. Invalid UTF-8 is an error
+naming the file, the line and the byte offset (of the decompressed stream for ``.zst``). :func:`read_text_chunks`
 reads a text file raw instead (for tokenizer training and held-out loss), in pieces cut only where
 GPT-2 pre-tokenization is unaffected.
 
@@ -28,10 +30,13 @@ instruction in a fixed order, then ``Story:`` and a newline, then the story. ``t
 
 from __future__ import annotations
 
+import codecs
 import io
 import itertools
 import json
 import os
+import re
+import sys
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,7 +52,8 @@ EOT = "<|endoftext|>"
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".txt.zst", ".jsonl.zst", ".json", ".tar.gz", ".parquet")
 TEXT_FIELDS = ("text", "story")
 _CHUNK_BYTES = 16 << 20  # read_text_chunks' piece size
-_TXT_PIECE_CHARS = 1 << 18  # .txt stories are split out of pieces this long
+_TXT_PIECE_BYTES = 1 << 18  # .txt stories are split out of pieces this long
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")  # where a .txt without any separator is split into stories
 
 
 class CorpusError(ValueError):
@@ -265,44 +271,66 @@ class CorpusReader:
             self.bytes_read = done
 
     def _lines(self, path: Path, raw: IO[bytes]) -> Iterator[tuple[int, str]]:
-        text = io.TextIOWrapper(_decompressed(raw, path), encoding="utf-8")
-        line_no = 0
-        try:
-            for line_no, line in enumerate(text, 1):
-                yield line_no, line
-        except UnicodeDecodeError as e:
-            raise CorpusError(f"{path}: invalid UTF-8 near line {line_no + 1}: {e.reason}") from None
-        except CorpusError as e:
-            raise CorpusError(f"{e} near line {line_no + 1}") from None
-        finally:
-            text.detach()  # the caller owns (and closes) the raw file
+        stream = _decompressed(raw, path)
+        offset = 0  # of the decompressed stream
+        for line_no in itertools.count(1):
+            try:
+                line = stream.readline()
+            except CorpusError as e:  # a damaged .zst
+                raise CorpusError(f"{e} near line {line_no}") from None
+            if not line:
+                return
+            try:
+                yield line_no, line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CorpusError(
+                    f"{path}:{line_no}: invalid UTF-8 at byte offset {offset + e.start} ({e.reason})"
+                ) from None
+            offset += len(line)
 
     def _read_txt(self, path: Path, raw: IO[bytes]) -> Iterator[list[str]]:
         # Pieces of text split on EOT at C speed (not line by line: that was the slowest part of `prepare`).
-        text = io.TextIOWrapper(_decompressed(raw, path), encoding="utf-8")
+        stream = _decompressed(raw, path)
+        utf8 = codecs.getincrementaldecoder("utf-8")()
+        decoder = io.IncrementalNewlineDecoder(utf8, translate=True)  # \r\n and \r read as \n, as open() does
+        offset = newlines = 0  # bytes and newlines of the stream read so far
         parts: list[str] = []  # the text since the last EOT (joined only once an EOT follows: linear time)
         tail = ""  # the last len(EOT) - 1 characters of `parts`, where an EOT cut between pieces begins
-        lines = 0  # newlines before `parts`
-        try:
-            while piece := text.read(_TXT_PIECE_CHARS):
-                if EOT not in tail + piece:
-                    parts.append(piece)
-                    tail = (tail + piece)[1 - len(EOT) :]
-                    continue
-                stories = ("".join(parts) + piece).split(EOT)
-                parts = [stories.pop()]
-                tail = parts[0][1 - len(EOT) :]
-                lines += sum(map(str.count, stories, itertools.repeat("\n")))
-                if stories := [story for s in stories if (story := s.strip())]:
-                    yield stories
-        except (UnicodeDecodeError, CorpusError) as e:
-            where = f"near line {lines + sum(map(str.count, parts, itertools.repeat(chr(10)))) + 1}"
-            if isinstance(e, UnicodeDecodeError):
-                raise CorpusError(f"{path}: invalid UTF-8 {where}: {e.reason}") from None
-            raise CorpusError(f"{e} {where}") from None
-        finally:
-            text.detach()  # the caller owns (and closes) the raw file
-        if story := "".join(parts).strip():
+        separated = False  # an EOT was seen
+        while True:
+            try:
+                data = stream.read(_TXT_PIECE_BYTES)
+            except CorpusError as e:  # a damaged .zst
+                raise CorpusError(f"{e} near line {newlines + 1}") from None
+            held = utf8.getstate()[0]  # an incomplete character left from the previous piece
+            try:
+                piece = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as e:  # e.start counts from the held bytes
+                at, line = offset - len(held) + e.start, newlines + (held + data)[: e.start].count(b"\n") + 1
+                raise CorpusError(f"{path}:{line}: invalid UTF-8 at byte offset {at} ({e.reason})") from None
+            offset, newlines = offset + len(data), newlines + data.count(b"\n")
+            if not data:
+                parts.append(piece)  # a final "\r" the newline decoder held back
+                break
+            if EOT not in tail + piece:
+                parts.append(piece)
+                tail = (tail + piece)[1 - len(EOT) :]
+                continue
+            separated = True
+            stories = ("".join(parts) + piece).split(EOT)
+            parts = [stories.pop()]
+            tail = parts[0][1 - len(EOT) :]
+            if stories := [story for s in stories if (story := s.strip())]:
+                yield stories
+        story = "".join(parts).strip()
+        if story and not separated and _BLANK_LINE.search(story):
+            stories = [s for t in _BLANK_LINE.split(story) if (s := t.strip())]
+            print(
+                f"warning: {path} has no {EOT} separators: split into {len(stories)} stories at blank lines",
+                file=sys.stderr,
+            )
+            yield stories
+        elif story:
             yield [story]
 
     def _read_jsonl(self, path: Path, raw: IO[bytes]) -> Iterator[list[str]]:

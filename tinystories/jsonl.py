@@ -5,8 +5,12 @@ short, recognisable by its missing newline). The rule is the same for every log:
 
 * a writer opening the file cuts a torn last line off (and says so on stderr), so every line in the
   file is a complete record again before anything is appended;
-* a reader skips a torn last line (a writer may still be finishing it) and treats any other line that
-  is not a JSON object as an error naming the file and line.
+* a write that fails (a full disk, a quota, an I/O error) is undone: the writer truncates the file back to
+  the end of the last whole record before it raises, and, should that truncation fail too, before its next
+  append; so a brief full disk costs the records written meanwhile, never the file's readability;
+* a reader skips a torn last line (a writer may still be finishing it); any other line that is not a JSON
+  object (damaged by something else: an old version's failed write, an editor, a disk) is skipped and
+  reported naming the file and line, and the records around it are read as usual.
 
 ``fsync``: ``"always"`` after every record, ``"interval"`` at most every ``fsync_interval_s`` (default),
 or ``"never"`` (the OS decides; a process crash still loses nothing already written, a power cut may).
@@ -18,7 +22,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +53,14 @@ def repair_torn_tail(path: str | os.PathLike) -> int:
     return size - keep
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """The records of a log (none when the file does not exist); see the module docstring for torn lines."""
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def read_jsonl(path: str | os.PathLike, on_damaged: Callable[[str], None] = _warn) -> Iterator[dict[str, Any]]:
+    """The records of a log (none when the file does not exist), see the module docstring: a torn last line
+    is skipped silently, any other damaged line is skipped and reported to ``on_damaged`` (default: a warning
+    on stderr) as ``FILE:LINE: ...``."""
     path = Path(path)
     if not path.exists():
         return
@@ -63,12 +73,11 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
             try:
                 record = json.loads(line)
             except ValueError as e:
-                raise ValueError(
-                    f"{path}:{number}: not a JSON record ({e}); only the last line can be torn by a "
-                    f"crash, so this line was damaged otherwise: fix or delete it"
-                ) from None
+                on_damaged(f"{path}:{number}: skipped a damaged line, not a JSON record ({e}); the others are read")
+                continue
             if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: not a JSON object")
+                on_damaged(f"{path}:{number}: skipped a line that is not a JSON object; the others are read")
+                continue
             yield record
 
 
@@ -84,16 +93,31 @@ class JsonlLog:
         repair_torn_tail(self.path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         self._last_sync = time.monotonic()
+        self._undo_to: int | None = None  # the end of the last whole record, while a failed write is not undone
 
     def append(self, record: dict[str, Any]) -> None:
+        """Append one record; on an OSError the file is cut back to its last whole record, then it is raised."""
         data = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-        written = os.write(self._fd, data)
-        while written < len(data):  # only on a full disk or a signal; finish the line or fail loudly
-            written += os.write(self._fd, data[written:])
-        now = time.monotonic()
-        if self.fsync == "always" or (self.fsync == "interval" and now - self._last_sync >= self.fsync_interval_s):
-            os.fsync(self._fd)
-            self._last_sync = now
+        if self._undo_to is not None:  # the previous failure could not be undone then: the file must end whole
+            os.ftruncate(self._fd, self._undo_to)
+            self._undo_to = None
+        end = os.fstat(self._fd).st_size  # one writer per log (the run lock, the job's lock): nobody appends meanwhile
+        try:
+            written = os.write(self._fd, data)
+            while written < len(data):  # only on a full disk or a signal; finish the line or fail loudly
+                written += os.write(self._fd, data[written:])
+            now = time.monotonic()
+            if self.fsync == "always" or (self.fsync == "interval" and now - self._last_sync >= self.fsync_interval_s):
+                os.fsync(self._fd)
+                self._last_sync = now
+        except OSError:
+            self._undo_to = end
+            try:
+                os.ftruncate(self._fd, end)
+                self._undo_to = None
+            except OSError:
+                pass  # retried before the next append
+            raise
 
     def close(self) -> None:
         if self._fd >= 0:

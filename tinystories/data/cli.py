@@ -167,9 +167,13 @@ def _download(args: argparse.Namespace, console: Console) -> int:
         table = Table(title=f"roneneldan/TinyStories at {args.revision}")
         for col in ("name", "file", "MB"):
             table.add_column(col, justify="right" if col == "MB" else "left")
-        for row in list_files(args.revision):
-            table.add_row(row["name"], row["file"], "missing" if row["bytes"] is None else f"{row['bytes'] / 1e6:,.1f}")
+        rows = list_files(args.revision)
+        for row in rows:
+            size = "offline" if row["offline"] else "missing" if row["bytes"] is None else f"{row['bytes'] / 1e6:,.1f}"
+            table.add_row(row["name"], row["file"], size)
         console.print(table)
+        if rows[0]["offline"]:
+            console.print(f"sizes: offline ({rows[0]['offline']})", highlight=False, soft_wrap=True)
         return 0
     if args.out is None or not args.names:
         raise ValueError("give one or more names and --out DIR (or --list to see the names)")

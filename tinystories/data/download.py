@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -97,23 +98,34 @@ def _unreachable(files: Sequence[str], out: Path, revision: str, reason: str) ->
 
 
 def list_files(revision: str = "main") -> list[dict[str, Any]]:
-    """The catalogue with each file's size on the Hub: [{name, file, bytes}]."""
+    """The catalogue with each file's size on the Hub: [{name, file, bytes, offline}]. Offline or with the Hub
+    out of reach the names and files are still listed, with ``bytes`` None and ``offline`` saying why."""
     _require_hub()
     import httpx2
     from huggingface_hub import HfApi, RepoFile, constants
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     everything = files_for([ALL])
+    sizes: dict[str, int | None] = {}
+    offline = None
     if constants.is_offline_mode():
-        raise _unreachable(everything, Path("."), revision, "HF_HUB_OFFLINE is set")
-    try:
-        infos = HfApi(endpoint=_endpoint()).get_paths_info(REPO_ID, everything, repo_type="dataset", revision=revision)
-    except HfHubHTTPError as e:
-        raise DownloadError(f"{REPO_ID} at revision {revision}: the Hub refused the file listing ({e})") from None
-    except (httpx2.TransportError, OfflineModeIsEnabled) as e:
-        raise _unreachable(everything, Path("."), revision, f"{type(e).__name__}: {e}") from None
-    sizes = {i.path: i.size for i in infos if isinstance(i, RepoFile)}  # all are: every path asked for is a file
-    return [{"name": name, "file": f, "bytes": sizes.get(f)} for name, files in DATASETS.items() for f in files]
+        offline = "HF_HUB_OFFLINE is set"
+    else:
+        try:
+            infos = HfApi(endpoint=_endpoint()).get_paths_info(
+                REPO_ID, everything, repo_type="dataset", revision=revision
+            )
+        except HfHubHTTPError as e:
+            raise DownloadError(f"{REPO_ID} at revision {revision}: the Hub refused the file listing ({e})") from None
+        except (httpx2.TransportError, OfflineModeIsEnabled) as e:
+            offline = f"cannot reach the Hugging Face Hub at {_endpoint()} ({type(e).__name__}: {e})"
+        else:
+            sizes = {i.path: i.size for i in infos if isinstance(i, RepoFile)}  # every path asked for is a file
+    return [
+        {"name": name, "file": f, "bytes": sizes.get(f), "offline": offline}
+        for name, files in DATASETS.items()
+        for f in files
+    ]
 
 
 class _CountingFile:
@@ -157,7 +169,13 @@ def download(names: Sequence[str], out: str | Path, *, revision: str = "main", p
         missing = [f for f in files if not (out / f).is_file()]
         if missing:
             raise _unreachable(missing, out, revision, "HF_HUB_OFFLINE is set")
-        return [out / f for f in files]  # placed by hand or downloaded before: nothing to compare against
+        for f in files:  # downloaded before: checked against the record; placed by hand: taken as it is
+            if f in record and not _matches(out / f, record[f]["sha256"], record[f]["bytes"]):
+                raise DownloadError(
+                    f"{out / f}: no longer matches the sha256 and size recorded when it was downloaded "
+                    f"({record_path}); delete it and rerun online to fetch it again"
+                )
+        return [out / f for f in files]
     paths: list[Path] = []
     for f in files:
         url, dest = file_url(f, revision), out / f
@@ -184,17 +202,19 @@ def download(names: Sequence[str], out: str | Path, *, revision: str = "main", p
             raise DownloadError(
                 f"{f}: the Hub did not report a sha256 and size for {url} (ETag {sha!r}); not a dataset file?"
             )
-        if (
-            dest.is_file()
-            and dest.stat().st_size == size
-            and (record.get(f, {}).get("sha256") == sha or sha256_file(dest) == sha)
-        ):
+        if _matches(dest, sha, size):  # hashed again every time: a file can be damaged after its download
             paths.append(dest)
         else:
+            if dest.is_file():
+                print(f"{dest}: does not match the Hub's sha256 and size; downloading it again", file=sys.stderr)
             paths.append(_fetch(f, meta.location, dest, sha, size, build_hf_headers(), progress))
         record[f] = {"sha256": sha, "bytes": size, "commit": meta.commit_hash, "revision": revision}
         atomic_write_json(record_path, record)
     return paths
+
+
+def _matches(path: Path, sha: str, size: int) -> bool:
+    return path.is_file() and path.stat().st_size == size and sha256_file(path) == sha
 
 
 def _fetch(name: str, url: str, dest: Path, sha: str, size: int, headers: dict, progress: bool) -> Path:

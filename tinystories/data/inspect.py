@@ -23,7 +23,8 @@ from tinystories.data.shards import (
 
 def verify(data_dir: str | Path) -> dict[str, Any]:
     """Checks index.json against its schema and itself, then every shard against it: presence, size, sha256,
-    token width, index and block hashes, token and story counts, token ids below n_vocab, no unlisted shard
+    token width, index and block hashes, token, story and block counts, blocks of ``block_tokens`` tokens, token
+    ids below n_vocab, no unlisted shard
     file, and the saved tokenizer (fingerprint, n_vocab, EOT).
 
     Returns ``{"ok", "problems", "shards", "tokens", "bytes"}``; each problem names its file or field.
@@ -35,6 +36,9 @@ def verify(data_dir: str | Path) -> dict[str, Any]:
         return {"ok": False, "problems": problems, "shards": 0, "tokens": 0, "bytes": 0}
     problems = validate_index(index, data_dir / INDEX_FILE)
     tokens = size = 0
+    block_tokens = index.get("block_tokens")
+    if block_tokens is not None and (not isinstance(block_tokens, int) or block_tokens < 1):
+        problems.append(f"{data_dir / INDEX_FILE}: block_tokens: {block_tokens!r} is not a positive integer")
     shards = [shard for info in index["splits"].values() for shard in info["shards"]]
     for shard in shards:
         try:
@@ -51,7 +55,15 @@ def verify(data_dir: str | Path) -> dict[str, Any]:
                     f"{path}: {reader.n_tokens} tokens / {len(reader.story_lengths)} stories, "
                     f"but {INDEX_FILE} says {shard['tokens']} / {shard['stories']}"
                 )
+            if "blocks" in shard and shard["blocks"] != reader.n_blocks:
+                raise ShardError(f"{path}: {reader.n_blocks} blocks, but {INDEX_FILE} says {shard['blocks']}")
             for b in range(reader.n_blocks):
+                if isinstance(block_tokens, int):  # every block but a shard's last holds exactly block_tokens
+                    n = reader.block_info(b)["tokens"]
+                    if n > block_tokens or (n != block_tokens and b < reader.n_blocks - 1):
+                        raise ShardError(
+                            f"{path}: block {b} holds {n} tokens, but {INDEX_FILE} says block_tokens {block_tokens}"
+                        )
                 block = reader.read_block(b)
                 if len(block) and int(block.max()) >= index["n_vocab"]:
                     raise ShardError(

@@ -6,6 +6,7 @@ index = prepare(["TinyStories-train.txt"], "data/ts", "gpt2", top_k=10_000)
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import itertools
 import json
@@ -300,6 +301,7 @@ def prepare(
         raise ShardError(
             f"{out / INDEX_FILE}: {out} already holds a different dataset; choose another --out or delete it"
         )
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     saved_tok = out / TOKENIZER_FILE
     if top_k is not None:
@@ -374,6 +376,11 @@ def prepare(
             bar.update(completed=reader.total_bytes)
     except BaseException:
         writer.abort()
+        if not (out / STATE_FILE).is_file():  # no finished shard a rerun could continue from: leave no half folder
+            saved_tok.unlink(missing_ok=True)
+            if created:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # only when empty
         raise
     seconds = time.perf_counter() - started
     return writer.finish({"prepare_seconds": round(seconds, 3)})

@@ -92,13 +92,13 @@ class GradeParseError(ValueError):
         self.reason, self.detail, self.found = reason, detail, found
 
 
-_NUMBER = r"(-?\d+(?:\.\d+)?)"
+_NUMBER = r"(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"  # an exponent is matched so that "1e1/10" is never read as 1/10
 # A field's name (markdown and "Consistency with the beginning" included) opens a segment that runs to the next
 # field's name or the end of the line; only its "X/10" ("X out of 10") form is read, so "Grammar has 3 slips"
 # or "the first 2 sentences" never lend a number. A later segment of the same field overrides an earlier one.
 _FIELD = re.compile(r"\b(grammar|creativity|consistency|plot|age(?:\s*group)?)\b", re.IGNORECASE)
 _RANGE_START = r"(?:(\d+(?:\.\d+)?)\s*(?:-|\u2013|to|or|and)\s*)?"  # "7-8/10": read, then refused as ambiguous
-_GRADE = re.compile(rf"(?<![\d.]){_RANGE_START}{_NUMBER}\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+_GRADE = re.compile(rf"(?<![\w.]){_RANGE_START}{_NUMBER}\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 # Age-group letters are capitals standing alone; "A" followed by a lower-case word is the article.
 _LETTER = re.compile(r"(?<![\w'])([A-F])(?![\w'])(?!(?<=A)\s+(?!or\b|and\b)[a-z])")
 _REFUSAL = re.compile(
@@ -145,6 +145,8 @@ def parse_grades(text: str) -> Grades:
             read[name] = ("ambiguous", f"{name} given as a range {first.group(0).strip()}")
         elif len(values) > 1:
             read[name] = ("ambiguous", f"several {name} grades ({', '.join(sorted(f'{v}/{s}' for v, s in values))})")
+        elif "e" in first.group(2).lower():
+            read[name] = ("ambiguous", f"{name} given as {first.group(2)}/{first.group(3)}, not a plain number")
         elif float(first.group(3)) != MAX_GRADE:
             read[name] = ("out_of_range", f"{name} given as {first.group(2)}/{first.group(3)}, not out of 10")
         elif not MIN_GRADE <= float(first.group(2)) <= MAX_GRADE:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tinystories.atomic import atomic_write_bytes, atomic_write_text
-from tinystories.corpus import EOT, corpus_format, iter_stories, read_text
+from tinystories.corpus import iter_stories
 from tinystories.data import IGNORE_INDEX, TokenLoader
 from tinystories.interpret.heads import HeadStats, analyse_heads, attention_maps
 from tinystories.interpret.neurons import analyse_neurons, default_layer, top_token_share
@@ -227,28 +225,13 @@ def _chosen_heads(spec: str, heads: Sequence[HeadStats]) -> list[tuple[int, int]
     return [(h.layer, h.head) for h in chosen]
 
 
-_BLANK_LINE = re.compile(r"\n[ \t]*\n")
-
-
 def stories_from_text(
     paths: Sequence[str | Path], tokenizer: Tokenizer, limit: int, max_tokens: int
 ) -> list[list[int]]:
     """Token ids of the first ``limit`` stories of ``paths``, each cut to ``max_tokens`` (the context)."""
     texts: list[str] = []
     for path in paths:
-        found = list(itertools.islice(iter_stories(path), limit - len(texts)))
-        if (
-            len(found) == 1
-            and corpus_format(path)[0] == "txt"
-            and _BLANK_LINE.search(found[0])
-            and EOT not in read_text(path)
-        ):  # one "story" only because the file has no separators
-            found = [t.strip() for t in _BLANK_LINE.split(found[0]) if t.strip()][: limit - len(texts)]
-            print(
-                f"warning: {path} has no {EOT} separators: split into {len(found)} stories at blank lines",
-                file=sys.stderr,
-            )
-        texts += found
+        texts += itertools.islice(iter_stories(path), limit - len(texts))  # the reader splits a file without EOT
         if len(texts) >= limit:
             break
     if not texts:

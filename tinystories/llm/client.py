@@ -40,12 +40,12 @@ import os
 import random
 import ssl
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tinystories.llm.pricing import Budget, PriceTable
-from tinystories.llm.wire import dumps, loads
+from tinystories.llm.wire import dumps, loads, retry_after_seconds
 from tinystories.runtime.arguments import dataclass_options
 
 
@@ -90,6 +90,7 @@ class ClientConfig:
     max_attempts: int = 6
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
+    max_retry_after_s: float = 300.0  # the longest wait a 429's Retry-After is followed for
     retry_truncated: bool = True  # finish_reason == "length": try again (else accept, flagged)
     retry_empty: bool = True
     max_cost_usd: float | None = None
@@ -104,6 +105,8 @@ class ClientConfig:
         for name in ("timeout_s", "connect_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ClientConfig.{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.max_retry_after_s < math.inf:
+            raise ValueError(f"ClientConfig.max_retry_after_s must be finite and >= 0, got {self.max_retry_after_s}")
         if self.max_consecutive_failures < 0:
             raise ValueError(f"ClientConfig.max_consecutive_failures must be >= 0, got {self.max_consecutive_failures}")
 
@@ -154,8 +157,10 @@ class CircuitBreaker:
     """Stops a run against an endpoint that cannot work instead of grinding every request into failures: it
     trips when the first K attempts of a run all failed (nothing was ever answered: a refused connection, 404
     everywhere, HTML with status 200, a server that accepts and never answers), or when K requests in a row
-    failed after all their retries. Rate limits, and chat completions that were empty or cut at max_tokens, never
-    count against the endpoint: they say it works. ``limit`` 0 turns the breaker off."""
+    failed after all their retries. A request's failed first attempt counts only once its retry failed too: a
+    burst that fails every first attempt, when the retries succeed, is a transient fault, not an unusable endpoint. Rate
+    limits, and chat completions that were empty or cut at max_tokens, never count against the endpoint: they
+    say it works. ``limit`` 0 turns the breaker off."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -163,10 +168,15 @@ class CircuitBreaker:
         self.failed_attempts = self.failed_in_a_row = 0
         self.tripped: str | None = None  # why, naming the status and a sample of the answer
 
+    @staticmethod
+    def counts(problem: str | None) -> bool:
+        """Whether a failed attempt counts against the endpoint (see the class docstring)."""
+        return problem is not None and problem not in ("empty", "truncated", "rate_limit")
+
     def attempt(self, problem: str | None) -> None:
         if problem is None or problem in ("empty", "truncated"):
             self.answered = True
-        elif not self.answered and problem != "rate_limit":
+        elif not self.answered and self.counts(problem):
             self.failed_attempts += 1
             if self.failed_attempts == self.limit:
                 self._trip(f"the first {self.limit} attempts all failed", problem)
@@ -249,6 +259,7 @@ class ChatClient:
         model = request.body.get("model", "")
         result = ChatResult(id=request.id, model=model)
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        first_failure: str | None = None
         for attempt in range(1, cfg.max_attempts + 1):
             wait = self._paused_until - time.monotonic()
             if wait > 0:
@@ -263,7 +274,7 @@ class ChatClient:
             except openai.RateLimitError as e:
                 if _error_code(e) == "insufficient_quota":
                     raise FatalAPIError(f"the API refused: insufficient quota ({e})") from e
-                problem, delay = "rate_limit", _retry_after(e.response.headers)
+                problem, delay = "rate_limit", retry_after_seconds(e.response.headers, cfg.max_retry_after_s)
                 if delay is not None:
                     self._paused_until = max(self._paused_until, time.monotonic() + delay)
             except openai.APIStatusError as e:
@@ -275,7 +286,13 @@ class ChatClient:
                 problem = "timeout"
             except openai.APIConnectionError as e:
                 problem = f"connection: {e.__cause__ or e}"
-            self.breaker.attempt(problem)
+            if attempt == 1 and not final and attempt < cfg.max_attempts and self.breaker.counts(problem):
+                first_failure = problem  # told to the breaker only if the retry fails too (class CircuitBreaker)
+            else:
+                if first_failure is not None and self.breaker.counts(problem):
+                    self.breaker.attempt(first_failure)
+                first_failure = None
+                self.breaker.attempt(problem)
             if problem is None:
                 result.error = None
                 break
@@ -404,23 +421,6 @@ def _error_code(error: Exception) -> str | None:
     if isinstance(body, dict):
         inner = body.get("error", body)
         return inner.get("code") if isinstance(inner, dict) else None
-    return None
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms` (OpenAI) or `Retry-After` (seconds or an HTTP date)."""
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value) * scale)
-        except ValueError:
-            import email.utils
-
-            when = email.utils.parsedate_to_datetime(value) if name == "retry-after" else None
-            if when is not None:
-                return max(0.0, when.timestamp() - time.time())
     return None
 
 

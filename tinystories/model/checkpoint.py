@@ -5,10 +5,13 @@ RNG states, data-loader position, step, counters) and everything a user needs to
 (model config, the tokenizer's JSON, the training config). Files live in ``<run>/checkpoints/`` as
 ``step_00001000.pt``; a crash while writing leaves only a ``.tmp`` file behind, never a torn checkpoint, and
 a failed write (disk full, read-only) is a :class:`CheckpointWriteError` saying how much space it needed.
+Each checkpoint carries the sha256 of its tensors (:func:`tensor_digest`), checked when it is read, so damage
+inside the weights (which ``torch.load`` does not notice) is an error naming the file, not a NaN run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -44,6 +47,27 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def tensor_digest(payload: Any) -> str:
+    """The sha256 of every tensor in ``payload`` (nested dicts, lists and tuples), with its place, dtype and
+    shape, in a fixed order; other values are not hashed. Equal on any device the tensors live on."""
+    digest = hashlib.sha256()
+
+    def walk(place: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"{place}|{flat.dtype}|{tuple(value.shape)}\n".encode())
+            digest.update(flat.view(torch.uint8).numpy().data)
+        elif isinstance(value, dict):
+            for key in sorted(value, key=repr):
+                walk(f"{place}/{key!r}", value[key])
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(f"{place}/{i}", item)
+
+    walk("", payload)
+    return digest.hexdigest()
+
+
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (the message says how much space it needed); older ones are intact."""
 
@@ -54,7 +78,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_last: int | 
     The checkpoint is serialised in memory first, so a failed write knows the exact size it needed."""
     path = Path(path)
     buffer = io.BytesIO()
-    torch.save({"format": FORMAT, **payload}, buffer)
+    torch.save({"format": FORMAT, **payload, "tensor_sha256": tensor_digest(payload)}, buffer)
     try:
         atomic_write_bytes(path, buffer.getvalue())  # the bytes are BytesIO's own buffer, not a copy
     except OSError as exc:
@@ -97,6 +121,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: not a tinystories checkpoint (format {payload.get('format')!r}, expected {FORMAT!r})"
             if isinstance(payload, dict)
             else f"{path}: not a checkpoint"
+        )
+    recorded = payload.pop("tensor_sha256", None)  # None: written before checkpoints were hashed
+    if recorded is not None and tensor_digest(payload) != recorded:
+        raise ValueError(
+            f"{path}: damaged checkpoint (its tensors do not match the sha256 recorded when it was written)"
         )
     payload["path"] = str(path)
     return payload

@@ -101,6 +101,7 @@ class Faults:
     kinds: tuple[str, ...] = FAULT_KINDS
     max_per_request: int = 2
     retry_after_s: float = 0.05  # sent as retry-after-ms (OpenAI's header) and a rounded-up retry-after
+    retry_after: str | None = None  # else sent as the only Retry-After, verbatim (a misbehaving server: "soon")
     stall_s: float = 5.0
     always_fail: frozenset[str] = frozenset()
     seed: int = 0
@@ -284,6 +285,8 @@ class OpenAIServer:
         if fault == "rate_limit":
             wait = self.faults.retry_after_s
             retry = {"retry-after-ms": str(int(wait * 1000)), "retry-after": str(max(1, round(wait + 0.5)))}
+            if self.faults.retry_after is not None:
+                retry = {"retry-after": self.faults.retry_after}
             raise APIError(429, "Rate limit reached (injected)", type="rate_limit_exceeded", headers=retry)
         if fault == "server_error":
             raise APIError(500, "The server had an error (injected)", type="server_error")

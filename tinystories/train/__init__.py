@@ -5,7 +5,8 @@ allocated), ``inputs`` (shards, text files or the offline demo corpus), ``step``
 timed by ``sweep estimate``), ``loop`` (the ``Trainer``: the resumable run, read one method at a time),
 ``metrics`` (metrics.jsonl, TensorBoard, the display and its ETA), ``validation`` (the validation loss and the
 sampled story), ``rng`` (the random state a checkpoint carries), ``resume`` (what a resume may change, which
-checkpoint it continues, the run's config.json history), ``lock`` (one trainer per run directory), ``signals``
+checkpoint it continues, the run's config.json history), ``memory`` (what a configuration needs against what the
+device has, checked before anything is allocated), ``lock`` (one trainer per run directory), ``signals``
 (SIGINT/SIGTERM/SIGUSR1: checkpoint, then exit 128 + N) and ``cli``. The device and execution path come from
 :mod:`tinystories.runtime`.
 """

@@ -128,6 +128,7 @@ def field_message(name: str, error: Mapping[str, Any]) -> str:
             "finite_number": "must be a finite number",
             "greater_than_equal": f"must be >= {ctx.get('ge', 0):g}",
             "less_than": f"must be < {ctx.get('lt', 0):g}",
+            "less_than_equal": f"must be <= {ctx.get('le', 0):g}",
             "value_error": str(ctx.get("error")),
         }.get(error["type"], error["msg"])
     return f"{name}={shown} {what}"

@@ -42,6 +42,10 @@ NONE_MEANS = {
     "out": "runs/<preset>-<timestamp>",
 }
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# AdamW moves each weight by about lr per step and multiplies it by (1 - lr x weight_decay): above these bounds
+# the weights leave float range (lr=1e308 overflows at the first step), so such values are refused up front.
+MAX_LR = 1.0
+MAX_LR_TIMES_WEIGHT_DECAY = 1.0
 SHAPE_KEYS = ("preset", "hidden_size", "num_layers", "num_heads", "context", "window_size", "init_from_hf")
 
 
@@ -156,7 +160,7 @@ class TrainConfig(BaseModel):
     """Optimiser steps of the whole run (raise it with --resume to extend a run)."""
     lr_decay_steps: AutoCount = None
     """The cosine reaches min-lr at this step, then stays at min-lr."""
-    lr: Annotated[FiniteFloat, Field(gt=0)] = 1e-3
+    lr: Annotated[FiniteFloat, Field(gt=0, le=MAX_LR)] = 1e-3
     """Peak learning rate (min-lr follows it, 0.1 x lr, unless min-lr is given too)."""
     min_lr: Annotated[FiniteFloat, Field(ge=0)] = 1e-4
     """Learning rate at the end of the cosine."""
@@ -208,6 +212,12 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.min_lr > self.lr:
             raise Conflict(("min_lr", "lr"), f"min_lr={self.min_lr} must be <= lr={self.lr}")
+        if self.lr * self.weight_decay > MAX_LR_TIMES_WEIGHT_DECAY:
+            raise Conflict(
+                ("lr", "weight_decay"),
+                f"lr={self.lr} x weight_decay={self.weight_decay} must be <= {MAX_LR_TIMES_WEIGHT_DECAY:g}: AdamW's "
+                f"decay step multiplies the weights by (1 - lr x weight_decay), which would flip and grow them",
+            )
         if self.resume and not self.out:
             raise Conflict(("resume", "out"), "--resume needs --out=<the run folder to continue>")
         # Resuming, the weights come from the checkpoint and the data are prepared: a since-moved tokenizer file or

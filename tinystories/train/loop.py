@@ -51,6 +51,7 @@ from tinystories.runtime.errors import ConfigError
 from tinystories.train.config import TrainConfig, saved_config
 from tinystories.train.inputs import DEMO_NOTICE, resolve_data
 from tinystories.train.lock import RunLock
+from tinystories.train.memory import check_memory
 from tinystories.train.metrics import Metrics, StepClock, TrainDisplay
 from tinystories.train.resume import (
     history_entry,
@@ -83,7 +84,8 @@ def train(c: TrainConfig) -> Path:
 
 def _train(c: TrainConfig, dist: Dist) -> Path:
     device = resolve_device(c.device, dist.local_rank)
-    resolve_execution(device, dtype=c.dtype, impl=c.impl, compile=c.compile)  # an impossible choice stops here, first
+    execution = resolve_execution(device, dtype=c.dtype, impl=c.impl, compile=c.compile)  # an impossible choice: here
+    check_memory(c, device, execution.dtype)  # a configuration the device cannot hold: before the run folder exists
     if c.cpu_threads is not None:
         torch.set_num_threads(c.cpu_threads)
     run_dir = Path(c.out or f"runs/{c.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
