@@ -1,8 +1,9 @@
 """The served models: every checkpoint found under the given paths, loaded on first use, LRU-evicted.
 
-A path may be a checkpoint file, a run directory (each of its checkpoints) or a sweep directory (each run
-in it). A model is named ``<run>/<checkpoint stem>`` (``28M/step_00020000``), the name ``tinystories eval``
-gives it in ``grades.jsonl`` and ``probes.jsonl``. It is an Instruct model when its run was trained from
+A path may be a checkpoint file, a run directory (each of its checkpoints) or a folder of runs (each run in
+it, also inside sweeps in it: ``runs/`` serves ``runs/demo`` and ``runs/sweep/h64-l2-t50M``). A model is named
+``<run>/<checkpoint stem>`` (``28M/step_00020000``), the name ``tinystories eval`` gives it in ``grades.jsonl``
+and ``probes.jsonl``. It is an Instruct model when its run was trained from
 an ``-instruct`` preset. At most ``max_models`` are in memory; loading one more evicts the least recently
 used (its engine finishes the requests it already has).
 """
@@ -20,6 +21,8 @@ from tinystories.model.checkpoint import list_checkpoints
 from tinystories.serve.engine import Engine
 from tinystories.serve.protocol import Model
 from tinystories.tokenizer import Tokenizer
+
+RUN_SEARCH_DEPTH = 3  # runs/ -> sweep/ -> run/: how deep a served folder is searched for runs
 
 
 @dataclass
@@ -70,7 +73,7 @@ def discover_models(paths: list[str | Path]) -> dict[str, ModelEntry]:
         elif list_checkpoints(path):
             files = list_checkpoints(path)
         elif path.is_dir():
-            files = [f for run in sorted(p for p in path.iterdir() if p.is_dir()) for f in list_checkpoints(run)]
+            files = [f for run in _runs_under(path) for f in list_checkpoints(run)]
         else:
             raise FileNotFoundError(f"{path} does not exist")
         if not files:
@@ -85,6 +88,17 @@ def discover_models(paths: list[str | Path]) -> dict[str, ModelEntry]:
                 )
             found[entry.id] = entry
     return found
+
+
+def _runs_under(folder: Path, depth: int = RUN_SEARCH_DEPTH) -> list[Path]:
+    """The run directories below ``folder`` (a sweep of runs, a folder of runs and sweeps...), in name order."""
+    runs = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if list_checkpoints(sub):
+            runs.append(sub)
+        elif depth > 1:
+            runs += _runs_under(sub, depth - 1)
+    return runs
 
 
 @dataclass
