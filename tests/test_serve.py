@@ -21,8 +21,9 @@ from _serve_fixtures import make_sweep
 from tinystories.corpus import format_instructions
 from tinystories.model import load_checkpoint
 from tinystories.model.checkpoint import checkpoint_path, read_checkpoint, save_checkpoint
-from tinystories.model.generate import generate_texts
+from tinystories.model.generate import Row, generate_texts
 from tinystories.serve.app import create_app
+from tinystories.serve.engine import Job
 from tinystories.serve.models import ModelPool, discover_models
 from tinystories.serve.server import serve_in_thread
 
@@ -414,3 +415,14 @@ def test_unloadable_checkpoints_and_damaged_run_files_get_openai_shaped_errors(s
         assert steps[:3] == [1, 3, 4] and 2 not in steps and 5 not in steps
         assert client.completions.create(model="damaged-metrics/step_00000020", prompt="Tom", max_tokens=2).choices
     pool.close()
+
+
+def test_closing_the_pool_waits_for_its_engines_to_finish(sweep_dir):
+    """No engine thread may still be inside torch when the interpreter exits (the README's screenshot command
+    aborted with exit 134 after writing its PNG)."""
+    pool = ModelPool(discover_models([sweep_dir / "tiny"]), max_models=1)
+    engine = asyncio.run(pool.get(TINY)).engine
+    finished = []
+    engine.submit(Job([Row([1, 2, 3], 100) for _ in range(4)], lambda tokens, error: finished.append(tokens)))
+    pool.close()
+    assert len(finished) == 1 and [len(t) for t in finished[0]] == [100] * 4 and not engine._thread.is_alive()

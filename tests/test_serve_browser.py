@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import openai
 import pytest
@@ -61,3 +64,18 @@ def test_names_from_run_files_are_text_in_the_page_never_markup(sweep_dir, tmp_p
     with serve_in_thread(create_app(pool)) as url:
         write_stories(url, ["tiny/step_00000020"], "Tom", settings={"max_tokens": "3"}, inspect=inspect)
     assert seen["images"] == 0 and seen["title"] != "pwned" and hostile in seen["text"]
+
+
+def test_the_readme_screenshot_command_writes_its_png_and_exits_0(sweep_dir, tmp_path):
+    shot = tmp_path / "playground.png"
+    script = Path(__file__).with_name("playground_browser.py")
+    models = "tiny/step_00000010,tiny/step_00000020"
+    done = subprocess.run(
+        [sys.executable, str(script), str(sweep_dir / "tiny"), "--models", models, "--max-tokens", "20"]
+        + ["--out", str(shot)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"wrote {shot}" in done.stdout and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

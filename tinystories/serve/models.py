@@ -22,6 +22,7 @@ from tinystories.serve.engine import Engine
 from tinystories.serve.protocol import Model
 from tinystories.tokenizer import Tokenizer
 
+ENGINE_STOP_S = 120.0  # how long closing the pool waits for an engine to finish its queued jobs
 RUN_SEARCH_DEPTH = 3  # runs/ -> sweep/ -> run/: how deep a served folder is searched for runs
 
 
@@ -132,6 +133,7 @@ class ModelPool:
         self.loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self.loads = 0  # how many times a checkpoint was read (tests check the laziness)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._retired: list[Engine] = []  # evicted engines, still finishing their jobs
 
     async def get(self, model_id: str) -> LoadedModel:
         """The loaded model (loading it, and evicting the least recently used, when needed); KeyError if unknown."""
@@ -144,6 +146,7 @@ class ModelPool:
             while len(self.loaded) > self.max_models:
                 _, evicted = self.loaded.popitem(last=False)
                 evicted.engine.close()
+                self._retired.append(evicted.engine)
             return self.loaded[model_id]
 
     def _load(self, entry: ModelEntry) -> LoadedModel:
@@ -165,6 +168,12 @@ class ModelPool:
         return LoadedModel(entry, tokenizer, engine)
 
     def close(self) -> None:
-        for loaded in self.loaded.values():
-            loaded.engine.close()
+        """Stop every engine (each finishes the jobs it has) and wait for their threads: no thread may be inside
+        torch when the interpreter exits (CPython ends such daemon threads mid-call: an abort, exit 134)."""
+        engines = [loaded.engine for loaded in self.loaded.values()] + self._retired
+        for engine in engines:
+            engine.close()
+        for engine in engines:
+            engine.join(ENGINE_STOP_S)
         self.loaded.clear()
+        self._retired.clear()
