@@ -131,7 +131,9 @@ def _model_for(payload: Any, path: Path) -> GPTNeo:
     ``model_config`` describes exactly those weights: a foreign or damaged file is refused by name before a
     config that does not match them (a huge one included) allocates anything."""
     missing = [
-        k for k in ("model_config", "model", "tokenizer_json") if not isinstance(payload, dict) or k not in payload
+        k
+        for k in ("model_config", "model", "tokenizer_json", "train_config")
+        if not isinstance(payload, dict) or k not in payload
     ]
     if missing:
         raise ValueError(f"{path}: not a tinystories checkpoint (it has no {', '.join(missing)})")

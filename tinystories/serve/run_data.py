@@ -72,6 +72,6 @@ def run_data(entry: ModelEntry, eval_dirs: list[Path]) -> dict[str, Any]:
     if probes:
         counts: dict[str, Counter] = {}
         for r in probes:
-            counts.setdefault(r["suite"], Counter())[r["verdict"]] += 1
+            counts.setdefault(str(r.get("suite")), Counter())[str(r.get("verdict"))] += 1
         data["probes"] = {suite: dict(c) for suite, c in counts.items()}
     return data

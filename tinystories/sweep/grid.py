@@ -76,7 +76,10 @@ class SweepConfig:
             saved = json.loads(path.read_text())
             sweep = cls(**saved)
         except (OSError, ValueError, TypeError) as exc:  # torn, not JSON, or not this shape
-            raise ValueError(f"{path}: not a readable sweep manifest ({exc}); rewrite it with `sweep run`") from None
+            raise ValueError(
+                f"{path}: not a readable sweep manifest ({exc}); move it aside and rerun `tinystories sweep run "
+                f"--out {out_dir}` with the sweep's grid (--hidden-size, --num-layers, --tokens...) to rewrite it"
+            ) from None
         # The folder given is the sweep, wherever it was created (a copied or moved sweep stays self-contained).
         sweep.out_dir = str(out_dir)
         return sweep
