@@ -36,7 +36,8 @@ def _columns_unchanged():
 # re-parented to pytest instead of init, so the check after each test finds it too.
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 SESSION_HELPERS = (b"multiprocessing.resource_tracker", b"multiprocessing.forkserver", b"_inductor/compile_worker")
-LEFTOVER_GRACE_S = 120  # a process a test stopped may still be saving, or exiting, on a loaded machine
+# how long a process a test stopped may take to end (saving, exiting) on a loaded machine
+LEFTOVER_GRACE_S = float(os.environ.get("TINYSTORIES_TEST_LEFTOVER_GRACE_S", "120"))
 
 
 def pytest_configure(config):
