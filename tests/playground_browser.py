@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # No network, no first-run dialogs, no GPU: a headless browser that behaves the same on every machine.
 CHROMIUM_FLAGS = (
@@ -49,9 +51,11 @@ def write_stories(
     *,
     settings: dict[str, str] | None = None,
     screenshot: str | Path | None = None,
+    inspect: Callable[[Any], None] | None = None,
     timeout_s: float = 120,
 ) -> dict[str, str]:
-    """model -> the story the page streamed for it (the beginning excluded)."""
+    """model -> the story the page streamed for it (the beginning excluded); ``inspect`` gets the driver once
+    every column is done."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -96,6 +100,8 @@ def write_stories(
                     )
                 story = column.find_element(By.CSS_SELECTOR, ".story span:not(.beginning)")
                 stories[column.get_attribute("data-model")] = story.get_attribute("textContent")
+            if inspect is not None:
+                inspect(driver)
             if screenshot is not None:
                 # The whole page, not just the first screen: grow the window to the content's height.
                 height = "return document.documentElement.getBoundingClientRect().height"

@@ -8,10 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from _processes import wait_until
 
 from tinystories.data.download import DATASETS, files_for
 from tinystories.testing import FakeHub
@@ -111,12 +111,16 @@ def test_killed_download_resumes_where_it_stopped(hub, tmp_path):
     out = tmp_path / "raw"
     hub.stall_after[TRAIN] = CHUNK + 120_000
     proc = cli(hub.url, "v1", "--out", str(out), tmp=tmp_path, wait=False)
-    deadline = time.time() + 60
-    while not any(p.stat().st_size == CHUNK for p in out.glob(f"{TRAIN}.*.incomplete")):
-        assert time.time() < deadline and proc.poll() is None, "the download never reached the stall"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+
+        def stalled() -> bool:
+            assert proc.poll() is None, "the download ended before the stall"
+            return any(p.stat().st_size == CHUNK for p in out.glob(f"{TRAIN}.*.incomplete"))
+
+        wait_until(stalled, what="the download to reach the stall")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     assert not (out / TRAIN).exists()  # never a partial file under the final name
     del hub.stall_after[TRAIN]
     hub.released.set()
@@ -158,9 +162,7 @@ def free_port() -> int:
 def test_offline_or_unreachable_names_the_urls_and_where_to_put_them(tmp_path, how):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     out = tmp_path / "raw"
-    start = time.perf_counter()
     r = cli(url, "v1", "--out", str(out), tmp=tmp_path, offline=how == "offline")
-    assert time.perf_counter() - start < 60  # no retry loop with back-off
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "cannot reach the Hugging Face Hub" in r.stderr and len(r.stderr.splitlines()) == 1
     for f in (TRAIN, VALID):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _processes import alive, wait_until
 
 pytest.importorskip("openai")
 
@@ -57,7 +58,6 @@ def dead_port() -> int:
 )
 def test_an_unusable_endpoint_stops_the_job_early_and_names_the_problem(tmp_path, endpoint, says):
     out = tmp_path / "s.jsonl"
-    started = time.monotonic()
     if endpoint == "refused":
         summary = synthesize(
             SynthConfig(
@@ -69,11 +69,11 @@ def test_an_unusable_endpoint_stops_the_job_early_and_names_the_problem(tmp_path
         with OpenAIServer(faults=Faults(endpoint=endpoint)) as server:
             summary = synthesize(SynthConfig(n=N, out=out, model="m", progress=False, client=fast_client(server.url)))
             requested = set(server.requested_ids())
-    assert time.monotonic() - started < 10  # grinding through N x 3 attempts takes far longer for "hang"
     assert summary.stopped.startswith("the endpoint looks unusable: the first 10 attempts all failed"), summary.stopped
     assert says in summary.stopped
     failed = {r["id"] for r in read_jsonl(Path(f"{out}.failed"))}
-    assert summary.written == 0 and summary.failed == len(failed) < 10 + 4  # those in flight when it tripped
+    # stopped early, not after N x 3 attempts: 10 failures, and the requests in flight when it tripped
+    assert summary.written == 0 and summary.failed == len(failed) < 10 + 4
     if requested is not None:  # nothing requested is lost: it is in .failed, retried by the next run
         assert len(requested) < 10 + 4 and requested <= failed
 
@@ -116,6 +116,9 @@ def test_a_run_of_failures_after_answers_stops_the_job(tmp_path):
     assert summary.stopped.startswith("the endpoint looks unusable: 4 requests in a row failed (the last: http_500")
 
 
+ANSWER_TIMEOUT_S = 300.0
+
+
 def test_connect_timeout_is_apart_from_the_answer_timeout():
     with socket.socket() as listener:  # a full accept queue: the kernel drops further SYNs, connect() hangs
         listener.bind(("127.0.0.1", 0))
@@ -126,12 +129,17 @@ def test_connect_timeout_is_apart_from_the_answer_timeout():
         run_chat(
             [ChatRequest("a", {"model": "m", "messages": []})],
             fast_client(
-                f"http://127.0.0.1:{listener.getsockname()[1]}/v1", timeout_s=60, connect_timeout_s=0.2, max_attempts=2
+                f"http://127.0.0.1:{listener.getsockname()[1]}/v1",
+                timeout_s=ANSWER_TIMEOUT_S,
+                connect_timeout_s=0.2,
+                max_attempts=2,
             ),
             results.append,
         )
         filler.close()
-    assert time.monotonic() - started < 5 and results[0].error == "timeout" and results[0].attempts == 2
+    assert results[0].error == "timeout" and results[0].attempts == 2
+    # Not a speed budget: with the answer timeout instead, the two attempts would take twice ANSWER_TIMEOUT_S.
+    assert time.monotonic() - started < ANSWER_TIMEOUT_S
 
 
 def test_grading_stops_on_an_unusable_judge_and_exits_non_zero(tmp_path):
@@ -222,13 +230,6 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
 def test_workers_and_their_resource_tracker_exit_when_the_parent_is_sigkilled():
     import signal
@@ -240,17 +241,12 @@ def test_workers_and_their_resource_tracker_exit_when_the_parent_is_sigkilled():
         left_behind: set[int] = set()
         try:
             workers = {int(pid) for pid in parent.stdout.readline().split()}
-            deadline = time.monotonic() + 30
-            while len(server.log) < 4 and time.monotonic() < deadline:  # the workers are sending
-                time.sleep(0.05)
+            wait_until(lambda: len(server.log) >= 4, what="the workers' requests")  # the workers are sending
             left_behind = descendants(parent.pid)
             assert len(workers) == 2 and workers <= left_behind and len(left_behind) >= 3  # + the resource tracker
             parent.send_signal(signal.SIGKILL)
-            parent.wait(10)
-            deadline = time.monotonic() + 10
-            while any(alive(pid) for pid in left_behind) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert not [pid for pid in left_behind if alive(pid)]
+            parent.wait(60)
+            wait_until(lambda: not any(alive(pid) for pid in left_behind), what="the workers to exit")
         finally:
             for pid in left_behind | descendants(parent.pid) | {parent.pid}:  # nothing outlives the test
                 try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,8 +20,10 @@ from _serve_fixtures import make_sweep
 
 from tinystories.corpus import format_instructions
 from tinystories.model import load_checkpoint
-from tinystories.model.generate import generate_texts
+from tinystories.model.checkpoint import checkpoint_path, read_checkpoint, save_checkpoint
+from tinystories.model.generate import Row, generate_texts
 from tinystories.serve.app import create_app
+from tinystories.serve.engine import Job
 from tinystories.serve.models import ModelPool, discover_models
 from tinystories.serve.server import serve_in_thread
 
@@ -356,3 +359,102 @@ def test_generate_rows_gives_each_row_its_own_settings(sweep_dir):
     stopped = Row(ids, 10, 0.0, on_token=lambda t: seen.append(t) or len(seen) < 4)
     assert generate_rows(model, [stopped], tokenizer.eot_token) == [seen] and len(seen) == 4
     assert seen[:3] == together[1]  # greedy: the same tokens as the greedy row above
+
+
+def test_post_bodies_must_be_json_and_a_loopback_server_answers_loopback_names_only(sweep_dir):
+    """What a web page on another site can make a browser send without a preflight (a form, text/plain) or
+    through DNS rebinding (its own Host name) is refused; what the openai client, curl -H and lm-eval send works."""
+    pool = ModelPool(discover_models([sweep_dir / "tiny"]), max_models=1)
+    with serve_in_thread(create_app(pool, bind_host="127.0.0.1")) as url:
+        port = url.rsplit(":", 1)[1]
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        assert client.completions.create(model=TINY, prompt="Tom", max_tokens=2, seed=1).choices[0].text
+        body = json.dumps({"model": TINY, "prompt": "Tom", "max_tokens": 2}).encode()
+        for media in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+            status, text = http("POST", url + "/v1/completions", body, {"Content-Type": media} if media else {})
+            if media is None:  # urllib sends a form's type when none is given, as curl -d does
+                assert status == 415
+                continue
+            error = json.loads(text)["error"]
+            assert (
+                status == 415 and error["code"] == "unsupported_media_type" and media.split(";")[0] in error["message"]
+            )
+        status, text = http("POST", url + "/v1/completions", body, {"Content-Type": "application/json; charset=utf-8"})
+        assert status == 200 and json.loads(text)["choices"][0]["text"]
+        for host in ("evil.example", f"evil.example:{port}", f"192.0.2.1:{port}", "127.0.0.1.evil.example"):
+            status, text = http("GET", url + "/v1/models", headers={"Host": host})
+            error = json.loads(text)["error"]
+            assert status == 403 and error["code"] == "host_not_allowed" and repr(host) in error["message"]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}", "127.0.0.2"):
+            assert http("GET", url + "/v1/models", headers={"Host": host})[0] == 200, host
+    with serve_in_thread(create_app(pool, bind_host="0.0.0.0")) as url:  # bound for other names: any Host
+        assert http("GET", url + "/v1/models", headers={"Host": "tinystories.example"})[0] == 200
+    pool.close()
+
+
+def test_serving_a_folder_finds_the_runs_of_the_sweeps_in_it(sweep_dir, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(sweep_dir, runs / "sweep")  # runs/sweep/tiny, runs/sweep/tiny-instruct
+    shutil.copytree(sweep_dir / "tiny", runs / "demo")  # runs/demo
+    found = discover_models([runs])
+    assert sorted(found) == sorted(
+        [
+            "demo/step_00000010",
+            "demo/step_00000020",
+            "tiny/step_00000010",
+            TINY,
+            "tiny-instruct/step_00000010",
+            INSTRUCT,
+        ]
+    )
+    assert found[TINY].run_dir == (runs / "sweep" / "tiny").resolve()
+
+
+def test_unloadable_checkpoints_and_damaged_run_files_get_openai_shaped_errors(sweep_dir, tmp_path):
+    good = read_checkpoint(sweep_dir / "tiny" / "checkpoints" / "step_00000020.pt")
+    good.pop("format")
+    wrong_shape = {**good["model_config"], "hidden_size": good["model_config"]["hidden_size"] * 2}
+    layers = good["model_config"]["attention_layers"]
+    huge = {**good["model_config"], "hidden_size": 100_000_000, "num_layers": 100, "attention_layers": layers * 50}
+    bad = {
+        "no-config": {k: v for k, v in good.items() if k != "model_config"},
+        "wrong-shapes": {**good, "model_config": wrong_shape},
+        "huge": {**good, "model_config": huge},
+    }
+    for name, payload in bad.items():
+        save_checkpoint(payload, checkpoint_path(tmp_path / name, 1))
+    run = tmp_path / "damaged-metrics"
+    shutil.copytree(sweep_dir / "tiny", run)
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    lines[4] = '{"step": 5, "lo\n'  # a torn record in the middle (a full disk), later records after it
+    lines[1] = json.dumps({"step": 2, "loss": float("nan")}) + "\n"  # a diverged step (NaN is not JSON)
+    (run / "metrics.jsonl").write_text("".join(lines))
+    pool = ModelPool(discover_models([tmp_path]), max_models=1)
+    with serve_in_thread(create_app(pool)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        mismatch = "do not match its model_config"
+        says = {"no-config": "has no model_config", "wrong-shapes": mismatch, "huge": mismatch}
+        for name, message in says.items():
+            with pytest.raises(openai.InternalServerError) as err:
+                client.completions.create(model=f"{name}/step_00000001", prompt="Tom", max_tokens=2)
+            assert err.value.body["type"] == "server_error" and message in err.value.body["message"], err.value.body
+            assert str(tmp_path / name) in err.value.body["message"]
+        status, text = http("GET", url + "/playground/run/damaged-metrics/step_00000020")
+        data = json.loads(text)
+        assert status == 200 and data["problems"] == [data["problems"][0]]
+        assert f"{run / 'metrics.jsonl'}:5" in data["problems"][0]
+        steps = [step for step, _ in data["loss"]]  # what was read is shown; the NaN step is not (JSON has no NaN)
+        assert steps[:3] == [1, 3, 4] and 2 not in steps and 5 not in steps
+        assert client.completions.create(model="damaged-metrics/step_00000020", prompt="Tom", max_tokens=2).choices
+    pool.close()
+
+
+def test_closing_the_pool_waits_for_its_engines_to_finish(sweep_dir):
+    """No engine thread may still be inside torch when the interpreter exits (the README's screenshot command
+    aborted with exit 134 after writing its PNG)."""
+    pool = ModelPool(discover_models([sweep_dir / "tiny"]), max_models=1)
+    engine = asyncio.run(pool.get(TINY)).engine
+    finished = []
+    engine.submit(Job([Row([1, 2, 3], 100) for _ in range(4)], lambda tokens, error: finished.append(tokens)))
+    pool.close()
+    assert len(finished) == 1 and [len(t) for t in finished[0]] == [100] * 4 and not engine._thread.is_alive()

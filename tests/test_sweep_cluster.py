@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _processes import command_line, kill_tree, wait_until
 
 from tinystories.cli import main
 from tinystories.model.checkpoint import list_checkpoints, read_checkpoint
@@ -82,13 +83,6 @@ def sweep_args(out: Path, dataset: Path, hidden: str, layers: str, tokens: str =
     ]
 
 
-def wait_until(condition, timeout_s: float = 300, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def metrics_step(directory: Path) -> int:
     path = directory / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.is_file() else []
@@ -110,7 +104,7 @@ def thaw_when_sigterm_is_pending(trainer: int) -> None:
         fields = dict(line.split(":", 1) for line in Path(f"/proc/{trainer}/status").read_text().splitlines())
         return any(int(fields[k], 16) >> (signal.SIGTERM - 1) & 1 for k in ("SigPnd", "ShdPnd"))
 
-    wait_until(pending, timeout_s=60, what="the job's SIGTERM to the trainer")
+    wait_until(pending, what="the job's SIGTERM to the trainer")
     os.kill(trainer, signal.SIGCONT)
 
 
@@ -121,26 +115,26 @@ def final_weights(directory: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 @needs_submitit
 def test_local_executor_sweep_requeues_a_signalled_run_and_resumes_exactly(tiny_shards, tmp_path, capsys):
+    trainers: list[int] = []
     try:
-        _local_executor_sweep(tiny_shards, tmp_path, capsys)
-    finally:  # a failed assertion must not leave the jobs running
+        _local_executor_sweep(tiny_shards, tmp_path, capsys, trainers)
+    finally:  # a failed assertion must not leave the jobs running, nor the trainer it froze
         kill_local_jobs(tmp_path / "sweep")
+        for trainer in trainers:
+            if b"tinystories.train" in command_line(trainer):  # (not a later process given its pid)
+                kill_tree(trainer)
 
 
 def kill_local_jobs(out: Path) -> None:
+    """Kill every job's controller with its job process and trainer (a frozen one too: it would never act on the
+    SIGTERM its parent's death sends it)."""
     jobs = json.loads((out / "jobs.json").read_text()) if (out / "jobs.json").is_file() else {}
     for controller in (int(j["job_id"]) for j in jobs.values()):
-        if not local_job_alive(controller):  # ended (its pid may be another process's by now)
-            continue
-        try:  # the job process first: its trainer follows it (PDEATHSIG), then submitit's controller
-            for pid in Path(f"/proc/{controller}/task/{controller}/children").read_text().split():
-                os.kill(int(pid), signal.SIGKILL)
-            os.kill(controller, signal.SIGKILL)
-        except OSError:
-            pass  # ended meanwhile
+        if local_job_alive(controller):  # else ended (its pid may be another process's by now)
+            kill_tree(controller)
 
 
-def _local_executor_sweep(tiny_shards: Path, tmp_path: Path, capsys) -> None:
+def _local_executor_sweep(tiny_shards: Path, tmp_path: Path, capsys, trainers: list[int]) -> None:
     out = tmp_path / "sweep"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # Submit and return, as a shell that then dies would: the jobs outlive the submitting process (and keep
@@ -160,7 +154,7 @@ def _local_executor_sweep(tiny_shards: Path, tmp_path: Path, capsys) -> None:
             stdout=stdout,
             stderr=subprocess.STDOUT,
             env=env,
-            timeout=300,
+            timeout=900,
         )
     assert first.returncode == 0, log.read_text()
     jobs = json.loads((out / "jobs.json").read_text())
@@ -173,6 +167,7 @@ def _local_executor_sweep(tiny_shards: Path, tmp_path: Path, capsys) -> None:
     target = run_dir(sweep, sweep.runs()[1])  # 64 steps
     wait_until(lambda: metrics_step(target) >= 5, what="step 5 of the first run")
     trainer = freeze_trainer(target)
+    trainers.append(trainer)
     assert main(["sweep", "status", str(out)]) == 0  # readable while the runs go on
     table = capsys.readouterr().out
     assert "running" in table and jobs[target.name]["job_id"] in table
@@ -199,7 +194,7 @@ def _local_executor_sweep(tiny_shards: Path, tmp_path: Path, capsys) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert straight.returncode == 0, straight.stderr
     a, b = final_weights(tmp_path / "straight"), final_weights(target)
@@ -291,7 +286,6 @@ def test_slurm_sweep_runs_to_completion_through_a_requeue(tiny_shards, tmp_path,
                 in subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
                 and all(f"[{raw_id}.{step}] done with job" in slurmd_log.read_text() for step in ("batch", "0"))
             ),
-            timeout_s=120,
             what="the requeue",
         )
         time.sleep(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -13,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from _processes import wait_until
 
 pytest.importorskip("openai")
 
@@ -30,6 +32,7 @@ from tinystories.synth import (
 from tinystories.synth.prompts import story_id  # noqa: E402
 from tinystories.synth.stats import corpus_stats  # noqa: E402
 from tinystories.testing import Faults, OpenAIServer  # noqa: E402
+from tinystories.testing.openai_server import Answer, default_answer  # noqa: E402
 from tinystories.vocabulary import FEATURES, NOUNS  # noqa: E402
 
 # Short timeouts and backoffs keep the fault tests fast; stalls outlast the client timeout.
@@ -122,7 +125,15 @@ def test_retry_after_is_read_in_seconds_milliseconds_or_a_date_and_bounded():
 
 def test_sigkill_mid_run_then_resume_gives_exactly_n_and_no_recorded_id_is_requested_again(tmp_path):
     n, out = 150, tmp_path / "s.jsonl"
-    with OpenAIServer(faults=Faults(rate=0.2, kinds=("rate_limit", "server_error")), latency_s=0.05) as server:
+    answered, first_run = itertools.count(1), [True]
+
+    def answer(body: dict) -> Answer:
+        if first_run[0] and next(answered) == 40:  # hold every later answer: the first run cannot end before the
+            server.latency_s = 3600.0  # kill, however slow the machine (a wait the server's stop cuts short)
+        return default_answer(body)
+
+    faults = Faults(rate=0.2, kinds=("rate_limit", "server_error"))
+    with OpenAIServer(answer, faults=faults, latency_s=0.05) as server:
         cmd = [
             sys.executable,
             "-m",
@@ -139,7 +150,7 @@ def test_sigkill_mid_run_then_resume_gives_exactly_n_and_no_recorded_id_is_reque
             "--concurrency",
             "4",
             "--timeout-s",
-            "2",
+            "3600",
             "--backoff-s",
             "0.01",
             "--backoff-max-s",
@@ -149,19 +160,20 @@ def test_sigkill_mid_run_then_resume_gives_exactly_n_and_no_recorded_id_is_reque
             "always",
         ]
         env = {**os.environ, "OPENAI_API_KEY": "test"}
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.time() + 60
-        while time.time() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 30):
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: out.exists() and out.read_bytes().count(b"\n") >= 30, what="30 stories written")
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
         assert proc.returncode == -signal.SIGKILL
         recorded = {r["id"] for r in records(out)}
         assert 30 <= len(recorded) < n, "the run should have been killed midway"
         with open(out, "ab") as f:  # what a write cut short by a crash would leave behind
             f.write(b'{"id": "0-999", "story": "Once upon a ti')
         server.log.clear()
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        first_run[0], server.latency_s = False, 0.05
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr
         requested_again = set(server.requested_ids()) & recorded
     assert not requested_again

@@ -4,13 +4,11 @@ event loop on a share of the requests (``ClientConfig.workers``), so the client 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import dataclasses
 import multiprocessing
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -18,6 +16,7 @@ from multiprocessing.connection import Connection
 
 from tinystories.llm.client import ChatClient, ChatRequest, ChatResult, ClientConfig, RunStats, new_event_loop
 from tinystories.llm.pricing import Budget
+from tinystories.runtime.processes import die_with_parent
 
 
 def run_chat(
@@ -136,17 +135,11 @@ def _chunks(iterator: Iterator[ChatRequest], size: int) -> Iterator[list[ChatReq
         yield chunk
 
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
 def _exit_with_parent(parent_alive: Connection, parent_pid: int) -> None:
     """A worker must not outlive its parent (nobody would read its results, and it keeps the resource tracker
     alive): on Linux the kernel kills it when the parent dies (PR_SET_PDEATHSIG); everywhere, a thread waits
     for EOF on a pipe only the parent writes to."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the parent died before the line above took effect
-        os._exit(1)
+    die_with_parent(signal.SIGKILL, parent_pid)
 
     def watch() -> None:
         try:

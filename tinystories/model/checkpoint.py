@@ -150,12 +150,42 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
         return (load_hf_model(path).to(device), load_hf_tokenizer(path), json.loads((path / "config.json").read_text()))
     payload = read_checkpoint(path)
-    model, tokenizer = checkpoint_model(payload)
+    model, tokenizer = checkpoint_model(payload, path)
     return model.to(device).eval(), tokenizer, payload["train_config"]
 
 
-def checkpoint_model(payload: dict[str, Any]) -> tuple[GPTNeo, Tokenizer]:
-    """The model (eval mode, on the CPU) and tokenizer of a checkpoint payload (:func:`read_checkpoint`)."""
-    model = GPTNeo(GPTNeoConfig.from_dict(payload["model_config"]))
+def checkpoint_model(payload: Any, path: str | Path) -> tuple[GPTNeo, Tokenizer]:
+    """The model (eval mode, on the CPU) and tokenizer of a checkpoint payload (:func:`read_checkpoint`) read
+    from ``path`` (named in errors)."""
+    model = _model_for(payload, Path(path))
     model.load_state_dict(payload["model"])
     return model.eval(), Tokenizer.from_json(payload["tokenizer_json"])
+
+
+def _model_for(payload: Any, path: Path) -> GPTNeo:
+    """The (untrained) model a checkpoint's weights go into, after checking, on the meta device, that its
+    ``model_config`` describes exactly those weights: a foreign or damaged file is refused by name before a
+    config that does not match them (a huge one included) allocates anything."""
+    missing = [
+        k
+        for k in ("model_config", "model", "tokenizer_json", "train_config")
+        if not isinstance(payload, dict) or k not in payload
+    ]
+    if missing:
+        raise ValueError(f"{path}: not a tinystories checkpoint (it has no {', '.join(missing)})")
+    try:
+        config = GPTNeoConfig.from_dict(payload["model_config"])
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in GPTNeo(config).state_dict().items()}
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"{path}: model_config is not a valid model ({exc})") from None
+    saved = {k: tuple(v.shape) for k, v in payload["model"].items() if isinstance(v, torch.Tensor)}
+    if saved != expected:
+        name = next(iter(sorted(set(saved) ^ set(expected))), None) or next(
+            k for k in sorted(expected) if saved[k] != expected[k]
+        )
+        raise ValueError(
+            f"{path}: the weights do not match its model_config ({name}: "
+            f"{saved.get(name, 'missing')} in the file, {expected.get(name, 'not in the model')} for the config)"
+        )
+    return GPTNeo(config)

@@ -108,7 +108,7 @@ def run_export(args: argparse.Namespace) -> int:
         facts = TrainingFacts()
     else:
         payload = read_checkpoint(source)
-        model, tokenizer = checkpoint_model(payload)
+        model, tokenizer = checkpoint_model(payload, source)
         facts = training_facts(payload)
     card = model_card(
         args.push_to_hub or str(out), model.config, model.num_parameters(), facts, sys.argv[1:], license=args.license

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -51,8 +52,15 @@ T = TypeVar("T", bound=BaseModel)
 
 
 def create_app(
-    pool: ModelPool, *, api_key: str | None = None, max_body_bytes: int = 1 << 20, eval_dirs: list[Path] | None = None
+    pool: ModelPool,
+    *,
+    api_key: str | None = None,
+    max_body_bytes: int = 1 << 20,
+    eval_dirs: list[Path] | None = None,
+    bind_host: str | None = None,
 ) -> FastAPI:
+    """The app; ``bind_host`` is the address the server listens on (on loopback, only loopback host names)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
@@ -62,6 +70,9 @@ def create_app(
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next: Any) -> Any:
+        refused = _cross_site(request, loopback_only=_is_loopback(bind_host))
+        if refused is not None:
+            return JSONResponse(refused.body(), status_code=refused.status)
         if api_key and request.url.path != "/":
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
@@ -152,6 +163,44 @@ def _checked(cls: type[T], body: bytes) -> T:
     return req
 
 
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    host = host.strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _cross_site(request: Request, *, loopback_only: bool) -> APIError | None:
+    """What a web page on another site could make a browser send, with no API key to stop it: a POST body that is
+    not ``application/json`` (a form, ``text/plain``: no CORS preflight) and, on a loopback-only server, a ``Host``
+    that is not loopback (DNS rebinding). The openai client, lm-eval, ``curl -H 'Content-Type:
+    application/json'`` and the playground send neither."""
+    if loopback_only:
+        host = request.headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]", 1)[0] + "]"
+        if not _is_loopback(name):
+            return APIError(
+                403,
+                f"Host {host!r} is not this machine: a server bound to loopback answers loopback names only "
+                "(localhost, 127.0.0.1, [::1]); bind with --host to serve other names",
+                code="host_not_allowed",
+            )
+    if request.method == "POST":
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media != "application/json":
+            return APIError(
+                415,
+                f"Content-Type {media or 'none'!r}: the request body must be JSON, sent as application/json",
+                code="unsupported_media_type",
+            )
+    return None
+
+
 def _entry(pool: ModelPool, model_id: str) -> Any:
     if model_id not in pool.entries:
         raise APIError(
@@ -167,7 +216,7 @@ async def _load(pool: ModelPool, model_id: str) -> LoadedModel:
     _entry(pool, model_id)
     try:
         return await pool.get(model_id)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # a damaged or foreign checkpoint: say which and why, the server goes on
         raise APIError(500, f"model {model_id} could not be loaded: {exc}", type="server_error") from None
 
 

@@ -91,7 +91,9 @@ def run_cli(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         wait_s=args.batch_wait_ms / 1000,
     )
-    app = create_app(pool, api_key=api_key, max_body_bytes=args.max_body_bytes, eval_dirs=args.eval_dir)
+    app = create_app(
+        pool, api_key=api_key, max_body_bytes=args.max_body_bytes, eval_dirs=args.eval_dir, bind_host=args.host
+    )
     print(
         f"serving {len(entries)} model(s) on http://{args.host}:{args.port}/ (playground) and "
         f"http://{args.host}:{args.port}/v1 (OpenAI API): {', '.join(entries)}",

@@ -1,8 +1,9 @@
 """The served models: every checkpoint found under the given paths, loaded on first use, LRU-evicted.
 
-A path may be a checkpoint file, a run directory (each of its checkpoints) or a sweep directory (each run
-in it). A model is named ``<run>/<checkpoint stem>`` (``28M/step_00020000``), the name ``tinystories eval``
-gives it in ``grades.jsonl`` and ``probes.jsonl``. It is an Instruct model when its run was trained from
+A path may be a checkpoint file, a run directory (each of its checkpoints) or a folder of runs (each run in
+it, also inside sweeps in it: ``runs/`` serves ``runs/demo`` and ``runs/sweep/h64-l2-t50M``). A model is named
+``<run>/<checkpoint stem>`` (``28M/step_00020000``), the name ``tinystories eval`` gives it in ``grades.jsonl``
+and ``probes.jsonl``. It is an Instruct model when its run was trained from
 an ``-instruct`` preset. At most ``max_models`` are in memory; loading one more evicts the least recently
 used (its engine finishes the requests it already has).
 """
@@ -21,6 +22,9 @@ from tinystories.model.checkpoint import list_checkpoints
 from tinystories.serve.engine import Engine
 from tinystories.serve.protocol import Model
 from tinystories.tokenizer import Tokenizer
+
+ENGINE_STOP_S = 120.0  # how long closing the pool waits for an engine to finish its queued jobs
+RUN_SEARCH_DEPTH = 3  # runs/ -> sweep/ -> run/: how deep a served folder is searched for runs
 
 
 @dataclass
@@ -71,7 +75,7 @@ def discover_models(paths: list[str | Path]) -> dict[str, ModelEntry]:
         elif list_checkpoints(path):
             files = list_checkpoints(path)
         elif path.is_dir():
-            files = [f for run in sorted(p for p in path.iterdir() if p.is_dir()) for f in list_checkpoints(run)]
+            files = [f for run in _runs_under(path) for f in list_checkpoints(run)]
         else:
             raise FileNotFoundError(f"{path} does not exist")
         if not files:
@@ -86,6 +90,17 @@ def discover_models(paths: list[str | Path]) -> dict[str, ModelEntry]:
                 )
             found[entry.id] = entry
     return found
+
+
+def _runs_under(folder: Path, depth: int = RUN_SEARCH_DEPTH) -> list[Path]:
+    """The run directories below ``folder`` (a sweep of runs, a folder of runs and sweeps...), in name order."""
+    runs = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if list_checkpoints(sub):
+            runs.append(sub)
+        elif depth > 1:
+            runs += _runs_under(sub, depth - 1)
+    return runs
 
 
 @dataclass
@@ -134,6 +149,7 @@ class ModelPool:
         self.loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self.loads = 0  # how many times a checkpoint was read (tests check the laziness)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._retired: list[Engine] = []  # evicted engines, still finishing their jobs
 
     async def get(self, model_id: str) -> LoadedModel:
         """The loaded model (loading it, and evicting the least recently used, when needed); KeyError if unknown."""
@@ -146,6 +162,7 @@ class ModelPool:
             while len(self.loaded) > self.max_models:
                 _, evicted = self.loaded.popitem(last=False)
                 evicted.engine.close()
+                self._retired.append(evicted.engine)
             return self.loaded[model_id]
 
     def _load(self, entry: ModelEntry) -> LoadedModel:
@@ -167,6 +184,12 @@ class ModelPool:
         return LoadedModel(entry, tokenizer, engine, self.device, self.dtype)
 
     def close(self) -> None:
-        for loaded in self.loaded.values():
-            loaded.engine.close()
+        """Stop every engine (each finishes the jobs it has) and wait for their threads: no thread may be inside
+        torch when the interpreter exits (CPython ends such daemon threads mid-call: an abort, exit 134)."""
+        engines = [loaded.engine for loaded in self.loaded.values()] + self._retired
+        for engine in engines:
+            engine.close()
+        for engine in engines:
+            engine.join(ENGINE_STOP_S)
         self.loaded.clear()
+        self._retired.clear()

@@ -3,7 +3,7 @@
 The loss curve comes from the run's ``metrics.jsonl`` (train loss every ``log_every`` steps, validation
 loss every ``eval_every``). Judge grades (``grades.jsonl``) and probe verdicts (``probes.jsonl``) are read
 where ``tinystories eval`` and ``tinystories sweep grade`` put them: ``<run>/eval``, ``<sweep>/eval`` and
-any ``--eval-dir``; only the records of this checkpoint count.
+any ``--eval-dir``; only the records of this checkpoint count. A damaged file is named in ``problems``.
 """
 
 from __future__ import annotations
@@ -18,27 +18,49 @@ from tinystories.jsonl import read_jsonl
 from tinystories.serve.models import ModelEntry
 
 
-def _records(paths: list[Path]) -> list[dict[str, Any]]:
-    return [r for path in paths if path.is_file() for r in read_jsonl(path)]
+def _records(paths: list[Path], problems: list[str]) -> list[dict[str, Any]]:
+    """The records of the files that exist; a damaged file's message (naming file and line) goes to
+    ``problems`` and the records read before it are kept."""
+    records: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            for record in read_jsonl(path):
+                records.append(record)
+        except (OSError, ValueError) as exc:
+            problems.append(str(exc))
+    return records
 
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _curve(records: list[dict[str, Any]], key: str) -> list[list[float]]:
+    """``[[step, value], ...]`` of the records that have a number for both (JSON has no NaN: a diverged step is
+    left out)."""
+    number = (int, float)
+    return [
+        [r["step"], r[key]]
+        for r in records
+        if isinstance(r.get("step"), int) and isinstance(r.get(key), number) and math.isfinite(r[key])
+    ]
+
+
 def run_data(entry: ModelEntry, eval_dirs: list[Path]) -> dict[str, Any]:
-    metrics = _records([entry.run_dir / "metrics.jsonl"])
+    problems: list[str] = []
+    metrics = _records([entry.run_dir / "metrics.jsonl"], problems)
     folders = [entry.run_dir / "eval", entry.run_dir.parent / "eval", *eval_dirs]
-    grades = [r for r in _records([f / "grades.jsonl" for f in folders]) if r.get("checkpoint") == entry.id]
-    probes = [r for r in _records([f / "probes.jsonl" for f in folders]) if r.get("model") == entry.id]
+    grades = [r for r in _records([f / "grades.jsonl" for f in folders], problems) if r.get("checkpoint") == entry.id]
+    probes = [r for r in _records([f / "probes.jsonl" for f in folders], problems) if r.get("model") == entry.id]
     data: dict[str, Any] = {
         "model": entry.id,
         "run": entry.run_dir.name,
         "step": entry.step,
-        "loss": [[r["step"], r["loss"]] for r in metrics if "loss" in r],
-        "val_loss": [[r["step"], r["val_loss"]] for r in metrics if "val_loss" in r],
+        "loss": _curve(metrics, "loss"),
+        "val_loss": _curve(metrics, "val_loss"),
         "grades": None,
         "probes": None,
+        "problems": problems,  # damaged files, by file and line; what could be read is shown
     }
     if grades:
         summary = summarize(grades)
@@ -50,6 +72,6 @@ def run_data(entry: ModelEntry, eval_dirs: list[Path]) -> dict[str, Any]:
     if probes:
         counts: dict[str, Counter] = {}
         for r in probes:
-            counts.setdefault(r["suite"], Counter())[r["verdict"]] += 1
+            counts.setdefault(str(r.get("suite")), Counter())[str(r.get("verdict"))] += 1
         data["probes"] = {suite: dict(c) for suite, c in counts.items()}
     return data

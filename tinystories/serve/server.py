@@ -20,7 +20,8 @@ from tinystories.serve.protocol import APIError
 
 def openai_app(title: str, **kwargs: Any) -> FastAPI:
     """A FastAPI app (no generated docs) whose :class:`APIError`\\ s and HTTP errors (an unknown route: 404) are
-    answered as OpenAI's ``{"error": {...}}``; ``kwargs`` go to ``FastAPI`` (``lifespan``)."""
+    answered as OpenAI's ``{"error": {...}}``, and so is any other exception (500); ``kwargs`` go to ``FastAPI``
+    (``lifespan``)."""
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None, **kwargs)
 
     @app.exception_handler(APIError)
@@ -31,6 +32,11 @@ def openai_app(title: str, **kwargs: Any) -> FastAPI:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         message = f"{request.method} {request.url.path}: {exc.detail}"
         return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)  # anything unforeseen: still OpenAI's shape (the server log has the traceback)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        message = f"{request.method} {request.url.path}: internal error: {type(exc).__name__}: {exc}"
+        return JSONResponse(APIError(500, message, type="server_error").body(), status_code=500)
 
     return app
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import textwrap
 from collections.abc import Sequence
@@ -33,108 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from tinystories.atomic import atomic_save_png, atomic_write_json, atomic_write_text
-from tinystories.jsonl import read_jsonl
-from tinystories.model.config import GPTNeoConfig, flops_per_token
-from tinystories.model.gpt_neo import GPTNeo
 from tinystories.plots import pyplot
-from tinystories.progress import format_duration
-from tinystories.sweep.grid import SweepConfig, format_count, read_status, run_dir
-
-RESULT_COLUMNS = (
-    "name",
-    "hidden",
-    "layers",
-    "status",
-    "tokens",
-    "steps",
-    "params",
-    "non_embedding_params",
-    "flops_per_token",
-    "compute",
-    "final_val_loss",
-    "best_val_loss",
-    "wall_s",
-)
-
-
-def collect_results(sweep: SweepConfig) -> list[dict[str, Any]]:
-    """One row per grid point (RESULT_COLUMNS, plus ``curve``: [(tokens, val_loss), ...])."""
-    rows = []
-    for run in sweep.runs():
-        directory = run_dir(sweep, run)
-        status = read_status(directory)
-        row: dict[str, Any] = {c: None for c in RESULT_COLUMNS}
-        row.update(
-            name=run.name,
-            hidden=run.hidden,
-            layers=run.layers,
-            status=status["status"],
-            wall_s=status.get("wall_s"),
-            curve=[],
-        )
-        config_path = directory / "config.json"
-        if config_path.is_file():
-            saved = json.loads(config_path.read_text())
-            mc = GPTNeoConfig.from_dict(saved["model"])
-            train = saved["train"]
-            seq_len = train.get("seq_len") or mc.max_position_embeddings
-            tokens_per_step = train["batch_size"] * seq_len * train["grad_accum"] * saved.get("world_size", 1)
-            with torch.device("meta"):  # parameter counts without allocating weights
-                model = GPTNeo(mc)
-            fpt = flops_per_token(mc, seq_len)
-            records = list(read_jsonl(directory / "metrics.jsonl"))
-            # a resumed run may evaluate a step again: the last record of a step wins
-            val = {r["step"]: float(r["val_loss"]) for r in records if "val_loss" in r}
-            curve = [(step * tokens_per_step, loss) for step, loss in sorted(val.items())]
-            steps = max((r["step"] for r in records), default=0)
-            row.update(
-                params=model.num_parameters(),
-                non_embedding_params=model.num_parameters(non_embedding=True),
-                flops_per_token=fpt,
-                tokens=steps * tokens_per_step,
-                steps=steps,
-                compute=fpt * steps * tokens_per_step,
-                curve=curve,
-            )
-            if curve:
-                row.update(final_val_loss=curve[-1][1], best_val_loss=min(loss for _, loss in curve))
-        rows.append(row)
-    return rows
-
-
-def write_results(rows: Sequence[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
-    csv_path, json_path = out_dir / "results.csv", out_dir / "results.json"
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(csv_path, buf.getvalue())
-    atomic_write_json(json_path, list(rows), indent=2)
-    return csv_path, json_path
-
-
-def results_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
-
-    table = Table(title=title)
-    for col in ("run", "status", "params (non-emb)", "tokens", "compute", "val loss", "wall"):
-        table.add_column(col, justify="left" if col in ("run", "status") else "right")
-    fmt = lambda v, f: "-" if v is None else f(v)  # noqa: E731
-    for r in rows:
-        table.add_row(
-            r["name"],
-            r["status"],
-            fmt(r["non_embedding_params"], format_count),
-            fmt(r["tokens"], format_count),
-            fmt(r["compute"], lambda c: f"{c:.2e}"),
-            fmt(r["final_val_loss"], lambda v: f"{v:.4f}"),
-            fmt(r["wall_s"], format_duration),
-        )
-    return table
+from tinystories.sweep.grid import SweepConfig, format_count
+from tinystories.sweep.results import collect_results, print_problems, results_table, write_results
 
 
 @dataclass(frozen=True)
@@ -174,7 +78,7 @@ class PowerLawFit:
 def loss_frontier(points: Sequence[ScalingPoint]) -> list[ScalingPoint]:
     """The points no cheaper-or-equal point beats: the best loss reachable at each compute."""
     frontier: list[ScalingPoint] = []
-    for p in sorted(points, key=lambda p: (p.compute, p.loss)):
+    for p in sorted((p for p in points if math.isfinite(p.loss)), key=lambda p: (p.compute, p.loss)):
         if not frontier or p.loss < frontier[-1].loss:
             frontier.append(p)
     return frontier
@@ -391,6 +295,7 @@ def analyze(
     rows = collect_results(sweep)
     write_results(rows, out)
     console.print(results_table(rows, f"sweep {out}"))
+    print_problems(rows, console)
     if points_mode == "auto":  # finals alone need two budgets per shape
         points_mode = "final" if len(sweep.tokens) >= 2 else "trajectory"
     points = scaling_points(rows, trajectory=points_mode == "trajectory", params=params)

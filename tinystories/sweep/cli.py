@@ -29,9 +29,10 @@ from tinystories.runtime.arguments import (
     one_line_errors,
 )
 from tinystories.runtime.errors import WorkFailed
-from tinystories.sweep.analysis import analyze, results_table, write_results
+from tinystories.sweep.analysis import analyze
 from tinystories.sweep.cluster import ClusterOptions, parse_time
 from tinystories.sweep.grid import SweepConfig, parse_count, trainer_overrides
+from tinystories.sweep.results import print_problems, results_table, write_results
 from tinystories.sweep.runner import grade_commands, run_sweep
 from tinystories.sweep.status import print_status
 from tinystories.sweep.timing import estimate
@@ -241,8 +242,14 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.action == "status":
         rows = print_status(args.sweep, console)
         failed = [r["name"] for r in rows if r["state"] == "failed"]
-        if failed:
-            raise WorkFailed(f"{len(failed)} run(s) failed: {', '.join(failed)} (the end of each log is above)")
+        damaged = [r["name"] for r in rows if r["state"] == "damaged"]
+        if failed or damaged:
+            raise WorkFailed(
+                "; ".join(
+                    [f"{len(failed)} run(s) failed: {', '.join(failed)} (the end of each log is above)"] * bool(failed)
+                    + [f"{len(damaged)} run(s) with a damaged status file: {', '.join(damaged)}"] * bool(damaged)
+                )
+            )
         return 0
     sweep = SweepConfig.load(args.sweep)
     if args.action == "analyze":
@@ -273,6 +280,7 @@ def _run(args: argparse.Namespace, sweep: SweepConfig, console: Console) -> int:
         return 0
     write_results(rows, Path(sweep.out_dir))
     console.print(results_table(rows, f"sweep {sweep.out_dir}"))
+    print_problems(rows, console)
     failed = [r["name"] for r in rows if r["status"] != "done"]
     if failed:  # what was done is kept; `sweep run` again continues
         raise WorkFailed(

@@ -125,7 +125,15 @@ def job_command(base: list[str], gpus_per_run: int) -> list[str]:
 # -- the record of submitted jobs, and which of them the scheduler still holds -------------------------------
 def read_jobs(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
     path = Path(sweep.out_dir) / JOBS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        jobs = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(jobs, dict) or not all(isinstance(j, dict) and "job_id" in j for j in jobs.values()):
+        raise ClusterError(f"{path}: not a JSON object of run name -> job record")
+    return jobs
 
 
 def live_jobs(jobs: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinystories.atomic import atomic_write_json
 from tinystories.data import load_dataset_tokenizer
+from tinystories.jsonl import read_jsonl
+from tinystories.model.checkpoint import list_checkpoints
 from tinystories.model.config import GPTNeoConfig
 from tinystories.runtime.arguments import deprecated
 from tinystories.runtime.device import Dist
@@ -69,7 +72,17 @@ class SweepConfig:
                 f"{out_dir} is not a sweep directory (no {MANIFEST}); start one with "
                 f"`tinystories sweep run --out {out_dir} ...`"
             )
-        return cls(**json.loads(path.read_text()))
+        try:
+            saved = json.loads(path.read_text())
+            sweep = cls(**saved)
+        except (OSError, ValueError, TypeError) as exc:  # torn, not JSON, or not this shape
+            raise ValueError(
+                f"{path}: not a readable sweep manifest ({exc}); move it aside and rerun `tinystories sweep run "
+                f"--out {out_dir}` with the sweep's grid (--hidden-size, --num-layers, --tokens...) to rewrite it"
+            ) from None
+        # The folder given is the sweep, wherever it was created (a copied or moved sweep stays self-contained).
+        sweep.out_dir = str(out_dir)
+        return sweep
 
 
 @dataclass(frozen=True)
@@ -173,6 +186,17 @@ def plan_runs(sweep: SweepConfig, vocab_size: int) -> list[RunPlan]:
     return plans
 
 
+def plan_warnings(plans: list[RunPlan]) -> list[str]:
+    """What a user should know before the runs start: runs that end before their learning-rate warmup does."""
+    return [
+        f"{p.run.name}: {p.max_steps} steps is not more than warmup_steps={p.train_config.warmup_steps}, so its "
+        f"learning rate never reaches its peak (lr={p.train_config.lr:g}); raise --tokens or lower it with "
+        f"--set warmup-steps=N"
+        for p in plans
+        if p.train_config.warmup_steps >= p.max_steps
+    ]
+
+
 def run_dir(sweep: SweepConfig, run: RunSpec) -> Path:
     return Path(sweep.out_dir) / run.name
 
@@ -188,5 +212,46 @@ def data_vocab_size(data_dir: Path) -> int:
 
 
 def read_status(directory: Path) -> dict[str, Any]:
+    """A run's ``sweep-status.json``, checked against the run folder: a damaged file reads as ``"damaged"`` and a
+    run marked done whose final checkpoint is gone as ``"pending"`` (``sweep run`` trains it again), each with a
+    ``"problem"`` naming the file; :func:`write_status` drops that key again."""
     path = directory / STATUS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {"status": "pending", "wall_s": 0.0, "attempts": 0}
+    fresh: dict[str, Any] = {"status": "pending", "wall_s": 0.0, "attempts": 0}
+    if not path.is_file():
+        return fresh
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {**fresh, "status": "damaged", "problem": f"{path}: not JSON ({exc})"}
+    if not isinstance(status, dict) or not isinstance(status.get("status"), str):
+        return {**fresh, "status": "damaged", "problem": f"{path}: not a JSON object with a 'status'"}
+    if status["status"] == "done":
+        saved = list_checkpoints(directory)
+        final = status.get("max_steps")
+        if not saved or (isinstance(final, int) and checkpoint_step(saved[-1]) < final):
+            status["status"] = "pending"
+            status["problem"] = (
+                f"{directory}: marked done, but its final checkpoint (step {final}) is missing; "
+                "`sweep run` trains it again"
+            )
+    return status
+
+
+def read_metrics(directory: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """A run's ``metrics.jsonl`` records and, when the file is damaged, the reader's message naming file and
+    line (the records before it are kept), so that one damaged run is marked rather than breaking a whole view."""
+    records: list[dict[str, Any]] = []
+    try:
+        for record in read_jsonl(directory / "metrics.jsonl"):
+            records.append(record)
+    except (OSError, ValueError) as exc:
+        return records, str(exc)
+    return records, None
+
+
+def write_status(directory: Path, status: dict[str, Any]) -> None:
+    atomic_write_json(directory / STATUS_FILE, {k: v for k, v in status.items() if k != "problem"}, indent=2)
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.stem.split("_")[1])

@@ -12,27 +12,24 @@ periodic checkpoint. Whether the run is finished is read from the run folder (a 
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tinystories.atomic import atomic_write_json
 from tinystories.model.checkpoint import list_checkpoints
-from tinystories.sweep.grid import STATUS_FILE, read_status
+from tinystories.runtime.processes import die_with_parent
+from tinystories.sweep.grid import checkpoint_step, read_status, write_status
 
 STDOUT, STDERR = "train.log", "train.err"  # the trainer's streams, in the run folder
 STOP_GRACE_S = 120.0  # after SIGTERM, how long a step plus a checkpoint may take before SIGKILL
 TAIL_LINES = 20
 REQUEUE_WAIT_S = 30.0
 # A trainer stopped by SIGTERM/SIGINT: killed by it, or (once it saves on the signal) exited 128+signum.
-PR_SET_PDEATHSIG = 1  # prctl(2)
 INTERRUPTED = {-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT}
 
 
@@ -43,7 +40,7 @@ class RunFailed(RuntimeError):
 def last_step(run_dir: Path) -> int:
     """The step of the newest complete checkpoint (0 when none)."""
     saved = list_checkpoints(run_dir)
-    return int(saved[-1].stem.split("_")[1]) if saved else 0
+    return checkpoint_step(saved[-1]) if saved else 0
 
 
 def log_tail(run_dir: Path, lines: int = TAIL_LINES) -> str:
@@ -60,7 +57,7 @@ def log_tail(run_dir: Path, lines: int = TAIL_LINES) -> str:
 def update_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
     status = read_status(run_dir)
     status.update(fields)
-    atomic_write_json(run_dir / STATUS_FILE, status, indent=2)
+    write_status(run_dir, status)
     return status
 
 
@@ -106,8 +103,13 @@ class TrainJob:
         with open(run_dir / STDOUT, "a", encoding="utf-8") as out, open(run_dir / STDERR, "a", encoding="utf-8") as err:
             out.write(f"\n$ {' '.join(cmd)}\n")
             out.flush()
+            parent = os.getpid()
             self._proc = subprocess.Popen(
-                cmd, stdout=out, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_trainer_signals
+                cmd,
+                stdout=out,
+                stderr=err,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=lambda: _trainer_signals(parent),
             )
             while (returncode := self._proc.poll()) is None:
                 time.sleep(0.5)  # not Popen.wait(): it holds a lock that checkpoint(), a signal handler, needs
@@ -151,13 +153,12 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(replace(self, _proc=None, _started=None))
 
 
-def _trainer_signals() -> None:
+def _trainer_signals(parent: int) -> None:
     """In the trainer process, before exec: SIGUSR2 is for the job process (submitit's handler), but SLURM
     signals every process of the job, and its default action would kill the trainer before it saves. And the
     trainer stops (saving, as on any SIGTERM) when the job process dies, e.g. killed by the local executor."""
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM, parent)
 
 
 def _ended(proc: subprocess.Popen, timeout_s: float) -> bool:

@@ -12,24 +12,23 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tinystories.jsonl import read_jsonl
 from tinystories.progress import Progress
 from tinystories.sweep.cluster import ClusterError, ClusterOptions, live_jobs, read_jobs, submit
-from tinystories.sweep.grid import RunPlan, SweepConfig, read_status, run_dir
+from tinystories.sweep.grid import RunPlan, SweepConfig, read_metrics, read_status, run_dir
 from tinystories.sweep.job import last_step
 
-STATES = ("pending", "running", "done", "failed")
+STATES = ("pending", "running", "done", "failed", "damaged")
 RUNNING_STATES = ("RUNNING", "COMPLETING", "CONFIGURING")  # SLURM's words for a job that has a node
 
 
 def run_states(sweep: SweepConfig) -> list[dict[str, Any]]:
     """One row per grid point: name, state (one of STATES), step, max_steps, loss, job_id, scheduler, note and,
     for a failed run, the tail of its logs."""
-    jobs = read_jobs(sweep)
     try:
+        jobs = read_jobs(sweep)
         live, scheduler_error = live_jobs(jobs), None
     except ClusterError as exc:  # still show what the run folders say
-        live, scheduler_error = {}, str(exc)
+        jobs, live, scheduler_error = {}, {}, str(exc)
     rows = []
     for run in sweep.runs():
         directory = run_dir(sweep, run)
@@ -39,6 +38,8 @@ def run_states(sweep: SweepConfig) -> list[dict[str, Any]]:
         note = ""
         if status["status"] == "done":
             state = "done"
+        elif status["status"] == "damaged" and not scheduler:
+            state, note = "damaged", f"{status['problem']}; `sweep run` trains it again"
         elif scheduler:
             state = "running" if scheduler in RUNNING_STATES else "pending"
         elif status["status"] == "failed":
@@ -49,10 +50,15 @@ def run_states(sweep: SweepConfig) -> list[dict[str, Any]]:
             state = "pending"
             if job is not None or status["status"] != "pending":
                 note = "stopped; `sweep run` resubmits it" if scheduler_error is None else scheduler_error
+        if status.get("problem") and state != "damaged":  # e.g. done, but its final checkpoint was deleted
+            note = status["problem"]
         loss, step = None, last_step(directory)
-        for record in read_jsonl(directory / "metrics.jsonl"):
+        records, damage = read_metrics(directory)
+        for record in records:
             if "loss" in record:
                 loss, step = record["loss"], max(step, record["step"])
+        if damage:
+            note = (note + "; " if note else "") + damage
         if status.get("requeues"):
             note = (note + "; " if note else "") + f"requeued {status['requeues']}x"
         rows.append(
@@ -75,7 +81,7 @@ def status_table(rows: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title)
     for column in ("run", "state", "step", "last loss", "job", "note"):
         table.add_column(column, justify="right" if column in ("step", "last loss") else "left")
-    style = {"done": "green", "failed": "red", "running": "cyan", "pending": "yellow"}
+    style = {"done": "green", "failed": "red", "running": "cyan", "pending": "yellow", "damaged": "red"}
     for r in rows:
         step = f"{r['step']}/{r['max_steps']}" if r["max_steps"] else str(r["step"])
         job = " ".join(x for x in (r["job_id"], r["scheduler"] and f"({r['scheduler']})") if x) or "-"

@@ -20,7 +20,15 @@ from tinystories.atomic import atomic_write_json
 from tinystories.model.gpt_neo import GPTNeo
 from tinystories.progress import format_duration
 from tinystories.runtime.device import Dist, autocast_context, resolve_device, resolve_execution
-from tinystories.sweep.grid import RunPlan, SweepConfig, data_vocab_size, format_count, plan_runs, prepare_data
+from tinystories.sweep.grid import (
+    RunPlan,
+    SweepConfig,
+    data_vocab_size,
+    format_count,
+    plan_runs,
+    plan_warnings,
+    prepare_data,
+)
 from tinystories.train.step import learning_rate, make_optimizer, train_step
 
 
@@ -157,6 +165,8 @@ def estimate(
     console = console or Console()
     data_dir = prepare_data(sweep)
     plans = plan_runs(sweep, data_vocab_size(data_dir))
+    for warning in plan_warnings(plans):
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     startup = startup_seconds()
     probes: dict[str, Probe] = {}
     for plan in plans:

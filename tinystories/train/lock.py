@@ -59,6 +59,22 @@ class RunLock:
             self._fd = -1
 
 
+def lock_holder(run_dir: str | Path) -> dict | None:
+    """Who holds ``run_dir``'s lock now (``{}`` when it does not say yet), or None when nobody does."""
+    path = Path(run_dir) / ".lock"
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # free (closing the file below releases this look)
+    except BlockingIOError:
+        return _read_holder(fd)
+    finally:
+        os.close(fd)
+
+
 def _read_holder(fd: int) -> dict:
     try:
         holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
