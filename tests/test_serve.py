@@ -444,7 +444,7 @@ def test_unloadable_checkpoints_and_damaged_run_files_get_openai_shaped_errors(s
         assert status == 200 and data["problems"] == [data["problems"][0]]
         assert f"{run / 'metrics.jsonl'}:5" in data["problems"][0]
         steps = [step for step, _ in data["loss"]]  # what was read is shown; the NaN step is not (JSON has no NaN)
-        assert steps[:3] == [1, 3, 4] and 2 not in steps and 5 not in steps
+        assert steps[:4] == [1, 3, 4, 6] and 2 not in steps and 5 not in steps  # the records after the damage too
         assert client.completions.create(model="damaged-metrics/step_00000020", prompt="Tom", max_tokens=2).choices
     pool.close()
 

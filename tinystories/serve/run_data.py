@@ -19,14 +19,13 @@ from tinystories.serve.models import ModelEntry
 
 
 def _records(paths: list[Path], problems: list[str]) -> list[dict[str, Any]]:
-    """The records of the files that exist; a damaged file's message (naming file and line) goes to
-    ``problems`` and the records read before it are kept."""
+    """The records of the files that exist; a damaged line's message (naming file and line) goes to
+    ``problems`` and the other records are kept."""
     records: list[dict[str, Any]] = []
     for path in paths:
         try:
-            for record in read_jsonl(path):
-                records.append(record)
-        except (OSError, ValueError) as exc:
+            records.extend(read_jsonl(path, on_damaged=problems.append))
+        except OSError as exc:
             problems.append(str(exc))
     return records
 

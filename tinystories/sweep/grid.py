@@ -238,15 +238,14 @@ def read_status(directory: Path) -> dict[str, Any]:
 
 
 def read_metrics(directory: Path) -> tuple[list[dict[str, Any]], str | None]:
-    """A run's ``metrics.jsonl`` records and, when the file is damaged, the reader's message naming file and
-    line (the records before it are kept), so that one damaged run is marked rather than breaking a whole view."""
-    records: list[dict[str, Any]] = []
+    """A run's ``metrics.jsonl`` records and, when the file is damaged, the reader's messages naming file and
+    line (the other records are kept), so that one damaged run is marked rather than breaking a whole view."""
+    problems: list[str] = []
     try:
-        for record in read_jsonl(directory / "metrics.jsonl"):
-            records.append(record)
-    except (OSError, ValueError) as exc:
-        return records, str(exc)
-    return records, None
+        records = list(read_jsonl(directory / "metrics.jsonl", on_damaged=problems.append))
+    except OSError as exc:
+        return [], str(exc)
+    return records, "; ".join(problems) or None
 
 
 def write_status(directory: Path, status: dict[str, Any]) -> None:
