@@ -183,7 +183,7 @@ def test_32_concurrent_requests_equal_32_sequential_ones(server):
     assert max(engine.batches) == 1
     engine.batches.clear()
     assert asyncio.run(run(True)) == sequential
-    assert max(engine.batches) > 1 and sum(engine.batches) == 32  # really batched
+    assert max(engine.batches) > 1  # rows decoded together: really batched
     assert len(set(sequential)) > 20
 
 
@@ -324,3 +324,64 @@ def test_generate_rows_gives_each_row_its_own_settings(sweep_dir):
     stopped = Row(ids, 10, 0.0, on_token=lambda t: seen.append(t) or len(seen) < 4)
     assert generate_rows(model, [stopped], tokenizer.eot_token) == [seen] and len(seen) == 4
     assert seen[:3] == together[1]  # greedy: the same tokens as the greedy row above
+
+
+def _wait_for(condition, what: str, limit: float = 180.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {limit:.0f} s for {what}"
+        time.sleep(0.02)
+
+
+def test_a_request_arriving_mid_batch_starts_at_the_next_step(server, client):
+    url, pool = server
+    engine = asyncio.run(pool.get(TINY)).engine
+    jobs = []
+    submit = engine.submit
+    engine.submit = lambda job: (jobs.append(job), submit(job))  # type: ignore[method-assign]
+    try:
+        long = iter(client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=100, stream=True))
+        for _ in range(10):  # the long story is being decoded
+            next(long)
+        short = client.completions.create(model=TINY, prompt="Tom", max_tokens=5, seed=3)
+        rest = "".join(chunk.choices[0].text for chunk in long if chunk.choices)
+    finally:
+        engine.submit = submit  # type: ignore[method-assign]
+    first, second = jobs
+    assert second.first_token_step is not None and first.first_token_step is not None
+    # it arrived while the first was decoding (its 100th token comes 99 steps after its first)...
+    assert first.first_token_step < second.submitted_step < first.first_token_step + 99
+    assert second.first_token_step - second.submitted_step <= 1  # ...and started within one decode step
+    assert len(first.tokens[0]) == 100 and rest  # the long story went on meanwhile
+    assert short.usage.completion_tokens == 5
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_clients_that_walk_away_free_their_rows(sweep_dir, stream):
+    pool = ModelPool(discover_models([sweep_dir / "tiny"]), max_models=1, max_batch=8)
+    with serve_in_thread(create_app(pool)) as url:
+        engine = asyncio.run(pool.get(TINY)).engine
+        body = json.dumps({"model": TINY, "prompt": "Once upon a time", "max_tokens": 110, "stream": stream}).encode()
+        port = int(url.rsplit(":", 1)[1])
+        sockets = []
+        try:
+            for _ in range(100):  # each asks for a long story, then hangs up without reading a byte of it
+                s = socket.create_connection(("127.0.0.1", port), timeout=30)
+                s.sendall(
+                    b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                sockets.append(s)
+            _wait_for(lambda: len(engine.batches) >= 3, "the requests to start decoding", 120)
+        finally:
+            for s in sockets:
+                s.close()
+        _wait_for(lambda: engine.decoder.idle, "the engine to drop the walked-away requests")
+        steps = engine.steps
+        # 100 stories of 110 tokens, 8 at a time, would take 1,375 decode steps; the server dropped them instead
+        assert steps < 300, steps
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        answer = client.completions.create(model=TINY, prompt="Tom", max_tokens=5, seed=1)
+        assert answer.usage.completion_tokens == 5 and engine.steps - steps <= 5
+    pool.close()

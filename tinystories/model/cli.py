@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from tinystories.model.checkpoint import load_checkpoint
-from tinystories.model.generate import generate_texts
+from tinystories.model.generate import generate_texts, prompt_ids
 from tinystories.model.hf import export_hf
 from tinystories.runtime.arguments import (
     ArgumentParser,
@@ -49,6 +49,12 @@ def run_sample(args: argparse.Namespace) -> int:
     model, tokenizer, _ = load_checkpoint(args.checkpoint, device=device)
     print(execution.describe(), file=sys.stderr)  # once the checkpoint is known good: a bad one is one line
     prompts = [p for p in (args.prompt or [""]) for _ in range(args.num_samples)]
+    context, longest = model.config.max_position_embeddings, max(len(prompt_ids(tokenizer, p)) for p in prompts)
+    if longest < context < longest + args.max_new_tokens:  # a prompt that fills the context is generate_texts' error
+        raise ValueError(
+            f"--max-new-tokens {args.max_new_tokens}: the longest prompt ({longest} tokens) + {args.max_new_tokens} "
+            f"new tokens exceed the model's context of {context} tokens; use at most {context - longest}"
+        )
     with autocast_context(device, execution.dtype):
         texts = generate_texts(
             model,

@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
+from tinystories.model.engine import Job
 from tinystories.model.generate import Row, prompt_ids
 from tinystories.serve.api import (
     Choice,
@@ -35,7 +36,6 @@ from tinystories.serve.api import (
     stops_of,
     usage,
 )
-from tinystories.serve.engine import Job
 from tinystories.serve.models import LoadedModel, ModelPool
 from tinystories.serve.protocol import (
     APIError,
@@ -96,7 +96,7 @@ def create_app(
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise APIError(400, "prompt: an empty list", param="prompt")
-        return await _generate("text", req, await _load(pool, req.model), prompts, req.max_tokens)
+        return await _generate("text", request, req, await _load(pool, req.model), prompts, req.max_tokens)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
@@ -113,7 +113,7 @@ def create_app(
         if not user:
             raise APIError(400, "messages: no user message", param="messages")
         prompt = instruct_prompt(user[-1])
-        return await _generate("chat", req, loaded, [prompt], req.max_completion_tokens or req.max_tokens)
+        return await _generate("chat", request, req, loaded, [prompt], req.max_completion_tokens or req.max_tokens)
 
     return app
 
@@ -149,7 +149,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def _generate(kind: str, req: Any, loaded: LoadedModel, prompts: list[str], max_tokens: int | None) -> Any:
+async def _generate(
+    kind: str, http: Request, req: Any, loaded: LoadedModel, prompts: list[str], max_tokens: int | None
+) -> Any:
     tokenizer, context = loaded.tokenizer, loaded.context
     stops = stops_of(req)
     if len(prompts) * req.n > MAX_ROWS:
@@ -201,18 +203,23 @@ async def _generate(kind: str, req: Any, loaded: LoadedModel, prompts: list[str]
             )
             choices.append(choice)
 
-    def done(_: Any, error: BaseException | None) -> None:  # in the engine thread, after the last token
-        if error is None:
+    def done(job: Job) -> None:  # in the engine thread, after the last token
+        if job.error is None:
             for choice in choices:
                 choice.finish()
-        loop.call_soon_threadsafe(events.put_nowait, ("done", error))
+        loop.call_soon_threadsafe(events.put_nowait, ("done", job.error))
 
-    loaded.engine.submit(Job(rows, done))
+    job = Job(rows, done)
+    loaded.engine.submit(job)
     rid = new_id("chatcmpl-" if kind == "chat" else "cmpl-")
     prompt_tokens = sum(len(ids) for ids in encoded)
+    watch = asyncio.create_task(_cancel_on_disconnect(http, job))  # cancelled with the answer
     if not req.stream:
-        while (event := await events.get())[0] != "done":
-            pass
+        try:
+            while (event := await events.get())[0] != "done":
+                pass
+        finally:
+            watch.cancel()
         if event[1] is not None:
             raise APIError(500, f"generation failed: {event[1]}", type="server_error")
         return completion_body(kind, rid, req.model, choices, prompt_tokens)
@@ -227,11 +234,19 @@ async def _generate(kind: str, req: Any, loaded: LoadedModel, prompts: list[str]
             else:
                 yield _sse(chunk_body(kind, rid, req.model, None, "", None, usage(prompt_tokens, choices)))
             yield "data: [DONE]\n\n"
-        finally:  # the client went away (or the stream ended): stop generating for it
-            for choice in choices:
-                choice.cancelled = True
+        finally:  # the client went away (or the stream ended): its rows leave the batch at the next step
+            job.cancelled = True
+            watch.cancel()
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _cancel_on_disconnect(http: Request, job: Job) -> None:
+    """Cancel ``job`` when the client disconnects before its answer (the body was read: what comes next is
+    the disconnect)."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+    job.cancelled = True
 
 
 def _sse(event: BaseModel) -> str:
