@@ -190,8 +190,8 @@ class Engine:
         """Admit and prefill waiting rows, then decode one token for every running row. A failed forward pass
         fails the jobs it ran (their ``done`` gets the error) and is raised."""
         self._drop_cancelled()
-        was_training = self.model.training
-        self.model.eval()
+        if self.model.training:  # no dropout while decoding (run() puts the mode back)
+            self.model.eval()
         try:
             with torch.no_grad():
                 self._admit()
@@ -200,13 +200,15 @@ class Engine:
         except Exception as exc:
             self._fail(exc)
             raise
-        finally:
-            self.model.train(was_training)
 
     def run(self) -> None:
-        """Step until every submitted row has ended."""
-        while not self.idle:
-            self.step()
+        """Step until every submitted row has ended; the model is back in its mode (train or eval) after."""
+        was_training = self.model.training
+        try:
+            while not self.idle:
+                self.step()
+        finally:
+            self.model.train(was_training)
 
     # -- the steps ------------------------------------------------------------------------------------
     def _admit(self) -> None:
@@ -229,7 +231,7 @@ class Engine:
         logits = self.model(
             ids.to(self.device),
             kv_cache=self.cache,
-            attention_mask=positions <= last[:, None],
+            attention_mask=None,
             position_ids=positions,
             logits_at=last,
         ).logits
@@ -245,9 +247,7 @@ class Engine:
         positions = torch.tensor([[r.position] for r in self.running], device=self.device)
         ids = torch.tensor([[r.last] for r in self.running], device=self.device)
         self.cache.bind(0, n, positions, max(r.position for r in self.running) + 1)
-        logits = self.model(
-            ids, kv_cache=self.cache, attention_mask=torch.ones_like(ids, dtype=torch.bool), position_ids=positions
-        ).logits
+        logits = self.model(ids, kv_cache=self.cache, position_ids=positions).logits
         assert logits is not None
         self.steps += 1
         self._choose(logits, 0)
