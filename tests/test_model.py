@@ -164,6 +164,9 @@ def test_sampling_filters():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
     g = torch.Generator().manual_seed(0)
     assert sample_next_token(logits, temperature=0).item() == 0
+    wide = torch.randn(3, 1, 96)[..., :90]  # greedy on a strided slice (the padded vocabulary), ties and NaN as torch
+    wide[0, 0, [4, 9]], wide[1, 0, [7, 30]] = 50.0, float("nan")
+    assert torch.equal(sample_next_token(wide[:, -1], temperature=0), wide[:, -1].argmax(dim=-1))
     draws = {sample_next_token(logits, top_k=2, generator=g).item() for _ in range(200)}
     assert draws == {0, 1}
     # softmax: p0=.64, p1=.24 -> top_p=0.7 keeps {0, 1}; top_p=0.5 keeps {0}
