@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE")
+    parser.add_argument("--batch-wait-ms", type=float, default=0.0, help="passed to tinystories serve")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp())
     if args.preset == "demo":
@@ -76,7 +77,7 @@ def main() -> None:
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "tinystories.cli", "serve", str(checkpoint), "--port", str(port)]
     server = subprocess.Popen(
-        [*command, "--max-batch", str(max(32, args.concurrency))],
+        [*command, "--max-batch", str(max(32, args.concurrency)), "--batch-wait-ms", str(args.batch_wait_ms)],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.DEVNULL,
     )
