@@ -335,7 +335,7 @@ def test_rows_joining_a_running_batch_get_their_own_tokens(pair):
     engine.submit(early)
     for _ in range(5):
         engine.step()
-    assert engine.batches == [2] * 5
+    assert list(engine.batches) == [2] * 5
     engine.submit(late)
     engine.step()
     assert late.first_token_step == late.submitted_step == 5  # it joined at the next step
@@ -361,7 +361,7 @@ def test_cancelled_rows_leave_at_the_next_step(pair):
     for job in (gone, stays, queued):
         engine.submit(job)
     engine.step()
-    assert engine.batches == [4] and len(engine.waiting) == 1
+    assert list(engine.batches) == [4] and len(engine.waiting) == 1
     gone.cancelled = queued.cancelled = True
     engine.step()
     assert ended == [queued, gone] and engine.batches[-1] == 1  # only `stays` decodes

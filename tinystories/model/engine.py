@@ -50,10 +50,9 @@ class SlotCache(KVCache):
     slots double, the length jumps to what a new row needs): writing a token is an indexed copy, never a
     ``torch.cat``. :meth:`bind` says which slots and positions the next forward pass writes."""
 
-    uniform = False
-
     def __init__(self, num_layers: int) -> None:
         super().__init__(num_layers)
+        self.uniform = False  # rows at positions of their own
         self.slots = self.length = 0  # the capacity the next write allocates for
         self._slots = slice(0, 0)
         self._rows = torch.zeros(0, dtype=torch.long)
@@ -151,7 +150,7 @@ class _Running:
 
 class Engine:
     """Continuous batching of :class:`Job` rows over ``max_batch`` slots; not thread-safe (one thread
-    calls :meth:`submit` and :meth:`step`, as :class:`tinystories.serve.engine.Server` does)."""
+    calls :meth:`submit` and :meth:`step`, as :class:`tinystories.serve.engine.Engine`'s thread does)."""
 
     def __init__(self, model: GPTNeo, eos: int, choose: Choose, *, max_batch: int = 32) -> None:
         if max_batch < 1:
@@ -163,7 +162,7 @@ class Engine:
         self.running: list[_Running] = []
         self.waiting: deque[tuple[Job, int]] = deque()  # (job, row index), first come first served
         self.steps = 0  # decode steps run
-        self.batches: list[int] = []  # rows per decode step (for tests and the benchmark)
+        self.batches: deque[int] = deque(maxlen=100_000)  # rows per recent decode step (tests, profiles)
 
     @property
     def idle(self) -> bool:
@@ -228,13 +227,7 @@ class Engine:
         positions = torch.arange(width, device=self.device).expand(len(new), -1)
         self.cache.bind(first, len(new), positions, width)
         last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
-        logits = self.model(
-            ids.to(self.device),
-            kv_cache=self.cache,
-            attention_mask=None,
-            position_ids=positions,
-            logits_at=last,
-        ).logits
+        logits = self.model(ids.to(self.device), kv_cache=self.cache, position_ids=positions, logits_at=last).logits
         assert logits is not None
         for running in new:
             if running.job.first_token_step is None:

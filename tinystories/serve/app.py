@@ -230,8 +230,9 @@ async def _generate(
         try:
             while (event := await events.get())[0] != "done":
                 pass
-        finally:
+        finally:  # answered, or this handler was cancelled: nothing more to generate
             watch.cancel()
+            job.cancelled = True
         if event[1] is not None:
             raise APIError(500, f"generation failed: {event[1]}", type="server_error")
         return completion_body(kind, rid, req.model, choices, prompt_tokens)

@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from contextlib import AbstractContextManager, nullcontext
 
 from tinystories.model.engine import Engine as DecodeEngine
@@ -36,15 +37,15 @@ class Engine:
         autocast: AbstractContextManager = nullcontext(),  # noqa: B008 (stateless, shared safely)
     ):
         self.decoder = DecodeEngine(model, eos, choose_token, max_batch=max_batch)
-        self.model, self.wait_s, self.autocast = model, wait_s, autocast
+        self.wait_s, self.autocast = wait_s, autocast
         self.context = self.decoder.context
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
     @property
-    def batches(self) -> list[int]:
-        """Rows per decode step so far (for tests and the benchmark)."""
+    def batches(self) -> deque[int]:
+        """Rows per recent decode step (for tests and profiles)."""
         return self.decoder.batches
 
     @property
@@ -75,26 +76,26 @@ class Engine:
                     log.exception("a decode step failed")
 
     def _take(self, block: bool) -> bool:
-        """Submit what has arrived to the decoder (waiting for a first request when ``block``); True once
+        """Submit what has arrived to the decoder (waiting for a first job when ``block``); True once
         :meth:`close` was called."""
         closing, deadline = False, None
         while True:
             try:
                 if block and deadline is None:
-                    request = self._queue.get()
+                    job = self._queue.get()
                     deadline = time.monotonic() + self.wait_s
                 elif deadline is not None and self.wait_s > 0:
-                    request = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 else:
-                    request = self._queue.get_nowait()
+                    job = self._queue.get_nowait()
             except queue.Empty:
                 return closing
-            if request is None:
+            if job is None:
                 closing, block, deadline = True, False, None
                 continue
             try:
-                self.decoder.submit(request)
+                self.decoder.submit(job)
             except ValueError as exc:  # the API checked the context already; refuse rather than stop the thread
-                request.error = exc
-                if request.done is not None:
-                    request.done(request)
+                job.error = exc
+                if job.done is not None:
+                    job.done(job)
