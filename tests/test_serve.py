@@ -337,22 +337,30 @@ def test_a_request_arriving_mid_batch_starts_at_the_next_step(server, client):
     url, pool = server
     engine = asyncio.run(pool.get(TINY)).engine
     jobs = []
-    submit = engine.submit
+    submit, step = engine.submit, engine.decoder.step
+
+    def slow_step() -> None:  # the tiny model decodes 100 tokens faster than a loaded machine answers a request
+        time.sleep(0.01)
+        step()
+
     engine.submit = lambda job: (jobs.append(job), submit(job))  # type: ignore[method-assign]
+    engine.decoder.step = slow_step  # type: ignore[method-assign]
     try:
-        long = iter(client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=100, stream=True))
+        long = iter(
+            client.completions.create(model=TINY, prompt="Once upon a time", max_tokens=100, seed=1, stream=True)
+        )
         for _ in range(10):  # the long story is being decoded
             next(long)
         short = client.completions.create(model=TINY, prompt="Tom", max_tokens=5, seed=3)
         rest = "".join(chunk.choices[0].text for chunk in long if chunk.choices)
     finally:
-        engine.submit = submit  # type: ignore[method-assign]
+        engine.submit, engine.decoder.step = submit, step  # type: ignore[method-assign]
     first, second = jobs
     assert second.first_token_step is not None and first.first_token_step is not None
-    # it arrived while the first was decoding (its 100th token comes 99 steps after its first)...
-    assert first.first_token_step < second.submitted_step < first.first_token_step + 99
+    # it arrived while the first was decoding (its last token came len - 1 steps after its first)...
+    assert first.first_token_step < second.submitted_step < first.first_token_step + len(first.tokens[0]) - 1
     assert second.first_token_step - second.submitted_step <= 1  # ...and started within one decode step
-    assert len(first.tokens[0]) == 100 and rest  # the long story went on meanwhile
+    assert len(first.tokens[0]) > 20 and rest  # the long story went on meanwhile
     assert short.usage.completion_tokens == 5
 
 
