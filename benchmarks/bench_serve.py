@@ -1,17 +1,22 @@
-"""Serving throughput: `tinystories serve` batching concurrent requests vs the same number of sequential
-`generate` calls, on CPU, for the `demo` and `1M` presets.
+"""Serving: `tinystories serve` (continuous batching) vs transformers' batched `model.generate` (KV cache) on the
+same weights, on CPU, for the `demo` and `1M` presets (and `33M` with TINYSTORIES_BENCH_33M=1).
 
     pytest -s benchmarks/bench_serve.py
-    TINYSTORIES_BENCH_TOKENS=100 pytest -s benchmarks/bench_serve.py
+    TINYSTORIES_BENCH_TOKENS=100 TINYSTORIES_BENCH_REPS=5 pytest -s benchmarks/bench_serve.py
 
-For each concurrency c in (1, 8, 32), c completion requests (distinct seeds, `max_tokens` new tokens each)
-go at once through the official `AsyncOpenAI` client to `tinystories serve` in its own process; the peer is
-c calls of `generate_texts` for one prompt each, one after another in this process (no HTTP). Both sides
-generate the same stories (same seeds: checked), so tokens/s compare the same work; ratios come from one
-run. The peer runs first, before the server starts; both use `TINYSTORIES_BENCH_THREADS` torch threads
-(default 1, see `THREADS`). Models are randomly initialised (speed does not depend on training; they rarely
-emit <|endoftext|>, so every story runs to `max_tokens`). `demo` uses a 2,048-token BPE, `1M` GPT-2's 50,257
-tokens (from the shared data; skipped without it). Results go to benchmarks/results/bench_serve-<date>-<cpu>.txt.
+Each preset's randomly initialised model (speed does not depend on training) is saved as a checkpoint, which
+`tinystories serve` loads in its own process, and exported with `tinystories export` (`export_hf`), which
+transformers' `GPTNeoForCausalLM` loads here. For each concurrency c in (1, 8, 32, 128):
+
+- transformers: the c prompts, left-padded, in one greedy `model.generate(max_new_tokens=TOKENS)` call (what a
+  user would run instead of a server); TTFT is when its logits processor first runs, latency its whole call;
+- serve: c greedy completion requests sent at once through the official `AsyncOpenAI` client (`--max-batch 128`);
+  TTFT is each request's first streamed chunk (a second, streamed pass), latency each non-streamed request's.
+
+Both sides stop at <|endoftext|> and must produce the same texts (checked: "same text"). The two sides alternate,
+repetition by repetition, so the load of other processes on the machine hits both; both run one torch thread
+(TINYSTORIES_BENCH_THREADS). Figures are medians over the repetitions; the ratio is serve's tokens/s over
+transformers'. Results go to benchmarks/results/bench_serve-<date>-<cpu>.txt.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import asyncio
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,20 +38,24 @@ import torch
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
+transformers = pytest.importorskip("transformers")
 
 from _fixtures import save_random_checkpoint, shared_data_dir  # noqa: E402
 
-from tinystories.model import GPTNeo, load_checkpoint  # noqa: E402
-from tinystories.model.generate import generate_texts  # noqa: E402
+from tinystories.model import load_checkpoint  # noqa: E402
+from tinystories.model.generate import left_pad, prompt_ids  # noqa: E402
+from tinystories.model.hf import export_hf  # noqa: E402
 from tinystories.tokenizer import Tokenizer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 TOKENS = int(os.environ.get("TINYSTORIES_BENCH_TOKENS", "64"))
+REPS = int(os.environ.get("TINYSTORIES_BENCH_REPS", "3"))
 # torch intra-op threads on both sides. One by default: on a shared 2-core machine, two OpenMP threads wait at
 # every op for a core another process holds, and timings swung 10-40x between identical runs.
 THREADS = int(os.environ.get("TINYSTORIES_BENCH_THREADS", "1"))
-CONCURRENCIES = (1, 8, 32)
+CONCURRENCIES = tuple(int(c) for c in os.environ.get("TINYSTORIES_BENCH_CONCURRENCY", "1,8,32,128").split(","))
+PRESETS = ("demo", "1M", "33M") if os.environ.get("TINYSTORIES_BENCH_33M") else ("demo", "1M")
 PROMPTS = ("Once upon a time", "Tom and his dog", "One day, a little girl named Lily", "The sun was")
 
 
@@ -70,18 +80,13 @@ def tokenizer_for(preset: str) -> Tokenizer | None:
     return Tokenizer.from_gpt2_files(gpt2 / "vocab.json", gpt2 / "merges.txt")
 
 
-def make_checkpoint(preset: str, tokenizer: Tokenizer, root: Path) -> tuple[Path, GPTNeo]:
-    """The preset's randomly initialised model as a checkpoint, and that model as the server will load it."""
-    path = save_random_checkpoint(root / preset, 1, tokenizer, preset=preset, train_config={"preset": preset})
-    return path, load_checkpoint(path, device="cpu")[0]
-
-
 def start_server(checkpoint: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    command = [sys.executable, "-m", "tinystories.cli", "serve", str(checkpoint), "--port", str(port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tinystories.cli", "serve", str(checkpoint), "--port", str(port)],
+        [*command, "--max-batch", str(max(CONCURRENCIES))],
         stdout=subprocess.DEVNULL,
         env={**os.environ, "OMP_NUM_THREADS": str(THREADS)},
     )
@@ -97,73 +102,128 @@ def start_server(checkpoint: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.2)
 
 
-def served(url: str, model: str, concurrency: int) -> tuple[list[str], int, float]:
-    """(stories, new tokens in all, seconds) of ``concurrency`` requests sent at once."""
+class Run:
+    """One side's figures for one concurrency: texts, new tokens, wall seconds, TTFTs and latencies (s)."""
 
-    async def main() -> list:
-        client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
-        answers = await asyncio.gather(
-            *(
-                client.completions.create(
-                    model=model, prompt=PROMPTS[i % len(PROMPTS)], max_tokens=TOKENS, seed=i, temperature=1.0
-                )
-                for i in range(concurrency)
-            )
+    def __init__(self, texts: list[str], tokens: int, seconds: float, ttft: list[float], latency: list[float]):
+        self.texts, self.tokens, self.seconds, self.ttft, self.latency = texts, tokens, seconds, ttft, latency
+
+
+def served(url: str, model: str, concurrency: int) -> Run:
+    async def one(client, i: int, stream: bool) -> tuple[str, int, float]:
+        start = time.perf_counter()
+        prompt = PROMPTS[i % len(PROMPTS)]
+        if not stream:
+            answer = await client.completions.create(model=model, prompt=prompt, max_tokens=TOKENS, temperature=0)
+            return answer.choices[0].text, answer.usage.completion_tokens, time.perf_counter() - start
+        chunks = await client.completions.create(
+            model=model, prompt=prompt, max_tokens=TOKENS, temperature=0, stream=True
         )
-        return answers
+        first = None
+        async for chunk in chunks:
+            if first is None and chunk.choices and chunk.choices[0].text:
+                first = time.perf_counter() - start
+        return "", 0, first if first is not None else time.perf_counter() - start
+
+    async def main(stream: bool) -> list[tuple[str, int, float]]:
+        client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
+        return await asyncio.gather(*(one(client, i, stream) for i in range(concurrency)))
 
     start = time.perf_counter()
-    answers = asyncio.run(main())
+    answers = asyncio.run(main(False))
     seconds = time.perf_counter() - start
-    return [a.choices[0].text for a in answers], sum(a.usage.completion_tokens for a in answers), seconds
+    ttft = [a[2] for a in asyncio.run(main(True))]
+    return Run([a[0] for a in answers], sum(a[1] for a in answers), seconds, ttft, [a[2] for a in answers])
 
 
-def sequential(model: GPTNeo, tokenizer: Tokenizer) -> dict[int, tuple[list[str], float]]:
-    """concurrency -> (stories, seconds) of that many generate calls one after another, measured before the
-    server starts so that the two never share the CPU."""
-    results = {}
-    for concurrency in (2, *CONCURRENCIES):  # the first pass warms up
-        start = time.perf_counter()
-        texts = [
-            generate_texts(
-                model, tokenizer, [PROMPTS[i % len(PROMPTS)]], max_new_tokens=TOKENS, seed=i, include_prompt=False
-            )[0]
-            for i in range(concurrency)
-        ]
-        results[concurrency] = texts, time.perf_counter() - start
-    return results
+def hf_generate(model, tokenizer: Tokenizer, concurrency: int) -> Run:
+    eot = tokenizer.eot_token
+    ids, mask = left_pad([prompt_ids(tokenizer, PROMPTS[i % len(PROMPTS)]) for i in range(concurrency)], eot)
+    first: list[float] = []
+
+    def note_first_token(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if not first:
+            first.append(time.perf_counter())
+        return scores
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=TOKENS,
+            do_sample=False,
+            pad_token_id=eot,
+            eos_token_id=eot,
+            logits_processor=transformers.LogitsProcessorList([note_first_token]),
+        )
+    seconds = time.perf_counter() - start
+    texts, tokens = [], 0
+    for row in out[:, ids.shape[1] :].tolist():
+        new = row[: row.index(eot)] if eot in row else row
+        texts.append(tokenizer.decode(new))
+        tokens += len(new)
+    return Run(texts, tokens, seconds, [first[0] - start] * concurrency, [seconds] * concurrency)
+
+
+def ms(values: list[float], q: float) -> str:
+    ordered = sorted(values)
+    return f"{1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]:.0f}"
+
+
+def compare(preset: str, root: Path) -> list[str]:
+    tokenizer = tokenizer_for(preset)
+    if tokenizer is None:
+        return [f"{preset:<6}skipped: GPT-2's BPE files are not in the shared data"]
+    checkpoint = save_random_checkpoint(root / preset, 1, tokenizer, preset=preset, train_config={"preset": preset})
+    export_hf(load_checkpoint(checkpoint, device="cpu")[0], root / f"{preset}-hf", tokenizer)
+    peer = transformers.GPTNeoForCausalLM.from_pretrained(root / f"{preset}-hf").eval()
+    proc, url = start_server(checkpoint)
+    runs: dict[tuple[str, int], list[Run]] = {}
+    try:
+        model_id = f"{preset}/{checkpoint.stem}"
+        served(url, model_id, 2), hf_generate(peer, tokenizer, 2)  # load the model, warm up
+        for _ in range(REPS):
+            for c in CONCURRENCIES:  # alternated: the machine's other load hits both sides alike
+                runs.setdefault(("hf", c), []).append(hf_generate(peer, tokenizer, c))
+                runs.setdefault(("serve", c), []).append(served(url, model_id, c))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    lines = []
+    for c in CONCURRENCIES:
+        hf, ours = runs[("hf", c)], runs[("serve", c)]
+        hf_rate = statistics.median(r.tokens / r.seconds for r in hf)
+        our_rate = statistics.median(r.tokens / r.seconds for r in ours)
+        ratios = sorted((o.tokens / o.seconds) / (h.tokens / h.seconds) for h, o in zip(hf, ours))
+        same = all(h.texts == o.texts for h, o in zip(hf, ours))
+        hf_ttft, our_ttft = [t for r in hf for t in r.ttft], [t for r in ours for t in r.ttft]
+        hf_lat, our_lat = [t for r in hf for t in r.latency], [t for r in ours for t in r.latency]
+        lines.append(
+            f"{preset:<6}{c:>5}{hf_rate:>10.0f}{our_rate:>10.0f}{our_rate / hf_rate:>7.2f}x"
+            f"{f'{ratios[0]:.2f}-{ratios[-1]:.2f}':>11}"
+            f"{ms(hf_ttft, 0.5):>9}{ms(our_ttft, 0.5):>9}"
+            f"{ms(hf_lat, 0.5):>9}{ms(our_lat, 0.5):>9}{ms(hf_lat, 0.99):>9}{ms(our_lat, 0.99):>9}{str(same):>6}"
+        )
+    return lines
 
 
 def report() -> list[str]:
     torch.set_num_threads(THREADS)
+    load = os.getloadavg()
     lines = [
-        f"tokens/s, {TOKENS} new tokens per story, CPU: {cpu_name()} ({os.cpu_count()} cores), "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
-        f"{'preset':<8}{'concurrency':>12}{'sequential tok/s':>18}{'served tok/s':>14}{'ratio':>8}{'same text':>11}",
+        f"greedy, {TOKENS} new tokens per story, {REPS} alternated repetitions (medians), CPU: {cpu_name()} "
+        f"({os.cpu_count()} cores), torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{THREADS} torch thread(s) each side, load average before {load[0]:.2f}",
+        "tok/s: new tokens / wall time of all c stories; ratio: serve / transformers (median, and range over reps);",
+        "TTFT and latency in ms, per story (transformers: its one batched call); same: identical texts every rep",
+        f"{'preset':<6}{'c':>5}{'hf tok/s':>10}{'serve':>10}{'ratio':>8}{'range':>11}"
+        f"{'hf TTFT':>9}{'serve':>9}{'hf p50':>9}{'serve':>9}{'hf p99':>9}{'serve':>9}{'same':>6}",
     ]
     with tempfile.TemporaryDirectory() as root:
-        for preset in ("demo", "1M"):
-            tokenizer = tokenizer_for(preset)
-            if tokenizer is None:
-                lines.append(f"{preset:<8}skipped: GPT-2's BPE files are not in the shared data")
-                continue
-            checkpoint, model = make_checkpoint(preset, tokenizer, Path(root))
-            peers = sequential(model, tokenizer)
-            proc, url = start_server(checkpoint)
-            try:
-                model_id = f"{preset}/{checkpoint.stem}"
-                served(url, model_id, 2)  # load the model, warm up
-                for concurrency in CONCURRENCIES:
-                    ours, tokens, ours_s = served(url, model_id, concurrency)
-                    peer, peer_s = peers[concurrency]
-                    lines.append(
-                        f"{preset:<8}{concurrency:>12}{tokens / peer_s:>18.0f}{tokens / ours_s:>14.0f}"
-                        f"{peer_s / ours_s:>7.2f}x{str(ours == peer):>11}"
-                    )
-            finally:
-                proc.terminate()
-                proc.wait(30)
-    lines.append("ratio = sequential time / served time for the same stories (goal: >= 4x at concurrency 32)")
+        for preset in PRESETS:
+            lines += compare(preset, Path(root))
+    lines.append(f"load average after: {os.getloadavg()[0]:.2f}")
     return lines
 
 
@@ -175,6 +235,6 @@ def save(lines: list[str]) -> Path:
     return path
 
 
-def test_served_throughput_vs_sequential_generate():
+def test_served_throughput_vs_transformers_generate():
     lines = report()
     print("\n" + "\n".join(lines) + f"\nsaved to {save(lines)}")

@@ -8,7 +8,15 @@ import pytest
 import torch
 from kernel_checks import assert_same_gradients, plain_reference
 
-from tinystories.model import PRESETS, GPTNeo, GPTNeoConfig, KVCache, config_from_preset, sample_next_token
+from tinystories.model import (
+    PRESETS,
+    GPTNeo,
+    GPTNeoConfig,
+    KVCache,
+    config_from_preset,
+    load_checkpoint,
+    sample_next_token,
+)
 from tinystories.model.hf import hf_config_dict, load_hf_state_dict, to_hf_state_dict
 
 transformers = pytest.importorskip("transformers")
@@ -156,6 +164,9 @@ def test_sampling_filters():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
     g = torch.Generator().manual_seed(0)
     assert sample_next_token(logits, temperature=0).item() == 0
+    wide = torch.randn(3, 1, 96)[..., :90]  # greedy on a strided slice (the padded vocabulary), ties and NaN as torch
+    wide[0, 0, [4, 9]], wide[1, 0, [7, 30]] = 50.0, float("nan")
+    assert torch.equal(sample_next_token(wide[:, -1], temperature=0), wide[:, -1].argmax(dim=-1))
     draws = {sample_next_token(logits, top_k=2, generator=g).item() for _ in range(200)}
     assert draws == {0, 1}
     # softmax: p0=.64, p1=.24 -> top_p=0.7 keeps {0, 1}; top_p=0.5 keeps {0}
@@ -271,3 +282,148 @@ def test_flops_count_exactly_the_keys_each_query_attends_to():
     keys_global = (1 + 16) / 2  # layer 0 (global): query i sees i + 1 keys
     keys_local = (1 + 2 + 3 + 4 * 13) / 16  # layer 1 (local, window 4)
     assert flops_per_token(config, 16) == pytest.approx(6 * n + 12 * 32 * (keys_global + keys_local))
+
+
+# -- the generation engine (continuous batching over per-slot KV caches) ------------------------------------
+def _demo_model() -> GPTNeo:
+    torch.manual_seed(1)
+    return GPTNeo(config_from_preset("demo")).eval()  # window 64, context 256: prompts below cross the window
+
+
+def _prompts(vocab: int, lengths: tuple[int, ...]) -> list[list[int]]:
+    g = torch.Generator().manual_seed(sum(lengths))
+    return [torch.randint(0, vocab - 1, (n,), generator=g).tolist() for n in lengths]
+
+
+def _sampled_rows(prompts: list[list[int]], new: int) -> list:
+    """Rows with settings of their own: greedy, plain sampling, top-k, top-p; seeded generators."""
+    from tinystories.model.generate import Row
+
+    settings = [(0.0, None, None), (1.0, None, None), (0.8, 20, None), (1.2, None, 0.9)]
+    return [Row(ids, new - i, *settings[i % 4], torch.Generator().manual_seed(10 + i)) for i, ids in enumerate(prompts)]
+
+
+def _reseed(rows: list) -> list:
+    for row in rows:
+        row.generator.manual_seed(row.generator.initial_seed())
+    return rows
+
+
+@pytest.mark.parametrize("model_name", ["small", "demo"])
+def test_engine_equals_model_generate_token_for_token(pair, model_name):
+    from tinystories.model.generate import generate_rows, left_pad
+
+    model = pair[0] if model_name == "small" else _demo_model()
+    vocab, eos = model.config.vocab_size, model.config.vocab_size - 1
+    # past the local window (16 and 64 tokens) while decoding; the context is 96 and 256
+    prompts = _prompts(vocab, (5, 40, 23, 1, 60) if model_name == "small" else (5, 40, 23, 1, 70))
+    new = 30 if model_name == "small" else 50
+    ids, mask = left_pad(prompts, eos)
+    greedy = model.generate(ids, new, temperature=0, attention_mask=mask)[:, ids.shape[1] :].tolist()
+    rows = _sampled_rows(prompts, new)
+    for row in rows:
+        row.temperature = 0.0
+    # model.generate, the KV-cache reference (row i asks for new - i tokens)
+    assert generate_rows(model, rows, eos) == [tokens[: new - i] for i, tokens in enumerate(greedy)]
+    rows = _sampled_rows(prompts, new)
+    engine = generate_rows(model, rows, eos)
+    assert [len(t) for t in engine] == [new - i for i in range(len(prompts))]
+    assert engine == generate_rows(model, _reseed(rows), eos, use_cache=False)  # recomputing every prefix
+    for row, tokens in zip(_reseed(rows), engine):  # each row alone
+        assert generate_rows(model, [row], eos) == [tokens]
+
+
+def test_rows_joining_a_running_batch_get_their_own_tokens(pair):
+    from tinystories.model.engine import Engine, Job
+    from tinystories.model.generate import choose_token, generate_rows
+
+    model = pair[0]
+    vocab, eos = model.config.vocab_size, model.config.vocab_size - 1
+    early = Job(_sampled_rows(_prompts(vocab, (12, 30)), 40))
+    late = Job(_sampled_rows(_prompts(vocab, (3, 50, 8, 20)), 30))
+    finished = []
+    late.done = finished.append
+    # the late job's first row takes the free slot, the others the slots that rows free as they end
+    engine = Engine(model, eos, choose_token, max_batch=3)
+    engine.submit(early)
+    for _ in range(5):
+        engine.step()
+    assert list(engine.batches) == [2] * 5
+    engine.submit(late)
+    engine.step()
+    assert late.first_token_step == late.submitted_step == 5  # it joined at the next step
+    assert engine.batches[-1] == 3 and len(engine.waiting) == 3  # the other rows wait for a slot
+    engine.run()
+    assert finished == [late] and engine.idle and max(engine.batches) == 3
+    for job in (early, late):
+        for row, tokens in zip(_reseed(job.rows), job.tokens):
+            assert generate_rows(model, [row], eos) == [tokens]
+
+
+def test_cancelled_rows_leave_at_the_next_step(pair):
+    from tinystories.model.engine import Engine, Job
+    from tinystories.model.generate import choose_token
+
+    model = pair[0]
+    vocab, eos = model.config.vocab_size, model.config.vocab_size - 1
+    ended = []
+    gone = Job(_sampled_rows(_prompts(vocab, (4, 9, 6)), 60), done=ended.append)
+    queued = Job(_sampled_rows(_prompts(vocab, (5,)), 60), done=ended.append)
+    stays = Job(_sampled_rows(_prompts(vocab, (7,)), 20), done=ended.append)
+    engine = Engine(model, eos, choose_token, max_batch=4)
+    for job in (gone, stays, queued):
+        engine.submit(job)
+    engine.step()
+    assert list(engine.batches) == [4] and len(engine.waiting) == 1
+    gone.cancelled = queued.cancelled = True
+    engine.step()
+    assert ended == [queued, gone] and engine.batches[-1] == 1  # only `stays` decodes
+    engine.run()
+    assert ended[-1] is stays and len(stays.tokens[0]) == 20
+
+
+def test_a_failed_forward_pass_fails_its_jobs(pair):
+    from tinystories.model.engine import Engine, Job
+    from tinystories.model.generate import choose_token
+
+    model = pair[0]
+    vocab, eos = model.config.vocab_size, model.config.vocab_size - 1
+    ended = []
+    engine = Engine(model, eos, choose_token, max_batch=1)
+    first, second = (Job(_sampled_rows(_prompts(vocab, (n,)), 10), done=ended.append) for n in (3, 4))
+    engine.submit(first)
+    engine.submit(second)
+    first.rows[0].temperature = -1.0  # sample_next_token refuses it
+    with pytest.raises(ValueError, match="temperature"):
+        engine.step()
+    assert ended == [first] and isinstance(first.error, ValueError) and not engine.running
+    engine.run()
+    assert ended == [first, second] and second.error is None and len(second.tokens[0]) == 10
+    with pytest.raises(ValueError, match="exceed the context of 96 tokens"):
+        engine.submit(Job(_sampled_rows(_prompts(vocab, (90,)), 10)))
+
+
+def test_sample_says_when_the_new_tokens_do_not_fit_the_context(tmp_path):
+    import subprocess
+    import sys
+
+    from _fixtures import save_random_checkpoint
+
+    from tinystories.story_templates import generate_stories
+    from tinystories.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train(generate_stories(100), vocab_size=300)
+    path = save_random_checkpoint(tmp_path / "run", 1, tokenizer)
+    context = load_checkpoint(path)[0].config.max_position_embeddings
+    prompt_tokens = len(tokenizer.encode("Once upon a time"))
+    command = [sys.executable, "-m", "tinystories.cli", "sample", str(path), "--prompt", "Once upon a time", "--greedy"]
+    out = subprocess.run([*command, "--max-new-tokens", "100000"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert (
+        f"tinystories sample: note: --max-new-tokens 100000 does not fit the model's context of {context} tokens: "
+        f"at most {context - prompt_tokens} new tokens follow the longest prompt ({prompt_tokens} tokens)"
+    ) in out.stderr.splitlines()
+    most = str(context - prompt_tokens)
+    fits = subprocess.run([*command, "--max-new-tokens", most], capture_output=True, text=True, timeout=300)
+    assert fits.returncode == 0 and "note:" not in fits.stderr, fits.stderr
+    assert fits.stdout == out.stdout  # the same story: the context's worth of tokens

@@ -603,7 +603,8 @@ def test_every_readme_command_works(tmp_path):
 
 
 def test_readme_speed_figures_are_those_of_committed_result_files():
-    """Issue 17.11: the tokenizer, shard-size and synthesis figures of the README are in the result files it cites."""
+    """Issue 17.11: the tokenizer, shard-size, serving and synthesis figures of the README are in the result files it
+    cites."""
     readme = README.read_text()
     root = README.parent
 
@@ -622,6 +623,17 @@ def test_readme_speed_figures_are_those_of_committed_result_files():
     data = readme.split("## Data", 1)[1].split("\n## ", 1)[0]
     smaller = re.search(r"([\d.]+)x smaller than a uint16", data)
     assert smaller and f"{smaller.group(1)}x smaller" in cited(data, "bench_prepare"), "the shard size claim"
+
+    serve = readme.split("## Serve and play", 1)[1].split("\n## ", 1)[0]
+    result = cited(serve, "bench_serve")
+    rows = [line.split() for line in result.splitlines()]
+    table = [line for line in serve.splitlines() if line.startswith("| `")]
+    assert len(table) >= 2
+    for line in table:  # "| `demo` ... | 462 vs 501 tok/s, 0.92x | ...": serve vs transformers, and their ratio
+        preset = line.split("`")[1]
+        for ours, peer, ratio in re.findall(r"([\d,]+) vs ([\d,]+)(?: tok/s)?, ([\d.]+)x", line):
+            figures = [peer.replace(",", ""), ours.replace(",", ""), f"{ratio}x"]  # the file's column order
+            assert any(r[:1] == [preset] and r[2:5] == figures for r in rows), f"{figures} in {line!r}"
 
     synth = readme.split("## Synthesis", 1)[1].split("\n## ", 1)[0]
     result = cited(synth, "bench_synth")

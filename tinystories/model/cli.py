@@ -20,7 +20,7 @@ from tinystories.model.checkpoint import (
     load_checkpoint,
     read_checkpoint,
 )
-from tinystories.model.generate import generate_texts
+from tinystories.model.generate import generate_texts, prompt_ids
 from tinystories.model.hf import export_hf
 from tinystories.model.hub import check_push, push_to_hub
 from tinystories.runtime.arguments import (
@@ -58,6 +58,13 @@ def run_sample(args: argparse.Namespace) -> int:
     model, tokenizer, _ = load_checkpoint(args.checkpoint, device=device)
     print(execution.describe(), file=sys.stderr)  # once the checkpoint is known good: a bad one is one line
     prompts = [p for p in (args.prompt or [""]) for _ in range(args.num_samples)]
+    context, longest = model.config.max_position_embeddings, max(len(prompt_ids(tokenizer, p)) for p in prompts)
+    if longest < context < longest + args.max_new_tokens:  # a prompt that fills the context is generate_texts' error
+        print(
+            f"tinystories sample: note: --max-new-tokens {args.max_new_tokens} does not fit the model's context of "
+            f"{context} tokens: at most {context - longest} new tokens follow the longest prompt ({longest} tokens)",
+            file=sys.stderr,
+        )
     with autocast_context(device, execution.dtype):
         texts = generate_texts(
             model,

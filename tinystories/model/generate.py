@@ -1,11 +1,12 @@
-"""Stories from a model: the one batched, left-padded, KV-cache text sampler.
+"""Stories from a model: a row's settings and token choice (:class:`Row`, :func:`choose_token`), and the texts
+of a batch of prompts (:func:`generate_texts`, through :func:`generate_rows`).
 
-Prompts of different lengths are batched with left padding; every row keeps its own positions, so a
-prompt gives the same story alone or in a batch. Each row is sampled alone, with its own settings and
-its own random generator (row ``r`` of a call seeded ``s`` uses seed ``s + r``), so a row's story never
-depends on which other rows share its batch. Decoding uses the KV cache and stops at <|endoftext|>.
+Every row keeps its own positions, so a prompt gives the same story alone or in a batch. Each row is sampled
+alone, with its own settings and its own random generator (row ``r`` of a call seeded ``s`` uses seed ``s + r``),
+so a row's story never depends on which other rows share its batch. Decoding runs in the one engine,
+:mod:`tinystories.model.engine` (continuous batching over a per-slot KV cache), and stops at <|endoftext|>.
 The trainer's sampled stories, ``tinystories sample`` and the evaluation's students come from
-:func:`generate_texts`; ``tinystories serve`` batches concurrent requests through :func:`generate_rows`.
+:func:`generate_texts`; ``tinystories serve`` feeds the same engine from its requests.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Literal
 
 import torch
 
+from tinystories.model.engine import Engine, Job
 from tinystories.model.gpt_neo import GPTNeo, sample_next_token
 from tinystories.tokenizer import Tokenizer
 
@@ -138,12 +140,24 @@ def score_prompt(model: GPTNeo, prompt: Sequence[int], k: int = 0) -> PromptScor
 
 
 def generate_rows(model: GPTNeo, rows: Sequence[Row], eos: int, *, use_cache: bool = True) -> list[list[int]]:
-    """The new tokens of each row (without the <|endoftext|> that ends it), all rows in one batch.
+    """The new tokens of each row (without the <|endoftext|> that ends it), all rows batched at once through
+    the engine (:class:`tinystories.model.engine.Engine`).
 
-    A row stops at ``eos``, after its own ``max_new_tokens``, or when its ``on_token`` returns False;
-    the batch stops when every row has. The longest prompt plus the largest ``max_new_tokens`` must fit in
-    the context.
+    A row stops at ``eos``, after its own ``max_new_tokens``, or when its ``on_token`` returns False, and
+    leaves the batch at once. Each row's prompt plus its ``max_new_tokens`` must fit in the context.
+    ``use_cache=False`` recomputes every row's whole prefix each token instead (``model.generate``, the
+    reference the engine is tested against).
     """
+    if not use_cache:
+        return _generate_without_cache(model, rows, eos)
+    engine = Engine(model, eos, choose_token, max_batch=max(1, len(rows)))
+    job = Job(list(rows))
+    engine.submit(job)
+    engine.run()
+    return job.tokens
+
+
+def _generate_without_cache(model: GPTNeo, rows: Sequence[Row], eos: int) -> list[list[int]]:
     batch, mask = left_pad([row.prompt for row in rows], eos)
     device = next(model.parameters()).device
     new: list[list[int]] = [[] for _ in rows]
@@ -152,12 +166,9 @@ def generate_rows(model: GPTNeo, rows: Sequence[Row], eos: int, *, use_cache: bo
     def choose(logits: torch.Tensor) -> torch.Tensor:
         tokens = []
         for i, row in enumerate(rows):
-            if done[i]:
-                tokens.append(eos)
-                continue
-            token = choose_token(row, logits[i : i + 1])
+            token = eos if done[i] else choose_token(row, logits[i : i + 1])
             tokens.append(token)
-            if token == eos:
+            if done[i] or token == eos:
                 done[i] = True
                 continue
             new[i].append(token)
@@ -165,24 +176,13 @@ def generate_rows(model: GPTNeo, rows: Sequence[Row], eos: int, *, use_cache: bo
             done[i] = not keep_going or len(new[i]) >= row.max_new_tokens
         return torch.tensor(tokens, dtype=torch.long, device=logits.device)
 
-    # Left padding gives every row the longest prompt's width, and finished rows keep moving with the batch.
-    width, steps, room = batch.shape[1], max(row.max_new_tokens for row in rows), model.config.max_position_embeddings
-    if width + steps > room:
-        raise ValueError(
-            f"the longest prompt ({width} tokens) + the most new tokens ({steps}) exceed the context of {room} tokens"
-        )
     if not all(done):
         was_training = model.training
         model.eval()
-        try:
-            # A row that reaches its own limit before the others is closed by the eos `choose` gives it next.
+        try:  # a row that reaches its own limit before the others is closed by the eos `choose` gives it next
+            steps = max(row.max_new_tokens for row in rows)
             model.generate(
-                batch.to(device),
-                steps,
-                eos_token=eos,
-                attention_mask=mask.to(device),
-                use_cache=use_cache,
-                choose=choose,
+                batch.to(device), steps, eos_token=eos, attention_mask=mask.to(device), use_cache=False, choose=choose
             )
         finally:
             model.train(was_training)

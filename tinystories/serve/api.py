@@ -120,12 +120,11 @@ class Choice:
         self.text, self.sent = "", 0
         self.finish_reason: str | None = None
         self.cut = False  # a stop string ended the text
-        self.cancelled = False  # the client went away: stop generating
 
     def on_token(self, token: int) -> bool:
         self.tokens.append(token)
         if not self.stops and self.emit is None:  # nothing to check or send before the end
-            return not self.cancelled
+            return True
         self.text = self.tokenizer.decode(self.tokens)
         cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
@@ -137,7 +136,7 @@ class Choice:
         while safe > self.sent and self.text[safe - 1] == "\ufffd":  # an unfinished UTF-8 character
             safe -= 1
         self._send(safe)
-        return not self.cancelled
+        return True
 
     def finish(self) -> None:
         """After the engine is done with this row: the reason it stopped, and what text is left to send."""

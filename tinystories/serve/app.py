@@ -68,19 +68,7 @@ def create_app(
 
     app = openai_app("tinystories serve", lifespan=lifespan)
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next: Any) -> Any:
-        refused = _cross_site(request, loopback_only=_is_loopback(bind_host))
-        if refused is not None:
-            return JSONResponse(refused.body(), status_code=refused.status)
-        if api_key and request.url.path != "/":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                error = APIError(
-                    401, "missing or incorrect API key (send Authorization: Bearer KEY)", code="invalid_api_key"
-                )
-                return JSONResponse(error.body(), status_code=401)
-        return await call_next(request)
+    app.add_middleware(Guard, api_key=api_key, loopback_only=_is_loopback(bind_host))
 
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> str:
@@ -102,7 +90,7 @@ def create_app(
     async def completions(request: Request) -> Any:
         req = _checked(CompletionRequest, await _read_body(request, max_body_bytes))
         loaded = await _load(pool, req.model)
-        return await complete(req, loaded, text_prompts(req, loaded.tokenizer, loaded.vocab_size))
+        return await complete(req, loaded, text_prompts(req, loaded.tokenizer, loaded.vocab_size), request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
@@ -116,7 +104,7 @@ def create_app(
                 param="model",
             )
         prompt = chat_instruction(req.messages)
-        return await complete(req, loaded, [Prompt(prompt_ids(loaded.tokenizer, prompt), prompt)])
+        return await complete(req, loaded, [Prompt(prompt_ids(loaded.tokenizer, prompt), prompt)], request)
 
     # vLLM's routes that tools and evaluation harnesses probe; without a model named, the first served model's
     @app.get("/health")
@@ -175,13 +163,13 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-def _cross_site(request: Request, *, loopback_only: bool) -> APIError | None:
+def _cross_site(method: str, headers: dict[bytes, bytes], *, loopback_only: bool) -> APIError | None:
     """What a web page on another site could make a browser send, with no API key to stop it: a POST body that is
     not ``application/json`` (a form, ``text/plain``: no CORS preflight) and, on a loopback-only server, a ``Host``
     that is not loopback (DNS rebinding). The openai client, lm-eval, ``curl -H 'Content-Type:
     application/json'`` and the playground send neither."""
     if loopback_only:
-        host = request.headers.get("host", "")
+        host = headers.get(b"host", b"").decode("latin-1")
         name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]", 1)[0] + "]"
         if not _is_loopback(name):
             return APIError(
@@ -190,8 +178,8 @@ def _cross_site(request: Request, *, loopback_only: bool) -> APIError | None:
                 "(localhost, 127.0.0.1, [::1]); bind with --host to serve other names",
                 code="host_not_allowed",
             )
-    if request.method == "POST":
-        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if method == "POST":
+        media = headers.get(b"content-type", b"").decode("latin-1").split(";", 1)[0].strip().lower()
         if media != "application/json":
             return APIError(
                 415,
@@ -199,6 +187,31 @@ def _cross_site(request: Request, *, loopback_only: bool) -> APIError | None:
                 code="unsupported_media_type",
             )
     return None
+
+
+class Guard:
+    """Plain ASGI in front of every route: :func:`_cross_site`'s refusals, then, with an API key,
+    ``Authorization: Bearer KEY`` on everything but ``/`` (401 otherwise). Not a ``@app.middleware``: Starlette's
+    BaseHTTPMiddleware wraps every request in a task group and memory streams, which cost more than the rest of a
+    request's path (docs/serving.md)."""
+
+    def __init__(self, app: Any, api_key: str | None, loopback_only: bool) -> None:
+        self.app, self.loopback_only = app, loopback_only
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            error = _cross_site(scope["method"], headers, loopback_only=self.loopback_only)
+            if error is None and self.expected is not None and scope["path"] != "/":
+                if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+                    error = APIError(
+                        401, "missing or incorrect API key (send Authorization: Bearer KEY)", code="invalid_api_key"
+                    )
+            if error is not None:
+                await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _entry(pool: ModelPool, model_id: str) -> Any:

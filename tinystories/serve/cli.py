@@ -39,12 +39,15 @@ def add_cli_arguments(parser: ArgumentParser) -> None:
         default=2,
         help="models kept in memory; the least recently used is evicted to load another",
     )
-    parser.add_argument("--max-batch", type=int, default=32, help="rows batched into one forward pass at most")
+    parser.add_argument(
+        "--max-batch", type=int, default=32, help="rows decoded together at most (more wait for a row to end)"
+    )
     parser.add_argument(
         "--batch-wait-ms",
         type=float,
-        default=10.0,
-        help="how long the first waiting request waits for others to batch with",
+        default=0.0,
+        help="how long a request reaching an idle model waits for others to start with it (later ones join "
+        "the running batch at its next step)",
     )
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies are refused (413)")
     parser.add_argument(

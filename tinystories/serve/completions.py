@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from tinystories.model.engine import Job
 from tinystories.model.generate import PromptScore, Row, prompt_ids, score_prompt
 from tinystories.serve.api import Choice, chunk_body, random_seed, stops_of, usage
-from tinystories.serve.engine import Job
 from tinystories.serve.models import LoadedModel
 from tinystories.serve.protocol import (
     APIError,
@@ -134,8 +135,11 @@ def settings_of(req: ChatRequest | CompletionRequest, prompts: list[Prompt], con
     return Settings(kind, max_tokens, best_of, logprobs, echo)
 
 
-async def complete(req: ChatRequest | CompletionRequest, loaded: LoadedModel, prompts: list[Prompt]) -> Any:
-    """The answer to a checked request: a :class:`TextCompletion` / :class:`ChatCompletion`, or its stream."""
+async def complete(
+    req: ChatRequest | CompletionRequest, loaded: LoadedModel, prompts: list[Prompt], http: Request
+) -> Any:
+    """The answer to a checked request: a :class:`TextCompletion` / :class:`ChatCompletion`, or its stream. When
+    the client of ``http`` disconnects first, its rows leave the engine's batch at the next step."""
     tokenizer = loaded.tokenizer
     settings = settings_of(req, prompts, loaded.context)
     stops = stops_of(req)
@@ -147,7 +151,7 @@ async def complete(req: ChatRequest | CompletionRequest, loaded: LoadedModel, pr
         loop.call_soon_threadsafe(events.put_nowait, ("delta", index, delta, finish_reason))
 
     seed = req.seed if req.seed is not None else random_seed()
-    device = next(loaded.engine.model.parameters()).device
+    device = loaded.engine.decoder.device
     record = settings.logprobs if settings.logprobs is not None else (0 if settings.best_of > req.n else None)
     choices: list[Choice] = []
     for p, prompt in enumerate(prompts):
@@ -171,14 +175,21 @@ async def complete(req: ChatRequest | CompletionRequest, loaded: LoadedModel, pr
             choices.append(choice)
             if req.stream and settings.echo:
                 emit(choice.index, prompt.text, None)
-    _start(loaded, choices, loop, events)
+    job = _start(loaded, choices, loop, events)
+    watch = asyncio.create_task(_cancel_on_disconnect(http, job))  # cancelled with the answer
     rid = new_id("chatcmpl-" if settings.kind == "chat" else "cmpl-")
     prompt_tokens = sum(len(p.ids) for p in prompts)
     if req.stream:
         include_usage = req.stream_options is not None and req.stream_options.include_usage
-        return _stream(settings.kind, rid, req.model, events, choices, prompt_tokens if include_usage else None)
-    while (event := await events.get())[0] != "done":
-        pass
+        return _stream(
+            settings.kind, rid, req.model, events, choices, job, watch, prompt_tokens if include_usage else None
+        )
+    try:
+        while (event := await events.get())[0] != "done":
+            pass
+    finally:  # answered, or this handler was cancelled: nothing more to generate
+        watch.cancel()
+        job.cancelled = True
     if event[1] is not None:
         raise APIError(500, f"generation failed: {event[1]}", type="server_error")
     scores: list[PromptScore | None] = [None] * len(prompts)
@@ -200,19 +211,29 @@ async def complete(req: ChatRequest | CompletionRequest, loaded: LoadedModel, pr
     )
 
 
-def _start(loaded: LoadedModel, choices: list[Choice], loop: Any, events: asyncio.Queue[tuple[Any, ...]]) -> None:
+def _start(loaded: LoadedModel, choices: list[Choice], loop: Any, events: asyncio.Queue[tuple[Any, ...]]) -> Job:
     """Hand the rows to the model's engine; ``("done", error)`` arrives on ``events`` after the last token."""
 
-    def done(_: Any, error: BaseException | None) -> None:  # in the engine thread, after the last token
-        if error is None:
+    def done(job: Job) -> None:  # in the engine thread, after the last token
+        if job.error is None:
             for choice in choices:
                 choice.finish()
-        loop.call_soon_threadsafe(events.put_nowait, ("done", error))
+        loop.call_soon_threadsafe(events.put_nowait, ("done", job.error))
 
+    job = Job([c.row for c in choices], done)
     if choices[0].max_tokens == 0:  # nothing to generate (echo scores the prompt only)
-        done(None, None)
+        done(job)
     else:
-        loaded.engine.submit(Job([c.row for c in choices], done))
+        loaded.engine.submit(job)
+    return job
+
+
+async def _cancel_on_disconnect(http: Request, job: Job) -> None:
+    """Cancel ``job`` when the client disconnects before its answer (the body was read: what comes next is
+    the disconnect)."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+    job.cancelled = True
 
 
 def _score(loaded: LoadedModel, prompts: list[list[int]], k: int) -> list[PromptScore]:
@@ -233,6 +254,8 @@ def _stream(
     model: str,
     events: asyncio.Queue[tuple[Any, ...]],
     choices: list[Choice],
+    job: Job,
+    watch: asyncio.Task[None],
     prompt_tokens: int | None,
 ) -> StreamingResponse:
     async def stream() -> AsyncIterator[str]:
@@ -245,9 +268,9 @@ def _stream(
             elif prompt_tokens is not None:  # stream_options.include_usage
                 yield _sse(chunk_body(kind, rid, model, None, "", None, usage(prompt_tokens, choices)))
             yield "data: [DONE]\n\n"
-        finally:  # the client went away (or the stream ended): stop generating for it
-            for choice in choices:
-                choice.cancelled = True
+        finally:  # the client went away (or the stream ended): its rows leave the batch at the next step
+            job.cancelled = True
+            watch.cancel()
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

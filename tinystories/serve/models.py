@@ -140,7 +140,7 @@ class ModelPool:
         device: str = "cpu",
         dtype: str = "fp32",
         max_batch: int = 32,
-        wait_s: float = 0.01,
+        wait_s: float = 0.0,
     ):
         if max_models < 1:
             raise ValueError(f"max_models must be >= 1, got {max_models}")
