@@ -154,7 +154,10 @@ def test_grading_stops_on_an_unusable_judge_and_exits_non_zero(tmp_path):
             tmp_path / "grades.jsonl",
             progress=False,
         )
-        assert records == [] and len(server.log) < 10 + 4
+        # The breaker trips once 10 attempts counted (a first attempt counts only with its failed retry); each of
+        # the 4 requests in flight then may hold an uncounted first attempt and one more under way: far below
+        # the 10 samples x 3 attempts a run without the breaker makes.
+        assert records == [] and len(server.log) <= 10 + 2 * 4
     assert "router login page" in judge.stats.stopped
     assert {r["status"] for r in read_jsonl(tmp_path / "grades.jsonl")} == {"error"}
     assert eval_cli._judge_exit_status(judge) == 1
