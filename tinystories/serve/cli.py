@@ -26,9 +26,14 @@ def add_cli_arguments(parser: ArgumentParser) -> None:
     add_checkpoint_arguments(
         parser,
         nargs="+",
-        note="here a run folder serves each of its checkpoints, and a sweep folder (sweep run --out) each of its runs",
+        note="here a run folder serves each of its checkpoints, and any other folder the runs found up to 3 "
+        "levels below it (a sweep folder's runs included)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: this machine only, answering loopback Host names only)",
+    )
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     add_api_key_env_argument(
         parser, default=None, note="callers must send its value (401 without it); default none here (no key needed)"
