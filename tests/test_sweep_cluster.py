@@ -89,10 +89,24 @@ def metrics_step(directory: Path) -> int:
     return max((json.loads(line)["step"] for line in lines[:-1]), default=0)  # the last line may be torn
 
 
+def job_trainer(job: int) -> int | None:
+    """The trainer among the job process's children (the job may run other short-lived children, which must not
+    be mistaken for it), or None while there is none."""
+    try:
+        children = [
+            int(pid) for task in Path(f"/proc/{job}/task").iterdir() for pid in (task / "children").read_text().split()
+        ]
+    except OSError:  # the job or one of its threads ended meanwhile
+        return None
+    return next((pid for pid in children if b"tinystories.train" in command_line(pid)), None)
+
+
 def freeze_trainer(directory: Path) -> int:
     """SIGSTOP the trainer of a run (the child of its job process), so that a signal surely finds it mid-run."""
     job = read_status(directory)["pid"]
-    trainer = int(Path(f"/proc/{job}/task/{job}/children").read_text().split()[0])
+    wait_until(lambda: job_trainer(job) is not None, what="the run's trainer")
+    trainer = job_trainer(job)
+    assert trainer is not None
     os.kill(trainer, signal.SIGSTOP)
     return trainer
 
@@ -101,7 +115,9 @@ def thaw_when_sigterm_is_pending(trainer: int) -> None:
     """SIGCONT the frozen trainer once the job has sent it SIGTERM (as a real preemption finds it: mid-step)."""
 
     def pending() -> bool:
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/{trainer}/status").read_text().splitlines())
+        status = Path(f"/proc/{trainer}/status")
+        assert status.exists(), f"the frozen trainer {trainer} ended before its job's SIGTERM reached it"
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
         return any(int(fields[k], 16) >> (signal.SIGTERM - 1) & 1 for k in ("SigPnd", "ShdPnd"))
 
     wait_until(pending, what="the job's SIGTERM to the trainer")
