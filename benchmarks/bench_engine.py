@@ -62,3 +62,38 @@ def test_engine_vs_transformers_generate(tmp_path):
     for preset in ("demo", "1M"):
         lines += compare(preset, tmp_path)
     print("\n" + "\n".join(lines))
+
+
+def test_seeded_stories_native_step_vs_plain_path():
+    """How many seeded stories the native step changes: the same rows through the engine's native step and its
+    plain ``GPTNeo.forward`` path (``fast=False``, what every step ran before the native one), 200 stories of 64
+    tokens per preset, sampled (temperature 1, seed per row) and greedy. Their logits differ by fp32 rounding, so a
+    story changes where a draw lands within rounding of a boundary (or two greedy candidates tie that closely);
+    randomly initialised models, whose next-token distributions are nearly flat, are the unfavourable case."""
+    from tinystories.model.engine import Engine, Job
+    from tinystories.model.generate import choose_tokens
+
+    torch.set_num_threads(1)
+    lines = [f"torch {torch.__version__}: stories that differ between the native step and the plain path"]
+    for preset in ("demo", "1M"):
+        torch.manual_seed(0)
+        model = GPTNeo(config_from_preset(preset)).eval()
+        eos, vocab = model.config.vocab_size - 1, model.config.vocab_size
+        g = torch.Generator().manual_seed(1)
+        prompts = [torch.randint(0, vocab - 1, (1 + i % 9,), generator=g).tolist() for i in range(200)]
+        for temperature in (1.0, 0.0):
+            texts = []
+            for fast in (True, False):
+                rows = [
+                    Row(p, TOKENS, temperature, generator=torch.Generator().manual_seed(i))
+                    for i, p in enumerate(prompts)
+                ]
+                job = Job(rows)
+                engine = Engine(model, eos, choose_tokens, max_batch=64, fast=fast)
+                engine.submit(job)
+                engine.run()
+                texts.append(job.tokens)
+            differ = sum(a != b for a, b in zip(*texts))
+            kind = "sampled" if temperature else "greedy"
+            lines.append(f"{preset:<6}{kind:<8} {differ} of {len(prompts)} stories ({TOKENS} tokens) differ")
+    print("\n" + "\n".join(lines))

@@ -10,7 +10,8 @@ transformers' `GPTNeoForCausalLM` loads here. For each concurrency c in (1, 8, 3
 
 - transformers: the c prompts, left-padded, in one greedy `model.generate(max_new_tokens=TOKENS)` call (what a
   user would run instead of a server); TTFT is when its logits processor first runs, latency its whole call;
-- serve: c greedy completion requests sent at once through the official `AsyncOpenAI` client (`--max-batch 128`);
+- serve: c greedy completion requests sent at once through the official `AsyncOpenAI` client (`--max-batch 128`),
+  timed from their start to the last answer (the client is made before, as transformers' model is loaded before);
   TTFT is each request's first streamed chunk (a second, streamed pass), latency each non-streamed request's.
 
 Both sides stop at <|endoftext|> and must produce the same texts (checked: "same text"). The two sides alternate,
@@ -125,14 +126,16 @@ def served(url: str, model: str, concurrency: int) -> Run:
                 first = time.perf_counter() - start
         return "", 0, first if first is not None else time.perf_counter() - start
 
-    async def main(stream: bool) -> list[tuple[str, int, float]]:
-        client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
-        return await asyncio.gather(*(one(client, i, stream) for i in range(concurrency)))
+    async def main(stream: bool) -> tuple[float, list[tuple[str, int, float]]]:
+        # The client is made before the clock starts (as transformers' model is loaded before its call) and closed
+        # after it stops; the c requests, their connections included, are timed.
+        async with openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600) as client:
+            start = time.perf_counter()
+            answers = await asyncio.gather(*(one(client, i, stream) for i in range(concurrency)))
+            return time.perf_counter() - start, answers
 
-    start = time.perf_counter()
-    answers = asyncio.run(main(False))
-    seconds = time.perf_counter() - start
-    ttft = [a[2] for a in asyncio.run(main(True))]
+    seconds, answers = asyncio.run(main(False))
+    ttft = [a[2] for a in asyncio.run(main(True))[1]]
     return Run([a[0] for a in answers], sum(a[1] for a in answers), seconds, ttft, [a[2] for a in answers])
 
 

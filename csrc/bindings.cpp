@@ -5,6 +5,7 @@
 
 #include "bpe.h"
 #include "bpe_train.h"
+#include "decode_step.h"
 #include "loader.h"
 #include "native_info.h"
 #include "pretokenize.h"
@@ -214,6 +215,52 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "tinystories native core (private: use the tinystories.* wrappers)";
     m.def("zstd_version", &tinystories::zstd_version,
           "Version of the system zstd library this module was built against.");
+
+    // ---- the generation engine's decode-step attention (tinystories.model.decode) ----
+    m.def("decode_attention",
+          [](py::array_t<float, py::array::c_style> qkv, py::array_t<float, py::array::c_style> keys,
+             py::array_t<float, py::array::c_style> values, py::array_t<int64_t, py::array::c_style> slots,
+             py::array_t<int64_t, py::array::c_style> positions, int64_t window,
+             py::array_t<float, py::array::c_style> out) {
+              auto fail = [](const std::string& why) { throw py::value_error("decode_attention: " + why); };
+              if (keys.ndim() != 4 || values.ndim() != 4) fail("keys and values must be (slots, heads, length, head_dim)");
+              for (int i = 0; i < 4; ++i)
+                  if (keys.shape(i) != values.shape(i)) fail("keys and values differ in shape");
+              const int64_t capacity = keys.shape(0), heads = keys.shape(1), length = keys.shape(2), dim = keys.shape(3);
+              if (qkv.ndim() != 2 || qkv.shape(1) != 3 * heads * dim) fail("qkv must be (queries, 3 * heads * head_dim)");
+              const int64_t queries = qkv.shape(0);
+              if (slots.ndim() != 1 || slots.shape(0) != queries) fail("slots must be (queries,)");
+              if (positions.ndim() != 1 || positions.shape(0) != queries) fail("positions must be (queries,)");
+              if (out.ndim() != 2 || out.shape(0) != queries || out.shape(1) != heads * dim)
+                  fail("out must be (queries, heads * head_dim)");
+              if (window < 0) fail("window must be >= 0");
+              if (!keys.writeable() || !values.writeable() || !out.writeable()) fail("keys, values and out must be writeable");
+              const int64_t *slot = slots.data(), *position = positions.data();
+              for (int64_t r = 0; r < queries; ++r) {
+                  if (slot[r] < 0 || slot[r] >= capacity)
+                      fail("slot " + std::to_string(slot[r]) + " is outside the cache's " + std::to_string(capacity) + " slots");
+                  if (position[r] < 0 || position[r] >= length)
+                      fail("position " + std::to_string(position[r]) + " is outside the cache's " + std::to_string(length) +
+                           " positions");
+              }
+              const float* q = qkv.data();
+              float *k = keys.mutable_data(), *v = values.mutable_data(), *o = out.mutable_data();
+              py::gil_scoped_release unlocked;
+              tinystories::decode_attention(q, queries, heads, dim, k, v, length, slot, position, window, o);
+          },
+          py::arg("qkv").noconvert(), py::arg("keys").noconvert(), py::arg("values").noconvert(),
+          py::arg("slots").noconvert(), py::arg("positions").noconvert(), py::arg("window"), py::arg("out").noconvert(),
+          "New tokens of the rows in cache slots `slots` at `positions`: writes their keys and values into the cache, "
+          "then attends (fp32, no scaling, causal, within `window` keys unless 0) into `out`. See csrc/decode_step.h.");
+    m.def("gelu_tanh",
+          [](py::array_t<float, py::array::c_style> x) {
+              if (!x.writeable()) throw py::value_error("gelu_tanh: x must be writeable");
+              float* data = x.mutable_data();
+              const int64_t n = x.size();
+              py::gil_scoped_release unlocked;
+              tinystories::gelu_tanh(data, n);
+          },
+          py::arg("x").noconvert(), "x <- 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) in place (fp32, C order).");
 
     // ---- tokenizer bindings (issue: BPE tokenizer) ----
     bind_tokenizer(m);

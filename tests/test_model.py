@@ -335,7 +335,7 @@ def test_engine_equals_model_generate_token_for_token(pair, model_name):
 
 def test_rows_joining_a_running_batch_get_their_own_tokens(pair):
     from tinystories.model.engine import Engine, Job
-    from tinystories.model.generate import choose_token, generate_rows
+    from tinystories.model.generate import choose_tokens, generate_rows
 
     model = pair[0]
     vocab, eos = model.config.vocab_size, model.config.vocab_size - 1
@@ -344,7 +344,7 @@ def test_rows_joining_a_running_batch_get_their_own_tokens(pair):
     finished = []
     late.done = finished.append
     # the late job's first row takes the free slot, the others the slots that rows free as they end
-    engine = Engine(model, eos, choose_token, max_batch=3)
+    engine = Engine(model, eos, choose_tokens, max_batch=3)
     engine.submit(early)
     for _ in range(5):
         engine.step()
@@ -362,7 +362,7 @@ def test_rows_joining_a_running_batch_get_their_own_tokens(pair):
 
 def test_cancelled_rows_leave_at_the_next_step(pair):
     from tinystories.model.engine import Engine, Job
-    from tinystories.model.generate import choose_token
+    from tinystories.model.generate import choose_tokens
 
     model = pair[0]
     vocab, eos = model.config.vocab_size, model.config.vocab_size - 1
@@ -370,7 +370,7 @@ def test_cancelled_rows_leave_at_the_next_step(pair):
     gone = Job(_sampled_rows(_prompts(vocab, (4, 9, 6)), 60), done=ended.append)
     queued = Job(_sampled_rows(_prompts(vocab, (5,)), 60), done=ended.append)
     stays = Job(_sampled_rows(_prompts(vocab, (7,)), 20), done=ended.append)
-    engine = Engine(model, eos, choose_token, max_batch=4)
+    engine = Engine(model, eos, choose_tokens, max_batch=4)
     for job in (gone, stays, queued):
         engine.submit(job)
     engine.step()
@@ -384,12 +384,12 @@ def test_cancelled_rows_leave_at_the_next_step(pair):
 
 def test_a_failed_forward_pass_fails_its_jobs(pair):
     from tinystories.model.engine import Engine, Job
-    from tinystories.model.generate import choose_token
+    from tinystories.model.generate import choose_tokens
 
     model = pair[0]
     vocab, eos = model.config.vocab_size, model.config.vocab_size - 1
     ended = []
-    engine = Engine(model, eos, choose_token, max_batch=1)
+    engine = Engine(model, eos, choose_tokens, max_batch=1)
     first, second = (Job(_sampled_rows(_prompts(vocab, (n,)), 10), done=ended.append) for n in (3, 4))
     engine.submit(first)
     engine.submit(second)

@@ -7,6 +7,19 @@ from numpy.typing import NDArray
 
 def zstd_version() -> str: ...
 
+# ---- the generation engine's native step (tinystories.model.decode wraps these) ----
+
+def decode_attention(
+    qkv: NDArray[np.float32],
+    keys: NDArray[np.float32],
+    values: NDArray[np.float32],
+    slots: NDArray[np.int64],
+    positions: NDArray[np.int64],
+    window: int,
+    out: NDArray[np.float32],
+) -> None: ...
+def gelu_tanh(x: NDArray[np.float32]) -> None: ...
+
 # ---- tokenizer (tinystories.tokenizer wraps these) ----
 
 class BpeTokenizer:

@@ -3,9 +3,10 @@
 ``config`` (``GPTNeoConfig``, the paper's sizes as ``PRESETS``, ``flops_per_token``), ``gpt_neo`` (the
 model, readable top to bottom, plain PyTorch or the fused Triton kernels), ``attention`` (its self-attention and
 the KV cache), ``blocks`` (its pre-LayerNorm blocks and MLP), ``engine`` (the one generation engine: continuous
-batching over a per-slot KV cache), ``generate`` (a row's token choice, and texts from prompts through the
-engine), ``checkpoint`` (the run's ``.pt`` files and ``load_checkpoint``), ``hf`` (Hugging Face
-``GPTNeoForCausalLM`` import/export) and ``cli`` (``tinystories sample|export``).
+batching over a per-slot KV cache), ``decode`` (the engine's native CPU step), ``generate`` (a row's token
+choice, and texts from prompts through the engine), ``checkpoint`` (the run's ``.pt`` files and
+``load_checkpoint``), ``hf`` (Hugging Face ``GPTNeoForCausalLM`` import/export) and ``cli`` (``tinystories
+sample|export``).
 """
 
 from tinystories.model.attention import KVCache

@@ -8,13 +8,18 @@ are its own (0 for its first prompt token, with no padding before it) whatever t
 :meth:`Engine.step`:
 
 1. drops cancelled jobs (their rows free their slots at once);
-2. admits waiting rows into free slots and prefills their prompts together (right-padded: a prompt's padding
-   comes after its last token, where causal attention never looks), choosing each one's first token;
-3. decodes one token for every running row in one forward pass, and retires the rows that ended
-   (<|endoftext|>, their ``max_new_tokens``, or ``on_token`` returning False), moving the last slot's row
-   into a freed slot so the running rows stay ``0..n-1``.
+2. admits waiting rows into free slots;
+3. chooses the next token of every running row, and retires the rows that ended (<|endoftext|>, their
+   ``max_new_tokens``, or ``on_token`` returning False), moving the last slot's row into a freed slot so the
+   running rows stay ``0..n-1``.
 
-Each row's next token comes from ``choose`` (:func:`tinystories.model.generate.choose_token`, given by
+On a CPU in fp32 step 3 is one forward pass of :class:`tinystories.model.decode.DecodeStep` over the last token
+of each decoding row and the whole prompt of each row that joined. Elsewhere (a GPU, autocast, a hook on the
+model) and with ``fast=False`` it is two passes of ``GPTNeo.forward``: the joining rows' prompts together
+(right-padded: a prompt's padding comes after its last token, where causal attention never looks), choosing
+their first token, then one token for every running row.
+
+Each row's next token comes from ``choose`` (:func:`tinystories.model.generate.choose_tokens`, given by
 ``generate_rows`` and serve), with the row's own settings and generator, so a seeded row gives the same tokens
 alone, in a busy batch or joining one midway.
 """
@@ -30,6 +35,7 @@ import torch
 from torch import Tensor
 
 from tinystories.model.attention import KVCache
+from tinystories.model.decode import DecodeStep
 from tinystories.model.gpt_neo import GPTNeo
 
 
@@ -42,7 +48,7 @@ class EngineRow(Protocol):
     on_token: Callable[[int], bool] | None
 
 
-Choose = Callable[[Any, Tensor], int]  # (row, its next-position logits (1, V)) -> its next token
+Choose = Callable[[Sequence[Any], Tensor], list[int]]  # (rows, their next-position logits (rows, V)) -> next tokens
 
 
 class SlotCache(KVCache):
@@ -50,8 +56,9 @@ class SlotCache(KVCache):
     slots double, the length jumps to what a new row needs): writing a token is an indexed copy, never a
     ``torch.cat``. :meth:`bind` says which slots and positions the next forward pass writes."""
 
-    def __init__(self, num_layers: int) -> None:
+    def __init__(self, num_layers: int, heads: int, head_dim: int) -> None:
         super().__init__(num_layers)
+        self.heads, self.head_dim = heads, head_dim
         self.uniform = False  # rows at positions of their own
         self.slots = self.length = 0  # the capacity the next write allocates for
         self._slots = slice(0, 0)
@@ -97,11 +104,20 @@ class SlotCache(KVCache):
             values[self._rows, :, self._at] = v[:, :, 0]
         return keys[self._slots, :, : self._span], values[self._slots, :, : self._span]
 
+    def buffers(self, dtype: torch.dtype, device: torch.device) -> tuple[list[Tensor], list[Tensor]]:
+        """Every layer's keys and values, grown to the reserved capacity (for :class:`DecodeStep`, which writes
+        them itself)."""
+        grown = [self._grow(layer, dtype, device) for layer in range(len(self.keys))]
+        return [k for k, _ in grown], [v for _, v in grown]
+
     def _buffers(self, layer: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        return self._grow(layer, like.dtype, like.device)
+
+    def _grow(self, layer: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
         keys, values = self.keys[layer], self.values[layer]
         if keys is None or values is None or keys.shape[0] < self.slots or keys.shape[2] < self.length:
-            B, H, _, D = like.shape
-            grown = [like.new_zeros(self.slots, H, self.length, D) for _ in range(2)]
+            shape = (self.slots, self.heads, self.length, self.head_dim)
+            grown = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(2)]
             if keys is not None and values is not None:
                 grown[0][: keys.shape[0], :, : keys.shape[2]] = keys
                 grown[1][: values.shape[0], :, : values.shape[2]] = values
@@ -150,15 +166,17 @@ class _Running:
 
 class Engine:
     """Continuous batching of :class:`Job` rows over ``max_batch`` slots; not thread-safe (one thread
-    calls :meth:`submit` and :meth:`step`, as :class:`tinystories.serve.engine.Engine`'s thread does)."""
+    calls :meth:`submit` and :meth:`step`, as :class:`tinystories.serve.engine.Engine`'s thread does).
+    ``fast=False`` never takes the native step (every step runs ``GPTNeo.forward``)."""
 
-    def __init__(self, model: GPTNeo, eos: int, choose: Choose, *, max_batch: int = 32) -> None:
+    def __init__(self, model: GPTNeo, eos: int, choose: Choose, *, max_batch: int = 32, fast: bool = True) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model, self.eos, self.choose, self.max_batch = model, eos, choose, max_batch
+        self.decode_step = DecodeStep(model) if fast else None
         self.context = model.config.max_position_embeddings
         self.device = next(model.parameters()).device
-        self.cache = SlotCache(model.config.num_layers)
+        self.cache = SlotCache(model.config.num_layers, model.config.num_heads, model.config.head_dim)
         self.running: list[_Running] = []
         self.waiting: deque[tuple[Job, int]] = deque()  # (job, row index), first come first served
         self.steps = 0  # decode steps run
@@ -186,16 +204,22 @@ class Engine:
             self._finish(job)
 
     def step(self) -> None:
-        """Admit and prefill waiting rows, then decode one token for every running row. A failed forward pass
-        fails the jobs it ran (their ``done`` gets the error) and is raised."""
+        """Admit waiting rows (prefilling their prompts), then choose one token for every running row. A failed
+        forward pass fails the jobs it ran (their ``done`` gets the error) and is raised."""
         self._drop_cancelled()
         if self.model.training:  # no dropout while decoding (run() puts the mode back)
             self.model.eval()
         try:
             with torch.no_grad():
-                self._admit()
-                if self.running:
-                    self._decode()
+                new = self._admit()
+                if self.decode_step is not None and self.decode_step.usable():
+                    if self.running:
+                        self._step_native(self.decode_step, len(self.running) - len(new))
+                else:
+                    if new:
+                        self._prefill(new)
+                    if self.running:
+                        self._decode()
         except Exception as exc:
             self._fail(exc)
             raise
@@ -210,17 +234,48 @@ class Engine:
             self.model.train(was_training)
 
     # -- the steps ------------------------------------------------------------------------------------
-    def _admit(self) -> None:
+    def _admit(self) -> list[_Running]:
+        """Waiting rows into free slots (the running list's end), first come first served."""
         new: list[_Running] = []
         while self.waiting and len(self.running) + len(new) < self.max_batch:
             job, index = self.waiting.popleft()
             new.append(_Running(job, index, len(job.rows[index].prompt) - 1))
-        if not new:
-            return
-        first, prompts = len(self.running), [r.row.prompt for r in new]
-        self.running.extend(new)  # before the forward pass: a failure fails their jobs too
+        if new:
+            self.running.extend(new)  # before the forward pass: a failure fails their jobs too
+            self.cache.reserve(len(self.running), max(len(r.row.prompt) + r.row.max_new_tokens for r in new))
+        return new
+
+    def _step_native(self, step: DecodeStep, fresh: int) -> None:
+        """One forward pass (:class:`DecodeStep`) over the last token of the rows ``0..fresh-1`` and the whole
+        prompt of each row after them, which joined this step; every row gets its next token."""
+        tokens: list[int] = []
+        slots: list[int] = []
+        positions: list[int] = []
+        wanted: list[int] = []
+        for i, running in enumerate(self.running):
+            if i < fresh:
+                tokens.append(running.last)
+                slots.append(i)
+                positions.append(running.position)
+            else:
+                prompt = running.row.prompt
+                tokens += prompt
+                slots += [i] * len(prompt)
+                positions += range(len(prompt))
+                if running.job.first_token_step is None:
+                    running.job.first_token_step = self.steps
+            wanted.append(len(tokens) - 1)
+        keys, values = self.cache.buffers(torch.float32, self.device)
+        tensor = torch.tensor  # on the CPU, where the native step runs
+        logits = step(tensor(tokens), tensor(slots), tensor(positions), keys, values, tensor(wanted))
+        self.batches.append(len(self.running))
+        self.steps += 1
+        self._choose(logits, 0)
+
+    def _prefill(self, new: list[_Running]) -> None:
+        """``GPTNeo.forward`` over the prompts of the rows that joined (right-padded), choosing their first token."""
+        first, prompts = len(self.running) - len(new), [r.row.prompt for r in new]
         width = max(len(p) for p in prompts)
-        self.cache.reserve(first + len(new), max(len(p) + r.row.max_new_tokens for p, r in zip(prompts, new)))
         ids = torch.full((len(new), width), self.eos, dtype=torch.long)
         for i, prompt in enumerate(prompts):
             ids[i, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
@@ -232,26 +287,26 @@ class Engine:
         for running in new:
             if running.job.first_token_step is None:
                 running.job.first_token_step = self.steps
-        self._choose(logits, first)
+        self._choose(logits[:, -1], first)
 
     def _decode(self) -> None:
         n = len(self.running)
         self.batches.append(n)
-        positions = torch.tensor([[r.position] for r in self.running], device=self.device)
-        ids = torch.tensor([[r.last] for r in self.running], device=self.device)
-        self.cache.bind(0, n, positions, max(r.position for r in self.running) + 1)
-        logits = self.model(ids, kv_cache=self.cache, position_ids=positions).logits
+        positions = torch.tensor([r.position for r in self.running], device=self.device)
+        ids = torch.tensor([r.last for r in self.running], device=self.device)
+        self.cache.bind(0, n, positions[:, None], int(positions.max()) + 1)
+        logits = self.model(ids[:, None], kv_cache=self.cache, position_ids=positions[:, None]).logits
         assert logits is not None
         self.steps += 1
-        self._choose(logits, 0)
+        self._choose(logits[:, -1], 0)
 
     def _choose(self, logits: Tensor, first: int) -> None:
-        """Each row's next token from its logits (rows ``first..``); ended rows leave their slots."""
+        """Each row's next token from its logits (rows ``first..``, (rows, V)); ended rows leave their slots."""
         ended = []
-        for i in range(first, len(self.running)):
+        chosen = self.choose([r.row for r in self.running[first:]], logits)
+        for i, token in enumerate(chosen, start=first):
             running = self.running[i]
             row, tokens = running.row, running.job.tokens[running.index]
-            token = self.choose(row, logits[i - first, -1:])
             if token == self.eos:
                 ended.append(i)
                 continue

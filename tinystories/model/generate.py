@@ -104,6 +104,27 @@ def choose_token(row: Row, logits: torch.Tensor) -> int:
     return token
 
 
+def choose_tokens(rows: Sequence[Row], logits: torch.Tensor) -> list[int]:
+    """:func:`choose_token` for each row of a batch, ``logits`` (rows, V): the engine's one call per step. The
+    plain greedy rows (no penalty, bias or log-probs) take one argmax together; every other row is chosen alone."""
+    plain = [
+        not (r.temperature or r.logit_bias or r.presence_penalty or r.frequency_penalty or r.logprobs is not None)
+        for r in rows
+    ]
+    tokens = [0] * len(rows)
+    if any(plain):
+        greedy = logits if all(plain) else logits[[i for i, p in enumerate(plain) if p]]
+        best = iter(sample_next_token(greedy, temperature=0).tolist())
+        for i, row in enumerate(rows):
+            if plain[i]:
+                tokens[i] = token = next(best)
+                row.counts[token] = row.counts.get(token, 0) + 1
+    for i, row in enumerate(rows):
+        if not plain[i]:
+            tokens[i] = choose_token(row, logits[i : i + 1])
+    return tokens
+
+
 def _top(logprobs: torch.Tensor, k: int) -> list[tuple[int, float]]:
     if k <= 0:
         return []
@@ -150,7 +171,7 @@ def generate_rows(model: GPTNeo, rows: Sequence[Row], eos: int, *, use_cache: bo
     """
     if not use_cache:
         return _generate_without_cache(model, rows, eos)
-    engine = Engine(model, eos, choose_token, max_batch=max(1, len(rows)))
+    engine = Engine(model, eos, choose_tokens, max_batch=max(1, len(rows)))
     job = Job(list(rows))
     engine.submit(job)
     engine.run()

@@ -147,8 +147,8 @@ async def complete(
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
-    def emit(index: int, delta: str, finish_reason: str | None) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, ("delta", index, delta, finish_reason))
+    def emit(index: int, delta: str, finish_reason: str | None) -> None:  # delivered once per engine step
+        loaded.engine.post(loop, events.put_nowait, ("delta", index, delta, finish_reason))
 
     seed = req.seed if req.seed is not None else random_seed()
     device = loaded.engine.decoder.device
@@ -218,7 +218,7 @@ def _start(loaded: LoadedModel, choices: list[Choice], loop: Any, events: asynci
         if job.error is None:
             for choice in choices:
                 choice.finish()
-        loop.call_soon_threadsafe(events.put_nowait, ("done", job.error))
+        loaded.engine.post(loop, events.put_nowait, ("done", job.error))
 
     job = Job([c.row for c in choices], done)
     if choices[0].max_tokens == 0:  # nothing to generate (echo scores the prompt only)
@@ -260,9 +260,22 @@ def _stream(
 ) -> StreamingResponse:
     async def stream() -> AsyncIterator[str]:
         try:
-            while (event := await events.get())[0] != "done":
-                _, index, delta, finish_reason = event
-                yield _sse(chunk_body(kind, rid, model, index, delta, finish_reason))
+            event: tuple[Any, ...] | None = await events.get()
+            while event is not None and event[0] != "done":
+                # What has arrived (a step's deltas, more when this client lags) goes out in one write; a
+                # choice's consecutive deltas are one chunk.
+                pending: list[tuple[int, str, str | None]] = []
+                while event is not None and event[0] != "done":
+                    _, index, delta, finish_reason = event
+                    if pending and pending[-1][0] == index and pending[-1][2] is None:
+                        pending[-1] = (index, pending[-1][1] + delta, finish_reason)
+                    else:
+                        pending.append((index, delta, finish_reason))
+                    event = None if events.empty() else events.get_nowait()
+                yield "".join(_sse(chunk_body(kind, rid, model, *item)) for item in pending)
+                if event is None:
+                    event = await events.get()
+            assert event is not None  # the "done" event
             if event[1] is not None:
                 yield _sse(APIError(500, f"generation failed: {event[1]}", type="server_error").response())
             elif prompt_tokens is not None:  # stream_options.include_usage
