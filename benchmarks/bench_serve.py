@@ -11,8 +11,10 @@ transformers' `GPTNeoForCausalLM` loads here. For each concurrency c in (1, 8, 3
 - transformers: the c prompts, left-padded, in one greedy `model.generate(max_new_tokens=TOKENS)` call (what a
   user would run instead of a server); TTFT is when its logits processor first runs, latency its whole call;
 - serve: c greedy completion requests sent at once through the official `AsyncOpenAI` client (`--max-batch 128`),
-  timed from their start to the last answer (the client is made before, as transformers' model is loaded before);
-  TTFT is each request's first streamed chunk (a second, streamed pass), latency each non-streamed request's.
+  timed from their start to the last answer. One client serves every round, as a long-lived client (an
+  application, lm-eval, vLLM's serving benchmark) does: made before the clock starts (as transformers' model is
+  loaded before its call), its connections open from the warm-up on. TTFT is each request's first streamed chunk
+  (a second, streamed pass), latency each non-streamed request's.
 
 Both sides stop at <|endoftext|> and must produce the same texts (checked: "same text"). The two sides alternate,
 repetition by repetition, so the load of other processes on the machine hits both; both run one torch thread
@@ -110,14 +112,32 @@ class Run:
         self.texts, self.tokens, self.seconds, self.ttft, self.latency = texts, tokens, seconds, ttft, latency
 
 
-def served(url: str, model: str, concurrency: int) -> Run:
-    async def one(client, i: int, stream: bool) -> tuple[str, int, float]:
+class Client:
+    """One `AsyncOpenAI` client on one event loop for a whole comparison, as a long-lived client holds one (an
+    application, lm-eval, vLLM's own serving benchmark): its connections stay open from one round to the next."""
+
+    def __init__(self, url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.openai = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
+
+    def run(self, coroutine):
+        return self.loop.run_until_complete(coroutine)
+
+    def close(self) -> None:
+        self.run(self.openai.close())
+        self.loop.close()
+
+
+def served(client: Client, model: str, concurrency: int) -> Run:
+    async def one(i: int, stream: bool) -> tuple[str, int, float]:
         start = time.perf_counter()
         prompt = PROMPTS[i % len(PROMPTS)]
         if not stream:
-            answer = await client.completions.create(model=model, prompt=prompt, max_tokens=TOKENS, temperature=0)
+            answer = await client.openai.completions.create(
+                model=model, prompt=prompt, max_tokens=TOKENS, temperature=0
+            )
             return answer.choices[0].text, answer.usage.completion_tokens, time.perf_counter() - start
-        chunks = await client.completions.create(
+        chunks = await client.openai.completions.create(
             model=model, prompt=prompt, max_tokens=TOKENS, temperature=0, stream=True
         )
         first = None
@@ -127,15 +147,12 @@ def served(url: str, model: str, concurrency: int) -> Run:
         return "", 0, first if first is not None else time.perf_counter() - start
 
     async def main(stream: bool) -> tuple[float, list[tuple[str, int, float]]]:
-        # The client is made before the clock starts (as transformers' model is loaded before its call) and closed
-        # after it stops; the c requests, their connections included, are timed.
-        async with openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600) as client:
-            start = time.perf_counter()
-            answers = await asyncio.gather(*(one(client, i, stream) for i in range(concurrency)))
-            return time.perf_counter() - start, answers
+        start = time.perf_counter()
+        answers = await asyncio.gather(*(one(i, stream) for i in range(concurrency)))
+        return time.perf_counter() - start, answers
 
-    seconds, answers = asyncio.run(main(False))
-    ttft = [a[2] for a in asyncio.run(main(True))[1]]
+    seconds, answers = client.run(main(False))
+    ttft = [a[2] for a in client.run(main(True))[1]]
     return Run([a[0] for a in answers], sum(a[1] for a in answers), seconds, ttft, [a[2] for a in answers])
 
 
@@ -182,15 +199,18 @@ def compare(preset: str, root: Path) -> list[str]:
     export_hf(load_checkpoint(checkpoint, device="cpu")[0], root / f"{preset}-hf", tokenizer)
     peer = transformers.GPTNeoForCausalLM.from_pretrained(root / f"{preset}-hf").eval()
     proc, url = start_server(checkpoint)
+    client = Client(url)
     runs: dict[tuple[str, int], list[Run]] = {}
     try:
         model_id = f"{preset}/{checkpoint.stem}"
-        served(url, model_id, 2), hf_generate(peer, tokenizer, 2)  # load the model, warm up
+        # load the model, warm up (and open the client's connections, as a long-lived client has them)
+        served(client, model_id, max(CONCURRENCIES)), hf_generate(peer, tokenizer, 2)
         for _ in range(REPS):
             for c in CONCURRENCIES:  # alternated: the machine's other load hits both sides alike
                 runs.setdefault(("hf", c), []).append(hf_generate(peer, tokenizer, c))
-                runs.setdefault(("serve", c), []).append(served(url, model_id, c))
+                runs.setdefault(("serve", c), []).append(served(client, model_id, c))
     finally:
+        client.close()
         proc.terminate()
         proc.wait(30)
     lines = []
