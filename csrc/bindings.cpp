@@ -216,7 +216,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("zstd_version", &tinystories::zstd_version,
           "Version of the system zstd library this module was built against.");
 
-    // ---- the generation engine's decode-step attention (tinystories.model.decode) ----
+    // ---- the generation engine's native step: attention and GELU (tinystories.model.decode) ----
     m.def("decode_attention",
           [](py::array_t<float, py::array::c_style> qkv, py::array_t<float, py::array::c_style> keys,
              py::array_t<float, py::array::c_style> values, py::array_t<int64_t, py::array::c_style> slots,
