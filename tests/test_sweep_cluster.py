@@ -4,6 +4,7 @@ nothing that is queued), a real single-node SLURM cluster, and the errors of the
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -101,13 +102,26 @@ def job_trainer(job: int) -> int | None:
     return next((pid for pid in children if b"tinystories.train" in command_line(pid)), None)
 
 
+def stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` has stopped (state T)."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state == "T" for state in states)
+
+
 def freeze_trainer(directory: Path) -> int:
-    """SIGSTOP the trainer of a run (the child of its job process), so that a signal surely finds it mid-run."""
+    """SIGSTOP the trainer of a run (the child of its job process), so that a signal surely finds it mid-run.
+    Returns once every thread of it has stopped: a SIGTERM sent before then could be taken by a thread still
+    running (the kernel delivers the lower-numbered SIGTERM before SIGSTOP), leaving no pending signal to see and
+    a Python handler that never runs, as a CI run once showed (the job then SIGKILLed it after its grace)."""
     job = read_status(directory)["pid"]
     wait_until(lambda: job_trainer(job) is not None, what="the run's trainer")
     trainer = job_trainer(job)
     assert trainer is not None
     os.kill(trainer, signal.SIGSTOP)
+    wait_until(lambda: stopped(trainer), what="every thread of the trainer to stop")
     return trainer
 
 
