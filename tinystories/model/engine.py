@@ -95,7 +95,7 @@ class SlotCache(KVCache):
         return key_positions, torch.ones(n, self._span, dtype=torch.bool, device=positions.device)
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        keys, values = self._buffers(layer, k)
+        keys, values = self._grow(layer, k.dtype, k.device)
         if self._at is None:  # a prefill: every row from position 0
             keys[self._slots, :, : k.shape[2]] = k
             values[self._slots, :, : v.shape[2]] = v
@@ -109,9 +109,6 @@ class SlotCache(KVCache):
         them itself)."""
         grown = [self._grow(layer, dtype, device) for layer in range(len(self.keys))]
         return [k for k, _ in grown], [v for _, v in grown]
-
-    def _buffers(self, layer: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        return self._grow(layer, like.dtype, like.device)
 
     def _grow(self, layer: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
         keys, values = self.keys[layer], self.values[layer]
