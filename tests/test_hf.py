@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from _fixtures import save_random_checkpoint
-from test_packaging import declared, floor
+from test_packaging import declared, floor, floor_environment
 
 from tinystories.model import GPTNeo, GPTNeoConfig
 from tinystories.model.checkpoint import read_checkpoint
@@ -161,14 +161,7 @@ def test_the_export_reads_right_at_the_hf_floor_and_through_onnx(export_spec, tm
     """The same checks on the lowest transformers the `hf` extra allows, plus optimum's ONNX export generated with
     ONNX Runtime (optimum-onnx needs transformers < 4.58: it runs here, in the floor environment)."""
     lowest = floor(declared()["hf"]["transformers"])
-    probe = subprocess.run(
-        [sys.executable, "-m", "pip", "index", "versions", "transformers"], capture_output=True, text=True, timeout=120
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"the package index is unreachable: {(probe.stderr.strip().splitlines() or ['?'])[-1]}")
-    env = tmp_path / "floor"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(env)], check=True, timeout=300)
-    python = str(env / "bin" / "python")
+    python = str(floor_environment(tmp_path / "floor", "transformers"))
     install = subprocess.run(
         [python, "-m", "pip", "install", "--quiet", f"transformers=={lowest}", "optimum-onnx", "onnxruntime"],
         capture_output=True,

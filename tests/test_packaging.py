@@ -94,6 +94,18 @@ def floor(requirement: Requirement) -> str:
     return floors[0]
 
 
+def floor_environment(env: Path, probe: str) -> Path:
+    """A venv at ``env`` over this interpreter's packages (torch, numpy), for installing floors into; its python.
+    Skips the test when the package index does not answer (asked for the versions of ``probe``)."""
+    answer = subprocess.run(
+        [sys.executable, "-m", "pip", "index", "versions", probe], capture_output=True, text=True, timeout=120
+    )
+    if answer.returncode != 0:
+        pytest.skip(f"the package index is unreachable: {(answer.stderr.strip().splitlines() or ['?'])[-1]}")
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(env)], check=True, timeout=300)
+    return env / "bin" / "python"
+
+
 def module_name(path: Path) -> str:
     """``tinystories.x.y`` for a file of the package (``kernels/`` is installed as ``tinystories.kernels``)."""
     root, prefix = (ROOT / "kernels", "tinystories.kernels") if path.is_relative_to(ROOT / "kernels") else (ROOT, "")
@@ -219,15 +231,7 @@ def test_the_floors_install_and_run(tmp_path):
     groups = declared()
     runtime = {name: req for group, reqs in groups.items() if group != "dev" for name, req in reqs.items()}
     pins = {name: floor(runtime[canonical(name)]) for name in LIGHT}
-    probe = subprocess.run(
-        [sys.executable, "-m", "pip", "index", "versions", "openai"], capture_output=True, text=True, timeout=120
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"the package index is unreachable: {(probe.stderr.strip().splitlines() or ['?'])[-1]}")
-
-    env = tmp_path / "floors"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(env)], check=True, timeout=300)
-    python = env / "bin" / "python"
+    python = floor_environment(tmp_path / "floors", "openai")
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", *(f"{name}=={version}" for name, version in pins.items())],
         capture_output=True,
